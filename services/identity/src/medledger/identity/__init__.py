@@ -1,0 +1,1 @@
+"""medledger.identity: the identity service."""

@@ -1,0 +1,1 @@
+"""medledger.inference: the inference service."""

@@ -1,0 +1,1 @@
+"""medledger.ledger: the ledger service."""

@@ -1,0 +1,1 @@
+"""medledger.record: the record service."""

@@ -1,0 +1,1 @@
+"""medledger.witness: the witness service."""

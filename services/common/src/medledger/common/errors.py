@@ -1,0 +1,159 @@
+"""Domain errors and their one mapping to gRPC status codes.
+
+Domain code raises these exceptions and knows nothing of gRPC. The error interceptor
+(:mod:`medledger.common.interceptors`) turns them into a ``google.rpc.Status`` with an
+``ErrorInfo`` (UPPER_SNAKE_CASE reason, our domain) and, for bad input, a ``BadRequest``
+naming each field. Messages are written for clients: they must never hold PHI or
+internals, so they are fixed strings chosen by our code, never echoes of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "medledger.dev"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: its path in the request (``entry.subject``) and what is wrong."""
+
+    field: str
+    description: str
+
+
+class MedledgerError(Exception):
+    """Base class: a client-safe message, a machine-readable reason, and its gRPC code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(MedledgerError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        violations: Sequence[FieldViolation],
+        *,
+        message: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        fields = ", ".join(v.field for v in violations)
+        super().__init__(message or f"invalid request: {fields}", reason=reason)
+        self.violations = list(violations)
+
+
+class Unauthenticated(MedledgerError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(MedledgerError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class NotFound(MedledgerError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(MedledgerError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(MedledgerError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(MedledgerError):
+    """A conflict the client may resolve by re-reading and retrying (e.g. a stale version)."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
+class ResourceExhausted(MedledgerError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(MedledgerError):
+    """A dependency (Mongo, Vault, Triton, a peer service) did not answer: safe to retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "DEPENDENCY_UNAVAILABLE"
+
+    def __init__(self, dependency: str, *, reason: str | None = None) -> None:
+        super().__init__(
+            f"{dependency} is unavailable; retry later",
+            reason=reason,
+            metadata={"dependency": dependency},
+        )
+
+
+class Unimplemented(MedledgerError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "NOT_IMPLEMENTED"
+
+
+class DeadlineExceeded(MedledgerError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_rpc_status(error: MedledgerError, *, service: str) -> status_pb2.Status:
+    """The ``google.rpc.Status`` a client receives for ``error`` raised in ``service``."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason,
+        domain=ERROR_DOMAIN,
+        metadata={"service": service, **error.metadata},
+    )
+    details = [_pack(info)]
+    if isinstance(error, InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        details.append(_pack(bad_request))
+    if isinstance(error, Unavailable):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(500)
+        details.append(_pack(retry))
+    return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+
+
+def internal_status(*, service: str) -> status_pb2.Status:
+    """What a client sees for a bug: no stack trace, no message from the failing code."""
+    return to_rpc_status(MedledgerError("internal error", reason="INTERNAL"), service=service)

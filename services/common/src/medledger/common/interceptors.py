@@ -1,0 +1,220 @@
+"""Server interceptors: error mapping (one place) and the authentication slot.
+
+gRPC's asyncio interceptors see a method handler, not the call, so each interceptor
+wraps the handler's behaviour function; :func:`wrap_handler` does that once for the
+four call shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from grpc_status import rpc_status
+from medledger.common.errors import (
+    MedledgerError,
+    Unauthenticated,
+    Unimplemented,
+    internal_status,
+    to_rpc_status,
+)
+
+log = logging.getLogger("medledger.rpc")
+
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+UnaryWrapper = Callable[[str, UnaryBehavior], UnaryBehavior]
+StreamWrapper = Callable[[str, StreamBehavior], StreamBehavior]
+
+# Methods every client may call without a token (probes, discovery).
+PUBLIC_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler | None,
+    method: str,
+    unary: UnaryWrapper,
+    stream: StreamWrapper,
+) -> grpc.RpcMethodHandler | None:
+    """Returns ``handler`` with its behaviour wrapped; response streams use ``stream``."""
+    if handler is None:
+        return None
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(method, handler.unary_unary), **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(method, handler.stream_unary), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream(method, handler.unary_stream), **kwargs)
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            stream(method, handler.stream_stream), **kwargs
+        )
+    return handler
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns domain errors into rich statuses and bugs into a bare INTERNAL.
+
+    A bug is logged with its exception type and stack frames but not its message,
+    which could quote request data (PHI).
+    """
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception
+    ) -> None:
+        if isinstance(exc, NotImplementedError):
+            # The generated servicer base raises this for RPCs a later release fills.
+            exc = Unimplemented("method not implemented yet")
+        if isinstance(exc, MedledgerError):
+            status = to_rpc_status(exc, service=self._service)
+            log.info(
+                "rpc failed",
+                extra={"rpc.method": method, "rpc.code": exc.code.name, "reason": exc.reason},
+            )
+        else:
+            status = internal_status(service=self._service)
+            log.error(
+                "rpc crashed",
+                extra={
+                    "rpc.method": method,
+                    "exception": type(exc).__name__,
+                    "stack": "".join(traceback.format_tb(exc.__traceback__)),
+                },
+            )
+        await context.abort_with_status(rpc_status.to_status(status))
+
+    def _unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(context, method, exc)
+                raise  # abort_with_status raises; this line is never reached
+
+        return guarded
+
+    def _stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def guarded(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(context, method, exc)
+                raise
+
+        return guarded
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        return wrap_handler(handler, method, self._unary, self._stream)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, as established from a verified access token."""
+
+    subject: str
+    organization: str = ""
+    client_id: str = ""
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    purposes: frozenset[str] = field(default_factory=frozenset)
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+current_principal: ContextVar[Principal | None] = ContextVar("current_principal", default=None)
+
+
+class TokenVerifier(Protocol):
+    """Verifies a bearer token for a method; raises ``Unauthenticated`` when it is not valid."""
+
+    async def verify(self, token: str, method: str) -> Principal: ...
+
+
+def _bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return token.strip()
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """The authentication slot: with a verifier, every non-public RPC needs a bearer token.
+
+    Without a verifier (until identity's token verification is plugged in) calls pass
+    through with no principal attached.
+    """
+
+    def __init__(
+        self,
+        verifier: TokenVerifier | None,
+        public_methods: frozenset[str] = frozenset(),
+    ) -> None:
+        self._verifier = verifier
+        self._public_methods = public_methods
+
+    def is_public(self, method: str) -> bool:
+        return method in self._public_methods or method.startswith(PUBLIC_METHOD_PREFIXES)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+        assert self._verifier is not None
+        token = _bearer_token(context.invocation_metadata())
+        if token is None:
+            raise Unauthenticated("a bearer token is required", reason="TOKEN_MISSING")
+        current_principal.set(await self._verifier.verify(token, method))
+
+    def _unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await self._authenticate(context, method)
+            return await behavior(request, context)
+
+        return authenticated
+
+    def _stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def authenticated(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await self._authenticate(context, method)
+            async for response in behavior(request, context):
+                yield response
+
+        return authenticated
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if self._verifier is None or self.is_public(method):
+            return handler
+        return wrap_handler(handler, method, self._unary, self._stream)

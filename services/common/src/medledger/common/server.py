@@ -1,0 +1,187 @@
+"""The one server bootstrap every medledger service runs.
+
+``grpc.aio`` server with: tracing, error mapping and authentication interceptors (in
+that order, outermost first), ``grpc.health.v1`` driven by dependency probes,
+reflection, message size limits, keepalive, TLS/mTLS when certificates are set, and a
+graceful stop on SIGTERM/SIGINT that lets in-flight calls finish within the grace
+period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from medledger.common.config import ConfigError, ServiceSettings
+from medledger.common.health import NOT_SERVING, DependencyProbe, HealthMonitor
+from medledger.common.interceptors import AuthInterceptor, ErrorInterceptor, TokenVerifier
+from medledger.common.telemetry import configure_logging, server_interceptors, setup_telemetry
+
+log = logging.getLogger("medledger.server")
+
+
+class Service(Protocol):
+    """What a service gives the bootstrap: its servicers, its dependencies, its lifecycle."""
+
+    name: str
+    settings: ServiceSettings
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        """Registers the servicers; returns their full gRPC service names."""
+        ...
+
+    def probes(self) -> Sequence[DependencyProbe]: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", settings.keepalive_time_seconds * 1000),
+        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_seconds * 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    if settings.tls_ca_file is None:
+        return grpc.ssl_server_credentials([pair])
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=settings.tls_ca_file.read_bytes(),
+        require_client_auth=True,
+    )
+
+
+class ServiceServer:
+    """A running service: start it, read its port, stop it gracefully."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        verifier: TokenVerifier | None = None,
+        public_methods: frozenset[str] = frozenset(),
+    ) -> None:
+        self.service = service
+        self.settings = service.settings
+        self._verifier = verifier
+        self._public_methods = public_methods
+        self._server: grpc.aio.Server | None = None
+        self._monitor: HealthMonitor | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def health(self) -> HealthMonitor:
+        assert self._monitor is not None, "server not started"
+        return self._monitor
+
+    async def start(self) -> int:
+        """Starts serving; health stays NOT_SERVING until the first probe round passes."""
+        settings = self.settings
+        server = grpc.aio.server(
+            interceptors=[
+                *server_interceptors(),
+                ErrorInterceptor(self.service.name),
+                AuthInterceptor(self._verifier, self._public_methods),
+            ],
+            options=server_options(settings),
+        )
+        await self.service.start()
+        names = list(self.service.add_to_server(server))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in ["", *names]:
+            await health_servicer.set(name, NOT_SERVING)
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = server.add_insecure_port(settings.listen_address)
+        else:
+            self.port = server.add_secure_port(settings.listen_address, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.listen_address}")
+        await server.start()
+        self._server = server
+        self._monitor = HealthMonitor(
+            health_servicer,
+            names,
+            self.service.probes(),
+            interval_seconds=settings.health_interval_seconds,
+            timeout_seconds=settings.dependency_timeout_seconds,
+        )
+        self._monitor_task = asyncio.create_task(self._monitor.run(), name="health-monitor")
+        log.info("serving", extra={"address": settings.listen_address, "port": self.port})
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, let running calls finish for ``grace``
+        seconds (the configured grace by default), then release dependencies."""
+        if self._server is None:
+            return
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        log.info("shutting down", extra={"grace_seconds": grace})
+        if self._monitor is not None:
+            await self._monitor.shutdown()
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+        await self._server.stop(grace)
+        self._server = None
+        await self.service.aclose()
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def _serve_until_signalled(build: Callable[[], Service]) -> None:
+    service = build()  # inside the loop: async clients bind to it
+    logging.getLogger().setLevel(service.settings.log_level)
+    server = ServiceServer(service)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    await server.stop()
+
+
+def run_service(name: str, build: Callable[[], Service]) -> None:
+    """Entry point of a service process: telemetry, config, serve until SIGTERM.
+
+    Telemetry comes first so the clients ``build`` creates are instrumented. A
+    configuration mistake prints one message naming every bad variable and exits 2.
+    """
+    configure_logging(name)
+    telemetry = setup_telemetry(name)
+    try:
+        asyncio.run(_serve_until_signalled(build))
+    except ConfigError as exc:
+        print(f"medledger-{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        raise SystemExit(1) from None
+    finally:
+        telemetry.shutdown()

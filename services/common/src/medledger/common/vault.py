@@ -1,0 +1,209 @@
+"""Async adapter over Vault (or OpenBao) transit: encrypt, decrypt, data keys, sign, verify,
+rotate, public keys. hvac is synchronous, so every call runs in a worker thread.
+
+Keys never leave Vault: signing and unwrapping happen inside it; we only ever hold
+public keys and (for envelope encryption) short-lived plaintext data keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+from medledger.common.config import VaultSettings
+from medledger.common.errors import FailedPrecondition, NotFound, Unavailable
+
+T = TypeVar("T")
+DEPENDENCY = "vault"
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A fresh data key: use ``plaintext`` now, store only ``wrapped``."""
+
+    plaintext: bytes
+    wrapped: str
+
+
+@dataclass(frozen=True)
+class Signature:
+    key_version: int
+    signature: bytes
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unprefix(value: str) -> tuple[int, bytes]:
+    """``vault:v3:BASE64`` → (3, raw bytes)."""
+    _, version, encoded = value.split(":", 2)
+    return int(version.removeprefix("v")), base64.b64decode(encoded)
+
+
+class VaultTransit:
+    """One authenticated hvac client, shared by the worker threads behind a lock."""
+
+    def __init__(self, settings: VaultSettings, *, timeout_seconds: float = 5.0) -> None:
+        self._settings = settings
+        self._timeout = timeout_seconds
+        self._mount = settings.transit_mount
+        self._lock = threading.Lock()
+        self._client: hvac.Client | None = None
+
+    def _login(self) -> hvac.Client:
+        s = self._settings
+        client = hvac.Client(
+            url=s.addr,
+            namespace=s.namespace,
+            verify=str(s.cacert) if s.cacert else True,
+            timeout=self._timeout,
+        )
+        if s.auth_method == "token":
+            client.token = s.token
+        elif s.auth_method == "approle":
+            client.auth.approle.login(role_id=s.role_id, secret_id=s.secret_id)
+        else:
+            jwt = s.k8s_token_file.read_text().strip()
+            client.auth.kubernetes.login(role=s.k8s_role, jwt=jwt, mount_point=s.k8s_mount)
+        return client
+
+    def _call(self, operation: Callable[[hvac.Client], T]) -> T:
+        with self._lock:
+            try:
+                if self._client is None:
+                    self._client = self._login()
+                try:
+                    return operation(self._client)
+                except hvac.exceptions.Forbidden:
+                    if self._settings.auth_method == "token":
+                        raise
+                    # A short-lived login token expired: log in again once.
+                    self._client = self._login()
+                    return operation(self._client)
+            except hvac.exceptions.InvalidPath as exc:
+                raise NotFound("vault key not found", reason="VAULT_KEY_NOT_FOUND") from exc
+            except hvac.exceptions.Forbidden as exc:
+                raise FailedPrecondition(
+                    "vault denied the operation", reason="VAULT_FORBIDDEN"
+                ) from exc
+            except (
+                requests.exceptions.RequestException,
+                hvac.exceptions.VaultDown,
+                hvac.exceptions.InternalServerError,
+                hvac.exceptions.BadGateway,
+                OSError,
+            ) as exc:
+                self._client = None
+                raise Unavailable(DEPENDENCY) from exc
+
+    async def _run(self, operation: Callable[[hvac.Client], T]) -> T:
+        return await asyncio.to_thread(self._call, operation)
+
+    async def check(self) -> None:
+        """Health probe: Vault answers, is initialised and unsealed, and our token works."""
+
+        def probe(client: hvac.Client) -> None:
+            status = client.sys.read_seal_status()
+            if status.get("sealed", True):
+                raise hvac.exceptions.VaultDown("sealed")
+            client.auth.token.lookup_self()
+
+        await self._run(probe)
+
+    name = DEPENDENCY
+
+    async def encrypt(self, key: str, plaintext: bytes, *, context: bytes | None = None) -> str:
+        def op(c: hvac.Client) -> str:
+            response = c.secrets.transit.encrypt_data(
+                name=key,
+                plaintext=_b64(plaintext),
+                context=_b64(context) if context else None,
+                mount_point=self._mount,
+            )
+            return str(response["data"]["ciphertext"])
+
+        return await self._run(op)
+
+    async def decrypt(self, key: str, ciphertext: str, *, context: bytes | None = None) -> bytes:
+        def op(c: hvac.Client) -> bytes:
+            response = c.secrets.transit.decrypt_data(
+                name=key,
+                ciphertext=ciphertext,
+                context=_b64(context) if context else None,
+                mount_point=self._mount,
+            )
+            return base64.b64decode(response["data"]["plaintext"])
+
+        return await self._run(op)
+
+    async def generate_data_key(self, key: str, *, bits: int = 256) -> DataKey:
+        def op(c: hvac.Client) -> DataKey:
+            response = c.secrets.transit.generate_data_key(
+                name=key, key_type="plaintext", bits=bits, mount_point=self._mount
+            )
+            data = response["data"]
+            return DataKey(base64.b64decode(data["plaintext"]), str(data["ciphertext"]))
+
+        return await self._run(op)
+
+    async def sign(self, key: str, data: bytes) -> Signature:
+        """Signs ``data`` itself (Ed25519 signs the message, not a pre-hash)."""
+
+        def op(c: hvac.Client) -> Signature:
+            response = c.secrets.transit.sign_data(
+                name=key, hash_input=_b64(data), mount_point=self._mount
+            )
+            version, raw = _unprefix(str(response["data"]["signature"]))
+            return Signature(version, raw)
+
+        return await self._run(op)
+
+    async def verify(self, key: str, data: bytes, signature: Signature) -> bool:
+        def op(c: hvac.Client) -> bool:
+            response = c.secrets.transit.verify_signed_data(
+                name=key,
+                hash_input=_b64(data),
+                signature=f"vault:v{signature.key_version}:{_b64(signature.signature)}",
+                mount_point=self._mount,
+            )
+            return bool(response["data"]["valid"])
+
+        return await self._run(op)
+
+    async def rotate(self, key: str) -> int:
+        """Rotates ``key``; returns the new latest version. Old versions keep verifying."""
+
+        def op(c: hvac.Client) -> int:
+            c.secrets.transit.rotate_key(name=key, mount_point=self._mount)
+            response = c.secrets.transit.read_key(name=key, mount_point=self._mount)
+            return int(response["data"]["latest_version"])
+
+        return await self._run(op)
+
+    async def public_keys(self, key: str) -> dict[int, bytes]:
+        """Raw public keys by version (Ed25519: 32 bytes each)."""
+
+        def op(c: hvac.Client) -> dict[int, bytes]:
+            response = c.secrets.transit.read_key(name=key, mount_point=self._mount)
+            keys: dict[str, Any] = response["data"]["keys"]
+            return {
+                int(version): base64.b64decode(entry["public_key"])
+                for version, entry in keys.items()
+                if isinstance(entry, dict) and entry.get("public_key")
+            }
+
+        return await self._run(op)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.adapter.close()
+                self._client = None

@@ -1,0 +1,1 @@
+"""Adapters of the inference service to the outside world (Triton)."""

@@ -1,0 +1,37 @@
+"""``python -m medledger.record``: runs the record service until SIGTERM."""
+
+from __future__ import annotations
+
+from medledger.api.record.v1 import record_pb2, record_pb2_grpc
+from medledger.common.config import MongoSettings, VaultSettings, load_settings
+from medledger.common.mongo import create_mongo_client
+from medledger.common.server import run_service
+from medledger.common.service import Servicer, ServiceRuntime
+from medledger.common.vault import VaultTransit
+from medledger.record.config import RecordSettings
+from medledger.record.server import RecordServiceServicer
+
+
+def build() -> ServiceRuntime:
+    settings, mongo, vault = load_settings(RecordSettings, MongoSettings, VaultSettings)
+    return ServiceRuntime(
+        name="record",
+        settings=settings,
+        servicers=[
+            Servicer(
+                RecordServiceServicer(),
+                record_pb2_grpc.add_RecordServiceServicer_to_server,
+                record_pb2.DESCRIPTOR.services_by_name["RecordService"],
+            )
+        ],
+        mongo=create_mongo_client(mongo, app_name="medledger-record"),
+        vault=VaultTransit(vault),
+    )
+
+
+def main() -> None:
+    run_service("record", build)
+
+
+if __name__ == "__main__":
+    main()
