@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 from medledger.common.errors import MedledgerError
 
 log = logging.getLogger("medledger.health")
@@ -33,7 +33,7 @@ class DependencyProbe(Protocol):
 class HealthMonitor:
     def __init__(
         self,
-        servicer: health.aio.HealthServicer,
+        servicer: Any,  # grpc_health.v1.health.aio.HealthServicer (untyped)
         service_names: Sequence[str],
         probes: Sequence[DependencyProbe],
         *,

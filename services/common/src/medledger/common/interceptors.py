@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 from grpc_status import rpc_status
@@ -40,32 +40,38 @@ PUBLIC_METHOD_PREFIXES = (
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler | None,
+    handler: grpc.RpcMethodHandler[Any, Any],
     method: str,
     unary: UnaryWrapper,
     stream: StreamWrapper,
-) -> grpc.RpcMethodHandler | None:
+) -> grpc.RpcMethodHandler[Any, Any]:
     """Returns ``handler`` with its behaviour wrapped; response streams use ``stream``."""
-    if handler is None:
-        return None
-    kwargs = {
+    if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED itself
+        return handler
+    kwargs: dict[str, Any] = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(method, handler.unary_unary), **kwargs)
+        return grpc.unary_unary_rpc_method_handler(
+            unary(method, cast(UnaryBehavior, handler.unary_unary)), **kwargs
+        )
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(method, handler.stream_unary), **kwargs)
+        return grpc.stream_unary_rpc_method_handler(
+            unary(method, cast(UnaryBehavior, handler.stream_unary)), **kwargs
+        )
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream(method, handler.unary_stream), **kwargs)
+        return grpc.unary_stream_rpc_method_handler(
+            stream(method, cast(StreamBehavior, handler.unary_stream)), **kwargs
+        )
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(
-            stream(method, handler.stream_stream), **kwargs
+            stream(method, cast(StreamBehavior, handler.stream_stream)), **kwargs
         )
     return handler
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     """Turns domain errors into rich statuses and bugs into a bare INTERNAL.
 
     A bug is logged with its exception type and stack frames but not its message,
@@ -97,7 +103,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     "stack": "".join(traceback.format_tb(exc.__traceback__)),
                 },
             )
-        await context.abort_with_status(rpc_status.to_status(status))
+        grpc_status = rpc_status.to_status(status)
+        await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
 
     def _unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -128,9 +135,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         return wrap_handler(handler, method, self._unary, self._stream)
@@ -157,7 +166,7 @@ class TokenVerifier(Protocol):
     async def verify(self, token: str, method: str) -> Principal: ...
 
 
-def _bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
             scheme, _, token = value.partition(" ")
@@ -166,7 +175,7 @@ def _bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str |
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     """The authentication slot: with a verifier, every non-public RPC needs a bearer token.
 
     Without a verifier (until identity's token verification is plugged in) calls pass
@@ -186,7 +195,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         assert self._verifier is not None
-        token = _bearer_token(context.invocation_metadata())
+        token = _bearer_token(
+            cast(Iterable[tuple[str, str | bytes]], context.invocation_metadata())
+        )
         if token is None:
             raise Unauthenticated("a bearer token is required", reason="TOKEN_MISSING")
         current_principal.set(await self._verifier.verify(token, method))
@@ -210,9 +221,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if self._verifier is None or self.is_public(method):

@@ -106,7 +106,7 @@ class ServiceServer:
         )
         await self.service.start()
         names = list(self.service.add_to_server(server))
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in ["", *names]:
             await health_servicer.set(name, NOT_SERVING)

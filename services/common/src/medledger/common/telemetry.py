@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
@@ -70,8 +73,6 @@ def setup_telemetry(
     tracer_provider = TracerProvider(resource=resource)
     traces = _exporter_choice("traces")
     if traces == "otlp":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     elif traces == "console":
         tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
@@ -81,8 +82,6 @@ def setup_telemetry(
 
     readers: list[MetricReader] = []
     if _exporter_choice("metrics") == "otlp":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter_provider)
@@ -92,7 +91,7 @@ def setup_telemetry(
     return _installed
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+def server_interceptors() -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """The tracing interceptor for a gRPC server (extracts the caller's trace context)."""
     return [aio_server_interceptor()]
 

@@ -51,7 +51,7 @@ def _unprefix(value: str) -> tuple[int, bytes]:
 class VaultTransit:
     """One authenticated hvac client, shared by the worker threads behind a lock."""
 
-    def __init__(self, settings: VaultSettings, *, timeout_seconds: float = 5.0) -> None:
+    def __init__(self, settings: VaultSettings, *, timeout_seconds: int = 5) -> None:
         self._settings = settings
         self._timeout = timeout_seconds
         self._mount = settings.transit_mount
@@ -64,10 +64,10 @@ class VaultTransit:
             url=s.addr,
             namespace=s.namespace,
             verify=str(s.cacert) if s.cacert else True,
-            timeout=self._timeout,
+            timeout=int(self._timeout),
         )
         if s.auth_method == "token":
-            client.token = s.token
+            client.token = s.token or ""
         elif s.auth_method == "approle":
             client.auth.approle.login(role_id=s.role_id, secret_id=s.secret_id)
         else:

@@ -1,12 +1,45 @@
 """gRPC servicer of the inference service: converts messages to domain calls and back.
 
-RPCs not overridden here answer UNIMPLEMENTED until a later issue fills them.
+Every RPC of the v1 contract is declared; those that answer UNIMPLEMENTED are filled by
+a later issue.
 """
 
 from __future__ import annotations
 
-from medledger.api.inference.v1 import inference_pb2_grpc
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
+from medledger.common.errors import Unimplemented
+
+Context = grpc.aio.ServicerContext[Any, Any]
+PENDING = "not implemented yet"
 
 
 class InferenceServiceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    pass
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: Context
+    ) -> inference_pb2.ListModelsResponse:
+        raise Unimplemented(PENDING)
+
+    async def GetModel(
+        self, request: inference_pb2.GetModelRequest, context: Context
+    ) -> inference_pb2.GetModelResponse:
+        raise Unimplemented(PENDING)
+
+    async def RegisterModel(
+        self, request: inference_pb2.RegisterModelRequest, context: Context
+    ) -> inference_pb2.RegisterModelResponse:
+        raise Unimplemented(PENDING)
+
+    async def Predict(
+        self, request: inference_pb2.PredictRequest, context: Context
+    ) -> inference_pb2.PredictResponse:
+        raise Unimplemented(PENDING)
+
+    async def BatchPredict(
+        self, request: inference_pb2.BatchPredictRequest, context: Context
+    ) -> AsyncIterator[inference_pb2.BatchPredictResponse]:
+        raise Unimplemented(PENDING)
+        yield inference_pb2.BatchPredictResponse()  # unreachable: makes this a generator
