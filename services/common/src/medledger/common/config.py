@@ -45,10 +45,12 @@ class ServiceSettings(BaseSettings):
     def _tls_files_come_together(self) -> ServiceSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError(
-                "MEDLEDGER_TLS_CERT_FILE and MEDLEDGER_TLS_KEY_FILE must be set together"
+                "MEDLEDGER_TLS_KEY_FILE must be set together with MEDLEDGER_TLS_CERT_FILE"
             )
         if self.tls_ca_file is not None and self.tls_cert_file is None:
-            raise ValueError("MEDLEDGER_TLS_CA_FILE (mTLS) needs MEDLEDGER_TLS_CERT_FILE/KEY_FILE")
+            raise ValueError(
+                "MEDLEDGER_TLS_CA_FILE (mTLS) needs MEDLEDGER_TLS_CERT_FILE and _KEY_FILE"
+            )
         return self
 
     @property
@@ -98,7 +100,7 @@ class VaultSettings(BaseSettings):
         if self.auth_method == "token" and not self.token:
             raise ValueError("VAULT_TOKEN is required when VAULT_AUTH_METHOD=token")
         if self.auth_method == "approle" and not (self.role_id and self.secret_id):
-            raise ValueError("VAULT_ROLE_ID and VAULT_SECRET_ID are required for approle")
+            raise ValueError("VAULT_ROLE_ID/VAULT_SECRET_ID: both are required for approle")
         if self.auth_method == "kubernetes" and not self.k8s_role:
             raise ValueError("VAULT_K8S_ROLE is required when VAULT_AUTH_METHOD=kubernetes")
         return self
@@ -139,8 +141,9 @@ def _problems(model: type[BaseSettings], exc: ValidationError) -> list[str]:
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "missing":
             message = "is required but not set"
-        elif name == "(settings)":
+        elif name == "(settings)":  # a cross-field rule: its message starts with the name
             name, _, message = message.partition(" ")
+            name = name.rstrip(":")
         problems.append(f"  - {name}: {message}")
     return problems
 

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 from grpc_status import rpc_status
@@ -25,6 +25,11 @@ from medledger.common.errors import (
 )
 
 log = logging.getLogger("medledger.rpc")
+
+if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not subscriptable
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
@@ -71,7 +76,7 @@ def wrap_handler(
     return handler
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class ErrorInterceptor(_ServerInterceptor):
     """Turns domain errors into rich statuses and bugs into a bare INTERNAL.
 
     A bug is logged with its exception type and stack frames but not its message,
@@ -175,7 +180,7 @@ def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | N
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class AuthInterceptor(_ServerInterceptor):
     """The authentication slot: with a verifier, every non-public RPC needs a bearer token.
 
     Without a verifier (until identity's token verification is plugged in) calls pass

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from opentelemetry import metrics, trace

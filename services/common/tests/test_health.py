@@ -1,0 +1,75 @@
+"""Health follows the dependencies: NOT_SERVING until they answer, and whenever they stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from medledger.ledger.server import LedgerServiceServicer
+from medledger.testkit.inprocess import channel, eventually, ledger_servicer, running
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LEDGER = "medledger.api.ledger.v1.LedgerService"
+
+
+class Switch:
+    """A dependency whose availability the test decides. A real dependency going down is
+    tested in tests/test_dependency_outage.py; this one checks the monitor's own logic."""
+
+    name = "switch"
+
+    def __init__(self) -> None:
+        self.up = False
+        self.slow = False
+
+    async def check(self) -> None:
+        if self.slow:
+            await asyncio.sleep(60)
+        if not self.up:
+            raise ConnectionError("down")
+
+
+async def status(ch: grpc.aio.Channel, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(ch)
+    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+    return int(response.status)
+
+
+async def test_health_follows_the_dependency() -> None:
+    switch = Switch()
+    async with running(ledger_servicer(LedgerServiceServicer()), probes=[switch]) as server:
+        async with channel(server.port) as ch:
+            await asyncio.sleep(0.5)
+            assert await status(ch) == NOT_SERVING
+            assert await status(ch, LEDGER) == NOT_SERVING
+            switch.up = True
+
+            async def serving() -> bool:
+                return await status(ch) == SERVING and await status(ch, LEDGER) == SERVING
+
+            await eventually(serving, timeout=5)
+            switch.up = False
+
+            async def not_serving() -> bool:
+                return await status(ch) == NOT_SERVING
+
+            await eventually(not_serving, timeout=5)
+            assert server.health.unavailable_dependencies == ["switch"]
+
+
+async def test_a_hanging_dependency_counts_as_down() -> None:
+    switch = Switch()
+    switch.up, switch.slow = True, True
+    async with (
+        running(
+            ledger_servicer(LedgerServiceServicer()),
+            probes=[switch],
+            dependency_timeout_seconds=0.3,
+        ) as server,
+        channel(server.port) as ch,
+    ):
+        await asyncio.sleep(1.0)
+        assert await status(ch) == NOT_SERVING
+        assert server.health.unavailable_dependencies == ["switch"]

@@ -1,0 +1,77 @@
+"""One trace id across two services: the caller's context crosses the gRPC hop."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.channels import create_channel
+from medledger.common.config import ServiceSettings
+from medledger.common.telemetry import configure_logging, current_trace_id, setup_telemetry
+from medledger.ledger.server import LedgerServiceServicer
+from medledger.testkit.inprocess import ledger_servicer, running
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+
+class Downstream(LedgerServiceServicer):
+    def __init__(self) -> None:
+        self.trace_ids: list[bytes] = []
+
+    async def GetVerifierKey(self, request: Any, context: Any) -> ledger_pb2.GetVerifierKeyResponse:
+        self.trace_ids.append(current_trace_id())
+        logging.getLogger("medledger.test").info("downstream handled")
+        return ledger_pb2.GetVerifierKeyResponse(vkey="downstream")
+
+
+class Upstream(LedgerServiceServicer):
+    """Answers GetCheckpoint by calling the downstream service, as record calls ledger."""
+
+    def __init__(self, downstream_port: int) -> None:
+        self._target = f"127.0.0.1:{downstream_port}"
+
+    async def GetCheckpoint(self, request: Any, context: Any) -> ledger_pb2.GetCheckpointResponse:
+        async with create_channel(self._target, ServiceSettings()) as ch:
+            key = await ledger_pb2_grpc.LedgerServiceStub(ch).GetVerifierKey(
+                ledger_pb2.GetVerifierKeyRequest()
+            )
+        return ledger_pb2.GetCheckpointResponse(checkpoint=key.vkey.encode())
+
+
+async def test_one_trace_crosses_two_services(capfd: Any) -> None:
+    exporter = InMemorySpanExporter()
+    setup_telemetry("test", span_processors=[SimpleSpanProcessor(exporter)])
+    configure_logging("test")
+    downstream = Downstream()
+    async with running(ledger_servicer(downstream), name="downstream") as b:
+        async with running(ledger_servicer(Upstream(b.port)), name="upstream") as a:
+            async with create_channel(f"127.0.0.1:{a.port}", ServiceSettings()) as ch:
+                response = await ledger_pb2_grpc.LedgerServiceStub(ch).GetCheckpoint(
+                    ledger_pb2.GetCheckpointRequest()
+                )
+    assert response.checkpoint == b"downstream"
+
+    spans = exporter.get_finished_spans()
+    by_name = {(s.name, s.kind): s for s in spans}
+    get_checkpoint = "/medledger.api.ledger.v1.LedgerService/GetCheckpoint"
+    get_key = "/medledger.api.ledger.v1.LedgerService/GetVerifierKey"
+    upstream_server = by_name[(get_checkpoint, SpanKind.SERVER)]
+    downstream_client = by_name[(get_key, SpanKind.CLIENT)]
+    downstream_server = by_name[(get_key, SpanKind.SERVER)]
+    trace_id = upstream_server.context.trace_id
+    assert downstream_client.context.trace_id == trace_id
+    assert downstream_server.context.trace_id == trace_id
+    # The hop is linked: downstream's server span is the child of upstream's client span.
+    assert downstream_server.parent is not None
+    assert downstream_server.parent.span_id == downstream_client.context.span_id
+    assert downstream_client.parent is not None
+    assert downstream_client.parent.span_id == upstream_server.context.span_id
+    # The handler sees the same trace id (what ledger entries will carry) ...
+    assert downstream.trace_ids == [trace_id.to_bytes(16, "big")]
+    # ... and so do the JSON logs.
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if "{" in line]
+    handled = [line for line in lines if line.get("message") == "downstream handled"]
+    assert handled and handled[0]["trace_id"] == format(trace_id, "032x")

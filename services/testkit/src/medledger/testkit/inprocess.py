@@ -1,0 +1,68 @@
+"""Real gRPC servers built by the real bootstrap, inside the test process, on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
+from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.config import ServiceSettings
+from medledger.common.health import DependencyProbe
+from medledger.common.server import ServiceServer
+from medledger.common.service import Servicer, ServiceRuntime
+
+
+def ledger_servicer(implementation: object) -> Servicer:
+    return Servicer(
+        implementation,
+        ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
+        ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
+    )
+
+
+def inference_servicer(implementation: object) -> Servicer:
+    return Servicer(
+        implementation,
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+        inference_pb2.DESCRIPTOR.services_by_name["InferenceService"],
+    )
+
+
+@asynccontextmanager
+async def running(
+    *servicers: Servicer,
+    probes: list[DependencyProbe] | None = None,
+    name: str = "test",
+    **settings: Any,
+) -> AsyncIterator[ServiceServer]:
+    """A real server on a free loopback port, stopped at the end."""
+    config = ServiceSettings(grpc_port=0, health_interval_seconds=0.2, **settings)
+    runtime = ServiceRuntime(
+        name=name, settings=config, servicers=list(servicers), extra_probes=probes or []
+    )
+    server = ServiceServer(runtime)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace=0)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> float:
+    """Polls ``check`` until it is true; returns the seconds it took or fails the test."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if await check():
+            return time.monotonic() - start
+        await asyncio.sleep(0.05)
+    pytest.fail(f"condition not met within {timeout} s")
+
+
+def channel(port: int) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}")
