@@ -33,7 +33,8 @@ def test_defaults_load(monkeypatch: pytest.MonkeyPatch) -> None:
     service, mongo, vault = load_settings(ServiceSettings, MongoSettings, VaultSettings)
     assert service.listen_address == "127.0.0.1:50050"
     assert mongo.mongodb_database == "medledger"
-    assert vault.token == SECRET and SECRET not in repr(vault)
+    assert vault.token == SECRET
+    assert SECRET not in repr(vault)
 
 
 def test_every_mistake_is_named_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -49,13 +49,13 @@ async def test_health_follows_the_dependency() -> None:
             async def serving() -> bool:
                 return await status(ch) == SERVING and await status(ch, LEDGER) == SERVING
 
-            await eventually(serving, timeout=5)
+            await eventually(serving, within=5)
             switch.up = False
 
             async def not_serving() -> bool:
                 return await status(ch) == NOT_SERVING
 
-            await eventually(not_serving, timeout=5)
+            await eventually(not_serving, within=5)
             assert server.health.unavailable_dependencies == ["switch"]
 
 

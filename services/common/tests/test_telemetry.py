@@ -74,4 +74,5 @@ async def test_one_trace_crosses_two_services(capfd: Any) -> None:
     # ... and so do the JSON logs.
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if "{" in line]
     handled = [line for line in lines if line.get("message") == "downstream handled"]
-    assert handled and handled[0]["trace_id"] == format(trace_id, "032x")
+    assert handled
+    assert handled[0]["trace_id"] == format(trace_id, "032x")

@@ -54,14 +54,14 @@ async def running(
         await server.stop(grace=0)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> float:
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> float:
     """Polls ``check`` until it is true; returns the seconds it took or fails the test."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
+    while time.monotonic() - start < within:
         if await check():
             return time.monotonic() - start
         await asyncio.sleep(0.05)
-    pytest.fail(f"condition not met within {timeout} s")
+    pytest.fail(f"condition not met within {within} s")
 
 
 def channel(port: int) -> grpc.aio.Channel:
