@@ -1,0 +1,164 @@
+{{/*
+Deep merge of two maps, the second winning; unlike sprig's mergeOverwrite, false, 0 and ""
+in the second map do override. Lists are replaced, not concatenated.
+Usage: include "medledger.deepMerge" (list $base $override) | fromJson
+*/}}
+{{- define "medledger.deepMerge" -}}
+{{- $out := deepCopy (index . 0) -}}
+{{- range $key, $value := (index . 1) -}}
+{{- $current := get $out $key -}}
+{{- if and (kindIs "map" $value) (kindIs "map" $current) -}}
+{{- $_ := set $out $key (include "medledger.deepMerge" (list $current $value) | fromJson) -}}
+{{- else -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+A component's settings: `default` merged under `components.<name>`, plus its name.
+Usage: include "medledger.component" (dict "root" $ "name" $name) | fromJson
+*/}}
+{{- define "medledger.component" -}}
+{{- $component := index .root.Values.components .name -}}
+{{- $merged := include "medledger.deepMerge" (list .root.Values.default $component) | fromJson -}}
+{{- $_ := set $merged "name" .name -}}
+{{- toJson $merged -}}
+{{- end -}}
+
+{{/* Kubernetes name of a component's objects: <release>-<component>. */}}
+{{- define "medledger.fullname" -}}
+{{- printf "%s-%s" .root.Release.Name .name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "medledger.selectorLabels" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{- define "medledger.labels" -}}
+{{ include "medledger.selectorLabels" . }}
+app.kubernetes.io/component: {{ .name }}
+app.kubernetes.io/part-of: medledger
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* The image reference: registry/repository, then @digest or :tag. */}}
+{{- define "medledger.image" -}}
+{{- $image := .config.image -}}
+{{- $repository := $image.repository | default (printf "medledger-%s" .name) -}}
+{{- $ref := printf "%s/%s" $image.registry $repository -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $ref $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $ref ($image.tag | default .root.Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "medledger.imagePullPolicy" -}}
+{{- if .config.image.pullPolicy -}}
+{{- .config.image.pullPolicy -}}
+{{- else if .config.image.digest -}}
+IfNotPresent
+{{- else -}}
+Always
+{{- end -}}
+{{- end -}}
+
+{{/* The gRPC address other pods use to reach a component: <release>-<component>:<port>. */}}
+{{- define "medledger.address" -}}
+{{- $component := index .root.Values.components .name -}}
+{{- printf "%s:%v" (include "medledger.fullname" .) (int $component.port) -}}
+{{- end -}}
+
+{{/*
+The container's environment as a YAML list. The chart's variables come first; `env` from
+default and then from the component follow, and a later entry replaces an earlier one of the
+same name in its place.
+*/}}
+{{- define "medledger.env" -}}
+{{- $root := .root -}}
+{{- $config := .config -}}
+{{- $backends := $config.backends | default list -}}
+{{- $env := list -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_GRPC_HOST" "value" "0.0.0.0") -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_GRPC_PORT" "value" (printf "%v" (int $config.port))) -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_LOG_LEVEL" "value" $root.Values.logLevel) -}}
+{{- if $config.healthPort -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_HEALTH_PORT" "value" (printf "%v" (int $config.healthPort))) -}}
+{{- end -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_SHUTDOWN_GRACE_SECONDS" "value" (printf "%v" (int $config.shutdownGraceSeconds))) -}}
+{{- range $service := list "identity" "ledger" "record" -}}
+{{- if and (ne $service $.name) (index $root.Values.components $service).enabled -}}
+{{- $env = append $env (dict "name" (printf "MEDLEDGER_%s_ADDR" (upper $service)) "value" (include "medledger.address" (dict "root" $root "name" $service))) -}}
+{{- end -}}
+{{- end -}}
+{{- $env = append $env (dict "name" "K8S_NAMESPACE" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.namespace"))) -}}
+{{- $env = append $env (dict "name" "K8S_POD_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name"))) -}}
+{{- $env = append $env (dict "name" "K8S_NODE_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "spec.nodeName"))) -}}
+{{- $env = append $env (dict "name" "OTEL_SERVICE_NAME" "value" .name) -}}
+{{- $attributes := list "service.namespace=medledger" (printf "service.version=%s" $root.Chart.AppVersion) "k8s.namespace.name=$(K8S_NAMESPACE)" "k8s.pod.name=$(K8S_POD_NAME)" "k8s.node.name=$(K8S_NODE_NAME)" -}}
+{{- range $key, $value := $root.Values.telemetry.resourceAttributes -}}
+{{- $attributes = append $attributes (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- $env = append $env (dict "name" "OTEL_RESOURCE_ATTRIBUTES" "value" (join "," $attributes)) -}}
+{{- with $root.Values.telemetry.otlpEndpoint -}}
+{{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_ENDPOINT" "value" .) -}}
+{{- end -}}
+{{- if $config.tls.enabled -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_TLS_CERT_FILE" "value" "/etc/medledger/tls/tls.crt") -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_TLS_KEY_FILE" "value" "/etc/medledger/tls/tls.key") -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_TLS_CA_FILE" "value" "/etc/medledger/tls/ca.crt") -}}
+{{- end -}}
+{{- if has "mongodb" $backends -}}
+{{- $secret := required "mongodb.existingSecret is required: the Secret holding MONGODB_URI" $root.Values.mongodb.existingSecret -}}
+{{- $env = append $env (dict "name" "MONGODB_URI" "valueFrom" (dict "secretKeyRef" (dict "name" $secret "key" $root.Values.mongodb.secretKey))) -}}
+{{- $database := required (printf "components.%s.database is required: it uses mongodb" .name) $config.database -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MONGODB_DATABASE" "value" $database) -}}
+{{- end -}}
+{{- if has "vault" $backends -}}
+{{- $env = append $env (dict "name" "VAULT_ADDR" "value" (required "vault.address is required" $root.Values.vault.address)) -}}
+{{- $env = append $env (dict "name" "VAULT_AUTH_METHOD" "value" "kubernetes") -}}
+{{- $env = append $env (dict "name" "VAULT_K8S_ROLE" "value" (required (printf "components.%s.vaultRole is required: it uses vault" .name) $config.vaultRole)) -}}
+{{- $env = append $env (dict "name" "VAULT_TRANSIT_MOUNT" "value" $root.Values.vault.transitMount) -}}
+{{- end -}}
+{{- if has "triton" $backends -}}
+{{- $env = append $env (dict "name" "TRITON_URL" "value" (required "triton.url is required" $root.Values.triton.url)) -}}
+{{- end -}}
+{{- if eq .name "ledger" -}}
+{{- $env = append $env (dict "name" "LEDGER_ORIGIN" "value" (required "ledger.origin is required" $root.Values.ledger.origin)) -}}
+{{- $env = append $env (dict "name" "LEDGER_WITNESSES" "value" (join "," $root.Values.ledger.witnesses)) -}}
+{{- end -}}
+{{- $names := list -}}
+{{- $byName := dict -}}
+{{- range $entry := concat $env ($root.Values.default.env | default list) ((index $root.Values.components .name).env | default list) -}}
+{{- if not (hasKey $byName $entry.name) -}}
+{{- $names = append $names $entry.name -}}
+{{- end -}}
+{{- $_ := set $byName $entry.name $entry -}}
+{{- end -}}
+{{- $final := list -}}
+{{- range $name := $names -}}
+{{- $final = append $final (get $byName $name) -}}
+{{- end -}}
+{{- toYaml $final -}}
+{{- end -}}
+
+{{/* checkov skip annotations for the findings in `checkovSkips` that apply to this component. */}}
+{{- define "medledger.checkovSkips" -}}
+{{- $skips := list -}}
+{{- if has "mongodb" (.config.backends | default list) -}}
+{{- $skips = append $skips "CKV_K8S_35" -}}
+{{- end -}}
+{{- if not .config.image.digest -}}
+{{- $skips = append $skips "CKV_K8S_43" -}}
+{{- end -}}
+{{- range $index, $id := $skips }}
+{{- with get $.root.Values.checkovSkips $id }}
+checkov.io/skip{{ add1 $index }}: {{ printf "%s=%s" $id . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}

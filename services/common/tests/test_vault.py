@@ -1,0 +1,85 @@
+"""The Vault transit adapter against a real OpenBao server."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from medledger.common.config import VaultSettings
+from medledger.common.errors import FailedPrecondition, NotFound, Unavailable
+from medledger.common.vault import Signature, VaultTransit
+
+
+def transit(vault_server: Any, token: str | None = None) -> VaultTransit:
+    return VaultTransit(
+        VaultSettings(addr=vault_server.addr, token=token or vault_server.services_token)
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_sign_verifies_with_the_public_key_only(vault_server: Any) -> None:
+    vault = transit(vault_server)
+    await vault.check()
+    message = b"medledger.local/ledger\n1\nAAAA\n"
+    signature = await vault.sign("ledger-checkpoint", message)
+    keys = await vault.public_keys("ledger-checkpoint")
+    public = Ed25519PublicKey.from_public_bytes(keys[signature.key_version])
+    public.verify(signature.signature, message)  # raises if wrong
+    with pytest.raises(InvalidSignature):
+        public.verify(signature.signature, message + b"x")
+    assert await vault.verify("ledger-checkpoint", message, signature)
+    vault.close()
+
+
+async def test_rotation_keeps_old_signatures_verifiable(vault_server: Any) -> None:
+    vault = transit(vault_server, vault_server.token)
+    key = "witness-b"
+    before = await vault.sign(key, b"before")
+    new_version = await vault.rotate(key)
+    after = await vault.sign(key, b"after")
+    assert new_version == before.key_version + 1 == after.key_version
+    keys = await vault.public_keys(key)
+    assert set(keys) >= {before.key_version, after.key_version}
+    Ed25519PublicKey.from_public_bytes(keys[before.key_version]).verify(before.signature, b"before")
+    assert await vault.verify(key, b"before", before)
+    assert not await vault.verify(key, b"after", Signature(after.key_version, before.signature))
+    vault.close()
+
+
+async def test_envelope_encryption_round_trip(vault_server: Any) -> None:
+    vault = transit(vault_server)
+    data_key = await vault.generate_data_key("record-patient-kek")
+    assert len(data_key.plaintext) == 32
+    assert data_key.wrapped.startswith("vault:v")
+    nonce = b"\x00" * 12
+    sealed = AESGCM(data_key.plaintext).encrypt(nonce, b"observation", b"Observation/1/1")
+    unwrapped = await vault.decrypt("record-patient-kek", data_key.wrapped)
+    assert AESGCM(unwrapped).decrypt(nonce, sealed, b"Observation/1/1") == b"observation"
+    ciphertext = await vault.encrypt("record-patient-kek", b"small secret")
+    assert await vault.decrypt("record-patient-kek", ciphertext) == b"small secret"
+    vault.close()
+
+
+async def test_vault_down_is_unavailable() -> None:
+    vault = VaultTransit(VaultSettings(addr=f"http://127.0.0.1:{closed_port()}", token="t"))
+    with pytest.raises(Unavailable) as raised:
+        await vault.sign("ledger-checkpoint", b"x")
+    assert raised.value.metadata == {"dependency": "vault"}
+    with pytest.raises(Unavailable):
+        await vault.check()
+
+
+async def test_bad_token_and_unknown_key(vault_server: Any) -> None:
+    with pytest.raises(FailedPrecondition):
+        await transit(vault_server, "not-a-token").check()
+    with pytest.raises((NotFound, FailedPrecondition)):
+        await transit(vault_server).sign("no-such-key", b"x")
