@@ -159,6 +159,7 @@ def test_inference_serves_when_triton_is_ready(
     try:
         assert check(server.address) == SERVING
         names, methods = reflected_methods(server.address, DESCRIPTORS["inference"].full_name)
+        assert DESCRIPTORS["inference"].full_name in names
         assert "Predict" in methods
     finally:
         server.stop()

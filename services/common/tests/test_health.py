@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.cli.stack.process import free_port
+from medledger.common.health import LIVENESS
 from medledger.ledger.server import LedgerServiceServicer
 from medledger.testkit.inprocess import channel, eventually, ledger_servicer, running
 
@@ -44,6 +48,8 @@ async def test_health_follows_the_dependency() -> None:
             await asyncio.sleep(0.5)
             assert await status(ch) == NOT_SERVING
             assert await status(ch, LEDGER) == NOT_SERVING
+            # Liveness does not follow the dependencies: an outage must not restart pods.
+            assert await status(ch, LIVENESS) == SERVING
             switch.up = True
 
             async def serving() -> bool:
@@ -73,3 +79,24 @@ async def test_a_hanging_dependency_counts_as_down() -> None:
         await asyncio.sleep(1.0)
         assert await status(ch) == NOT_SERVING
         assert server.health.unavailable_dependencies == ["switch"]
+
+
+async def test_plaintext_health_port_serves_health_only() -> None:
+    switch = Switch()
+    switch.up = True
+    port = free_port()
+    async with running(
+        ledger_servicer(LedgerServiceServicer()), probes=[switch], health_port=port
+    ) as server:
+        async with channel(port) as health_ch, channel(server.port) as main_ch:
+
+            async def serving() -> bool:
+                return await status(health_ch) == SERVING
+
+            await eventually(serving, within=5)
+            assert await status(health_ch, LIVENESS) == SERVING
+            assert await status(main_ch) == SERVING
+            stub = ledger_pb2_grpc.LedgerServiceStub(health_ch)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=2)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED

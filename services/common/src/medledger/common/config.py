@@ -30,6 +30,9 @@ class ServiceSettings(BaseSettings):
 
     grpc_host: str = "127.0.0.1"
     grpc_port: Port = 50050
+    # A plaintext port serving only grpc.health.v1, for kubelet probes when the main port
+    # requires mTLS (kubelet's gRPC probes cannot present a client certificate). 0: none.
+    health_port: Port = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
     health_interval_seconds: float = Field(default=2.0, gt=0, le=60)

@@ -18,6 +18,10 @@ from medledger.common.errors import MedledgerError
 
 log = logging.getLogger("medledger.health")
 
+# Health service name that reports only "the process is alive and not draining", for
+# liveness probes: a database outage must take a pod out of rotation, not restart it.
+LIVENESS = "liveness"
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

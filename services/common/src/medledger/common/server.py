@@ -20,7 +20,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from medledger.common.config import ConfigError, ServiceSettings
-from medledger.common.health import NOT_SERVING, DependencyProbe, HealthMonitor
+from medledger.common.health import (
+    LIVENESS,
+    NOT_SERVING,
+    SERVING,
+    DependencyProbe,
+    HealthMonitor,
+)
 from medledger.common.interceptors import AuthInterceptor, ErrorInterceptor, TokenVerifier
 from medledger.common.telemetry import configure_logging, server_interceptors, setup_telemetry
 
@@ -84,6 +90,7 @@ class ServiceServer:
         self._verifier = verifier
         self._public_methods = public_methods
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._monitor: HealthMonitor | None = None
         self._monitor_task: asyncio.Task[None] | None = None
         self.port = 0
@@ -110,6 +117,7 @@ class ServiceServer:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in ["", *names]:
             await health_servicer.set(name, NOT_SERVING)
+        await health_servicer.set(LIVENESS, SERVING)
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
@@ -122,6 +130,8 @@ class ServiceServer:
             raise OSError(f"cannot listen on {settings.listen_address}")
         await server.start()
         self._server = server
+        if settings.health_port:
+            self._health_server = await self._start_health_port(health_servicer)
         self._monitor = HealthMonitor(
             health_servicer,
             names,
@@ -132,6 +142,16 @@ class ServiceServer:
         self._monitor_task = asyncio.create_task(self._monitor.run(), name="health-monitor")
         log.info("serving", extra={"address": settings.listen_address, "port": self.port})
         return self.port
+
+    async def _start_health_port(self, health_servicer: Any) -> grpc.aio.Server:
+        """Plaintext health-only listener for probes that cannot do mTLS."""
+        health_server = grpc.aio.server(options=server_options(self.settings))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        host = self.settings.listen_address.rsplit(":", 1)[0]
+        if health_server.add_insecure_port(f"{host}:{self.settings.health_port}") == 0:
+            raise OSError(f"cannot listen on health port {self.settings.health_port}")
+        await health_server.start()
+        return health_server
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, let running calls finish for ``grace``
@@ -146,6 +166,9 @@ class ServiceServer:
             self._monitor_task.cancel()
         await self._server.stop(grace)
         self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         await self.service.aclose()
         log.info("stopped")
 
