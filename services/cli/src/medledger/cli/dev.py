@@ -1,0 +1,89 @@
+"""``medledger dev up|down|status``: the local stack of real servers on fixed ports."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from medledger.cli.stack.devstack import ComponentStatus, DevStack
+from medledger.cli.stack.paths import StackPaths
+from medledger.cli.stack.probes import Health
+from medledger.cli.stack.process import StackError
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Run the local stack (Mongo, Vault, Triton and the services).")
+console = Console()
+errors = Console(stderr=True)
+
+_HEALTH_STYLE = {Health.SERVING: "green", Health.NOT_SERVING: "yellow", Health.DOWN: "red"}
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _table(statuses: list[ComponentStatus], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("component")
+    table.add_column("address", overflow="fold")
+    table.add_column("pid", justify="right")
+    table.add_column("status", overflow="fold")
+    table.add_column("log file", overflow="fold")
+    for s in statuses:
+        style = _HEALTH_STYLE[s.health]
+        status = f"[{style}]{s.health.value}[/{style}]" + (f" ({s.note})" if s.note else "")
+        table.add_row(
+            s.name, s.address, str(s.pid) if s.pid else "-", status, _relative(s.log_file)
+        )
+    return table
+
+
+def _say(message: str) -> None:
+    console.print(f"[dim]•[/dim] {message}")
+
+
+@app.command()
+def up(
+    deps_only: Annotated[
+        bool, typer.Option("--deps-only", hidden=True, help="Start Mongo, Vault, Triton only.")
+    ] = False,
+) -> None:
+    """Start the stack (what already runs is left alone) and wait until all of it serves."""
+    stack = DevStack(StackPaths.from_env())
+    started = time.monotonic()
+    try:
+        statuses = stack.up(deps_only=deps_only, say=_say)
+    except StackError as exc:
+        errors.print(f"[red bold]medledger dev up failed:[/red bold] {exc}", highlight=False)
+        errors.print("Fix it and run `medledger dev up` again (or `medledger dev down`).")
+        raise typer.Exit(1) from exc
+    elapsed = time.monotonic() - started
+    console.print(_table(statuses, f"medledger local stack (up in {elapsed:.1f}s)"))
+    if any(s.health is not Health.SERVING for s in statuses):
+        raise typer.Exit(1)
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `dev up` started (by the pids in its pid files), services first."""
+    stack = DevStack(StackPaths.from_env())
+    try:
+        stopped = stack.down(say=_say)
+    except StackError as exc:
+        errors.print(f"[red bold]medledger dev down failed:[/red bold] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    if not stopped:
+        console.print("nothing was running")
+
+
+@app.command()
+def status() -> None:
+    """Show each component: pid (if running), address and health."""
+    stack = DevStack(StackPaths.from_env())
+    console.print(_table(stack.status(), f"medledger local stack ({stack.paths.home})"))

@@ -1,0 +1,207 @@
+"""The local stack behind ``medledger dev up|down|status``: fixed ports, state in one folder.
+
+Everything it starts is recorded in a pid file; ``down`` stops exactly those processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from medledger.cli.stack.mongo import MongoServer
+from medledger.cli.stack.paths import StackPaths
+from medledger.cli.stack.probes import Health
+from medledger.cli.stack.process import PidRecord, PortBusyError, StackError, is_port_free
+from medledger.cli.stack.server import Server
+from medledger.cli.stack.services import (
+    SERVICE_PORTS,
+    ServiceServer,
+    StackEndpoints,
+    service_available,
+)
+from medledger.cli.stack.triton import TritonServer
+from medledger.cli.stack.vault import PersistentVault
+
+MONGO_PORT: Final = 27018
+VAULT_PORT: Final = 8201
+TRITON_HTTP_PORT: Final = 8010
+TRITON_GRPC_PORT: Final = 8011
+TRITON_METRICS_PORT: Final = 8012
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    address: str
+    pid: int | None
+    health: Health
+    log_file: Path
+    note: str = ""
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+class DevStack:
+    """The local stack on its fixed ports, its state under ``paths.home``."""
+
+    def __init__(self, paths: StackPaths) -> None:
+        self.paths = paths
+        self.mongo = MongoServer(
+            port=MONGO_PORT,
+            storage_path=paths.state("mongo"),
+            log_file=paths.log("mongo"),
+            pid_file=paths.pid("mongo"),
+        )
+        self.vault = PersistentVault(
+            port=VAULT_PORT,
+            state_dir=paths.state("vault"),
+            log_file=paths.log("vault"),
+            pid_file=paths.pid("vault"),
+        )
+        self.triton = TritonServer(
+            grpc_port=TRITON_GRPC_PORT,
+            http_port=TRITON_HTTP_PORT,
+            metrics_port=TRITON_METRICS_PORT,
+            state_dir=paths.state("triton"),
+            log_file=paths.log("triton"),
+            pid_file=paths.pid("triton"),
+            model_control_mode="poll",
+        )
+        self.services = self._services(vault_token="")
+
+    @property
+    def dependencies(self) -> list[Server]:
+        return [self.mongo, self.vault, self.triton]
+
+    def components(self, *, deps_only: bool = False) -> list[Server]:
+        return [*self.dependencies, *([] if deps_only else self.services)]
+
+    def _services(self, vault_token: str) -> list[ServiceServer]:
+        endpoints = StackEndpoints(
+            mongo_uri=self.mongo.uri,
+            vault_addr=self.vault.addr,
+            vault_token=vault_token,
+            triton_url=self.triton.grpc_url,
+        )
+        return [
+            ServiceServer(
+                name,
+                endpoints=endpoints,
+                log_file=self.paths.log(name),
+                pid_file=self.paths.pid(name),
+            )
+            for name in SERVICE_PORTS
+        ]
+
+    def _preflight(self, components: Sequence[Server]) -> set[str]:
+        """Adopt what already runs from our pid files; fail before starting anything if a
+        port we need is taken by someone else or a service cannot run here."""
+        running: set[str] = set()
+        busy: list[PortBusyError] = []
+        for component in components:
+            if component.adopt():
+                running.add(component.component)
+                continue
+            if component.pid_file is not None:
+                component.pid_file.unlink(missing_ok=True)  # stale: its process is gone
+            busy.extend(
+                PortBusyError(component.component, port)
+                for port in component.ports
+                if not is_port_free(port, component.host)
+            )
+        if busy:
+            raise StackError("\n".join(str(error) for error in busy))
+        missing = [
+            s.component
+            for s in components
+            if isinstance(s, ServiceServer)
+            and s.component not in running
+            and not service_available(s.component)
+        ]
+        if missing:
+            raise StackError(
+                "services not installed in this environment: "
+                + ", ".join(f"medledger.{name}" for name in missing)
+                + " (run `uv sync`, or `medledger dev up --deps-only` for the dependencies)"
+            )
+        return running
+
+    def up(self, *, deps_only: bool = False, say: Say = _quiet) -> list[ComponentStatus]:
+        """Start whatever is not running yet and wait until everything serves."""
+        self.paths.home.mkdir(parents=True, exist_ok=True)
+        running = self._preflight(self.components(deps_only=deps_only))
+
+        if "mongo" not in running:
+            say("starting mongo")
+            self.mongo.start()
+        if "vault" not in running:
+            say("starting vault")
+            self.vault.start()
+        elif self.vault.health() is not Health.SERVING:
+            say("unsealing vault")
+            self.vault.wait_started()
+        for item in self.vault.provision().created:
+            say(f"vault: created {item}")
+        if "triton" not in running:
+            self.triton.ensure_runtime(
+                on_build=lambda venv: say(
+                    f"building Triton's virtualenv in {venv} (first run only; takes a while)"
+                )
+            )
+            say("starting triton")
+            self.triton.start()
+
+        if not deps_only:
+            assert self.vault.services_token is not None
+            self.services = self._services(self.vault.services_token)
+            for service in self.services:
+                if service.component in running:
+                    service.adopt()
+                else:
+                    say(f"starting {service.component}")
+                    service.launch()
+            for service in self.services:
+                if service.component not in running:
+                    service.wait_started()
+
+        return [
+            self._status(c, "already running" if c.component in running else "started")
+            for c in self.components(deps_only=deps_only)
+        ]
+
+    def down(self, say: Say = _quiet) -> list[str]:
+        """Stop what our pid files name: services first, then the dependencies."""
+        stopped: list[str] = []
+        for component in [*reversed(self.services), *reversed(self.dependencies)]:
+            record = PidRecord.read(component.pid_file) if component.pid_file else None
+            if record is None:
+                continue
+            if component.stop():
+                say(f"stopped {component.component} (pid {record.pid})")
+                stopped.append(component.component)
+            else:
+                say(f"{component.component} was not running (stale pid file removed)")
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        return [self._status(c) for c in self.components()]
+
+    def _status(self, component: Server, note: str = "") -> ComponentStatus:
+        record = PidRecord.read(component.pid_file) if component.pid_file else None
+        alive = record is not None and record.is_running()
+        if record is not None and not alive:
+            note = note or "stale pid file"
+        return ComponentStatus(
+            name=component.component,
+            address=component.address,
+            pid=record.pid if alive and record is not None else None,
+            health=component.health(),
+            log_file=component.log_file,
+            note=note,
+        )

@@ -1,0 +1,48 @@
+"""Where the local stack keeps its state, logs, pid files and caches."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR_NAME = ".medledger"
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The checkout the command runs in: the nearest parent holding the workspace's uv.lock.
+
+    Falls back to the current directory, so the command still works outside a checkout.
+    """
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "uv.lock").is_file() and (candidate / "services").is_dir():
+            return candidate
+    return here
+
+
+def cache_dir(root: Path | None = None) -> Path:
+    """Caches shared by the local stack and the tests (not moved by MEDLEDGER_HOME)."""
+    return (root or repo_root()) / STATE_DIR_NAME / "cache"
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    """The layout under MEDLEDGER_HOME (default ``<repo>/.medledger``)."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls) -> StackPaths:
+        override = os.environ.get("MEDLEDGER_HOME")
+        home = Path(override).expanduser() if override else repo_root() / STATE_DIR_NAME
+        return cls(home.resolve())
+
+    def state(self, component: str) -> Path:
+        return self.home / component
+
+    def log(self, component: str) -> Path:
+        return self.home / "logs" / f"{component}.log"
+
+    def pid(self, component: str) -> Path:
+        return self.home / "run" / f"{component}.pid"
