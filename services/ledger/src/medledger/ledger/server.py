@@ -27,6 +27,11 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.GetCheckpointResponse:
         raise Unimplemented(PENDING)
 
+    async def ListCheckpoints(
+        self, request: ledger_pb2.ListCheckpointsRequest, context: Context
+    ) -> ledger_pb2.ListCheckpointsResponse:
+        raise Unimplemented(PENDING)
+
     async def GetEntry(
         self, request: ledger_pb2.GetEntryRequest, context: Context
     ) -> ledger_pb2.GetEntryResponse:

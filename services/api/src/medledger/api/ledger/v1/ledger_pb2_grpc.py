@@ -47,6 +47,11 @@ class LedgerServiceStub:
                 request_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.GetCheckpointRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.GetCheckpointResponse.FromString,
                 _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/medledger.api.ledger.v1.LedgerService/ListCheckpoints',
+                request_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
         self.GetEntry = channel.unary_unary(
                 '/medledger.api.ledger.v1.LedgerService/GetEntry',
                 request_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.GetEntryRequest.SerializeToString,
@@ -89,6 +94,14 @@ class LedgerServiceServicer:
 
     def GetCheckpoint(self, request, context):
         """GetCheckpoint returns the latest signed checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """ListCheckpoints returns every checkpoint the log has issued, by increasing tree size, so
+        an auditor can check each one's signature and its consistency with the next.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +154,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetCheckpoint,
                     request_deserializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.GetCheckpointRequest.FromString,
                     response_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.ListCheckpointsResponse.SerializeToString,
             ),
             'GetEntry': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEntry,
@@ -225,6 +243,33 @@ class LedgerService:
             '/medledger.api.ledger.v1.LedgerService/GetCheckpoint',
             medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.GetCheckpointRequest.SerializeToString,
             medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.ledger.v1.LedgerService/ListCheckpoints',
+            medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.ListCheckpointsRequest.SerializeToString,
+            medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.ListCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

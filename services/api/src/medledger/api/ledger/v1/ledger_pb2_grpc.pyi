@@ -40,6 +40,10 @@ class LedgerServiceStub:
     """Append adds an entry and answers only once it is integrated in the tree, with its receipt."""
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetCheckpointRequest, _ledger_pb2.GetCheckpointResponse]
     """GetCheckpoint returns the latest signed checkpoint."""
+    ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListCheckpointsRequest, _ledger_pb2.ListCheckpointsResponse]
+    """ListCheckpoints returns every checkpoint the log has issued, by increasing tree size, so
+    an auditor can check each one's signature and its consistency with the next.
+    """
     GetEntry: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryRequest, _ledger_pb2.GetEntryResponse]
     """GetEntry returns one leaf: its exact bytes and the decoded entry."""
     ListEntries: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListEntriesRequest, _ledger_pb2.ListEntriesResponse]
@@ -63,6 +67,10 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """Append adds an entry and answers only once it is integrated in the tree, with its receipt."""
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetCheckpointRequest, _ledger_pb2.GetCheckpointResponse]  # type: ignore[assignment]
     """GetCheckpoint returns the latest signed checkpoint."""
+    ListCheckpoints: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListCheckpointsRequest, _ledger_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
+    """ListCheckpoints returns every checkpoint the log has issued, by increasing tree size, so
+    an auditor can check each one's signature and its consistency with the next.
+    """
     GetEntry: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryRequest, _ledger_pb2.GetEntryResponse]  # type: ignore[assignment]
     """GetEntry returns one leaf: its exact bytes and the decoded entry."""
     ListEntries: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListEntriesRequest, _ledger_pb2.ListEntriesResponse]  # type: ignore[assignment]
@@ -95,6 +103,16 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetCheckpointResponse, _abc.Awaitable[_ledger_pb2.GetCheckpointResponse]]:
         """GetCheckpoint returns the latest signed checkpoint."""
+
+    @_abc_1.abstractmethod
+    def ListCheckpoints(
+        self,
+        request: _ledger_pb2.ListCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListCheckpointsResponse, _abc.Awaitable[_ledger_pb2.ListCheckpointsResponse]]:
+        """ListCheckpoints returns every checkpoint the log has issued, by increasing tree size, so
+        an auditor can check each one's signature and its consistency with the next.
+        """
 
     @_abc_1.abstractmethod
     def GetEntry(
