@@ -3,7 +3,7 @@ differs: its servicers and which dependencies it owns."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,9 @@ class ServiceRuntime:
     mongo: AsyncMongoClient[dict[str, Any]] | None = None
     vault: VaultTransit | None = None
     extra_probes: Sequence[DependencyProbe] = field(default_factory=list)
+    # Background work the service runs while serving (e.g. the ledger's sequencer).
+    startup: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    shutdown: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def add_to_server(self, server: grpc.aio.Server) -> list[str]:
         for servicer in self.servicers:
@@ -53,10 +56,15 @@ class ServiceRuntime:
         return [*probes, *self.extra_probes]
 
     async def start(self) -> None:
-        """Nothing to do: connections are opened lazily so a dependency that is down at
-        start-up only keeps health NOT_SERVING instead of crashing the process."""
+        """Connections open lazily, so a dependency that is down at start-up only keeps
+        health NOT_SERVING instead of crashing the process; startup hooks must not block on
+        dependencies either."""
+        for hook in self.startup:
+            await hook()
 
     async def aclose(self) -> None:
+        for hook in self.shutdown:
+            await hook()
         if self.mongo is not None:
             await self.mongo.close()
         if self.vault is not None:

@@ -1,58 +1,172 @@
-"""gRPC servicer of the ledger service: converts messages to domain calls and back.
-
-Every RPC of the v1 contract is declared; those that answer UNIMPLEMENTED are filled by
-#4.
-"""
+"""gRPC servicer of the ledger: converts messages to domain calls and back."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.common.errors import Unimplemented
+from medledger.common.channels import create_channel
+from medledger.common.config import ServiceSettings
+from medledger.common.errors import FieldViolation, InvalidArgument, Unavailable
+from medledger.ledger.adapters.vault_signer import VaultNoteSigner
+from medledger.ledger.domain.entries import validate_entry, validate_idempotency_key
+from medledger.ledger.domain.log import LogReader, page_size
+from medledger.ledger.domain.sequencer import NotLeader, Receipt, Sequencer
 
 Context = grpc.aio.ServicerContext[Any, Any]
-PENDING = "not implemented yet"
+APPEND = "/medledger.api.ledger.v1.LedgerService/Append"
+
+
+def _receipt(receipt: Receipt) -> ledger_pb2.Receipt:
+    return ledger_pb2.Receipt(
+        leaf_index=receipt.leaf_index,
+        leaf_hash=receipt.leaf_hash,
+        checkpoint=receipt.checkpoint,
+        inclusion_proof=receipt.inclusion_proof,
+    )
+
+
+def _page_token(next_index: int | None) -> str:
+    if next_index is None:
+        return ""
+    return base64.urlsafe_b64encode(f"v1:{next_index}".encode()).decode()
+
+
+def _from_page_token(token: str, default: int) -> int:
+    if not token:
+        return default
+    try:
+        prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if prefix != "v1":
+            raise ValueError(prefix)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(
+            [FieldViolation("page_token", "is not a token this service issued")]
+        ) from None
+
+
+def _decoded(data: bytes) -> ledger_pb2.LedgerEntry:
+    entry = ledger_pb2.LedgerEntry()
+    entry.ParseFromString(data)
+    return entry
 
 
 class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
+    def __init__(
+        self,
+        sequencer: Sequencer,
+        reader: LogReader,
+        signer: VaultNoteSigner,
+        settings: ServiceSettings,
+    ) -> None:
+        self._sequencer = sequencer
+        self._reader = reader
+        self._signer = signer
+        self._settings = settings
+        self._leader_channel: tuple[str, grpc.aio.Channel] | None = None
+
+    async def _forward(
+        self, request: ledger_pb2.AppendRequest, error: NotLeader, context: Context
+    ) -> ledger_pb2.AppendResponse:
+        """Another replica sequences: hand the append to it (once; it does not forward)."""
+        if error.address is None or any(
+            k == "x-medledger-forwarded" for k, _ in context.invocation_metadata() or ()
+        ):
+            raise Unavailable("ledger sequencer", reason="NO_SEQUENCER")
+        if self._leader_channel is None or self._leader_channel[0] != error.address:
+            if self._leader_channel is not None:
+                await self._leader_channel[1].close(None)
+            self._leader_channel = (error.address, create_channel(error.address, self._settings))
+        stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
+            self._leader_channel[1]
+        )
+        try:
+            return await stub.Append(
+                request, metadata=[("x-medledger-forwarded", "1")], timeout=context.time_remaining()
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable("ledger sequencer", reason="SEQUENCER_UNREACHABLE") from exc
+
     async def Append(
         self, request: ledger_pb2.AppendRequest, context: Context
     ) -> ledger_pb2.AppendResponse:
-        raise Unimplemented(PENDING)
+        if not request.HasField("entry"):
+            raise InvalidArgument([FieldViolation("entry", "is required")])
+        data = validate_entry(request.entry)
+        validate_idempotency_key(request.idempotency_key)
+        try:
+            receipt = await self._sequencer.append(data, request.idempotency_key)
+        except NotLeader as error:
+            return await self._forward(request, error, context)
+        return ledger_pb2.AppendResponse(receipt=_receipt(receipt))
 
     async def GetCheckpoint(
         self, request: ledger_pb2.GetCheckpointRequest, context: Context
     ) -> ledger_pb2.GetCheckpointResponse:
-        raise Unimplemented(PENDING)
+        latest = await self._reader.latest()
+        return ledger_pb2.GetCheckpointResponse(checkpoint=latest.published)
 
     async def ListCheckpoints(
         self, request: ledger_pb2.ListCheckpointsRequest, context: Context
     ) -> ledger_pb2.ListCheckpointsResponse:
-        raise Unimplemented(PENDING)
+        after = _from_page_token(request.page_token, request.after_size)
+        found, following = await self._reader.checkpoints(after, page_size(request.page_size))
+        return ledger_pb2.ListCheckpointsResponse(
+            checkpoints=[
+                ledger_pb2.IssuedCheckpoint(tree_size=c.size, checkpoint=c.published) for c in found
+            ],
+            next_page_token=_page_token(following),
+        )
 
     async def GetEntry(
         self, request: ledger_pb2.GetEntryRequest, context: Context
     ) -> ledger_pb2.GetEntryResponse:
-        raise Unimplemented(PENDING)
+        data = await self._reader.entry(request.leaf_index)
+        return ledger_pb2.GetEntryResponse(entry_bytes=data, entry=_decoded(data))
 
     async def ListEntries(
         self, request: ledger_pb2.ListEntriesRequest, context: Context
     ) -> ledger_pb2.ListEntriesResponse:
-        raise Unimplemented(PENDING)
+        start = _from_page_token(request.page_token, request.start_index)
+        found, following = await self._reader.entries(start, page_size(request.page_size))
+        return ledger_pb2.ListEntriesResponse(
+            entries=[
+                ledger_pb2.IndexedEntry(leaf_index=i, entry_bytes=data, entry=_decoded(data))
+                for i, data in found
+            ],
+            next_page_token=_page_token(following),
+        )
 
     async def GetInclusionProof(
         self, request: ledger_pb2.GetInclusionProofRequest, context: Context
     ) -> ledger_pb2.GetInclusionProofResponse:
-        raise Unimplemented(PENDING)
+        if request.WhichOneof("leaf") == "leaf_hash":
+            index = await self._reader.leaf_index(request.leaf_hash)
+        elif request.WhichOneof("leaf") == "leaf_index":
+            index = request.leaf_index
+        else:
+            raise InvalidArgument([FieldViolation("leaf", "leaf_index or leaf_hash is required")])
+        checkpoint = await self._reader.at_size(request.tree_size, "tree_size")
+        (proof,) = await self._reader.proofs.inclusion([index], checkpoint)
+        return ledger_pb2.GetInclusionProofResponse(
+            leaf_index=index,
+            tree_size=checkpoint.size,
+            hashes=proof,
+            checkpoint=checkpoint.published,
+        )
 
     async def GetConsistencyProof(
         self, request: ledger_pb2.GetConsistencyProofRequest, context: Context
     ) -> ledger_pb2.GetConsistencyProofResponse:
-        raise Unimplemented(PENDING)
+        proof, checkpoint = await self._reader.consistency(request.first_size, request.second_size)
+        return ledger_pb2.GetConsistencyProofResponse(hashes=proof, checkpoint=checkpoint.published)
 
     async def GetVerifierKey(
         self, request: ledger_pb2.GetVerifierKeyRequest, context: Context
     ) -> ledger_pb2.GetVerifierKeyResponse:
-        raise Unimplemented(PENDING)
+        current, *previous = await self._signer.verifier_keys()
+        return ledger_pb2.GetVerifierKeyResponse(vkey=current, previous_vkeys=previous)

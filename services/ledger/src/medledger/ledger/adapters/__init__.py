@@ -1,0 +1,1 @@
+"""The ledger's adapters: MongoDB storage (tiles, entries, checkpoints, lease) and Vault signing."""

@@ -1,0 +1,150 @@
+"""Sends each new checkpoint to the witnesses and publishes their cosignatures.
+
+Witnessing runs in the background: an append never waits for it. Only the newest
+checkpoint is sent (a witness needs no intermediate ones: the consistency proof covers
+them). Each witness's cosignature is verified against its configured key before it is
+added to the published note; a witness that is down, or refuses, is skipped and retried
+with the next checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
+from medledger.common.channels import create_channel
+from medledger.common.config import ServiceSettings
+from medledger.ledger.adapters.vault_signer import VaultNoteSigner
+from medledger.ledger.domain.ports import LedgerStorage, StoredCheckpoint
+from medledger.ledger.domain.proofs import ProofReader
+from medledger.tlog.cosignature import verify_checkpoint
+from medledger.tlog.errors import TlogError
+
+log = logging.getLogger("medledger.ledger.witnesses")
+WITNESS_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass
+class _Witness:
+    address: str
+    stub: witness_pb2_grpc.WitnessServiceAsyncStub
+    channel: grpc.aio.Channel
+    known_size: int = 0
+
+
+def _witness_size(error: grpc.aio.AioRpcError) -> int | None:
+    """The witness's own size, from the ErrorInfo of an OLD_SIZE_MISMATCH refusal."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status else ():
+        info = error_details_pb2.ErrorInfo()
+        if (
+            detail.Is(info.DESCRIPTOR)
+            and detail.Unpack(info)
+            and info.reason == "OLD_SIZE_MISMATCH"
+            and "witness_size" in info.metadata
+        ):
+            return int(info.metadata["witness_size"])
+    return None
+
+
+class WitnessPublisher:
+    def __init__(
+        self,
+        storage: LedgerStorage,
+        addresses: list[str],
+        signer: VaultNoteSigner,
+        witness_vkeys: list[str],
+        settings: ServiceSettings,
+    ) -> None:
+        self._storage = storage
+        self._proofs = ProofReader(storage)
+        self._signer = signer
+        self._log_vkeys: list[str] = []
+        self._witness_vkeys = witness_vkeys
+        self._witnesses = []
+        for address in addresses:
+            channel = create_channel(address, settings)
+            stub: witness_pb2_grpc.WitnessServiceAsyncStub = witness_pb2_grpc.WitnessServiceStub(
+                channel
+            )
+            self._witnesses.append(_Witness(address, stub, channel))
+        self._latest: StoredCheckpoint | None = None
+        self._published_size = -1
+        self._task: asyncio.Task[None] | None = None
+
+    def publish(self, checkpoint: StoredCheckpoint) -> None:
+        if not self._witnesses:
+            return
+        if self._latest is None or checkpoint.size > self._latest.size:
+            self._latest = checkpoint
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="ledger-witnesses")
+
+    async def _drain(self) -> None:
+        try:
+            await self._drain_or_raise()
+        except Exception:
+            log.warning("publishing to the witnesses failed", exc_info=True)
+
+    async def _drain_or_raise(self) -> None:
+        while self._latest is not None and self._latest.size > self._published_size:
+            checkpoint = self._latest
+            self._log_vkeys = await self._signer.verifier_keys()
+            lines = await asyncio.gather(*(self._cosign(w, checkpoint) for w in self._witnesses))
+            accepted = [line for line in lines if line]
+            if accepted:
+                await self._storage.store_cosigned(
+                    checkpoint.size, checkpoint.note + b"".join(accepted)
+                )
+            self._published_size = checkpoint.size
+
+    def _valid(self, checkpoint: StoredCheckpoint, line: bytes) -> bool:
+        try:
+            verify_checkpoint(checkpoint.note + line, self._log_vkeys, self._witness_vkeys, 1)
+        except (TlogError, ValueError):
+            return False
+        return True
+
+    async def _cosign(self, witness: _Witness, checkpoint: StoredCheckpoint) -> bytes | None:
+        for _attempt in range(2):
+            old = witness.known_size
+            if old > checkpoint.size:
+                return None
+            proof = await self._proofs.consistency(old, checkpoint) if old else []
+            request = witness_pb2.AddCheckpointRequest(
+                old_size=old, consistency_proof=proof, checkpoint=checkpoint.note
+            )
+            try:
+                response = await witness.stub.AddCheckpoint(
+                    request, timeout=WITNESS_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError as error:
+                size = _witness_size(error)
+                if size is not None and size != old:
+                    witness.known_size = size
+                    continue
+                log.warning(
+                    "witness refused or unreachable",
+                    extra={"witness": witness.address, "code": error.code().name},
+                )
+                return None
+            witness.known_size = checkpoint.size
+            if self._valid(checkpoint, response.cosignature):
+                return bytes(response.cosignature)
+            log.warning("witness cosignature did not verify", extra={"witness": witness.address})
+            return None
+        return None
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for witness in self._witnesses:
+            await witness.channel.close(None)

@@ -1,0 +1,80 @@
+"""Read side of the log: checkpoints, entries and proofs, for any replica."""
+
+from __future__ import annotations
+
+from medledger.common.errors import FieldViolation, InvalidArgument, NotFound
+from medledger.ledger.domain.ports import LedgerStorage, StoredCheckpoint
+from medledger.ledger.domain.proofs import ProofReader
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument([FieldViolation("page_size", "must not be negative")])
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+class LogReader:
+    def __init__(self, storage: LedgerStorage) -> None:
+        self._storage = storage
+        self.proofs = ProofReader(storage)
+
+    async def latest(self) -> StoredCheckpoint:
+        checkpoint = await self._storage.latest_checkpoint()
+        if checkpoint is None:
+            raise NotFound("the log has no checkpoint yet", reason="NO_CHECKPOINT")
+        return checkpoint
+
+    async def at_size(self, size: int, field: str) -> StoredCheckpoint:
+        """The checkpoint of ``size`` (0: the latest)."""
+        if size == 0:
+            return await self.latest()
+        checkpoint = await self._storage.checkpoint(size)
+        if checkpoint is None:
+            raise NotFound(
+                f"no checkpoint has this {field}",
+                reason="CHECKPOINT_NOT_FOUND",
+                metadata={"field": field},
+            )
+        return checkpoint
+
+    async def entry(self, index: int) -> bytes:
+        latest = await self.latest()
+        data = await self._storage.entry(index) if index < latest.size else None
+        if data is None:
+            raise NotFound("no entry at this leaf_index", reason="ENTRY_NOT_FOUND")
+        return data
+
+    async def entries(self, start: int, limit: int) -> tuple[list[tuple[int, bytes]], int | None]:
+        """Entries from ``start`` below the latest checkpoint, and where the next page starts."""
+        latest = await self.latest()
+        limit = min(limit, max(latest.size - start, 0))
+        found = await self._storage.entries(start, limit) if limit else []
+        following = start + len(found)
+        return found, following if following < latest.size else None
+
+    async def checkpoints(
+        self, after: int, limit: int
+    ) -> tuple[list[StoredCheckpoint], int | None]:
+        found = await self._storage.checkpoints(after, limit + 1)
+        more = found[limit:] != []
+        page = found[:limit]
+        return page, page[-1].size if more and page else None
+
+    async def leaf_index(self, leaf_hash: bytes) -> int:
+        if len(leaf_hash) != 32:
+            raise InvalidArgument([FieldViolation("leaf_hash", "must be 32 bytes")])
+        index = await self._storage.index_of_leaf(leaf_hash)
+        if index is None:
+            raise NotFound("no entry has this leaf_hash", reason="ENTRY_NOT_FOUND")
+        return index
+
+    async def consistency(self, first: int, second: int) -> tuple[list[bytes], StoredCheckpoint]:
+        checkpoint = await self.at_size(second, "second_size")
+        if first > checkpoint.size:
+            raise InvalidArgument([FieldViolation("first_size", "must not exceed the second size")])
+        if first == 0:
+            return [], checkpoint  # the empty tree is a prefix of every tree
+        return await self.proofs.consistency(first, checkpoint), checkpoint
