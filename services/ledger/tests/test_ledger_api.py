@@ -1,0 +1,279 @@
+"""The ledger API against real MongoDB and OpenBao: receipts verified by the independent
+verifier, idempotency, bad input, reads, proofs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.config import MongoSettings, VaultSettings
+from medledger.common.server import ServiceServer
+from medledger.ledger.__main__ import build_runtime
+from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.tlog.checkpoint import Checkpoint
+from medledger.tlog.cosignature import verify_checkpoint
+from medledger.tlog.hashing import leaf_hash
+from medledger.tlog.verify import verify_consistency, verify_inclusion
+
+ORIGIN = "test.medledger/ledger"
+
+
+def entry(n: int = 0, **overrides: Any) -> ledger_pb2.LedgerEntry:
+    now = Timestamp()
+    now.GetCurrentTime()
+    fields: dict[str, Any] = {
+        "kind": ledger_pb2.EVENT_KIND_RECORD_READ,
+        "subject": n.to_bytes(32, "big"),
+        "resource": ledger_pb2.ResourceRef(type="Observation", id=f"obs-{n}", version=1),
+        "content_commitment": bytes(32),
+        "actor": "client-1",
+        "organization": "org-a",
+        "time": now,
+        "trace_id": bytes(16),
+    }
+    fields.update(overrides)
+    return ledger_pb2.LedgerEntry(**fields)
+
+
+async def start_ledger(
+    mongo_server: Any, vault_server: Any, database: str, **config: Any
+) -> ServiceServer:
+    runtime = build_runtime(
+        LedgerSettings(grpc_port=0, health_interval_seconds=0.2),
+        LedgerConfig(origin=ORIGIN, lease_ttl_seconds=2, **config),
+        MongoSettings(MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=database),
+        VaultSettings(addr=vault_server.addr, token=vault_server.services_token),
+    )
+    server = ServiceServer(runtime)
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[Any]:
+    server = await start_ledger(mongo_server, vault_server, f"t{uuid.uuid4().hex[:12]}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+    for _ in range(100):  # until the sequencer holds the lease and the log has a checkpoint
+        try:
+            await stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest())
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.1)
+    yield stub
+    await channel.close()
+    await server.stop(0)
+
+
+async def vkey_of(stub: Any) -> str:
+    return str((await stub.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest())).vkey)
+
+
+def check_receipt(receipt: ledger_pb2.Receipt, vkey: str, data: bytes | None = None) -> Checkpoint:
+    """Verification with public material only, by code that shares nothing with the
+    service's proof builder (tlog.verify follows the RFC's algorithm text)."""
+    checkpoint = verify_checkpoint(receipt.checkpoint, [vkey], [], 0, origin=ORIGIN)
+    verify_inclusion(
+        receipt.leaf_hash,
+        receipt.leaf_index,
+        checkpoint.size,
+        list(receipt.inclusion_proof),
+        checkpoint.root_hash,
+    )
+    if data is not None:
+        assert receipt.leaf_hash == leaf_hash(data)
+    return checkpoint
+
+
+def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Is(bad.DESCRIPTOR):
+            detail.Unpack(bad)
+            return [v.field for v in bad.field_violations]
+    return []
+
+
+async def test_concurrent_appends_get_distinct_verifiable_receipts(ledger: Any) -> None:
+    vkey = await vkey_of(ledger)
+    responses = await asyncio.gather(
+        *(ledger.Append(ledger_pb2.AppendRequest(entry=entry(n))) for n in range(40))
+    )
+    receipts = [r.receipt for r in responses]
+    assert sorted(r.leaf_index for r in receipts) == list(range(40))
+    for n, receipt in enumerate(receipts):
+        data = (
+            await ledger.GetEntry(ledger_pb2.GetEntryRequest(leaf_index=receipt.leaf_index))
+        ).entry_bytes
+        check_receipt(receipt, vkey, data)
+        fetched = await ledger.GetEntry(ledger_pb2.GetEntryRequest(leaf_index=receipt.leaf_index))
+        assert fetched.entry.subject == n.to_bytes(32, "big")
+    # A tampered proof fails.
+    tampered = ledger_pb2.Receipt()
+    tampered.CopyFrom(receipts[3])
+    tampered.inclusion_proof[0] = bytes(32)
+    with pytest.raises(ValueError):
+        check_receipt(tampered, vkey)
+
+
+async def test_idempotency_key_returns_the_same_receipt(ledger: Any) -> None:
+    original = entry(1)
+    first = await ledger.Append(ledger_pb2.AppendRequest(entry=original, idempotency_key="req-1"))
+    await ledger.Append(ledger_pb2.AppendRequest(entry=entry(2)))
+    again = await ledger.Append(ledger_pb2.AppendRequest(entry=original, idempotency_key="req-1"))
+    assert again.receipt == first.receipt
+    latest = await ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest())
+    assert Checkpoint.parse(latest.checkpoint.split(b"\n\n")[0] + b"\n").size == 2
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await ledger.Append(ledger_pb2.AppendRequest(entry=entry(9), idempotency_key="req-1"))
+    assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_same_key_in_one_batch_gives_one_leaf(ledger: Any) -> None:
+    same = entry(7)
+    responses = await asyncio.gather(
+        *(
+            ledger.Append(ledger_pb2.AppendRequest(entry=same, idempotency_key="same"))
+            for _ in range(5)
+        )
+    )
+    assert len({r.receipt.leaf_index for r in responses}) == 1
+    listed = await ledger.ListEntries(ledger_pb2.ListEntriesRequest())
+    assert len(listed.entries) == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fields"),
+    [
+        ({"subject": b"short"}, ["entry.subject"]),
+        ({"kind": 0}, ["entry.kind"]),
+        ({"actor": "Jane Doe"}, ["entry.actor"]),
+        ({"organization": ""}, ["entry.organization"]),
+        (
+            {"content_commitment": b"x" * 31, "trace_id": b"x"},
+            ["entry.content_commitment", "entry.trace_id"],
+        ),
+        (
+            {"resource": ledger_pb2.ResourceRef(type="observation", id="a b", version=-1)},
+            ["entry.resource.type", "entry.resource.id", "entry.resource.version"],
+        ),
+    ],
+)
+async def test_bad_entries_are_refused_naming_the_field(
+    ledger: Any, overrides: dict[str, Any], fields: list[str]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ledger.Append(ledger_pb2.AppendRequest(entry=entry(0, **overrides)))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(refused.value) == fields
+    assert "Jane" not in (refused.value.details() or "")
+    listed = await ledger.ListEntries(ledger_pb2.ListEntriesRequest())
+    assert list(listed.entries) == []
+
+
+async def test_missing_time_unknown_fields_and_bad_key(ledger: Any) -> None:
+    no_time = entry(0)
+    no_time.ClearField("time")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ledger.Append(ledger_pb2.AppendRequest(entry=no_time))
+    assert bad_fields(refused.value) == ["entry.time"]
+    smuggled = ledger_pb2.LedgerEntry()
+    smuggled.ParseFromString(entry(0).SerializeToString() + b"\xfa\x07\x04name")  # field 127
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ledger.Append(ledger_pb2.AppendRequest(entry=smuggled))
+    assert bad_fields(refused.value) == ["entry"]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ledger.Append(ledger_pb2.AppendRequest(entry=entry(0), idempotency_key="a b"))
+    assert bad_fields(refused.value) == ["idempotency_key"]
+
+
+async def test_reads_pages_and_proofs(ledger: Any) -> None:
+    vkey = await vkey_of(ledger)
+    sizes = []
+    for batch in range(3):
+        await asyncio.gather(
+            *(
+                ledger.Append(ledger_pb2.AppendRequest(entry=entry(batch * 10 + n)))
+                for n in range(10)
+            )
+        )
+        note = (await ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest())).checkpoint
+        sizes.append(verify_checkpoint(note, [vkey], [], 0).size)
+    assert sizes[-1] == 30
+    # Pagination walks every entry once, in order.
+    seen: list[int] = []
+    token = ""
+    while True:
+        page = await ledger.ListEntries(
+            ledger_pb2.ListEntriesRequest(page_size=7, page_token=token)
+        )
+        seen.extend(e.leaf_index for e in page.entries)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(range(30))
+    # Every issued checkpoint is listed, and each is consistent with the latest.
+    issued: list[int] = []
+    token = ""
+    while True:
+        listed = await ledger.ListCheckpoints(
+            ledger_pb2.ListCheckpointsRequest(page_size=2, page_token=token)
+        )
+        for item in listed.checkpoints:
+            assert verify_checkpoint(item.checkpoint, [vkey], [], 0).size == item.tree_size
+            issued.append(item.tree_size)
+        token = listed.next_page_token
+        if not token:
+            break
+    assert issued == sorted(set(issued))
+    assert set(sizes) <= set(issued)
+    latest = verify_checkpoint(
+        (await ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest())).checkpoint, [vkey], [], 0
+    )
+    for size in sizes[:-1]:
+        old = verify_checkpoint(
+            (
+                await ledger.GetInclusionProof(
+                    ledger_pb2.GetInclusionProofRequest(leaf_index=0, tree_size=size)
+                )
+            ).checkpoint,
+            [vkey],
+            [],
+            0,
+        )
+        proof = await ledger.GetConsistencyProof(
+            ledger_pb2.GetConsistencyProofRequest(first_size=size, second_size=latest.size)
+        )
+        verify_consistency(
+            old.size, latest.size, list(proof.hashes), old.root_hash, latest.root_hash
+        )
+    # An inclusion proof by leaf hash.
+    data = (await ledger.GetEntry(ledger_pb2.GetEntryRequest(leaf_index=17))).entry_bytes
+    by_hash = await ledger.GetInclusionProof(
+        ledger_pb2.GetInclusionProofRequest(leaf_hash=leaf_hash(data))
+    )
+    assert by_hash.leaf_index == 17
+    verify_inclusion(leaf_hash(data), 17, by_hash.tree_size, list(by_hash.hashes), latest.root_hash)
+    # Asking past the end, or for a size with no checkpoint, is a clear error.
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await ledger.GetEntry(ledger_pb2.GetEntryRequest(leaf_index=30))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as no_checkpoint:
+        await ledger.GetInclusionProof(
+            ledger_pb2.GetInclusionProofRequest(leaf_index=0, tree_size=29)
+        )
+    assert no_checkpoint.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as bad_token:
+        await ledger.ListEntries(ledger_pb2.ListEntriesRequest(page_token="nonsense"))
+    assert bad_fields(bad_token.value) == ["page_token"]
