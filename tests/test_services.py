@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+
 from medledger.api.identity.v1 import identity_pb2
 from medledger.api.inference.v1 import inference_pb2
 from medledger.api.ledger.v1 import ledger_pb2

@@ -21,7 +21,6 @@ from pymongo import MongoClient
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.cli.stack.process import free_port, free_ports
 from medledger.cli.stack.services import (
-    LEDGER_ORIGIN,
     SERVICE_PORTS,
     ServiceServer,
     StackEndpoints,

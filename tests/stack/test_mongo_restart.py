@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from pymongo import MongoClient
+
 from medledger.cli.stack.mongo import MongoServer
 from medledger.cli.stack.probes import Health
-from pymongo import MongoClient
 
 
 def test_data_survives_restart(mongo_server: MongoServer) -> None:

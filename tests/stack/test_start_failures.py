@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from medledger.cli.stack.devstack import DevStack
 from medledger.cli.stack.mongo import MongoServer
 from medledger.cli.stack.paths import StackPaths

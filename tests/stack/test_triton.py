@@ -6,6 +6,7 @@ import json
 import urllib.request
 
 import pytest
+
 from medledger.cli.stack.probes import Health
 from medledger.cli.stack.triton import TritonServer
 

@@ -7,6 +7,7 @@ import base64
 import hvac
 import hvac.exceptions
 import pytest
+
 from medledger.cli.stack.vault import DevVault, provision
 from medledger.common.vault_layout import (
     LEDGER_CHECKPOINT_KEY,

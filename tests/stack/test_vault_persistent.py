@@ -10,6 +10,7 @@ from pathlib import Path
 import hvac
 import hvac.exceptions
 import pytest
+
 from medledger.cli.stack.process import free_port
 from medledger.cli.stack.vault import PersistentVault
 from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY, TRANSIT_KEYS

@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.cli.stack.process import free_port
 from medledger.common.health import LIVENESS

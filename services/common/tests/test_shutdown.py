@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.ledger.server import LedgerServiceServicer
 from medledger.testkit.inprocess import channel, ledger_servicer, running

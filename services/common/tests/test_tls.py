@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.server import ServiceServer

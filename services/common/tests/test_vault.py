@@ -9,6 +9,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from medledger.common.config import VaultSettings
 from medledger.common.errors import FailedPrecondition, NotFound, Unavailable
 from medledger.common.vault import Signature, VaultTransit

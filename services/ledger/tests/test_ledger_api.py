@@ -21,6 +21,7 @@ from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
 from medledger.tlog.checkpoint import Checkpoint
 from medledger.tlog.cosignature import verify_checkpoint
+from medledger.tlog.errors import ProofError
 from medledger.tlog.hashing import leaf_hash
 from medledger.tlog.verify import verify_consistency, verify_inclusion
 
@@ -123,7 +124,7 @@ async def test_concurrent_appends_get_distinct_verifiable_receipts(ledger: Any) 
     tampered = ledger_pb2.Receipt()
     tampered.CopyFrom(receipts[3])
     tampered.inclusion_proof[0] = bytes(32)
-    with pytest.raises(ValueError):
+    with pytest.raises(ProofError):
         check_receipt(tampered, vkey)
 
 

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import grpc
+
 from medledger.common.config import ServiceSettings
 from medledger.common.telemetry import client_interceptors
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from grpc_health.v1 import health_pb2
+
 from medledger.common.errors import MedledgerError
 
 log = logging.getLogger("medledger.health")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 from grpc_status import rpc_status
+
 from medledger.common.errors import (
     MedledgerError,
     Unauthenticated,

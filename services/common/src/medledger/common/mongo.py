@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from medledger.common.config import MongoSettings
 from pymongo import AsyncMongoClient
+
+from medledger.common.config import MongoSettings
 
 
 def create_mongo_client(

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from medledger.common.config import ConfigError, ServiceSettings
 from medledger.common.health import (
     LIVENESS,

@@ -9,11 +9,12 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from pymongo import AsyncMongoClient
+
 from medledger.common.config import ServiceSettings
 from medledger.common.health import DependencyProbe
 from medledger.common.mongo import MongoProbe
 from medledger.common.vault import VaultTransit
-from pymongo import AsyncMongoClient
 
 
 @dataclass(frozen=True)

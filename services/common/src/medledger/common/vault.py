@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import hvac
 import hvac.exceptions
 import requests
+
 from medledger.common.config import VaultSettings
 from medledger.common.errors import FailedPrecondition, NotFound, Unavailable
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-from medledger.common.config import Port, ServiceSettings
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from medledger.common.config import Port, ServiceSettings
 
 HOST_PORT = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$"
 

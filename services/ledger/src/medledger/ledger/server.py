@@ -7,6 +7,7 @@ import binascii
 from typing import Any
 
 import grpc
+
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings

@@ -22,6 +22,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from bson.binary import Binary
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
 from medledger.common.errors import Unavailable
 from medledger.ledger.domain.ports import (
     Batch,
@@ -31,9 +35,6 @@ from medledger.ledger.domain.ports import (
     StoredCheckpoint,
     TileId,
 )
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import DuplicateKeyError, PyMongoError
 
 Document = dict[str, Any]
 LEASE_ID = "sequencer"

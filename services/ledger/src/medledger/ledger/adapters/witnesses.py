@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
