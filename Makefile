@@ -47,7 +47,7 @@ k8s: bootstrap
 	scripts/chart-check.sh --render-only
 
 bench: bootstrap
-	$(UV) run --frozen python -m bench
+	$(UV) run --frozen python -m bench.ledger
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

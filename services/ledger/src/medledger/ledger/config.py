@@ -30,7 +30,8 @@ class LedgerConfig(BaseSettings):
     origin: str = Field(pattern=r"^[^\s+]{1,255}$")
     signing_key: str = Field(default="ledger-checkpoint", pattern=r"^[A-Za-z0-9_-]{1,128}$")
     batch_size: int = Field(default=256, ge=1, le=4096)
-    batch_delay_ms: float = Field(default=1.0, ge=0, le=1000)
+    # Extra wait to grow a batch; 0: a batch is whatever queued while the last one committed.
+    batch_delay_ms: float = Field(default=0.0, ge=0, le=1000)
     lease_ttl_seconds: float = Field(default=10.0, ge=1, le=300)
     # Comma-separated host:port of the witnesses to send each checkpoint to.
     witnesses: str = ""
