@@ -131,6 +131,10 @@ same name in its place.
 {{- if eq .name "ledger" -}}
 {{- $env = append $env (dict "name" "LEDGER_ORIGIN" "value" (required "ledger.origin is required" $root.Values.ledger.origin)) -}}
 {{- $env = append $env (dict "name" "LEDGER_WITNESSES" "value" (join "," $root.Values.ledger.witnesses)) -}}
+{{- $env = append $env (dict "name" "LEDGER_WITNESS_VKEYS" "value" (join "," ($root.Values.ledger.witnessVkeys | default list))) -}}
+{{- /* Replicas forward appends to the one holding the writer lease, at its pod IP. */ -}}
+{{- $env = append $env (dict "name" "POD_IP" "valueFrom" (dict "fieldRef" (dict "fieldPath" "status.podIP"))) -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_ADVERTISE_ADDRESS" "value" (printf "$(POD_IP):%v" (int $config.port))) -}}
 {{- end -}}
 {{- $names := list -}}
 {{- $byName := dict -}}
