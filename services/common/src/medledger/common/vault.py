@@ -203,6 +203,37 @@ class VaultTransit:
 
         return await self._run(op)
 
+    async def read_secret(self, path: str, *, mount: str = "secret") -> dict[str, Any] | None:
+        """A KV v2 secret's data, or None when it does not exist."""
+
+        def op(c: hvac.Client) -> dict[str, Any] | None:
+            try:
+                response = c.secrets.kv.v2.read_secret_version(
+                    path=path, mount_point=mount, raise_on_deleted_version=True
+                )
+            except hvac.exceptions.InvalidPath:
+                return None
+            return dict(response["data"]["data"])
+
+        return await self._run(op)
+
+    async def create_secret(
+        self, path: str, data: dict[str, Any], *, mount: str = "secret"
+    ) -> bool:
+        """Writes a KV v2 secret only if it does not exist yet (check-and-set 0); returns
+        whether this call created it, so concurrent creators agree on one value."""
+
+        def op(c: hvac.Client) -> bool:
+            try:
+                c.secrets.kv.v2.create_or_update_secret(
+                    path=path, secret=data, cas=0, mount_point=mount
+                )
+            except hvac.exceptions.InvalidRequest:
+                return False  # check-and-set failed: it exists
+            return True
+
+        return await self._run(op)
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:

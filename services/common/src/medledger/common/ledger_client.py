@@ -1,0 +1,86 @@
+"""How services record events in the ledger: one call, no PHI by construction.
+
+Callers pass identifiers and commitments; the client adds the time and the current
+trace id, and returns the receipt. A ledger that does not answer surfaces as the
+retryable ``Unavailable("ledger")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from medledger.api.common.v1 import purpose_pb2
+from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.channels import create_channel
+from medledger.common.config import ServiceSettings
+from medledger.common.errors import MedledgerError, Unavailable
+from medledger.common.telemetry import current_trace_id
+
+TokenSource = Callable[[], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    kind: ledger_pb2.EventKind.ValueType
+    actor: str
+    organization: str
+    subject: bytes = b""
+    resource_type: str = ""
+    resource_id: str = ""
+    resource_version: int = 0
+    content_commitment: bytes = b""
+    purpose: purpose_pb2.PurposeOfUse.ValueType = purpose_pb2.PURPOSE_OF_USE_UNSPECIFIED
+
+
+class LedgerClient:
+    def __init__(
+        self, address: str, settings: ServiceSettings, token: TokenSource | None = None
+    ) -> None:
+        self._channel = create_channel(address, settings)
+        self._stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
+            self._channel
+        )
+        self._token = token
+
+    def entry(self, event: LedgerEvent) -> ledger_pb2.LedgerEntry:
+        now = Timestamp()
+        now.GetCurrentTime()
+        entry = ledger_pb2.LedgerEntry(
+            kind=event.kind,
+            subject=event.subject,
+            content_commitment=event.content_commitment,
+            actor=event.actor,
+            organization=event.organization,
+            purpose=event.purpose,
+            time=now,
+            trace_id=current_trace_id(),
+        )
+        if event.resource_type:
+            entry.resource.CopyFrom(
+                ledger_pb2.ResourceRef(
+                    type=event.resource_type, id=event.resource_id, version=event.resource_version
+                )
+            )
+        return entry
+
+    async def append(
+        self, event: LedgerEvent, *, idempotency_key: str = "", timeout: float = 10.0
+    ) -> ledger_pb2.Receipt:
+        metadata = []
+        if self._token is not None:
+            metadata.append(("authorization", f"Bearer {await self._token()}"))
+        request = ledger_pb2.AppendRequest(entry=self.entry(event), idempotency_key=idempotency_key)
+        try:
+            response = await self._stub.Append(request, metadata=metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable("ledger") from error
+            raise MedledgerError("the ledger refused the event", reason="LEDGER_REFUSED") from error
+        return response.receipt
+
+    async def aclose(self) -> None:
+        await self._channel.close(None)

@@ -1,0 +1,46 @@
+"""The ledger's pseudonym for a patient: HMAC-SHA-256 of the patient id under a key kept
+in Vault (one per deployment). The ledger never sees a patient id; without the key the
+pseudonym cannot be linked back, and auditors holding a patient's id can be given the
+pseudonym to find that patient's entries."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import secrets
+
+from medledger.common.errors import FailedPrecondition
+from medledger.common.vault import VaultTransit
+from medledger.common.vault_layout import KV_MOUNT, KV_PREFIX
+
+SUBJECT_KEY_PATH = f"{KV_PREFIX}/ledger-subject-key"
+
+
+class SubjectHasher:
+    def __init__(self, vault: VaultTransit) -> None:
+        self._vault = vault
+        self._key: bytes | None = None
+        self._lock = asyncio.Lock()
+
+    async def _load(self) -> bytes:
+        async with self._lock:
+            if self._key is None:
+                stored = await self._vault.read_secret(SUBJECT_KEY_PATH, mount=KV_MOUNT)
+                if stored is None:
+                    fresh = base64.b64encode(secrets.token_bytes(32)).decode()
+                    await self._vault.create_secret(
+                        SUBJECT_KEY_PATH, {"key": fresh}, mount=KV_MOUNT
+                    )
+                    # Whoever won the race, everyone uses the stored value.
+                    stored = await self._vault.read_secret(SUBJECT_KEY_PATH, mount=KV_MOUNT)
+                if stored is None or "key" not in stored:
+                    raise FailedPrecondition("subject key is missing", reason="SUBJECT_KEY")
+                self._key = base64.b64decode(stored["key"])
+            return self._key
+
+    async def subject(self, patient_id: str) -> bytes:
+        """The 32-byte pseudonym of ``patient_id`` for ledger entries."""
+        key = await self._load()
+        return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).digest()

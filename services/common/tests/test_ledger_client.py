@@ -1,0 +1,94 @@
+"""Services record events through LedgerClient: pseudonymous subject, time and trace id
+filled in, receipt returned; a ledger that is down is a retryable error."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+
+from medledger.api.ledger.v1 import ledger_pb2
+from medledger.cli.stack.process import free_port
+from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
+from medledger.common.errors import Unavailable
+from medledger.common.ledger_client import LedgerClient, LedgerEvent
+from medledger.common.server import ServiceServer
+from medledger.common.subject import SubjectHasher
+from medledger.common.telemetry import setup_telemetry
+from medledger.common.vault import VaultTransit
+from medledger.ledger.__main__ import build_runtime
+from medledger.ledger.config import LedgerConfig, LedgerSettings
+
+
+async def test_subject_pseudonym_is_stable_keyed_and_shared(vault_server: Any) -> None:
+    settings = VaultSettings(addr=vault_server.addr, token=vault_server.services_token)
+    first, second = SubjectHasher(VaultTransit(settings)), SubjectHasher(VaultTransit(settings))
+    a = await first.subject("patient-123")
+    assert len(a) == 32
+    assert await second.subject("patient-123") == a  # one key per deployment, from Vault
+    assert await first.subject("patient-124") != a
+    assert b"patient-123" not in a
+
+
+async def test_append_fills_time_and_trace_and_returns_the_receipt(
+    mongo_server: Any, vault_server: Any
+) -> None:
+    setup_telemetry("test")
+    vault_settings = VaultSettings(addr=vault_server.addr, token=vault_server.services_token)
+    runtime = build_runtime(
+        LedgerSettings(grpc_port=0),
+        LedgerConfig(origin="client.test/ledger", lease_ttl_seconds=2),
+        MongoSettings(
+            MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"c{uuid.uuid4().hex[:8]}"
+        ),
+        VaultSettings(addr=vault_server.addr, token=vault_server.services_token),
+    )
+    server = ServiceServer(runtime)
+    await server.start()
+    client = LedgerClient(f"127.0.0.1:{server.port}", ServiceSettings())
+    hasher = SubjectHasher(
+        VaultTransit(VaultSettings(addr=vault_server.addr, token=vault_server.services_token))
+    )
+    event = LedgerEvent(
+        kind=ledger_pb2.EVENT_KIND_CONSENT_GRANTED,
+        actor="user-7",
+        organization="org-a",
+        subject=await hasher.subject("patient-123"),
+        resource_type="Consent",
+        resource_id="c-1",
+        resource_version=1,
+    )
+    try:
+        with trace.get_tracer("test").start_as_current_span("grant") as span:
+            receipt = None
+            for _ in range(50):  # until the sequencer holds its lease
+                try:
+                    receipt = await client.append(event, idempotency_key="grant-c-1")
+                    break
+                except Unavailable:
+                    await asyncio.sleep(0.1)
+            assert receipt is not None
+            trace_id = span.get_span_context().trace_id.to_bytes(16, "big")
+        stored = runtime.servicers[0].implementation
+        entry = (
+            await stored.GetEntry(ledger_pb2.GetEntryRequest(leaf_index=receipt.leaf_index), None)
+        ).entry
+        assert entry.trace_id == trace_id
+        assert entry.subject == await hasher.subject("patient-123")
+        assert entry.HasField("time")
+    finally:
+        await client.aclose()
+        await server.stop(0)
+
+
+async def test_ledger_down_is_unavailable() -> None:
+    client = LedgerClient(f"127.0.0.1:{free_port()}", ServiceSettings())
+    with pytest.raises(Unavailable):
+        await client.append(
+            LedgerEvent(kind=ledger_pb2.EVENT_KIND_KEY_ROTATED, actor="ops", organization="org-a"),
+            timeout=2,
+        )
+    await client.aclose()
