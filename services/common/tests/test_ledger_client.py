@@ -44,14 +44,12 @@ async def test_append_fills_time_and_trace_and_returns_the_receipt(
         MongoSettings(
             MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"c{uuid.uuid4().hex[:8]}"
         ),
-        VaultSettings(addr=vault_server.addr, token=vault_server.services_token),
+        vault_settings,
     )
     server = ServiceServer(runtime)
     await server.start()
     client = LedgerClient(f"127.0.0.1:{server.port}", ServiceSettings())
-    hasher = SubjectHasher(
-        VaultTransit(VaultSettings(addr=vault_server.addr, token=vault_server.services_token))
-    )
+    hasher = SubjectHasher(VaultTransit(vault_settings))
     event = LedgerEvent(
         kind=ledger_pb2.EVENT_KIND_CONSENT_GRANTED,
         actor="user-7",
