@@ -26,12 +26,12 @@ from medledger.cli.stack.mongo import MongoServer
 from medledger.cli.stack.process import free_port, free_ports
 from medledger.cli.stack.services import SERVICE_PORTS, ServiceServer, StackEndpoints
 
-MONGO_SERVICES = ("identity", "record", "ledger", "witness")
+MONGO_SERVICES = ("identity", "record", "ledger", "witness-a")
 DESCRIPTORS = {
     "identity": identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
     "record": record_pb2.DESCRIPTOR.services_by_name["RecordService"],
     "ledger": ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
-    "witness": witness_pb2.DESCRIPTOR.services_by_name["WitnessService"],
+    "witness-a": witness_pb2.DESCRIPTOR.services_by_name["WitnessService"],
     "inference": inference_pb2.DESCRIPTOR.services_by_name["InferenceService"],
 }
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -128,6 +128,11 @@ same name in its place.
 {{- if has "triton" $backends -}}
 {{- $env = append $env (dict "name" "TRITON_URL" "value" (required "triton.url is required" $root.Values.triton.url)) -}}
 {{- end -}}
+{{- if eq .name "witness" -}}
+{{- $env = append $env (dict "name" "WITNESS_NAME" "value" (required "witness.name is required when the witness is enabled" $root.Values.witness.name)) -}}
+{{- $env = append $env (dict "name" "WITNESS_KEY" "value" $root.Values.witness.key) -}}
+{{- $env = append $env (dict "name" "WITNESS_LOG_VKEYS" "value" (join "," (required "witness.logVkeys is required when the witness is enabled" $root.Values.witness.logVkeys))) -}}
+{{- end -}}
 {{- if eq .name "ledger" -}}
 {{- $env = append $env (dict "name" "LEDGER_ORIGIN" "value" (required "ledger.origin is required" $root.Values.ledger.origin)) -}}
 {{- $env = append $env (dict "name" "LEDGER_WITNESSES" "value" (join "," $root.Values.ledger.witnesses)) -}}

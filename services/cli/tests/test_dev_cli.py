@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from medledger.cli.main import app
-from medledger.cli.stack.process import PidRecord
 from typer.testing import CliRunner
+
+from medledger.cli.main import app
+from medledger.cli.stack.process import ManagedProcess, PidRecord
 
 runner = CliRunner()
 
@@ -35,3 +36,20 @@ def test_help_lists_dev_commands() -> None:
     for command in ("up", "down", "status"):
         assert command in result.output
     assert "--deps-only" not in runner.invoke(app, ["dev", "up", "--help"]).output
+
+
+def test_down_stops_the_single_witness_of_an_earlier_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDLEDGER_HOME", str(tmp_path))
+    old = ManagedProcess(
+        "witness",
+        log_file=tmp_path / "logs" / "witness.log",
+        pid_file=tmp_path / "run" / "witness.pid",
+    )
+    old.start(["sleep", "60"])
+    result = runner.invoke(app, ["dev", "down"])
+    assert result.exit_code == 0, result.output
+    assert "stopped witness" in result.output
+    assert not old.is_running()
+    assert not (tmp_path / "run" / "witness.pid").exists()

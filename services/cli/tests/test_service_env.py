@@ -19,7 +19,8 @@ def test_fixed_ports() -> None:
         "record": 50052,
         "ledger": 50053,
         "inference": 50054,
-        "witness": 50055,
+        "witness-a": 50055,
+        "witness-b": 50056,
     }
 
 
@@ -37,8 +38,10 @@ def test_service_env_points_at_the_stack() -> None:
     assert env["MEDLEDGER_LEDGER_ADDR"] == "127.0.0.1:50053"
     assert env["OTEL_SERVICE_NAME"] == "record"
     assert env["LEDGER_ORIGIN"] == "medledger.local/ledger"
-    assert env["LEDGER_WITNESSES"] == ""
+    assert env["LEDGER_WITNESSES"] == ""  # no keys known: no witness to check
+    assert env["LEDGER_WITNESS_VKEYS"] == ""
     assert "TRITON_URL" not in env
+    assert "WITNESS_NAME" not in env
     assert service_env("inference", ENDPOINTS, base={})["TRITON_URL"] == "127.0.0.1:8011"
 
 

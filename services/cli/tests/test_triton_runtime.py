@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from medledger.cli.stack.triton_runtime import (
     REQUIREMENTS_FILE,
     TritonRuntime,

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 import pytest
+
 from medledger.tlog import NodeId, leaf_hash, node_hash
 
 STORE_LEAVES = 5000

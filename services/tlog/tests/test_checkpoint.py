@@ -5,6 +5,7 @@ import base64
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from medledger.tlog import Checkpoint, CheckpointError
 
 # The example checkpoint of C2SP tlog-checkpoint.

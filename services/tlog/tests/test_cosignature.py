@@ -3,6 +3,7 @@
 import base64
 
 import pytest
+
 from medledger.tlog import (
     COSIGNATURE_SIZE,
     SIG_COSIGNATURE_V1,

@@ -7,6 +7,7 @@ never changes as the tree grows, so the same store serves every tree size up to 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from medledger.tlog import (
     HASH_SIZE,
     NodeId,

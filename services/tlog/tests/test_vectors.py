@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from medledger.tlog import (
     EMPTY_ROOT,
     HASH_SIZE,

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
 from medledger.cli.stack.devstack import ComponentStatus, DevStack
 from medledger.cli.stack.paths import StackPaths
 from medledger.cli.stack.probes import Health
 from medledger.cli.stack.process import StackError
-from rich.console import Console
-from rich.table import Table
+from medledger.cli.stack.services import StackKeys
 
 app = typer.Typer(help="Run the local stack (Mongo, Vault, Triton and the services).")
 console = Console()
@@ -44,6 +46,24 @@ def _table(statuses: list[ComponentStatus], title: str) -> Table:
     return table
 
 
+def _keys_table(keys: StackKeys) -> Table:
+    """The public keys a verifier needs (``medledger verify``, another witness, an auditor)."""
+    table = Table(title="verifier keys (C2SP vkeys)")
+    table.add_column("key of")
+    table.add_column("vkey", overflow="fold")
+    table.add_row("ledger checkpoints", keys.ledger_vkey)
+    for name, vkey in keys.witness_vkeys.items():
+        table.add_row(f"{name} cosignatures", vkey)
+    return table
+
+
+def _show(stack: DevStack, table: Table) -> None:
+    console.print(table)
+    keys = stack.trust_keys()
+    if keys is not None:
+        console.print(_keys_table(keys))
+
+
 def _say(message: str) -> None:
     console.print(f"[dim]•[/dim] {message}")
 
@@ -64,7 +84,7 @@ def up(
         errors.print("Fix it and run `medledger dev up` again (or `medledger dev down`).")
         raise typer.Exit(1) from exc
     elapsed = time.monotonic() - started
-    console.print(_table(statuses, f"medledger local stack (up in {elapsed:.1f}s)"))
+    _show(stack, _table(statuses, f"medledger local stack (up in {elapsed:.1f}s)"))
     if any(s.health is not Health.SERVING for s in statuses):
         raise typer.Exit(1)
 
@@ -86,4 +106,4 @@ def down() -> None:
 def status() -> None:
     """Show each component: pid (if running), address and health."""
     stack = DevStack(StackPaths.from_env())
-    console.print(_table(stack.status(), f"medledger local stack ({stack.paths.home})"))
+    _show(stack, _table(stack.status(), f"medledger local stack ({stack.paths.home})"))

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
 from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from medledger.common.errors import Unimplemented
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.common.errors import Unimplemented
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.config import ServiceSettings

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+
 from medledger.cli.stack.mongo import MongoServer
 from medledger.cli.stack.process import free_port, free_ports
 from medledger.cli.stack.services import SERVICE_PORTS, StackEndpoints, service_env

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from medledger.tlog.checkpoint import Checkpoint
 from medledger.tlog.errors import CheckpointError
 from medledger.tlog.note import (

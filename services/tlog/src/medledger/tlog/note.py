@@ -26,6 +26,7 @@ from typing import NamedTuple, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from medledger.tlog.errors import NoteError
 
 SIG_ED25519 = 0x01

@@ -1,28 +1,38 @@
-"""gRPC servicer of the witness service: converts messages to domain calls and back.
-
-Every RPC of the v1 contract is declared; those that answer UNIMPLEMENTED are filled by
-#4.
-"""
+"""gRPC servicer of the witness service: converts messages to domain calls and back."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import grpc
+
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
-from medledger.common.errors import Unimplemented
+from medledger.witness.domain.witness import Witness
 
 Context = grpc.aio.ServicerContext[Any, Any]
-PENDING = "not implemented yet"
 
 
 class WitnessServiceServicer(witness_pb2_grpc.WitnessServiceServicer):
+    def __init__(self, witness: Witness) -> None:
+        self._witness = witness
+
     async def AddCheckpoint(
         self, request: witness_pb2.AddCheckpointRequest, context: Context
     ) -> witness_pb2.AddCheckpointResponse:
-        raise Unimplemented(PENDING)
+        cosignature = await self._witness.add_checkpoint(
+            request.old_size, list(request.consistency_proof), request.checkpoint
+        )
+        return witness_pb2.AddCheckpointResponse(cosignature=cosignature)
 
     async def GetWitnessInfo(
         self, request: witness_pb2.GetWitnessInfoRequest, context: Context
     ) -> witness_pb2.GetWitnessInfoResponse:
-        raise Unimplemented(PENDING)
+        info = await self._witness.info()
+        return witness_pb2.GetWitnessInfoResponse(
+            name=info.name,
+            vkey=info.vkey,
+            logs=[
+                witness_pb2.LogState(origin=log.origin, size=log.size, root_hash=log.root_hash)
+                for log in info.logs
+            ],
+        )

@@ -13,12 +13,20 @@ from typing import Final
 from medledger.cli.stack.mongo import MongoServer
 from medledger.cli.stack.paths import StackPaths
 from medledger.cli.stack.probes import Health
-from medledger.cli.stack.process import PidRecord, PortBusyError, StackError, is_port_free
+from medledger.cli.stack.process import (
+    ManagedProcess,
+    PidRecord,
+    PortBusyError,
+    StackError,
+    is_port_free,
+)
 from medledger.cli.stack.server import Server
 from medledger.cli.stack.services import (
     SERVICE_PORTS,
     ServiceServer,
     StackEndpoints,
+    StackKeys,
+    read_stack_keys,
     service_available,
 )
 from medledger.cli.stack.triton import TritonServer
@@ -29,6 +37,9 @@ VAULT_PORT: Final = 8201
 TRITON_HTTP_PORT: Final = 8010
 TRITON_GRPC_PORT: Final = 8011
 TRITON_METRICS_PORT: Final = 8012
+# Services earlier stacks ran under names that are gone (one "witness", now witness-a and -b):
+# `up` and `down` stop them by their pid files, so an old stack never holds a port we need.
+RETIRED_SERVICES: Final = ("witness",)
 
 Say = Callable[[str], None]
 
@@ -73,7 +84,7 @@ class DevStack:
             pid_file=paths.pid("triton"),
             model_control_mode="poll",
         )
-        self.services = self._services(vault_token="")
+        self.services = self._services(vault_token="", keys=None)
 
     @property
     def dependencies(self) -> list[Server]:
@@ -82,12 +93,13 @@ class DevStack:
     def components(self, *, deps_only: bool = False) -> list[Server]:
         return [*self.dependencies, *([] if deps_only else self.services)]
 
-    def _services(self, vault_token: str) -> list[ServiceServer]:
+    def _services(self, vault_token: str, keys: StackKeys | None) -> list[ServiceServer]:
         endpoints = StackEndpoints(
             mongo_uri=self.mongo.uri,
             vault_addr=self.vault.addr,
             vault_token=vault_token,
             triton_url=self.triton.grpc_url,
+            keys=keys,
         )
         return [
             ServiceServer(
@@ -98,6 +110,29 @@ class DevStack:
             )
             for name in SERVICE_PORTS
         ]
+
+    def _stop_retired(self, say: Say) -> list[str]:
+        stopped = []
+        for name in RETIRED_SERVICES:
+            process = ManagedProcess(
+                name, log_file=self.paths.log(name), pid_file=self.paths.pid(name)
+            )
+            if process.adopt() and process.stop():
+                say(f"stopped {name} (pid file of an earlier stack; it is replaced)")
+                stopped.append(name)
+            self.paths.pid(name).unlink(missing_ok=True)
+        return stopped
+
+    def trust_keys(self) -> StackKeys | None:
+        """The verifier keys of the ledger and the witnesses, when Vault serves and we hold
+        the services token (None otherwise: they are only shown, never required here)."""
+        token = self.vault.services_token
+        if not token or self.vault.health() is not Health.SERVING:
+            return None
+        try:
+            return read_stack_keys(self.vault.addr, token)
+        except StackError:
+            return None
 
     def _preflight(self, components: Sequence[Server]) -> set[str]:
         """Adopt what already runs from our pid files; fail before starting anything if a
@@ -135,6 +170,7 @@ class DevStack:
     def up(self, *, deps_only: bool = False, say: Say = _quiet) -> list[ComponentStatus]:
         """Start whatever is not running yet and wait until everything serves."""
         self.paths.home.mkdir(parents=True, exist_ok=True)
+        self._stop_retired(say)
         running = self._preflight(self.components(deps_only=deps_only))
 
         if "mongo" not in running:
@@ -159,7 +195,9 @@ class DevStack:
 
         if not deps_only:
             assert self.vault.services_token is not None
-            self.services = self._services(self.vault.services_token)
+            # The trust between the services: the ledger's and the witnesses' public keys.
+            keys = read_stack_keys(self.vault.addr, self.vault.services_token)
+            self.services = self._services(self.vault.services_token, keys)
             for service in self.services:
                 if service.component in running:
                     service.adopt()
@@ -177,7 +215,7 @@ class DevStack:
 
     def down(self, say: Say = _quiet) -> list[str]:
         """Stop what our pid files name: services first, then the dependencies."""
-        stopped: list[str] = []
+        stopped = self._stop_retired(say)
         for component in [*reversed(self.services), *reversed(self.dependencies)]:
             record = PidRecord.read(component.pid_file) if component.pid_file else None
             if record is None:

@@ -1,7 +1,15 @@
-"""The medledger services as processes: their ports, environment and gRPC health."""
+"""The medledger services as processes: their ports, environment and gRPC health.
+
+The stack runs two witnesses, as two organisations would: ``witness-a`` and ``witness-b`` are
+both ``python -m medledger.witness``, each with its own Vault key, name and database. The
+services trust each other through public keys read from Vault (:class:`StackKeys`): the
+witnesses follow the ledger's checkpoint key, the ledger collects both witnesses' cosignatures.
+"""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -9,23 +17,111 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final, cast
+
+import hvac
+import hvac.exceptions
+import requests
 
 from medledger.cli.stack.probes import Health, grpc_health
-from medledger.cli.stack.process import ComponentStartError
+from medledger.cli.stack.process import ComponentStartError, StackError
 from medledger.cli.stack.server import Server
+from medledger.common.vault_layout import (
+    LEDGER_CHECKPOINT_KEY,
+    TRANSIT_MOUNT,
+    WITNESS_A_KEY,
+    WITNESS_B_KEY,
+)
+from medledger.tlog import SIG_COSIGNATURE_V1, SIG_ED25519, VerifierKey
 
-# Start order: each service starts after those it calls.
+
+@dataclass(frozen=True)
+class WitnessIdentity:
+    """One witness of the stack: its Vault transit key, its key name, its own database."""
+
+    key: str
+    name: str
+    database: str
+
+
+WITNESSES: Final[Mapping[str, WitnessIdentity]] = MappingProxyType(
+    {
+        "witness-a": WitnessIdentity(
+            WITNESS_A_KEY, "witness-a.medledger.local", "medledger_witness_a"
+        ),
+        "witness-b": WitnessIdentity(
+            WITNESS_B_KEY, "witness-b.medledger.local", "medledger_witness_b"
+        ),
+    }
+)
+# Start order: each service starts after those it calls (the ledger calls the witnesses).
 SERVICE_PORTS: Final[Mapping[str, int]] = MappingProxyType(
-    {"ledger": 50053, "identity": 50051, "record": 50052, "inference": 50054, "witness": 50055}
+    {
+        "witness-a": 50055,
+        "witness-b": 50056,
+        "ledger": 50053,
+        "identity": 50051,
+        "record": 50052,
+        "inference": 50054,
+    }
 )
 LEDGER_ORIGIN: Final = "medledger.local/ledger"
 DATABASE: Final = "medledger"
+VAULT_TIMEOUT_S: Final = 10
+
+
+def service_module(name: str) -> str:
+    """The package a stack service runs: ``python -m medledger.<module>``."""
+    return "witness" if name in WITNESSES else name
+
+
+@dataclass(frozen=True)
+class StackKeys:
+    """The public keys the services trust each other by, as C2SP verifier keys."""
+
+    ledger_vkey: str
+    """The ledger's checkpoint key (Ed25519, type 0x01), named by the log's origin."""
+    witness_vkeys: Mapping[str, str]
+    """Each witness's cosignature key (type 0x04), by stack service name."""
+
+    @classmethod
+    def from_public_keys(cls, public_keys: Mapping[str, bytes]) -> StackKeys:
+        """The verifier keys for the raw Ed25519 public keys of the Vault transit keys
+        (``public_keys`` maps transit key name to key)."""
+        ledger = VerifierKey.for_key(LEDGER_ORIGIN, SIG_ED25519, public_keys[LEDGER_CHECKPOINT_KEY])
+        witnesses = {
+            service: str(VerifierKey.for_key(w.name, SIG_COSIGNATURE_V1, public_keys[w.key]))
+            for service, w in WITNESSES.items()
+        }
+        return cls(ledger_vkey=str(ledger), witness_vkeys=MappingProxyType(witnesses))
+
+
+def latest_public_key(client: hvac.Client, key: str) -> bytes:
+    """The raw public key of the latest version of transit key ``key``."""
+    data = cast(dict[str, Any], client.secrets.transit.read_key(key, mount_point=TRANSIT_MOUNT))
+    latest = str(data["data"]["latest_version"])
+    return base64.b64decode(data["data"]["keys"][latest]["public_key"])
+
+
+def read_stack_keys(vault_addr: str, token: str) -> StackKeys:
+    """The stack's verifier keys, from the public keys of its transit keys in Vault."""
+    client = hvac.Client(url=vault_addr, token=token, timeout=VAULT_TIMEOUT_S)
+    names = [LEDGER_CHECKPOINT_KEY, *(w.key for w in WITNESSES.values())]
+    try:
+        return StackKeys.from_public_keys({name: latest_public_key(client, name) for name in names})
+    except (hvac.exceptions.VaultError, requests.exceptions.RequestException, KeyError) as exc:
+        raise StackError(
+            f"vault: cannot read the public keys of {', '.join(names)} at {vault_addr} "
+            f"({type(exc).__name__}); is vault up and provisioned?"
+        ) from exc
+    finally:
+        client.adapter.close()
 
 
 @dataclass(frozen=True)
 class StackEndpoints:
-    """Where the services find their dependencies and each other."""
+    """Where the services find their dependencies and each other, and the keys they trust
+    (``keys`` None: not known yet; a witness then reads them from Vault as it starts)."""
 
     mongo_uri: str
     vault_addr: str
@@ -33,9 +129,41 @@ class StackEndpoints:
     triton_url: str
     service_ports: Mapping[str, int] = field(default_factory=lambda: dict(SERVICE_PORTS))
     host: str = "127.0.0.1"
+    keys: StackKeys | None = None
 
     def service_addr(self, name: str) -> str:
         return f"{self.host}:{self.service_ports[name]}"
+
+    @property
+    def witnesses(self) -> list[str]:
+        """The stack's witnesses that have a port here, in a stable order."""
+        return [name for name in WITNESSES if name in self.service_ports]
+
+
+def _ledger_env(endpoints: StackEndpoints) -> dict[str, str]:
+    """How every service finds the log and its witnesses. ``LEDGER_WITNESSES`` and
+    ``LEDGER_WITNESS_VKEYS`` list the same witnesses in the same order; both stay empty until
+    the keys are known, so no witness is ever named without the key to check it by."""
+    keys = endpoints.keys
+    witnesses = endpoints.witnesses if keys is not None else []
+    return {
+        "LEDGER_ORIGIN": LEDGER_ORIGIN,
+        "LEDGER_WITNESSES": ",".join(endpoints.service_addr(w) for w in witnesses),
+        "LEDGER_WITNESS_VKEYS": ",".join(keys.witness_vkeys[w] for w in witnesses) if keys else "",
+    }
+
+
+def _witness_env(name: str, endpoints: StackEndpoints) -> dict[str, str]:
+    witness = WITNESSES[name]
+    env = {
+        "WITNESS_NAME": witness.name,
+        "WITNESS_KEY": witness.key,
+        # Its own database, as another organisation's witness would have.
+        "MEDLEDGER_MONGODB_DATABASE": witness.database,
+    }
+    if endpoints.keys is not None:
+        env["WITNESS_LOG_VKEYS"] = endpoints.keys.ledger_vkey
+    return env
 
 
 def service_env(
@@ -51,6 +179,8 @@ def service_env(
         env["OTEL_TRACES_EXPORTER"] = "none"
         env["OTEL_METRICS_EXPORTER"] = "none"
         env["OTEL_LOGS_EXPORTER"] = "none"
+    for inherited in ("WITNESS_NAME", "WITNESS_KEY", "WITNESS_LOG_VKEYS"):
+        env.pop(inherited, None)  # a witness's identity comes from the stack, never the shell
     env.update(
         {
             "PYTHONUNBUFFERED": "1",
@@ -64,19 +194,20 @@ def service_env(
             "MEDLEDGER_IDENTITY_ADDR": endpoints.service_addr("identity"),
             "MEDLEDGER_RECORD_ADDR": endpoints.service_addr("record"),
             "MEDLEDGER_LEDGER_ADDR": endpoints.service_addr("ledger"),
-            "LEDGER_ORIGIN": LEDGER_ORIGIN,
-            "LEDGER_WITNESSES": "",
+            **_ledger_env(endpoints),
         }
     )
     if name == "inference":
         env["TRITON_URL"] = endpoints.triton_url
+    if name in WITNESSES:
+        env.update(_witness_env(name, endpoints))
     return env
 
 
 def service_available(name: str) -> bool:
-    """Whether ``python -m medledger.<name>`` can run in this environment."""
+    """Whether stack service ``name`` (``python -m medledger.<module>``) can run here."""
     try:
-        return importlib.util.find_spec(f"medledger.{name}.__main__") is not None
+        return importlib.util.find_spec(f"medledger.{service_module(name)}.__main__") is not None
     except ModuleNotFoundError:
         return False
 
@@ -116,18 +247,24 @@ class ServiceServer(Server):
         return self.endpoints.service_addr(self.component)
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", f"medledger.{self.component}"]
+        return [sys.executable, "-m", f"medledger.{service_module(self.component)}"]
 
     def env(self) -> dict[str, str]:
         return service_env(self.component, self.endpoints)
 
     def prepare(self) -> None:
         if not service_available(self.component):
+            module = service_module(self.component)
             raise ComponentStartError(
                 self.component,
                 None,
-                f"`python -m medledger.{self.component}` is not available in {sys.prefix}",
+                f"`python -m medledger.{module}` is not available in {sys.prefix}",
             )
+        if self.component in WITNESSES and self.endpoints.keys is None:
+            # A witness cannot start without the log's key; other services run without
+            # witnesses until given the keys (``DevStack`` always gives them).
+            keys = read_stack_keys(self.endpoints.vault_addr, self.endpoints.vault_token)
+            self.endpoints = dataclasses.replace(self.endpoints, keys=keys)
 
     def after_start(self) -> None:
         self.process.wait_ready(

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import hvac
 import hvac.exceptions
+
 from medledger.cli.stack.probes import Health, http_health, http_status
 from medledger.cli.stack.process import StackError, find_executable
 from medledger.cli.stack.server import Server

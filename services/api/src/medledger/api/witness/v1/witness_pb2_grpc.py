@@ -60,8 +60,10 @@ class WitnessServiceServicer:
         old_size, then cosigns it and records it as the latest for its origin.
         Errors: NOT_FOUND for an unknown origin; PERMISSION_DENIED when no known log key signed
         the note; FAILED_PRECONDITION when old_size is not the latest size this witness cosigned
-        (its size is sent in the error details) or the proof does not verify (fork or rollback);
-        INVALID_ARGUMENT for a malformed note or old_size larger than the checkpoint's size.
+        (reason OLD_SIZE_MISMATCH, its size in ErrorInfo metadata "witness_size"), when the new
+        size is below the cosigned one (ROLLBACK), when the same size has another root (FORK), or
+        when the proof does not verify (INCONSISTENT); INVALID_ARGUMENT for a malformed note or
+        proof, or an old_size that is neither the witness's size nor at most the checkpoint's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

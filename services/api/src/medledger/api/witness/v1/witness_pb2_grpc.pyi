@@ -41,8 +41,10 @@ class WitnessServiceStub:
     old_size, then cosigns it and records it as the latest for its origin.
     Errors: NOT_FOUND for an unknown origin; PERMISSION_DENIED when no known log key signed
     the note; FAILED_PRECONDITION when old_size is not the latest size this witness cosigned
-    (its size is sent in the error details) or the proof does not verify (fork or rollback);
-    INVALID_ARGUMENT for a malformed note or old_size larger than the checkpoint's size.
+    (reason OLD_SIZE_MISMATCH, its size in ErrorInfo metadata "witness_size"), when the new
+    size is below the cosigned one (ROLLBACK), when the same size has another root (FORK), or
+    when the proof does not verify (INCONSISTENT); INVALID_ARGUMENT for a malformed note or
+    proof, or an old_size that is neither the witness's size nor at most the checkpoint's.
     """
     GetWitnessInfo: _grpc.UnaryUnaryMultiCallable[_witness_pb2.GetWitnessInfoRequest, _witness_pb2.GetWitnessInfoResponse]
     """GetWitnessInfo returns the witness's name, key and the latest state of each log it follows."""
@@ -60,8 +62,10 @@ class WitnessServiceAsyncStub(WitnessServiceStub):
     old_size, then cosigns it and records it as the latest for its origin.
     Errors: NOT_FOUND for an unknown origin; PERMISSION_DENIED when no known log key signed
     the note; FAILED_PRECONDITION when old_size is not the latest size this witness cosigned
-    (its size is sent in the error details) or the proof does not verify (fork or rollback);
-    INVALID_ARGUMENT for a malformed note or old_size larger than the checkpoint's size.
+    (reason OLD_SIZE_MISMATCH, its size in ErrorInfo metadata "witness_size"), when the new
+    size is below the cosigned one (ROLLBACK), when the same size has another root (FORK), or
+    when the proof does not verify (INCONSISTENT); INVALID_ARGUMENT for a malformed note or
+    proof, or an old_size that is neither the witness's size nor at most the checkpoint's.
     """
     GetWitnessInfo: _aio.UnaryUnaryMultiCallable[_witness_pb2.GetWitnessInfoRequest, _witness_pb2.GetWitnessInfoResponse]  # type: ignore[assignment]
     """GetWitnessInfo returns the witness's name, key and the latest state of each log it follows."""
@@ -82,8 +86,10 @@ class WitnessServiceServicer(metaclass=_abc_1.ABCMeta):
         old_size, then cosigns it and records it as the latest for its origin.
         Errors: NOT_FOUND for an unknown origin; PERMISSION_DENIED when no known log key signed
         the note; FAILED_PRECONDITION when old_size is not the latest size this witness cosigned
-        (its size is sent in the error details) or the proof does not verify (fork or rollback);
-        INVALID_ARGUMENT for a malformed note or old_size larger than the checkpoint's size.
+        (reason OLD_SIZE_MISMATCH, its size in ErrorInfo metadata "witness_size"), when the new
+        size is below the cosigned one (ROLLBACK), when the same size has another root (FORK), or
+        when the proof does not verify (INCONSISTENT); INVALID_ARGUMENT for a malformed note or
+        proof, or an old_size that is neither the witness's size nor at most the checkpoint's.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,168 @@
+"""Two witnesses as the local stack runs them (``python -m medledger.witness`` with the
+stack's environment), cosigning checkpoints signed by the ledger's key in Vault: a verifier
+holding only the keys the stack hands the ledger accepts them with a quorum of two."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
+from medledger.cli.stack.mongo import MongoServer
+from medledger.cli.stack.process import free_ports
+from medledger.cli.stack.services import (
+    LEDGER_ORIGIN,
+    SERVICE_PORTS,
+    WITNESSES,
+    ServiceServer,
+    StackEndpoints,
+    service_env,
+)
+from medledger.common.config import VaultSettings
+from medledger.common.vault import VaultTransit
+from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY
+from medledger.tlog import (
+    Checkpoint,
+    CompactRange,
+    NoteSignature,
+    VerifierKey,
+    format_note,
+    leaf_hash,
+    verify_checkpoint,
+)
+from medledger.tlog.reference import consistency_proof
+
+LEAVES = [leaf_hash(b"event %d" % i) for i in range(32)]
+
+
+class WitnessProcess(ServiceServer):
+    """A stack witness with a database of its own, so test runs never share state."""
+
+    def __init__(self, name: str, endpoints: StackEndpoints, logs: Path, database: str) -> None:
+        super().__init__(
+            name, endpoints=endpoints, log_file=logs / f"{name}.log", die_with_parent=True
+        )
+        self.database = database
+
+    def env(self) -> dict[str, str]:
+        return service_env(self.component, self.endpoints) | {
+            "MEDLEDGER_MONGODB_DATABASE": self.database,
+            "MEDLEDGER_HEALTH_INTERVAL_SECONDS": "0.5",
+        }
+
+
+@pytest.fixture(scope="module")
+def endpoints(mongo_server: MongoServer, vault_server: Any) -> StackEndpoints:
+    return StackEndpoints(
+        mongo_uri=mongo_server.uri,
+        vault_addr=vault_server.addr,
+        vault_token=vault_server.services_token,
+        triton_url="",
+        service_ports=dict(zip(SERVICE_PORTS, free_ports(len(SERVICE_PORTS)), strict=True)),
+    )
+
+
+@pytest.fixture(scope="module")
+def witnesses(
+    endpoints: StackEndpoints, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, WitnessProcess]]:
+    logs = tmp_path_factory.mktemp("witness-logs")
+    run = uuid.uuid4().hex[:8]
+    servers = {
+        name: WitnessProcess(name, endpoints, logs, f"{identity.database}_{run}")
+        for name, identity in WITNESSES.items()
+    }
+    for server in servers.values():
+        server.start()  # reads the keys from Vault, then waits for SERVING
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+class VaultLedger:
+    """Signs checkpoints of the test tree with the ledger's checkpoint key in Vault."""
+
+    def __init__(self, vault: Any, vkey: str) -> None:
+        self.transit = VaultTransit(VaultSettings(addr=vault.addr, token=vault.services_token))
+        self.key_id = VerifierKey.parse(vkey).key_id
+
+    async def checkpoint(self, size: int) -> bytes:
+        tree = CompactRange()
+        tree.extend(LEAVES[:size])
+        body = Checkpoint(LEDGER_ORIGIN, size, tree.root()).body()
+        signed = await self.transit.sign(LEDGER_CHECKPOINT_KEY, body)
+        return format_note(body, [NoteSignature(LEDGER_ORIGIN, self.key_id, signed.signature)])
+
+
+def proof(old_size: int, new_size: int) -> list[bytes]:
+    return [] if old_size in (0, new_size) else consistency_proof(old_size, LEAVES[:new_size])
+
+
+async def cosign(server: ServiceServer, old_size: int, new_size: int, note: bytes) -> bytes:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = witness_pb2_grpc.WitnessServiceStub(channel)
+        reply = await stub.AddCheckpoint(
+            witness_pb2.AddCheckpointRequest(
+                old_size=old_size, consistency_proof=proof(old_size, new_size), checkpoint=note
+            )
+        )
+    return bytes(reply.cosignature)
+
+
+async def info(server: ServiceServer) -> witness_pb2.GetWitnessInfoResponse:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = witness_pb2_grpc.WitnessServiceStub(channel)
+        return await stub.GetWitnessInfo(witness_pb2.GetWitnessInfoRequest())
+
+
+async def test_both_witnesses_cosign_the_ledger_checkpoints(
+    witnesses: dict[str, WitnessProcess], vault_server: Any
+) -> None:
+    keys = next(iter(witnesses.values())).endpoints.keys
+    assert keys is not None
+    ledger_env = service_env(
+        "ledger", dataclasses.replace(witnesses["witness-a"].endpoints, keys=keys)
+    )
+    witness_vkeys = ledger_env["LEDGER_WITNESS_VKEYS"].split(",")
+    addresses = ledger_env["LEDGER_WITNESSES"].split(",")
+    assert addresses == [witnesses[name].address for name in WITNESSES]
+    ledger = VaultLedger(vault_server, keys.ledger_vkey)
+    for old_size, new_size in ((0, 4), (4, 9), (9, 16)):
+        note = await ledger.checkpoint(new_size)
+        cosigned = note
+        for server in witnesses.values():
+            cosigned += await cosign(server, old_size, new_size, note)
+        checkpoint = verify_checkpoint(cosigned, [keys.ledger_vkey], witness_vkeys, 2)
+        assert checkpoint.size == new_size
+    for name, server in witnesses.items():
+        reply = await info(server)
+        assert reply.name == WITNESSES[name].name
+        assert reply.vkey == keys.witness_vkeys[name]
+        assert [(log.origin, log.size) for log in reply.logs] == [(LEDGER_ORIGIN, 16)]
+    ledger.transit.close()
+
+
+async def test_each_witness_keeps_its_own_state_across_a_restart(
+    witnesses: dict[str, WitnessProcess], vault_server: Any
+) -> None:
+    a, b = witnesses["witness-a"], witnesses["witness-b"]
+    keys = a.endpoints.keys
+    assert keys is not None
+    ledger = VaultLedger(vault_server, keys.ledger_vkey)
+    start = (await info(a)).logs[0].size
+    await cosign(a, start, 20, await ledger.checkpoint(20))
+    assert (await info(b)).logs[0].size == start  # another organisation, another state
+    b.stop()
+    b.start()
+    assert (await info(b)).logs[0].size == start
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cosign(b, 20, 24, await ledger.checkpoint(24))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await cosign(b, start, 24, await ledger.checkpoint(24))
+    ledger.transit.close()
