@@ -1218,6 +1218,7 @@ class CheckAccessRequest(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
+    PATIENT_ORGANIZATION_FIELD_NUMBER: _builtins.int
     principal_id: _builtins.str
     """Token subject: a client id or a user id."""
     organization: _builtins.str
@@ -1236,6 +1237,10 @@ class CheckAccessRequest(_message.Message):
     """Set, with purpose ETREAT, to ask for break-glass access when no consent permits it.
     Kept in identity's audit store only; never ledgered (no free text in the ledger).
     """
+    patient_organization: _builtins.str
+    """Organization that holds the patient's record (the record service knows it). Empty: the
+    organization of the patient's user account in identity, if there is one.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes granted in the token."""
@@ -1252,10 +1257,11 @@ class CheckAccessRequest(_message.Message):
         action: Global___Action.ValueType = ...,
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
         break_glass_reason: _builtins.str = ...,
+        patient_organization: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "break_glass_reason", b"break_glass_reason", "client_id", b"client_id", "organization", b"organization", "patient_id", b"patient_id", "principal_id", b"principal_id", "purpose", b"purpose", "resource_type", b"resource_type", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "break_glass_reason", b"break_glass_reason", "client_id", b"client_id", "organization", b"organization", "patient_id", b"patient_id", "patient_organization", b"patient_organization", "principal_id", b"principal_id", "purpose", b"purpose", "resource_type", b"resource_type", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
