@@ -46,6 +46,16 @@ class Service(Protocol):
 
     def probes(self) -> Sequence[DependencyProbe]: ...
 
+    @property
+    def verifier(self) -> TokenVerifier | None:
+        """Verifies bearer tokens; None serves without authentication (tests only)."""
+        ...
+
+    @property
+    def public_methods(self) -> frozenset[str]:
+        """Full method names callable without a token, besides health and reflection."""
+        ...
+
     async def start(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -88,8 +98,8 @@ class ServiceServer:
     ) -> None:
         self.service = service
         self.settings = service.settings
-        self._verifier = verifier
-        self._public_methods = public_methods
+        self._verifier = verifier if verifier is not None else service.verifier
+        self._public_methods = public_methods | service.public_methods
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._monitor: HealthMonitor | None = None

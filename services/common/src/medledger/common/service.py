@@ -13,6 +13,7 @@ from pymongo import AsyncMongoClient
 
 from medledger.common.config import ServiceSettings
 from medledger.common.health import DependencyProbe
+from medledger.common.interceptors import TokenVerifier
 from medledger.common.mongo import MongoProbe
 from medledger.common.vault import VaultTransit
 
@@ -42,6 +43,9 @@ class ServiceRuntime:
     # Background work the service runs while serving (e.g. the ledger's sequencer).
     startup: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     shutdown: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Token verification for every RPC but health, reflection and ``public_methods``.
+    verifier: TokenVerifier | None = None
+    public_methods: frozenset[str] = frozenset()
 
     def add_to_server(self, server: grpc.aio.Server) -> list[str]:
         for servicer in self.servicers:
