@@ -10,12 +10,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import Unauthenticated
 from medledger.common.interceptors import Principal, current_principal
 from medledger.common.server import ServiceServer
 from medledger.common.service import ServiceRuntime
-from medledger.ledger.server import LedgerServiceServicer
 from medledger.testkit.inprocess import channel, ledger_servicer
 
 GOOD = "good-token"

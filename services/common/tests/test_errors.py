@@ -11,6 +11,7 @@ from grpc_status import rpc_status
 
 from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
 from medledger.common.errors import (
     ERROR_DOMAIN,
     FieldViolation,
@@ -19,7 +20,6 @@ from medledger.common.errors import (
     Unavailable,
 )
 from medledger.inference.server import InferenceServiceServicer
-from medledger.ledger.server import LedgerServiceServicer
 from medledger.testkit.inprocess import channel, inference_servicer, ledger_servicer, running
 
 PHI = "Jane Doe, born 1961-04-02, MRN 99812"

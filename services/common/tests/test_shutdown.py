@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.ledger.server import LedgerServiceServicer
+from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
 from medledger.testkit.inprocess import channel, ledger_servicer, running
 
 SLOW_SECONDS = 1.0

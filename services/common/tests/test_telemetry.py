@@ -11,10 +11,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.telemetry import configure_logging, current_trace_id, setup_telemetry
-from medledger.ledger.server import LedgerServiceServicer
 from medledger.testkit.inprocess import ledger_servicer, running
 
 

@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.server import ServiceServer
 from medledger.common.service import ServiceRuntime
-from medledger.ledger.server import LedgerServiceServicer
 from medledger.testkit.inprocess import ledger_servicer
 
 

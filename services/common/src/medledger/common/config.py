@@ -124,6 +124,7 @@ class PeerSettings(BaseSettings):
 A = TypeVar("A", bound=BaseSettings)
 B = TypeVar("B", bound=BaseSettings)
 C = TypeVar("C", bound=BaseSettings)
+D = TypeVar("D", bound=BaseSettings)
 
 
 def _variable_name(model: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
@@ -157,6 +158,8 @@ def load_settings(a: type[A], /) -> tuple[A]: ...
 def load_settings(a: type[A], b: type[B], /) -> tuple[A, B]: ...
 @overload
 def load_settings(a: type[A], b: type[B], c: type[C], /) -> tuple[A, B, C]: ...
+@overload
+def load_settings(a: type[A], b: type[B], c: type[C], d: type[D], /) -> tuple[A, B, C, D]: ...
 def load_settings(*models: type[BaseSettings]) -> tuple[BaseSettings, ...]:
     """Builds each settings model from the environment, or raises one :class:`ConfigError`
     naming every variable that is wrong or missing across all of them. Values are never

@@ -22,8 +22,9 @@ from medledger.ledger.server import LedgerServiceServicer
 
 
 def build() -> ServiceRuntime:
-    settings, config = load_settings(LedgerSettings, LedgerConfig)
-    mongo_settings, vault_settings = load_settings(MongoSettings, VaultSettings)
+    settings, config, mongo_settings, vault_settings = load_settings(
+        LedgerSettings, LedgerConfig, MongoSettings, VaultSettings
+    )
     return build_runtime(settings, config, mongo_settings, vault_settings)
 
 
