@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import typer
+
+from medledger.cli.audit import app as ledger_app
 from medledger.cli.dev import app as dev_app
+from medledger.cli.verify import app as verify_app
 
 app = typer.Typer(
     name="medledger",
@@ -12,6 +15,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(dev_app, name="dev")
+app.add_typer(verify_app, name="verify")
+app.add_typer(ledger_app, name="ledger")
 
 if __name__ == "__main__":
     app()

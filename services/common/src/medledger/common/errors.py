@@ -118,6 +118,13 @@ class Unimplemented(MedledgerError):
     default_reason = "NOT_IMPLEMENTED"
 
 
+class DataLoss(MedledgerError):
+    """Stored data that must exist is missing or damaged (not the client's fault)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    default_reason = "DATA_LOSS"
+
+
 class DeadlineExceeded(MedledgerError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     default_reason = "DEADLINE_EXCEEDED"

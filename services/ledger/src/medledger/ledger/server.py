@@ -7,6 +7,7 @@ import binascii
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.channels import create_channel
@@ -50,9 +51,14 @@ def _from_page_token(token: str, default: int) -> int:
         ) from None
 
 
-def _decoded(data: bytes) -> ledger_pb2.LedgerEntry:
+def _decoded(data: bytes) -> ledger_pb2.LedgerEntry | None:
+    """The entry, or None when the stored bytes no longer parse (damaged storage): the
+    exact bytes are still returned so an auditor can see and report them."""
     entry = ledger_pb2.LedgerEntry()
-    entry.ParseFromString(data)
+    try:
+        entry.ParseFromString(data)
+    except DecodeError:
+        return None
     return entry
 
 

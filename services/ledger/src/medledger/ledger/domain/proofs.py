@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from medledger.common.errors import FieldViolation, InvalidArgument
+from medledger.common.errors import DataLoss, FieldViolation, InvalidArgument
 from medledger.ledger.domain.ports import LedgerStorage, StoredCheckpoint, TileId
 from medledger.tlog.hashing import HASH_SIZE
 from medledger.tlog.nodes import NodeId, root_nodes
@@ -70,7 +70,18 @@ class ProofReader:
             if node in known:
                 return known[node]
             span = tile_span(node)
-            return node_hash_from_tile(data[(span.tile_level, span.tile_index)], node)
+            tile = data.get((span.tile_level, span.tile_index))
+            try:
+                if tile is None:
+                    raise ValueError("tile missing")
+                return node_hash_from_tile(tile, node)
+            except ValueError:
+                # Storage lost or truncated a tile: say so, never answer a wrong proof.
+                raise DataLoss(
+                    "a tile of the log is missing or short",
+                    reason="TILE_MISSING",
+                    metadata={"tile": f"{span.tile_level}/{span.tile_index}"},
+                ) from None
 
         return [plan.rehash([hash_of(node) for node in plan.nodes]) for plan in plans]
 
@@ -85,9 +96,8 @@ class ProofReader:
         for index in indices:
             if not 0 <= index < checkpoint.size:
                 raise InvalidArgument([FieldViolation("leaf_index", "must be below the tree size")])
-        return await self._rehash(
-            [inclusion_nodes(i, checkpoint.size) for i in indices], checkpoint
-        )
+        plans = [inclusion_nodes(index, checkpoint.size) for index in indices]
+        return await self._rehash(plans, checkpoint, held)
 
     async def consistency(self, first_size: int, checkpoint: StoredCheckpoint) -> list[bytes]:
         """The consistency proof from ``first_size`` to ``checkpoint``'s tree."""

@@ -1,0 +1,150 @@
+"""``medledger verify receipt``: check a ledger receipt offline, with public keys only."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from google.protobuf.message import DecodeError
+from rich.console import Console
+from rich.table import Table
+
+from medledger.api.ledger.v1 import ledger_pb2
+from medledger.cli.receipt_verifier import ReceiptInvalid, VerifiedReceipt, verify_receipt
+from medledger.cli.receipts import ReceiptFormatError, read_receipt
+from medledger.cli.trust import TrustPolicy
+
+app = typer.Typer(help="Verify ledger receipts offline, with public keys only (no network).")
+console = Console()
+errors = Console(stderr=True)
+
+VkeyOption = Annotated[
+    list[str],
+    typer.Option(
+        "--vkey",
+        metavar="VKEY",
+        help="The log's C2SP verifier key (GetVerifierKey). Repeat it for keys from before a "
+        "rotation.",
+    ),
+]
+WitnessOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--witness-vkey",
+        metavar="VKEY",
+        help="A witness's cosignature verifier key (type 0x04). Repeat for each witness.",
+    ),
+]
+QuorumOption = Annotated[
+    int,
+    typer.Option(
+        "--quorum", min=0, metavar="K", help="How many of the witnesses must have cosigned."
+    ),
+]
+OriginOption = Annotated[
+    str | None, typer.Option("--origin", help="Require the checkpoint to be this log's.")
+]
+
+
+def trust_policy(
+    vkeys: list[str], witness_vkeys: list[str] | None, quorum: int, origin: str | None
+) -> TrustPolicy:
+    """The policy from the command line; a bad key or quorum is a usage error (exit 2)."""
+    try:
+        return TrustPolicy.parse(vkeys, witness_vkeys or [], quorum, origin)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _describe_entry(entry: bytes) -> str:
+    """The entry's event, for the reader (what was verified is the bytes, not this)."""
+    decoded = ledger_pb2.LedgerEntry()
+    try:
+        decoded.ParseFromString(entry)
+    except DecodeError:
+        return f"{len(entry)} bytes (not a LedgerEntry)"
+    kind = ledger_pb2.EventKind.Name(decoded.kind).removeprefix("EVENT_KIND_")
+    parts = [kind]
+    if decoded.HasField("resource"):
+        version = f" v{decoded.resource.version}" if decoded.resource.version else ""
+        parts.append(f"{decoded.resource.type}/{decoded.resource.id}{version}")
+    parts.append(f"by {decoded.actor} ({decoded.organization})")
+    if decoded.HasField("time"):
+        parts.append(f"at {decoded.time.ToDatetime(tzinfo=UTC).isoformat()}")
+    return " ".join(parts)
+
+
+def _summary(result: VerifiedReceipt, policy: TrustPolicy, entry: bytes | None) -> Table:
+    checkpoint = result.checkpoint
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("origin", checkpoint.checkpoint.origin)
+    table.add_row("tree size", str(checkpoint.size))
+    table.add_row("root hash", checkpoint.root.hex())
+    table.add_row("leaf index", str(result.leaf_index))
+    table.add_row("leaf hash", result.leaf_hash.hex())
+    table.add_row("signed by", checkpoint.log_key)
+    witnesses = policy.describe_witnesses(checkpoint)
+    if checkpoint.witnesses:
+        witnesses += ": " + ", ".join(checkpoint.witnesses)
+    table.add_row("witnesses", witnesses)
+    table.add_row("inclusion", f"proof of {result.proof_length} hashes verifies (RFC 9162)")
+    if entry is None:
+        table.add_row("entry", "not checked (no --entry given)")
+    else:
+        table.add_row("entry", f"matches the leaf hash: {_describe_entry(entry)}")
+    return table
+
+
+@app.command("receipt")
+def receipt_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="The receipt (protobuf JSON)."
+        ),
+    ],
+    *,
+    vkey: VkeyOption,
+    witness_vkey: WitnessOption = None,
+    quorum: QuorumOption = 0,
+    entry: Annotated[
+        Path | None,
+        typer.Option(
+            "--entry",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="The exact entry bytes; checks SHA-256(0x00 || entry) is the leaf hash.",
+        ),
+    ] = None,
+    origin: OriginOption = None,
+    binary: Annotated[
+        bool, typer.Option("--binary", help="FILE is binary protobuf, not JSON.")
+    ] = False,
+) -> None:
+    """Check a receipt: the checkpoint's signatures, the inclusion proof and the entry.
+
+    Exit status: 0 every check passes; 1 one fails, named; 2 a usage error.
+    """
+    policy = trust_policy(vkey, witness_vkey, quorum, origin)
+    entry_bytes = entry.read_bytes() if entry is not None else None
+    try:
+        receipt = read_receipt(file, binary=binary)
+        result = verify_receipt(receipt, policy, entry_bytes)
+    except ReceiptFormatError as error:
+        errors.print(f"[red bold]✗ {file}: not a receipt:[/red bold] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    except ReceiptInvalid as failure:
+        errors.print(
+            f"[red bold]✗ receipt {file} does NOT verify[/red bold] "
+            f"([bold]{failure.check}[/bold] check failed)",
+            highlight=False,
+        )
+        errors.print(f"  {failure.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"[green bold]✓ receipt {file} verifies[/green bold]", highlight=False)
+    console.print(_summary(result, policy, entry_bytes))
