@@ -41,6 +41,7 @@ def build_runtime(
     publisher = WitnessPublisher(
         store, config.witness_addresses, signer, config.witness_verifier_keys, settings
     )
+    reader = LogReader(store)
     sequencer = Sequencer(
         store,
         signer,
@@ -53,8 +54,9 @@ def build_runtime(
             lease_ttl=config.lease_ttl_seconds,
         ),
         publisher,
+        on_checkpoint=reader.observe,
     )
-    servicer = LedgerServiceServicer(sequencer, LogReader(store), signer, settings)
+    servicer = LedgerServiceServicer(sequencer, reader, signer, settings)
     return ServiceRuntime(
         name="ledger",
         settings=settings,

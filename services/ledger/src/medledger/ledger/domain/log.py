@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from medledger.common.errors import FieldViolation, InvalidArgument, NotFound
 from medledger.ledger.domain.ports import LedgerStorage, StoredCheckpoint
 from medledger.ledger.domain.proofs import ProofReader
@@ -16,15 +18,33 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+LATEST_TTL_SECONDS = 0.25
+
+
 class LogReader:
+    """Any replica's read path. The latest checkpoint is re-read at most every 250 ms:
+    an answer may trail the newest checkpoint by that much, but it always names the
+    checkpoint it is for, so it is never wrong, only slightly older."""
+
     def __init__(self, storage: LedgerStorage) -> None:
         self._storage = storage
         self.proofs = ProofReader(storage)
+        self._latest: tuple[float, StoredCheckpoint] | None = None
+
+    def observe(self, checkpoint: StoredCheckpoint) -> None:
+        """The sequencer of this replica just committed ``checkpoint``: serve it at once
+        (a client reads its own append)."""
+        if self._latest is None or checkpoint.size >= self._latest[1].size:
+            self._latest = (time.monotonic(), checkpoint)
 
     async def latest(self) -> StoredCheckpoint:
+        now = time.monotonic()
+        if self._latest is not None and now - self._latest[0] < LATEST_TTL_SECONDS:
+            return self._latest[1]
         checkpoint = await self._storage.latest_checkpoint()
         if checkpoint is None:
             raise NotFound("the log has no checkpoint yet", reason="NO_CHECKPOINT")
+        self._latest = (now, checkpoint)
         return checkpoint
 
     async def at_size(self, size: int, field: str) -> StoredCheckpoint:

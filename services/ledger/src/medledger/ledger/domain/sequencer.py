@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
@@ -123,11 +123,13 @@ class Sequencer:
         signer: NoteSigner,
         config: SequencerConfig,
         publisher: CheckpointPublisher | None = None,
+        on_checkpoint: Callable[[StoredCheckpoint], None] | None = None,
     ) -> None:
         self._storage = storage
         self._signer = signer
         self._config = config
         self._publisher = publisher
+        self._on_checkpoint = on_checkpoint
         self._proofs = ProofReader(storage)
         self._queue: asyncio.Queue[_Waiter] = asyncio.Queue()
         self._state: _TreeState | None = None
@@ -345,6 +347,8 @@ class Sequencer:
             {tile: row for tile, row in edge.items() if rightmost[tile[0]] == tile[1]},
             checkpoint,
         )
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(checkpoint)
         if fresh:
             indices = [first_index + offset for offset in range(len(fresh))]
             held = {**state.edge_tiles, **touched}  # the right edge is in memory: no read
