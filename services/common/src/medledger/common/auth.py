@@ -35,6 +35,9 @@ from medledger.common.interceptors import Principal
 log = logging.getLogger("medledger.auth")
 
 ALGORITHM: Final = "EdDSA"
+# What identity puts in "iss" and, unless a client asks for another, in "aud".
+DEFAULT_ISSUER: Final = "medledger://identity"
+DEFAULT_AUDIENCE: Final = "medledger"
 # joserfc warns on every use of "EdDSA" because RFC 9864 prefers the fully specified
 # "Ed25519" name; our tokens are EdDSA over Ed25519 only, which is exactly that.
 warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
@@ -133,11 +136,12 @@ class JwksTokenVerifier:
         self._keys: dict[str, OKPKey] = {}
         self._loaded_at: float | None = None  # monotonic time of the last good fetch
         self._fetched_at: float | None = None  # monotonic time of the last fetch attempt
+        self._unknown_kid_at: float | None = None  # monotonic time of the last kid miss refresh
         self._generation = 0  # fetch attempts so far
         self._lock = asyncio.Lock()
 
-    def _may_fetch(self) -> bool:
-        return self._fetched_at is None or time.monotonic() - self._fetched_at >= self._min_refresh
+    def _not_within(self, since: float | None) -> bool:
+        return since is None or time.monotonic() - since >= self._min_refresh
 
     async def _refresh(self, seen: int) -> None:
         """Fetches the JWKS unless another caller did since attempt ``seen`` (one flight)."""
@@ -156,13 +160,15 @@ class JwksTokenVerifier:
 
     async def _key(self, kid: str) -> OKPKey:
         stale = self._loaded_at is None or time.monotonic() - self._loaded_at > self._cache_seconds
-        if stale and self._may_fetch():
+        if stale and self._not_within(self._fetched_at):
             await self._refresh(self._generation)
         if self._loaded_at is None:
             raise Unavailable("identity jwks")
         key = self._keys.get(kid)
-        if key is None and self._may_fetch():
-            # A kid we do not know: identity may have rotated. Look once, not on every call.
+        if key is None and self._not_within(self._unknown_kid_at):
+            # A kid we do not know: identity may have rotated. Look once, and not again for
+            # any unknown kid within min_refresh_seconds (forged kids must not flood identity).
+            self._unknown_kid_at = time.monotonic()
             await self._refresh(self._generation)
             key = self._keys.get(kid)
         if key is None:

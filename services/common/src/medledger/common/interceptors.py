@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 from medledger.common.errors import (
     MedledgerError,
+    PermissionDenied,
     Unauthenticated,
     Unimplemented,
     internal_status,
@@ -192,9 +193,11 @@ class AuthInterceptor(_ServerInterceptor):
         self,
         verifier: TokenVerifier | None,
         public_methods: frozenset[str] = frozenset(),
+        required_scopes: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self._verifier = verifier
         self._public_methods = public_methods
+        self._required_scopes = dict(required_scopes or {})
 
     def is_public(self, method: str) -> bool:
         return method in self._public_methods or method.startswith(PUBLIC_METHOD_PREFIXES)
@@ -206,7 +209,15 @@ class AuthInterceptor(_ServerInterceptor):
         )
         if token is None:
             raise Unauthenticated("a bearer token is required", reason="TOKEN_MISSING")
-        current_principal.set(await self._verifier.verify(token, method))
+        principal = await self._verifier.verify(token, method)
+        required = self._required_scopes.get(method)
+        if required and not required & principal.scopes:
+            raise PermissionDenied(
+                "the token's scopes do not cover this method",
+                reason="SCOPE_MISSING",
+                metadata={"required": " or ".join(sorted(required))},
+            )
+        current_principal.set(principal)
 
     def _unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

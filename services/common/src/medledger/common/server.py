@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -54,6 +54,11 @@ class Service(Protocol):
     @property
     def public_methods(self) -> frozenset[str]:
         """Full method names callable without a token, besides health and reflection."""
+        ...
+
+    @property
+    def required_scopes(self) -> Mapping[str, frozenset[str]]:
+        """Full method name -> scopes of which the caller's token must hold one."""
         ...
 
     async def start(self) -> None: ...
@@ -118,7 +123,7 @@ class ServiceServer:
             interceptors=[
                 *server_interceptors(),
                 ErrorInterceptor(self.service.name),
-                AuthInterceptor(self._verifier, self._public_methods),
+                AuthInterceptor(self._verifier, self._public_methods, self.service.required_scopes),
             ],
             options=server_options(settings),
         )

@@ -3,7 +3,7 @@ differs: its servicers and which dependencies it owns."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,8 @@ class ServiceRuntime:
     # Token verification for every RPC but health, reflection and ``public_methods``.
     verifier: TokenVerifier | None = None
     public_methods: frozenset[str] = frozenset()
+    # Full method name -> scopes of which the token must hold at least one.
+    required_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def add_to_server(self, server: grpc.aio.Server) -> list[str]:
         for servicer in self.servicers:

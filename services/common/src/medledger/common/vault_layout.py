@@ -21,6 +21,11 @@ IDENTITY_TOKEN_KEY: Final = "identity-token"  # noqa: S105 (a key name, not a se
 WITNESS_A_KEY: Final = "witness-a"
 WITNESS_B_KEY: Final = "witness-b"
 RECORD_PATIENT_KEK: Final = "record-patient-kek"
+IDENTITY_SECRETS_KEY: Final = "identity-secrets"
+# Each calling service signs its client assertions with its own key (service -> key name).
+SERVICE_CLIENT_KEYS: Final[Mapping[str, str]] = MappingProxyType(
+    {"ledger": "ledger-client", "record": "record-client", "inference": "inference-client"}
+)
 
 # Transit key name -> key type.
 TRANSIT_KEYS: Final[Mapping[str, str]] = MappingProxyType(
@@ -30,6 +35,8 @@ TRANSIT_KEYS: Final[Mapping[str, str]] = MappingProxyType(
         WITNESS_A_KEY: "ed25519",
         WITNESS_B_KEY: "ed25519",
         RECORD_PATIENT_KEK: "aes256-gcm96",
+        IDENTITY_SECRETS_KEY: "aes256-gcm96",
+        **{key: "ed25519" for key in SERVICE_CLIENT_KEYS.values()},
     }
 )
 
