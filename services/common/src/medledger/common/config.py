@@ -125,6 +125,7 @@ A = TypeVar("A", bound=BaseSettings)
 B = TypeVar("B", bound=BaseSettings)
 C = TypeVar("C", bound=BaseSettings)
 D = TypeVar("D", bound=BaseSettings)
+E = TypeVar("E", bound=BaseSettings)
 
 
 def _variable_name(model: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
@@ -160,6 +161,10 @@ def load_settings(a: type[A], b: type[B], /) -> tuple[A, B]: ...
 def load_settings(a: type[A], b: type[B], c: type[C], /) -> tuple[A, B, C]: ...
 @overload
 def load_settings(a: type[A], b: type[B], c: type[C], d: type[D], /) -> tuple[A, B, C, D]: ...
+@overload
+def load_settings(
+    a: type[A], b: type[B], c: type[C], d: type[D], e: type[E], /
+) -> tuple[A, B, C, D, E]: ...
 def load_settings(*models: type[BaseSettings]) -> tuple[BaseSettings, ...]:
     """Builds each settings model from the environment, or raises one :class:`ConfigError`
     naming every variable that is wrong or missing across all of them. Values are never

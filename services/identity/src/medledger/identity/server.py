@@ -1,103 +1,251 @@
 """gRPC servicer of the identity service: converts messages to domain calls and back.
 
-Every RPC of the v1 contract is declared; those that answer UNIMPLEMENTED are filled by
-#5.
+The caller's principal comes from the auth interceptor (``current_principal``); the
+domain decides what it may do. Consent and CheckAccess are delegated to ``consent_rpc``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Final
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
-from medledger.common.errors import Unimplemented
+from medledger.common.errors import FieldViolation, InvalidArgument
+from medledger.common.interceptors import current_principal
+from medledger.identity.consent_rpc import ConsentRpcs
+from medledger.identity.domain.directory import Directory, NewClient, NewUser
+from medledger.identity.domain.ports import Client, Organization, User
+from medledger.identity.domain.purposes import purpose_codes, purpose_values
+from medledger.identity.domain.tokens import IssuedToken, TokenService
 
 Context = grpc.aio.ServicerContext[Any, Any]
-PENDING = "not implemented yet"
+SERVICE: Final = "/medledger.api.identity.v1.IdentityService/"
+# Methods callable without a token: how one gets a token, and how one checks it.
+PUBLIC_METHODS: Final = frozenset({f"{SERVICE}IssueToken", f"{SERVICE}GetJwks"})
+
+KIND_BY_ENUM: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        identity_pb2.USER_KIND_PRACTITIONER: "practitioner",
+        identity_pb2.USER_KIND_PATIENT: "patient",
+        identity_pb2.USER_KIND_ADMIN: "admin",
+    }
+)
+ENUM_BY_KIND: Final[Mapping[str, identity_pb2.UserKind.ValueType]] = MappingProxyType(
+    {kind: identity_pb2.UserKind.ValueType(value) for value, kind in KIND_BY_ENUM.items()}
+)
+
+
+def _timestamp(when: datetime | None) -> Timestamp | None:
+    if when is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def _organization(organization: Organization) -> identity_pb2.Organization:
+    return identity_pb2.Organization(
+        organization_id=organization.organization_id,
+        display_name=organization.display_name,
+        create_time=_timestamp(organization.create_time),
+    )
+
+
+def _client(client: Client) -> identity_pb2.Client:
+    return identity_pb2.Client(
+        client_id=client.client_id,
+        organization=client.organization,
+        jwks_json=client.jwks_json,
+        allowed_scopes=client.allowed_scopes,
+        allowed_purposes=purpose_values(client.allowed_purposes),
+        disabled=client.disabled,
+        create_time=_timestamp(client.create_time),
+        disable_time=_timestamp(client.disable_time),
+        display_name=client.display_name,
+    )
+
+
+def _user(user: User) -> identity_pb2.User:
+    return identity_pb2.User(
+        user_id=user.user_id,
+        username=user.username,
+        kind=ENUM_BY_KIND[user.kind],
+        organization=user.organization,
+        patient_id=user.patient_id,
+        totp_enabled=user.totp_enabled,
+        create_time=_timestamp(user.create_time),
+    )
+
+
+def _token(issued: IssuedToken) -> identity_pb2.IssueTokenResponse:
+    return identity_pb2.IssueTokenResponse(
+        access_token=issued.access_token,
+        token_type="Bearer",  # noqa: S106 (the token type, not a secret)
+        expires_in=issued.expires_in,
+        scope=issued.scope,
+    )
 
 
 class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, directory: Directory, tokens: TokenService, consents: ConsentRpcs) -> None:
+        self._directory = directory
+        self._tokens = tokens
+        self._consents = consents
+
     async def CreateOrganization(
         self, request: identity_pb2.CreateOrganizationRequest, context: Context
     ) -> identity_pb2.CreateOrganizationResponse:
-        raise Unimplemented(PENDING)
+        created = await self._directory.create_organization(
+            current_principal.get(), request.organization_id, request.display_name
+        )
+        return identity_pb2.CreateOrganizationResponse(organization=_organization(created))
 
     async def GetOrganization(
         self, request: identity_pb2.GetOrganizationRequest, context: Context
     ) -> identity_pb2.GetOrganizationResponse:
-        raise Unimplemented(PENDING)
+        found = await self._directory.get_organization(
+            current_principal.get(), request.organization_id
+        )
+        return identity_pb2.GetOrganizationResponse(organization=_organization(found))
 
     async def ListOrganizations(
         self, request: identity_pb2.ListOrganizationsRequest, context: Context
     ) -> identity_pb2.ListOrganizationsResponse:
-        raise Unimplemented(PENDING)
+        found = await self._directory.list_organizations(
+            current_principal.get(), request.page_size, request.page_token
+        )
+        return identity_pb2.ListOrganizationsResponse(
+            organizations=[_organization(o) for o in found.items],
+            next_page_token=found.next_page_token,
+        )
 
     async def RegisterClient(
         self, request: identity_pb2.RegisterClientRequest, context: Context
     ) -> identity_pb2.RegisterClientResponse:
-        raise Unimplemented(PENDING)
+        try:
+            purposes = purpose_codes(request.allowed_purposes)
+        except ValueError as exc:
+            raise InvalidArgument([FieldViolation("allowed_purposes", str(exc))]) from None
+        client = await self._directory.register_client(
+            current_principal.get(),
+            NewClient(
+                client_id=request.client_id,
+                organization=request.organization,
+                jwks_json=request.jwks_json,
+                allowed_scopes=list(request.allowed_scopes),
+                allowed_purposes=purposes,
+                display_name=request.display_name,
+            ),
+        )
+        return identity_pb2.RegisterClientResponse(client=_client(client))
 
     async def GetClient(
         self, request: identity_pb2.GetClientRequest, context: Context
     ) -> identity_pb2.GetClientResponse:
-        raise Unimplemented(PENDING)
+        found = await self._directory.get_client(current_principal.get(), request.client_id)
+        return identity_pb2.GetClientResponse(client=_client(found))
 
     async def ListClients(
         self, request: identity_pb2.ListClientsRequest, context: Context
     ) -> identity_pb2.ListClientsResponse:
-        raise Unimplemented(PENDING)
+        found = await self._directory.list_clients(
+            current_principal.get(), request.organization, request.page_size, request.page_token
+        )
+        return identity_pb2.ListClientsResponse(
+            clients=[_client(c) for c in found.items], next_page_token=found.next_page_token
+        )
 
     async def DisableClient(
         self, request: identity_pb2.DisableClientRequest, context: Context
     ) -> identity_pb2.DisableClientResponse:
-        raise Unimplemented(PENDING)
+        disabled = await self._directory.disable_client(current_principal.get(), request.client_id)
+        return identity_pb2.DisableClientResponse(client=_client(disabled))
 
     async def CreateUser(
         self, request: identity_pb2.CreateUserRequest, context: Context
     ) -> identity_pb2.CreateUserResponse:
-        raise Unimplemented(PENDING)
+        created = await self._directory.create_user(
+            current_principal.get(),
+            NewUser(
+                username=request.username,
+                password=request.password,
+                kind=KIND_BY_ENUM.get(request.kind, ""),
+                organization=request.organization,
+                patient_id=request.patient_id,
+                enroll_totp=request.enroll_totp,
+            ),
+        )
+        return identity_pb2.CreateUserResponse(
+            user=_user(created.user), totp_provisioning_uri=created.totp_provisioning_uri
+        )
 
     async def ListUsers(
         self, request: identity_pb2.ListUsersRequest, context: Context
     ) -> identity_pb2.ListUsersResponse:
-        raise Unimplemented(PENDING)
+        found = await self._directory.list_users(
+            current_principal.get(), request.organization, request.page_size, request.page_token
+        )
+        return identity_pb2.ListUsersResponse(
+            users=[_user(u) for u in found.items], next_page_token=found.next_page_token
+        )
 
     async def IssueToken(
         self, request: identity_pb2.IssueTokenRequest, context: Context
     ) -> identity_pb2.IssueTokenResponse:
-        raise Unimplemented(PENDING)
+        grant = request.WhichOneof("grant")
+        if grant == "client_credentials":
+            cc = request.client_credentials
+            issued = await self._tokens.client_credentials(
+                cc.client_assertion_type, cc.client_assertion, cc.scope, cc.audience
+            )
+        elif grant == "password":
+            pw = request.password
+            issued = await self._tokens.password(pw.username, pw.password, pw.totp_code, pw.scope)
+        else:
+            raise InvalidArgument(
+                [FieldViolation("grant", "client_credentials or password is required")]
+            )
+        return _token(issued)
 
     async def GetJwks(
         self, request: identity_pb2.GetJwksRequest, context: Context
     ) -> identity_pb2.GetJwksResponse:
-        raise Unimplemented(PENDING)
+        return identity_pb2.GetJwksResponse(jwks_json=await self._tokens.jwks())
 
     async def RotateSigningKey(
         self, request: identity_pb2.RotateSigningKeyRequest, context: Context
     ) -> identity_pb2.RotateSigningKeyResponse:
-        raise Unimplemented(PENDING)
+        kid = await self._tokens.rotate_signing_key(current_principal.get())
+        return identity_pb2.RotateSigningKeyResponse(kid=kid)
+
+    # -- consent and CheckAccess: the consent servicer's --------------------------------
 
     async def GrantConsent(
         self, request: identity_pb2.GrantConsentRequest, context: Context
     ) -> identity_pb2.GrantConsentResponse:
-        raise Unimplemented(PENDING)
+        return await self._consents.GrantConsent(request, context)
 
     async def RevokeConsent(
         self, request: identity_pb2.RevokeConsentRequest, context: Context
     ) -> identity_pb2.RevokeConsentResponse:
-        raise Unimplemented(PENDING)
+        return await self._consents.RevokeConsent(request, context)
 
     async def GetConsent(
         self, request: identity_pb2.GetConsentRequest, context: Context
     ) -> identity_pb2.GetConsentResponse:
-        raise Unimplemented(PENDING)
+        return await self._consents.GetConsent(request, context)
 
     async def ListConsents(
         self, request: identity_pb2.ListConsentsRequest, context: Context
     ) -> identity_pb2.ListConsentsResponse:
-        raise Unimplemented(PENDING)
+        return await self._consents.ListConsents(request, context)
 
     async def CheckAccess(
         self, request: identity_pb2.CheckAccessRequest, context: Context
     ) -> identity_pb2.CheckAccessResponse:
-        raise Unimplemented(PENDING)
+        return await self._consents.CheckAccess(request, context)

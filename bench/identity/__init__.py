@@ -1,0 +1,1 @@
+"""Identity benchmark: token verification in the interceptor path; CheckAccess latency."""

@@ -1,0 +1,1 @@
+"""How identity talks to MongoDB and Vault."""

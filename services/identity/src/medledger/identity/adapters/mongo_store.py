@@ -1,0 +1,287 @@
+"""MongoDB storage of organisations, clients, users and seen client-assertion ids.
+
+Layout (one database, ``identity_*`` collections):
+
+- ``identity_organizations`` ``{_id: organization id, display_name, create_time}``
+- ``identity_clients``  ``{_id: client id, organization, jwks_json, allowed_scopes,
+  allowed_purposes, display_name, disabled, create_time, disable_time}``;
+  index ``(organization, _id)`` for per-organisation listings
+- ``identity_users``    ``{_id: user id, username (unique), kind, organization, patient_id,
+  password_hash, totp_secret (Vault ciphertext), failed_logins, locked_until,
+  last_totp_step, create_time}``; indexes ``(organization, username)``, ``patient_id``
+- ``identity_assertions`` ``{_id: "client-id jti", expires_at}``; TTL index on
+  ``expires_at`` (a replayed jti hits the primary key until the assertion has expired)
+
+Indexes are created before the first operation, so a uniqueness rule never depends on a
+separate migration step having run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from medledger.common.errors import AlreadyExists, Unavailable
+from medledger.identity.domain.ports import Client, Credentials, Organization, User
+
+Document = dict[str, Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _mongo_errors(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A driver failure becomes the retryable Unavailable("mongodb")."""
+
+    @functools.wraps(method)
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except DuplicateKeyError:
+            raise
+        except PyMongoError as exc:
+            raise Unavailable("mongodb") from exc
+
+    return wrapped
+
+
+def _organization(doc: Document) -> Organization:
+    return Organization(str(doc["_id"]), str(doc["display_name"]), doc["create_time"])
+
+
+def _client(doc: Document) -> Client:
+    return Client(
+        client_id=str(doc["_id"]),
+        organization=str(doc["organization"]),
+        jwks_json=str(doc["jwks_json"]),
+        allowed_scopes=tuple(doc["allowed_scopes"]),
+        allowed_purposes=tuple(doc["allowed_purposes"]),
+        display_name=str(doc.get("display_name", "")),
+        create_time=doc["create_time"],
+        disabled=bool(doc.get("disabled", False)),
+        disable_time=doc.get("disable_time"),
+    )
+
+
+def _user(doc: Document) -> User:
+    return User(
+        user_id=str(doc["_id"]),
+        username=str(doc["username"]),
+        kind=str(doc["kind"]),
+        organization=str(doc["organization"]),
+        patient_id=str(doc.get("patient_id", "")),
+        totp_enabled=bool(doc.get("totp_secret")),
+        create_time=doc["create_time"],
+    )
+
+
+_USER_FIELDS = {"password_hash": 0, "totp_secret": 0}
+
+
+class IdentityStore:
+    def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
+        db = client[database]
+        self._organizations = db["identity_organizations"]
+        self._clients = db["identity_clients"]
+        self._users = db["identity_users"]
+        self._assertions = db["identity_assertions"]
+        self._indexed = False
+        self._index_lock = asyncio.Lock()
+
+    async def ensure_indexes(self) -> None:
+        """Creates the indexes now (operations also do it before their first write)."""
+        await self._ready()
+
+    async def _ready(self) -> None:
+        if self._indexed:
+            return
+        async with self._index_lock:
+            if not self._indexed:
+                await self._users.create_index([("username", ASCENDING)], unique=True)
+                await self._users.create_index(
+                    [("organization", ASCENDING), ("username", ASCENDING)]
+                )
+                await self._clients.create_index([("organization", ASCENDING), ("_id", ASCENDING)])
+                await self._assertions.create_index(
+                    [("expires_at", ASCENDING)], expireAfterSeconds=0
+                )
+                self._indexed = True
+
+    # -- organisations -------------------------------------------------------------------
+
+    @_mongo_errors
+    async def insert_organization(self, organization: Organization) -> None:
+        await self._ready()
+        try:
+            await self._organizations.insert_one(
+                {
+                    "_id": organization.organization_id,
+                    "display_name": organization.display_name,
+                    "create_time": organization.create_time,
+                }
+            )
+        except DuplicateKeyError:
+            raise AlreadyExists(
+                "the organization already exists", reason="ORGANIZATION_EXISTS"
+            ) from None
+
+    @_mongo_errors
+    async def organization(self, organization_id: str) -> Organization | None:
+        doc = await self._organizations.find_one({"_id": organization_id})
+        return _organization(doc) if doc else None
+
+    @_mongo_errors
+    async def organizations(self, after: str, limit: int) -> Sequence[Organization]:
+        cursor = self._organizations.find({"_id": {"$gt": after}}).sort("_id", 1).limit(limit)
+        return [_organization(doc) async for doc in cursor]
+
+    # -- clients -------------------------------------------------------------------------
+
+    @_mongo_errors
+    async def insert_client(self, client: Client) -> None:
+        await self._ready()
+        try:
+            await self._clients.insert_one(
+                {
+                    "_id": client.client_id,
+                    "organization": client.organization,
+                    "jwks_json": client.jwks_json,
+                    "allowed_scopes": list(client.allowed_scopes),
+                    "allowed_purposes": list(client.allowed_purposes),
+                    "display_name": client.display_name,
+                    "disabled": client.disabled,
+                    "create_time": client.create_time,
+                    "disable_time": client.disable_time,
+                }
+            )
+        except DuplicateKeyError:
+            raise AlreadyExists("the client already exists", reason="CLIENT_EXISTS") from None
+
+    @_mongo_errors
+    async def client(self, client_id: str) -> Client | None:
+        doc = await self._clients.find_one({"_id": client_id})
+        return _client(doc) if doc else None
+
+    @_mongo_errors
+    async def clients(self, organization: str, after: str, limit: int) -> Sequence[Client]:
+        query: Document = {"_id": {"$gt": after}}
+        if organization:
+            query["organization"] = organization
+        cursor = self._clients.find(query).sort("_id", 1).limit(limit)
+        return [_client(doc) async for doc in cursor]
+
+    @_mongo_errors
+    async def disable_client(self, client_id: str, when: datetime) -> Client | None:
+        await self._clients.update_one(
+            {"_id": client_id, "disabled": False},
+            {"$set": {"disabled": True, "disable_time": when}},
+        )
+        return await self.client(client_id)
+
+    # -- users ---------------------------------------------------------------------------
+
+    @_mongo_errors
+    async def insert_user(self, user: User, password_hash: str, sealed_totp_secret: str) -> None:
+        await self._ready()
+        try:
+            await self._users.insert_one(
+                {
+                    "_id": user.user_id,
+                    "username": user.username,
+                    "kind": user.kind,
+                    "organization": user.organization,
+                    "patient_id": user.patient_id,
+                    "password_hash": password_hash,
+                    "totp_secret": sealed_totp_secret,
+                    "failed_logins": 0,
+                    "locked_until": None,
+                    "last_totp_step": 0,
+                    "create_time": user.create_time,
+                }
+            )
+        except DuplicateKeyError:
+            raise AlreadyExists("the username is taken", reason="USERNAME_TAKEN") from None
+
+    @_mongo_errors
+    async def users(self, organization: str, after: str, limit: int) -> Sequence[User]:
+        query: Document = {"username": {"$gt": after}}
+        if organization:
+            query["organization"] = organization
+        cursor = self._users.find(query, _USER_FIELDS).sort("username", 1).limit(limit)
+        return [_user(doc) async for doc in cursor]
+
+    @_mongo_errors
+    async def credentials(self, username: str) -> Credentials | None:
+        doc = await self._users.find_one({"username": username})
+        if doc is None:
+            return None
+        return Credentials(
+            user=_user(doc),
+            password_hash=str(doc["password_hash"]),
+            sealed_totp_secret=str(doc.get("totp_secret") or ""),
+            failed_logins=int(doc.get("failed_logins", 0)),
+            locked_until=doc.get("locked_until"),
+            last_totp_step=int(doc.get("last_totp_step", 0)),
+        )
+
+    @_mongo_errors
+    async def login_failed(
+        self, user_id: str, *, max_failures: int, locked_until: datetime
+    ) -> None:
+        counted = await self._users.find_one_and_update(
+            {"_id": user_id},
+            {"$inc": {"failed_logins": 1}},
+            projection={"failed_logins": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if counted is not None and int(counted["failed_logins"]) >= max_failures:
+            await self._users.update_one(
+                {"_id": user_id, "failed_logins": {"$gte": max_failures}},
+                {"$set": {"failed_logins": 0, "locked_until": locked_until}},
+            )
+
+    @_mongo_errors
+    async def login_succeeded(
+        self, user_id: str, *, totp_step: int, password_hash: str | None
+    ) -> bool:
+        update: Document = {"failed_logins": 0, "locked_until": None}
+        query: Document = {"_id": user_id}
+        if totp_step:
+            query["last_totp_step"] = {"$lt": totp_step}
+            update["last_totp_step"] = totp_step
+        if password_hash is not None:
+            update["password_hash"] = password_hash
+        result = await self._users.update_one(query, {"$set": update})
+        return result.matched_count == 1
+
+    @_mongo_errors
+    async def patient_organization(self, patient_id: str) -> str | None:
+        """The organisation of the PATIENT user who is ``patient_id``, if there is one."""
+        doc = await self._users.find_one(
+            {"patient_id": patient_id, "kind": "patient"}, {"organization": 1}
+        )
+        return str(doc["organization"]) if doc else None
+
+    @_mongo_errors
+    async def patient_of_user(self, user_id: str) -> str | None:
+        """The Patient id of a PATIENT user; None for anyone else."""
+        doc = await self._users.find_one({"_id": user_id, "kind": "patient"}, {"patient_id": 1})
+        return str(doc["patient_id"]) if doc else None
+
+    # -- client assertions ---------------------------------------------------------------
+
+    @_mongo_errors
+    async def remember_assertion(self, client_id: str, jti: str, expires: datetime) -> bool:
+        await self._ready()
+        try:
+            await self._assertions.insert_one({"_id": f"{client_id} {jti}", "expires_at": expires})
+        except DuplicateKeyError:
+            return False
+        return True

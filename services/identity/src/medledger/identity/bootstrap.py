@@ -1,0 +1,168 @@
+"""The first admin: every admin RPC needs an admin token, so the first one comes from the
+deployment itself.
+
+When configured (``IDENTITY_BOOTSTRAP_*``), identity makes sure at start-up that the
+operators' organisation exists, with an admin client that authenticates with the public
+key the operator supplied (its private key stays with the operator, e.g. under
+``.medledger/`` for ``make up`` or in a Kubernetes Secret of the CLI job) and/or an admin
+user whose password the operator supplied in a file. It only creates what is missing and
+never overwrites anything, so restarting, or removing the settings later, changes nothing.
+Dependencies may not be up yet when the process starts, so it retries in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from medledger.common.config import ConfigError
+from medledger.common.errors import AlreadyExists, InvalidArgument, MedledgerError
+from medledger.common.interceptors import Principal
+from medledger.identity.config import IdentityConfig
+from medledger.identity.domain.client_keys import validate_client_jwks
+from medledger.identity.domain.directory import (
+    CLIENT_ID,
+    USERNAME,
+    Directory,
+    NewClient,
+    NewUser,
+)
+from medledger.identity.domain.passwords import MIN_PASSWORD_LENGTH
+from medledger.identity.domain.purposes import HOPERAT
+from medledger.identity.domain.scopes import ADMIN, LEDGER_READ
+
+log = logging.getLogger("medledger.identity.bootstrap")
+
+BOOTSTRAP_PRINCIPAL: Final = Principal(
+    subject="medledger-identity-bootstrap", scopes=frozenset({ADMIN})
+)
+ADMIN_CLIENT_SCOPES: Final = (ADMIN, LEDGER_READ)
+
+
+@dataclass(frozen=True)
+class BootstrapPlan:
+    organization: str
+    client_id: str = ""
+    client_jwks_json: str = ""
+    admin_username: str = ""
+    admin_password: str = ""
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.client_id or self.admin_username)
+
+
+async def apply(directory: Directory, plan: BootstrapPlan) -> list[str]:
+    """Creates what the plan names and does not exist yet; returns what it created."""
+    steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        (
+            "organization",
+            lambda: directory.create_organization(
+                BOOTSTRAP_PRINCIPAL, plan.organization, "medledger operators"
+            ),
+        )
+    ]
+    if plan.client_id:
+        client = NewClient(
+            client_id=plan.client_id,
+            organization=plan.organization,
+            jwks_json=plan.client_jwks_json,
+            allowed_scopes=ADMIN_CLIENT_SCOPES,
+            allowed_purposes=(HOPERAT,),
+            display_name="bootstrap admin client",
+        )
+        steps.append(
+            ("admin client", lambda: directory.register_client(BOOTSTRAP_PRINCIPAL, client))
+        )
+    if plan.admin_username:
+        user = NewUser(
+            username=plan.admin_username,
+            password=plan.admin_password,
+            kind="admin",
+            organization=plan.organization,
+        )
+        steps.append(("admin user", lambda: directory.create_user(BOOTSTRAP_PRINCIPAL, user)))
+    created: list[str] = []
+    for what, step in steps:
+        try:
+            await step()
+        except AlreadyExists:
+            continue
+        created.append(what)
+    return created
+
+
+def plan_from_config(config: IdentityConfig) -> BootstrapPlan:
+    """The plan the settings describe, checked now so a mistake stops the start (exit 2)."""
+    jwks = ""
+    password = ""
+    problems: list[str] = []
+    if config.bootstrap_client_jwks_file is not None:
+        try:
+            jwks = validate_client_jwks(
+                config.bootstrap_client_jwks_file.read_text(), "bootstrap_client_jwks_file"
+            )
+        except InvalidArgument as exc:
+            problems.append(
+                f"  - IDENTITY_BOOTSTRAP_CLIENT_JWKS_FILE: {exc.violations[0].description}"
+            )
+        if not CLIENT_ID.fullmatch(config.bootstrap_client_id):
+            problems.append(f"  - IDENTITY_BOOTSTRAP_CLIENT_ID: must match {CLIENT_ID.pattern}")
+    if config.bootstrap_admin_password_file is not None:
+        password = config.bootstrap_admin_password_file.read_text().rstrip("\r\n")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            problems.append(
+                f"  - IDENTITY_BOOTSTRAP_ADMIN_PASSWORD_FILE: the password needs at least "
+                f"{MIN_PASSWORD_LENGTH} characters"
+            )
+        if not USERNAME.fullmatch(config.bootstrap_admin_username.lower()):
+            problems.append(f"  - IDENTITY_BOOTSTRAP_ADMIN_USERNAME: must match {USERNAME.pattern}")
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems))
+    return BootstrapPlan(
+        organization=config.operator_organization,
+        client_id=config.bootstrap_client_id,
+        client_jwks_json=jwks,
+        admin_username=config.bootstrap_admin_username,
+        admin_password=password,
+    )
+
+
+class Bootstrapper:
+    """Applies the plan in the background until it succeeds once."""
+
+    def __init__(self, directory: Directory, plan: BootstrapPlan, *, retry_seconds: float = 2.0):
+        self._directory = directory
+        self._plan = plan
+        self._retry = retry_seconds
+        self._task: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                created = await apply(self._directory, self._plan)
+            except MedledgerError as exc:
+                log.warning("bootstrap postponed", extra={"reason": exc.reason})
+                await asyncio.sleep(self._retry)
+                continue
+            if created:
+                log.info("bootstrap created", extra={"created": created})
+            self.done.set()
+            return
+
+    async def start(self) -> None:
+        if self._plan.wanted:
+            self._task = asyncio.create_task(self._run(), name="identity-bootstrap")
+        else:
+            self.done.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,1 @@
+"""The identity service's logic: no gRPC, no MongoDB, no Vault client."""

@@ -1,0 +1,259 @@
+"""Organisations, partner clients and users: validation, authorisation, creation, listing."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, TypeVar
+
+from medledger.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from medledger.common.interceptors import Principal
+from medledger.identity.domain import passwords
+from medledger.identity.domain.authz import authenticated, organization_filter, require_admin
+from medledger.identity.domain.client_keys import validate_client_jwks
+from medledger.identity.domain.paging import Page, page, page_size, start_after
+from medledger.identity.domain.ports import (
+    USER_KINDS,
+    Client,
+    DirectoryStorage,
+    Organization,
+    SecretSealer,
+    User,
+)
+from medledger.identity.domain.scopes import ADMIN, normalized, parse_scopes
+
+ORGANIZATION_ID: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Client ids are ledger actors, so they fit the ledger's identifier pattern.
+CLIENT_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{2,63}$")
+USERNAME: Final = re.compile(r"^[a-z0-9][a-z0-9._@+-]{2,127}$")
+PATIENT_ID: Final = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # a FHIR id
+MAX_DISPLAY_NAME: Final = 200
+
+T = TypeVar("T")
+
+
+def utc_now() -> datetime:
+    """Now, to the millisecond: what MongoDB keeps, so a created object reads back equal."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _display_name(problems: list[FieldViolation], field: str, value: str) -> None:
+    if len(value) > MAX_DISPLAY_NAME or not value.isprintable():
+        problems.append(
+            FieldViolation(field, f"must be printable and at most {MAX_DISPLAY_NAME} characters")
+        )
+
+
+def _matches(
+    problems: list[FieldViolation], field: str, value: str, pattern: re.Pattern[str]
+) -> None:
+    if not value:
+        problems.append(FieldViolation(field, "is required"))
+    elif not pattern.fullmatch(value):
+        problems.append(FieldViolation(field, f"must match {pattern.pattern}"))
+
+
+def _collect(problems: list[FieldViolation], check: Callable[[], T]) -> T | None:
+    """``check()``, or None with its field violations added to ``problems``."""
+    try:
+        return check()
+    except InvalidArgument as exc:
+        problems.extend(exc.violations)
+        return None
+
+
+@dataclass(frozen=True)
+class NewClient:
+    client_id: str
+    organization: str
+    jwks_json: str
+    allowed_scopes: Sequence[str]
+    allowed_purposes: Sequence[str]  # codes; the servicer rejects unknown enum values
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class NewUser:
+    username: str
+    password: str
+    kind: str
+    organization: str
+    patient_id: str = ""
+    enroll_totp: bool = False
+
+
+@dataclass(frozen=True)
+class CreatedUser:
+    user: User
+    totp_provisioning_uri: str  # shown once; empty without TOTP
+
+
+class Directory:
+    def __init__(
+        self,
+        store: DirectoryStorage,
+        sealer: SecretSealer,
+        *,
+        totp_issuer: str,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._totp_issuer = totp_issuer
+        self._clock = clock
+
+    async def _existing_organization(self, organization_id: str) -> Organization:
+        found = await self._store.organization(organization_id)
+        if found is None:
+            raise FailedPrecondition(
+                "the organization does not exist", reason="ORGANIZATION_NOT_FOUND"
+            )
+        return found
+
+    # -- organisations -------------------------------------------------------------------
+
+    async def create_organization(
+        self, principal: Principal | None, organization_id: str, display_name: str
+    ) -> Organization:
+        require_admin(principal)
+        problems: list[FieldViolation] = []
+        _matches(problems, "organization_id", organization_id, ORGANIZATION_ID)
+        _display_name(problems, "display_name", display_name)
+        if problems:
+            raise InvalidArgument(problems)
+        organization = Organization(organization_id, display_name or organization_id, self._clock())
+        await self._store.insert_organization(organization)
+        return organization
+
+    async def get_organization(
+        self, principal: Principal | None, organization_id: str
+    ) -> Organization:
+        authenticated(principal)
+        found = await self._store.organization(organization_id)
+        if found is None:
+            raise NotFound("no such organization", reason="ORGANIZATION_NOT_FOUND")
+        return found
+
+    async def list_organizations(
+        self, principal: Principal | None, requested_size: int, token: str
+    ) -> Page[Organization]:
+        authenticated(principal)
+        size = page_size(requested_size)
+        after = start_after(token, "organizations")
+        found = await self._store.organizations(after, size + 1)
+        return page(found, size, lambda o: o.organization_id, "organizations")
+
+    # -- clients -------------------------------------------------------------------------
+
+    async def register_client(self, principal: Principal | None, new: NewClient) -> Client:
+        require_admin(principal)
+        problems: list[FieldViolation] = []
+        _matches(problems, "client_id", new.client_id, CLIENT_ID)
+        _matches(problems, "organization", new.organization, ORGANIZATION_ID)
+        _display_name(problems, "display_name", new.display_name)
+        if not new.allowed_scopes:
+            problems.append(FieldViolation("allowed_scopes", "must name at least one scope"))
+        jwks_json = _collect(problems, lambda: validate_client_jwks(new.jwks_json, "jwks_json"))
+        scopes = _collect(problems, lambda: parse_scopes(new.allowed_scopes, "allowed_scopes"))
+        if problems:
+            raise InvalidArgument(problems)
+        await self._existing_organization(new.organization)
+        client = Client(
+            client_id=new.client_id,
+            organization=new.organization,
+            jwks_json=jwks_json or "",
+            allowed_scopes=tuple(normalized(scopes or [])),
+            allowed_purposes=tuple(dict.fromkeys(new.allowed_purposes)),
+            display_name=new.display_name,
+            create_time=self._clock(),
+        )
+        await self._store.insert_client(client)
+        return client
+
+    async def get_client(self, principal: Principal | None, client_id: str) -> Client:
+        caller = authenticated(principal)
+        found = await self._store.client(client_id)
+        if found is None or (
+            ADMIN not in caller.scopes
+            and found.organization != caller.organization
+            and found.client_id != caller.client_id
+        ):
+            # Another organisation's client is not even acknowledged to exist.
+            raise NotFound("no such client", reason="CLIENT_NOT_FOUND")
+        return found
+
+    async def list_clients(
+        self, principal: Principal | None, organization: str, requested_size: int, token: str
+    ) -> Page[Client]:
+        scope = organization_filter(principal, organization)
+        size = page_size(requested_size)
+        after = start_after(token, "clients", scope)
+        found = await self._store.clients(scope, after, size + 1)
+        return page(found, size, lambda c: c.client_id, "clients", scope)
+
+    async def disable_client(self, principal: Principal | None, client_id: str) -> Client:
+        require_admin(principal)
+        if not client_id:
+            raise InvalidArgument([FieldViolation("client_id", "is required")])
+        disabled = await self._store.disable_client(client_id, self._clock())
+        if disabled is None:
+            raise NotFound("no such client", reason="CLIENT_NOT_FOUND")
+        return disabled
+
+    # -- users ---------------------------------------------------------------------------
+
+    async def create_user(self, principal: Principal | None, new: NewUser) -> CreatedUser:
+        require_admin(principal)
+        username = new.username.lower()
+        problems: list[FieldViolation] = []
+        _matches(problems, "username", username, USERNAME)
+        if not passwords.MIN_PASSWORD_LENGTH <= len(new.password) <= passwords.MAX_PASSWORD_LENGTH:
+            problems.append(
+                FieldViolation(
+                    "password",
+                    f"must be {passwords.MIN_PASSWORD_LENGTH} to "
+                    f"{passwords.MAX_PASSWORD_LENGTH} characters",
+                )
+            )
+        if new.kind not in USER_KINDS:
+            problems.append(FieldViolation("kind", "must be PRACTITIONER, PATIENT or ADMIN"))
+        _matches(problems, "organization", new.organization, ORGANIZATION_ID)
+        if new.kind == "patient":
+            _matches(problems, "patient_id", new.patient_id, PATIENT_ID)
+        elif new.patient_id:
+            problems.append(FieldViolation("patient_id", "is only for PATIENT users"))
+        if problems:
+            raise InvalidArgument(problems)
+        await self._existing_organization(new.organization)
+        secret = passwords.new_totp_secret() if new.enroll_totp else ""
+        sealed = await self._sealer.seal(secret.encode()) if secret else ""
+        user = User(
+            user_id=f"u-{uuid.uuid4().hex}",
+            username=username,
+            kind=new.kind,
+            organization=new.organization,
+            patient_id=new.patient_id,
+            totp_enabled=bool(secret),
+            create_time=self._clock(),
+        )
+        await self._store.insert_user(user, await passwords.hash_password(new.password), sealed)
+        uri = passwords.provisioning_uri(secret, username, self._totp_issuer) if secret else ""
+        return CreatedUser(user, uri)
+
+    async def list_users(
+        self, principal: Principal | None, organization: str, requested_size: int, token: str
+    ) -> Page[User]:
+        scope = organization_filter(principal, organization)
+        size = page_size(requested_size)
+        after = start_after(token, "users", scope)
+        found = await self._store.users(scope, after, size + 1)
+        return page(found, size, lambda u: u.username, "users", scope)

@@ -1,0 +1,301 @@
+"""Access tokens: who gets one, with which scopes and purposes, and the signing key's life.
+
+Tokens are JWTs (RFC 9068 shape): iss, sub, aud, exp, iat, nbf, jti, plus ``org``,
+``scope`` (space-separated), ``purposes`` (HL7 PurposeOfUse codes) and either
+``client_id`` (partner clients) or ``user_kind`` (users). A token issued to a partner
+client exists only once the ledger holds its TOKEN_ISSUED entry: if the ledger does not
+answer, no token is returned.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Final
+
+from medledger.api.ledger.v1 import ledger_pb2
+from medledger.common.errors import (
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
+from medledger.common.interceptors import Principal
+from medledger.common.ledger_client import LedgerEvent
+from medledger.identity.domain import passwords
+from medledger.identity.domain.assertions import ASSERTION_TYPE, AssertionVerifier
+from medledger.identity.domain.authz import require_admin
+from medledger.identity.domain.directory import utc_now
+from medledger.identity.domain.ports import DirectoryStorage, EventLog, SecretSealer, TokenSigner
+from medledger.identity.domain.purposes import ETREAT, HOPERAT, PATRQT, TREAT
+from medledger.identity.domain.scopes import (
+    ADMIN,
+    LEDGER_APPEND,
+    LEDGER_READ,
+    Scope,
+    covered,
+    normalized,
+    parse_scopes,
+)
+
+AUDIENCE_MAX: Final = 255
+# The identity service's own principal, for the calls it makes (ledger appends).
+SERVICE_PRINCIPAL: Final = "medledger-identity"
+
+
+@dataclass(frozen=True)
+class UserPolicy:
+    """What a kind of user may ask for: the scopes and the purposes of its tokens."""
+
+    scopes: tuple[str, ...]
+    purposes: tuple[str, ...]
+
+
+USER_POLICIES: Final[Mapping[str, UserPolicy]] = MappingProxyType(
+    {
+        "practitioner": UserPolicy(("user/*.cruds",), (TREAT, ETREAT, HOPERAT)),
+        # Patients read their own record and manage their own consents.
+        "patient": UserPolicy(("patient/*.rs", "patient/Consent.cu"), (PATRQT,)),
+        "admin": UserPolicy((ADMIN, LEDGER_READ), (HOPERAT,)),
+    }
+)
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    issuer: str
+    default_audience: str
+    lifetime: timedelta
+    max_login_failures: int
+    lockout: timedelta
+    service_organization: str
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+    scope: str
+
+
+def _granted(requested: str, allowed: Sequence[str], field: str) -> list[str]:
+    """The requested scopes (all allowed ones when none are asked for), each covered by
+    an allowed scope; PermissionDenied otherwise."""
+    granted: list[Scope] = parse_scopes(allowed, "allowed_scopes")
+    if not requested.strip():
+        return normalized(granted)
+    wanted = parse_scopes(requested.split(), field)
+    refused = [str(s) for s in wanted if not covered(s, granted)]
+    if refused:
+        raise PermissionDenied(
+            "a requested scope is not allowed",
+            reason="SCOPE_NOT_ALLOWED",
+            metadata={"refused_scopes": " ".join(refused)},
+        )
+    return normalized(wanted)
+
+
+class TokenService:
+    def __init__(
+        self,
+        store: DirectoryStorage,
+        signer: TokenSigner,
+        sealer: SecretSealer,
+        ledger: EventLog,
+        assertions: AssertionVerifier,
+        policy: TokenPolicy,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._sealer = sealer
+        self._ledger = ledger
+        self._assertions = assertions
+        self._policy = policy
+        self._clock = clock
+        self._service_token: tuple[str, datetime] | None = None
+
+    async def _sign(
+        self,
+        *,
+        subject: str,
+        organization: str,
+        audience: str,
+        scopes: Sequence[str],
+        purposes: Sequence[str],
+        extra: Mapping[str, object],
+    ) -> tuple[str, str, datetime]:
+        """(token, jti, expiry)."""
+        now = self._clock()
+        issued = int(now.timestamp())
+        expires = issued + int(self._policy.lifetime.total_seconds())
+        jti = uuid.uuid4().hex
+        claims: dict[str, object] = {
+            "iss": self._policy.issuer,
+            "sub": subject,
+            "aud": audience,
+            "exp": expires,
+            "iat": issued,
+            "nbf": issued,
+            "jti": jti,
+            "org": organization,
+            "scope": " ".join(scopes),
+            "purposes": list(purposes),
+            **extra,
+        }
+        token = await self._signer.sign(claims)
+        return token, jti, datetime.fromtimestamp(expires, now.tzinfo)
+
+    def _issued(self, token: str, scopes: Sequence[str]) -> IssuedToken:
+        return IssuedToken(token, int(self._policy.lifetime.total_seconds()), " ".join(scopes))
+
+    async def client_credentials(
+        self, assertion_type: str, assertion: str, scope: str, audience: str
+    ) -> IssuedToken:
+        problems: list[FieldViolation] = []
+        if assertion_type != ASSERTION_TYPE:
+            problems.append(
+                FieldViolation(
+                    "client_credentials.client_assertion_type", f"must be {ASSERTION_TYPE}"
+                )
+            )
+        if not assertion:
+            problems.append(FieldViolation("client_credentials.client_assertion", "is required"))
+        if not scope.strip():
+            problems.append(FieldViolation("client_credentials.scope", "is required"))
+        if len(audience) > AUDIENCE_MAX or any(c.isspace() for c in audience):
+            problems.append(
+                FieldViolation(
+                    "client_credentials.audience",
+                    f"must be at most {AUDIENCE_MAX} characters, no spaces",
+                )
+            )
+        if problems:
+            raise InvalidArgument(problems)
+        client = await self._assertions.verify(assertion, self._clock())
+        scopes = _granted(scope, client.allowed_scopes, "client_credentials.scope")
+        token, jti, _ = await self._sign(
+            subject=client.client_id,
+            organization=client.organization,
+            audience=audience or self._policy.default_audience,
+            scopes=scopes,
+            purposes=client.allowed_purposes,
+            extra={"client_id": client.client_id},
+        )
+        # No ledger entry, no token: the ledger must know every token a partner holds.
+        await self._ledger.append(
+            LedgerEvent(
+                kind=ledger_pb2.EVENT_KIND_TOKEN_ISSUED,
+                actor=client.client_id,
+                organization=client.organization,
+                resource_type="AccessToken",
+                resource_id=jti,
+            ),
+            idempotency_key=f"token-issued:{jti}",
+        )
+        return self._issued(token, scopes)
+
+    async def password(
+        self, username: str, password: str, totp_code: str, scope: str
+    ) -> IssuedToken:
+        problems: list[FieldViolation] = []
+        if not username:
+            problems.append(FieldViolation("password.username", "is required"))
+        if not password:
+            problems.append(FieldViolation("password.password", "is required"))
+        elif len(password) > passwords.MAX_PASSWORD_LENGTH:
+            problems.append(FieldViolation("password.password", "is too long"))
+        if problems:
+            raise InvalidArgument(problems)
+        now = self._clock()
+        found = await self._store.credentials(username.lower())
+        if found is not None and found.locked_until is not None and found.locked_until > now:
+            raise Unauthenticated(
+                "too many failed logins; the account is locked for a while",
+                reason="ACCOUNT_LOCKED",
+            )
+        matches, rehash = await passwords.verify_password(
+            found.password_hash if found else None, password
+        )
+        if found is None or not matches:
+            if found is not None:
+                await self._failed(found.user.user_id)
+            raise Unauthenticated("wrong username or password", reason="INVALID_CREDENTIALS")
+        step = 0
+        if found.sealed_totp_secret:
+            if not totp_code:
+                raise Unauthenticated("a TOTP code is required", reason="TOTP_REQUIRED")
+            secret = (await self._sealer.unseal(found.sealed_totp_secret)).decode()
+            matched = passwords.matching_step(secret, totp_code, now)
+            if matched is None or matched <= found.last_totp_step:
+                await self._failed(found.user.user_id)
+                raise Unauthenticated("the TOTP code is not valid", reason="TOTP_INVALID")
+            step = matched
+        user = found.user
+        policy = USER_POLICIES[user.kind]
+        scopes = _granted(scope, policy.scopes, "password.scope")
+        new_hash = await passwords.hash_password(password) if rehash else None
+        if not await self._store.login_succeeded(
+            user.user_id, totp_step=step, password_hash=new_hash
+        ):
+            raise Unauthenticated("the TOTP code is not valid", reason="TOTP_INVALID")
+        extra: dict[str, object] = {"user_kind": user.kind}
+        if user.patient_id:
+            extra["patient"] = user.patient_id
+        token, _, _ = await self._sign(
+            subject=user.user_id,
+            organization=user.organization,
+            audience=self._policy.default_audience,
+            scopes=scopes,
+            purposes=policy.purposes,
+            extra=extra,
+        )
+        return self._issued(token, scopes)
+
+    async def _failed(self, user_id: str) -> None:
+        await self._store.login_failed(
+            user_id,
+            max_failures=self._policy.max_login_failures,
+            locked_until=self._clock() + self._policy.lockout,
+        )
+
+    async def jwks(self) -> str:
+        return await self._signer.jwks()
+
+    async def rotate_signing_key(self, principal: Principal | None) -> str:
+        """Makes a new signing key current; returns its kid. The rotation is ledgered
+        first (idempotently, by the version it creates), so none goes unrecorded."""
+        caller = require_admin(principal)
+        version = await self._signer.current_version() + 1
+        await self._ledger.append(
+            LedgerEvent(
+                kind=ledger_pb2.EVENT_KIND_KEY_ROTATED,
+                actor=caller.subject,
+                organization=caller.organization or self._policy.service_organization,
+                resource_type="SigningKey",
+                resource_id=self._signer.key_name,
+                resource_version=version,
+            ),
+            idempotency_key=f"key-rotated:{self._signer.key_name}:{version}",
+        )
+        return await self._signer.rotate()
+
+    async def service_token(self) -> str:
+        """identity's own token for the ledger, reused until a minute before it expires."""
+        margin = min(timedelta(minutes=1), self._policy.lifetime / 2)
+        if self._service_token is not None and self._clock() < self._service_token[1] - margin:
+            return self._service_token[0]
+        token, _, expires = await self._sign(
+            subject=SERVICE_PRINCIPAL,
+            organization=self._policy.service_organization,
+            audience=self._policy.default_audience,
+            scopes=[LEDGER_APPEND],
+            purposes=[],
+            extra={"client_id": SERVICE_PRINCIPAL},
+        )
+        self._service_token = (token, expires)
+        return token

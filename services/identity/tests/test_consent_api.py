@@ -1,0 +1,796 @@
+"""Consents and CheckAccess against real MongoDB, OpenBao and an in-process ledger: grants and
+revocations ledgered with verifiable receipts and no PHI, revocation denying at once, expiry,
+break-glass ledgered and audited, the FHIR export, pagination, who may do what, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from fhir.resources.R4B.consent import Consent as FhirConsent
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from pymongo import AsyncMongoClient
+
+from medledger.api.common.v1 import purpose_pb2
+from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
+from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.cli.stack.process import free_port
+from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
+from medledger.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from medledger.common.interceptors import Principal, current_principal
+from medledger.common.ledger_client import LedgerClient
+from medledger.common.server import ServiceServer
+from medledger.common.service import Servicer
+from medledger.common.subject import SubjectHasher
+from medledger.common.vault import VaultTransit
+from medledger.identity.adapters.consent_store import CONSENTS, ConsentStore
+from medledger.identity.consent_rpc import CHECK_ACCESS_SCOPE, ConsentRpcs
+from medledger.ledger.__main__ import build_runtime
+from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.testkit.inprocess import running
+from medledger.tlog.cosignature import verify_checkpoint
+from medledger.tlog.hashing import leaf_hash
+from medledger.tlog.verify import verify_inclusion
+
+ORIGIN = "consent.test/ledger"
+TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
+ETREAT = purpose_pb2.PURPOSE_OF_USE_ETREAT
+HRESCH = purpose_pb2.PURPOSE_OF_USE_HRESCH
+PERMIT = identity_pb2.DECISION_PERMIT
+DENY = identity_pb2.DECISION_DENY
+
+STAFF_A = Principal("dr-a", "org-a", "", frozenset({"user/*.cruds"}))
+STAFF_B = Principal("dr-b", "org-b", "", frozenset({"user/*.cruds"}))
+PARTNER = Principal("lab-app", "org-b", "lab-app", frozenset({"system/Observation.rs"}))
+RECORD_SERVICE = Principal("record", "medledger", "record", frozenset({CHECK_ACCESS_SCOPE}))
+
+
+class Clock:
+    """Real time, movable forward (expiry without sleeping)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@dataclass
+class Harness:
+    rpcs: ConsentRpcs
+    store: ConsentStore
+    database: Any
+    ledger: ledger_pb2_grpc.LedgerServiceAsyncStub
+    hasher: SubjectHasher
+    clock: Clock
+    patient_id: str
+    patient_user: str
+    # Parts to build a second ConsentRpcs on the same data (e.g. with the ledger down).
+    directory: Directory
+
+    def patient(self) -> Principal:
+        return Principal(self.patient_user, "org-a", "", frozenset({"patient/*.cruds"}))
+
+    def with_ledger(self, ledger: LedgerClient) -> ConsentRpcs:
+        return ConsentRpcs(
+            store=self.store,
+            ledger=ledger,
+            subjects=self.hasher,
+            patient_organization_of=self.directory.organization_of,
+            patient_of_user=self.directory.patient_of,
+            clock=self.clock,
+        )
+
+
+class Directory:
+    """Stands in for identity's users: who is which patient, which organisation holds them."""
+
+    def __init__(self) -> None:
+        self.organizations: dict[str, str] = {}
+        self.patients: dict[str, str] = {}
+
+    async def organization_of(self, patient_id: str) -> str | None:
+        return self.organizations.get(patient_id)
+
+    async def patient_of(self, user_id: str) -> str | None:
+        return self.patients.get(user_id)
+
+
+@contextmanager
+def acting_as(principal: Principal | None) -> Iterator[None]:
+    token = current_principal.set(principal)
+    try:
+        yield
+    finally:
+        current_principal.reset(token)
+
+
+@pytest.fixture(scope="module")
+async def consent_ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[str]:
+    runtime = build_runtime(
+        LedgerSettings(grpc_port=0, health_interval_seconds=0.2),
+        LedgerConfig(origin=ORIGIN, lease_ttl_seconds=2),
+        MongoSettings.model_validate(
+            {
+                "MONGODB_URI": mongo_server.uri,
+                "MEDLEDGER_MONGODB_DATABASE": f"l{uuid.uuid4().hex[:10]}",
+            }
+        ),
+        VaultSettings(addr=vault_server.addr, token=vault_server.services_token),
+    )
+    server = ServiceServer(runtime)
+    await server.start()
+    address = f"127.0.0.1:{server.port}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        for _ in range(100):  # until the sequencer holds its lease and has a checkpoint
+            try:
+                await stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest())
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+    yield address
+    await server.stop(0)
+
+
+@pytest.fixture
+async def harness(
+    mongo_server: Any, vault_server: Any, consent_ledger: str
+) -> AsyncIterator[Harness]:
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.uri, tz_aware=True)
+    name = f"i{uuid.uuid4().hex[:10]}"
+    store = ConsentStore(mongo, name)
+    await store.ensure_indexes()
+    hasher = SubjectHasher(
+        VaultTransit(VaultSettings(addr=vault_server.addr, token=vault_server.services_token))
+    )
+    ledger = LedgerClient(consent_ledger, ServiceSettings())
+    patient_id = f"pat-{uuid.uuid4().hex[:12]}"
+    patient_user = f"user-{uuid.uuid4().hex[:12]}"
+    directory = Directory()
+    directory.organizations[patient_id] = "org-a"
+    directory.patients[patient_user] = patient_id
+    clock = Clock()
+    channel = grpc.aio.insecure_channel(consent_ledger)
+    harness = Harness(
+        rpcs=ConsentRpcs(
+            store=store,
+            ledger=ledger,
+            subjects=hasher,
+            patient_organization_of=directory.organization_of,
+            patient_of_user=directory.patient_of,
+            clock=clock,
+        ),
+        store=store,
+        database=mongo[name],
+        ledger=ledger_pb2_grpc.LedgerServiceStub(channel),
+        hasher=hasher,
+        clock=clock,
+        patient_id=patient_id,
+        patient_user=patient_user,
+        directory=directory,
+    )
+    yield harness
+    await channel.close(None)
+    await ledger.aclose()
+    await mongo.close()
+
+
+@pytest.fixture
+async def dead_ledger() -> AsyncIterator[LedgerClient]:
+    client = LedgerClient(f"127.0.0.1:{free_port()}", ServiceSettings())
+    yield client
+    await client.aclose()
+
+
+def stamp(when: datetime) -> Timestamp:
+    value = Timestamp()
+    value.FromDatetime(when)
+    return value
+
+
+def grant_request(h: Harness, **overrides: Any) -> identity_pb2.GrantConsentRequest:
+    fields: dict[str, Any] = {
+        "patient_id": h.patient_id,
+        "grantee": identity_pb2.Grantee(organization="org-b"),
+        "resource_types": ["Observation"],
+        "purposes": [TREAT],
+    }
+    fields.update(overrides)
+    return identity_pb2.GrantConsentRequest(**fields)
+
+
+def check_request(h: Harness, **overrides: Any) -> identity_pb2.CheckAccessRequest:
+    """The partner lab app of org-b reads one of org-a's patient's Observations."""
+    fields: dict[str, Any] = {
+        "principal_id": PARTNER.subject,
+        "organization": PARTNER.organization,
+        "client_id": PARTNER.client_id,
+        "scopes": sorted(PARTNER.scopes),
+        "patient_id": h.patient_id,
+        "resource_type": "Observation",
+        "action": identity_pb2.ACTION_READ,
+        "purpose": TREAT,
+    }
+    fields.update(overrides)
+    return identity_pb2.CheckAccessRequest(**fields)
+
+
+async def grant(h: Harness, **overrides: Any) -> identity_pb2.GrantConsentResponse:
+    with acting_as(h.patient()):
+        return await h.rpcs.GrantConsent(grant_request(h, **overrides), None)
+
+
+async def check(h: Harness, **overrides: Any) -> identity_pb2.CheckAccessResponse:
+    with acting_as(RECORD_SERVICE):
+        return await h.rpcs.CheckAccess(check_request(h, **overrides), None)
+
+
+async def ledger_entry(h: Harness, index: int) -> ledger_pb2.GetEntryResponse:
+    return await h.ledger.GetEntry(ledger_pb2.GetEntryRequest(leaf_index=index))
+
+
+async def verify_receipt(h: Harness, receipt: ledger_pb2.Receipt) -> bytes:
+    """Checks the receipt with public material only; returns the entry's bytes."""
+    vkey = (await h.ledger.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest())).vkey
+    checkpoint = verify_checkpoint(receipt.checkpoint, [vkey], [], 0, origin=ORIGIN)
+    verify_inclusion(
+        receipt.leaf_hash,
+        receipt.leaf_index,
+        checkpoint.size,
+        list(receipt.inclusion_proof),
+        checkpoint.root_hash,
+    )
+    data = (await ledger_entry(h, receipt.leaf_index)).entry_bytes
+    assert receipt.leaf_hash == leaf_hash(data)
+    return bytes(data)
+
+
+# --- grant, decide, revoke ------------------------------------------------------------------------
+
+
+async def test_grant_permits_and_is_ledgered_without_phi(harness: Harness) -> None:
+    h = harness
+    assert (await check(h)).reason == "NO_CONSENT"
+    response = await grant(h)
+    consent = response.consent
+    assert consent.status == identity_pb2.CONSENT_STATUS_ACTIVE
+    assert consent.granted_by == h.patient_user
+    data = await verify_receipt(h, response.receipt)
+    entry = (await ledger_entry(h, response.receipt.leaf_index)).entry
+    assert entry.kind == ledger_pb2.EVENT_KIND_CONSENT_GRANTED
+    assert entry.subject == await h.hasher.subject(h.patient_id)
+    assert (entry.resource.type, entry.resource.id) == ("Consent", consent.consent_id)
+    assert (entry.actor, entry.organization) == (h.patient_user, "org-a")
+    assert len(entry.content_commitment) == 32
+    assert h.patient_id.encode() not in data
+
+    decision = await check(h)
+    assert (decision.decision, decision.reason, decision.consent_id) == (
+        PERMIT,
+        "CONSENT_PERMITS",
+        consent.consent_id,
+    )
+
+
+async def test_revocation_denies_the_very_next_check(harness: Harness) -> None:
+    """End to end over gRPC, as record would see it: < 1 s from revoking to denial."""
+    h = harness
+    servicer = Servicer(
+        DelegatingServicer(h.rpcs),  # type: ignore[abstract]
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server,
+        identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+    )
+    async with running(servicer, name="identity") as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            granted = await stub.GrantConsent(
+                grant_request(h, granted_by=h.patient_user, idempotency_key="grant-1")
+            )
+            assert (await stub.CheckAccess(check_request(h))).decision == PERMIT
+            started = time.perf_counter()
+            revoked = await stub.RevokeConsent(
+                identity_pb2.RevokeConsentRequest(consent_id=granted.consent.consent_id)
+            )
+            decision = await stub.CheckAccess(check_request(h))
+            elapsed = time.perf_counter() - started
+    assert (decision.decision, decision.reason) == (DENY, "NO_CONSENT")
+    assert elapsed < 1.0, f"revocation took {elapsed:.3f} s to deny"
+    assert revoked.consent.status == identity_pb2.CONSENT_STATUS_REVOKED
+    assert revoked.consent.HasField("revoke_time")
+    await verify_receipt(h, revoked.receipt)
+    entry = (await ledger_entry(h, revoked.receipt.leaf_index)).entry
+    assert entry.kind == ledger_pb2.EVENT_KIND_CONSENT_REVOKED
+    assert entry.resource.id == granted.consent.consent_id
+
+
+async def test_revocation_stands_when_the_ledger_is_down(
+    harness: Harness, dead_ledger: LedgerClient
+) -> None:
+    h = harness
+    consent_id = (await grant(h)).consent.consent_id
+    cut_off = h.with_ledger(dead_ledger)
+    with acting_as(h.patient()), pytest.raises(Unavailable):
+        await cut_off.RevokeConsent(identity_pb2.RevokeConsentRequest(consent_id=consent_id), None)
+    assert (await check(h)).decision == DENY  # revoked even though not yet ledgered
+    with acting_as(h.patient()):  # the retry ledgers it, once
+        first = await h.rpcs.RevokeConsent(
+            identity_pb2.RevokeConsentRequest(consent_id=consent_id), None
+        )
+        again = await h.rpcs.RevokeConsent(
+            identity_pb2.RevokeConsentRequest(consent_id=consent_id), None
+        )
+    assert first.receipt.leaf_index == again.receipt.leaf_index
+    await verify_receipt(h, first.receipt)
+
+
+async def test_grant_is_not_stored_when_the_ledger_is_down(
+    harness: Harness, dead_ledger: LedgerClient
+) -> None:
+    h = harness
+    with acting_as(h.patient()), pytest.raises(Unavailable):
+        await h.with_ledger(dead_ledger).GrantConsent(grant_request(h), None)
+    assert await h.database[CONSENTS].count_documents({}) == 0
+    assert (await check(h)).decision == DENY
+
+
+async def test_idempotent_grant(harness: Harness) -> None:
+    h = harness
+    first = await grant(h, idempotency_key="k-1")
+    again = await grant(h, idempotency_key="k-1")
+    assert again.consent.consent_id == first.consent.consent_id
+    assert again.receipt.leaf_index == first.receipt.leaf_index
+    with pytest.raises(FailedPrecondition) as caught:
+        await grant(h, idempotency_key="k-1", purposes=[HRESCH])
+    assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    # Keys are per caller: the same key from someone else is another grant.
+    with acting_as(STAFF_A):
+        other = await h.rpcs.GrantConsent(grant_request(h, idempotency_key="k-1"), None)
+    assert other.consent.consent_id != first.consent.consent_id
+
+
+async def test_expiry(harness: Harness) -> None:
+    h = harness
+    end = h.clock() + timedelta(hours=1)
+    consent_id = (await grant(h, period_end=stamp(end))).consent.consent_id
+    assert (await check(h)).decision == PERMIT
+    h.clock.offset = timedelta(hours=2)
+    decision = await check(h)
+    assert (decision.decision, decision.reason) == (DENY, "NO_CONSENT")
+    with acting_as(h.patient()):
+        got = (
+            await h.rpcs.GetConsent(identity_pb2.GetConsentRequest(consent_id=consent_id), None)
+        ).consent
+        expired = await h.rpcs.ListConsents(
+            identity_pb2.ListConsentsRequest(
+                patient_id=h.patient_id, status=identity_pb2.CONSENT_STATUS_EXPIRED
+            ),
+            None,
+        )
+        active = await h.rpcs.ListConsents(
+            identity_pb2.ListConsentsRequest(
+                patient_id=h.patient_id, status=identity_pb2.CONSENT_STATUS_ACTIVE
+            ),
+            None,
+        )
+    assert got.status == identity_pb2.CONSENT_STATUS_EXPIRED
+    assert json.loads(got.fhir_json)["status"] == "inactive"
+    assert [c.consent_id for c in expired.consents] == [consent_id]
+    assert list(active.consents) == []
+
+
+async def test_period_not_yet_started(harness: Harness) -> None:
+    h = harness
+    await grant(h, period_start=stamp(h.clock() + timedelta(hours=1)))
+    assert (await check(h)).reason == "NO_CONSENT"
+    h.clock.offset = timedelta(hours=2)
+    assert (await check(h)).reason == "CONSENT_PERMITS"
+
+
+async def test_purpose_resource_type_and_category_coverage(harness: Harness) -> None:
+    h = harness
+    await grant(h)
+    assert (await check(h, purpose=HRESCH)).reason == "PURPOSE_NOT_ALLOWED"
+    wide = sorted({"system/*.rs"})
+    assert (await check(h, resource_type="Condition", scopes=wide)).reason == "NO_CONSENT"
+    assert (await check(h, resource_type="Condition")).reason == "SCOPE_MISSING"
+    # A category-only consent does not cover data whose category CheckAccess is not told.
+    await grant(
+        h,
+        grantee=identity_pb2.Grantee(client_id="other-app"),
+        resource_types=[],
+        categories=["laboratory"],
+    )
+    other_app = {"principal_id": "other-app", "client_id": "other-app", "organization": "org-c"}
+    assert (await check(h, **other_app)).reason == "NO_CONSENT"
+
+
+async def test_grantee_client_and_user(harness: Harness) -> None:
+    h = harness
+    await grant(h, grantee=identity_pb2.Grantee(client_id="lab-app"))
+    await grant(h, grantee=identity_pb2.Grantee(user_id="dr-c"))
+    assert (await check(h, organization="org-z")).reason == "CONSENT_PERMITS"  # via client
+    user = {
+        "principal_id": "dr-c",
+        "organization": "org-c",
+        "client_id": "",
+        "scopes": ["user/Observation.rs"],
+    }
+    assert (await check(h, **user)).reason == "CONSENT_PERMITS"
+    assert (await check(h, **(user | {"principal_id": "dr-d"}))).reason == "NO_CONSENT"
+
+
+async def test_same_organization_needs_the_scope(harness: Harness) -> None:
+    h = harness
+    staff = {"principal_id": "dr-a", "organization": "org-a", "client_id": ""}
+    decision = await check(h, **staff, scopes=["user/Observation.rs"])
+    assert (decision.decision, decision.reason) == (PERMIT, "SAME_ORGANIZATION")
+    decision = await check(h, **staff, scopes=["user/Condition.rs"])
+    assert (decision.decision, decision.reason) == (DENY, "SCOPE_MISSING")
+    # The record holder's word wins over the patient's account.
+    moved = await check(h, **staff, scopes=["user/Observation.rs"], patient_organization="org-z")
+    assert moved.reason == "NO_CONSENT"
+
+
+async def test_patient_self(harness: Harness) -> None:
+    h = harness
+    me = {"principal_id": h.patient_user, "organization": "org-a", "client_id": ""}
+    decision = await check(h, **me, scopes=["patient/*.rs"])
+    assert (decision.decision, decision.reason) == (PERMIT, "PATIENT_SELF")
+    someone_else = await check(h, **me, scopes=["patient/*.rs"], patient_id="pat-other")
+    assert someone_else.reason == "SCOPE_MISSING"
+
+
+# --- break-glass --------------------------------------------------------------------------------
+
+
+async def test_break_glass_needs_a_reason(harness: Harness) -> None:
+    h = harness
+    with pytest.raises(InvalidArgument) as caught:
+        await check(h, purpose=ETREAT)
+    assert [v.field for v in caught.value.violations] == ["break_glass_reason"]
+    with pytest.raises(InvalidArgument) as caught:
+        await check(h, purpose=TREAT, break_glass_reason="unconscious in ER")
+    assert [v.field for v in caught.value.violations] == ["break_glass_reason"]
+    assert await h.database["identity_break_glass"].count_documents({}) == 0
+
+
+async def test_break_glass_permits_ledgers_and_is_audited(harness: Harness) -> None:
+    h = harness
+    reason = "patient unconscious in ER, allergy history needed"
+    decision = await check(h, purpose=ETREAT, break_glass_reason=reason)
+    assert (decision.decision, decision.reason, decision.break_glass) == (
+        PERMIT,
+        "BREAK_GLASS",
+        True,
+    )
+    records, _ = await h.rpcs.list_break_glass(patient_id=h.patient_id)
+    assert len(records) == 1
+    record = records[0]
+    assert (record.reason, record.principal_id, record.organization) == (reason, "lab-app", "org-b")
+    assert abs(record.time - h.clock()) < timedelta(seconds=10)
+    assert record.leaf_index is not None
+    by_organization, _ = await h.rpcs.list_break_glass(organization="org-b")
+    assert record.record_id in {r.record_id for r in by_organization}
+
+    found = await ledger_entry(h, record.leaf_index)
+    entry, data = found.entry, bytes(found.entry_bytes)
+    assert entry.kind == ledger_pb2.EVENT_KIND_BREAK_GLASS
+    assert (entry.actor, entry.organization) == ("lab-app", "org-b")
+    assert entry.subject == await h.hasher.subject(h.patient_id)
+    assert entry.resource.type == "Observation"
+    assert entry.purpose == ETREAT
+    assert entry.content_commitment == record.commitment()
+    assert h.patient_id.encode() not in data
+    for word in reason.split():
+        if len(word) > 3:
+            assert word.encode() not in data
+
+
+async def test_break_glass_is_refused_when_the_ledger_is_down(
+    harness: Harness, dead_ledger: LedgerClient
+) -> None:
+    h = harness
+    with acting_as(RECORD_SERVICE), pytest.raises(Unavailable):
+        await h.with_ledger(dead_ledger).CheckAccess(
+            check_request(h, purpose=ETREAT, break_glass_reason="cardiac arrest"), None
+        )
+    records, _ = await h.rpcs.list_break_glass(patient_id=h.patient_id)
+    assert [r.leaf_index for r in records] == [None]  # attempted, never permitted
+
+
+async def test_consent_for_etreat_needs_no_break_glass(harness: Harness) -> None:
+    h = harness
+    await grant(h, purposes=[TREAT, ETREAT])
+    decision = await check(h, purpose=ETREAT)
+    assert (decision.reason, decision.break_glass) == ("CONSENT_PERMITS", False)
+
+
+# --- FHIR ---------------------------------------------------------------------------------------
+
+
+async def test_fhir_export(harness: Harness) -> None:
+    h = harness
+    end = (h.clock() + timedelta(days=30)).replace(microsecond=0)
+    with acting_as(STAFF_A):  # staff record a guardian's consent
+        consent = (
+            await h.rpcs.GrantConsent(
+                grant_request(
+                    h,
+                    resource_types=["Observation", "DiagnosticReport"],
+                    categories=["laboratory"],
+                    purposes=[TREAT, HRESCH],
+                    period_end=stamp(end),
+                    granted_by="guardian-7",
+                    proxy_relationship="GUARD",
+                ),
+                None,
+            )
+        ).consent
+    resource = json.loads(consent.fhir_json)
+    FhirConsent.model_validate(resource)
+    assert resource["resourceType"] == "Consent"
+    assert resource["id"] == consent.consent_id
+    assert resource["status"] == "active"
+    assert resource["scope"]["coding"][0]["code"] == "patient-privacy"
+    assert resource["patient"] == {"reference": f"Patient/{h.patient_id}"}
+    assert resource["dateTime"].startswith(str(consent.create_time.ToDatetime().year))
+    provision = resource["provision"]
+    assert provision["type"] == "permit"
+    assert provision["period"]["end"] == end.isoformat().replace("+00:00", "Z")
+    assert provision["actor"] == [
+        {
+            "role": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                        "code": "IRCP",
+                    }
+                ]
+            },
+            "reference": {"reference": "Organization/org-b"},
+        }
+    ]
+    assert provision["purpose"] == [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"},
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"},
+    ]
+    classes = {(c.get("system"), c["code"]) for c in provision["class"]}
+    assert classes == {
+        ("http://hl7.org/fhir/resource-types", "Observation"),
+        ("http://hl7.org/fhir/resource-types", "DiagnosticReport"),
+        ("http://terminology.hl7.org/CodeSystem/observation-category", "laboratory"),
+    }
+    assert resource["performer"] == [{"reference": "#proxy"}]
+    proxy = resource["contained"][0]
+    assert proxy["resourceType"] == "RelatedPerson"
+    assert proxy["relationship"][0]["coding"][0]["code"] == "GUARD"
+
+    with acting_as(STAFF_A):
+        revoked = await h.rpcs.RevokeConsent(
+            identity_pb2.RevokeConsentRequest(consent_id=consent.consent_id), None
+        )
+    assert json.loads(revoked.consent.fhir_json)["status"] == "inactive"
+
+
+# --- listing ------------------------------------------------------------------------------------
+
+
+async def test_list_consents_pages(harness: Harness) -> None:
+    h = harness
+    granted = [
+        (await grant(h, grantee=identity_pb2.Grantee(organization=f"org-{n}"))).consent.consent_id
+        for n in range(5)
+    ]
+    pages: list[list[str]] = []
+    token = ""
+    with acting_as(h.patient()):
+        while True:
+            page = await h.rpcs.ListConsents(
+                identity_pb2.ListConsentsRequest(
+                    patient_id=h.patient_id, page_size=2, page_token=token
+                ),
+                None,
+            )
+            pages.append([c.consent_id for c in page.consents])
+            token = page.next_page_token
+            if not token:
+                break
+        assert [len(p) for p in pages] == [2, 2, 1]
+        assert [c for p in pages for c in p] == granted  # creation order
+
+        first = await h.rpcs.ListConsents(
+            identity_pb2.ListConsentsRequest(patient_id=h.patient_id, page_size=2), None
+        )
+        with pytest.raises(InvalidArgument) as caught:  # a token is for its own filters
+            await h.rpcs.ListConsents(
+                identity_pb2.ListConsentsRequest(
+                    patient_id=h.patient_id,
+                    status=identity_pb2.CONSENT_STATUS_ACTIVE,
+                    page_token=first.next_page_token,
+                ),
+                None,
+            )
+        assert [v.field for v in caught.value.violations] == ["page_token"]
+        with pytest.raises(InvalidArgument):
+            await h.rpcs.ListConsents(
+                identity_pb2.ListConsentsRequest(patient_id=h.patient_id, page_token="garbage"),
+                None,
+            )
+        with pytest.raises(InvalidArgument):
+            await h.rpcs.ListConsents(
+                identity_pb2.ListConsentsRequest(patient_id=h.patient_id, page_size=-1), None
+            )
+        await h.rpcs.RevokeConsent(identity_pb2.RevokeConsentRequest(consent_id=granted[1]), None)
+        revoked = await h.rpcs.ListConsents(
+            identity_pb2.ListConsentsRequest(
+                patient_id=h.patient_id, status=identity_pb2.CONSENT_STATUS_REVOKED
+            ),
+            None,
+        )
+        assert [c.consent_id for c in revoked.consents] == [granted[1]]
+    # A grantee lists what it was granted.
+    partner = Principal("lab-app", "org-3", "lab-app", frozenset({"system/Consent.rs"}))
+    with acting_as(partner):
+        mine = await h.rpcs.ListConsents(
+            identity_pb2.ListConsentsRequest(grantee=identity_pb2.Grantee(organization="org-3")),
+            None,
+        )
+    assert [c.consent_id for c in mine.consents] == [granted[3]]
+
+
+# --- who may do what ------------------------------------------------------------------------------
+
+
+async def test_who_may_manage_consents(harness: Harness) -> None:
+    h = harness
+    other_patient = Principal("user-other", "org-a", "", frozenset({"patient/*.cruds"}))
+    h.directory.patients["user-other"] = "pat-other"
+    for outsider in (other_patient, STAFF_B):
+        with acting_as(outsider), pytest.raises(PermissionDenied):
+            await h.rpcs.GrantConsent(grant_request(h), None)
+    unscoped = Principal("dr-a", "org-a", "", frozenset({"user/Observation.rs"}))
+    with acting_as(unscoped), pytest.raises(PermissionDenied) as caught:
+        await h.rpcs.GrantConsent(grant_request(h), None)
+    assert caught.value.reason == "SCOPE_MISSING"
+    # A patient grants in their own name only; proxies are recorded by the organisation.
+    with acting_as(h.patient()), pytest.raises(PermissionDenied) as caught:
+        await h.rpcs.GrantConsent(
+            grant_request(h, granted_by="guardian-7", proxy_relationship="GUARD"), None
+        )
+    assert caught.value.reason == "GRANTOR_MISMATCH"
+    with acting_as(STAFF_A):
+        consent_id = (
+            await h.rpcs.GrantConsent(
+                grant_request(h, granted_by="guardian-7", proxy_relationship="GUARD"), None
+            )
+        ).consent.consent_id
+    request = identity_pb2.GetConsentRequest(consent_id=consent_id)
+    reader = Principal("lab-app", "org-b", "lab-app", frozenset({"system/Consent.rs"}))
+    with acting_as(reader):  # the grantee
+        assert (await h.rpcs.GetConsent(request, None)).consent.consent_id == consent_id
+    for outsider in (other_patient, Principal("x", "org-c", "x", frozenset({"system/*.rs"}))):
+        with acting_as(outsider), pytest.raises(PermissionDenied):
+            await h.rpcs.GetConsent(request, None)
+    with acting_as(STAFF_B), pytest.raises(PermissionDenied):
+        await h.rpcs.RevokeConsent(identity_pb2.RevokeConsentRequest(consent_id=consent_id), None)
+    with acting_as(h.patient()):
+        await h.rpcs.RevokeConsent(identity_pb2.RevokeConsentRequest(consent_id=consent_id), None)
+    with acting_as(other_patient), pytest.raises(PermissionDenied):
+        await h.rpcs.ListConsents(identity_pb2.ListConsentsRequest(patient_id=h.patient_id), None)
+    with acting_as(h.patient()), pytest.raises(NotFound):
+        await h.rpcs.GetConsent(identity_pb2.GetConsentRequest(consent_id="nope"), None)
+
+
+async def test_check_access_is_asked_by_the_principal_or_a_trusted_service(
+    harness: Harness,
+) -> None:
+    h = harness
+    with acting_as(PARTNER):
+        assert (await h.rpcs.CheckAccess(check_request(h), None)).reason == "NO_CONSENT"
+        for forged in (
+            {"principal_id": "someone-else", "client_id": "someone-else"},
+            {"scopes": ["system/*.cruds"]},
+            {"organization": "org-a"},
+        ):
+            with pytest.raises(PermissionDenied):
+                await h.rpcs.CheckAccess(check_request(h, **forged), None)
+
+
+# --- bad input over gRPC ------------------------------------------------------------------------
+
+
+class DelegatingServicer(identity_pb2_grpc.IdentityServiceServicer):
+    """How the identity servicer hands the five RPCs to ConsentRpcs (the other RPCs keep
+    the generated base's UNIMPLEMENTED, which the stubs declare abstract)."""
+
+    def __init__(self, rpcs: ConsentRpcs) -> None:
+        self._rpcs = rpcs
+
+    async def GrantConsent(self, request: Any, context: Any) -> Any:
+        return await self._rpcs.GrantConsent(request, context)
+
+    async def RevokeConsent(self, request: Any, context: Any) -> Any:
+        return await self._rpcs.RevokeConsent(request, context)
+
+    async def GetConsent(self, request: Any, context: Any) -> Any:
+        return await self._rpcs.GetConsent(request, context)
+
+    async def ListConsents(self, request: Any, context: Any) -> Any:
+        return await self._rpcs.ListConsents(request, context)
+
+    async def CheckAccess(self, request: Any, context: Any) -> Any:
+        return await self._rpcs.CheckAccess(request, context)
+
+
+def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Is(bad.DESCRIPTOR):
+            detail.Unpack(bad)
+            return [v.field for v in bad.field_violations]
+    return []
+
+
+async def test_bad_inputs_name_the_field(harness: Harness) -> None:
+    h = harness
+    servicer = Servicer(
+        DelegatingServicer(h.rpcs),  # type: ignore[abstract]
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server,
+        identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+    )
+    secret = "Jane Doe born 1970"
+    cases = [
+        (
+            "GrantConsent",
+            grant_request(h, resource_types=["Observation", secret], granted_by="u-1"),
+            ["resource_types[1]"],
+        ),
+        (
+            "GrantConsent",
+            grant_request(h, purposes=[], granted_by="u-1", patient_id=secret),
+            ["patient_id", "purposes"],
+        ),
+        (
+            "CheckAccess",
+            check_request(h, action=identity_pb2.ACTION_UNSPECIFIED, resource_type="observation"),
+            ["action", "resource_type"],
+        ),
+        ("RevokeConsent", identity_pb2.RevokeConsentRequest(consent_id=secret), ["consent_id"]),
+        (
+            "ListConsents",
+            identity_pb2.ListConsentsRequest(grantee=identity_pb2.Grantee(user_id=secret)),
+            ["grantee.user_id"],
+        ),
+    ]
+    async with running(servicer, name="identity") as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            for method, message, fields in cases:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await getattr(stub, method)(message)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+                assert bad_fields(caught.value) == fields, method
+                assert secret not in (caught.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetConsent(identity_pb2.GetConsentRequest(consent_id="missing"))
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
