@@ -250,7 +250,7 @@ async def proofs(
     }
 
 
-async def main(leaves: int, seconds: float) -> None:
+async def main(leaves: int, seconds: float, sections: str) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
     mongo = MongoServer(
         port=free_port(),
@@ -266,13 +266,21 @@ async def main(leaves: int, seconds: float) -> None:
     vault.provision()
     assert vault.services_token is not None
     print(f"# ledger benchmark — cores: {os.cpu_count()}, state: {workdir}")
-    print("(a) raw MongoDB inserts of ledger entry documents")
-    raw = await raw_inserts(mongo.uri, seconds)
-    for name, rate in raw.items():
-        print(f"    {name:<12} {rate:10.0f} docs/s")
-
     ports = dict(zip(SERVICE_PORTS, free_ports(len(SERVICE_PORTS)), strict=True))
     endpoints = StackEndpoints(mongo.uri, vault.addr, vault.services_token, "", ports)
+    if "appends" in sections:
+        await bench_appends(mongo.uri, endpoints, workdir, seconds)
+    if "proofs" in sections:
+        await bench_proofs(mongo.uri, vault, endpoints, workdir, leaves)
+    mongo.stop()
+    vault.stop()
+
+
+async def bench_appends(uri: str, endpoints: StackEndpoints, workdir: Path, seconds: float) -> None:
+    print("(a) raw MongoDB inserts of ledger entry documents")
+    raw = await raw_inserts(uri, seconds)
+    for name, rate in raw.items():
+        print(f"    {name:<12} {rate:10.0f} docs/s")
     ledger = BenchLedger(endpoints, workdir / "ledger.log", "bench")
     ledger.start()
     await asyncio.sleep(1.5)  # the sequencer takes its lease and writes the empty checkpoint
@@ -287,25 +295,30 @@ async def main(leaves: int, seconds: float) -> None:
         )
     ledger.stop()
 
+
+async def bench_proofs(
+    uri: str, vault: DevVault, endpoints: StackEndpoints, workdir: Path, leaves: int
+) -> None:
+    assert vault.services_token is not None
+    mongo_uri = uri
     print(f"(c) inclusion proofs at {leaves:,} leaves")
     transit = VaultTransit(VaultSettings(addr=vault.addr, token=vault.services_token))
-    load_seconds = await bulk_load(mongo.uri, "bench_big", transit, leaves)
+    load_seconds = await bulk_load(mongo_uri, "bench_big", transit, leaves)
     print(f"    bulk load: {load_seconds:.0f} s")
     big = BenchLedger(endpoints, workdir / "ledger-big.log", "bench_big")
     big.start()
-    figures = await proofs(big.address, mongo.uri, "bench_big", leaves, 2000)
+    figures = await proofs(big.address, mongo_uri, "bench_big", leaves, 2000)
     print(
         f"    GetInclusionProof p50 {figures['p50_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
         f"MongoDB reads per proof {figures['reads_per_proof']:.2f}"
     )
     big.stop()
-    mongo.stop()
-    vault.stop()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--leaves", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--sections", default="appends,proofs", help="appends, proofs or both")
     args = parser.parse_args()
-    asyncio.run(main(args.leaves, args.seconds))
+    asyncio.run(main(args.leaves, args.seconds, args.sections))
