@@ -18,8 +18,10 @@ from medledger.common.ledger_client import LedgerClient
 from medledger.common.mongo import create_mongo_client
 from medledger.common.server import run_service
 from medledger.common.service import Servicer, ServiceRuntime
+from medledger.common.service_tokens import client_jwks
 from medledger.common.subject import SubjectHasher
 from medledger.common.vault import VaultTransit
+from medledger.common.vault_layout import SERVICE_CLIENT_KEYS
 from medledger.identity.adapters.consent_store import ConsentStore
 from medledger.identity.adapters.mongo_store import IdentityStore
 from medledger.identity.adapters.vault_sealer import VaultSealer
@@ -107,8 +109,14 @@ def build_runtime(
         patient_organization_of=store.patient_organization,
         patient_of_user=store.patient_of_user,
     )
+
+    async def service_jwks(service: str) -> str:
+        return client_jwks(await vault.public_keys(SERVICE_CLIENT_KEYS[service]))
+
     bootstrapper = Bootstrapper(
-        directory, bootstrap or BootstrapPlan(organization=config.operator_organization)
+        directory,
+        bootstrap or BootstrapPlan(organization=config.operator_organization),
+        service_jwks=service_jwks,
     )
     verifier = JwksTokenVerifier(
         signer.jwks,

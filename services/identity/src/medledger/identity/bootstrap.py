@@ -22,6 +22,7 @@ from typing import Final
 from medledger.common.config import ConfigError
 from medledger.common.errors import AlreadyExists, InvalidArgument, MedledgerError
 from medledger.common.interceptors import Principal
+from medledger.common.scopes import SERVICE_CLIENT_SCOPES, service_client_id
 from medledger.identity.config import IdentityConfig
 from medledger.identity.domain.client_keys import validate_client_jwks
 from medledger.identity.domain.directory import (
@@ -32,7 +33,7 @@ from medledger.identity.domain.directory import (
     NewUser,
 )
 from medledger.identity.domain.passwords import MIN_PASSWORD_LENGTH
-from medledger.identity.domain.purposes import HOPERAT
+from medledger.identity.domain.purposes import CODE_BY_PURPOSE, HOPERAT
 from medledger.identity.domain.scopes import ADMIN, LEDGER_READ
 
 log = logging.getLogger("medledger.identity.bootstrap")
@@ -41,6 +42,8 @@ BOOTSTRAP_PRINCIPAL: Final = Principal(
     subject="medledger-identity-bootstrap", scopes=frozenset({ADMIN})
 )
 ADMIN_CLIENT_SCOPES: Final = (ADMIN, LEDGER_READ)
+# Services act for their callers, whatever the purpose of the call.
+ALL_PURPOSES: Final = tuple(sorted(CODE_BY_PURPOSE.values()))
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,23 @@ class BootstrapPlan:
     client_jwks_json: str = ""
     admin_username: str = ""
     admin_password: str = ""
+    service_clients: tuple[str, ...] = ()
 
     @property
     def wanted(self) -> bool:
-        return bool(self.client_id or self.admin_username)
+        return bool(self.client_id or self.admin_username or self.service_clients)
 
 
-async def apply(directory: Directory, plan: BootstrapPlan) -> list[str]:
+ServiceJwks = Callable[[str], Awaitable[str]]
+
+
+async def _no_service_keys(service: str) -> str:
+    raise ConfigError(f"no Vault key source for service client {service}")
+
+
+async def apply(
+    directory: Directory, plan: BootstrapPlan, service_jwks: ServiceJwks = _no_service_keys
+) -> list[str]:
     """Creates what the plan names and does not exist yet; returns what it created."""
     steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
         (
@@ -86,6 +99,20 @@ async def apply(directory: Directory, plan: BootstrapPlan) -> list[str]:
             organization=plan.organization,
         )
         steps.append(("admin user", lambda: directory.create_user(BOOTSTRAP_PRINCIPAL, user)))
+    for service in plan.service_clients:
+
+        async def register(service: str = service) -> object:
+            client = NewClient(
+                client_id=service_client_id(service),
+                organization=plan.organization,
+                jwks_json=await service_jwks(service),
+                allowed_scopes=SERVICE_CLIENT_SCOPES[service],
+                allowed_purposes=ALL_PURPOSES,
+                display_name=f"medledger {service} service",
+            )
+            return await directory.register_client(BOOTSTRAP_PRINCIPAL, client)
+
+        steps.append((f"{service} service client", register))
     created: list[str] = []
     for what, step in steps:
         try:
@@ -129,15 +156,24 @@ def plan_from_config(config: IdentityConfig) -> BootstrapPlan:
         client_jwks_json=jwks,
         admin_username=config.bootstrap_admin_username,
         admin_password=password,
+        service_clients=tuple(s for s in config.service_clients.split(",") if s),
     )
 
 
 class Bootstrapper:
     """Applies the plan in the background until it succeeds once."""
 
-    def __init__(self, directory: Directory, plan: BootstrapPlan, *, retry_seconds: float = 2.0):
+    def __init__(
+        self,
+        directory: Directory,
+        plan: BootstrapPlan,
+        *,
+        service_jwks: ServiceJwks = _no_service_keys,
+        retry_seconds: float = 2.0,
+    ):
         self._directory = directory
         self._plan = plan
+        self._service_jwks = service_jwks
         self._retry = retry_seconds
         self._task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
@@ -145,7 +181,7 @@ class Bootstrapper:
     async def _run(self) -> None:
         while True:
             try:
-                created = await apply(self._directory, self._plan)
+                created = await apply(self._directory, self._plan, self._service_jwks)
             except MedledgerError as exc:
                 log.warning("bootstrap postponed", extra={"reason": exc.reason})
                 await asyncio.sleep(self._retry)

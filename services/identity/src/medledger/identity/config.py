@@ -13,6 +13,9 @@ URI = r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]{1,255}$"
 KEY_NAME = r"^[A-Za-z0-9_-]{1,128}$"
 
 
+SERVICE_LIST = r"^$|^(ledger|record|inference)(,(ledger|record|inference))*$"
+
+
 class IdentitySettings(ServiceSettings):
     grpc_port: Port = 50051
 
@@ -58,6 +61,12 @@ class IdentityConfig(BaseSettings):
     bootstrap_client_jwks_file: FilePath | None = None
     bootstrap_admin_username: str = ""
     bootstrap_admin_password_file: FilePath | None = None
+    # The medledger services that call others (ledger, record, inference): each becomes a
+    # client ``medledger-<service>`` whose key is its Vault transit key (no private key leaves
+    # Vault), with the scopes its calls need. Comma-separated.
+    service_clients: str = Field(
+        default="", pattern=r"^$|^(ledger|record|inference)(,(ledger|record|inference))*$"
+    )
 
     @model_validator(mode="after")
     def _bootstrap_pairs(self) -> IdentityConfig:

@@ -20,13 +20,25 @@ from typing import Final
 
 from medledger.common.errors import FieldViolation, InvalidArgument
 
-ADMIN: Final = "admin"
-LEDGER_APPEND: Final = "ledger.append"
-LEDGER_READ: Final = "ledger.read"
-# Services (record, inference) asking CheckAccess about other principals.
-CHECK_ACCESS: Final = "medledger/check-access"
-# medledger scopes that are not about FHIR resources (consents are: SMART ``Consent`` scopes).
-PLATFORM_SCOPES: Final = frozenset({ADMIN, LEDGER_APPEND, LEDGER_READ, CHECK_ACCESS})
+# medledger scopes that are not about FHIR resources (consents are: SMART ``Consent`` scopes)
+# are defined in common, where the services that demand them import them too.
+from medledger.common.scopes import (
+    ADMIN,
+    CHECK_ACCESS,
+    LEDGER_APPEND,
+    LEDGER_READ,
+    PLATFORM_SCOPES,
+    WITNESS_ADD,
+)
+
+__all__ = [  # re-exported for identity's own modules
+    "ADMIN",
+    "CHECK_ACCESS",
+    "LEDGER_APPEND",
+    "LEDGER_READ",
+    "PLATFORM_SCOPES",
+    "WITNESS_ADD",
+]
 
 CONTEXTS: Final = ("patient", "user", "system")
 PERMISSION_ORDER: Final = "cruds"
