@@ -162,5 +162,36 @@ def test_inference_serves_when_triton_is_ready(
         names, methods = reflected_methods(server.address, DESCRIPTORS["inference"].full_name)
         assert DESCRIPTORS["inference"].full_name in names
         assert "Predict" in methods
+        with grpc.insecure_channel(server.address) as ch:
+            call = ch.unary_unary(f"/{DESCRIPTORS['inference'].full_name}/Predict")
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         server.stop()
+
+
+PUBLIC = {
+    "/medledger.api.identity.v1.IdentityService/IssueToken",
+    "/medledger.api.identity.v1.IdentityService/GetJwks",
+}
+
+
+def test_every_method_refuses_calls_without_a_token(services: dict[str, ServiceServer]) -> None:
+    """Walks every method of every service found by reflection: all but health, reflection,
+    IssueToken and GetJwks answer UNAUTHENTICATED to a call that carries no token."""
+    checked = 0
+    for name, server in services.items():
+        descriptor = DESCRIPTORS[name]
+        _, methods = reflected_methods(server.address, descriptor.full_name)
+        with grpc.insecure_channel(server.address) as ch:
+            for method in sorted(methods):
+                path = f"/{descriptor.full_name}/{method}"
+                if path in PUBLIC:
+                    continue
+                call = ch.unary_unary(path, request_serializer=None, response_deserializer=None)
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(b"", timeout=5)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, path
+                checked += 1
+    assert checked >= 30  # the walk really covered the services' surfaces

@@ -27,17 +27,32 @@ from medledger.cli.stack.services import (
     service_env,
 )
 from medledger.cli.stack.vault import PersistentVault
+from medledger.testkit.platform import Platform, authed_channel
 from medledger.tlog.cosignature import verify_checkpoint
 from medledger.tlog.hashing import leaf_hash
 from medledger.tlog.verify import verify_consistency, verify_inclusion
+
+# The token every call carries: appends and reads (set once per module by ``token``).
+TOKEN: list[str] = [""]
+IDENTITY: list[str] = [""]
+
+
+@pytest.fixture(autouse=True)
+async def token(auth_platform: Platform) -> str:
+    TOKEN[0] = await auth_platform.token("ledger.append ledger.read")
+    IDENTITY[0] = auth_platform.identity_address
+    return TOKEN[0]
 
 
 class LedgerProcess(ServiceServer):
     """``python -m medledger.ledger`` with its own database and a short lease."""
 
-    def __init__(self, endpoints: StackEndpoints, log_file: Path, database: str) -> None:
+    def __init__(
+        self, endpoints: StackEndpoints, log_file: Path, database: str, identity: str
+    ) -> None:
         super().__init__("ledger", endpoints=endpoints, log_file=log_file, die_with_parent=True)
         self.database = database
+        self.identity = identity
 
     def env(self) -> dict[str, str]:
         env = service_env("ledger", self.endpoints)
@@ -46,6 +61,7 @@ class LedgerProcess(ServiceServer):
             "LEDGER_LEASE_TTL_SECONDS": "2",
             "MEDLEDGER_HEALTH_INTERVAL_SECONDS": "0.5",
             "MEDLEDGER_SHUTDOWN_GRACE_SECONDS": "1",
+            "MEDLEDGER_IDENTITY_ADDR": self.identity,
         }
         return env
 
@@ -83,7 +99,7 @@ def endpoints(mongo_uri: str, vault: Any) -> StackEndpoints:
 
 async def wait_for_checkpoint(address: str, within: float = 20) -> bytes:
     deadline = time.monotonic() + within
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with authed_channel(address, TOKEN[0]) as ch:
         stub = ledger_pb2_grpc.LedgerServiceStub(ch)
         while True:
             try:
@@ -96,7 +112,7 @@ async def wait_for_checkpoint(address: str, within: float = 20) -> bytes:
 
 
 async def vkey(address: str) -> str:
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with authed_channel(address, TOKEN[0]) as ch:
         stub = ledger_pb2_grpc.LedgerServiceStub(ch)
         return str((await stub.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest())).vkey)
 
@@ -126,12 +142,12 @@ async def test_vault_down_fails_unavailable_and_writes_nothing(
 ) -> None:
     database = f"vault{uuid.uuid4().hex[:8]}"
     ledger = LedgerProcess(
-        endpoints(mongo_server.uri, persistent_vault), tmp_path / "l.log", database
+        endpoints(mongo_server.uri, persistent_vault), tmp_path / "l.log", database, IDENTITY[0]
     )
     ledger.start()
     try:
         await wait_for_checkpoint(ledger.address)
-        async with grpc.aio.insecure_channel(ledger.address) as ch:
+        async with authed_channel(ledger.address, TOKEN[0]) as ch:
             stub = ledger_pb2_grpc.LedgerServiceStub(ch)
             await stub.Append(ledger_pb2.AppendRequest(entry=entry(1)))
             before = (await stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest())).checkpoint
@@ -164,7 +180,7 @@ async def test_vault_down_fails_unavailable_and_writes_nothing(
 
 async def _append_stream(address: str, prefix: str, acked: dict[str, ledger_pb2.Receipt]) -> None:
     """Appends until the process dies; records every acknowledged receipt."""
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with authed_channel(address, TOKEN[0]) as ch:
         stub = ledger_pb2_grpc.LedgerServiceStub(ch)
         n = 0
         while True:
@@ -190,7 +206,7 @@ async def test_kill_9_during_appends_loses_nothing_acknowledged(
     acked: dict[str, ledger_pb2.Receipt] = {}
     rng = random.Random(7)
     for round_ in range(CRASHES):
-        ledger = LedgerProcess(where, tmp_path / f"ledger-{round_}.log", database)
+        ledger = LedgerProcess(where, tmp_path / f"ledger-{round_}.log", database, IDENTITY[0])
         ledger.start()
         await wait_for_checkpoint(ledger.address)
         writers = [
@@ -200,12 +216,12 @@ async def test_kill_9_during_appends_loses_nothing_acknowledged(
         await asyncio.sleep(rng.uniform(0.2, 0.8))
         ledger.kill()
         await asyncio.gather(*writers)
-    ledger = LedgerProcess(where, tmp_path / "ledger-final.log", database)
+    ledger = LedgerProcess(where, tmp_path / "ledger-final.log", database, IDENTITY[0])
     ledger.start()
     try:
         await wait_for_checkpoint(ledger.address)
         log_key = await vkey(ledger.address)
-        async with grpc.aio.insecure_channel(ledger.address) as ch:
+        async with authed_channel(ledger.address, TOKEN[0]) as ch:
             stub = ledger_pb2_grpc.LedgerServiceStub(ch)
             latest = verify_checkpoint(
                 (await stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest())).checkpoint,
@@ -260,8 +276,13 @@ async def test_two_replicas_one_writer_and_takeover(
     mongo_server: Any, vault_server: Any, tmp_path: Path
 ) -> None:
     database = f"replicas{uuid.uuid4().hex[:8]}"
-    first = LedgerProcess(endpoints(mongo_server.uri, vault_server), tmp_path / "a.log", database)
-    second = LedgerProcess(endpoints(mongo_server.uri, vault_server), tmp_path / "b.log", database)
+    # Each replica gets its own port (its own endpoints).
+    first = LedgerProcess(
+        endpoints(mongo_server.uri, vault_server), tmp_path / "a.log", database, IDENTITY[0]
+    )
+    second = LedgerProcess(
+        endpoints(mongo_server.uri, vault_server), tmp_path / "b.log", database, IDENTITY[0]
+    )
     first.start()
     await wait_for_checkpoint(first.address)
     second.start()
@@ -271,10 +292,10 @@ async def test_two_replicas_one_writer_and_takeover(
     leader, follower = (first, second) if lease["address"] == first.address else (second, first)
     try:
         # Appends through either replica land in one log, written by the leader only.
-        async with grpc.aio.insecure_channel(follower.address) as ch:
+        async with authed_channel(follower.address, TOKEN[0]) as ch:
             stub = ledger_pb2_grpc.LedgerServiceStub(ch)
             via_follower = await stub.Append(ledger_pb2.AppendRequest(entry=entry(1)), timeout=10)
-        async with grpc.aio.insecure_channel(leader.address) as ch:
+        async with authed_channel(leader.address, TOKEN[0]) as ch:
             stub = ledger_pb2_grpc.LedgerServiceStub(ch)
             via_leader = await stub.Append(ledger_pb2.AppendRequest(entry=entry(2)), timeout=10)
         assert {via_follower.receipt.leaf_index, via_leader.receipt.leaf_index} == {0, 1}
@@ -282,7 +303,7 @@ async def test_two_replicas_one_writer_and_takeover(
             token_before = client[database]["ledger_state"].find_one({"_id": "sequencer"})["token"]
         leader.kill()
         # The follower takes over once the lease expires, with a new fencing token.
-        async with grpc.aio.insecure_channel(follower.address) as ch:
+        async with authed_channel(follower.address, TOKEN[0]) as ch:
             stub = ledger_pb2_grpc.LedgerServiceStub(ch)
             deadline = time.monotonic() + 20
             while True:
@@ -302,3 +323,38 @@ async def test_two_replicas_one_writer_and_takeover(
     finally:
         first.stop()
         second.stop()
+
+
+async def test_scopes_decide_who_appends_and_who_reads(
+    mongo_server: Any, vault_server: Any, auth_platform: Platform, tmp_path: Path
+) -> None:
+    database = f"scopes{uuid.uuid4().hex[:8]}"
+    ledger = LedgerProcess(
+        endpoints(mongo_server.uri, vault_server), tmp_path / "l.log", database, IDENTITY[0]
+    )
+    ledger.start()
+    try:
+        await wait_for_checkpoint(ledger.address)
+        reader = await auth_platform.token("ledger.read")
+        partner = await auth_platform.token("system/Observation.rs")
+        async with authed_channel(ledger.address, reader) as ch:
+            stub = ledger_pb2_grpc.LedgerServiceStub(ch)
+            await stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest())
+            with pytest.raises(grpc.aio.AioRpcError) as cannot_append:
+                await stub.Append(ledger_pb2.AppendRequest(entry=entry(1)))
+        async with authed_channel(ledger.address, partner) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as cannot_read:
+                await ledger_pb2_grpc.LedgerServiceStub(ch).GetEntry(
+                    ledger_pb2.GetEntryRequest(leaf_index=0)
+                )
+        async with authed_channel(ledger.address, reader + "x") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as forged:
+                await ledger_pb2_grpc.LedgerServiceStub(ch).GetCheckpoint(
+                    ledger_pb2.GetCheckpointRequest()
+                )
+    finally:
+        ledger.stop()
+    assert cannot_append.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert cannot_read.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert forged.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert count_entries(mongo_server.uri, database) == 0

@@ -27,6 +27,7 @@ from medledger.cli.stack.services import (
 from medledger.common.config import VaultSettings
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY
+from medledger.testkit.platform import Platform, authed_channel
 from medledger.tlog import (
     Checkpoint,
     CompactRange,
@@ -44,17 +45,30 @@ LEAVES = [leaf_hash(b"event %d" % i) for i in range(32)]
 class WitnessProcess(ServiceServer):
     """A stack witness with a database of its own, so test runs never share state."""
 
-    def __init__(self, name: str, endpoints: StackEndpoints, logs: Path, database: str) -> None:
+    def __init__(
+        self, name: str, endpoints: StackEndpoints, logs: Path, database: str, identity: str
+    ) -> None:
         super().__init__(
             name, endpoints=endpoints, log_file=logs / f"{name}.log", die_with_parent=True
         )
         self.database = database
+        self.identity = identity
 
     def env(self) -> dict[str, str]:
         return service_env(self.component, self.endpoints) | {
             "MEDLEDGER_MONGODB_DATABASE": self.database,
             "MEDLEDGER_HEALTH_INTERVAL_SECONDS": "0.5",
+            "MEDLEDGER_IDENTITY_ADDR": self.identity,
         }
+
+
+# A log's sequencer holds witness.add; the calls below carry such a token.
+TOKEN: list[str] = [""]
+
+
+@pytest.fixture(autouse=True)
+async def sequencer_token(auth_platform: Platform) -> None:
+    TOKEN[0] = await auth_platform.token("witness.add")
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +84,16 @@ def endpoints(mongo_server: MongoServer, vault_server: Any) -> StackEndpoints:
 
 @pytest.fixture(scope="module")
 def witnesses(
-    endpoints: StackEndpoints, tmp_path_factory: pytest.TempPathFactory
+    endpoints: StackEndpoints,
+    tmp_path_factory: pytest.TempPathFactory,
+    auth_platform: Platform,
 ) -> Iterator[dict[str, WitnessProcess]]:
     logs = tmp_path_factory.mktemp("witness-logs")
     run = uuid.uuid4().hex[:8]
     servers = {
-        name: WitnessProcess(name, endpoints, logs, f"{identity.database}_{run}")
+        name: WitnessProcess(
+            name, endpoints, logs, f"{identity.database}_{run}", auth_platform.identity_address
+        )
         for name, identity in WITNESSES.items()
     }
     for server in servers.values():
@@ -105,7 +123,7 @@ def proof(old_size: int, new_size: int) -> list[bytes]:
 
 
 async def cosign(server: ServiceServer, old_size: int, new_size: int, note: bytes) -> bytes:
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with authed_channel(server.address, TOKEN[0]) as channel:
         stub = witness_pb2_grpc.WitnessServiceStub(channel)
         reply = await stub.AddCheckpoint(
             witness_pb2.AddCheckpointRequest(
@@ -116,7 +134,7 @@ async def cosign(server: ServiceServer, old_size: int, new_size: int, note: byte
 
 
 async def info(server: ServiceServer) -> witness_pb2.GetWitnessInfoResponse:
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with authed_channel(server.address, TOKEN[0]) as channel:
         stub = witness_pb2_grpc.WitnessServiceStub(channel)
         return await stub.GetWitnessInfo(witness_pb2.GetWitnessInfoRequest())
 

@@ -14,6 +14,7 @@ messages are fixed strings, never echoes of the token.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -31,6 +32,7 @@ from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import MedledgerError, Unauthenticated, Unavailable
 from medledger.common.interceptors import Principal
+from medledger.common.service import ServiceRuntime
 
 log = logging.getLogger("medledger.auth")
 
@@ -267,3 +269,31 @@ class IdentityJwksFetcher:
 def identity_jwks_fetcher(address: str, settings: ServiceSettings) -> IdentityJwksFetcher:
     """The JWKS source of every service but identity: ``GetJwks`` on ``address``."""
     return IdentityJwksFetcher(address, settings)
+
+
+def service_verifier(
+    settings: ServiceSettings, identity_address: str
+) -> tuple[JwksTokenVerifier, IdentityJwksFetcher]:
+    """The verifier a service (all but identity) plugs into its auth interceptor, and the
+    fetcher to close at shutdown."""
+    fetcher = identity_jwks_fetcher(identity_address, settings)
+    verifier = JwksTokenVerifier(
+        fetcher, issuer=settings.token_issuer, audience=settings.token_audience
+    )
+    return verifier, fetcher
+
+
+def require_tokens(
+    runtime: ServiceRuntime,
+    identity_address: str,
+    required_scopes: Mapping[str, frozenset[str]] | None = None,
+) -> ServiceRuntime:
+    """``runtime`` serving every RPC but health and reflection only to callers with a valid
+    access token from identity (and, per method, one of ``required_scopes``)."""
+    verifier, fetcher = service_verifier(runtime.settings, identity_address)
+    return dataclasses.replace(
+        runtime,
+        verifier=verifier,
+        required_scopes=dict(required_scopes or {}),
+        shutdown=[*runtime.shutdown, fetcher.aclose],
+    )

@@ -40,6 +40,9 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     keepalive_time_seconds: int = Field(default=30, ge=1)
     keepalive_timeout_seconds: int = Field(default=10, ge=1)
+    # Access tokens every RPC must carry: their issuer and the audience this service is.
+    token_issuer: str = "medledger://identity"  # noqa: S105 (a URI)
+    token_audience: str = "medledger"  # noqa: S105 (a name)
     tls_cert_file: FilePath | None = None
     tls_key_file: FilePath | None = None
     tls_ca_file: FilePath | None = None

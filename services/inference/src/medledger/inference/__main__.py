@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
-from medledger.common.config import load_settings
+from medledger.common.auth import require_tokens
+from medledger.common.config import PeerSettings, load_settings
 from medledger.common.server import run_service
 from medledger.common.service import Servicer, ServiceRuntime
 from medledger.inference.adapters.triton import TritonProbe, TritonSettings
@@ -12,8 +13,8 @@ from medledger.inference.server import InferenceServiceServicer
 
 
 def build() -> ServiceRuntime:
-    settings, triton = load_settings(InferenceSettings, TritonSettings)
-    return ServiceRuntime(
+    settings, triton, peers = load_settings(InferenceSettings, TritonSettings, PeerSettings)
+    runtime = ServiceRuntime(
         name="inference",
         settings=settings,
         servicers=[
@@ -25,6 +26,7 @@ def build() -> ServiceRuntime:
         ],
         extra_probes=[TritonProbe(triton)],
     )
+    return require_tokens(runtime, peers.identity_addr)
 
 
 def main() -> None:

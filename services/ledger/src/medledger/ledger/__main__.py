@@ -7,11 +7,22 @@ import socket
 import uuid
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.common.config import MongoSettings, VaultSettings, load_settings
+from medledger.common.auth import require_tokens
+from medledger.common.config import MongoSettings, PeerSettings, VaultSettings, load_settings
+from medledger.common.ledger_client import TokenSource
 from medledger.common.mongo import create_mongo_client
+from medledger.common.scopes import (
+    ADMIN,
+    LEDGER_APPEND,
+    LEDGER_READ,
+    WITNESS_ADD,
+    service_client_id,
+)
 from medledger.common.server import run_service
 from medledger.common.service import Servicer, ServiceRuntime
+from medledger.common.service_tokens import ServiceTokenSource
 from medledger.common.vault import VaultTransit
+from medledger.common.vault_layout import SERVICE_CLIENT_KEYS
 from medledger.ledger.adapters.mongo_store import LedgerStore
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.adapters.witnesses import WitnessPublisher
@@ -20,12 +31,42 @@ from medledger.ledger.domain.log import LogReader
 from medledger.ledger.domain.sequencer import Sequencer, SequencerConfig
 from medledger.ledger.server import LedgerServiceServicer
 
+_METHOD = "/medledger.api.ledger.v1.LedgerService/"
+_READERS = frozenset({LEDGER_READ, ADMIN})
+# Reads too need a token: entries reveal who acted on whose record (as pseudonyms).
+REQUIRED_SCOPES = {
+    _METHOD + "Append": frozenset({LEDGER_APPEND}),
+    **{
+        _METHOD + name: _READERS
+        for name in (
+            "GetCheckpoint",
+            "ListCheckpoints",
+            "GetEntry",
+            "ListEntries",
+            "GetInclusionProof",
+            "GetConsistencyProof",
+            "GetVerifierKey",
+        )
+    },
+}
+
 
 def build() -> ServiceRuntime:
-    settings, config, mongo_settings, vault_settings = load_settings(
-        LedgerSettings, LedgerConfig, MongoSettings, VaultSettings
+    settings, config, mongo_settings, vault_settings, peers = load_settings(
+        LedgerSettings, LedgerConfig, MongoSettings, VaultSettings, PeerSettings
     )
-    return build_runtime(settings, config, mongo_settings, vault_settings)
+    witness_token = ServiceTokenSource(
+        VaultTransit(vault_settings),
+        SERVICE_CLIENT_KEYS["ledger"],
+        service_client_id("ledger"),
+        peers.identity_addr,
+        settings,
+        scope=WITNESS_ADD,
+        audience=settings.token_audience,
+    )
+    runtime = build_runtime(settings, config, mongo_settings, vault_settings, witness_token)
+    runtime.shutdown = [*runtime.shutdown, witness_token.aclose]
+    return require_tokens(runtime, peers.identity_addr, REQUIRED_SCOPES)
 
 
 def build_runtime(
@@ -33,13 +74,20 @@ def build_runtime(
     config: LedgerConfig,
     mongo_settings: MongoSettings,
     vault_settings: VaultSettings,
+    witness_token: TokenSource | None = None,
 ) -> ServiceRuntime:
+    """The ledger; ``build`` adds token checks, tests may serve it without them."""
     mongo = create_mongo_client(mongo_settings, app_name="medledger-ledger")
     vault = VaultTransit(vault_settings)
     store = LedgerStore(mongo, mongo_settings.mongodb_database)
     signer = VaultNoteSigner(vault, config.signing_key, config.origin)
     publisher = WitnessPublisher(
-        store, config.witness_addresses, signer, config.witness_verifier_keys, settings
+        store,
+        config.witness_addresses,
+        signer,
+        config.witness_verifier_keys,
+        settings,
+        token=witness_token,
     )
     reader = LogReader(store)
     sequencer = Sequencer(

@@ -91,10 +91,14 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
         stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
             self._leader_channel[1]
         )
+        metadata = [("x-medledger-forwarded", "1")]
+        metadata += [
+            (key, value)
+            for key, value in context.invocation_metadata() or ()
+            if key == "authorization" and isinstance(value, str)
+        ]
         try:
-            return await stub.Append(
-                request, metadata=[("x-medledger-forwarded", "1")], timeout=context.time_remaining()
-            )
+            return await stub.Append(request, metadata=metadata, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as exc:
             raise Unavailable("ledger sequencer", reason="SEQUENCER_UNREACHABLE") from exc
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
-from medledger.common.config import MongoSettings, VaultSettings, load_settings
+from medledger.common.auth import require_tokens
+from medledger.common.config import MongoSettings, PeerSettings, VaultSettings, load_settings
 from medledger.common.mongo import create_mongo_client
 from medledger.common.server import run_service
 from medledger.common.service import Servicer, ServiceRuntime
@@ -13,8 +14,10 @@ from medledger.record.server import RecordServiceServicer
 
 
 def build() -> ServiceRuntime:
-    settings, mongo, vault = load_settings(RecordSettings, MongoSettings, VaultSettings)
-    return ServiceRuntime(
+    settings, mongo, vault, peers = load_settings(
+        RecordSettings, MongoSettings, VaultSettings, PeerSettings
+    )
+    runtime = ServiceRuntime(
         name="record",
         settings=settings,
         servicers=[
@@ -27,6 +30,7 @@ def build() -> ServiceRuntime:
         mongo=create_mongo_client(mongo, app_name="medledger-record"),
         vault=VaultTransit(vault),
     )
+    return require_tokens(runtime, peers.identity_addr)
 
 
 def main() -> None:

@@ -116,3 +116,7 @@ def service_environment(
         service_ports=dict(ports),
     )
     return service_env(name, endpoints, base)
+
+
+# Identity (and its ledger) in the test process, for tests of services that check tokens.
+from medledger.testkit.platform import auth_platform  # noqa: E402, F401

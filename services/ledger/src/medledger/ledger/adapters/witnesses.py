@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
+from medledger.common.ledger_client import TokenSource
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.domain.ports import LedgerStorage, StoredCheckpoint
 from medledger.ledger.domain.proofs import ProofReader
@@ -62,7 +63,10 @@ class WitnessPublisher:
         signer: VaultNoteSigner,
         witness_vkeys: list[str],
         settings: ServiceSettings,
+        *,
+        token: TokenSource | None = None,
     ) -> None:
+        self._token = token
         self._storage = storage
         self._proofs = ProofReader(storage)
         self._signer = signer
@@ -121,9 +125,12 @@ class WitnessPublisher:
             request = witness_pb2.AddCheckpointRequest(
                 old_size=old, consistency_proof=proof, checkpoint=checkpoint.note
             )
+            metadata = []
+            if self._token is not None:
+                metadata.append(("authorization", f"Bearer {await self._token()}"))
             try:
                 response = await witness.stub.AddCheckpoint(
-                    request, timeout=WITNESS_TIMEOUT_SECONDS
+                    request, metadata=metadata, timeout=WITNESS_TIMEOUT_SECONDS
                 )
             except grpc.aio.AioRpcError as error:
                 size = _witness_size(error)
