@@ -39,7 +39,7 @@ from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY
 from medledger.ledger.adapters.mongo_store import LedgerStore
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
-from medledger.ledger.domain.proofs import ProofReader
+from medledger.ledger.domain.log import LogReader
 from medledger.tlog.checkpoint import Checkpoint
 from medledger.tlog.compact import CompactRange
 from medledger.tlog.hashing import leaf_hash
@@ -232,16 +232,16 @@ async def proofs(
     verify_inclusion(
         leaf_hash(data), indices[-1], checkpoint.size, list(reply.hashes), checkpoint.root_hash
     )
-    # Reads per proof, the way the service does it: the latest checkpoint, then the tiles.
+    # Reads per proof, the way the service's read path does it (LogReader: the latest
+    # checkpoint, cached for 250 ms, then the tiles, full ones cached), at 200 proofs/s.
     counter = ReadCounter()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, event_listeners=[counter])
-    store = LedgerStore(client, database)
-    reader = ProofReader(store)
+    reader = LogReader(LedgerStore(client, database))
     sample = indices[:200]
     for index in sample:
-        latest = await store.latest_checkpoint()
-        assert latest is not None
-        await reader.inclusion([index], latest)
+        latest = await reader.latest()
+        await reader.proofs.inclusion([index], latest)
+        await asyncio.sleep(0.005)
     await client.close()
     return {
         "p50_ms": percentile(latencies, 0.5) * 1000,
