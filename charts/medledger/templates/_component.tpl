@@ -159,6 +159,11 @@ spec:
               mountPath: /etc/medledger/tls
               readOnly: true
             {{- end }}
+            {{- if and (eq .name "identity") .root.Values.identity.bootstrapClient.id }}
+            - name: bootstrap
+              mountPath: /etc/medledger/bootstrap
+              readOnly: true
+            {{- end }}
             {{- if $usesVault }}
             # Where Vault's Kubernetes auth clients read the service-account token by default.
             - name: vault-token
@@ -174,6 +179,14 @@ spec:
           secret:
             secretName: {{ $config.tls.secretName | default (printf "%s-tls" (include "medledger.fullname" .)) }}
             defaultMode: 0440
+        {{- end }}
+        {{- if and (eq .name "identity") .root.Values.identity.bootstrapClient.id }}
+        - name: bootstrap
+          configMap:
+            name: {{ required "identity.bootstrapClient.jwksConfigMap is required with an id" .root.Values.identity.bootstrapClient.jwksConfigMap }}
+            items:
+              - key: jwks.json
+                path: jwks.json
         {{- end }}
         {{- if $usesVault }}
         - name: vault-token

@@ -128,6 +128,13 @@ same name in its place.
 {{- if has "triton" $backends -}}
 {{- $env = append $env (dict "name" "TRITON_URL" "value" (required "triton.url is required" $root.Values.triton.url)) -}}
 {{- end -}}
+{{- if eq .name "identity" -}}
+{{- $env = append $env (dict "name" "IDENTITY_SERVICE_CLIENTS" "value" (join "," $root.Values.identity.serviceClients)) -}}
+{{- if $root.Values.identity.bootstrapClient.id -}}
+{{- $env = append $env (dict "name" "IDENTITY_BOOTSTRAP_CLIENT_ID" "value" $root.Values.identity.bootstrapClient.id) -}}
+{{- $env = append $env (dict "name" "IDENTITY_BOOTSTRAP_CLIENT_JWKS_FILE" "value" "/etc/medledger/bootstrap/jwks.json") -}}
+{{- end -}}
+{{- end -}}
 {{- if eq .name "witness" -}}
 {{- $env = append $env (dict "name" "WITNESS_NAME" "value" (required "witness.name is required when the witness is enabled" $root.Values.witness.name)) -}}
 {{- $env = append $env (dict "name" "WITNESS_KEY" "value" $root.Values.witness.key) -}}
