@@ -45,7 +45,17 @@ class Upstream(LedgerServiceServicer):
 async def test_one_trace_crosses_two_services(capfd: Any) -> None:
     exporter = InMemorySpanExporter()
     setup_telemetry("test", span_processors=[SimpleSpanProcessor(exporter)])
-    configure_logging("test")
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("test")  # writes to this test's captured stderr: restored below
+    try:
+        await _run_two_services(exporter, capfd)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+async def _run_two_services(exporter: InMemorySpanExporter, capfd: Any) -> None:
     downstream = Downstream()
     async with running(ledger_servicer(downstream), name="downstream") as b:
         async with running(ledger_servicer(Upstream(b.port)), name="upstream") as a:

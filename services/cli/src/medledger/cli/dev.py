@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medledger.cli.demo import SeedError, seed_demo, seeded_table
 from medledger.cli.stack.devstack import ComponentStatus, DevStack
 from medledger.cli.stack.paths import StackPaths
 from medledger.cli.stack.probes import Health
@@ -83,9 +84,25 @@ def up(
         errors.print(f"[red bold]medledger dev up failed:[/red bold] {exc}", highlight=False)
         errors.print("Fix it and run `medledger dev up` again (or `medledger dev down`).")
         raise typer.Exit(1) from exc
+    serving = all(s.health is Health.SERVING for s in statuses)
+    seeded = None
+    seed_error = None
+    if serving and not deps_only:
+        try:
+            seeded = seed_demo(stack.service_address("identity"), stack.paths, say=_say)
+        except SeedError as exc:
+            seed_error = exc
     elapsed = time.monotonic() - started
     _show(stack, _table(statuses, f"medledger local stack (up in {elapsed:.1f}s)"))
-    if any(s.health is not Health.SERVING for s in statuses):
+    if seeded is not None:
+        console.print(seeded_table(seeded))
+    if seed_error is not None:
+        errors.print(
+            f"[red bold]medledger dev up: demo seeding failed:[/red bold] {seed_error}",
+            highlight=False,
+        )
+        errors.print("The stack runs; fix it and run `medledger demo seed` (or `dev up`) again.")
+    if not serving or seed_error is not None:
         raise typer.Exit(1)
 
 

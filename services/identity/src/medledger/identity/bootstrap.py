@@ -187,7 +187,7 @@ class Bootstrapper:
                 await asyncio.sleep(self._retry)
                 continue
             if created:
-                log.info("bootstrap created", extra={"created": created})
+                log.info("bootstrap created", extra={"steps": created})
             self.done.set()
             return
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from medledger.cli.keyfiles import KeyPair, ensure_key_pair
 from medledger.cli.stack.mongo import MongoServer
 from medledger.cli.stack.paths import StackPaths
 from medledger.cli.stack.probes import Health
@@ -22,7 +23,9 @@ from medledger.cli.stack.process import (
 )
 from medledger.cli.stack.server import Server
 from medledger.cli.stack.services import (
+    BOOTSTRAP_ADMIN_CLIENT,
     SERVICE_PORTS,
+    IdentityBootstrap,
     ServiceServer,
     StackEndpoints,
     StackKeys,
@@ -84,7 +87,7 @@ class DevStack:
             pid_file=paths.pid("triton"),
             model_control_mode="poll",
         )
-        self.services = self._services(vault_token="", keys=None)
+        self.services = self._services(vault_token="", keys=None, bootstrap=None)
 
     @property
     def dependencies(self) -> list[Server]:
@@ -93,13 +96,16 @@ class DevStack:
     def components(self, *, deps_only: bool = False) -> list[Server]:
         return [*self.dependencies, *([] if deps_only else self.services)]
 
-    def _services(self, vault_token: str, keys: StackKeys | None) -> list[ServiceServer]:
+    def _services(
+        self, vault_token: str, keys: StackKeys | None, bootstrap: IdentityBootstrap | None
+    ) -> list[ServiceServer]:
         endpoints = StackEndpoints(
             mongo_uri=self.mongo.uri,
             vault_addr=self.vault.addr,
             vault_token=vault_token,
             triton_url=self.triton.grpc_url,
             keys=keys,
+            identity_bootstrap=bootstrap,
         )
         return [
             ServiceServer(
@@ -122,6 +128,21 @@ class DevStack:
                 stopped.append(name)
             self.paths.pid(name).unlink(missing_ok=True)
         return stopped
+
+    def service_address(self, name: str) -> str:
+        """``host:port`` of stack service ``name``."""
+        return next(s.address for s in self.services if s.component == name)
+
+    def admin_key(self) -> KeyPair:
+        """The operators' admin client key pair, made on the first ``up`` and kept after:
+        identity registers its public half at its first start."""
+        client = BOOTSTRAP_ADMIN_CLIENT
+        try:
+            return ensure_key_pair(
+                client, self.paths.client_key(client), self.paths.client_jwks(client)
+            )
+        except (OSError, ValueError) as error:
+            raise StackError(f"the {client} key pair under {self.paths.keys}: {error}") from error
 
     def trust_keys(self) -> StackKeys | None:
         """The verifier keys of the ledger and the witnesses, when Vault serves and we hold
@@ -197,7 +218,11 @@ class DevStack:
             assert self.vault.services_token is not None
             # The trust between the services: the ledger's and the witnesses' public keys.
             keys = read_stack_keys(self.vault.addr, self.vault.services_token)
-            self.services = self._services(self.vault.services_token, keys)
+            admin = self.admin_key()
+            if admin.created:
+                say(f"generated the {admin.client_id} key pair: {admin.private_file}")
+            bootstrap = IdentityBootstrap(admin.client_id, admin.public_file)
+            self.services = self._services(self.vault.services_token, keys, bootstrap)
             for service in self.services:
                 if service.component in running:
                     service.adopt()

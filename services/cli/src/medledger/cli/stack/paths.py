@@ -46,3 +46,19 @@ class StackPaths:
 
     def pid(self, component: str) -> Path:
         return self.home / "run" / f"{component}.pid"
+
+    @property
+    def keys(self) -> Path:
+        """Local credentials of the stack's clients and users (owner only: 0700, files 0600)."""
+        return self.home / "keys"
+
+    def client_key(self, client_id: str) -> Path:
+        """A client's private JWK (what ``medledger token --key`` reads)."""
+        return self.keys / f"{client_id}.jwk"
+
+    def client_jwks(self, client_id: str) -> Path:
+        """The public JWKS identity registers for the client."""
+        return self.keys / f"{client_id}.jwks.json"
+
+    def password(self, username: str) -> Path:
+        return self.keys / f"{username}-password"

@@ -28,6 +28,7 @@ from medledger.cli.stack.process import ComponentStartError, StackError
 from medledger.cli.stack.server import Server
 from medledger.common.vault_layout import (
     LEDGER_CHECKPOINT_KEY,
+    SERVICE_CLIENT_KEYS,
     TRANSIT_MOUNT,
     WITNESS_A_KEY,
     WITNESS_B_KEY,
@@ -68,6 +69,10 @@ SERVICE_PORTS: Final[Mapping[str, int]] = MappingProxyType(
 LEDGER_ORIGIN: Final = "medledger.local/ledger"
 DATABASE: Final = "medledger"
 VAULT_TIMEOUT_S: Final = 10
+# The operators' admin client identity creates at its first start (its private key stays
+# under .medledger/keys/), and the services identity registers as clients with their Vault keys.
+BOOTSTRAP_ADMIN_CLIENT: Final = "ops-admin"
+IDENTITY_SERVICE_CLIENTS: Final = ",".join(SERVICE_CLIENT_KEYS)
 
 
 def service_module(name: str) -> str:
@@ -119,6 +124,14 @@ def read_stack_keys(vault_addr: str, token: str) -> StackKeys:
 
 
 @dataclass(frozen=True)
+class IdentityBootstrap:
+    """The admin client identity creates at its first start: its id and public JWKS file."""
+
+    client_id: str
+    jwks_file: Path
+
+
+@dataclass(frozen=True)
 class StackEndpoints:
     """Where the services find their dependencies and each other, and the keys they trust
     (``keys`` None: not known yet; a witness then reads them from Vault as it starts)."""
@@ -130,6 +143,7 @@ class StackEndpoints:
     service_ports: Mapping[str, int] = field(default_factory=lambda: dict(SERVICE_PORTS))
     host: str = "127.0.0.1"
     keys: StackKeys | None = None
+    identity_bootstrap: IdentityBootstrap | None = None
 
     def service_addr(self, name: str) -> str:
         return f"{self.host}:{self.service_ports[name]}"
@@ -166,6 +180,17 @@ def _witness_env(name: str, endpoints: StackEndpoints) -> dict[str, str]:
     return env
 
 
+def _identity_env(endpoints: StackEndpoints) -> dict[str, str]:
+    """Identity registers the calling services as clients; with a bootstrap, it also creates
+    the operators' admin client (never replacing one that exists)."""
+    env = {"IDENTITY_SERVICE_CLIENTS": IDENTITY_SERVICE_CLIENTS}
+    bootstrap = endpoints.identity_bootstrap
+    if bootstrap is not None:
+        env["IDENTITY_BOOTSTRAP_CLIENT_ID"] = bootstrap.client_id
+        env["IDENTITY_BOOTSTRAP_CLIENT_JWKS_FILE"] = str(bootstrap.jwks_file.resolve())
+    return env
+
+
 def service_env(
     name: str, endpoints: StackEndpoints, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -179,8 +204,14 @@ def service_env(
         env["OTEL_TRACES_EXPORTER"] = "none"
         env["OTEL_METRICS_EXPORTER"] = "none"
         env["OTEL_LOGS_EXPORTER"] = "none"
-    for inherited in ("WITNESS_NAME", "WITNESS_KEY", "WITNESS_LOG_VKEYS"):
-        env.pop(inherited, None)  # a witness's identity comes from the stack, never the shell
+    for inherited in (
+        "WITNESS_NAME",
+        "WITNESS_KEY",
+        "WITNESS_LOG_VKEYS",
+        "IDENTITY_BOOTSTRAP_CLIENT_ID",
+        "IDENTITY_BOOTSTRAP_CLIENT_JWKS_FILE",
+    ):
+        env.pop(inherited, None)  # who the services are comes from the stack, never the shell
     env.update(
         {
             "PYTHONUNBUFFERED": "1",
@@ -201,6 +232,8 @@ def service_env(
         env["TRITON_URL"] = endpoints.triton_url
     if name in WITNESSES:
         env.update(_witness_env(name, endpoints))
+    if name == "identity":
+        env.update(_identity_env(endpoints))
     return env
 
 
