@@ -924,13 +924,13 @@ class Consent(_message.Message):
     def grantee(self) -> Global___Grantee: ...
     @_builtins.property
     def resource_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """FHIR resource types covered (e.g. "Observation"); empty for all."""
+        """FHIR resource types covered (e.g. "Observation"). A consent names what it covers: at
+        least one resource type or one category, never "everything" by omission.
+        """
 
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Data categories covered, as FHIR category codes (e.g. "laboratory", "vital-signs");
-        empty for all.
-        """
+        """Data categories covered, as FHIR category codes (e.g. "laboratory", "vital-signs")."""
 
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[_purpose_pb2.PurposeOfUse.ValueType]:
