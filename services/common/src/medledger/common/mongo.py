@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from medledger.common.config import MongoSettings
+from medledger.common.errors import Unavailable
 
 
 def create_mongo_client(
@@ -35,3 +39,26 @@ class MongoProbe:
 
     async def check(self) -> None:
         await self._client.admin.command("ping")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def mongo_errors(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """For adapter methods: a driver failure becomes the retryable ``Unavailable("mongodb")``.
+    A duplicate key is not a failure of the server: it passes through for the adapter to
+    translate (AlreadyExists, a lost race)."""
+
+    @functools.wraps(method)
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except DuplicateKeyError:
+            raise
+        except PyMongoError as exc:
+            raise Unavailable("mongodb") from exc
+
+    return wrapped

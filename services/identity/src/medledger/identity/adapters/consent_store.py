@@ -17,17 +17,17 @@ one query each and no cache, so a revocation denies on the very next decision.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from bson.binary import Binary
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
-from medledger.common.errors import Aborted, Unavailable
+from medledger.common.errors import Aborted
+from medledger.common.mongo import mongo_errors
 from medledger.identity.domain.access import Action, BreakGlassRecord
 from medledger.identity.domain.consent import (
     Consent,
@@ -43,24 +43,6 @@ CONSENTS = "identity_consents"
 BREAK_GLASS = "identity_break_glass"
 # The decision reads none of these.
 _HEAVY_FIELDS = {"grant_receipt": 0, "revoke_receipt": 0, "salt": 0, "request_digest": 0}
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _mongo_errors(
-    method: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """A driver failure becomes the retryable Unavailable("mongodb")."""
-
-    @functools.wraps(method)
-    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except PyMongoError as exc:
-            raise Unavailable("mongodb") from exc
-
-    return wrapped
 
 
 def _aware(when: datetime | None) -> datetime | None:
@@ -202,7 +184,7 @@ class ConsentStore:
         self._consents = db[CONSENTS]
         self._break_glass = db[BREAK_GLASS]
 
-    @_mongo_errors
+    @mongo_errors
     async def ensure_indexes(self) -> None:
         """Creates the indexes (idempotent); run once at start-up."""
         await self._consents.create_index(
@@ -227,7 +209,7 @@ class ConsentStore:
 
     # --- grants -----------------------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def insert_pending(
         self, consent: Consent, *, salt: bytes, idempotency: str, request_digest: str
     ) -> StoredConsent | None:
@@ -253,12 +235,12 @@ class ConsentStore:
             return _stored(existing)
         return None
 
-    @_mongo_errors
+    @mongo_errors
     async def find_idempotent(self, idempotency: str) -> StoredConsent | None:
         doc = await self._consents.find_one({"idempotency": idempotency})
         return _stored(doc) if doc is not None else None
 
-    @_mongo_errors
+    @mongo_errors
     async def mark_granted(self, consent_id: str, receipt: bytes) -> bool:
         """Makes the consent count; False when it is gone (a failed attempt discarded it)."""
         result = await self._consents.update_one(
@@ -266,19 +248,19 @@ class ConsentStore:
         )
         return result.matched_count == 1
 
-    @_mongo_errors
+    @mongo_errors
     async def discard_pending(self, consent_id: str) -> None:
         await self._consents.delete_one({"_id": consent_id, "ledgered": False})
 
     # --- reads ------------------------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def get(self, consent_id: str) -> StoredConsent | None:
         """A consent that counts (its grant is ledgered); None otherwise."""
         doc = await self._consents.find_one({"_id": consent_id})
         return _stored(doc) if doc is not None and doc.get("ledgered") else None
 
-    @_mongo_errors
+    @mongo_errors
     async def consents_for(self, patient_id: str, grantee_keys: Sequence[str]) -> list[Consent]:
         # Only the index's own fields in the filter, so any server answers from the index
         # alone; the few documents of one patient and grantee are then checked here.
@@ -292,7 +274,7 @@ class ConsentStore:
             if doc.get("ledgered") and doc.get("revoke_time") is None
         ]
 
-    @_mongo_errors
+    @mongo_errors
     async def list_consents(
         self, query: ConsentQuery, *, after: str, limit: int, now: datetime
     ) -> tuple[list[Consent], str | None]:
@@ -316,7 +298,7 @@ class ConsentStore:
 
     # --- revocation -------------------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def revoke(self, consent_id: str, revoked_by: str, now: datetime) -> StoredConsent | None:
         """Revokes the consent at ``now`` unless it already is (then it is left as it was);
         None when there is no such consent."""
@@ -329,7 +311,7 @@ class ConsentStore:
             doc = await self._consents.find_one({"_id": consent_id, "ledgered": True})
         return _stored(doc) if doc is not None else None
 
-    @_mongo_errors
+    @mongo_errors
     async def set_revoke_receipt(self, consent_id: str, receipt: bytes) -> None:
         await self._consents.update_one(
             {"_id": consent_id}, {"$set": {"revoke_receipt": Binary(receipt)}}
@@ -337,15 +319,15 @@ class ConsentStore:
 
     # --- break-glass audit --------------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def open_break_glass(self, record: BreakGlassRecord) -> None:
         await self._break_glass.insert_one(_break_glass_document(record))
 
-    @_mongo_errors
+    @mongo_errors
     async def close_break_glass(self, record_id: str, leaf_index: int) -> None:
         await self._break_glass.update_one({"_id": record_id}, {"$set": {"leaf_index": leaf_index}})
 
-    @_mongo_errors
+    @mongo_errors
     async def list_break_glass(
         self, *, patient_id: str, organization: str, after: str, limit: int
     ) -> tuple[list[BreakGlassRecord], str | None]:

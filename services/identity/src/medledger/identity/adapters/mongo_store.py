@@ -19,37 +19,18 @@ separate migration step having run.
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
-from medledger.common.errors import AlreadyExists, Unavailable
+from medledger.common.errors import AlreadyExists
+from medledger.common.mongo import mongo_errors
 from medledger.identity.domain.ports import Client, Credentials, Organization, User
 
 Document = dict[str, Any]
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _mongo_errors(
-    method: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """A driver failure becomes the retryable Unavailable("mongodb")."""
-
-    @functools.wraps(method)
-    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except DuplicateKeyError:
-            raise
-        except PyMongoError as exc:
-            raise Unavailable("mongodb") from exc
-
-    return wrapped
 
 
 def _organization(doc: Document) -> Organization:
@@ -116,7 +97,7 @@ class IdentityStore:
 
     # -- organisations -------------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def insert_organization(self, organization: Organization) -> None:
         await self._ready()
         try:
@@ -132,19 +113,19 @@ class IdentityStore:
                 "the organization already exists", reason="ORGANIZATION_EXISTS"
             ) from None
 
-    @_mongo_errors
+    @mongo_errors
     async def organization(self, organization_id: str) -> Organization | None:
         doc = await self._organizations.find_one({"_id": organization_id})
         return _organization(doc) if doc else None
 
-    @_mongo_errors
+    @mongo_errors
     async def organizations(self, after: str, limit: int) -> Sequence[Organization]:
         cursor = self._organizations.find({"_id": {"$gt": after}}).sort("_id", 1).limit(limit)
         return [_organization(doc) async for doc in cursor]
 
     # -- clients -------------------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def insert_client(self, client: Client) -> None:
         await self._ready()
         try:
@@ -164,12 +145,12 @@ class IdentityStore:
         except DuplicateKeyError:
             raise AlreadyExists("the client already exists", reason="CLIENT_EXISTS") from None
 
-    @_mongo_errors
+    @mongo_errors
     async def client(self, client_id: str) -> Client | None:
         doc = await self._clients.find_one({"_id": client_id})
         return _client(doc) if doc else None
 
-    @_mongo_errors
+    @mongo_errors
     async def clients(self, organization: str, after: str, limit: int) -> Sequence[Client]:
         query: Document = {"_id": {"$gt": after}}
         if organization:
@@ -177,7 +158,7 @@ class IdentityStore:
         cursor = self._clients.find(query).sort("_id", 1).limit(limit)
         return [_client(doc) async for doc in cursor]
 
-    @_mongo_errors
+    @mongo_errors
     async def disable_client(self, client_id: str, when: datetime) -> Client | None:
         await self._clients.update_one(
             {"_id": client_id, "disabled": False},
@@ -187,7 +168,7 @@ class IdentityStore:
 
     # -- users ---------------------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def insert_user(self, user: User, password_hash: str, sealed_totp_secret: str) -> None:
         await self._ready()
         try:
@@ -209,7 +190,7 @@ class IdentityStore:
         except DuplicateKeyError:
             raise AlreadyExists("the username is taken", reason="USERNAME_TAKEN") from None
 
-    @_mongo_errors
+    @mongo_errors
     async def users(self, organization: str, after: str, limit: int) -> Sequence[User]:
         query: Document = {"username": {"$gt": after}}
         if organization:
@@ -217,7 +198,7 @@ class IdentityStore:
         cursor = self._users.find(query, _USER_FIELDS).sort("username", 1).limit(limit)
         return [_user(doc) async for doc in cursor]
 
-    @_mongo_errors
+    @mongo_errors
     async def credentials(self, username: str) -> Credentials | None:
         doc = await self._users.find_one({"username": username})
         if doc is None:
@@ -231,7 +212,7 @@ class IdentityStore:
             last_totp_step=int(doc.get("last_totp_step", 0)),
         )
 
-    @_mongo_errors
+    @mongo_errors
     async def login_failed(
         self, user_id: str, *, max_failures: int, locked_until: datetime
     ) -> None:
@@ -247,7 +228,7 @@ class IdentityStore:
                 {"$set": {"failed_logins": 0, "locked_until": locked_until}},
             )
 
-    @_mongo_errors
+    @mongo_errors
     async def login_succeeded(
         self, user_id: str, *, totp_step: int, password_hash: str | None
     ) -> bool:
@@ -261,7 +242,7 @@ class IdentityStore:
         result = await self._users.update_one(query, {"$set": update})
         return result.matched_count == 1
 
-    @_mongo_errors
+    @mongo_errors
     async def patient_organization(self, patient_id: str) -> str | None:
         """The organisation of the PATIENT user who is ``patient_id``, if there is one."""
         doc = await self._users.find_one(
@@ -269,7 +250,7 @@ class IdentityStore:
         )
         return str(doc["organization"]) if doc else None
 
-    @_mongo_errors
+    @mongo_errors
     async def patient_of_user(self, user_id: str) -> str | None:
         """The Patient id of a PATIENT user; None for anyone else."""
         doc = await self._users.find_one({"_id": user_id, "kind": "patient"}, {"patient_id": 1})
@@ -277,7 +258,7 @@ class IdentityStore:
 
     # -- client assertions ---------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def remember_assertion(self, client_id: str, jti: str, expires: datetime) -> bool:
         await self._ready()
         try:

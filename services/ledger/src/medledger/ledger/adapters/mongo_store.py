@@ -16,17 +16,16 @@ the tree size it started from, so a stale writer cannot write and no index is us
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from bson.binary import Binary
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
-from medledger.common.errors import Unavailable
+from medledger.common.mongo import mongo_errors
 from medledger.ledger.domain.ports import (
     Batch,
     Fenced,
@@ -39,25 +38,6 @@ from medledger.ledger.domain.ports import (
 Document = dict[str, Any]
 LEASE_ID = "sequencer"
 TREE_ID = "tree"
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _mongo_errors(
-    method: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """A driver failure becomes the domain's retryable Unavailable("mongodb")."""
-
-    @functools.wraps(method)
-    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except PyMongoError as exc:
-            raise Unavailable("mongodb") from exc
-
-    return wrapped
 
 
 def tile_key(tile: TileId) -> str:
@@ -85,33 +65,33 @@ class LedgerStore:
         self._idempotency = db["ledger_idempotency"]
         self._state = db["ledger_state"]
 
-    @_mongo_errors
+    @mongo_errors
     async def ensure_indexes(self) -> None:
         await self._entries.create_index([("leaf_hash", ASCENDING)])
 
     # -- reads -------------------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def tree_size(self) -> int:
         doc = await self._state.find_one({"_id": TREE_ID})
         return int(doc["size"]) if doc else 0
 
-    @_mongo_errors
+    @mongo_errors
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
         doc = await self._checkpoints.find_one(sort=[("_id", -1)])
         return _checkpoint(doc) if doc else None
 
-    @_mongo_errors
+    @mongo_errors
     async def checkpoint(self, size: int) -> StoredCheckpoint | None:
         doc = await self._checkpoints.find_one({"_id": size})
         return _checkpoint(doc) if doc else None
 
-    @_mongo_errors
+    @mongo_errors
     async def checkpoints(self, after: int, limit: int) -> list[StoredCheckpoint]:
         cursor = self._checkpoints.find({"_id": {"$gt": after}}).sort("_id", 1).limit(limit)
         return [_checkpoint(doc) async for doc in cursor]
 
-    @_mongo_errors
+    @mongo_errors
     async def read_tiles(self, tiles: Iterable[TileId]) -> dict[TileId, bytes]:
         """Every requested tile that exists, in ONE query."""
         keys = sorted({tile_key(t) for t in tiles})
@@ -120,23 +100,23 @@ class LedgerStore:
         cursor = self._tiles.find({"_id": {"$in": keys}})
         return {(int(d["level"]), int(d["index"])): bytes(d["hashes"]) async for d in cursor}
 
-    @_mongo_errors
+    @mongo_errors
     async def entry(self, index: int) -> bytes | None:
         doc = await self._entries.find_one({"_id": index}, {"data": 1})
         return bytes(doc["data"]) if doc else None
 
-    @_mongo_errors
+    @mongo_errors
     async def entries(self, start: int, limit: int) -> list[tuple[int, bytes]]:
         cursor = self._entries.find({"_id": {"$gte": start}}, {"data": 1}).sort("_id", 1)
         return [(int(d["_id"]), bytes(d["data"])) async for d in cursor.limit(limit)]
 
-    @_mongo_errors
+    @mongo_errors
     async def index_of_leaf(self, leaf_hash: bytes) -> int | None:
         cursor = self._entries.find({"leaf_hash": Binary(leaf_hash)}, {"_id": 1})
         docs = await cursor.sort("_id", 1).limit(1).to_list()
         return int(docs[0]["_id"]) if docs else None
 
-    @_mongo_errors
+    @mongo_errors
     async def idempotent_indices(self, keys: Iterable[str]) -> dict[str, int]:
         wanted = sorted({k for k in keys if k})
         if not wanted:
@@ -146,7 +126,7 @@ class LedgerStore:
 
     # -- the durable step --------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def commit(self, batch: Batch, *, token: int) -> None:
         """Writes ``batch`` atomically, or nothing. Raises Fenced or SizeConflict."""
 
@@ -217,13 +197,13 @@ class LedgerStore:
             # An index, checkpoint or key that already exists: someone else wrote first.
             raise SizeConflict from exc
 
-    @_mongo_errors
+    @mongo_errors
     async def store_cosigned(self, size: int, note: bytes) -> None:
         await self._checkpoints.update_one({"_id": size}, {"$set": {"cosigned": Binary(note)}})
 
     # -- the writer lease --------------------------------------------------------------
 
-    @_mongo_errors
+    @mongo_errors
     async def acquire_lease(self, owner: str, address: str, ttl: timedelta) -> Lease | None:
         """Takes or renews the writer lease. A takeover increments the fencing token."""
         now = datetime.now(UTC)
@@ -250,14 +230,14 @@ class LedgerStore:
             return None
         return Lease(owner, int(renewed["token"]), renewed["expires"], str(renewed["address"]))
 
-    @_mongo_errors
+    @mongo_errors
     async def current_lease(self) -> Lease | None:
         doc = await self._state.find_one({"_id": LEASE_ID})
         if doc is None:
             return None
         return Lease(str(doc["owner"]), int(doc["token"]), doc["expires"], str(doc["address"]))
 
-    @_mongo_errors
+    @mongo_errors
     async def release_lease(self, owner: str) -> None:
         await self._state.update_one(
             {"_id": LEASE_ID, "owner": owner},
