@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from medledger.tlog.checkpoint import Checkpoint
@@ -56,41 +56,12 @@ def cosignature_timestamp(signature: bytes) -> int:
     return int(timestamp)
 
 
-class CosignatureVerifier:
-    """Verifies one witness's v1 cosignatures."""
+class CosignatureVerifier(Ed25519Verifier):
+    """Verifies one witness's v1 cosignatures (type 0x04: timestamped Ed25519)."""
 
-    __slots__ = ("_key", "_key_id", "_name", "_public_key")
-
-    def __init__(self, name: str, public_key: bytes) -> None:
-        if len(public_key) != _ED25519_KEY_SIZE:
-            raise ValueError(f"Ed25519 public key is {len(public_key)} bytes, not 32")
-        self._name = name
-        self._key_id = key_id(name, SIG_COSIGNATURE_V1, public_key)
-        self._public_key = public_key
-        self._key = Ed25519PublicKey.from_public_bytes(public_key)
-
-    @classmethod
-    def from_vkey(cls, vkey: "str | VerifierKey") -> "CosignatureVerifier":
-        """The verifier for a cosignature (type 0x04) verifier key."""
-        parsed = VerifierKey.parse(vkey) if isinstance(vkey, str) else vkey
-        if parsed.signature_type != SIG_COSIGNATURE_V1:
-            raise ValueError(
-                f"key {parsed.name} has signature type {parsed.signature_type:#04x}, "
-                "not cosignature/v1 (0x04)"
-            )
-        return cls(parsed.name, parsed.public_key)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
-
-    @property
-    def public_key(self) -> bytes:
-        return self._public_key
+    __slots__ = ()
+    SIGNATURE_TYPE = SIG_COSIGNATURE_V1
+    TYPE_NAME = "cosignature/v1"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         if len(signature) != COSIGNATURE_SIZE:

@@ -21,7 +21,7 @@ import binascii
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -161,26 +161,29 @@ def _raw_public_key(public_key: Ed25519PublicKey) -> bytes:
 
 
 class Ed25519Verifier:
-    """Verifies type 0x01 Ed25519 note signatures for one named key."""
+    """Verifies type 0x01 Ed25519 note signatures for one named key. Subclasses for other
+    Ed25519-based signature types set ``SIGNATURE_TYPE`` and override ``verify``."""
 
     __slots__ = ("_key", "_key_id", "_name", "_public_key")
+    SIGNATURE_TYPE = SIG_ED25519
+    TYPE_NAME = "Ed25519"
 
     def __init__(self, name: str, public_key: bytes) -> None:
         if len(public_key) != _ED25519_KEY_SIZE:
             raise ValueError(f"Ed25519 public key is {len(public_key)} bytes, not 32")
         self._name = name
-        self._key_id = key_id(name, SIG_ED25519, public_key)
+        self._key_id = key_id(name, self.SIGNATURE_TYPE, public_key)
         self._public_key = public_key
         self._key = Ed25519PublicKey.from_public_bytes(public_key)
 
     @classmethod
-    def from_vkey(cls, vkey: "str | VerifierKey") -> "Ed25519Verifier":
-        """The verifier for an Ed25519 (type 0x01) verifier key."""
+    def from_vkey(cls, vkey: "str | VerifierKey") -> "Self":
+        """The verifier for a verifier key of this class's signature type."""
         parsed = VerifierKey.parse(vkey) if isinstance(vkey, str) else vkey
-        if parsed.signature_type != SIG_ED25519:
+        if parsed.signature_type != cls.SIGNATURE_TYPE:
             raise ValueError(
                 f"key {parsed.name} has signature type {parsed.signature_type:#04x}, "
-                "not Ed25519 (0x01)"
+                f"not {cls.TYPE_NAME} ({cls.SIGNATURE_TYPE:#04x})"
             )
         return cls(parsed.name, parsed.public_key)
 
