@@ -48,6 +48,7 @@ k8s: bootstrap
 
 bench: bootstrap
 	$(UV) run --frozen python -m bench.ledger
+	$(UV) run --frozen python -m bench.identity
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

@@ -29,6 +29,7 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 from joserfc.jwt import JWTClaimsRegistry
 
+from bench.identity import checkaccess
 from medledger.common.auth import JwksTokenVerifier
 from medledger.common.interceptors import AuthInterceptor, current_principal
 
@@ -173,7 +174,14 @@ async def bench_verify(calls: int) -> None:
     )
 
 
-SECTIONS: dict[str, Callable[[int], Awaitable[None]]] = {"verify": bench_verify}
+async def bench_check_access(_calls: int) -> None:
+    await checkaccess.main(consents=10_000, patients=1_000, decisions=2_000)
+
+
+SECTIONS: dict[str, Callable[[int], Awaitable[None]]] = {
+    "verify": bench_verify,
+    "checkaccess": bench_check_access,
+}
 
 
 async def run(calls: int, sections: list[str]) -> None:
