@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 from bson.binary import Binary
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient, MongoClient, monitoring
@@ -40,6 +39,7 @@ from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY
 from medledger.ledger.adapters.mongo_store import LedgerStore
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.domain.log import LogReader
+from medledger.testkit.platform import authed_channel, start_platform
 from medledger.tlog.checkpoint import Checkpoint
 from medledger.tlog.compact import CompactRange
 from medledger.tlog.hashing import leaf_hash
@@ -90,14 +90,25 @@ async def closed_loop(
 
 
 class BenchLedger(ServiceServer):
+    """The ledger as it runs in production: its own process, checking every token."""
+
+    identity = ""
+
     def __init__(self, endpoints: StackEndpoints, log_file: Path, database: str) -> None:
         super().__init__("ledger", endpoints=endpoints, log_file=log_file)
         self.database = database
 
     def env(self) -> dict[str, str]:
         env = service_env("ledger", self.endpoints)
-        env |= {"MEDLEDGER_MONGODB_DATABASE": self.database, "LEDGER_ORIGIN": ORIGIN}
+        env |= {
+            "MEDLEDGER_MONGODB_DATABASE": self.database,
+            "LEDGER_ORIGIN": ORIGIN,
+            "MEDLEDGER_IDENTITY_ADDR": self.identity,
+        }
         return env
+
+
+TOKEN = [""]  # ledger.append + ledger.read, from the run's identity service
 
 
 async def raw_inserts(uri: str, seconds: float) -> dict[str, float]:
@@ -130,7 +141,7 @@ async def raw_inserts(uri: str, seconds: float) -> dict[str, float]:
 
 async def appends(address: str, seconds: float) -> dict[int, tuple[float, float, float]]:
     results = {}
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with authed_channel(address, TOKEN[0]) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         template = ledger_pb2.LedgerEntry()
         for clients in (1, 8, 32):
@@ -219,7 +230,7 @@ async def proofs(
     rng = random.Random(1)
     indices = [rng.randrange(leaves) for _ in range(count)]
     latencies = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with authed_channel(address, TOKEN[0]) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         for index in indices:
             started = time.perf_counter()
@@ -268,10 +279,16 @@ async def main(leaves: int, seconds: float, sections: str) -> None:
     print(f"# ledger benchmark — cores: {os.cpu_count()}, state: {workdir}")
     ports = dict(zip(SERVICE_PORTS, free_ports(len(SERVICE_PORTS)), strict=True))
     endpoints = StackEndpoints(mongo.uri, vault.addr, vault.services_token, "", ports)
+    platform, stop_platform = await start_platform(
+        mongo.uri, VaultSettings(addr=vault.addr, token=vault.services_token)
+    )
+    BenchLedger.identity = platform.identity_address
+    TOKEN[0] = await platform.token("ledger.append ledger.read")
     if "appends" in sections:
         await bench_appends(mongo.uri, endpoints, workdir, seconds)
     if "proofs" in sections:
         await bench_proofs(mongo.uri, vault, endpoints, workdir, leaves)
+    await stop_platform()
     mongo.stop()
     vault.stop()
 

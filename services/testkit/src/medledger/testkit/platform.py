@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,17 +97,17 @@ def _mongo(uri: str, database: str) -> MongoSettings:
     return MongoSettings(**{"MONGODB_URI": uri, "MEDLEDGER_MONGODB_DATABASE": database})
 
 
-@pytest.fixture(scope="session")
-async def auth_platform(mongo_server: Any, vault_server: Any) -> AsyncIterator[Platform]:
-    """Identity (with its ledger) serving on free ports; services under test point
-    ``MEDLEDGER_IDENTITY_ADDR`` at ``platform.identity_address``."""
-    vault = VaultSettings(addr=vault_server.addr, token=vault_server.services_token)
+async def start_platform(
+    mongo_uri: str, vault: VaultSettings
+) -> tuple[Platform, Callable[[], Awaitable[None]]]:
+    """Identity and the ledger it records in, on free ports; returns the platform and a
+    function that stops it. Used by the ``auth_platform`` fixture and the benchmarks."""
     database = f"platform{uuid.uuid4().hex[:8]}"
     ledger = ServiceServer(
         build_ledger(
             LedgerSettings(grpc_port=0),
             LedgerConfig(origin="platform.test/ledger", lease_ttl_seconds=2),
-            _mongo(mongo_server.uri, database),
+            _mongo(mongo_uri, database),
             vault,
         )
     )
@@ -117,7 +117,7 @@ async def auth_platform(mongo_server: Any, vault_server: Any) -> AsyncIterator[P
     runtime = build_identity(
         IdentitySettings(grpc_port=0),
         config,
-        _mongo(mongo_server.uri, database),
+        _mongo(mongo_uri, database),
         vault,
         PeerSettings(ledger_addr=f"127.0.0.1:{ledger.port}"),
         BootstrapPlan(
@@ -132,16 +132,30 @@ async def auth_platform(mongo_server: Any, vault_server: Any) -> AsyncIterator[P
     assert runtime.bootstrapper is not None
     await asyncio.wait_for(runtime.bootstrapper.done.wait(), 60)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{identity.port}")
-    yield Platform(
+    platform = Platform(
         identity_address=f"127.0.0.1:{identity.port}",
         ledger_address=f"127.0.0.1:{ledger.port}",
         stub=identity_pb2_grpc.IdentityServiceStub(channel),
         config=config,
         admin_key=admin_key,
     )
-    await channel.close(None)
-    await identity.stop(0)
-    await ledger.stop(0)
+
+    async def stop() -> None:
+        await channel.close(None)
+        await identity.stop(0)
+        await ledger.stop(0)
+
+    return platform, stop
+
+
+@pytest.fixture(scope="session")
+async def auth_platform(mongo_server: Any, vault_server: Any) -> AsyncIterator[Platform]:
+    """Identity (with its ledger) serving on free ports; services under test point
+    ``MEDLEDGER_IDENTITY_ADDR`` at ``platform.identity_address``."""
+    vault = VaultSettings(addr=vault_server.addr, token=vault_server.services_token)
+    platform, stop = await start_platform(mongo_server.uri, vault)
+    yield platform
+    await stop()
 
 
 class _Bearer(
