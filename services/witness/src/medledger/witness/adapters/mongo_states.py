@@ -7,40 +7,19 @@ exactly one wins.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from bson.binary import Binary
 from bson.int64 import Int64
 from pymongo import AsyncMongoClient
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
-from medledger.common.errors import Unavailable
+from medledger.common.mongo import mongo_errors
 from medledger.witness.domain.ports import LogState
 
 Document = dict[str, Any]
 COLLECTION = "witness_logs"
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _mongo_errors(
-    method: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """A driver failure becomes the retryable Unavailable("mongodb")."""
-
-    @functools.wraps(method)
-    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except DuplicateKeyError:
-            raise
-        except PyMongoError as exc:
-            raise Unavailable("mongodb") from exc
-
-    return wrapped
 
 
 def _state(doc: Document) -> LogState:
@@ -51,17 +30,17 @@ class MongoLogStates:
     def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
         self._logs = client[database][COLLECTION]
 
-    @_mongo_errors
+    @mongo_errors
     async def get(self, origin: str) -> LogState | None:
         doc = await self._logs.find_one({"_id": origin})
         return _state(doc) if doc else None
 
-    @_mongo_errors
+    @mongo_errors
     async def get_many(self, origins: Sequence[str]) -> list[LogState]:
         cursor = self._logs.find({"_id": {"$in": list(origins)}}).sort("_id", 1)
         return [_state(doc) async for doc in cursor]
 
-    @_mongo_errors
+    @mongo_errors
     async def advance(self, previous: LogState | None, new: LogState) -> bool:
         fields = {"size": Int64(new.size), "root": Binary(new.root_hash)}
         if previous is None:
