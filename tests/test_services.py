@@ -22,9 +22,9 @@ from medledger.api.inference.v1 import inference_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.api.record.v1 import record_pb2
 from medledger.api.witness.v1 import witness_pb2
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.process import free_port, free_ports
-from medledger.cli.stack.services import SERVICE_PORTS, ServiceServer, StackEndpoints
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.process import free_port, free_ports
+from medledger.devstack.services import SERVICE_PORTS, ServiceServer, StackEndpoints
 
 MONGO_SERVICES = ("identity", "record", "ledger", "witness-a")
 DESCRIPTORS = {

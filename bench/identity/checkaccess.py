@@ -27,12 +27,12 @@ from pymongo import AsyncMongoClient
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.process import free_port
 from medledger.common.config import ServiceSettings, VaultSettings
 from medledger.common.ledger_client import LedgerClient
 from medledger.common.subject import SubjectHasher
 from medledger.common.vault import VaultTransit
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.process import free_port
 from medledger.identity.adapters.consent_store import CONSENTS, ConsentStore, consent_document
 from medledger.identity.consent_rpc import ConsentRpcs
 from medledger.identity.domain.consent import (

@@ -29,13 +29,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient, MongoClient, monitoring
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.process import free_port, free_ports
-from medledger.cli.stack.services import SERVICE_PORTS, ServiceServer, StackEndpoints, service_env
-from medledger.cli.stack.vault import DevVault
 from medledger.common.config import VaultSettings
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.process import free_port, free_ports
+from medledger.devstack.services import SERVICE_PORTS, ServiceServer, StackEndpoints, service_env
+from medledger.devstack.vault import DevVault
 from medledger.ledger.adapters.mongo_store import LedgerStore
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.domain.log import LogReader

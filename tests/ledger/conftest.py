@@ -19,10 +19,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.vault import DevVault
 from medledger.common.config import MongoSettings, VaultSettings
 from medledger.common.server import ServiceServer
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.vault import DevVault
 from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from medledger.cli.stack.mongo import MongoServer
+from medledger.devstack.mongo import MongoServer
 from medledger.tlog import Cosigner, Ed25519Signer
 
 ENTRIES = 300

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.cli.main import app
-from medledger.cli.receipts import read_receipt, write_receipt
 from medledger.tlog import Checkpoint, Cosigner, Ed25519Signer, parse_note
+from medledger.verify.receipts import read_receipt, write_receipt
 
 runner = CliRunner()
 INDEX = 23

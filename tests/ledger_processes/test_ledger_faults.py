@@ -19,14 +19,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import MongoClient
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.cli.stack.process import free_port, free_ports
-from medledger.cli.stack.services import (
+from medledger.devstack.process import free_port, free_ports
+from medledger.devstack.services import (
     SERVICE_PORTS,
     ServiceServer,
     StackEndpoints,
     service_env,
 )
-from medledger.cli.stack.vault import PersistentVault
+from medledger.devstack.vault import PersistentVault
 from medledger.testkit.platform import Platform, authed_channel
 from medledger.tlog.cosignature import verify_checkpoint
 from medledger.tlog.hashing import leaf_hash

@@ -22,13 +22,13 @@ import pytest
 
 from medledger.api.identity.v1 import identity_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.cli.keyfiles import KeyPair, ensure_key_pair
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.paths import StackPaths
-from medledger.cli.stack.services import BOOTSTRAP_ADMIN_CLIENT
-from medledger.cli.stack.vault import DevVault
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
+from medledger.common.keyfiles import KeyPair, ensure_key_pair
 from medledger.common.server import ServiceServer
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.paths import StackPaths
+from medledger.devstack.services import BOOTSTRAP_ADMIN_CLIENT
+from medledger.devstack.vault import DevVault
 from medledger.identity.__main__ import IdentityRuntime, build_runtime
 from medledger.identity.bootstrap import plan_from_config
 from medledger.identity.config import IdentityConfig, IdentitySettings

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.cli.receipts import read_receipt
 from medledger.tlog.hashing import leaf_hash
+from medledger.verify.receipts import read_receipt
 
 PATIENT = "patient-a-1"
 

@@ -13,8 +13,8 @@ from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.cli.calls import bearer
 from medledger.cli.demo import ORGANIZATIONS, PARTNER_CLIENTS, PARTNER_SCOPES
-from medledger.cli.keyfiles import new_client_key, write_private
 from medledger.cli.token import request_token
+from medledger.common.keyfiles import new_client_key, write_private
 
 
 def _mode(path: Path) -> int:

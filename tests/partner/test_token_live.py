@@ -11,9 +11,9 @@ from joserfc.jwk import ECKey, RSAKey
 from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.cli.calls import bearer
-from medledger.cli.keyfiles import ensure_key_pair, public_jwks, write_private
 from medledger.cli.token import request_token
 from medledger.common.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, JwksTokenVerifier
+from medledger.common.keyfiles import ensure_key_pair, public_jwks, write_private
 
 METHOD = "/medledger.api.identity.v1.IdentityService/ListClients"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from pymongo import MongoClient
 
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.probes import Health
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.probes import Health
 
 
 def test_data_survives_restart(mongo_server: MongoServer) -> None:

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from medledger.cli.stack.devstack import DevStack
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.paths import StackPaths
-from medledger.cli.stack.process import (
+from medledger.devstack.devstack import DevStack
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.paths import StackPaths
+from medledger.devstack.process import (
     ComponentStartError,
     PortBusyError,
     StackError,
     free_port,
     free_ports,
 )
-from medledger.cli.stack.triton import TritonServer
-from medledger.cli.stack.vault import PersistentVault
+from medledger.devstack.triton import TritonServer
+from medledger.devstack.vault import PersistentVault
 
 
 def _mongo(tmp_path: Path, port: int) -> MongoServer:

@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
-from medledger.cli.stack.probes import Health
-from medledger.cli.stack.triton import TritonServer
+from medledger.devstack.probes import Health
+from medledger.devstack.triton import TritonServer
 
 pytestmark = pytest.mark.triton
 

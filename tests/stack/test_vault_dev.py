@@ -8,13 +8,13 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from medledger.cli.stack.vault import DevVault, provision
 from medledger.common.vault_layout import (
     LEDGER_CHECKPOINT_KEY,
     RECORD_PATIENT_KEK,
     SERVICES_POLICY,
     TRANSIT_KEYS,
 )
+from medledger.devstack.vault import DevVault, provision
 
 
 def test_fixture_is_provisioned(vault_server: DevVault) -> None:

@@ -11,9 +11,9 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from medledger.cli.stack.process import free_port
-from medledger.cli.stack.vault import PersistentVault
 from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY, TRANSIT_KEYS
+from medledger.devstack.process import free_port
+from medledger.devstack.vault import PersistentVault
 
 MESSAGE = base64.b64encode(b"medledger.local/ledger\n42\nroot-hash\n").decode()
 

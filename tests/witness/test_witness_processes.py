@@ -14,9 +14,12 @@ import grpc
 import pytest
 
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.process import free_ports
-from medledger.cli.stack.services import (
+from medledger.common.config import VaultSettings
+from medledger.common.vault import VaultTransit
+from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.process import free_ports
+from medledger.devstack.services import (
     LEDGER_ORIGIN,
     SERVICE_PORTS,
     WITNESSES,
@@ -24,9 +27,6 @@ from medledger.cli.stack.services import (
     StackEndpoints,
     service_env,
 )
-from medledger.common.config import VaultSettings
-from medledger.common.vault import VaultTransit
-from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY
 from medledger.testkit.platform import Platform, authed_channel
 from medledger.tlog import (
     Checkpoint,

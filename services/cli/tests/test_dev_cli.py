@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medledger.cli.main import app
-from medledger.cli.stack.process import ManagedProcess, PidRecord
+from medledger.devstack.process import ManagedProcess, PidRecord
 
 runner = CliRunner()
 

@@ -14,16 +14,16 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from typer.testing import CliRunner
 
-from medledger.cli.keyfiles import (
+from medledger.cli.main import app
+from medledger.cli.token import client_assertion, unverified_claims
+from medledger.common.keyfiles import (
     KeyFileError,
     load_private_key,
     new_client_key,
     signing_algorithm,
     write_private,
 )
-from medledger.cli.main import app
-from medledger.cli.stack.process import free_port
-from medledger.cli.token import client_assertion, unverified_claims
+from medledger.devstack.process import free_port
 
 runner = CliRunner(env={"COLUMNS": "200"})
 # Client assertions are EdDSA by default (what partners register); joserfc warns that

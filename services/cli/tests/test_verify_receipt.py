@@ -15,15 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import json_format
 from typer.testing import CliRunner
 
+from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.cli.main import app
-from medledger.cli.receipts import (
-    ReceiptFormatError,
-    parse_receipt,
-    read_receipt,
-    receipt_json,
-    write_receipt,
-)
 from medledger.tlog import (
     Checkpoint,
     Cosigner,
@@ -33,6 +27,13 @@ from medledger.tlog import (
     leaf_hash,
 )
 from medledger.tlog.reference import inclusion_proof, root_hash
+from medledger.verify.receipts import (
+    ReceiptFormatError,
+    parse_receipt,
+    read_receipt,
+    receipt_json,
+    write_receipt,
+)
 
 ORIGIN = "test.example/ledger"
 TIME = 1_750_000_000
@@ -236,6 +237,24 @@ def test_grpcurl_append_response_is_read(log: Log, tmp_path: Path) -> None:
     assert code == 0, output
 
 
+def test_any_response_carrying_one_receipt_is_read(log: Log, tmp_path: Path) -> None:
+    granted = identity_pb2.GrantConsentResponse(receipt=log.receipt(2))
+    granted.consent.consent_id = "consent-1"
+    path = tmp_path / "grant.json"
+    path.write_text(json_format.MessageToJson(granted))
+    code, output = verify(path, "--vkey", log.log_key)
+    assert code == 0, output
+
+
+def test_a_response_with_several_receipts_names_them(log: Log, tmp_path: Path) -> None:
+    document = {
+        "first": {"receipt": json_format.MessageToDict(log.receipt(1))},
+        "second": {"receipt": json_format.MessageToDict(log.receipt(2))},
+    }
+    with pytest.raises(ReceiptFormatError, match=r"first\.receipt, second\.receipt"):
+        parse_receipt(json.dumps(document).encode())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -271,7 +290,14 @@ def test_receipt_file_format(log: Log, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"[]", b'{"leafIndex": "x"}', b'{"unknown": 1}', b"\x00\x01binary", b"not json"],
+    [
+        b"[]",
+        b'{"leafIndex": "x"}',
+        b'{"unknown": 1}',
+        b'{"receipt": {"unknown": 1}}',
+        b"\x00\x01binary",
+        b"not json",
+    ],
 )
 def test_malformed_receipts_are_refused(data: bytes) -> None:
     with pytest.raises(ReceiptFormatError):

@@ -10,8 +10,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
-from medledger.cli.stack.process import free_port
 from medledger.common.health import LIVENESS
+from medledger.devstack.process import free_port
 from medledger.testkit.inprocess import channel, eventually, ledger_servicer, running
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -11,7 +11,6 @@ import pytest
 from opentelemetry import trace
 
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.cli.stack.process import free_port
 from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
 from medledger.common.errors import Unavailable
 from medledger.common.ledger_client import LedgerClient, LedgerEvent
@@ -19,6 +18,7 @@ from medledger.common.server import ServiceServer
 from medledger.common.subject import SubjectHasher
 from medledger.common.telemetry import setup_telemetry
 from medledger.common.vault import VaultTransit
+from medledger.devstack.process import free_port
 from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
 

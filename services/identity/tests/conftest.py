@@ -19,14 +19,13 @@ from typing import Any
 import grpc
 import hvac.exceptions
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
+from medledger.common.errors import from_rpc_error
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import SERVICES_POLICY, TRANSIT_MOUNT
@@ -126,25 +125,11 @@ class Identity:
 
     @staticmethod
     def reason(error: grpc.aio.AioRpcError) -> str:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-        assert status is not None
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Is(info.DESCRIPTOR):
-                detail.Unpack(info)
-                return str(info.reason)
-        return ""
+        return from_rpc_error(error).reason
 
     @staticmethod
     def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-        assert status is not None
-        for detail in status.details:
-            bad = error_details_pb2.BadRequest()
-            if detail.Is(bad.DESCRIPTOR):
-                detail.Unpack(bad)
-                return [v.field for v in bad.field_violations]
-        return []
+        return [v.field for v in from_rpc_error(error).violations]
 
     @staticmethod
     async def ledger_entries(

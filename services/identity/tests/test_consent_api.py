@@ -18,14 +18,11 @@ import grpc
 import pytest
 from fhir.resources.R4B.consent import Consent as FhirConsent
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from pymongo import AsyncMongoClient
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.cli.stack.process import free_port
 from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
 from medledger.common.errors import (
     FailedPrecondition,
@@ -33,6 +30,7 @@ from medledger.common.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
+    from_rpc_error,
 )
 from medledger.common.interceptors import Principal, current_principal
 from medledger.common.ledger_client import LedgerClient
@@ -40,6 +38,7 @@ from medledger.common.server import ServiceServer
 from medledger.common.service import Servicer
 from medledger.common.subject import SubjectHasher
 from medledger.common.vault import VaultTransit
+from medledger.devstack.process import free_port
 from medledger.identity.adapters.consent_store import CONSENTS, ConsentStore
 from medledger.identity.consent_rpc import CHECK_ACCESS_SCOPE, ConsentRpcs
 from medledger.ledger.__main__ import build_runtime
@@ -741,14 +740,7 @@ class DelegatingServicer(identity_pb2_grpc.IdentityServiceServicer):
 
 
 def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Is(bad.DESCRIPTOR):
-            detail.Unpack(bad)
-            return [v.field for v in bad.field_violations]
-    return []
+    return [v.field for v in from_rpc_error(error).violations]
 
 
 async def test_bad_inputs_name_the_field(harness: Harness) -> None:

@@ -17,7 +17,7 @@ from joserfc.jwk import OctKey
 
 from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.cli.stack.process import free_port
+from medledger.devstack.process import free_port
 from medledger.common.auth import JwksTokenVerifier, identity_jwks_fetcher
 from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
 from medledger.common.interceptors import Principal

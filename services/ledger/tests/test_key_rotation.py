@@ -14,8 +14,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.cli.stack.process import free_port
-from medledger.cli.stack.vault import DevVault
+from medledger.devstack.process import free_port
+from medledger.devstack.vault import DevVault
 from medledger.common.config import MongoSettings, VaultSettings
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit

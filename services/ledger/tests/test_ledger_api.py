@@ -11,11 +11,10 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.config import MongoSettings, VaultSettings
+from medledger.common.errors import from_rpc_error
 from medledger.common.server import ServiceServer
 from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
@@ -96,14 +95,7 @@ def check_receipt(receipt: ledger_pb2.Receipt, vkey: str, data: bytes | None = N
 
 
 def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Is(bad.DESCRIPTOR):
-            detail.Unpack(bad)
-            return [v.field for v in bad.field_violations]
-    return []
+    return [v.field for v in from_rpc_error(error).violations]
 
 
 async def test_concurrent_appends_get_distinct_verifiable_receipts(ledger: Any) -> None:

@@ -12,15 +12,14 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
-from medledger.cli.stack.process import free_port
-from medledger.cli.stack.vault import DevVault
 from medledger.common.config import MongoSettings, VaultSettings
+from medledger.common.errors import MedledgerError, from_rpc_error
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
+from medledger.devstack.process import free_port
+from medledger.devstack.vault import DevVault
 from medledger.tlog import (
     SIG_COSIGNATURE_V1,
     Checkpoint,
@@ -143,20 +142,10 @@ def witness(
     return make_witness(test_log.vkey)
 
 
-def error_details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[str]]:
-    """The ErrorInfo of a failed call and the fields its BadRequest names."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no google.rpc.Status in the trailers"
-    info = error_details_pb2.ErrorInfo()
-    fields: list[str] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields.extend(v.field for v in bad.field_violations)
-    return info, fields
+def error_details(error: grpc.aio.AioRpcError) -> tuple[MedledgerError, list[str]]:
+    """The decoded error of a failed call and the fields its BadRequest names."""
+    decoded = from_rpc_error(error)
+    return decoded, [v.field for v in decoded.violations]
 
 
 async def add(

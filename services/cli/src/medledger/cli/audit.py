@@ -14,12 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.cli.ledger_api import LedgerApi, LedgerCallFailed, LedgerProtocolError, open_channel
-from medledger.cli.ledger_audit import AuditFailed, AuditReport, LedgerAuditor
-from medledger.cli.receipts import write_receipt
-from medledger.cli.trust import TrustPolicy
+from medledger.cli.calls import call_failed, open_channel
 from medledger.cli.verify import OriginOption, QuorumOption, VkeyOption, WitnessOption, trust_policy
 from medledger.tlog.hashing import leaf_hash
+from medledger.verify.audit import AuditFailed, AuditReport, LedgerAuditor
+from medledger.verify.ledger_client import LedgerApi, LedgerCallFailed, LedgerProtocolError
+from medledger.verify.receipts import write_receipt
+from medledger.verify.trust import TrustPolicy
 
 app = typer.Typer(help="Audit the ledger through its API, or fetch a receipt from it.")
 console = Console()
@@ -63,7 +64,11 @@ def _run(
         return asyncio.run(main())
     except ValidationError as error:
         raise typer.BadParameter(f"invalid MEDLEDGER_TLS_* settings: {error}") from None
-    except (LedgerCallFailed, LedgerProtocolError) as error:
+    except LedgerCallFailed as failed:
+        refusal = call_failed(failed.call, address, failed.error)
+        errors.print(f"[red bold]✗[/red bold] {refusal}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except LedgerProtocolError as error:
         errors.print(
             f"[red bold]✗ ledger at {address}:[/red bold] {error}", highlight=False, soft_wrap=True
         )

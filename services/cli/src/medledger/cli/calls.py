@@ -7,11 +7,10 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
+from medledger.common.errors import from_rpc_error
 
 T = TypeVar("T")
 
@@ -51,31 +50,12 @@ class CallFailed(Exception):
         return text
 
 
-def _details(error: grpc.aio.AioRpcError) -> tuple[str, tuple[str, ...]]:
-    """The ErrorInfo reason and the BadRequest field violations of a rich error."""
-    try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except ValueError:  # a status whose details disagree with its code: keep the code
-        status = None
-    if status is None:
-        return "", ()
-    reason = ""
-    bad: list[str] = []
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        request = error_details_pb2.BadRequest()
-        if detail.Is(info.DESCRIPTOR):
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(request.DESCRIPTOR):
-            detail.Unpack(request)
-            bad.extend(f"{v.field}: {v.description}" for v in request.field_violations)
-    return reason, tuple(bad)
-
-
-def call_failed(call: str, address: str, error: grpc.aio.AioRpcError) -> CallFailed:
-    reason, bad = _details(error)
-    return CallFailed(call, address, error.code(), error.details() or "no details", reason, bad)
+def call_failed(call: str, address: str, error: grpc.RpcError) -> CallFailed:
+    """The CLI's one error type for a failed call, from the server's rich status."""
+    decoded = from_rpc_error(error)
+    bad = tuple(f"{v.field}: {v.description}" for v in decoded.violations)
+    message = decoded.message or "no details"
+    return CallFailed(call, address, decoded.code, message, decoded.reason, bad)
 
 
 async def checked(call: str, address: str, pending: Awaitable[T]) -> T:

@@ -26,8 +26,8 @@ from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.cli.calls import CallFailed, Metadata, bearer, checked, open_channel
-from medledger.cli.receipts import write_receipt
 from medledger.cli.token import DEFAULT_IDENTITY, IdentityOption, TimeoutOption, unverified_claims
+from medledger.verify.receipts import write_receipt
 
 app = typer.Typer(
     help="Grant, revoke, list and read patients' consents; ask identity for an access decision.",

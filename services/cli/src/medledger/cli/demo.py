@@ -26,11 +26,11 @@ from rich.table import Table
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.cli.calls import UNREACHABLE, CallFailed, Metadata, bearer, checked, open_channel
-from medledger.cli.keyfiles import KeyFileError, KeyPair, ensure_key_pair, ensure_secret
-from medledger.cli.stack.paths import StackPaths
-from medledger.cli.stack.services import BOOTSTRAP_ADMIN_CLIENT
 from medledger.cli.token import DEFAULT_IDENTITY, IdentityOption, request_token
+from medledger.common.keyfiles import KeyFileError, KeyPair, ensure_key_pair, ensure_secret
 from medledger.common.scopes import ADMIN
+from medledger.devstack.paths import StackPaths
+from medledger.devstack.services import BOOTSTRAP_ADMIN_CLIENT
 
 T = TypeVar("T")
 

@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from medledger.cli.demo import SeedError, seed_demo, seeded_table
-from medledger.cli.stack.devstack import ComponentStatus, DevStack
-from medledger.cli.stack.paths import StackPaths
-from medledger.cli.stack.probes import Health
-from medledger.cli.stack.process import StackError
-from medledger.cli.stack.services import StackKeys
+from medledger.devstack.devstack import ComponentStatus, DevStack
+from medledger.devstack.paths import StackPaths
+from medledger.devstack.probes import Health
+from medledger.devstack.process import StackError
+from medledger.devstack.services import StackKeys
 
 app = typer.Typer(help="Run the local stack (Mongo, Vault, Triton and the services).")
 console = Console()

@@ -28,8 +28,8 @@ from rich.console import Console
 
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.cli.calls import CallFailed, checked, open_channel
-from medledger.cli.keyfiles import ClientKey, KeyFileError, load_private_key, signing_algorithm
 from medledger.common.auth import DEFAULT_AUDIENCE
+from medledger.common.keyfiles import ClientKey, KeyFileError, load_private_key, signing_algorithm
 from medledger.common.service_tokens import ASSERTION_TYPE, DEFAULT_TOKEN_ENDPOINT
 
 DEFAULT_IDENTITY: Final = "127.0.0.1:50051"

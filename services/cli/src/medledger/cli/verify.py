@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.cli.receipt_verifier import ReceiptInvalid, VerifiedReceipt, verify_receipt
-from medledger.cli.receipts import ReceiptFormatError, read_receipt
-from medledger.cli.trust import TrustPolicy
+from medledger.verify.receipt import ReceiptInvalid, VerifiedReceipt, verify_receipt
+from medledger.verify.receipts import ReceiptFormatError, read_receipt
+from medledger.verify.trust import TrustPolicy
 
 app = typer.Typer(help="Verify ledger receipts offline, with public keys only (no network).")
 console = Console()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 ERROR_DOMAIN = "medledger.dev"
 
@@ -44,6 +45,9 @@ class MedledgerError(Exception):
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
+        # Set on errors decoded from a server's answer (:func:`from_rpc_error`).
+        self.violations: list[FieldViolation] = []
+        self.retry_delay_seconds: float | None = None
 
 
 class InvalidArgument(MedledgerError):
@@ -60,6 +64,10 @@ class InvalidArgument(MedledgerError):
         fields = ", ".join(v.field for v in violations)
         super().__init__(message or f"invalid request: {fields}", reason=reason)
         self.violations = list(violations)
+
+    @property
+    def field_names(self) -> list[str]:
+        return [v.field for v in self.violations]
 
 
 class Unauthenticated(MedledgerError):
@@ -164,3 +172,81 @@ def to_rpc_status(error: MedledgerError, *, service: str) -> status_pb2.Status:
 def internal_status(*, service: str) -> status_pb2.Status:
     """What a client sees for a bug: no stack trace, no message from the failing code."""
     return to_rpc_status(MedledgerError("internal error", reason="INTERNAL"), service=service)
+
+
+_ERROR_CLASSES: dict[grpc.StatusCode, type[MedledgerError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        Unauthenticated,
+        PermissionDenied,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Aborted,
+        ResourceExhausted,
+        Unavailable,
+        Unimplemented,
+        DataLoss,
+        DeadlineExceeded,
+    )
+}
+
+
+class RemoteError(MedledgerError):
+    """A status with no class of its own here (CANCELLED, OUT_OF_RANGE, INTERNAL, ...)."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason or code.name, metadata=metadata)
+        self.code = code
+
+
+def from_rpc_error(error: grpc.RpcError) -> MedledgerError:
+    """The error a server answered, rebuilt from its ``google.rpc.Status``.
+
+    The inverse of :func:`to_rpc_status`: the class follows the status code (so callers
+    can ``except NotFound``), ``reason`` and ``metadata`` come from the ErrorInfo,
+    ``violations`` from the BadRequest and ``retry_delay_seconds`` from the RetryInfo.
+    Servers that send no rich details (or details that disagree with the code) still
+    give the code and the message.
+    """
+    code_of = getattr(error, "code", None)
+    code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
+    details_of = getattr(error, "details", None)
+    message = (details_of() if callable(details_of) else "") or ""
+    reason = ""
+    metadata: dict[str, str] = {}
+    violations: list[FieldViolation] = []
+    retry: float | None = None
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except (ValueError, AttributeError, TypeError):  # details that disagree with the code
+        status = None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        retry_info = error_details_pb2.RetryInfo()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            reason = info.reason
+            metadata = dict(info.metadata)
+        elif detail.Is(bad.DESCRIPTOR) and detail.Unpack(bad):
+            violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+        elif detail.Is(retry_info.DESCRIPTOR) and detail.Unpack(retry_info):
+            retry = retry_info.retry_delay.ToNanoseconds() / 1e9
+    cls = _ERROR_CLASSES.get(code)
+    decoded: MedledgerError
+    if cls is None:
+        decoded = RemoteError(code, message, reason=reason or None, metadata=metadata)
+    else:
+        decoded = cls.__new__(cls)
+        MedledgerError.__init__(decoded, message, reason=reason or None, metadata=metadata)
+    decoded.violations = violations
+    decoded.retry_delay_seconds = retry
+    return decoded

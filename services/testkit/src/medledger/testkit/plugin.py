@@ -1,6 +1,6 @@
 """pytest fixtures that run the real servers (Mongo-compatible, OpenBao, Triton).
 
-They use the same launchers as ``medledger dev up`` (``medledger.cli.stack``), on free ports
+They use the same launchers as ``medledger dev up`` (``medledger.devstack``), on free ports
 in a temporary folder. Each starts only when a test asks for it and stops at the end of the
 session; the servers also die with the pytest process if it is killed.
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.process import free_port, free_ports
-from medledger.cli.stack.services import SERVICE_PORTS, StackEndpoints, service_env
-from medledger.cli.stack.triton import TritonServer
-from medledger.cli.stack.vault import DevVault, VaultServer
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.process import free_port, free_ports
+from medledger.devstack.services import SERVICE_PORTS, StackEndpoints, service_env
+from medledger.devstack.triton import TritonServer
+from medledger.devstack.vault import DevVault, VaultServer
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,11 @@ import logging
 from dataclasses import dataclass
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
+from medledger.common.errors import from_rpc_error
 from medledger.common.ledger_client import TokenSource
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.domain.ports import LedgerStorage, StoredCheckpoint
@@ -42,16 +41,9 @@ class _Witness:
 
 def _witness_size(error: grpc.aio.AioRpcError) -> int | None:
     """The witness's own size, from the ErrorInfo of an OLD_SIZE_MISMATCH refusal."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status else ():
-        info = error_details_pb2.ErrorInfo()
-        if (
-            detail.Is(info.DESCRIPTOR)
-            and detail.Unpack(info)
-            and info.reason == "OLD_SIZE_MISMATCH"
-            and "witness_size" in info.metadata
-        ):
-            return int(info.metadata["witness_size"])
+    refusal = from_rpc_error(error)
+    if refusal.reason == "OLD_SIZE_MISMATCH" and "witness_size" in refusal.metadata:
+        return int(refusal.metadata["witness_size"])
     return None
 
 

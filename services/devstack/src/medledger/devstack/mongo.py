@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medledger.cli.stack.probes import Health, mongo_health
-from medledger.cli.stack.process import find_executable
-from medledger.cli.stack.server import Server
+from medledger.devstack.probes import Health, mongo_health
+from medledger.devstack.process import find_executable
+from medledger.devstack.server import Server
 
 
 class MongoServer(Server):

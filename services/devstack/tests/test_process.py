@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medledger.cli.stack.process import (
+from medledger.devstack.process import (
     ComponentStartError,
     ManagedProcess,
     PidRecord,

@@ -23,9 +23,6 @@ import hvac
 import hvac.exceptions
 import requests
 
-from medledger.cli.stack.probes import Health, grpc_health
-from medledger.cli.stack.process import ComponentStartError, StackError
-from medledger.cli.stack.server import Server
 from medledger.common.vault_layout import (
     LEDGER_CHECKPOINT_KEY,
     SERVICE_CLIENT_KEYS,
@@ -33,6 +30,9 @@ from medledger.common.vault_layout import (
     WITNESS_A_KEY,
     WITNESS_B_KEY,
 )
+from medledger.devstack.probes import Health, grpc_health
+from medledger.devstack.process import ComponentStartError, StackError
+from medledger.devstack.server import Server
 from medledger.tlog import SIG_COSIGNATURE_V1, SIG_ED25519, VerifierKey
 
 

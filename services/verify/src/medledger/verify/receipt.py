@@ -12,10 +12,10 @@ import hmac
 from dataclasses import dataclass
 
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.cli.trust import TrustPolicy, VerifiedCheckpoint
 from medledger.tlog.errors import TlogError
 from medledger.tlog.hashing import HASH_SIZE, leaf_hash
 from medledger.tlog.verify import verify_inclusion
+from medledger.verify.trust import TrustPolicy, VerifiedCheckpoint
 
 
 class ReceiptInvalid(Exception):

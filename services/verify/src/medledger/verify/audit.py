@@ -25,14 +25,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.cli.ledger_api import LedgerApi
-from medledger.cli.proof_diagnosis import ProofDifference, first_difference
-from medledger.cli.trust import TrustPolicy, VerifiedCheckpoint
 from medledger.tlog.compact import CompactRange
 from medledger.tlog.errors import ProofError, TlogError
 from medledger.tlog.hashing import leaf_hash
 from medledger.tlog.proof_builder import consistency_nodes, inclusion_nodes
 from medledger.tlog.verify import verify_consistency, verify_inclusion
+from medledger.verify.ledger_client import LedgerApi
+from medledger.verify.proof_diagnosis import ProofDifference, first_difference
+from medledger.verify.trust import TrustPolicy, VerifiedCheckpoint
 
 PROOF_CONCURRENCY = 16
 """Inclusion proofs requested at once while walking a page."""

@@ -1,4 +1,7 @@
-"""The ledger's read API as the CLI uses it: paged walks, proofs, and one error type.
+"""A client of the ledger's read API for verifiers: paged walks, proofs, and one error type.
+
+It checks what the ledger's API promises (pages in order, proofs for the leaf and size asked
+for) and raises errors that carry the evidence. The caller opens the channel (TLS, tokens).
 
 Pages are yielded one at a time, so walking a log of any size holds one page in memory.
 """
@@ -11,8 +14,6 @@ from typing import TypeVar
 import grpc
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.common.channels import create_channel
-from medledger.common.config import ServiceSettings
 
 T = TypeVar("T")
 
@@ -21,12 +22,17 @@ MAX_PAGE_SIZE = 1000
 
 
 class LedgerCallFailed(Exception):
-    """An RPC to the ledger failed; the message names the call and the gRPC status."""
+    """An RPC to the ledger failed; the message names the call and the gRPC status.
 
-    def __init__(self, call: str, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{call} failed: {code.name}: {details or 'no details'}")
+    ``error`` is the gRPC error itself, so a caller can decode its rich status details.
+    """
+
+    def __init__(self, call: str, error: grpc.aio.AioRpcError) -> None:
+        details = error.details() or "no details"
+        super().__init__(f"{call} failed: {error.code().name}: {details}")
         self.call = call
-        self.code = code
+        self.code = error.code()
+        self.error = error
 
 
 class LedgerProtocolError(Exception):
@@ -50,11 +56,6 @@ _SERVER_FAULTS = frozenset(
 )
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    """A channel to the ledger at ``host:port`` (TLS from the ``MEDLEDGER_TLS_*`` variables)."""
-    return create_channel(address, ServiceSettings())
-
-
 class LedgerApi:
     def __init__(
         self,
@@ -75,7 +76,7 @@ class LedgerApi:
         try:
             return await pending
         except grpc.aio.AioRpcError as error:
-            raise LedgerCallFailed(call, error.code(), error.details() or "") from None
+            raise LedgerCallFailed(call, error) from None
 
     async def checkpoint(self) -> bytes:
         """The latest checkpoint note, as the ledger publishes it."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medledger.cli.stack.triton_runtime import (
+from medledger.devstack.triton_runtime import (
     REQUIREMENTS_FILE,
     TritonRuntime,
     default_venv_dir,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from medledger.cli.stack.paths import cache_dir
-from medledger.cli.stack.process import ComponentStartError, StackError
+from medledger.devstack.paths import cache_dir
+from medledger.devstack.process import ComponentStartError, StackError
 
 REQUIREMENTS_FILE = Path(__file__).with_name("triton-requirements.txt")
 VENV_ENV_VAR = "MEDLEDGER_TRITON_VENV"

@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 
-from medledger.cli.stack.process import StackError
-from medledger.cli.stack.services import (
+from medledger.common.config import VaultSettings
+from medledger.common.vault import VaultTransit
+from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY, WITNESS_A_KEY, WITNESS_B_KEY
+from medledger.devstack.process import StackError
+from medledger.devstack.services import (
     LEDGER_ORIGIN,
     WITNESSES,
     ServiceServer,
@@ -20,9 +23,6 @@ from medledger.cli.stack.services import (
     service_env,
     service_module,
 )
-from medledger.common.config import VaultSettings
-from medledger.common.vault import VaultTransit
-from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY, WITNESS_A_KEY, WITNESS_B_KEY
 from medledger.tlog import (
     SIG_COSIGNATURE_V1,
     SIG_ED25519,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from medledger.cli.keyfiles import ensure_key_pair, ensure_secret, load_private_key
-from medledger.cli.stack.devstack import DevStack
-from medledger.cli.stack.paths import StackPaths
-from medledger.cli.stack.services import (
+from medledger.common.keyfiles import ensure_key_pair, ensure_secret, load_private_key
+from medledger.devstack.devstack import DevStack
+from medledger.devstack.paths import StackPaths
+from medledger.devstack.services import (
     SERVICE_PORTS,
     IdentityBootstrap,
     StackEndpoints,

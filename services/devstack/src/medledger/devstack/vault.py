@@ -17,9 +17,6 @@ from typing import Any, cast
 import hvac
 import hvac.exceptions
 
-from medledger.cli.stack.probes import Health, http_health, http_status
-from medledger.cli.stack.process import StackError, find_executable
-from medledger.cli.stack.server import Server
 from medledger.common.vault_layout import (
     KV_MOUNT,
     SERVICES_POLICY,
@@ -28,6 +25,9 @@ from medledger.common.vault_layout import (
     TRANSIT_MOUNT,
     services_policy_hcl,
 )
+from medledger.devstack.probes import Health, http_health, http_status
+from medledger.devstack.process import StackError, find_executable
+from medledger.devstack.server import Server
 
 CLIENT_TIMEOUT_S = 10
 

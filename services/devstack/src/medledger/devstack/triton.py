@@ -7,9 +7,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from medledger.cli.stack.probes import Health, http_health
-from medledger.cli.stack.server import Server
-from medledger.cli.stack.triton_runtime import TritonRuntime, ensure_triton_runtime
+from medledger.devstack.probes import Health, http_health
+from medledger.devstack.server import Server
+from medledger.devstack.triton_runtime import TritonRuntime, ensure_triton_runtime
 
 
 class TritonServer(Server):

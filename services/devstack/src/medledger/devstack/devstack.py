@@ -10,19 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from medledger.cli.keyfiles import KeyPair, ensure_key_pair
-from medledger.cli.stack.mongo import MongoServer
-from medledger.cli.stack.paths import StackPaths
-from medledger.cli.stack.probes import Health
-from medledger.cli.stack.process import (
+from medledger.common.keyfiles import KeyPair, ensure_key_pair
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.paths import StackPaths
+from medledger.devstack.probes import Health
+from medledger.devstack.process import (
     ManagedProcess,
     PidRecord,
     PortBusyError,
     StackError,
     is_port_free,
 )
-from medledger.cli.stack.server import Server
-from medledger.cli.stack.services import (
+from medledger.devstack.server import Server
+from medledger.devstack.services import (
     BOOTSTRAP_ADMIN_CLIENT,
     SERVICE_PORTS,
     IdentityBootstrap,
@@ -32,8 +32,8 @@ from medledger.cli.stack.services import (
     read_stack_keys,
     service_available,
 )
-from medledger.cli.stack.triton import TritonServer
-from medledger.cli.stack.vault import PersistentVault
+from medledger.devstack.triton import TritonServer
+from medledger.devstack.vault import PersistentVault
 
 MONGO_PORT: Final = 27018
 VAULT_PORT: Final = 8201

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.cli.proof_diagnosis import ProofDifference, first_difference, subtree_hashes
-from medledger.cli.receipts import parse_receipt, receipt_json
 from medledger.tlog import NodeId, leaf_hash
 from medledger.tlog.proof_builder import consistency_nodes, inclusion_nodes
 from medledger.tlog.reference import consistency_proof, inclusion_proof, root_hash
+from medledger.verify.proof_diagnosis import ProofDifference, first_difference, subtree_hashes
+from medledger.verify.receipts import parse_receipt, receipt_json
 
 ENTRIES = [b"entry %d" % index for index in range(700)]
 LEAVES = [leaf_hash(entry) for entry in ENTRIES]

@@ -3,8 +3,9 @@
 A receipt file is the ``ledger.v1.Receipt`` message as protobuf JSON
 (``json_format.MessageToJson``), or with ``binary`` its protobuf wire bytes. Services, tests and
 partners write receipts with :func:`write_receipt` so every verifier reads the same thing.
-Reading also accepts an ``AppendResponse`` in JSON (``{"receipt": {...}}``), which is what a
-gRPC client such as grpcurl prints for ``Append``.
+Reading also accepts, in JSON, any service response that carries one receipt (an
+``AppendResponse``, a ``GrantConsentResponse``, a record write...) as a gRPC client such as
+grpcurl or buf curl prints it: the receipt is the one object under a ``receipt`` key.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -43,6 +46,38 @@ def write_receipt(path: Path | str, receipt: ledger_pb2.Receipt, *, binary: bool
         raise
 
 
+_RECEIPT_FIELDS = frozenset({"leafIndex", "leafHash", "checkpoint", "inclusionProof", "entry"})
+
+
+def _receipts_inside(document: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(path, object)`` for each object under a key named ``receipt`` or ``...Receipt``."""
+    if isinstance(document, dict):
+        for key, value in document.items():
+            where = f"{path}.{key}" if path else str(key)
+            if str(key).lower().endswith("receipt") and isinstance(value, dict):
+                yield where, value
+            else:
+                yield from _receipts_inside(value, where)
+    elif isinstance(document, list):
+        for number, item in enumerate(document):
+            yield from _receipts_inside(item, f"{path}[{number}]")
+
+
+def _the_receipt(document: dict[str, Any]) -> dict[str, Any]:
+    """The receipt object itself, or the one receipt a service response carries."""
+    if document and set(document) <= _RECEIPT_FIELDS | {"leaf_index", "leaf_hash"}:
+        return document
+    found = list(_receipts_inside(document))
+    if len(found) == 1:
+        return found[0][1]
+    if not found:
+        raise ReceiptFormatError(
+            "not a protobuf JSON Receipt, and no object under a 'receipt' key in it"
+        )
+    paths = ", ".join(where for where, _ in found)
+    raise ReceiptFormatError(f"more than one receipt in this response ({paths}): save one")
+
+
 def parse_receipt(data: bytes, *, binary: bool = False) -> ledger_pb2.Receipt:
     """The receipt in ``data``; raises ``ReceiptFormatError`` saying why it is not one."""
     receipt = ledger_pb2.Receipt()
@@ -57,10 +92,9 @@ def parse_receipt(data: bytes, *, binary: bool = False) -> ledger_pb2.Receipt:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         hint = " (is it a binary receipt? use --binary)" if b"\x00" in data[:64] else ""
         raise ReceiptFormatError(f"not JSON{hint}: {error}") from None
-    if isinstance(document, dict) and set(document) == {"receipt"}:
-        document = document["receipt"]  # an AppendResponse, as grpcurl prints it
     if not isinstance(document, dict):
         raise ReceiptFormatError("not a protobuf JSON Receipt: the JSON is not an object")
+    document = _the_receipt(document)
     try:
         json_format.ParseDict(document, receipt)
     except json_format.ParseError as error:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from medledger.cli.stack.services import SERVICE_PORTS, StackEndpoints, service_env
 from medledger.common.vault_layout import TRANSIT_KEYS, services_policy_hcl
+from medledger.devstack.services import SERVICE_PORTS, StackEndpoints, service_env
 
 ENDPOINTS = StackEndpoints(
     mongo_uri="mongodb://127.0.0.1:27018/?directConnection=true",

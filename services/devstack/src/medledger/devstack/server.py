@@ -6,8 +6,8 @@ import abc
 from collections.abc import Sequence
 from pathlib import Path
 
-from medledger.cli.stack.probes import Health
-from medledger.cli.stack.process import ManagedProcess, ensure_ports_free
+from medledger.devstack.probes import Health
+from medledger.devstack.process import ManagedProcess, ensure_ports_free
 
 
 class Server(abc.ABC):
