@@ -55,7 +55,10 @@ class LiveLedger:
 
     async def append(self, count: int, *, rounds: int = 1) -> list[ledger_pb2.Receipt]:
         """Appends ``count`` entries in ``rounds`` concurrent waves (each wave is at least
-        one batch, so at least one checkpoint)."""
+        one batch, so at least one checkpoint).
+
+        The receipts come in request order; within a wave that is not leaf order, so use each
+        receipt's own ``leaf_index``."""
         per_round = -(-count // rounds)
         first = len(self.receipts)
         for start in range(first, first + count, per_round):

@@ -37,7 +37,10 @@ async def saved(serve_ledger: Any, run_cli: Any, tmp_path_factory: pytest.TempPa
     folder = tmp_path_factory.mktemp("partner")
     async with serve_ledger() as ledger:
         receipts = await ledger.append(40, rounds=4)
-        write_receipt(folder / "receipt.json", receipts[INDEX])
+        # Appends of one wave are concurrent: the leaf order is not the request order, so
+        # the receipt is found by its own leaf index.
+        (receipt,) = [r for r in receipts if r.leaf_index == INDEX]
+        write_receipt(folder / "receipt.json", receipt)
         (folder / "entry.bin").write_bytes(await ledger.entry_bytes(INDEX))
         (folder / "other.bin").write_bytes(await ledger.entry_bytes(INDEX + 1))
         vkeys = await ledger.vkeys()
