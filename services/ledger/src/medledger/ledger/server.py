@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import grpc
@@ -13,9 +11,10 @@ from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import FieldViolation, InvalidArgument, Unavailable
+from medledger.common.paging import Listing, page_size
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.domain.entries import validate_entry, validate_idempotency_key
-from medledger.ledger.domain.log import LogReader, page_size
+from medledger.ledger.domain.log import LogReader
 from medledger.ledger.domain.sequencer import NotLeader, Receipt, Sequencer
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -31,24 +30,14 @@ def _receipt(receipt: Receipt) -> ledger_pb2.Receipt:
     )
 
 
-def _page_token(next_index: int | None) -> str:
-    if next_index is None:
-        return ""
-    return base64.urlsafe_b64encode(f"v1:{next_index}".encode()).decode()
+# Page tokens carry the next leaf index or the last tree size listed; neither listing has
+# filters besides the start, which a token replaces.
+ENTRIES = Listing("ledger.ListEntries")
+CHECKPOINTS = Listing("ledger.ListCheckpoints")
 
 
-def _from_page_token(token: str, default: int) -> int:
-    if not token:
-        return default
-    try:
-        prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix != "v1":
-            raise ValueError(prefix)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(
-            [FieldViolation("page_token", "is not a token this service issued")]
-        ) from None
+def _next_page_token(listing: Listing, position: int | None) -> str:
+    return listing.token(None if position is None else str(position))
 
 
 def _decoded(data: bytes) -> ledger_pb2.LedgerEntry | None:
@@ -124,13 +113,15 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def ListCheckpoints(
         self, request: ledger_pb2.ListCheckpointsRequest, context: Context
     ) -> ledger_pb2.ListCheckpointsResponse:
-        after = _from_page_token(request.page_token, request.after_size)
-        found, following = await self._reader.checkpoints(after, page_size(request.page_size))
+        after = CHECKPOINTS.int_cursor(request.page_token)
+        found, following = await self._reader.checkpoints(
+            request.after_size if after is None else after, page_size(request.page_size)
+        )
         return ledger_pb2.ListCheckpointsResponse(
             checkpoints=[
                 ledger_pb2.IssuedCheckpoint(tree_size=c.size, checkpoint=c.published) for c in found
             ],
-            next_page_token=_page_token(following),
+            next_page_token=_next_page_token(CHECKPOINTS, following),
         )
 
     async def GetEntry(
@@ -142,14 +133,16 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def ListEntries(
         self, request: ledger_pb2.ListEntriesRequest, context: Context
     ) -> ledger_pb2.ListEntriesResponse:
-        start = _from_page_token(request.page_token, request.start_index)
-        found, following = await self._reader.entries(start, page_size(request.page_size))
+        start = ENTRIES.int_cursor(request.page_token)
+        found, following = await self._reader.entries(
+            request.start_index if start is None else start, page_size(request.page_size)
+        )
         return ledger_pb2.ListEntriesResponse(
             entries=[
                 ledger_pb2.IndexedEntry(leaf_index=i, entry_bytes=data, entry=_decoded(data))
                 for i, data in found
             ],
-            next_page_token=_page_token(following),
+            next_page_token=_next_page_token(ENTRIES, following),
         )
 
     async def GetInclusionProof(

@@ -8,16 +8,6 @@ from medledger.common.errors import FieldViolation, InvalidArgument, NotFound
 from medledger.ledger.domain.ports import LedgerStorage, StoredCheckpoint
 from medledger.ledger.domain.proofs import ProofReader
 
-MAX_PAGE_SIZE = 1000
-DEFAULT_PAGE_SIZE = 100
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument([FieldViolation("page_size", "must not be negative")])
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
 LATEST_TTL_SECONDS = 0.25
 
 
