@@ -62,6 +62,32 @@ CONSENT_STATUS_REVOKED: ConsentStatus.ValueType  # 2
 CONSENT_STATUS_EXPIRED: ConsentStatus.ValueType  # 3
 Global___ConsentStatus: _TypeAlias = ConsentStatus  # noqa: Y015
 
+class _GrantorRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GrantorRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GrantorRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GRANTOR_ROLE_UNSPECIFIED: _GrantorRole.ValueType  # 0
+    GRANTOR_ROLE_PATIENT: _GrantorRole.ValueType  # 1
+    """The patient, through their own account."""
+    GRANTOR_ROLE_RECORD_HOLDER: _GrantorRole.ValueType  # 2
+    """A principal of the organization holding the patient's record, entering a consent form
+    that the patient (or, with proxy_relationship, their proxy) signed.
+    """
+
+class GrantorRole(_GrantorRole, metaclass=_GrantorRoleEnumTypeWrapper):
+    """GrantorRole is the capacity in which a consent's granted_by granted it."""
+
+GRANTOR_ROLE_UNSPECIFIED: GrantorRole.ValueType  # 0
+GRANTOR_ROLE_PATIENT: GrantorRole.ValueType  # 1
+"""The patient, through their own account."""
+GRANTOR_ROLE_RECORD_HOLDER: GrantorRole.ValueType  # 2
+"""A principal of the organization holding the patient's record, entering a consent form
+that the patient (or, with proxy_relationship, their proxy) signed.
+"""
+Global___GrantorRole: _TypeAlias = GrantorRole  # noqa: Y015
+
 class _Action:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -680,7 +706,9 @@ class ClientCredentialsGrant(_message.Message):
     scope: _builtins.str
     """Space-separated scopes requested; must be a subset of the client's allowed scopes."""
     audience: _builtins.str
-    """Audience of the token to issue."""
+    """Audience of the token to issue: empty for the audience the medledger services accept,
+    or that audience; any other is refused (INVALID_ARGUMENT, AUDIENCE_UNKNOWN).
+    """
     def __init__(
         self,
         *,
@@ -909,17 +937,22 @@ class Consent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     FHIR_JSON_FIELD_NUMBER: _builtins.int
+    GRANTOR_ROLE_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
     patient_id: _builtins.str
     granted_by: _builtins.str
-    """Principal id that granted it: the patient's user, or a proxy."""
+    """Principal id that granted it, always the authenticated caller of GrantConsent: the
+    patient's user, or the record holder that entered a signed form (see grantor_role).
+    """
     proxy_relationship: _builtins.str
-    """When granted by a proxy, the HL7 v3 RoleCode of the proxy's relation (e.g. "GUARD",
-    "PRN"); empty when the patient granted it.
+    """When the form was signed by a proxy, the HL7 v3 RoleCode of the proxy's relation (e.g.
+    "GUARD", "PRN"); empty when the patient consented.
     """
     status: Global___ConsentStatus.ValueType
     fhir_json: _builtins.str
     """The consent as a FHIR R4 Consent resource (JSON)."""
+    grantor_role: Global___GrantorRole.ValueType
+    """In which capacity granted_by granted it."""
     @_builtins.property
     def grantee(self) -> Global___Grantee: ...
     @_builtins.property
@@ -965,10 +998,11 @@ class Consent(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
         fhir_json: _builtins.str = ...,
+        grantor_role: Global___GrantorRole.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "grantee", b"grantee", "period_end", b"period_end", "period_start", b"period_start", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "consent_id", b"consent_id", "create_time", b"create_time", "fhir_json", b"fhir_json", "granted_by", b"granted_by", "grantee", b"grantee", "patient_id", b"patient_id", "period_end", b"period_end", "period_start", b"period_start", "proxy_relationship", b"proxy_relationship", "purposes", b"purposes", "resource_types", b"resource_types", "revoke_time", b"revoke_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "consent_id", b"consent_id", "create_time", b"create_time", "fhir_json", b"fhir_json", "granted_by", b"granted_by", "grantee", b"grantee", "grantor_role", b"grantor_role", "patient_id", b"patient_id", "period_end", b"period_end", "period_start", b"period_start", "proxy_relationship", b"proxy_relationship", "purposes", b"purposes", "resource_types", b"resource_types", "revoke_time", b"revoke_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -990,8 +1024,15 @@ class GrantConsentRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
     granted_by: _builtins.str
-    """Principal granting: the patient's user id, or a proxy's (then set proxy_relationship)."""
+    """The grantor is the caller: the patient (grantor role PATIENT) or a principal of the
+    organization holding the patient's record entering a form the patient or their proxy
+    signed (grantor role RECORD_HOLDER). Empty, or the caller's own principal id; any other
+    id is refused (PERMISSION_DENIED, GRANTOR_MISMATCH).
+    """
     proxy_relationship: _builtins.str
+    """For a form signed by a proxy, the HL7 v3 RoleCode of the proxy's relation (e.g. "GUARD");
+    record holders only.
+    """
     idempotency_key: _builtins.str
     """A retry with the same key returns the first result."""
     @_builtins.property

@@ -216,7 +216,8 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GrantConsent(self, request, context):
-        """GrantConsent records a patient's consent to share data with a grantee; ledgered.
+        """GrantConsent records a patient's consent to share data with a grantee; ledgered. The
+        grantee organization, client or user must exist (NOT_FOUND otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -66,7 +66,9 @@ class IdentityServiceStub:
     in the JWKS until the tokens it signed have expired.
     """
     GrantConsent: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GrantConsentRequest, _identity_pb2.GrantConsentResponse]
-    """GrantConsent records a patient's consent to share data with a grantee; ledgered."""
+    """GrantConsent records a patient's consent to share data with a grantee; ledgered. The
+    grantee organization, client or user must exist (NOT_FOUND otherwise).
+    """
     RevokeConsent: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeConsentRequest, _identity_pb2.RevokeConsentResponse]
     """RevokeConsent ends a consent; ledgered."""
     GetConsent: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetConsentRequest, _identity_pb2.GetConsentResponse]
@@ -116,7 +118,9 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     in the JWKS until the tokens it signed have expired.
     """
     GrantConsent: _aio.UnaryUnaryMultiCallable[_identity_pb2.GrantConsentRequest, _identity_pb2.GrantConsentResponse]  # type: ignore[assignment]
-    """GrantConsent records a patient's consent to share data with a grantee; ledgered."""
+    """GrantConsent records a patient's consent to share data with a grantee; ledgered. The
+    grantee organization, client or user must exist (NOT_FOUND otherwise).
+    """
     RevokeConsent: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeConsentRequest, _identity_pb2.RevokeConsentResponse]  # type: ignore[assignment]
     """RevokeConsent ends a consent; ledgered."""
     GetConsent: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetConsentRequest, _identity_pb2.GetConsentResponse]  # type: ignore[assignment]
@@ -241,7 +245,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.GrantConsentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.GrantConsentResponse, _abc.Awaitable[_identity_pb2.GrantConsentResponse]]:
-        """GrantConsent records a patient's consent to share data with a grantee; ledgered."""
+        """GrantConsent records a patient's consent to share data with a grantee; ledgered. The
+        grantee organization, client or user must exist (NOT_FOUND otherwise).
+        """
 
     @_abc_1.abstractmethod
     def RevokeConsent(
