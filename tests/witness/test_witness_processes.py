@@ -4,7 +4,9 @@ holding only the keys the stack hands the ledger accepts them with a quorum of t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,3 +186,21 @@ async def test_each_witness_keeps_its_own_state_across_a_restart(
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     await cosign(b, start, 24, await ledger.checkpoint(24))
     ledger.transit.close()
+
+
+async def test_the_cli_prints_each_witness_key_in_the_order_given(
+    witnesses: dict[str, WitnessProcess],
+) -> None:
+    """``medledger ledger vkey --witness A --witness B`` prints what the README feeds to
+    ``medledger verify receipt --witness-vkey``."""
+    keys = next(iter(witnesses.values())).endpoints.keys
+    assert keys is not None
+    names = list(reversed(WITNESSES))
+    args = [option for name in names for option in ("--witness", witnesses[name].address)]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "medledger.cli.main", "ledger", "vkey", "--token", TOKEN[0], *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    output, errors = await process.communicate()
+    assert process.returncode == 0, errors.decode()
+    assert output.decode().splitlines() == [keys.witness_vkeys[name] for name in names]

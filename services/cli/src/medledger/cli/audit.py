@@ -14,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.cli.calls import call_failed, open_channel
+from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
+from medledger.cli.calls import CallFailed, bearer, call_failed, checked, open_channel
 from medledger.cli.verify import OriginOption, QuorumOption, VkeyOption, WitnessOption, trust_policy
 from medledger.tlog.hashing import leaf_hash
 from medledger.verify.audit import AuditFailed, AuditReport, LedgerAuditor
@@ -208,3 +209,74 @@ def receipt_command(
     console.print(
         f"[green]•[/green] receipt of leaf {index} saved to {out}{saved}", highlight=False
     )
+
+
+@app.command("vkey")
+def vkey_command(
+    *,
+    ledger: Annotated[
+        str | None,
+        typer.Option(
+            "--ledger",
+            metavar="HOST:PORT",
+            envvar="MEDLEDGER_LEDGER_ADDR",
+            help="Print this ledger's checkpoint verifier key.",
+        ),
+    ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness",
+            metavar="HOST:PORT",
+            help="Print this witness's cosignature verifier key (repeatable).",
+        ),
+    ] = None,
+    previous: Annotated[
+        bool,
+        typer.Option("--previous", help="Also print the ledger's keys from before each rotation."),
+    ] = False,
+    token: TokenOption = None,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Print C2SP verifier keys, one per line: the ledger's (then, with --previous, its
+    older ones), then each witness's, in the order given.
+
+    For trying things out: a partner pins the keys its operators publish out of band.
+    """
+    if ledger is None and not witness:
+        raise typer.BadParameter("give --ledger, --witness or both")
+
+    async def fetch() -> list[str]:
+        keys: list[str] = []
+        if ledger is not None:
+            async with open_channel(ledger) as channel:
+                keys.extend(await LedgerApi(channel, token=token, timeout=timeout).verifier_keys())
+            keys = keys if previous else keys[:1]
+        for address in witness or ():
+            async with open_channel(address) as channel:
+                stub: witness_pb2_grpc.WitnessServiceAsyncStub = (
+                    witness_pb2_grpc.WitnessServiceStub(channel)
+                )
+                reply = await checked(
+                    "GetWitnessInfo",
+                    address,
+                    stub.GetWitnessInfo(
+                        witness_pb2.GetWitnessInfoRequest(), metadata=bearer(token), timeout=timeout
+                    ),
+                )
+                keys.append(reply.vkey)
+        return keys
+
+    try:
+        keys = asyncio.run(fetch())
+    except ValidationError as error:
+        raise typer.BadParameter(f"invalid MEDLEDGER_TLS_* settings: {error}") from None
+    except LedgerCallFailed as failed:
+        refusal = call_failed(failed.call, ledger or "", failed.error)
+        errors.print(f"[red bold]✗[/red bold] {refusal}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except CallFailed as refusal:
+        errors.print(f"[red bold]✗[/red bold] {refusal}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    for key in keys:
+        print(key)  # plain stdout, one key a line, for shell substitution

@@ -96,6 +96,10 @@ def up(
     _show(stack, _table(statuses, f"medledger local stack (up in {elapsed:.1f}s)"))
     if seeded is not None:
         console.print(seeded_table(seeded))
+        console.print(
+            "Try it: [bold]./medledger --help[/bold] from the repository root (no uv or .venv "
+            "on PATH needed); the README walks through tokens, consent and receipts."
+        )
     if seed_error is not None:
         errors.print(
             f"[red bold]medledger dev up: demo seeding failed:[/red bold] {seed_error}",
