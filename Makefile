@@ -24,6 +24,7 @@ test: bootstrap
 lint: bootstrap
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen lint-imports --no-cache
 
 typecheck: bootstrap
 	$(UV) run --frozen mypy
