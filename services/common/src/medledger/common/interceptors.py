@@ -25,6 +25,11 @@ from medledger.common.errors import (
     internal_status,
     to_rpc_status,
 )
+from medledger.common.request_decoding import (
+    Deserializer,
+    MalformedRequest,
+    tolerant_deserializer,
+)
 
 log = logging.getLogger("medledger.rpc")
 
@@ -37,6 +42,7 @@ UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[An
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 UnaryWrapper = Callable[[str, UnaryBehavior], UnaryBehavior]
 StreamWrapper = Callable[[str, StreamBehavior], StreamBehavior]
+DeserializerWrapper = Callable[[Deserializer, bool], Deserializer]
 
 # Methods every client may call without a token (probes, discovery).
 PUBLIC_METHOD_PREFIXES = (
@@ -51,12 +57,17 @@ def wrap_handler(
     method: str,
     unary: UnaryWrapper,
     stream: StreamWrapper,
+    deserializer: DeserializerWrapper | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """Returns ``handler`` with its behaviour wrapped; response streams use ``stream``."""
+    """Returns ``handler`` with its behaviour wrapped; response streams use ``stream``.
+    ``deserializer``, when given, wraps the request decoder (told whether requests stream)."""
     if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED itself
         return handler
+    request_deserializer = handler.request_deserializer
+    if deserializer is not None and request_deserializer is not None:
+        request_deserializer = deserializer(request_deserializer, handler.request_streaming)
     kwargs: dict[str, Any] = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -150,6 +161,51 @@ class ErrorInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         return wrap_handler(handler, method, self._unary, self._stream)
+
+
+class RequestDecodingInterceptor(_ServerInterceptor):
+    """Requests whose bytes do not decode answer INVALID_ARGUMENT (reason MALFORMED_REQUEST,
+    naming the field), never grpc's UNKNOWN that quotes a Python exception.
+
+    Installed innermost, so authentication is decided first: a caller without a valid token
+    learns nothing about its bytes. The error itself is mapped by :class:`ErrorInterceptor`.
+    """
+
+    @staticmethod
+    def _deserializer(deserializer: Deserializer, streaming: bool) -> Deserializer:
+        return tolerant_deserializer(deserializer, streaming=streaming)
+
+    @staticmethod
+    def _unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def decoded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, MalformedRequest):
+                raise request.error
+            return await behavior(request, context)
+
+        return decoded
+
+    @staticmethod
+    def _stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def decoded(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            if isinstance(request, MalformedRequest):
+                raise request.error
+            async for response in behavior(request, context):
+                yield response
+
+        return decoded
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        return wrap_handler(handler, method, self._unary, self._stream, self._deserializer)
 
 
 @dataclass(frozen=True)

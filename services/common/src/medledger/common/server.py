@@ -1,7 +1,7 @@
 """The one server bootstrap every medledger service runs.
 
-``grpc.aio`` server with: tracing, error mapping and authentication interceptors (in
-that order, outermost first), ``grpc.health.v1`` driven by dependency probes,
+``grpc.aio`` server with: tracing, error mapping, authentication and request decoding
+interceptors (in that order, outermost first), ``grpc.health.v1`` driven by dependency probes,
 reflection, message size limits, keepalive, TLS/mTLS when certificates are set, and a
 graceful stop on SIGTERM/SIGINT that lets in-flight calls finish within the grace
 period.
@@ -28,7 +28,12 @@ from medledger.common.health import (
     DependencyProbe,
     HealthMonitor,
 )
-from medledger.common.interceptors import AuthInterceptor, ErrorInterceptor, TokenVerifier
+from medledger.common.interceptors import (
+    AuthInterceptor,
+    ErrorInterceptor,
+    RequestDecodingInterceptor,
+    TokenVerifier,
+)
 from medledger.common.telemetry import configure_logging, server_interceptors, setup_telemetry
 
 log = logging.getLogger("medledger.server")
@@ -124,6 +129,7 @@ class ServiceServer:
                 *server_interceptors(),
                 ErrorInterceptor(self.service.name),
                 AuthInterceptor(self._verifier, self._public_methods, self.service.required_scopes),
+                RequestDecodingInterceptor(),
             ],
             options=server_options(settings),
         )
