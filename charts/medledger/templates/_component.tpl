@@ -53,6 +53,9 @@ failureThreshold: {{ int .probe.failureThreshold }}
 {{- if and $config.tls.enabled (not $config.healthPort) -}}
 {{- fail (printf "components.%s: tls.enabled needs healthPort (kubelet gRPC probes cannot use TLS)" .name) -}}
 {{- end -}}
+{{- if and $config.healthPort (eq (int $config.healthPort) (int $config.port)) -}}
+{{- fail (printf "components.%s: healthPort must differ from port" .name) -}}
+{{- end -}}
 {{- $probePort := $config.healthPort | default $config.port -}}
 {{- $backends := $config.backends | default list -}}
 {{- $usesVault := has "vault" $backends -}}
@@ -177,7 +180,7 @@ spec:
         {{- if $config.tls.enabled }}
         - name: tls
           secret:
-            secretName: {{ $config.tls.secretName | default (printf "%s-tls" (include "medledger.fullname" .)) }}
+            secretName: {{ include "medledger.tlsSecretName" . }}
             defaultMode: 0440
         {{- end }}
         {{- if and (eq .name "identity") .root.Values.identity.bootstrapClient.id }}
@@ -220,7 +223,66 @@ spec:
       {{- include "medledger.selectorLabels" . | nindent 6 }}
 {{- end -}}
 
+{{- define "medledger.tlsSecretName" -}}
+{{- .config.tls.secretName | default (printf "%s-tls" (include "medledger.fullname" .)) -}}
+{{- end -}}
+
+{{/*
+The component's certificate, from cert-manager: for its Service's names, as server (its gRPC
+port) and as client (its calls to the other components, which demand one).
+*/}}
+{{- define "medledger.certificate" -}}
+{{- $certManager := .config.tls.certManager -}}
+{{- $service := include "medledger.fullname" . -}}
+{{- $namespace := .root.Release.Namespace -}}
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: {{ $service }}
+  namespace: {{ $namespace }}
+  labels:
+    {{- include "medledger.labels" . | nindent 4 }}
+spec:
+  secretName: {{ include "medledger.tlsSecretName" . }}
+  secretTemplate:
+    labels:
+      {{- include "medledger.labels" . | nindent 6 }}
+  dnsNames:
+    - {{ $service }}
+    - {{ $service }}.{{ $namespace }}
+    - {{ $service }}.{{ $namespace }}.svc
+    - {{ $service }}.{{ $namespace }}.svc.{{ $certManager.clusterDomain }}
+  duration: {{ $certManager.duration }}
+  renewBefore: {{ $certManager.renewBefore }}
+  privateKey:
+    algorithm: ECDSA
+    size: 256
+    rotationPolicy: Always
+  usages:
+    - digital signature
+    - server auth
+    - client auth
+  issuerRef:
+    {{- toYaml $certManager.issuerRef | nindent 4 }}
+{{- end -}}
+
+{{/* An egress rule: to `to` (NetworkPolicyPeer objects; none: anywhere) on TCP `ports`. */}}
+{{- define "medledger.egressRule" -}}
+- ports:
+    {{- range $port := .ports }}
+    - port: {{ int $port }}
+      protocol: TCP
+    {{- end }}
+  {{- with .to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
 {{- define "medledger.networkPolicy" -}}
+{{- $root := .root -}}
+{{- $config := .config -}}
+{{- $backends := $config.backends | default list -}}
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -234,6 +296,51 @@ spec:
       {{- include "medledger.selectorLabels" . | nindent 6 }}
   policyTypes:
     - Ingress
+    - Egress
+  egress:
+    - ports:
+        - port: 53
+          protocol: UDP
+        - port: 53
+          protocol: TCP
+      {{- with $config.networkPolicy.dnsTo }}
+      to:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    {{- range $peer := $config.peers | default list }}
+    {{- $component := index $root.Values.components $peer }}
+    {{- if $component.enabled }}
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "medledger.selectorLabels" (dict "root" $root "name" $peer) | nindent 14 }}
+      ports:
+        - port: {{ int $component.port }}
+          protocol: TCP
+    {{- end }}
+    {{- end }}
+    {{- if has "mongodb" $backends }}
+    {{- include "medledger.egressRule" (dict "to" $root.Values.mongodb.egressTo "ports" $root.Values.mongodb.ports) | nindent 4 }}
+    {{- end }}
+    {{- if has "vault" $backends }}
+    {{- include "medledger.egressRule" (dict "to" $root.Values.vault.egressTo "ports" (list (include "medledger.urlPort" $root.Values.vault.address))) | nindent 4 }}
+    {{- end }}
+    {{- if has "triton" $backends }}
+    {{- include "medledger.egressRule" (dict "to" $root.Values.triton.egressTo "ports" (list (include "medledger.addressPort" $root.Values.triton.url))) | nindent 4 }}
+    {{- end }}
+    {{- if and (eq .name "ledger") $root.Values.ledger.witnesses }}
+    {{- $ports := list }}
+    {{- range $address := $root.Values.ledger.witnesses }}
+    {{- $ports = append $ports (include "medledger.addressPort" $address) }}
+    {{- end }}
+    {{- include "medledger.egressRule" (dict "to" $root.Values.ledger.witnessEgressTo "ports" ($ports | uniq)) | nindent 4 }}
+    {{- end }}
+    {{- with $root.Values.telemetry.otlpEndpoint }}
+    {{- include "medledger.egressRule" (dict "to" $root.Values.telemetry.egressTo "ports" (list (include "medledger.urlPort" .))) | nindent 4 }}
+    {{- end }}
+    {{- with $config.networkPolicy.extraEgress }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   ingress:
     - from:
         - podSelector:

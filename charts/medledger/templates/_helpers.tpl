@@ -68,6 +68,65 @@ Always
 {{- end -}}
 {{- end -}}
 
+{{/*
+Where a component's MONGODB_URI is: (dict "name" <Secret> "key" <key>) as JSON; the Secret
+defaults to <release>-<component>-mongodb.
+*/}}
+{{- define "medledger.mongodbSecretRef" -}}
+{{- $mongodb := .config.mongodb -}}
+{{- $name := $mongodb.existingSecret | default (printf "%s-mongodb" (include "medledger.fullname" .)) -}}
+{{- toJson (dict "name" $name "key" $mongodb.secretKey) -}}
+{{- end -}}
+
+{{/*
+Checks across components, run once: no two enabled components that use Mongo share a database
+or a credential (Secret and key), so none can read or rewrite another's data.
+*/}}
+{{- define "medledger.checkMongoIsolation" -}}
+{{- $databases := dict -}}
+{{- $credentials := dict -}}
+{{- range $name := keys .Values.components | sortAlpha -}}
+{{- if (index $.Values.components $name).enabled -}}
+{{- $config := include "medledger.component" (dict "root" $ "name" $name) | fromJson -}}
+{{- if has "mongodb" ($config.backends | default list) -}}
+{{- $database := required (printf "components.%s.database is required: it uses mongodb" $name) $config.database -}}
+{{- with get $databases $database -}}
+{{- fail (printf "components.%s and components.%s share the database %q: give each its own" . $name $database) -}}
+{{- end -}}
+{{- $_ := set $databases $database $name -}}
+{{- $ref := include "medledger.mongodbSecretRef" (dict "root" $ "name" $name "config" $config) | fromJson -}}
+{{- $credential := printf "%s/%s" $ref.name $ref.key -}}
+{{- with get $credentials $credential -}}
+{{- fail (printf "components.%s and components.%s share the Mongo credential %s (Secret/key): give each its own user and Secret" . $name $credential) -}}
+{{- end -}}
+{{- $_ := set $credentials $credential $name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The port of a URL (scheme://host[:port]...); without one, the scheme's (443 or 80). */}}
+{{- define "medledger.urlPort" -}}
+{{- $url := urlParse . -}}
+{{- $hostPort := splitList ":" $url.host -}}
+{{- if gt (len $hostPort) 1 -}}
+{{- last $hostPort -}}
+{{- else if eq $url.scheme "https" -}}
+443
+{{- else -}}
+80
+{{- end -}}
+{{- end -}}
+
+{{/* The port of a host:port address. */}}
+{{- define "medledger.addressPort" -}}
+{{- $parts := splitList ":" . -}}
+{{- if lt (len $parts) 2 -}}
+{{- fail (printf "%q is not host:port" .) -}}
+{{- end -}}
+{{- last $parts -}}
+{{- end -}}
+
 {{/* The gRPC address other pods use to reach a component: <release>-<component>:<port>. */}}
 {{- define "medledger.address" -}}
 {{- $component := index .root.Values.components .name -}}
@@ -114,8 +173,7 @@ same name in its place.
 {{- $env = append $env (dict "name" "MEDLEDGER_TLS_CA_FILE" "value" "/etc/medledger/tls/ca.crt") -}}
 {{- end -}}
 {{- if has "mongodb" $backends -}}
-{{- $secret := required "mongodb.existingSecret is required: the Secret holding MONGODB_URI" $root.Values.mongodb.existingSecret -}}
-{{- $env = append $env (dict "name" "MONGODB_URI" "valueFrom" (dict "secretKeyRef" (dict "name" $secret "key" $root.Values.mongodb.secretKey))) -}}
+{{- $env = append $env (dict "name" "MONGODB_URI" "valueFrom" (dict "secretKeyRef" (include "medledger.mongodbSecretRef" . | fromJson))) -}}
 {{- $database := required (printf "components.%s.database is required: it uses mongodb" .name) $config.database -}}
 {{- $env = append $env (dict "name" "MEDLEDGER_MONGODB_DATABASE" "value" $database) -}}
 {{- end -}}
@@ -147,6 +205,10 @@ same name in its place.
 {{- /* Replicas forward appends to the one holding the writer lease, at its pod IP. */ -}}
 {{- $env = append $env (dict "name" "POD_IP" "valueFrom" (dict "fieldRef" (dict "fieldPath" "status.podIP"))) -}}
 {{- $env = append $env (dict "name" "MEDLEDGER_ADVERTISE_ADDRESS" "value" (printf "$(POD_IP):%v" (int $config.port))) -}}
+{{- if $config.tls.enabled -}}
+{{- /* No certificate names a pod IP: a forwarding replica checks the ledger Service's name. */ -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_SEQUENCER_TLS_NAME" "value" (include "medledger.fullname" .)) -}}
+{{- end -}}
 {{- end -}}
 {{- $names := list -}}
 {{- $byName := dict -}}

@@ -52,11 +52,19 @@ def channel_credentials(settings: ServiceSettings) -> grpc.ChannelCredentials | 
     )
 
 
-def create_channel(target: str, settings: ServiceSettings) -> grpc.aio.Channel:
-    """An asyncio channel to ``target`` with tracing, retries, keepalive and size limits."""
+def create_channel(
+    target: str, settings: ServiceSettings, *, server_name: str = ""
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` with tracing, retries, keepalive and size limits.
+
+    server_name: with TLS, the name the server's certificate must carry, when ``target`` is
+    not it (a pod's IP address, which no certificate names); "": the target's host.
+    """
     options = channel_options(settings)
     interceptors = client_interceptors()
     credentials = channel_credentials(settings)
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)

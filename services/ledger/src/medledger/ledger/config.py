@@ -17,6 +17,10 @@ class LedgerSettings(ServiceSettings):
     # How the other replicas reach this one when it holds the writer lease (they forward
     # appends to it). Default: the listen address, right for one machine; a pod sets its IP.
     advertise_address: str = Field(default="", pattern=r"^$|" + HOST_PORT)
+    # With TLS, the name in every replica's certificate (the ledger Service's) that a replica
+    # checks when it forwards to the advertised address: no certificate names a pod IP, and a
+    # lease rewritten to another address must not receive callers' tokens. "": its host.
+    sequencer_tls_name: str = Field(default="", pattern=r"^$|^[A-Za-z0-9.-]{1,253}$")
 
 
 class LedgerConfig(BaseSettings):

@@ -9,10 +9,10 @@ from google.protobuf.message import DecodeError
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.channels import create_channel
-from medledger.common.config import ServiceSettings
 from medledger.common.errors import FieldViolation, InvalidArgument, Unavailable
 from medledger.common.paging import Listing, page_size
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
+from medledger.ledger.config import LedgerSettings
 from medledger.ledger.domain.entries import validate_entry, validate_idempotency_key
 from medledger.ledger.domain.log import LogReader
 from medledger.ledger.domain.sequencer import NotLeader, Receipt, Sequencer
@@ -57,7 +57,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
         sequencer: Sequencer,
         reader: LogReader,
         signer: VaultNoteSigner,
-        settings: ServiceSettings,
+        settings: LedgerSettings,
     ) -> None:
         self._sequencer = sequencer
         self._reader = reader
@@ -76,7 +76,10 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if self._leader_channel is None or self._leader_channel[0] != error.address:
             if self._leader_channel is not None:
                 await self._leader_channel[1].close(None)
-            self._leader_channel = (error.address, create_channel(error.address, self._settings))
+            channel = create_channel(
+                error.address, self._settings, server_name=self._settings.sequencer_tls_name
+            )
+            self._leader_channel = (error.address, channel)
         stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
             self._leader_channel[1]
         )
