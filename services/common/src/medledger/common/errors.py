@@ -18,6 +18,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "medledger.dev"
+# A status travels in trailers, which gRPC caps (16 KiB by default): a request with thousands
+# of bad items is answered with the first ones, never with a status too large to deliver.
+MAX_REPORTED_VIOLATIONS = 20
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ class InvalidArgument(MedledgerError):
         message: str | None = None,
         reason: str | None = None,
     ) -> None:
-        fields = ", ".join(v.field for v in violations)
+        fields = ", ".join(v.field for v in violations[:MAX_REPORTED_VIOLATIONS])
+        if len(violations) > MAX_REPORTED_VIOLATIONS:
+            fields += f" and {len(violations) - MAX_REPORTED_VIOLATIONS} more"
         super().__init__(message or f"invalid request: {fields}", reason=reason)
         self.violations = list(violations)
 
@@ -158,7 +163,7 @@ def to_rpc_status(error: MedledgerError, *, service: str) -> status_pb2.Status:
                 error_details_pb2.BadRequest.FieldViolation(
                     field=v.field, description=v.description
                 )
-                for v in error.violations
+                for v in error.violations[:MAX_REPORTED_VIOLATIONS]
             ]
         )
         details.append(_pack(bad_request))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,10 +18,12 @@ from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
-from medledger.common.errors import MedledgerError, Unavailable
+from medledger.common.errors import Aborted, MedledgerError, Unavailable, from_rpc_error
 from medledger.common.telemetry import current_trace_id
 
 TokenSource = Callable[[], Awaitable[str]]
+# The ledger's ErrorInfo reason when an idempotency key comes back with another entry.
+IDEMPOTENCY_KEY_REUSED: Final = "IDEMPOTENCY_KEY_REUSED"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,12 @@ class LedgerClient:
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise Unavailable("ledger") from error
+            if from_rpc_error(error).reason == IDEMPOTENCY_KEY_REUSED:
+                # A concurrent change (another replica) recorded this event first: the
+                # caller may re-read and retry.
+                raise Aborted(
+                    "a concurrent change was recorded first; retry", reason="CONCURRENT_CHANGE"
+                ) from error
             raise MedledgerError("the ledger refused the event", reason="LEDGER_REFUSED") from error
         return response.receipt
 

@@ -9,6 +9,7 @@ answer, no token is returned.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,9 @@ class TokenService:
         self._policy = policy
         self._clock = clock
         self._service_token: tuple[str, datetime] | None = None
+        # One rotation at a time here: each ledgers the version it creates, so two at once
+        # would both claim the same version (another replica's conflict is ABORTED).
+        self._rotation = asyncio.Lock()
 
     async def _sign(
         self,
@@ -270,19 +274,20 @@ class TokenService:
         """Makes a new signing key current; returns its kid. The rotation is ledgered
         first (idempotently, by the version it creates), so none goes unrecorded."""
         caller = require_admin(principal)
-        version = await self._signer.current_version() + 1
-        await self._ledger.append(
-            LedgerEvent(
-                kind=ledger_pb2.EVENT_KIND_KEY_ROTATED,
-                actor=caller.subject,
-                organization=caller.organization or self._policy.service_organization,
-                resource_type="SigningKey",
-                resource_id=self._signer.key_name,
-                resource_version=version,
-            ),
-            idempotency_key=f"key-rotated:{self._signer.key_name}:{version}",
-        )
-        return await self._signer.rotate()
+        async with self._rotation:
+            version = await self._signer.current_version() + 1
+            await self._ledger.append(
+                LedgerEvent(
+                    kind=ledger_pb2.EVENT_KIND_KEY_ROTATED,
+                    actor=caller.subject,
+                    organization=caller.organization or self._policy.service_organization,
+                    resource_type="SigningKey",
+                    resource_id=self._signer.key_name,
+                    resource_version=version,
+                ),
+                idempotency_key=f"key-rotated:{self._signer.key_name}:{version}",
+            )
+            return await self._signer.rotate()
 
     async def service_token(self) -> str:
         """identity's own token for the ledger, reused until a minute before it expires."""
