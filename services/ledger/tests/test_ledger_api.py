@@ -270,3 +270,59 @@ async def test_reads_pages_and_proofs(ledger: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as bad_token:
         await ledger.ListEntries(ledger_pb2.ListEntriesRequest(page_token="nonsense"))
     assert bad_fields(bad_token.value) == ["page_token"]
+
+
+BEYOND_INT64 = 2**63
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message", "field"),
+    [
+        (
+            "GetInclusionProof",
+            ledger_pb2.GetInclusionProofRequest(tree_size=BEYOND_INT64),
+            "tree_size",
+        ),
+        (
+            "GetConsistencyProof",
+            ledger_pb2.GetConsistencyProofRequest(first_size=BEYOND_INT64),
+            "first_size",
+        ),
+        (
+            "GetConsistencyProof",
+            ledger_pb2.GetConsistencyProofRequest(second_size=2**64 - 1),
+            "second_size",
+        ),
+        (
+            "ListCheckpoints",
+            ledger_pb2.ListCheckpointsRequest(after_size=BEYOND_INT64),
+            "after_size",
+        ),
+        ("ListEntries", ledger_pb2.ListEntriesRequest(start_index=BEYOND_INT64), "start_index"),
+        ("GetEntry", ledger_pb2.GetEntryRequest(leaf_index=BEYOND_INT64), "leaf_index"),
+    ],
+)
+async def test_sizes_and_indices_from_2_to_the_63_are_invalid_argument(
+    ledger: Any, method: str, request_message: Any, field: str
+) -> None:
+    """uint64 on the wire, int64 in storage: never an OverflowError (INTERNAL) from Mongo."""
+    if method == "GetInclusionProof":
+        request_message.leaf_index = 0
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await getattr(ledger, method)(request_message)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(refused.value) == [field]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"), [(253_402_300_800, 0), (-62_135_596_801, 0), (0, -1), (0, 10**9)]
+)
+async def test_an_entry_time_out_of_timestamp_range_is_invalid_argument(
+    ledger: Any, seconds: int, nanos: int
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ledger.Append(
+            ledger_pb2.AppendRequest(entry=entry(0, time=Timestamp(seconds=seconds, nanos=nanos)))
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(refused.value) == ["entry.time"]

@@ -118,7 +118,9 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.ListCheckpointsResponse:
         after = CHECKPOINTS.int_cursor(request.page_token)
         found, following = await self._reader.checkpoints(
-            request.after_size if after is None else after, page_size(request.page_size)
+            request.after_size if after is None else after,
+            page_size(request.page_size),
+            "after_size" if after is None else "page_token",
         )
         return ledger_pb2.ListCheckpointsResponse(
             checkpoints=[
@@ -138,7 +140,9 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.ListEntriesResponse:
         start = ENTRIES.int_cursor(request.page_token)
         found, following = await self._reader.entries(
-            request.start_index if start is None else start, page_size(request.page_size)
+            request.start_index if start is None else start,
+            page_size(request.page_size),
+            "start_index" if start is None else "page_token",
         )
         return ledger_pb2.ListEntriesResponse(
             entries=[

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.errors import FieldViolation, InvalidArgument
+from medledger.common.timestamps import timestamp_to_datetime, timestamp_violation
 
 SUBJECT_SIZE = 32
 COMMITMENT_SIZE = 32
@@ -75,8 +76,10 @@ def validate_entry(entry: ledger_pb2.LedgerEntry, *, now: datetime | None = None
     _check_identifier(problems, "entry.organization", entry.organization, IDENTIFIER)
     if not entry.HasField("time"):
         problems.append(FieldViolation("entry.time", "is required"))
+    elif (violation := timestamp_violation(entry.time, "entry.time")) is not None:
+        problems.append(violation)
     else:
-        when = entry.time.ToDatetime(tzinfo=UTC)
+        when = timestamp_to_datetime(entry.time, field="entry.time")
         current = now or datetime.now(UTC)
         if when < EARLIEST or when > current + MAX_CLOCK_SKEW:
             problems.append(

@@ -9,6 +9,17 @@ from medledger.ledger.domain.ports import LedgerStorage, StoredCheckpoint
 from medledger.ledger.domain.proofs import ProofReader
 
 LATEST_TTL_SECONDS = 0.25
+# Tree sizes and leaf indices are uint64 on the wire but int64 in storage, and no log will
+# hold 2^63 leaves: a larger value is refused as INVALID_ARGUMENT naming its field rather
+# than read as "beyond the tree" (a client that sends one has a bug worth hearing about).
+MAX_POSITION = 2**63 - 1
+
+
+def position(value: int, field: str) -> int:
+    """``value`` as a tree size or leaf index, or InvalidArgument naming ``field``."""
+    if not 0 <= value <= MAX_POSITION:
+        raise InvalidArgument([FieldViolation(field, "must be below 2^63")])
+    return value
 
 
 class LogReader:
@@ -39,6 +50,7 @@ class LogReader:
 
     async def at_size(self, size: int, field: str) -> StoredCheckpoint:
         """The checkpoint of ``size`` (0: the latest)."""
+        position(size, field)
         if size == 0:
             return await self.latest()
         checkpoint = await self._storage.checkpoint(size)
@@ -51,14 +63,19 @@ class LogReader:
         return checkpoint
 
     async def entry(self, index: int) -> bytes:
+        position(index, "leaf_index")
         latest = await self.latest()
         data = await self._storage.entry(index) if index < latest.size else None
         if data is None:
             raise NotFound("no entry at this leaf_index", reason="ENTRY_NOT_FOUND")
         return data
 
-    async def entries(self, start: int, limit: int) -> tuple[list[tuple[int, bytes]], int | None]:
-        """Entries from ``start`` below the latest checkpoint, and where the next page starts."""
+    async def entries(
+        self, start: int, limit: int, field: str = "start_index"
+    ) -> tuple[list[tuple[int, bytes]], int | None]:
+        """Entries from ``start`` (named ``field`` in errors) below the latest checkpoint, and
+        where the next page starts."""
+        position(start, field)
         latest = await self.latest()
         limit = min(limit, max(latest.size - start, 0))
         found = await self._storage.entries(start, limit) if limit else []
@@ -66,8 +83,11 @@ class LogReader:
         return found, following if following < latest.size else None
 
     async def checkpoints(
-        self, after: int, limit: int
+        self, after: int, limit: int, field: str = "after_size"
     ) -> tuple[list[StoredCheckpoint], int | None]:
+        """Checkpoints above tree size ``after`` (named ``field`` in errors), and the size the
+        next page follows."""
+        position(after, field)
         found = await self._storage.checkpoints(after, limit + 1)
         more = found[limit:] != []
         page = found[:limit]
@@ -82,6 +102,7 @@ class LogReader:
         return index
 
     async def consistency(self, first: int, second: int) -> tuple[list[bytes], StoredCheckpoint]:
+        position(first, "first_size")
         checkpoint = await self.at_size(second, "second_size")
         if first > checkpoint.size:
             raise InvalidArgument([FieldViolation("first_size", "must not exceed the second size")])
