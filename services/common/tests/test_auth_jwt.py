@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import pytest
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.jwk import OKPKey, RSAKey
 
 from medledger.common.auth import JwksTokenVerifier, parse_jwks
@@ -200,3 +200,15 @@ async def test_a_stale_jwks_is_refetched_and_kept_when_identity_is_down() -> Non
     never_loaded = verifier(source)
     with pytest.raises(Unavailable):
         await never_loaded.verify(token(key), "/m")
+
+
+async def test_deep_json_in_a_token_is_malformed_not_a_recursion_error() -> None:
+    key = ed25519("k1")
+    check = verifier(Jwks(key))
+    _, payload, signature = token(key).split(".")
+    assert await refused(check, f"{b64(b'[' * 5_000)}.{payload}.{signature}") == "TOKEN_MALFORMED"
+    # Claims are read once the signature holds: deep ones signed by a known key too.
+    deep_claims = jws.serialize_compact(
+        {"alg": "EdDSA", "kid": "k1"}, b"[" * 5_000, key, algorithms=["EdDSA"]
+    )
+    assert await refused(check, deep_claims) == "TOKEN_MALFORMED"

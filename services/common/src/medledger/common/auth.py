@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 import warnings
@@ -28,6 +27,7 @@ from joserfc.errors import BadSignatureError, JoseError, SecurityWarning
 from joserfc.jwk import OKPKey
 
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
+from medledger.common.bounded_json import check_jws_header_depth, parse_json
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import MedledgerError, Unauthenticated, Unavailable
@@ -70,7 +70,7 @@ def _refused(message: str, reason: str) -> Unauthenticated:
 def parse_jwks(jwks_json: str) -> dict[str, OKPKey]:
     """The Ed25519 signing keys of a JWKS by key id; keys of any other kind, or without
     a ``kid``, are left out (a verifier must never pick them)."""
-    document = json.loads(jwks_json)
+    document = parse_json(jwks_json)
     keys: dict[str, OKPKey] = {}
     for entry in document.get("keys", []) if isinstance(document, dict) else []:
         if not isinstance(entry, dict):
@@ -183,6 +183,7 @@ class JwksTokenVerifier:
         if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
             raise _refused("the token is not a compact JWS", TokenError.MALFORMED)
         try:
+            check_jws_header_depth(token)
             signed = jws.extract_compact(token.encode("ascii"), registry=_REGISTRY)
             header = signed.headers()
         except (JoseError, ValueError, UnicodeError):
@@ -202,7 +203,7 @@ class JwksTokenVerifier:
         if not valid:
             raise _refused("the token's signature is not valid", TokenError.SIGNATURE)
         try:
-            claims = json.loads(signed.payload)
+            claims = parse_json(signed.payload)
         except ValueError:
             claims = None
         if not isinstance(claims, dict):

@@ -8,7 +8,6 @@ so a captured assertion cannot be replayed).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +17,7 @@ from joserfc import jws
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import Key
 
+from medledger.common.bounded_json import check_jws_header_depth, parse_json
 from medledger.common.errors import Unauthenticated
 from medledger.identity.domain.client_keys import (
     ALGORITHMS_BY_KEY_TYPE,
@@ -76,9 +76,10 @@ class AssertionVerifier:
         if len(assertion) > MAX_ASSERTION_BYTES or assertion.count(".") != 2:
             raise _refused("the client assertion is not a compact JWS", "ASSERTION_MALFORMED")
         try:
+            check_jws_header_depth(assertion)
             signed = jws.extract_compact(assertion.encode("ascii"), registry=_REGISTRY)
             header = signed.headers()
-            claims = json.loads(signed.payload)
+            claims = parse_json(signed.payload)
         except (JoseError, ValueError, UnicodeError):
             raise _refused(
                 "the client assertion is not a compact JWS", "ASSERTION_MALFORMED"

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 
+from medledger.common.bounded_json import parse_json
 from medledger.common.errors import FieldViolation, InvalidArgument
 
 MAX_KEYS: Final = 10
@@ -86,7 +87,7 @@ def validate_client_jwks(text: str, field: str) -> str:
     if len(text.encode()) > MAX_JWKS_BYTES:
         raise refuse(f"must be at most {MAX_JWKS_BYTES} bytes")
     try:
-        document = json.loads(text)
+        document = parse_json(text)
     except ValueError:
         raise refuse("must be a JWK or a JWKS in JSON") from None
     if not isinstance(document, dict):
@@ -107,4 +108,4 @@ def validate_client_jwks(text: str, field: str) -> str:
 
 def client_key_set(jwks_json: str) -> KeySet:
     """The stored (already validated) keys of a client."""
-    return KeySet.import_key_set(json.loads(jwks_json))
+    return KeySet.import_key_set(parse_json(jwks_json))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
+from medledger.common.bounded_json import parse_json
 from medledger.common.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE: Final = 50
@@ -44,7 +45,7 @@ def start_after(token: str, listing: str, filter_value: str = "") -> str:
     if not token:
         return ""
     try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        data = parse_json(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         if data["l"] != listing or data["f"] != filter_value or not isinstance(data["a"], str):
             raise ValueError(listing)
         return str(data["a"])
