@@ -30,7 +30,7 @@ def test_service_env_points_at_the_stack() -> None:
     assert env["MEDLEDGER_GRPC_HOST"] == "127.0.0.1"
     assert env["MEDLEDGER_GRPC_PORT"] == "50052"
     assert env["MONGODB_URI"] == ENDPOINTS.mongo_uri
-    assert env["MEDLEDGER_MONGODB_DATABASE"] == "medledger"
+    assert env["MEDLEDGER_MONGODB_DATABASE"] == "medledger_record"
     assert env["VAULT_ADDR"] == "http://127.0.0.1:8201"
     assert env["VAULT_TOKEN"] == "s.services"  # never the caller's (root) token
     assert env["MEDLEDGER_IDENTITY_ADDR"] == "127.0.0.1:50051"

@@ -12,7 +12,7 @@ from typing import Final
 
 from medledger.common.keyfiles import KeyPair, ensure_key_pair
 from medledger.devstack.mongo import MongoServer
-from medledger.devstack.paths import StackPaths
+from medledger.devstack.paths import StackPaths, private_files
 from medledger.devstack.probes import Health
 from medledger.devstack.process import (
     ManagedProcess,
@@ -24,6 +24,7 @@ from medledger.devstack.process import (
 from medledger.devstack.server import Server
 from medledger.devstack.services import (
     BOOTSTRAP_ADMIN_CLIENT,
+    SERVICE_DATABASES,
     SERVICE_PORTS,
     IdentityBootstrap,
     ServiceServer,
@@ -71,6 +72,9 @@ class DevStack:
             storage_path=paths.state("mongo"),
             log_file=paths.log("mongo"),
             pid_file=paths.pid("mongo"),
+            # A user per service, allowed its own database only.
+            users=SERVICE_DATABASES,
+            credentials_dir=paths.keys,
         )
         self.vault = PersistentVault(
             port=VAULT_PORT,
@@ -106,6 +110,7 @@ class DevStack:
             triton_url=self.triton.grpc_url,
             keys=keys,
             identity_bootstrap=bootstrap,
+            mongo_uris=self.mongo.user_uris(),
         )
         return [
             ServiceServer(
@@ -188,15 +193,35 @@ class DevStack:
             )
         return running
 
-    def up(self, *, deps_only: bool = False, say: Say = _quiet) -> list[ComponentStatus]:
-        """Start whatever is not running yet and wait until everything serves."""
-        self.paths.home.mkdir(parents=True, exist_ok=True)
-        self._stop_retired(say)
-        running = self._preflight(self.components(deps_only=deps_only))
-
+    def _start_mongo(self, running: set[str], say: Say) -> None:
+        """Start mongo unless it runs with authentication, then make sure its users exist."""
+        if "mongo" in running and not self.mongo.runs_with_auth():
+            # An earlier stack's: its services hold no credential, so they go with it.
+            for service in self.services:
+                if service.component in running and service.stop():
+                    say(f"stopped {service.component} (it had no Mongo user of its own)")
+                running.discard(service.component)
+            say("restarting mongo with authentication (a user per service)")
+            self.mongo.stop()
+            running.discard("mongo")
         if "mongo" not in running:
             say("starting mongo")
             self.mongo.start()
+        for user in self.mongo.provision():
+            say(f"mongo: created user {user}")
+
+    def up(self, *, deps_only: bool = False, say: Say = _quiet) -> list[ComponentStatus]:
+        """Start whatever is not running yet and wait until everything serves. What it writes
+        under the home folder (itself 0700) is the user's only (umask 077)."""
+        self.paths.make_home()
+        with private_files():
+            return self._up(deps_only=deps_only, say=say)
+
+    def _up(self, *, deps_only: bool, say: Say) -> list[ComponentStatus]:
+        self._stop_retired(say)
+        running = self._preflight(self.components(deps_only=deps_only))
+
+        self._start_mongo(running, say)
         if "vault" not in running:
             say("starting vault")
             self.vault.start()

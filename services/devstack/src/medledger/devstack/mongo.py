@@ -1,18 +1,44 @@
-"""The MongoDB-compatible server (secantusdb) for the local stack and the tests."""
+"""The MongoDB-compatible server (secantusdb) for the local stack and the tests.
+
+With ``users``, the server runs with authentication (``--auth``, SCRAM-SHA-256 and mongod's
+built-in roles): each user may read and write its own database and nothing else, and an admin
+user (role ``root``) exists only to create them. secantusdb creates users only through
+``createUser`` on a running server, so the first start with authentication runs the server
+once without it, on the loopback interface only, just long enough to create the admin user;
+every later user is created by that admin while authentication is on. Passwords are random,
+kept in files readable by their owner only (0600).
+"""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+from urllib.parse import quote_plus
 
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+from medledger.common.keyfiles import restrict, write_private
+from medledger.devstack.paths import make_private_tree
 from medledger.devstack.probes import Health, mongo_health
-from medledger.devstack.process import find_executable
+from medledger.devstack.process import StackError, find_executable
 from medledger.devstack.server import Server
+
+ADMIN_USER: Final = "medledger-admin"
+ADMIN_DATABASE: Final = "admin"
+_TIMEOUT_MS: Final = 5000
+_USER_NOT_FOUND: Final = 11
 
 
 class MongoServer(Server):
     """``secantusd-py`` on one loopback port with its data in ``storage_path``.
 
     ``stop()`` then ``start()`` reopens the same data on the same port (restart tests).
+    With ``users`` (user name -> its database) and ``credentials_dir`` (where their passwords
+    are kept), it requires authentication: see the module's docstring.
     """
 
     component = "mongo"
@@ -27,6 +53,8 @@ class MongoServer(Server):
         sync_on_commit: bool = True,
         die_with_parent: bool = False,
         start_timeout: float = 60.0,
+        users: Mapping[str, str] | None = None,
+        credentials_dir: Path | None = None,
     ) -> None:
         """sync_on_commit: fsync the log on each commit, so an acknowledged write survives a
         crash (the local stack); tests may turn it off for speed since they stop cleanly."""
@@ -36,9 +64,21 @@ class MongoServer(Server):
             start_timeout=start_timeout,
             die_with_parent=die_with_parent,
         )
+        if (users is None) != (credentials_dir is None):
+            raise ValueError("users and credentials_dir come together")
+        if users is not None and ADMIN_USER in users:
+            raise ValueError(f"{ADMIN_USER} is the admin's name")
         self.port = port
         self.storage_path = storage_path
         self.sync_on_commit = sync_on_commit
+        self.users: Mapping[str, str] = MappingProxyType(dict(users or {}))
+        self.credentials_dir = credentials_dir
+        self._without_auth = False
+
+    @property
+    def auth(self) -> bool:
+        """Whether clients must authenticate."""
+        return self.credentials_dir is not None
 
     @property
     def ports(self) -> list[int]:
@@ -50,8 +90,39 @@ class MongoServer(Server):
 
     @property
     def uri(self) -> str:
+        """The server's address, without credentials (with auth, only ``ping`` passes)."""
         # The server reports itself as a one-member replica set; talk to it directly.
         return f"mongodb://{self.host}:{self.port}/?directConnection=true"
+
+    def password_file(self, user: str) -> Path:
+        assert self.credentials_dir is not None, "no authentication configured"
+        return self.credentials_dir / f"mongo-{user}.password"
+
+    def _uri(self, user: str, database: str) -> str:
+        password = self.password_file(user).read_text(encoding="utf-8").strip()
+        return (
+            f"mongodb://{quote_plus(user)}:{quote_plus(password)}@{self.host}:{self.port}"
+            f"/?directConnection=true&authSource={database}"
+        )
+
+    def uri_for(self, user: str) -> str:
+        """The connection string of ``user`` (its password included); without auth, ``uri``."""
+        if not self.auth:
+            return self.uri
+        return self._uri(user, self.users[user])
+
+    @property
+    def admin_uri(self) -> str:
+        """The admin's connection string (role root); without auth, ``uri``."""
+        return self._uri(ADMIN_USER, ADMIN_DATABASE) if self.auth else self.uri
+
+    def user_uris(self) -> dict[str, str]:
+        """``uri_for`` each user whose password exists yet (all of them after ``provision``)."""
+        return {
+            user: self.uri_for(user)
+            for user in self.users
+            if not self.auth or self.password_file(user).is_file()
+        }
 
     def argv(self) -> list[str]:
         argv = [
@@ -65,14 +136,91 @@ class MongoServer(Server):
         ]
         if self.sync_on_commit:
             argv.append("--sync-on-commit")
+        if self.auth and not self._without_auth:
+            argv.append("--auth")
         return argv
+
+    def runs_with_auth(self) -> bool:
+        """Whether the running server (ours or adopted) was started with ``--auth``."""
+        return "--auth" in self.process.argv
 
     def cwd(self) -> Path:
         # secantusd-py reads ./secantusd.toml when present: keep a stray one from applying.
         return self.storage_path
 
     def prepare(self) -> None:
-        self.storage_path.mkdir(parents=True, exist_ok=True)
+        # Its files are its user's only, including those an older stack left readable.
+        make_private_tree(self.storage_path)
 
     def health(self) -> Health:
         return mongo_health(self.uri)
+
+    def start(self) -> None:
+        """Start the server; with auth, first create the admin user if there is none yet."""
+        if self.auth and not self._admin_exists():
+            self._create_admin()
+        super().start()
+
+    def _admin_exists(self) -> bool:
+        """Whether our admin's password is kept and the data it was set in is still there."""
+        fresh = not (self.storage_path / "WiredTiger").exists()
+        return not fresh and self.password_file(ADMIN_USER).is_file()
+
+    def _create_admin(self) -> None:
+        """Run the server once without authentication (loopback only) and create or reset
+        the admin user, its password kept in a 0600 file."""
+        self._without_auth = True
+        try:
+            super().start()
+            try:
+                write_private(self.password_file(ADMIN_USER), secrets.token_urlsafe(32) + "\n")
+                password = self.password_file(ADMIN_USER).read_text(encoding="utf-8").strip()
+                with _client(self.uri) as client:
+                    _ensure_user(client, ADMIN_USER, ADMIN_DATABASE, password, "root")
+            finally:
+                self.stop()
+        finally:
+            self._without_auth = False
+
+    def provision(self) -> list[str]:
+        """Make sure every user exists with the password in its file (made when missing),
+        allowed readWrite on its own database only; returns the users it created."""
+        if not self.auth:
+            return []
+        created = []
+        try:
+            with _client(self.admin_uri) as client:
+                for user, database in self.users.items():
+                    password_file = self.password_file(user)
+                    if not password_file.is_file():
+                        write_private(password_file, secrets.token_urlsafe(32) + "\n")
+                    restrict(password_file)
+                    password = password_file.read_text(encoding="utf-8").strip()
+                    if _ensure_user(client, user, database, password, "readWrite"):
+                        created.append(user)
+        except PyMongoError as error:
+            raise StackError(
+                f"mongo: cannot provision its users as {ADMIN_USER} "
+                f"({type(error).__name__}: {error}); if {self.password_file(ADMIN_USER)} no "
+                "longer matches the server, remove it and start the stack again to reset it"
+            ) from error
+        return created
+
+
+def _client(uri: str) -> MongoClient[dict[str, Any]]:
+    return MongoClient(uri, serverSelectionTimeoutMS=_TIMEOUT_MS, connectTimeoutMS=_TIMEOUT_MS)
+
+
+def _ensure_user(
+    client: MongoClient[dict[str, Any]], user: str, database: str, password: str, role: str
+) -> bool:
+    """Create ``user`` in ``database``, or reset its password and roles; True when created."""
+    roles = [{"role": role, "db": database}]
+    try:
+        client[database].command("updateUser", user, pwd=password, roles=roles)
+    except OperationFailure as error:
+        if error.code != _USER_NOT_FOUND:
+            raise
+        client[database].command("createUser", user, pwd=password, roles=roles)
+        return True
+    return False

@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 STATE_DIR_NAME = ".medledger"
+# The stack's state, logs and credentials are its user's only.
+PRIVATE_DIR_MODE: Final = 0o700
+PRIVATE_UMASK: Final = 0o077
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[None]:
+    """Files and folders created meanwhile, by us or the servers we start, are their owner's
+    only (umask 077); the previous umask is restored after."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) if missing and make it 0700."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    path.chmod(PRIVATE_DIR_MODE)
+
+
+def make_private_tree(path: Path) -> None:
+    """``make_private_dir``, and take the group's and others' rights from everything under
+    it (what an older stack left readable); the owner's rights stay as they are."""
+    make_private_dir(path)
+    for folder, dirs, files in os.walk(path):
+        for name in dirs:
+            (Path(folder) / name).chmod(PRIVATE_DIR_MODE)
+        for name in files:
+            file = Path(folder) / name
+            mode = stat.S_IMODE(file.lstat().st_mode)
+            if mode & ~PRIVATE_DIR_MODE and not file.is_symlink():
+                file.chmod(mode & PRIVATE_DIR_MODE)
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -37,6 +75,10 @@ class StackPaths:
         override = os.environ.get("MEDLEDGER_HOME")
         home = Path(override).expanduser() if override else repo_root() / STATE_DIR_NAME
         return cls(home.resolve())
+
+    def make_home(self) -> None:
+        """Create the home folder, its owner's only (0700): nothing under it is anyone else's."""
+        make_private_dir(self.home)
 
     def state(self, component: str) -> Path:
         return self.home / component

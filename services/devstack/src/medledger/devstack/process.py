@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medledger.devstack.paths import PRIVATE_DIR_MODE, PRIVATE_UMASK
+
 LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 16 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -154,10 +156,12 @@ class PidRecord:
         return _process_start_time(self.pid) == self.start_time
 
     def write(self, pid_file: Path) -> None:
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         payload = {"pid": self.pid, "start_time": self.start_time, "argv": list(self.argv)}
         tmp = pid_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload) + "\n", encoding="utf-8")
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(payload) + "\n")
         tmp.replace(pid_file)
 
     @classmethod
@@ -215,6 +219,11 @@ class ManagedProcess:
     def pid(self) -> int | None:
         return self._record.pid if self._record is not None else None
 
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The command line of the process we started or adopted; () when there is none."""
+        return self._record.argv if self._record is not None else ()
+
     def adopt(self) -> bool:
         """Take over a process recorded in our pid file if it is still the same process."""
         if self.pid_file is None:
@@ -235,8 +244,11 @@ class ManagedProcess:
         """Start the process (appending to its log) and record its pid; returns the pid."""
         if self.is_running():
             raise StackError(f"{self.component}: already running (pid {self.pid})")
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
+        self.log_file.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        # Logs may hold what the servers were asked: their owner's only.
+        descriptor = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting\n".encode())
             log.flush()
             try:
@@ -248,6 +260,8 @@ class ManagedProcess:
                     env=dict(env) if env is not None else None,
                     cwd=cwd,
                     start_new_session=True,
+                    # What the server writes (data, logs of its own) is its owner's only.
+                    umask=PRIVATE_UMASK,
                     preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
                 )
             except OSError as exc:

@@ -67,7 +67,16 @@ SERVICE_PORTS: Final[Mapping[str, int]] = MappingProxyType(
     }
 )
 LEDGER_ORIGIN: Final = "medledger.local/ledger"
-DATABASE: Final = "medledger"
+# Each service that keeps data has a database of its own (and, in the local stack, a Mongo user
+# allowed nothing else): no service can read or rewrite another's data.
+SERVICE_DATABASES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "identity": "medledger_identity",
+        "record": "medledger_record",
+        "ledger": "medledger_ledger",
+        **{name: witness.database for name, witness in WITNESSES.items()},
+    }
+)
 VAULT_TIMEOUT_S: Final = 10
 # The operators' admin client identity creates at its first start (its private key stays
 # under .medledger/keys/), and the services identity registers as clients with their Vault keys.
@@ -144,6 +153,9 @@ class StackEndpoints:
     host: str = "127.0.0.1"
     keys: StackKeys | None = None
     identity_bootstrap: IdentityBootstrap | None = None
+    # Each service's own Mongo connection string (its user's), by service name; a service
+    # not in it uses ``mongo_uri`` (a server without authentication, as in the tests).
+    mongo_uris: Mapping[str, str] = field(default_factory=dict)
 
     def service_addr(self, name: str) -> str:
         return f"{self.host}:{self.service_ports[name]}"
@@ -218,8 +230,6 @@ def service_env(
             "OTEL_SERVICE_NAME": name,
             "MEDLEDGER_GRPC_HOST": endpoints.host,
             "MEDLEDGER_GRPC_PORT": str(endpoints.service_ports[name]),
-            "MONGODB_URI": endpoints.mongo_uri,
-            "MEDLEDGER_MONGODB_DATABASE": DATABASE,
             "VAULT_ADDR": endpoints.vault_addr,
             "VAULT_TOKEN": endpoints.vault_token,
             "MEDLEDGER_IDENTITY_ADDR": endpoints.service_addr("identity"),
@@ -228,6 +238,14 @@ def service_env(
             **_ledger_env(endpoints),
         }
     )
+    database = SERVICE_DATABASES.get(name)
+    if database is None:
+        # It keeps no data: no Mongo credential, not even one from the shell.
+        env.pop("MONGODB_URI", None)
+        env.pop("MEDLEDGER_MONGODB_DATABASE", None)
+    else:
+        env["MONGODB_URI"] = endpoints.mongo_uris.get(name, endpoints.mongo_uri)
+        env["MEDLEDGER_MONGODB_DATABASE"] = database
     if name == "inference":
         env["TRITON_URL"] = endpoints.triton_url
     if name in WITNESSES:
