@@ -23,13 +23,16 @@ from medledger.common.subject import SubjectHasher
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import SERVICE_CLIENT_KEYS
 from medledger.identity.adapters.consent_store import ConsentStore
+from medledger.identity.adapters.ledger_events import LedgerEvents
 from medledger.identity.adapters.mongo_store import IdentityStore
 from medledger.identity.adapters.vault_sealer import VaultSealer
 from medledger.identity.adapters.vault_signer import VaultTokenSigner
 from medledger.identity.bootstrap import Bootstrapper, BootstrapPlan, plan_from_config
 from medledger.identity.config import IdentityConfig, IdentitySettings
 from medledger.identity.consent_rpc import ConsentRpcs
+from medledger.identity.domain.access import AccessControl
 from medledger.identity.domain.assertions import AssertionPolicy, AssertionVerifier
+from medledger.identity.domain.consent_registry import ConsentRegistry
 from medledger.identity.domain.directory import Directory
 from medledger.identity.domain.tokens import TokenPolicy, TokenService
 from medledger.identity.server import PUBLIC_METHODS, IdentityServiceServicer
@@ -78,11 +81,12 @@ def build_runtime(
         settings,
         token=lambda: tokens.service_token(),  # noqa: PLW0108 (tokens is assigned below)
     )
+    events = LedgerEvents(ledger, SubjectHasher(vault))
     tokens = TokenService(
         store,
         signer,
         sealer,
-        ledger,
+        events,
         AssertionVerifier(
             store,
             AssertionPolicy(
@@ -102,12 +106,9 @@ def build_runtime(
     )
     directory = Directory(store, sealer, totp_issuer=config.totp_issuer)
     consent_store = ConsentStore(mongo, mongo_settings.mongodb_database)
+    access = AccessControl(consent_store, consent_store, events, store)
     consents = ConsentRpcs(
-        store=consent_store,
-        ledger=ledger,
-        subjects=SubjectHasher(vault),
-        patient_organization_of=store.patient_organization,
-        patient_of_user=store.patient_of_user,
+        ConsentRegistry(consent_store, consent_store, events, store, access), access
     )
 
     async def service_jwks(service: str) -> str:

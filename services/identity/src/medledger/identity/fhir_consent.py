@@ -66,12 +66,12 @@ def _grantee_reference(consent: Consent) -> dict[str, Any]:
 
 
 def _proxy(consent: Consent) -> dict[str, Any]:
-    """The proxy who granted, as a contained RelatedPerson with its v3 RoleCode relation."""
+    """The proxy who signed, as a contained RelatedPerson with its v3 RoleCode relation; known
+    by that relation only (``granted_by`` is the record holder who entered the form)."""
     terms = consent.terms
     return {
         "resourceType": "RelatedPerson",
         "id": "proxy",
-        "identifier": [{"system": USER_ID_SYSTEM, "value": terms.granted_by}],
         "patient": {"reference": f"Patient/{terms.patient_id}"},
         "relationship": [{"coding": [{"system": ROLE_CODE, "code": terms.proxy_relationship}]}],
     }

@@ -3,7 +3,7 @@
 - ``identity_consents``  one document per consent:
   ``{_id: consent id, patient_id, grantee: {kind, id}, grantee_key: "kind:id", resource_types,
   categories, purposes, period_start, period_end, granted_by, proxy_relationship,
-  recorded_by, create_time, revoke_time, revoked_by, ledgered, salt, grant_receipt,
+  grantor_role, recorded_by, create_time, revoke_time, revoked_by, ledgered, salt, grant_receipt,
   revoke_receipt, idempotency?, request_digest}``.
   A consent is written ``ledgered: false`` first and counts (for decisions, reads and lists)
   only once its CONSENT_GRANTED entry is in the ledger; ``idempotency`` (present only with a
@@ -18,7 +18,6 @@ one query each and no cache, so a revocation denies on the very next decision.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,8 +34,10 @@ from medledger.identity.domain.consent import (
     ConsentTerms,
     Grantee,
     GranteeKind,
+    GrantorRole,
     Purpose,
 )
+from medledger.identity.domain.ports import ConsentQuery, StoredConsent
 
 Document = dict[str, Any]
 CONSENTS = "identity_consents"
@@ -57,25 +58,6 @@ def _time(doc: Document, name: str) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class StoredConsent:
-    consent: Consent
-    ledgered: bool
-    salt: bytes = b""
-    request_digest: str = ""
-    grant_receipt: bytes | None = None
-    revoke_receipt: bytes | None = None
-
-
-@dataclass(frozen=True)
-class ConsentQuery:
-    """ListConsents filters; empty strings and None mean any."""
-
-    patient_id: str = ""
-    grantee_key: str = ""
-    status: ConsentStatus | None = None
-
-
 def consent_document(consent: Consent, *, ledgered: bool) -> Document:
     """The stored form of ``consent`` (what a bulk loader writes, too)."""
     terms = consent.terms
@@ -91,12 +73,22 @@ def consent_document(consent: Consent, *, ledgered: bool) -> Document:
         "period_end": terms.period_end,
         "granted_by": terms.granted_by,
         "proxy_relationship": terms.proxy_relationship,
+        "grantor_role": terms.grantor_role.value,
         "recorded_by": consent.recorded_by,
         "create_time": consent.create_time,
         "revoke_time": consent.revoke_time,
         "revoked_by": consent.revoked_by,
         "ledgered": ledgered,
     }
+
+
+def _grantor_role(doc: Document) -> GrantorRole:
+    """Consents stored before roles were recorded: the patient when it recorded its own."""
+    if "grantor_role" in doc:
+        return GrantorRole(doc["grantor_role"])
+    if doc.get("recorded_by", "") == doc["granted_by"] and not doc.get("proxy_relationship"):
+        return GrantorRole.PATIENT
+    return GrantorRole.RECORD_HOLDER
 
 
 def _consent(doc: Document) -> Consent:
@@ -112,6 +104,7 @@ def _consent(doc: Document) -> Consent:
             period_end=_aware(doc.get("period_end")),
             granted_by=doc["granted_by"],
             proxy_relationship=doc.get("proxy_relationship", ""),
+            grantor_role=_grantor_role(doc),
         ),
         create_time=_time(doc, "create_time"),
         recorded_by=doc.get("recorded_by", ""),
@@ -277,9 +270,8 @@ class ConsentStore:
     @mongo_errors
     async def list_consents(
         self, query: ConsentQuery, *, after: str, limit: int, now: datetime
-    ) -> tuple[list[Consent], str | None]:
-        """Up to ``limit`` consents after id ``after`` in id (creation) order, and the id to
-        continue after, or None at the end."""
+    ) -> list[Consent]:
+        """Up to ``limit`` consents after id ``after`` in id (creation) order."""
         selector: Document = {"ledgered": True} | _status_filter(query.status, now)
         if query.patient_id:
             selector["patient_id"] = query.patient_id
@@ -290,11 +282,9 @@ class ConsentStore:
         cursor = (
             self._consents.find(selector, projection=_HEAVY_FIELDS)
             .sort("_id", ASCENDING)
-            .limit(limit + 1)
+            .limit(limit)
         )
-        found = [_consent(doc) async for doc in cursor]
-        following = found[limit - 1].consent_id if len(found) > limit else None
-        return found[:limit], following
+        return [_consent(doc) async for doc in cursor]
 
     # --- revocation -------------------------------------------------------------------------
 
@@ -330,7 +320,7 @@ class ConsentStore:
     @mongo_errors
     async def list_break_glass(
         self, *, patient_id: str, organization: str, after: str, limit: int
-    ) -> tuple[list[BreakGlassRecord], str | None]:
+    ) -> list[BreakGlassRecord]:
         """Break-glass attempts of a patient and/or by an organisation, oldest first."""
         selector: Document = {}
         if patient_id:
@@ -339,7 +329,5 @@ class ConsentStore:
             selector["organization"] = organization
         if after:
             selector["_id"] = {"$gt": after}
-        cursor = self._break_glass.find(selector).sort("_id", ASCENDING).limit(limit + 1)
-        found = [_break_glass_record(doc) async for doc in cursor]
-        following = found[limit - 1].record_id if len(found) > limit else None
-        return found[:limit], following
+        cursor = self._break_glass.find(selector).sort("_id", ASCENDING).limit(limit)
+        return [_break_glass_record(doc) async for doc in cursor]

@@ -28,6 +28,7 @@ from pymongo.errors import DuplicateKeyError
 
 from medledger.common.errors import AlreadyExists
 from medledger.common.mongo import mongo_errors
+from medledger.identity.domain.consent import Grantee, GranteeKind
 from medledger.identity.domain.ports import Client, Credentials, Organization, User
 
 Document = dict[str, Any]
@@ -255,6 +256,16 @@ class IdentityStore:
         """The Patient id of a PATIENT user; None for anyone else."""
         doc = await self._users.find_one({"_id": user_id, "kind": "patient"}, {"patient_id": 1})
         return str(doc["patient_id"]) if doc else None
+
+    @mongo_errors
+    async def grantee_exists(self, grantee: Grantee) -> bool:
+        """Whether the organisation, client (disabled or not) or user exists."""
+        collection = {
+            GranteeKind.ORGANIZATION: self._organizations,
+            GranteeKind.CLIENT: self._clients,
+            GranteeKind.USER: self._users,
+        }[grantee.kind]
+        return await collection.find_one({"_id": grantee.id}, {"_id": 1}) is not None
 
     # -- client assertions ---------------------------------------------------------------
 

@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
 from urllib.parse import unquote
 
-from medledger.common.errors import FieldViolation, InvalidArgument
+from medledger.common.errors import FieldViolation, InvalidArgument, PermissionDenied
 from medledger.identity.domain.consent import (
     FHIR_ID,
     FHIR_RESOURCE_TYPES,
@@ -42,7 +41,13 @@ from medledger.identity.domain.consent import (
     to_millis,
     utc_now,
 )
-from medledger.identity.domain.scopes import ResourceScope, ScopeError, parse_scope
+from medledger.identity.domain.ports import (
+    BreakGlassAudit,
+    ConsentStorage,
+    IdentityEvents,
+    Parties,
+)
+from medledger.identity.domain.scopes import CHECK_ACCESS, ResourceScope, ScopeError, parse_scope
 
 
 class Action(StrEnum):
@@ -341,27 +346,6 @@ class BreakGlassRecord:
         return hashlib.sha256(self.salt + self.record_id.encode() + self.reason.encode()).digest()
 
 
-class ConsentFinder(Protocol):
-    async def consents_for(self, patient_id: str, grantee_keys: Sequence[str]) -> list[Consent]:
-        """Unrevoked consents of ``patient_id`` to any of ``grantee_keys``: one indexed
-        query, never a cache (a revocation must deny on the very next decision)."""
-        ...
-
-
-class BreakGlassAudit(Protocol):
-    async def open_break_glass(self, record: BreakGlassRecord) -> None: ...
-
-    async def close_break_glass(self, record_id: str, leaf_index: int) -> None: ...
-
-
-class BreakGlassLedger(Protocol):
-    async def break_glass(self, record: BreakGlassRecord) -> int:
-        """Appends the BREAK_GLASS entry and returns its leaf index; raises Unavailable
-        when the ledger does not answer."""
-        ...
-
-
-Lookup = Callable[[str], Awaitable[str | None]]
 Clock = Callable[[], datetime]
 
 
@@ -370,31 +354,54 @@ class AccessControl:
 
     def __init__(
         self,
-        consents: ConsentFinder,
+        consents: ConsentStorage,
         audit: BreakGlassAudit,
-        ledger: BreakGlassLedger,
-        patient_organization_of: Lookup,
-        patient_of_user: Lookup,
+        events: IdentityEvents,
+        parties: Parties,
+        *,
+        check_access_scope: str = CHECK_ACCESS,
         clock: Clock = utc_now,
     ) -> None:
         self._consents = consents
         self._audit = audit
-        self._ledger = ledger
-        self._patient_organization_of = patient_organization_of
-        self._patient_of_user = patient_of_user
+        self._events = events
+        self._parties = parties
+        self._check_access_scope = check_access_scope
         self._clock = clock
 
-    async def facts(self, actor: Actor | None, patient_id: str, patient_org: str) -> AccessFacts:
+    async def facts(self, actor: Actor, patient_id: str, patient_org: str) -> AccessFacts:
         """Looks up only what is missing: the patient's organisation when the caller did not
         say it, and which patient the actor is unless it is a client (clients are not
         patients)."""
         organization: str | None = patient_org
         if not organization and patient_id:
-            organization = await self._patient_organization_of(patient_id)
+            organization = await self._parties.patient_organization(patient_id)
         actor_patient = None
-        if actor is not None and not actor.is_client:
-            actor_patient = await self._patient_of_user(actor.subject)
+        if not actor.is_client:
+            actor_patient = await self._parties.patient_of_user(actor.subject)
         return AccessFacts(organization or None, actor_patient)
+
+    def may_ask(self, caller: Actor, subject: Actor) -> bool:
+        """Whether ``caller`` may ask about ``subject``: a trusted service (record,
+        inference) holding the CheckAccess scope, or the principal itself with no more
+        scopes than its own token's."""
+        if self._check_access_scope in caller.scopes:
+            return True
+        return (
+            caller.subject == subject.subject
+            and caller.organization == subject.organization
+            and caller.client_id == subject.client_id
+            and subject.scopes <= caller.scopes
+        )
+
+    async def check_for(self, caller: Actor, request: AccessRequest) -> AccessDecision:
+        """:meth:`check`, asked by ``caller``."""
+        if not self.may_ask(caller, request.actor):
+            raise PermissionDenied(
+                "only the principal itself or a trusted service may ask this",
+                reason="CHECK_ACCESS_NOT_ALLOWED",
+            )
+        return await self.check(request)
 
     async def check(self, request: AccessRequest) -> AccessDecision:
         validate_access_request(request)
@@ -440,7 +447,7 @@ class AccessControl:
         # The attempt is audited first; it counts as permitted only once ledgered, and a
         # ledger that does not answer refuses the access (Unavailable propagates).
         await self._audit.open_break_glass(record)
-        leaf_index = await self._ledger.break_glass(record)
+        leaf_index = await self._events.break_glass(record)
         await self._audit.close_break_glass(record.record_id, leaf_index)
         return AccessDecision(Decision.PERMIT, Reason.BREAK_GLASS, break_glass=True)
 

@@ -43,6 +43,16 @@ class ConsentStatus(StrEnum):
     EXPIRED = "expired"
 
 
+class GrantorRole(StrEnum):
+    """In which capacity the grantor, always the principal who called, granted a consent."""
+
+    # The patient, through their own account.
+    PATIENT = "patient"
+    # A principal of the organisation holding the patient's record, entering a consent form
+    # the patient (or, with a proxy relationship, their proxy) signed.
+    RECORD_HOLDER = "record-holder"
+
+
 # FHIR ids (Patient ids among them): https://hl7.org/fhir/R4/datatypes.html#id
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 ORGANIZATION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -249,6 +259,7 @@ class ConsentTerms:
     period_end: datetime | None
     granted_by: str
     proxy_relationship: str = ""
+    grantor_role: GrantorRole = GrantorRole.PATIENT
 
     def commitment(self, salt: bytes) -> bytes:
         """Salted SHA-256 of the terms, for the ledger: it proves later what was agreed
@@ -264,6 +275,7 @@ class ConsentTerms:
                 "period_end": self.period_end.isoformat() if self.period_end else None,
                 "granted_by": self.granted_by,
                 "proxy_relationship": self.proxy_relationship,
+                "grantor_role": self.grantor_role.value,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -276,7 +288,7 @@ class Consent:
     consent_id: str
     terms: ConsentTerms
     create_time: datetime
-    # Who recorded it: the patient, or staff of the patient's organisation.
+    # The principal that recorded it: the grantor.
     recorded_by: str
     revoke_time: datetime | None = None
     revoked_by: str = ""
@@ -376,7 +388,7 @@ def _check_purposes(problems: list[FieldViolation], purposes: Sequence[Purpose |
 
 def _check_grantor(problems: list[FieldViolation], granted_by: str, relationship: str) -> None:
     if not granted_by:
-        problems.append(FieldViolation("granted_by", "is required: the patient or their proxy"))
+        problems.append(FieldViolation("granted_by", "is required"))
     else:
         _check(problems, "granted_by", granted_by, PRINCIPAL_ID)
     if relationship:

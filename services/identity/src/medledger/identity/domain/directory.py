@@ -16,10 +16,10 @@ from medledger.common.errors import (
     NotFound,
 )
 from medledger.common.interceptors import Principal
+from medledger.common.paging import Listing, Page, page, page_size
 from medledger.identity.domain import passwords
 from medledger.identity.domain.authz import authenticated, organization_filter, require_admin
 from medledger.identity.domain.client_keys import validate_client_jwks
-from medledger.identity.domain.paging import Page, page, page_size, start_after
 from medledger.identity.domain.ports import (
     USER_KINDS,
     Client,
@@ -148,9 +148,9 @@ class Directory:
     ) -> Page[Organization]:
         authenticated(principal)
         size = page_size(requested_size)
-        after = start_after(token, "organizations")
-        found = await self._store.organizations(after, size + 1)
-        return page(found, size, lambda o: o.organization_id, "organizations")
+        listing = Listing("identity.ListOrganizations")
+        found = await self._store.organizations(listing.cursor(token) or "", size + 1)
+        return page(found, size, lambda o: o.organization_id, listing)
 
     # -- clients -------------------------------------------------------------------------
 
@@ -196,9 +196,9 @@ class Directory:
     ) -> Page[Client]:
         scope = organization_filter(principal, organization)
         size = page_size(requested_size)
-        after = start_after(token, "clients", scope)
-        found = await self._store.clients(scope, after, size + 1)
-        return page(found, size, lambda c: c.client_id, "clients", scope)
+        listing = Listing("identity.ListClients", (scope,))
+        found = await self._store.clients(scope, listing.cursor(token) or "", size + 1)
+        return page(found, size, lambda c: c.client_id, listing)
 
     async def disable_client(self, principal: Principal | None, client_id: str) -> Client:
         require_admin(principal)
@@ -254,6 +254,6 @@ class Directory:
     ) -> Page[User]:
         scope = organization_filter(principal, organization)
         size = page_size(requested_size)
-        after = start_after(token, "users", scope)
-        found = await self._store.users(scope, after, size + 1)
-        return page(found, size, lambda u: u.username, "users", scope)
+        listing = Listing("identity.ListUsers", (scope,))
+        found = await self._store.users(scope, listing.cursor(token) or "", size + 1)
+        return page(found, size, lambda u: u.username, listing)

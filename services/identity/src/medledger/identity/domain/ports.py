@@ -1,7 +1,9 @@
 """What identity's logic needs from the outside, as plain data and protocols.
 
-The Mongo adapter implements :class:`DirectoryStorage`; Vault adapters implement
-:class:`TokenSigner` and :class:`SecretSealer`; :class:`EventLog` is the ledger client.
+The Mongo adapters implement :class:`DirectoryStorage` and :class:`Parties` (users and
+organisations), :class:`ConsentStorage` and :class:`BreakGlassAudit` (consents); Vault
+adapters implement :class:`TokenSigner` and :class:`SecretSealer`; the ledger adapter
+implements :class:`IdentityEvents`.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from medledger.common.ledger_client import LedgerEvent
+from medledger.identity.domain.consent import Consent, ConsentStatus, Grantee
+
+if TYPE_CHECKING:  # access.py uses these ports; the record is its own
+    from medledger.identity.domain.access import BreakGlassRecord
 
 USER_KINDS = ("practitioner", "patient", "admin")
 
@@ -123,7 +128,114 @@ class SecretSealer(Protocol):
     async def unseal(self, sealed: str) -> bytes: ...
 
 
-class EventLog(Protocol):
-    async def append(
-        self, event: LedgerEvent, *, idempotency_key: str = "", timeout: float = 10.0
-    ) -> object: ...
+# A ledger receipt (the ledger API's Receipt message, serialized): the logic keeps it and
+# hands it back, never reads it.
+Receipt = bytes
+
+
+class IdentityEvents(Protocol):
+    """The ledger entries identity leaves. Each append is idempotent per event, so a retry
+    of the same event never makes a second entry; Unavailable when the ledger does not
+    answer."""
+
+    async def consent_granted(
+        self, consent: Consent, organization: str, commitment: bytes
+    ) -> Receipt: ...
+
+    async def consent_revoked(self, consent: Consent, organization: str) -> Receipt:
+        """The revocation by ``consent.revoked_by``."""
+
+    async def break_glass(self, record: BreakGlassRecord) -> int:
+        """The BREAK_GLASS entry's leaf index."""
+
+    async def token_issued(self, client_id: str, organization: str, jti: str) -> None: ...
+
+    async def key_rotated(
+        self, actor: str, organization: str, key_name: str, version: int
+    ) -> None: ...
+
+
+class Parties(Protocol):
+    """Who is who, for consents and access decisions."""
+
+    async def patient_organization(self, patient_id: str) -> str | None:
+        """The organisation holding the record of ``patient_id`` (that of its PATIENT user)."""
+
+    async def patient_of_user(self, user_id: str) -> str | None:
+        """The Patient id of a PATIENT user; None for anyone else."""
+
+    async def grantee_exists(self, grantee: Grantee) -> bool:
+        """Whether the organisation, client or user a consent would name exists."""
+
+
+# --- consents -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredConsent:
+    """A consent as stored, with what its ledgering and idempotent retries need."""
+
+    consent: Consent
+    ledgered: bool
+    salt: bytes = b""
+    request_digest: str = ""
+    grant_receipt: Receipt | None = None
+    revoke_receipt: Receipt | None = None
+
+
+@dataclass(frozen=True)
+class ConsentQuery:
+    """ListConsents filters; empty strings and None mean any."""
+
+    patient_id: str = ""
+    grantee_key: str = ""
+    status: ConsentStatus | None = None
+
+
+class ConsentStorage(Protocol):
+    """Consents. One written by :meth:`insert_pending` counts (for decisions, reads and
+    lists) only once :meth:`mark_granted` records its ledger receipt."""
+
+    async def insert_pending(
+        self, consent: Consent, *, salt: bytes, idempotency: str, request_digest: str
+    ) -> StoredConsent | None:
+        """Writes a consent that does not count yet; returns the consent already stored
+        under ``idempotency`` instead, if there is one (None when this one was written)."""
+
+    async def find_idempotent(self, idempotency: str) -> StoredConsent | None: ...
+
+    async def mark_granted(self, consent_id: str, receipt: Receipt) -> bool:
+        """Makes the consent count; False when it is gone (a failed attempt discarded it)."""
+
+    async def discard_pending(self, consent_id: str) -> None: ...
+
+    async def get(self, consent_id: str) -> StoredConsent | None:
+        """A consent that counts; None otherwise."""
+
+    async def consents_for(self, patient_id: str, grantee_keys: Sequence[str]) -> list[Consent]:
+        """Unrevoked consents of ``patient_id`` to any of ``grantee_keys``: one indexed
+        query, never a cache (a revocation must deny on the very next decision)."""
+
+    async def list_consents(
+        self, query: ConsentQuery, *, after: str, limit: int, now: datetime
+    ) -> list[Consent]:
+        """Up to ``limit`` consents after id ``after``, in id (creation) order."""
+
+    async def revoke(self, consent_id: str, revoked_by: str, now: datetime) -> StoredConsent | None:
+        """Revokes the consent at ``now`` unless it already is (then it is left as it was);
+        None when there is no such consent."""
+
+    async def set_revoke_receipt(self, consent_id: str, receipt: Receipt) -> None: ...
+
+
+class BreakGlassAudit(Protocol):
+    """Every break-glass attempt, with its reason (kept here only, never in the ledger)."""
+
+    async def open_break_glass(self, record: BreakGlassRecord) -> None: ...
+
+    async def close_break_glass(self, record_id: str, leaf_index: int) -> None: ...
+
+    async def list_break_glass(
+        self, *, patient_id: str, organization: str, after: str, limit: int
+    ) -> list[BreakGlassRecord]:
+        """Attempts of a patient and/or by an organisation after id ``after``, oldest first."""

@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Final
 
-from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.errors import (
     FieldViolation,
     InvalidArgument,
@@ -25,12 +24,16 @@ from medledger.common.errors import (
     Unauthenticated,
 )
 from medledger.common.interceptors import Principal
-from medledger.common.ledger_client import LedgerEvent
 from medledger.identity.domain import passwords
 from medledger.identity.domain.assertions import ASSERTION_TYPE, AssertionVerifier
 from medledger.identity.domain.authz import require_admin
 from medledger.identity.domain.directory import utc_now
-from medledger.identity.domain.ports import DirectoryStorage, EventLog, SecretSealer, TokenSigner
+from medledger.identity.domain.ports import (
+    DirectoryStorage,
+    IdentityEvents,
+    SecretSealer,
+    TokenSigner,
+)
 from medledger.identity.domain.purposes import ETREAT, HOPERAT, PATRQT, TREAT
 from medledger.identity.domain.scopes import (
     ADMIN,
@@ -42,7 +45,6 @@ from medledger.identity.domain.scopes import (
     parse_scopes,
 )
 
-AUDIENCE_MAX: Final = 255
 # The identity service's own principal, for the calls it makes (ledger appends).
 SERVICE_PRINCIPAL: Final = "medledger-identity"
 
@@ -105,7 +107,7 @@ class TokenService:
         store: DirectoryStorage,
         signer: TokenSigner,
         sealer: SecretSealer,
-        ledger: EventLog,
+        events: IdentityEvents,
         assertions: AssertionVerifier,
         policy: TokenPolicy,
         *,
@@ -114,7 +116,7 @@ class TokenService:
         self._store = store
         self._signer = signer
         self._sealer = sealer
-        self._ledger = ledger
+        self._events = events
         self._assertions = assertions
         self._policy = policy
         self._clock = clock
@@ -171,11 +173,13 @@ class TokenService:
             problems.append(FieldViolation("client_credentials.client_assertion", "is required"))
         if not scope.strip():
             problems.append(FieldViolation("client_credentials.scope", "is required"))
-        if len(audience) > AUDIENCE_MAX or any(c.isspace() for c in audience):
+        if audience not in ("", self._policy.default_audience):
+            # Every medledger service verifies tokens for the one audience; a token for any
+            # other would be refused by all of them.
             problems.append(
                 FieldViolation(
                     "client_credentials.audience",
-                    f"must be at most {AUDIENCE_MAX} characters, no spaces",
+                    "must be empty or the audience the medledger services accept",
                 )
             )
         if problems:
@@ -191,16 +195,7 @@ class TokenService:
             extra={"client_id": client.client_id},
         )
         # No ledger entry, no token: the ledger must know every token a partner holds.
-        await self._ledger.append(
-            LedgerEvent(
-                kind=ledger_pb2.EVENT_KIND_TOKEN_ISSUED,
-                actor=client.client_id,
-                organization=client.organization,
-                resource_type="AccessToken",
-                resource_id=jti,
-            ),
-            idempotency_key=f"token-issued:{jti}",
-        )
+        await self._events.token_issued(client.client_id, client.organization, jti)
         return self._issued(token, scopes)
 
     async def password(
@@ -276,16 +271,11 @@ class TokenService:
         caller = require_admin(principal)
         async with self._rotation:
             version = await self._signer.current_version() + 1
-            await self._ledger.append(
-                LedgerEvent(
-                    kind=ledger_pb2.EVENT_KIND_KEY_ROTATED,
-                    actor=caller.subject,
-                    organization=caller.organization or self._policy.service_organization,
-                    resource_type="SigningKey",
-                    resource_id=self._signer.key_name,
-                    resource_version=version,
-                ),
-                idempotency_key=f"key-rotated:{self._signer.key_name}:{version}",
+            await self._events.key_rotated(
+                caller.subject,
+                caller.organization or self._policy.service_organization,
+                self._signer.key_name,
+                version,
             )
             return await self._signer.rotate()
 

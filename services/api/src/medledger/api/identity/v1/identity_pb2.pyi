@@ -707,7 +707,7 @@ class ClientCredentialsGrant(_message.Message):
     """Space-separated scopes requested; must be a subset of the client's allowed scopes."""
     audience: _builtins.str
     """Audience of the token to issue: empty for the audience the medledger services accept,
-    or that audience; any other is refused (INVALID_ARGUMENT, AUDIENCE_UNKNOWN).
+    or that audience; any other is refused (INVALID_ARGUMENT naming this field).
     """
     def __init__(
         self,

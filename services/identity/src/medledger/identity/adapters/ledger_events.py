@@ -1,0 +1,120 @@
+"""identity's ledger entries (the ``IdentityEvents`` port): ids, the patient's keyed pseudonym
+and salted commitments only, never PHI.
+
+One idempotency-key scheme for all of them, ``identity:<event>:<resource id>[:<version>]``:
+a retry of the same event on the same resource reuses its key, so the ledger keeps one
+entry however often identity retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+from medledger.api.common.v1 import purpose_pb2
+from medledger.api.ledger.v1 import ledger_pb2
+from medledger.common.ledger_client import LedgerClient, LedgerEvent
+from medledger.common.subject import SubjectHasher
+from medledger.identity.domain.access import BreakGlassRecord
+from medledger.identity.domain.consent import Consent
+from medledger.identity.domain.ports import Receipt
+
+# A break-glass access waits for its entry: a short bound, the clinician is waiting.
+BREAK_GLASS_TIMEOUT: Final = 5.0
+_MAX_KEY_LENGTH: Final = 128  # the ledger's bound on idempotency keys
+
+
+def idempotency_key(event: str, resource_id: str, version: int | None = None) -> str:
+    """The key of ``event`` on ``resource_id`` (and ``version``, for versioned resources)."""
+    key = f"identity:{event}:{resource_id}"
+    if version is not None:
+        key += f":{version}"
+    if len(key) > _MAX_KEY_LENGTH:  # a long id: still one key per event, within bounds
+        key = f"identity:{event}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return key
+
+
+class LedgerEvents:
+    def __init__(self, ledger: LedgerClient, subjects: SubjectHasher) -> None:
+        self._ledger = ledger
+        self._subjects = subjects
+
+    async def consent_granted(
+        self, consent: Consent, organization: str, commitment: bytes
+    ) -> Receipt:
+        event = LedgerEvent(
+            kind=ledger_pb2.EVENT_KIND_CONSENT_GRANTED,
+            actor=consent.recorded_by,
+            organization=organization,
+            subject=await self._subjects.subject(consent.terms.patient_id),
+            resource_type="Consent",
+            resource_id=consent.consent_id,
+            resource_version=1,
+            content_commitment=commitment,
+            purpose=purpose_pb2.PURPOSE_OF_USE_PATRQT,
+        )
+        receipt = await self._ledger.append(
+            event, idempotency_key=idempotency_key("consent-granted", consent.consent_id)
+        )
+        return receipt.SerializeToString()
+
+    async def consent_revoked(self, consent: Consent, organization: str) -> Receipt:
+        event = LedgerEvent(
+            kind=ledger_pb2.EVENT_KIND_CONSENT_REVOKED,
+            actor=consent.revoked_by,
+            organization=organization,
+            subject=await self._subjects.subject(consent.terms.patient_id),
+            resource_type="Consent",
+            resource_id=consent.consent_id,
+            resource_version=2,
+            purpose=purpose_pb2.PURPOSE_OF_USE_PATRQT,
+        )
+        receipt = await self._ledger.append(
+            event, idempotency_key=idempotency_key("consent-revoked", consent.consent_id)
+        )
+        return receipt.SerializeToString()
+
+    async def break_glass(self, record: BreakGlassRecord) -> int:
+        # The resource id is the audit record's, so auditors can join the two; the reason
+        # is in the entry only as a salted commitment.
+        event = LedgerEvent(
+            kind=ledger_pb2.EVENT_KIND_BREAK_GLASS,
+            actor=record.principal_id,
+            organization=record.organization,
+            subject=await self._subjects.subject(record.patient_id),
+            resource_type=record.resource_type,
+            resource_id=record.record_id,
+            content_commitment=record.commitment(),
+            purpose=purpose_pb2.PURPOSE_OF_USE_ETREAT,
+        )
+        receipt = await self._ledger.append(
+            event,
+            idempotency_key=idempotency_key("break-glass", record.record_id),
+            timeout=BREAK_GLASS_TIMEOUT,
+        )
+        return int(receipt.leaf_index)
+
+    async def token_issued(self, client_id: str, organization: str, jti: str) -> None:
+        await self._ledger.append(
+            LedgerEvent(
+                kind=ledger_pb2.EVENT_KIND_TOKEN_ISSUED,
+                actor=client_id,
+                organization=organization,
+                resource_type="AccessToken",
+                resource_id=jti,
+            ),
+            idempotency_key=idempotency_key("token-issued", jti),
+        )
+
+    async def key_rotated(self, actor: str, organization: str, key_name: str, version: int) -> None:
+        await self._ledger.append(
+            LedgerEvent(
+                kind=ledger_pb2.EVENT_KIND_KEY_ROTATED,
+                actor=actor,
+                organization=organization,
+                resource_type="SigningKey",
+                resource_id=key_name,
+                resource_version=version,
+            ),
+            idempotency_key=idempotency_key("key-rotated", key_name, version),
+        )
