@@ -55,7 +55,8 @@ def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def check_jws_header_depth(compact: str | bytes, max_depth: int = MAX_DEPTH) -> None:
-    """Bounds the protected header of a compact JWS before a JOSE library parses it.
+    """Bounds the protected header of a compact JWS before a JOSE library parses it (joserfc
+    caps headers at 512 bytes today; this does not rely on that default).
 
     ``ValueError`` when the header is not base64url or nests deeper than ``max_depth``.
     """
