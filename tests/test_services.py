@@ -24,7 +24,12 @@ from medledger.api.record.v1 import record_pb2
 from medledger.api.witness.v1 import witness_pb2
 from medledger.devstack.mongo import MongoServer
 from medledger.devstack.process import free_port, free_ports
-from medledger.devstack.services import SERVICE_PORTS, ServiceServer, StackEndpoints
+from medledger.devstack.services import (
+    SERVICE_PORTS,
+    ServiceServer,
+    StackEndpoints,
+    read_stack_keys,
+)
 
 MONGO_SERVICES = ("identity", "record", "ledger", "witness-a")
 DESCRIPTORS = {
@@ -59,9 +64,11 @@ def endpoints(mongo: MongoServer, vault: Any, triton_url: str = "") -> StackEndp
     return StackEndpoints(
         mongo_uri=mongo.uri,
         vault_addr=vault.addr,
-        vault_token=vault.services_token,
+        vault_tokens=vault.service_tokens,
         triton_url=triton_url,
         service_ports=ports,
+        # The public keys the witness follows, read with the operators' token as `dev up` does.
+        keys=read_stack_keys(vault.addr, vault.operator_token),
     )
 
 

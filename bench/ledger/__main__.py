@@ -275,12 +275,13 @@ async def main(leaves: int, seconds: float, sections: str) -> None:
     mongo.start()
     vault.start()
     vault.provision()
-    assert vault.services_token is not None
     print(f"# ledger benchmark — cores: {os.cpu_count()}, state: {workdir}")
     ports = dict(zip(SERVICE_PORTS, free_ports(len(SERVICE_PORTS)), strict=True))
-    endpoints = StackEndpoints(mongo.uri, vault.addr, vault.services_token, "", ports)
+    endpoints = StackEndpoints(mongo.uri, vault.addr, vault.service_tokens, "", ports)
     platform, stop_platform = await start_platform(
-        mongo.uri, VaultSettings(addr=vault.addr, token=vault.services_token)
+        mongo.uri,
+        identity_vault=VaultSettings(addr=vault.addr, token=vault.token_for("identity")),
+        ledger_vault=VaultSettings(addr=vault.addr, token=vault.token_for("ledger")),
     )
     BenchLedger.identity = platform.identity_address
     TOKEN[0] = await platform.token("ledger.append ledger.read")
@@ -316,10 +317,9 @@ async def bench_appends(uri: str, endpoints: StackEndpoints, workdir: Path, seco
 async def bench_proofs(
     uri: str, vault: DevVault, endpoints: StackEndpoints, workdir: Path, leaves: int
 ) -> None:
-    assert vault.services_token is not None
     mongo_uri = uri
     print(f"(c) inclusion proofs at {leaves:,} leaves")
-    transit = VaultTransit(VaultSettings(addr=vault.addr, token=vault.services_token))
+    transit = VaultTransit(VaultSettings(addr=vault.addr, token=vault.token_for("ledger")))
     load_seconds = await bulk_load(mongo_uri, "bench_big", transit, leaves)
     print(f"    bulk load: {load_seconds:.0f} s")
     big = BenchLedger(endpoints, workdir / "ledger-big.log", "bench_big")

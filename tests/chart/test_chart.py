@@ -1,5 +1,6 @@
-"""What the Helm chart renders: mutual TLS by default, an egress policy for every component, and
-a database and Mongo credential of its own for every component that uses Mongo.
+"""What the Helm chart renders: mutual TLS by default, an egress policy for every component,
+a database and Mongo credential of its own for every component that uses Mongo, and a Vault role
+of its own for every component that uses Vault (the witness on its organisation's mount).
 
 Renders with the pinned helm that scripts/chart-check.sh installs (``--helm-path``).
 """
@@ -237,5 +238,47 @@ def test_rendering_refuses_a_shared_database_or_credential(
     helm: str, values: list[str], setting: str, message: str
 ) -> None:
     done = _helm_template(helm, *values, "--set", setting)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def vault_logins(manifest: Manifest) -> dict[str, tuple[str, str]]:
+    """Each component that uses Vault: its Kubernetes auth role and its transit mount."""
+    return {
+        name: (variables["VAULT_K8S_ROLE"], variables["VAULT_TRANSIT_MOUNT"])
+        for name, deployment in of_kind(manifest, "Deployment").items()
+        if "VAULT_ADDR" in (variables := env(deployment))
+    }
+
+
+def test_each_component_logs_in_to_vault_as_its_own_role(manifest: Manifest) -> None:
+    logins = vault_logins(manifest)
+    assert {"identity", "record", "ledger"} <= logins.keys()
+    for name, (role, _) in logins.items():
+        assert role == f"medledger-{name}"  # the policy of vault_layout.policy_name(name)
+        deployment = of_kind(manifest, "Deployment")[name]
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == f"{RELEASE}-{name}"
+
+
+def test_the_witness_cosigns_on_its_own_organisations_mount(render: Render) -> None:
+    logins = vault_logins(render("-f", str(FULL_VALUES)))
+    witness_mount = logins["witness"][1]
+    assert witness_mount == "transit-witness"
+    assert all(mount != witness_mount for name, (_, mount) in logins.items() if name != "witness")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("components.record.vaultRole=medledger-identity", "share the Vault role"),
+        ("components.witness.vaultRole=medledger-ledger", "share the Vault role"),
+        ("components.witness.vaultTransitMount=transit", "its own organisation's mount"),
+        ("vault.transitMount=transit-witness", "its own organisation's mount"),
+    ],
+)
+def test_rendering_refuses_a_shared_vault_role_or_the_witness_on_the_logs_mount(
+    helm: str, setting: str, message: str
+) -> None:
+    done = _helm_template(helm, "-f", str(FULL_VALUES), "--set", setting)
     assert done.returncode != 0
     assert message in done.stderr

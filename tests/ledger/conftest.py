@@ -87,13 +87,12 @@ class LiveLedger:
 async def _serve_ledger(
     mongo: MongoServer, vault: DevVault, database: str | None
 ) -> AsyncIterator[LiveLedger]:
-    assert vault.services_token is not None
     database = database or f"ledger_{uuid.uuid4().hex[:12]}"
     runtime = build_runtime(
         LedgerSettings(grpc_port=0),
         LedgerConfig(origin=ORIGIN, lease_ttl_seconds=3),
         MongoSettings(MONGODB_URI=mongo.uri, MEDLEDGER_MONGODB_DATABASE=database),
-        VaultSettings(addr=vault.addr, token=vault.services_token),
+        VaultSettings(addr=vault.addr, token=vault.token_for("ledger")),
     )
     server = ServiceServer(runtime)
     await server.start()

@@ -91,7 +91,7 @@ def endpoints(mongo_uri: str, vault: Any) -> StackEndpoints:
     return StackEndpoints(
         mongo_uri=mongo_uri,
         vault_addr=vault.addr,
-        vault_token=vault.services_token,
+        vault_tokens=vault.service_tokens,
         triton_url="",
         service_ports=dict(zip(SERVICE_PORTS, free_ports(len(SERVICE_PORTS)), strict=True)),
     )

@@ -86,7 +86,6 @@ Cli = Callable[..., Awaitable[CliResult]]
 async def partner_ledger(
     mongo_server: MongoServer, vault_server: DevVault
 ) -> AsyncIterator[ServiceServer]:
-    assert vault_server.services_token is not None
     runtime = build_ledger(
         LedgerSettings(grpc_port=0, health_interval_seconds=0.2),
         LedgerConfig(origin="partner.test/ledger", lease_ttl_seconds=2),
@@ -94,7 +93,7 @@ async def partner_ledger(
             MONGODB_URI=mongo_server.uri,
             MEDLEDGER_MONGODB_DATABASE=f"pl{uuid.uuid4().hex[:10]}",
         ),
-        VaultSettings(addr=vault_server.addr, token=vault_server.services_token),
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
     )
     server = ServiceServer(runtime)
     await server.start()
@@ -119,7 +118,6 @@ async def identity(
 ) -> AsyncIterator[LiveIdentity]:
     """Identity over a fresh database, bootstrapped as the stack does it, with the stack's
     state folder (``paths``) in a temporary directory."""
-    assert vault_server.services_token is not None
     paths = StackPaths(tmp_path / "medledger-home")
     admin = ensure_key_pair(
         BOOTSTRAP_ADMIN_CLIENT,
@@ -137,7 +135,7 @@ async def identity(
             MONGODB_URI=mongo_server.uri,
             MEDLEDGER_MONGODB_DATABASE=f"pi{uuid.uuid4().hex[:10]}",
         ),
-        VaultSettings(addr=vault_server.addr, token=vault_server.services_token),
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity")),
         PeerSettings(ledger_addr=f"127.0.0.1:{partner_ledger.port}"),
         plan_from_config(config),
     )

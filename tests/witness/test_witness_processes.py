@@ -27,6 +27,7 @@ from medledger.devstack.services import (
     WITNESSES,
     ServiceServer,
     StackEndpoints,
+    read_stack_keys,
     service_env,
 )
 from medledger.testkit.platform import Platform, authed_channel
@@ -78,9 +79,11 @@ def endpoints(mongo_server: MongoServer, vault_server: Any) -> StackEndpoints:
     return StackEndpoints(
         mongo_uri=mongo_server.uri,
         vault_addr=vault_server.addr,
-        vault_token=vault_server.services_token,
+        vault_tokens=vault_server.service_tokens,
         triton_url="",
         service_ports=dict(zip(SERVICE_PORTS, free_ports(len(SERVICE_PORTS)), strict=True)),
+        # As `medledger dev up` does: the operators read the public keys the services trust.
+        keys=read_stack_keys(vault_server.addr, vault_server.operator_token),
     )
 
 
@@ -99,7 +102,7 @@ def witnesses(
         for name, identity in WITNESSES.items()
     }
     for server in servers.values():
-        server.start()  # reads the keys from Vault, then waits for SERVING
+        server.start()  # waits for SERVING
     yield servers
     for server in servers.values():
         server.stop()
@@ -109,7 +112,7 @@ class VaultLedger:
     """Signs checkpoints of the test tree with the ledger's checkpoint key in Vault."""
 
     def __init__(self, vault: Any, vkey: str) -> None:
-        self.transit = VaultTransit(VaultSettings(addr=vault.addr, token=vault.services_token))
+        self.transit = VaultTransit(VaultSettings(addr=vault.addr, token=vault.token_for("ledger")))
         self.key_id = VerifierKey.parse(vkey).key_id
 
     async def checkpoint(self, size: int) -> bytes:

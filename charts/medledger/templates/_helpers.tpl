@@ -105,6 +105,37 @@ or a credential (Secret and key), so none can read or rewrite another's data.
 {{- end -}}
 {{- end -}}
 
+{{/*
+Checks across components, run once: no two enabled components that use Vault log in as the same
+role (each role has its component's policy only), and the witness, another organisation's,
+never uses the transit mount of the log's components.
+*/}}
+{{- define "medledger.checkVaultIsolation" -}}
+{{- $roles := dict -}}
+{{- $mounts := dict -}}
+{{- range $name := keys .Values.components | sortAlpha -}}
+{{- if (index $.Values.components $name).enabled -}}
+{{- $config := include "medledger.component" (dict "root" $ "name" $name) | fromJson -}}
+{{- if has "vault" ($config.backends | default list) -}}
+{{- $role := required (printf "components.%s.vaultRole is required: it uses vault" $name) $config.vaultRole -}}
+{{- with get $roles $role -}}
+{{- fail (printf "components.%s and components.%s share the Vault role %q: give each its own role and policy" . $name $role) -}}
+{{- end -}}
+{{- $_ := set $roles $role $name -}}
+{{- $_ := set $mounts $name ($config.vaultTransitMount | default $.Values.vault.transitMount) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- with get $mounts "witness" -}}
+{{- $witnessMount := . -}}
+{{- range $name, $mount := $mounts -}}
+{{- if and (ne $name "witness") (eq $mount $witnessMount) -}}
+{{- fail (printf "the witness uses the transit mount %q of components.%s: give it its own organisation's mount (components.witness.vaultTransitMount)" $mount $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The port of a URL (scheme://host[:port]...); without one, the scheme's (443 or 80). */}}
 {{- define "medledger.urlPort" -}}
 {{- $url := urlParse . -}}
@@ -181,7 +212,7 @@ same name in its place.
 {{- $env = append $env (dict "name" "VAULT_ADDR" "value" (required "vault.address is required" $root.Values.vault.address)) -}}
 {{- $env = append $env (dict "name" "VAULT_AUTH_METHOD" "value" "kubernetes") -}}
 {{- $env = append $env (dict "name" "VAULT_K8S_ROLE" "value" (required (printf "components.%s.vaultRole is required: it uses vault" .name) $config.vaultRole)) -}}
-{{- $env = append $env (dict "name" "VAULT_TRANSIT_MOUNT" "value" $root.Values.vault.transitMount) -}}
+{{- $env = append $env (dict "name" "VAULT_TRANSIT_MOUNT" "value" ($config.vaultTransitMount | default $root.Values.vault.transitMount)) -}}
 {{- end -}}
 {{- if has "triton" $backends -}}
 {{- $env = append $env (dict "name" "TRITON_URL" "value" (required "triton.url is required" $root.Values.triton.url)) -}}

@@ -24,7 +24,7 @@ from medledger.ledger.config import LedgerConfig, LedgerSettings
 
 
 async def test_subject_pseudonym_is_stable_keyed_and_shared(vault_server: Any) -> None:
-    settings = VaultSettings(addr=vault_server.addr, token=vault_server.services_token)
+    settings = VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity"))
     first, second = SubjectHasher(VaultTransit(settings)), SubjectHasher(VaultTransit(settings))
     a = await first.subject("patient-123")
     assert len(a) == 32
@@ -37,7 +37,7 @@ async def test_append_fills_time_and_trace_and_returns_the_receipt(
     mongo_server: Any, vault_server: Any
 ) -> None:
     setup_telemetry("test")
-    vault_settings = VaultSettings(addr=vault_server.addr, token=vault_server.services_token)
+    vault_settings = VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger"))
     runtime = build_runtime(
         LedgerSettings(grpc_port=0),
         LedgerConfig(origin="client.test/ledger", lease_ttl_seconds=2),
@@ -49,7 +49,9 @@ async def test_append_fills_time_and_trace_and_returns_the_receipt(
     server = ServiceServer(runtime)
     await server.start()
     client = LedgerClient(f"127.0.0.1:{server.port}", ServiceSettings())
-    hasher = SubjectHasher(VaultTransit(vault_settings))
+    hasher = SubjectHasher(
+        VaultTransit(VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record")))
+    )
     event = LedgerEvent(
         kind=ledger_pb2.EVENT_KIND_CONSENT_GRANTED,
         actor="user-7",

@@ -13,12 +13,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from medledger.common.config import VaultSettings
 from medledger.common.errors import FailedPrecondition, NotFound, Unavailable
 from medledger.common.vault import Signature, VaultTransit
+from medledger.common.vault_layout import TRANSIT_MOUNT, witness_mount
 
 
-def transit(vault_server: Any, token: str | None = None) -> VaultTransit:
-    return VaultTransit(
-        VaultSettings(addr=vault_server.addr, token=token or vault_server.services_token)
-    )
+def transit(vault_server: Any, token: str, mount: str = TRANSIT_MOUNT) -> VaultTransit:
+    return VaultTransit(VaultSettings(addr=vault_server.addr, token=token, transit_mount=mount))
 
 
 def closed_port() -> int:
@@ -28,7 +27,7 @@ def closed_port() -> int:
 
 
 async def test_sign_verifies_with_the_public_key_only(vault_server: Any) -> None:
-    vault = transit(vault_server)
+    vault = transit(vault_server, vault_server.token_for("ledger"))
     await vault.check()
     message = b"medledger.local/ledger\n1\nAAAA\n"
     signature = await vault.sign("ledger-checkpoint", message)
@@ -37,12 +36,15 @@ async def test_sign_verifies_with_the_public_key_only(vault_server: Any) -> None
     public.verify(signature.signature, message)  # raises if wrong
     with pytest.raises(InvalidSignature):
         public.verify(signature.signature, message + b"x")
-    assert await vault.verify("ledger-checkpoint", message, signature)
+    root = transit(vault_server, vault_server.token)
+    assert await root.verify("ledger-checkpoint", message, signature)
     vault.close()
+    root.close()
 
 
 async def test_rotation_keeps_old_signatures_verifiable(vault_server: Any) -> None:
-    vault = transit(vault_server, vault_server.token)
+    # The root token stands for witness-b's organisation, which alone may rotate its key.
+    vault = transit(vault_server, vault_server.token, witness_mount("witness-b"))
     key = "witness-b"
     before = await vault.sign(key, b"before")
     new_version = await vault.rotate(key)
@@ -57,7 +59,7 @@ async def test_rotation_keeps_old_signatures_verifiable(vault_server: Any) -> No
 
 
 async def test_envelope_encryption_round_trip(vault_server: Any) -> None:
-    vault = transit(vault_server)
+    vault = transit(vault_server, vault_server.token_for("record"))
     data_key = await vault.generate_data_key("record-patient-kek")
     assert len(data_key.plaintext) == 32
     assert data_key.wrapped.startswith("vault:v")
@@ -83,4 +85,4 @@ async def test_bad_token_and_unknown_key(vault_server: Any) -> None:
     with pytest.raises(FailedPrecondition):
         await transit(vault_server, "not-a-token").check()
     with pytest.raises((NotFound, FailedPrecondition)):
-        await transit(vault_server).sign("no-such-key", b"x")
+        await transit(vault_server, vault_server.token_for("ledger")).sign("no-such-key", b"x")

@@ -68,7 +68,7 @@ def test_identity_env_carries_the_bootstrap(tmp_path: Path) -> None:
     endpoints = StackEndpoints(
         mongo_uri="mongodb://127.0.0.1:27018/?directConnection=true",
         vault_addr="http://127.0.0.1:8201",
-        vault_token="s.services",
+        vault_tokens={"identity": "s.identity"},
         triton_url="127.0.0.1:8011",
         identity_bootstrap=IdentityBootstrap("ops-admin", jwks),
     )
@@ -81,7 +81,7 @@ def test_identity_env_carries_the_bootstrap(tmp_path: Path) -> None:
         if other != "identity":
             assert not any(k.startswith("IDENTITY_") for k in service_env(other, endpoints, {}))
     # Without a bootstrap (the test kit's services), the shell's settings never leak in.
-    plain = service_env("identity", StackEndpoints("m", "v", "t", "x"), base=shell)
+    plain = service_env("identity", StackEndpoints("m", "v", {"identity": "t"}, "x"), base=shell)
     assert "IDENTITY_BOOTSTRAP_CLIENT_ID" not in plain
     assert plain["IDENTITY_SERVICE_CLIENTS"] == "ledger,record,inference"
 
@@ -97,7 +97,7 @@ def test_identity_accepts_what_the_stack_generates(
     assert not stack.admin_key().created
     assert load_private_key(admin.private_file).thumbprint() == admin.key.thumbprint()
     endpoints = StackEndpoints(
-        "m", "v", "t", "x", identity_bootstrap=IdentityBootstrap("ops-admin", admin.public_file)
+        "m", "v", {}, "x", identity_bootstrap=IdentityBootstrap("ops-admin", admin.public_file)
     )
     for name, value in service_env("identity", endpoints, base={}).items():
         if name.startswith("IDENTITY_"):

@@ -11,7 +11,12 @@ import pytest
 
 from medledger.common.config import VaultSettings
 from medledger.common.vault import VaultTransit
-from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY, WITNESS_A_KEY, WITNESS_B_KEY
+from medledger.common.vault_layout import (
+    LEDGER_CHECKPOINT_KEY,
+    TRANSIT_MOUNT,
+    WITNESS_A_KEY,
+    WITNESS_B_KEY,
+)
 from medledger.devstack.process import StackError
 from medledger.devstack.services import (
     LEDGER_ORIGIN,
@@ -39,7 +44,7 @@ from medledger.tlog import (
 ENDPOINTS = StackEndpoints(
     mongo_uri="mongodb://127.0.0.1:27018/?directConnection=true",
     vault_addr="http://127.0.0.1:8201",
-    vault_token="s.services",
+    vault_tokens={"witness-a": "s.witness-a", "witness-b": "s.witness-b", "ledger": "s.ledger"},
     triton_url="127.0.0.1:8011",
 )
 LEDGER = Ed25519Signer.generate(LEDGER_ORIGIN)
@@ -57,11 +62,12 @@ NOW = 1_750_000_000
 
 
 def test_the_two_witnesses_are_two_organisations() -> None:
-    assert {name: (w.key, w.name) for name, w in WITNESSES.items()} == {
-        "witness-a": ("witness-a", "witness-a.medledger.local"),
-        "witness-b": ("witness-b", "witness-b.medledger.local"),
+    assert {name: (w.key, w.name, w.mount) for name, w in WITNESSES.items()} == {
+        "witness-a": ("witness-a", "witness-a.medledger.local", "transit-witness-a"),
+        "witness-b": ("witness-b", "witness-b.medledger.local", "transit-witness-b"),
     }
     assert len({w.database for w in WITNESSES.values()} | {"medledger"}) == 3
+    assert len({w.mount for w in WITNESSES.values()} | {TRANSIT_MOUNT}) == 3
     assert service_module("witness-a") == service_module("witness-b") == "witness"
     assert service_module("ledger") == "ledger"
 
@@ -88,6 +94,9 @@ def test_each_witness_gets_its_identity_and_the_ledger_key() -> None:
         assert env["WITNESS_LOG_VKEYS"] == KEYS.ledger_vkey
         assert env["MEDLEDGER_MONGODB_DATABASE"] == witness.database
         assert env["OTEL_SERVICE_NAME"] == name
+        # Its own Vault token and transit mount: another organisation's Vault.
+        assert env["VAULT_TOKEN"] == f"s.{name}"
+        assert env["VAULT_TRANSIT_MOUNT"] == witness.mount
     # Until the keys are known a witness gets no log key (and would refuse to start).
     assert "WITNESS_LOG_VKEYS" not in service_env("witness-a", ENDPOINTS, base={})
 
@@ -97,7 +106,7 @@ def test_the_ledger_gets_both_witnesses_with_their_keys_in_the_same_order() -> N
     assert env["LEDGER_ORIGIN"] == LEDGER_ORIGIN
     assert env["LEDGER_WITNESSES"] == "127.0.0.1:50055,127.0.0.1:50056"
     assert env["LEDGER_WITNESS_VKEYS"] == (f"{WITNESS_A.verifier_key},{WITNESS_B.verifier_key}")
-    assert env["MEDLEDGER_MONGODB_DATABASE"] == "medledger"
+    assert env["MEDLEDGER_MONGODB_DATABASE"] == "medledger_ledger"
     assert "WITNESS_KEY" not in env
 
 
@@ -108,17 +117,24 @@ def test_a_witness_runs_the_witness_module() -> None:
 
 
 async def test_keys_read_from_vault_verify_what_vault_signs(vault_server: Any) -> None:
-    keys = read_stack_keys(vault_server.addr, vault_server.services_token)
-    transit = VaultTransit(VaultSettings(addr=vault_server.addr, token=vault_server.token))
+    keys = read_stack_keys(vault_server.addr, vault_server.operator_token)
+
+    def transit(service: str, mount: str = TRANSIT_MOUNT) -> VaultTransit:
+        token = vault_server.token_for(service)
+        return VaultTransit(VaultSettings(addr=vault_server.addr, token=token, transit_mount=mount))
+
+    ledger_transit = transit("ledger")
     body = Checkpoint(LEDGER_ORIGIN, 1, bytes(32)).body()
     ledger = VerifierKey.parse(keys.ledger_vkey)
-    log_line = NoteSignature(
-        LEDGER_ORIGIN, ledger.key_id, (await transit.sign(LEDGER_CHECKPOINT_KEY, body)).signature
-    )
+    signed_by_log = await ledger_transit.sign(LEDGER_CHECKPOINT_KEY, body)
+    log_line = NoteSignature(LEDGER_ORIGIN, ledger.key_id, signed_by_log.signature)
     assert verify_checkpoint(format_note(body, [log_line]), [keys.ledger_vkey], [], 0).size == 1
+    ledger_transit.close()
     for name, vkey in keys.witness_vkeys.items():
         witness = WITNESSES[name]
-        signed = await transit.sign(witness.key, cosigned_message(body, NOW))
+        own = transit(name, witness.mount)  # each witness signs on its own mount, own token
+        signed = await own.sign(witness.key, cosigned_message(body, NOW))
+        own.close()
         line = NoteSignature(
             witness.name,
             VerifierKey.parse(vkey).key_id,
@@ -126,7 +142,6 @@ async def test_keys_read_from_vault_verify_what_vault_signs(vault_server: Any) -
         )
         note = format_note(body, [log_line, line])
         verify_checkpoint(note, [keys.ledger_vkey], [vkey], 1)
-    transit.close()
 
 
 def test_unreadable_keys_say_what_is_wrong(vault_server: Any) -> None:

@@ -147,7 +147,7 @@ async def consent_ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[
                 "MEDLEDGER_MONGODB_DATABASE": f"l{uuid.uuid4().hex[:10]}",
             }
         ),
-        VaultSettings(addr=vault_server.addr, token=vault_server.services_token),
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
     )
     server = ServiceServer(runtime)
     await server.start()
@@ -173,7 +173,9 @@ async def harness(
     store = ConsentStore(mongo, name)
     await store.ensure_indexes()
     hasher = SubjectHasher(
-        VaultTransit(VaultSettings(addr=vault_server.addr, token=vault_server.services_token))
+        VaultTransit(
+            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity"))
+        )
     )
     ledger = LedgerClient(consent_ledger, ServiceSettings())
     patient_id = f"pat-{uuid.uuid4().hex[:12]}"

@@ -1,5 +1,8 @@
 """The signing key's life: JWKS, rotation with tokens in flight, and verification by
-another service through ``identity_jwks_fetcher`` (GetJwks over gRPC)."""
+another service through ``identity_jwks_fetcher`` (GetJwks over gRPC).
+
+An operator rotates the key in Vault (identity's own token may not); an admin then calls
+RotateSigningKey, which ledgers the rotation and publishes the new key."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ import pytest
 from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.auth import JwksTokenVerifier, identity_jwks_fetcher
-from medledger.common.config import ServiceSettings
-from medledger.common.errors import Unauthenticated
+from medledger.common.config import ServiceSettings, VaultSettings
+from medledger.common.errors import FailedPrecondition, Unauthenticated
+from medledger.common.vault import VaultTransit
+from medledger.common.vault_layout import IDENTITY_TOKEN_KEY
 
 pytestmark = pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")
 
@@ -35,12 +40,40 @@ async def jwks_kids(identity: Any) -> list[str]:
     return [k["kid"] for k in jwks["keys"]]
 
 
-async def test_rotation_keeps_tokens_in_flight_valid(identity: Any, ledger_stub: Any) -> None:
+async def operator_rotates(vault_server: Any) -> None:
+    """The operators' part of a rotation, with their own token."""
+    token = vault_server.operator_token
+    operator = VaultTransit(VaultSettings(addr=vault_server.addr, token=token))
+    await operator.rotate(IDENTITY_TOKEN_KEY)
+    operator.close()
+
+
+async def test_identity_cannot_rotate_its_own_key(identity: Any, vault_server: Any) -> None:
+    own = VaultTransit(
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity"))
+    )
+    with pytest.raises(FailedPrecondition) as refused:
+        await own.rotate(IDENTITY_TOKEN_KEY)
+    own.close()
+    assert refused.value.reason == "VAULT_FORBIDDEN"
+    # And RotateSigningKey publishes nothing until an operator has rotated the key in Vault.
+    with pytest.raises(grpc.aio.AioRpcError) as early:
+        await identity.stub.RotateSigningKey(
+            identity_pb2.RotateSigningKeyRequest(), metadata=await identity.admin()
+        )
+    assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert identity.reason(early.value) == "KEY_NOT_ROTATED"
+
+
+async def test_rotation_keeps_tokens_in_flight_valid(
+    identity: Any, ledger_stub: Any, vault_server: Any
+) -> None:
     admin = await identity.admin()
     in_flight = admin[0][1].removeprefix("Bearer ")
     old_kid = kid_of(in_flight)
     assert (await jwks_kids(identity))[0] == old_kid
 
+    await operator_rotates(vault_server)
     rotated = await identity.stub.RotateSigningKey(
         identity_pb2.RotateSigningKeyRequest(), metadata=admin
     )
@@ -79,7 +112,7 @@ async def test_only_admins_rotate(identity: Any) -> None:
     assert identity.reason(refused.value) == "ADMIN_SCOPE_REQUIRED"
 
 
-async def test_other_services_verify_through_get_jwks(identity: Any) -> None:
+async def test_other_services_verify_through_get_jwks(identity: Any, vault_server: Any) -> None:
     fetcher = identity_jwks_fetcher(f"127.0.0.1:{identity.server.port}", ServiceSettings())
     verifier = JwksTokenVerifier(fetcher, issuer="medledger://identity", audience="medledger")
     try:
@@ -93,6 +126,7 @@ async def test_other_services_verify_through_get_jwks(identity: Any) -> None:
         assert principal.scopes == frozenset({"system/Observation.rs"})
         assert principal.purposes == frozenset({"TREAT", "HRESCH"})
         # After a rotation the new kid is unknown to the cache: one refresh finds it.
+        await operator_rotates(vault_server)
         await identity.stub.RotateSigningKey(
             identity_pb2.RotateSigningKeyRequest(), metadata=await identity.admin()
         )

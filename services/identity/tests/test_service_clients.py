@@ -22,15 +22,16 @@ async def test_service_client_gets_a_token_signed_in_vault(
     identity = await make_identity(
         bootstrap=BootstrapPlan(organization="medledger", service_clients=("ledger", "record"))
     )
-    vault = VaultTransit(VaultSettings(addr=vault_server.addr, token=vault_server.services_token))
     address = f"127.0.0.1:{identity.server.port}"
 
     opened: list[ServiceTokenSource] = []
 
     def source(service: str, scope: str) -> ServiceTokenSource:
+        # Each service signs with its own key, holding its own Vault token.
+        token = vault_server.token_for(service)
         opened.append(
             ServiceTokenSource(
-                vault,
+                VaultTransit(VaultSettings(addr=vault_server.addr, token=token)),
                 SERVICE_CLIENT_KEYS[service],
                 service_client_id(service),
                 address,

@@ -17,11 +17,11 @@ from joserfc.jwk import OctKey
 
 from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.devstack.process import free_port
 from medledger.common.auth import JwksTokenVerifier, identity_jwks_fetcher
 from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
 from medledger.common.interceptors import Principal
 from medledger.common.server import ServiceServer
+from medledger.devstack.process import free_port
 from medledger.ledger.__main__ import build_runtime as build_ledger
 from medledger.ledger.config import LedgerConfig, LedgerSettings
 
@@ -330,7 +330,7 @@ async def test_identity_authenticates_to_a_ledger_that_requires_tokens(
             MongoSettings(
                 MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"la{identity.database}"
             ),
-            VaultSettings(addr=vault_server.addr, token=vault_server.services_token),
+            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
         ),
         verifier=Recording(fetcher, issuer="medledger://identity", audience="medledger"),
     )

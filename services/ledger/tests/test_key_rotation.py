@@ -14,12 +14,12 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.devstack.process import free_port
-from medledger.devstack.vault import DevVault
 from medledger.common.config import MongoSettings, VaultSettings
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY
+from medledger.devstack.process import free_port
+from medledger.devstack.vault import DevVault
 from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
 from medledger.tlog.cosignature import verify_checkpoint
@@ -61,7 +61,7 @@ def check(receipt: ledger_pb2.Receipt, vkeys: list[str]) -> None:
 async def test_rotation_keeps_old_checkpoints_verifiable(
     mongo_server: Any, own_vault: DevVault
 ) -> None:
-    settings = VaultSettings(addr=own_vault.addr, token=own_vault.services_token)
+    settings = VaultSettings(addr=own_vault.addr, token=own_vault.token_for("ledger"))
     runtime = build_runtime(
         LedgerSettings(grpc_port=0),
         LedgerConfig(origin="rotation.test/ledger", lease_ttl_seconds=2),
@@ -82,9 +82,10 @@ async def test_rotation_keeps_old_checkpoints_verifiable(
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(0.1)
             old_key = (await stub.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest())).vkey
-            await VaultTransit(VaultSettings(addr=own_vault.addr, token=own_vault.token)).rotate(
-                LEDGER_CHECKPOINT_KEY
-            )
+            # Rotation is the operators' (no service's token may rotate a key).
+            assert own_vault.operator_token is not None
+            operator = VaultSettings(addr=own_vault.addr, token=own_vault.operator_token)
+            await VaultTransit(operator).rotate(LEDGER_CHECKPOINT_KEY)
             after = (await stub.Append(ledger_pb2.AppendRequest(entry=entry()))).receipt
             keys = await stub.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest())
     finally:

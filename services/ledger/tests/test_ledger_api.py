@@ -51,7 +51,7 @@ async def start_ledger(
         LedgerSettings(grpc_port=0, health_interval_seconds=0.2),
         LedgerConfig(origin=ORIGIN, lease_ttl_seconds=2, **config),
         MongoSettings(MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=database),
-        VaultSettings(addr=vault_server.addr, token=vault_server.services_token),
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
     )
     server = ServiceServer(runtime)
     await server.start()

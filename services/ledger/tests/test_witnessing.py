@@ -15,7 +15,7 @@ from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
 from medledger.common.config import MongoSettings, VaultSettings
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
-from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY, WITNESS_A_KEY, WITNESS_B_KEY
+from medledger.common.vault_layout import WITNESS_KEYS, witness_mount
 from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
 from medledger.tlog.cosignature import verify_checkpoint
@@ -29,19 +29,24 @@ ORIGIN = "witnessed.test/ledger"
 async def test_checkpoints_are_cosigned_by_both_witnesses(
     mongo_server: Any, vault_server: Any
 ) -> None:
-    vault = VaultSettings(addr=vault_server.addr, token=vault_server.services_token)
-    public = await VaultTransit(vault).public_keys(LEDGER_CHECKPOINT_KEY)
+    vault = VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger"))
+    public = await VaultTransit(vault).public_keys("ledger-checkpoint")
     log_vkey = str(VerifierKey.for_key(ORIGIN, SIG_ED25519, public[max(public)]))
     suffix = uuid.uuid4().hex[:8]
     witnesses = []
-    for name, key in (("witness-a.test", WITNESS_A_KEY), ("witness-b.test", WITNESS_B_KEY)):
+    for service, key in WITNESS_KEYS.items():
         settings = WitnessSettings(
-            grpc_port=0, witness_name=name, witness_key=key, witness_log_vkeys=log_vkey
+            grpc_port=0, witness_name=f"{service}.test", witness_key=key, witness_log_vkeys=log_vkey
+        )
+        own = VaultSettings(
+            addr=vault_server.addr,
+            token=vault_server.token_for(service),
+            transit_mount=witness_mount(service),
         )
         mongo = MongoSettings(
             MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"{key}-{suffix}"
         )
-        server = ServiceServer(witness_runtime(settings, mongo, vault))
+        server = ServiceServer(witness_runtime(settings, mongo, own))
         await server.start()
         witnesses.append(server)
     vkeys = []

@@ -18,6 +18,7 @@ from medledger.common.config import MongoSettings, VaultSettings
 from medledger.common.errors import MedledgerError, from_rpc_error
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
+from medledger.common.vault_layout import witness_mount
 from medledger.devstack.process import free_port
 from medledger.devstack.vault import DevVault
 from medledger.tlog import (
@@ -39,6 +40,7 @@ from medledger.witness.runtime import witness_runtime
 
 ORIGIN = "medledger.test/log"
 WITNESS_NAME = "witness-a.medledger.test"
+WITNESS_SERVICE = "witness-a"  # the stack's witness whose Vault token and mount it uses
 WITNESS_KEY = "witness-a"
 NOW = 1_750_000_000
 
@@ -128,7 +130,11 @@ def make_witness(mongo_server: Any, vault_server: Any) -> Callable[..., WitnessU
                     "MEDLEDGER_MONGODB_DATABASE": f"witness_{uuid.uuid4().hex[:12]}",
                 }
             ),
-            vault=VaultSettings(addr=vault.addr, token=vault.services_token),
+            vault=VaultSettings(
+                addr=vault.addr,
+                token=vault.token_for(WITNESS_SERVICE),
+                transit_mount=witness_mount(WITNESS_SERVICE),
+            ),
             clock=Clock(),
         )
 
@@ -201,7 +207,13 @@ async def test_a_chain_of_checkpoints_is_cosigned(
         info = await stub.GetWitnessInfo(witness_pb2.GetWitnessInfoRequest())
         assert info.name == WITNESS_NAME
     # The advertised key is the Vault key's latest version, as a type 0x04 vkey.
-    transit = VaultTransit(VaultSettings(addr=vault_server.addr, token=vault_server.token))
+    transit = VaultTransit(
+        VaultSettings(
+            addr=vault_server.addr,
+            token=vault_server.token,
+            transit_mount=witness_mount(WITNESS_SERVICE),
+        )
+    )
     keys = await transit.public_keys(WITNESS_KEY)
     transit.close()
     expected = VerifierKey.for_key(WITNESS_NAME, SIG_COSIGNATURE_V1, keys[max(keys)])

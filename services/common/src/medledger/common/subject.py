@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
 
 from medledger.common.errors import FailedPrecondition
 from medledger.common.vault import VaultTransit
-from medledger.common.vault_layout import KV_MOUNT, KV_PREFIX
-
-SUBJECT_KEY_PATH = f"{KV_PREFIX}/ledger-subject-key"
+from medledger.common.vault_layout import KV_MOUNT, SUBJECT_KEY_PATH
 
 
 class SubjectHasher:
@@ -30,9 +29,12 @@ class SubjectHasher:
                 stored = await self._vault.read_secret(SUBJECT_KEY_PATH, mount=KV_MOUNT)
                 if stored is None:
                     fresh = base64.b64encode(secrets.token_bytes(32)).decode()
-                    await self._vault.create_secret(
-                        SUBJECT_KEY_PATH, {"key": fresh}, mount=KV_MOUNT
-                    )
+                    # Refused once it exists: a service may create the key, never replace
+                    # it (vault_layout), so a creator that lost the race is refused.
+                    with contextlib.suppress(FailedPrecondition):
+                        await self._vault.create_secret(
+                            SUBJECT_KEY_PATH, {"key": fresh}, mount=KV_MOUNT
+                        )
                     # Whoever won the race, everyone uses the stored value.
                     stored = await self._vault.read_secret(SUBJECT_KEY_PATH, mount=KV_MOUNT)
                 if stored is None or "key" not in stored:

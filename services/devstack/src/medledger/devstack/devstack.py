@@ -5,7 +5,7 @@ Everything it starts is recorded in a pid file; ``down`` stops exactly those pro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -91,7 +91,7 @@ class DevStack:
             pid_file=paths.pid("triton"),
             model_control_mode="poll",
         )
-        self.services = self._services(vault_token="", keys=None, bootstrap=None)
+        self.services = self._services(vault_tokens={}, keys=None, bootstrap=None)
 
     @property
     def dependencies(self) -> list[Server]:
@@ -101,12 +101,15 @@ class DevStack:
         return [*self.dependencies, *([] if deps_only else self.services)]
 
     def _services(
-        self, vault_token: str, keys: StackKeys | None, bootstrap: IdentityBootstrap | None
+        self,
+        vault_tokens: Mapping[str, str],
+        keys: StackKeys | None,
+        bootstrap: IdentityBootstrap | None,
     ) -> list[ServiceServer]:
         endpoints = StackEndpoints(
             mongo_uri=self.mongo.uri,
             vault_addr=self.vault.addr,
-            vault_token=vault_token,
+            vault_tokens=vault_tokens,
             triton_url=self.triton.grpc_url,
             keys=keys,
             identity_bootstrap=bootstrap,
@@ -151,8 +154,8 @@ class DevStack:
 
     def trust_keys(self) -> StackKeys | None:
         """The verifier keys of the ledger and the witnesses, when Vault serves and we hold
-        the services token (None otherwise: they are only shown, never required here)."""
-        token = self.vault.services_token
+        the operators' token (None otherwise: they are only shown, never required here)."""
+        token = self.vault.operator_token
         if not token or self.vault.health() is not Health.SERVING:
             return None
         try:
@@ -240,14 +243,14 @@ class DevStack:
             self.triton.start()
 
         if not deps_only:
-            assert self.vault.services_token is not None
+            assert self.vault.operator_token is not None
             # The trust between the services: the ledger's and the witnesses' public keys.
-            keys = read_stack_keys(self.vault.addr, self.vault.services_token)
+            keys = read_stack_keys(self.vault.addr, self.vault.operator_token)
             admin = self.admin_key()
             if admin.created:
                 say(f"generated the {admin.client_id} key pair: {admin.private_file}")
             bootstrap = IdentityBootstrap(admin.client_id, admin.public_file)
-            self.services = self._services(self.vault.services_token, keys, bootstrap)
+            self.services = self._services(self.vault.service_tokens, keys, bootstrap)
             for service in self.services:
                 if service.component in running:
                     service.adopt()

@@ -1,15 +1,15 @@
 """The medledger services as processes: their ports, environment and gRPC health.
 
 The stack runs two witnesses, as two organisations would: ``witness-a`` and ``witness-b`` are
-both ``python -m medledger.witness``, each with its own Vault key, name and database. The
-services trust each other through public keys read from Vault (:class:`StackKeys`): the
-witnesses follow the ledger's checkpoint key, the ledger collects both witnesses' cosignatures.
+both ``python -m medledger.witness``, each with its own Vault mount, key, policy and token, name
+and database. The services trust each other through public keys read from Vault
+(:class:`StackKeys`): the witnesses follow the ledger's checkpoint key, the ledger collects
+both witnesses' cosignatures. Each service gets its own Vault token only, never the root token.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import importlib.util
 import os
 import sys
@@ -29,6 +29,7 @@ from medledger.common.vault_layout import (
     TRANSIT_MOUNT,
     WITNESS_A_KEY,
     WITNESS_B_KEY,
+    witness_mount,
 )
 from medledger.devstack.probes import Health, grpc_health
 from medledger.devstack.process import ComponentStartError, StackError
@@ -38,20 +39,28 @@ from medledger.tlog import SIG_COSIGNATURE_V1, SIG_ED25519, VerifierKey
 
 @dataclass(frozen=True)
 class WitnessIdentity:
-    """One witness of the stack: its Vault transit key, its key name, its own database."""
+    """One witness of the stack: its Vault transit key, its key name, its own database and
+    its own transit mount."""
 
     key: str
     name: str
     database: str
+    mount: str
 
 
 WITNESSES: Final[Mapping[str, WitnessIdentity]] = MappingProxyType(
     {
         "witness-a": WitnessIdentity(
-            WITNESS_A_KEY, "witness-a.medledger.local", "medledger_witness_a"
+            WITNESS_A_KEY,
+            "witness-a.medledger.local",
+            "medledger_witness_a",
+            witness_mount("witness-a"),
         ),
         "witness-b": WitnessIdentity(
-            WITNESS_B_KEY, "witness-b.medledger.local", "medledger_witness_b"
+            WITNESS_B_KEY,
+            "witness-b.medledger.local",
+            "medledger_witness_b",
+            witness_mount("witness-b"),
         ),
     }
 )
@@ -110,19 +119,23 @@ class StackKeys:
         return cls(ledger_vkey=str(ledger), witness_vkeys=MappingProxyType(witnesses))
 
 
-def latest_public_key(client: hvac.Client, key: str) -> bytes:
+def latest_public_key(client: hvac.Client, key: str, mount: str = TRANSIT_MOUNT) -> bytes:
     """The raw public key of the latest version of transit key ``key``."""
-    data = cast(dict[str, Any], client.secrets.transit.read_key(key, mount_point=TRANSIT_MOUNT))
+    data = cast(dict[str, Any], client.secrets.transit.read_key(key, mount_point=mount))
     latest = str(data["data"]["latest_version"])
     return base64.b64decode(data["data"]["keys"][latest]["public_key"])
 
 
 def read_stack_keys(vault_addr: str, token: str) -> StackKeys:
-    """The stack's verifier keys, from the public keys of its transit keys in Vault."""
+    """The stack's verifier keys, from the public keys of its transit keys in Vault
+    (``token``: one that may read them all, the operators')."""
     client = hvac.Client(url=vault_addr, token=token, timeout=VAULT_TIMEOUT_S)
-    names = [LEDGER_CHECKPOINT_KEY, *(w.key for w in WITNESSES.values())]
+    mounts = {LEDGER_CHECKPOINT_KEY: TRANSIT_MOUNT, **{w.key: w.mount for w in WITNESSES.values()}}
+    names = list(mounts)
     try:
-        return StackKeys.from_public_keys({name: latest_public_key(client, name) for name in names})
+        return StackKeys.from_public_keys(
+            {name: latest_public_key(client, name, mount) for name, mount in mounts.items()}
+        )
     except (hvac.exceptions.VaultError, requests.exceptions.RequestException, KeyError) as exc:
         raise StackError(
             f"vault: cannot read the public keys of {', '.join(names)} at {vault_addr} "
@@ -142,12 +155,13 @@ class IdentityBootstrap:
 
 @dataclass(frozen=True)
 class StackEndpoints:
-    """Where the services find their dependencies and each other, and the keys they trust
-    (``keys`` None: not known yet; a witness then reads them from Vault as it starts)."""
+    """Where the services find their dependencies and each other, each service's own Vault
+    token (``vault_tokens``, by service name), and the keys they trust (``keys`` None: not
+    known yet; the services then run without witnesses, and a witness cannot start)."""
 
     mongo_uri: str
     vault_addr: str
-    vault_token: str
+    vault_tokens: Mapping[str, str]
     triton_url: str
     service_ports: Mapping[str, int] = field(default_factory=lambda: dict(SERVICE_PORTS))
     host: str = "127.0.0.1"
@@ -184,6 +198,7 @@ def _witness_env(name: str, endpoints: StackEndpoints) -> dict[str, str]:
     env = {
         "WITNESS_NAME": witness.name,
         "WITNESS_KEY": witness.key,
+        "VAULT_TRANSIT_MOUNT": witness.mount,
         # Its own database, as another organisation's witness would have.
         "MEDLEDGER_MONGODB_DATABASE": witness.database,
     }
@@ -208,10 +223,16 @@ def service_env(
 ) -> dict[str, str]:
     """The environment that runs service ``name`` against ``endpoints``.
 
-    ``base`` (default: our environment) is kept, except that the settings below win; the
-    OpenTelemetry exporters are turned off unless the user configured any ``OTEL_*`` variable.
+    ``base`` (default: our environment) is kept, except that the settings below win and no
+    ``VAULT_*``/``BAO_*`` setting of ``base`` is kept (a shell's root token never reaches a
+    service): the service authenticates with its own token only. The OpenTelemetry exporters
+    are turned off unless the user configured any ``OTEL_*`` variable.
     """
-    env = dict(os.environ if base is None else base)
+    env = {
+        key: value
+        for key, value in (os.environ if base is None else base).items()
+        if not key.upper().startswith(("VAULT_", "BAO_"))
+    }
     if not any(key.startswith("OTEL_") for key in env):
         env["OTEL_TRACES_EXPORTER"] = "none"
         env["OTEL_METRICS_EXPORTER"] = "none"
@@ -231,13 +252,15 @@ def service_env(
             "MEDLEDGER_GRPC_HOST": endpoints.host,
             "MEDLEDGER_GRPC_PORT": str(endpoints.service_ports[name]),
             "VAULT_ADDR": endpoints.vault_addr,
-            "VAULT_TOKEN": endpoints.vault_token,
             "MEDLEDGER_IDENTITY_ADDR": endpoints.service_addr("identity"),
             "MEDLEDGER_RECORD_ADDR": endpoints.service_addr("record"),
             "MEDLEDGER_LEDGER_ADDR": endpoints.service_addr("ledger"),
             **_ledger_env(endpoints),
         }
     )
+    token = endpoints.vault_tokens.get(name)
+    if token:
+        env["VAULT_TOKEN"] = token
     database = SERVICE_DATABASES.get(name)
     if database is None:
         # It keeps no data: no Mongo credential, not even one from the shell.
@@ -311,11 +334,17 @@ class ServiceServer(Server):
                 None,
                 f"`python -m medledger.{module}` is not available in {sys.prefix}",
             )
+        if not self.endpoints.vault_tokens.get(self.component):
+            raise ComponentStartError(
+                self.component, None, "no Vault token of its own (is vault provisioned?)"
+            )
         if self.component in WITNESSES and self.endpoints.keys is None:
-            # A witness cannot start without the log's key; other services run without
-            # witnesses until given the keys (``DevStack`` always gives them).
-            keys = read_stack_keys(self.endpoints.vault_addr, self.endpoints.vault_token)
-            self.endpoints = dataclasses.replace(self.endpoints, keys=keys)
+            # A witness cannot start without the log's key, and its own token cannot read
+            # another organisation's keys; other services run without witnesses until given
+            # the keys (``DevStack`` always gives them).
+            raise ComponentStartError(
+                self.component, None, "the log's verifier key is not known (StackEndpoints.keys)"
+            )
 
     def after_start(self) -> None:
         self.process.wait_ready(

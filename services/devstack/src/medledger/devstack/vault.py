@@ -1,17 +1,23 @@
 """OpenBao (Vault API) for the local stack (persistent, raft) and for tests (dev, in memory).
 
-Both modes end the same way: ``provision()`` creates the mounts, transit keys, policy and the
-services' own token idempotently, so the services never run with the root token.
+Both modes end the same way: ``provision()`` creates the mounts, transit keys and policies of
+``medledger.common.vault_layout`` idempotently, and one token per service holding only that
+service's policy, plus the operators' token (key rotation). No service runs with the root token
+or with another service's token.
 """
 
 from __future__ import annotations
 
 import abc
+import base64
+import contextlib
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, cast
 
 import hvac
@@ -19,17 +25,24 @@ import hvac.exceptions
 
 from medledger.common.vault_layout import (
     KV_MOUNT,
-    SERVICES_POLICY,
-    SERVICES_TOKEN_PERIOD,
+    OPERATOR_POLICY,
+    SERVICE_VAULT,
+    SUBJECT_KEY_PATH,
+    TOKEN_PERIOD,
     TRANSIT_KEYS,
-    TRANSIT_MOUNT,
-    services_policy_hcl,
+    TRANSIT_MOUNTS,
+    operator_policy_hcl,
+    policy_hcl,
+    policy_name,
 )
 from medledger.devstack.probes import Health, http_health, http_status
 from medledger.devstack.process import StackError, find_executable
 from medledger.devstack.server import Server
 
 CLIENT_TIMEOUT_S = 10
+# The one policy every service shared before each had its own; provisioning deletes it, so a
+# token that still holds it can do nothing.
+RETIRED_POLICIES = ("medledger-services",)
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
@@ -54,21 +67,24 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class ProvisionResult:
-    """What provisioning had to create (empty when everything was already there)."""
+    """What provisioning had to create (empty when everything was already there), and the
+    tokens: each service's own, and the operators'."""
 
     created: tuple[str, ...]
-    services_token: str
+    service_tokens: Mapping[str, str]
+    operator_token: str
 
 
 def _ensure_mounts(client: hvac.Client, created: list[str]) -> None:
     mounts = cast(dict[str, Any], client.sys.list_mounted_secrets_engines()["data"])
-    transit = mounts.get(f"{TRANSIT_MOUNT}/")
-    if transit is None:
-        client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
-        created.append(f"mount {TRANSIT_MOUNT}/ (transit)")
-    elif transit.get("type") != "transit":
-        found = transit.get("type")
-        raise StackError(f"vault: {TRANSIT_MOUNT}/ is mounted as {found}, not transit")
+    for mount in TRANSIT_MOUNTS:
+        transit = mounts.get(f"{mount}/")
+        if transit is None:
+            client.sys.enable_secrets_engine("transit", path=mount)
+            created.append(f"mount {mount}/ (transit)")
+        elif transit.get("type") != "transit":
+            found = transit.get("type")
+            raise StackError(f"vault: {mount}/ is mounted as {found}, not transit")
     kv = mounts.get(f"{KV_MOUNT}/")
     if kv is None:
         client.sys.enable_secrets_engine("kv", path=KV_MOUNT, options={"version": "2"})
@@ -78,64 +94,102 @@ def _ensure_mounts(client: hvac.Client, created: list[str]) -> None:
 
 
 def _ensure_transit_keys(client: hvac.Client, created: list[str]) -> None:
-    for name, key_type in TRANSIT_KEYS.items():
+    for key in TRANSIT_KEYS.values():
         try:
-            existing = client.secrets.transit.read_key(name, mount_point=TRANSIT_MOUNT)
+            existing = client.secrets.transit.read_key(key.name, mount_point=key.mount)
         except hvac.exceptions.InvalidPath:
-            client.secrets.transit.create_key(name, key_type=key_type, mount_point=TRANSIT_MOUNT)
-            created.append(f"transit key {name} ({key_type})")
+            client.secrets.transit.create_key(key.name, key_type=key.type, mount_point=key.mount)
+            created.append(f"transit key {key.name} ({key.type}, {key.mount}/)")
             continue
         found = cast(dict[str, Any], existing)["data"]["type"]
-        if found != key_type:
-            raise StackError(f"vault: transit key {name} is {found}, expected {key_type}")
+        if found != key.type:
+            raise StackError(f"vault: transit key {key.name} is {found}, expected {key.type}")
 
 
-def _ensure_policy(client: hvac.Client, created: list[str]) -> None:
-    wanted = services_policy_hcl()
+def _ensure_subject_key(client: hvac.Client, created: list[str]) -> None:
+    """The ledger pseudonyms' HMAC key: made here, so no service ever needs to write it."""
     try:
-        current = cast(dict[str, Any], client.sys.read_policy(SERVICES_POLICY))["data"]["rules"]
+        client.secrets.kv.v2.read_secret_version(
+            SUBJECT_KEY_PATH, mount_point=KV_MOUNT, raise_on_deleted_version=True
+        )
+    except hvac.exceptions.InvalidPath:
+        key = base64.b64encode(secrets.token_bytes(32)).decode()
+        client.secrets.kv.v2.create_or_update_secret(
+            SUBJECT_KEY_PATH, secret={"key": key}, cas=0, mount_point=KV_MOUNT
+        )
+        created.append(f"kv {KV_MOUNT}/{SUBJECT_KEY_PATH}")
+
+
+def _ensure_policy(client: hvac.Client, name: str, wanted: str, created: list[str]) -> None:
+    try:
+        current = cast(dict[str, Any], client.sys.read_policy(name))["data"]["rules"]
     except hvac.exceptions.InvalidPath:
         current = None
     if current != wanted:
-        client.sys.create_or_update_policy(SERVICES_POLICY, wanted, pretty_print=False)
-        created.append(f"policy {SERVICES_POLICY}")
+        client.sys.create_or_update_policy(name, wanted, pretty_print=False)
+        created.append(f"policy {name}")
 
 
-def _usable_services_token(client: hvac.Client, token: str | None) -> bool:
-    """Whether a saved services token still works; renews it (periodic) when it does."""
+def _retire_policies(client: hvac.Client, created: list[str]) -> None:
+    existing = set(cast(dict[str, Any], client.sys.list_policies())["data"]["policies"])
+    for name in RETIRED_POLICIES:
+        if name in existing:
+            client.sys.delete_policy(name)
+            created.append(f"removed the retired policy {name}")
+
+
+def _usable_token(client: hvac.Client, token: str | None, policy: str) -> bool:
+    """Whether a saved token still works and holds exactly ``policy`` (besides Vault's
+    ``default``); renews it (periodic) when it does."""
     if not token:
         return False
     try:
         info = cast(dict[str, Any], client.auth.token.lookup(token))["data"]
     except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest):
         return False
-    if SERVICES_POLICY not in (info.get("policies") or []):
+    if set(info.get("policies") or []) - {"default"} != {policy}:
         return False
     client.auth.token.renew(token)
     return True
 
 
-def provision(client: hvac.Client, services_token: str | None = None) -> ProvisionResult:
+def _token(client: hvac.Client, saved: str | None, policy: str, created: list[str]) -> str:
+    if _usable_token(client, saved, policy):
+        assert saved is not None
+        return saved
+    reply = client.auth.token.create_orphan(
+        policies=[policy], period=TOKEN_PERIOD, display_name=policy, renewable=True
+    )
+    created.append(f"token for {policy}")
+    return str(cast(dict[str, Any], reply)["auth"]["client_token"])
+
+
+def provision(
+    client: hvac.Client,
+    service_tokens: Mapping[str, str] | None = None,
+    operator_token: str | None = None,
+) -> ProvisionResult:
     """Create what medledger needs in Vault when missing; a second run changes nothing.
 
-    ``client`` must hold a root (or equally privileged) token. ``services_token`` is the token
-    from an earlier run: kept (and renewed) while valid, replaced otherwise.
+    ``client`` must hold a root (or equally privileged) token. ``service_tokens`` and
+    ``operator_token`` are the tokens of an earlier run: each kept (and renewed) while valid
+    and holding its one policy, replaced otherwise.
     """
+    saved = service_tokens or {}
     created: list[str] = []
     _ensure_mounts(client, created)
     _ensure_transit_keys(client, created)
-    _ensure_policy(client, created)
-    if not _usable_services_token(client, services_token):
-        reply = client.auth.token.create_orphan(
-            policies=[SERVICES_POLICY],
-            period=SERVICES_TOKEN_PERIOD,
-            display_name="medledger-services",
-            renewable=True,
-        )
-        services_token = str(cast(dict[str, Any], reply)["auth"]["client_token"])
-        created.append("services token")
-    assert services_token is not None
-    return ProvisionResult(tuple(created), services_token)
+    _ensure_subject_key(client, created)
+    for service in SERVICE_VAULT:
+        _ensure_policy(client, policy_name(service), policy_hcl(service), created)
+    _ensure_policy(client, OPERATOR_POLICY, operator_policy_hcl(), created)
+    _retire_policies(client, created)
+    tokens = {
+        service: _token(client, saved.get(service), policy_name(service), created)
+        for service in SERVICE_VAULT
+    }
+    operator = _token(client, operator_token, OPERATOR_POLICY, created)
+    return ProvisionResult(tuple(created), MappingProxyType(tokens), operator)
 
 
 class VaultServer(Server):
@@ -159,7 +213,8 @@ class VaultServer(Server):
             die_with_parent=die_with_parent,
         )
         self.port = port
-        self.services_token: str | None = None
+        self.service_tokens: Mapping[str, str] = MappingProxyType({})
+        self.operator_token: str | None = None
 
     @property
     def ports(self) -> list[int]:
@@ -181,7 +236,14 @@ class VaultServer(Server):
     @property
     @abc.abstractmethod
     def token(self) -> str:
-        """The root token (provisioning and tests only; services get ``services_token``)."""
+        """The root token (provisioning and tests only; never given to a service)."""
+
+    def token_for(self, service: str) -> str:
+        """``service``'s own token (its policy only), once provisioned."""
+        try:
+            return self.service_tokens[service]
+        except KeyError:
+            raise StackError(f"vault: no token for {service}; is vault provisioned?") from None
 
     def env(self) -> dict[str, str]:
         # The server must follow its command line and config file only, not a shell's settings.
@@ -195,8 +257,9 @@ class VaultServer(Server):
         return hvac.Client(url=self.addr, token=token or self.token, timeout=CLIENT_TIMEOUT_S)
 
     def provision(self) -> ProvisionResult:
-        result = provision(self.client(), self.services_token)
-        self.services_token = result.services_token
+        result = provision(self.client(), self.service_tokens, self.operator_token)
+        self.service_tokens = result.service_tokens
+        self.operator_token = result.operator_token
         return result
 
 
@@ -240,8 +303,9 @@ class DevVault(VaultServer):
 class PersistentVault(VaultServer):
     """``bao server -config`` with raft storage in ``state_dir``: keys survive restarts.
 
-    Initialised once (one unseal key); the unseal key and root token are kept in
-    ``state_dir/init.json`` (0600, local use only) and the server is unsealed at each start.
+    Initialised once (one unseal key). ``state_dir`` (0700, local use only) keeps, each in its
+    own 0600 file: the unseal key, the root token (read only to provision), the services'
+    tokens and the operators' token. The server is unsealed at each start.
     """
 
     def __init__(
@@ -262,8 +326,11 @@ class PersistentVault(VaultServer):
             start_timeout=start_timeout,
         )
         self.state_dir = state_dir
-        saved = read_json(self.services_token_file) or {}
-        self.services_token = saved.get("token")
+        saved = read_json(self.service_tokens_file) or {}
+        tokens = saved.get("tokens")
+        if isinstance(tokens, dict):
+            self.service_tokens = MappingProxyType({str(k): str(v) for k, v in tokens.items()})
+        self.operator_token = (read_json(self.operator_token_file) or {}).get("token")
 
     @property
     def config_file(self) -> Path:
@@ -274,18 +341,36 @@ class PersistentVault(VaultServer):
         return self.state_dir / "raft"
 
     @property
-    def init_file(self) -> Path:
+    def unseal_key_file(self) -> Path:
+        return self.state_dir / "unseal-key.json"
+
+    @property
+    def root_token_file(self) -> Path:
+        return self.state_dir / "root-token.json"
+
+    @property
+    def service_tokens_file(self) -> Path:
+        return self.state_dir / "service-tokens.json"
+
+    @property
+    def operator_token_file(self) -> Path:
+        return self.state_dir / "operator-token.json"
+
+    @property
+    def _legacy_init_file(self) -> Path:
+        """Where earlier stacks kept the unseal key and the root token together."""
         return self.state_dir / "init.json"
 
     @property
-    def services_token_file(self) -> Path:
+    def _legacy_services_token_file(self) -> Path:
+        """Where earlier stacks kept the one token all services shared."""
         return self.state_dir / "services-token.json"
 
     @property
     def token(self) -> str:
-        saved = read_json(self.init_file)
+        saved = read_json(self.root_token_file)
         if saved is None or not saved.get("root_token"):
-            raise StackError(f"vault: no root token in {self.init_file}; is it initialised?")
+            raise StackError(f"vault: no root token in {self.root_token_file}; is it initialised?")
         return str(saved["root_token"])
 
     def config_hcl(self) -> str:
@@ -315,6 +400,17 @@ class PersistentVault(VaultServer):
         self.raft_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
         self.config_file.write_text(self.config_hcl(), encoding="utf-8")
+        self._split_legacy_init_file()
+
+    def _split_legacy_init_file(self) -> None:
+        legacy = read_json(self._legacy_init_file)
+        if legacy is None:
+            return
+        if legacy.get("unseal_keys_b64"):
+            write_private_json(self.unseal_key_file, {"unseal_keys_b64": legacy["unseal_keys_b64"]})
+        if legacy.get("root_token"):
+            write_private_json(self.root_token_file, {"root_token": legacy["root_token"]})
+        self._legacy_init_file.unlink()
 
     def after_start(self) -> None:
         health_url = f"{self.addr}/v1/sys/health"
@@ -335,19 +431,19 @@ class PersistentVault(VaultServer):
         client = hvac.Client(url=self.addr, timeout=CLIENT_TIMEOUT_S)
         if not client.sys.is_initialized():
             reply = cast(dict[str, Any], client.sys.initialize(secret_shares=1, secret_threshold=1))
-            write_private_json(
-                self.init_file,
-                {"unseal_keys_b64": reply["keys_base64"], "root_token": reply["root_token"]},
-            )
-            self.services_token = None
-            self.services_token_file.unlink(missing_ok=True)
+            write_private_json(self.unseal_key_file, {"unseal_keys_b64": reply["keys_base64"]})
+            write_private_json(self.root_token_file, {"root_token": reply["root_token"]})
+            self.service_tokens = MappingProxyType({})
+            self.operator_token = None
+            for stale in (self.service_tokens_file, self.operator_token_file):
+                stale.unlink(missing_ok=True)
         if not client.sys.is_sealed():
             return
-        saved = read_json(self.init_file)
+        saved = read_json(self.unseal_key_file)
         if saved is None or not saved.get("unseal_keys_b64"):
             raise StackError(
                 f"vault: the server in {self.raft_dir} is initialised but its unseal key "
-                f"({self.init_file}) is missing; remove {self.state_dir} to start over "
+                f"({self.unseal_key_file}) is missing; remove {self.state_dir} to start over "
                 "(this loses every key in it)"
             )
         for key in saved["unseal_keys_b64"]:
@@ -355,5 +451,15 @@ class PersistentVault(VaultServer):
 
     def provision(self) -> ProvisionResult:
         result = super().provision()
-        write_private_json(self.services_token_file, {"token": result.services_token})
+        write_private_json(self.service_tokens_file, {"tokens": dict(result.service_tokens)})
+        write_private_json(self.operator_token_file, {"token": result.operator_token})
+        self._revoke_legacy_services_token()
         return result
+
+    def _revoke_legacy_services_token(self) -> None:
+        legacy = (read_json(self._legacy_services_token_file) or {}).get("token")
+        if legacy:
+            # Already revoked or expired: nothing to do.
+            with contextlib.suppress(hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
+                self.client().auth.token.revoke(str(legacy))
+        self._legacy_services_token_file.unlink(missing_ok=True)

@@ -98,17 +98,18 @@ def _mongo(uri: str, database: str) -> MongoSettings:
 
 
 async def start_platform(
-    mongo_uri: str, vault: VaultSettings
+    mongo_uri: str, *, identity_vault: VaultSettings, ledger_vault: VaultSettings
 ) -> tuple[Platform, Callable[[], Awaitable[None]]]:
-    """Identity and the ledger it records in, on free ports; returns the platform and a
-    function that stops it. Used by the ``auth_platform`` fixture and the benchmarks."""
+    """Identity and the ledger it records in, on free ports, each with its own Vault
+    credentials; returns the platform and a function that stops it. Used by the
+    ``auth_platform`` fixture and the benchmarks."""
     database = f"platform{uuid.uuid4().hex[:8]}"
     ledger = ServiceServer(
         build_ledger(
             LedgerSettings(grpc_port=0),
             LedgerConfig(origin="platform.test/ledger", lease_ttl_seconds=2),
             _mongo(mongo_uri, database),
-            vault,
+            ledger_vault,
         )
     )
     await ledger.start()
@@ -118,7 +119,7 @@ async def start_platform(
         IdentitySettings(grpc_port=0),
         config,
         _mongo(mongo_uri, database),
-        vault,
+        identity_vault,
         PeerSettings(ledger_addr=f"127.0.0.1:{ledger.port}"),
         BootstrapPlan(
             organization=OPERATORS,
@@ -152,8 +153,13 @@ async def start_platform(
 async def auth_platform(mongo_server: Any, vault_server: Any) -> AsyncIterator[Platform]:
     """Identity (with its ledger) serving on free ports; services under test point
     ``MEDLEDGER_IDENTITY_ADDR`` at ``platform.identity_address``."""
-    vault = VaultSettings(addr=vault_server.addr, token=vault_server.services_token)
-    platform, stop = await start_platform(mongo_server.uri, vault)
+    platform, stop = await start_platform(
+        mongo_server.uri,
+        identity_vault=VaultSettings(
+            addr=vault_server.addr, token=vault_server.token_for("identity")
+        ),
+        ledger_vault=VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
+    )
     yield platform
     await stop()
 

@@ -45,7 +45,8 @@ def mongo_server(stack_dir: Path) -> Iterator[MongoServer]:
 
 @pytest.fixture(scope="session")
 def vault_server(stack_dir: Path) -> Iterator[DevVault]:
-    """OpenBao in dev mode, provisioned: ``.addr``, ``.token`` (root), ``.services_token``."""
+    """OpenBao in dev mode, provisioned: ``.addr``, ``.token`` (root), each service's own
+    token ``.token_for("ledger")`` (its policy only) and ``.operator_token`` (key rotation)."""
     server = DevVault(
         port=free_port(with_next=True),
         log_file=stack_dir / "logs" / "vault.log",
@@ -104,14 +105,14 @@ def service_environment(
     """The environment for ``python -m medledger.<name>`` against the fixtures' servers.
 
     ``ports`` maps every service name to its port (the ``service_ports`` fixture); the service
-    authenticates to Vault with the services token, not the root token.
+    authenticates to Vault with its own token, never the root token.
     """
-    if vault.services_token is None:
-        raise ValueError("vault has not been provisioned (no services token)")
+    if not vault.service_tokens:
+        raise ValueError("vault has not been provisioned (no service tokens)")
     endpoints = StackEndpoints(
         mongo_uri=mongo.uri,
         vault_addr=vault.addr,
-        vault_token=vault.services_token,
+        vault_tokens=vault.service_tokens,
         triton_url=triton.grpc_url if triton is not None else "",
         service_ports=dict(ports),
     )

@@ -8,6 +8,11 @@ rotated meanwhile), we learn the new keys and sign again.
 
 The JWKS lists the current version and the previous one, so tokens signed just before a
 rotation keep verifying until they expire.
+
+Identity's own Vault policy cannot rotate its key: an operator does, in Vault
+(``bao write -f transit/keys/identity-token/rotate`` under ``medledger-operator``), and an admin
+then calls RotateSigningKey, which ledgers the rotation and publishes the new version
+(:meth:`VaultTokenSigner.rotate`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class VaultTokenSigner:
         self._vault = vault
         self._key = key
         self._versions: dict[int, KeyVersion] = {}
+        # The newest version whose rotation this signer has published (ledgered): the one Vault
+        # had when we first looked, then each one ``rotate`` adopted.
+        self._published: int | None = None
 
     @property
     def key_name(self) -> str:
@@ -63,6 +71,8 @@ class VaultTokenSigner:
             raise FailedPrecondition("the token signing key has no public key", reason="NO_KEY")
         versions = {version: key_version(version, public) for version, public in keys.items()}
         self._versions = versions
+        if self._published is None:
+            self._published = max(versions)
         return versions
 
     async def _latest(self) -> KeyVersion:
@@ -71,6 +81,26 @@ class VaultTokenSigner:
 
     async def current_version(self) -> int:
         return (await self._latest()).version
+
+    async def _published_version(self) -> int:
+        if self._published is None:
+            await self.refresh()
+        assert self._published is not None
+        return self._published
+
+    async def next_version(self) -> int:
+        """The version an operator created by rotating the key in Vault, which ``rotate``
+        publishes (identity may not rotate the key itself). Refused while Vault has none newer
+        than the last one published: the operator rotates first."""
+        published = await self._published_version()
+        latest = max(await self.refresh())
+        if latest <= published:
+            raise FailedPrecondition(
+                f"no new version of {self._key} to publish: an operator rotates it in Vault "
+                "first (policy medledger-operator)",
+                reason="KEY_NOT_ROTATED",
+            )
+        return latest
 
     async def sign(self, claims: dict[str, object]) -> str:
         payload = _b64url(_compact_json(claims))
@@ -91,6 +121,7 @@ class VaultTokenSigner:
         return json.dumps({"keys": [versions[v].jwk for v in published]}, separators=(",", ":"))
 
     async def rotate(self) -> str:
-        await self._vault.rotate(self._key)
-        versions = await self.refresh()
-        return versions[max(versions)].kid
+        """Publishes ``next_version``; returns its kid."""
+        version = await self.next_version()
+        self._published = version
+        return self._versions[version].kid

@@ -118,6 +118,9 @@ class TokenSigner(Protocol):
 
     async def current_version(self) -> int: ...
 
+    async def next_version(self) -> int:
+        """The version ``rotate`` would make current (an operator creates it in Vault)."""
+
     async def rotate(self) -> str:
         """Makes a new key current; returns its kid."""
 

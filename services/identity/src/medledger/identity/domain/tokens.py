@@ -266,11 +266,12 @@ class TokenService:
         return await self._signer.jwks()
 
     async def rotate_signing_key(self, principal: Principal | None) -> str:
-        """Makes a new signing key current; returns its kid. The rotation is ledgered
-        first (idempotently, by the version it creates), so none goes unrecorded."""
+        """Makes current the signing key version an operator created in Vault (identity's
+        own Vault policy cannot rotate it); returns its kid. The rotation is ledgered first
+        (idempotently, by that version), so none goes unrecorded."""
         caller = require_admin(principal)
         async with self._rotation:
-            version = await self._signer.current_version() + 1
+            version = await self._signer.next_version()
             await self._events.key_rotated(
                 caller.subject,
                 caller.organization or self._policy.service_organization,
