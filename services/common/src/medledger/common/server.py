@@ -2,9 +2,9 @@
 
 ``grpc.aio`` server with: tracing, error mapping, authentication and request decoding
 interceptors (in that order, outermost first), ``grpc.health.v1`` driven by dependency probes,
-reflection, message size limits, keepalive, TLS/mTLS when certificates are set, and a
-graceful stop on SIGTERM/SIGINT that lets in-flight calls finish within the grace
-period.
+reflection (v1 and v1alpha), message size limits, keepalive, TLS/mTLS when certificates
+are set, and a graceful stop on SIGTERM/SIGINT that lets in-flight calls finish within the
+grace period.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from medledger.common.config import ConfigError, ServiceSettings
 from medledger.common.health import (
@@ -34,6 +33,7 @@ from medledger.common.interceptors import (
     RequestDecodingInterceptor,
     TokenVerifier,
 )
+from medledger.common.reflection import enable_reflection
 from medledger.common.telemetry import configure_logging, server_interceptors, setup_telemetry
 
 log = logging.getLogger("medledger.server")
@@ -140,9 +140,7 @@ class ServiceServer:
         for name in ["", *names]:
             await health_servicer.set(name, NOT_SERVING)
         await health_servicer.set(LIVENESS, SERVING)
-        reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        enable_reflection([*names, health.SERVICE_NAME], server)
         credentials = server_credentials(settings)
         if credentials is None:
             self.port = server.add_insecure_port(settings.listen_address)
