@@ -32,6 +32,7 @@ from joserfc.jwt import JWTClaimsRegistry
 from bench.identity import checkaccess
 from medledger.common.auth import JwksTokenVerifier
 from medledger.common.interceptors import AuthInterceptor, current_principal
+from medledger.common.policy import ResourceAccess
 
 ISSUER = "medledger://identity"
 AUDIENCE = "medledger"
@@ -132,7 +133,7 @@ async def bench_verify(calls: int) -> None:
         return decoded
 
     verifier = JwksTokenVerifier(fetch, issuer=ISSUER, audience=AUDIENCE)
-    interceptor = AuthInterceptor(verifier)
+    interceptor = AuthInterceptor(verifier, {METHOD: ResourceAccess("*", "r")})
 
     async def handler_behaviour(request: Any, context: Any) -> Any:
         return current_principal.get()

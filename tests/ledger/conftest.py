@@ -1,7 +1,8 @@
 """The real ledger service, served in this process, each log in its own Mongo database.
 
-The ledger is built by its own bootstrap (``build_runtime``) against the session's real
-secantusdb and OpenBao; the CLI under test talks to it over gRPC on a free port.
+The ledger is built by its own wiring (``ledger_runtime``) against the session's real
+secantusdb and OpenBao, checking tokens of the test issuer; the CLI under test talks to it
+over gRPC on a free port, as an auditor holding ``ledger.read`` (``MEDLEDGER_TOKEN``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.config import MongoSettings, VaultSettings
+from medledger.common.scopes import LEDGER_APPEND, LEDGER_READ
 from medledger.common.server import ServiceServer
 from medledger.devstack.mongo import MongoServer
 from medledger.devstack.vault import DevVault
-from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import ledger_runtime
+from medledger.testkit.tokens import TEST_TOKENS
 
 ORIGIN = "test.medledger/ledger"
 
@@ -88,17 +91,18 @@ async def _serve_ledger(
     mongo: MongoServer, vault: DevVault, database: str | None
 ) -> AsyncIterator[LiveLedger]:
     database = database or f"ledger_{uuid.uuid4().hex[:12]}"
-    runtime = build_runtime(
+    runtime = ledger_runtime(
         LedgerSettings(grpc_port=0),
         LedgerConfig(origin=ORIGIN, lease_ttl_seconds=3),
         MongoSettings(MONGODB_URI=mongo.uri, MEDLEDGER_MONGODB_DATABASE=database),
         VaultSettings(addr=vault.addr, token=vault.token_for("ledger")),
+        verifier=TEST_TOKENS.verifier(),
     )
     server = ServiceServer(runtime)
     await server.start()
     address = f"127.0.0.1:{server.port}"
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with TEST_TOKENS.channel(address, [LEDGER_APPEND, LEDGER_READ]) as channel:
             stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
                 channel
             )
@@ -122,7 +126,12 @@ async def _run_cli(*args: str) -> tuple[int, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        env={
+            **os.environ,
+            "COLUMNS": "200",
+            "NO_COLOR": "1",
+            "MEDLEDGER_TOKEN": TEST_TOKENS.token([LEDGER_READ], subject="auditor"),
+        },
     )
     output, _ = await process.communicate()
     assert process.returncode is not None

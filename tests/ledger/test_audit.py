@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from medledger.common.scopes import LEDGER_READ
 from medledger.devstack.mongo import MongoServer
+from medledger.testkit.tokens import TEST_TOKENS
 from medledger.tlog import Cosigner, Ed25519Signer
 
 ENTRIES = 300
@@ -102,7 +104,8 @@ async def test_empty_log_passes(serve_ledger: Any, run_cli: Any) -> None:
 
 
 async def test_sampled_audit_passes(log: AuditedLog, run_cli: Any) -> None:
-    code, output = await run_cli(*log.audit_args("--sample", "25", "--token", "opaque-token"))
+    token = TEST_TOKENS.token([LEDGER_READ], subject="another-auditor")
+    code, output = await run_cli(*log.audit_args("--sample", "25", "--token", token))
     assert code == 0, output
     assert "25 inclusion proofs verified" in output
 
@@ -203,7 +206,7 @@ async def test_unreachable_ledger(run_cli: Any, log: AuditedLog) -> None:
         "ledger", "audit", "--ledger", "127.0.0.1:1", "--vkey", log.vkeys[0], "--timeout", "2"
     )  # fmt: skip
     assert code == 1
-    assert "GetCheckpoint failed: UNAVAILABLE" in output
+    assert "GetCheckpoint at 127.0.0.1:1: UNAVAILABLE" in output
 
 
 async def test_usage_error_exits_2(run_cli: Any, log: AuditedLog) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,18 +23,22 @@ import pytest
 
 from medledger.api.identity.v1 import identity_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.auth import JwksTokenVerifier
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.keyfiles import KeyPair, ensure_key_pair
+from medledger.common.scopes import LEDGER_READ
 from medledger.common.server import ServiceServer
+from medledger.common.vault import VaultTransit
 from medledger.devstack.mongo import MongoServer
 from medledger.devstack.paths import StackPaths
 from medledger.devstack.services import BOOTSTRAP_ADMIN_CLIENT
 from medledger.devstack.vault import DevVault
-from medledger.identity.__main__ import IdentityRuntime, build_runtime
-from medledger.identity.bootstrap import plan_from_config
+from medledger.identity.adapters.vault_signer import VaultTokenSigner
 from medledger.identity.config import IdentityConfig, IdentitySettings
-from medledger.ledger.__main__ import build_runtime as build_ledger
+from medledger.identity.runtime import IdentityRuntime, from_settings
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import ledger_runtime
+from medledger.testkit.tokens import authed_channel
 
 
 @dataclass
@@ -82,11 +87,35 @@ class LiveIdentity:
 Cli = Callable[..., Awaitable[CliResult]]
 
 
+def _identity_keys(vault_server: DevVault) -> VaultTokenSigner:
+    """Identity's token signing key in Vault (every identity of the session signs with it)."""
+    vault = VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity"))
+    return VaultTokenSigner(VaultTransit(vault), IdentityConfig().signing_key)
+
+
+async def ledger_reader_token(vault_server: DevVault) -> str:
+    """A token as identity issues them, holding ``ledger.read``, to read the ledger with
+    (signed afresh: tests rotate the key, and only the latest versions stay published)."""
+    config, now = IdentityConfig(), int(time.time())
+    return await _identity_keys(vault_server).sign(
+        {
+            "iss": config.issuer,
+            "aud": config.default_audience,
+            "sub": "partner-tests",
+            "scope": LEDGER_READ,
+            "iat": now,
+            "exp": now + 3600,
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 async def partner_ledger(
     mongo_server: MongoServer, vault_server: DevVault
 ) -> AsyncIterator[ServiceServer]:
-    runtime = build_ledger(
+    # It checks identity's tokens against identity's key in Vault: no identity address.
+    config = IdentityConfig()
+    runtime = ledger_runtime(
         LedgerSettings(grpc_port=0, health_interval_seconds=0.2),
         LedgerConfig(origin="partner.test/ledger", lease_ttl_seconds=2),
         MongoSettings(
@@ -94,10 +123,16 @@ async def partner_ledger(
             MEDLEDGER_MONGODB_DATABASE=f"pl{uuid.uuid4().hex[:10]}",
         ),
         VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
+        verifier=JwksTokenVerifier(
+            _identity_keys(vault_server).jwks,
+            issuer=config.issuer,
+            audience=config.default_audience,
+        ),
     )
     server = ServiceServer(runtime)
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    reader = await ledger_reader_token(vault_server)
+    async with authed_channel(f"127.0.0.1:{server.port}", reader) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         for _ in range(100):  # until the sequencer holds its lease and has a checkpoint
             try:
@@ -128,7 +163,7 @@ async def identity(
         bootstrap_client_id=BOOTSTRAP_ADMIN_CLIENT,
         bootstrap_client_jwks_file=admin.public_file,
     )
-    runtime = build_runtime(
+    runtime = from_settings(
         IdentitySettings(grpc_port=0, health_interval_seconds=0.2),
         config,
         MongoSettings(
@@ -137,11 +172,8 @@ async def identity(
         ),
         VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity")),
         PeerSettings(ledger_addr=f"127.0.0.1:{partner_ledger.port}"),
-        plan_from_config(config),
     )
-    server = ServiceServer(
-        runtime, verifier=runtime.verifier, public_methods=runtime.public_methods
-    )
+    server = ServiceServer(runtime)
     await server.start()
     assert runtime.bootstrapper is not None
     await asyncio.wait_for(runtime.bootstrapper.done.wait(), 30)
@@ -149,7 +181,9 @@ async def identity(
     try:
         async with (
             grpc.aio.insecure_channel(address) as channel,
-            grpc.aio.insecure_channel(f"127.0.0.1:{partner_ledger.port}") as ledger_channel,
+            authed_channel(
+                f"127.0.0.1:{partner_ledger.port}", await ledger_reader_token(vault_server)
+            ) as ledger_channel,
         ):
             yield LiveIdentity(
                 address=address,

@@ -14,13 +14,15 @@ from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
 from medledger.common.errors import Unavailable
 from medledger.common.ledger_client import LedgerClient, LedgerEvent
+from medledger.common.scopes import LEDGER_APPEND
 from medledger.common.server import ServiceServer
 from medledger.common.subject import SubjectHasher
 from medledger.common.telemetry import setup_telemetry
 from medledger.common.vault import VaultTransit
 from medledger.devstack.process import free_port
-from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import ledger_runtime
+from medledger.testkit.tokens import TEST_TOKENS
 
 
 async def test_subject_pseudonym_is_stable_keyed_and_shared(vault_server: Any) -> None:
@@ -38,17 +40,20 @@ async def test_append_fills_time_and_trace_and_returns_the_receipt(
 ) -> None:
     setup_telemetry("test")
     vault_settings = VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger"))
-    runtime = build_runtime(
+    runtime = ledger_runtime(
         LedgerSettings(grpc_port=0),
         LedgerConfig(origin="client.test/ledger", lease_ttl_seconds=2),
         MongoSettings(
             MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"c{uuid.uuid4().hex[:8]}"
         ),
         vault_settings,
+        verifier=TEST_TOKENS.verifier(),
     )
     server = ServiceServer(runtime)
     await server.start()
-    client = LedgerClient(f"127.0.0.1:{server.port}", ServiceSettings())
+    client = LedgerClient(
+        f"127.0.0.1:{server.port}", ServiceSettings(), token=TEST_TOKENS.source([LEDGER_APPEND])
+    )
     hasher = SubjectHasher(
         VaultTransit(VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record")))
     )

@@ -16,6 +16,7 @@ from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.telemetry import configure_logging, current_trace_id, setup_telemetry
 from medledger.testkit.inprocess import ledger_servicer, running
+from medledger.testkit.tokens import TEST_TOKENS
 
 
 class Downstream(LedgerServiceServicer):
@@ -37,7 +38,7 @@ class Upstream(LedgerServiceServicer):
     async def GetCheckpoint(self, request: Any, context: Any) -> ledger_pb2.GetCheckpointResponse:
         async with create_channel(self._target, ServiceSettings()) as ch:
             key = await ledger_pb2_grpc.LedgerServiceStub(ch).GetVerifierKey(
-                ledger_pb2.GetVerifierKeyRequest()
+                ledger_pb2.GetVerifierKeyRequest(), metadata=TEST_TOKENS.metadata()
             )
         return ledger_pb2.GetCheckpointResponse(checkpoint=key.vkey.encode())
 
@@ -61,7 +62,7 @@ async def _run_two_services(exporter: InMemorySpanExporter, capfd: Any) -> None:
         async with running(ledger_servicer(Upstream(b.port)), name="upstream") as a:
             async with create_channel(f"127.0.0.1:{a.port}", ServiceSettings()) as ch:
                 response = await ledger_pb2_grpc.LedgerServiceStub(ch).GetCheckpoint(
-                    ledger_pb2.GetCheckpointRequest()
+                    ledger_pb2.GetCheckpointRequest(), metadata=TEST_TOKENS.metadata()
                 )
     assert response.checkpoint == b"downstream"
 

@@ -20,6 +20,7 @@ from medledger.common.config import ServiceSettings
 from medledger.common.server import ServiceServer
 from medledger.common.service import ServiceRuntime
 from medledger.testkit.inprocess import ledger_servicer
+from medledger.testkit.tokens import TEST_TOKENS
 
 
 def _name(common_name: str) -> x509.Name:
@@ -92,6 +93,7 @@ async def test_mutual_tls(pki: dict[str, Path]) -> None:
         name="ledger",
         settings=server_settings,
         servicers=[ledger_servicer(LedgerServiceServicer())],
+        verifier=TEST_TOKENS.verifier(),
     )
     server = ServiceServer(runtime)
     await server.start()

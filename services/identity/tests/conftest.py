@@ -1,4 +1,4 @@
-"""Identity under test: built by its own ``build_runtime`` against the session's real MongoDB
+"""Identity under test: built by its own ``identity_runtime`` against the session's real MongoDB
 and OpenBao, served by the real bootstrap with its token verifier, appending to a real
 in-process ledger. Nothing is mocked.
 
@@ -23,17 +23,20 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.auth import JwksTokenVerifier
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.errors import from_rpc_error
+from medledger.common.scopes import LEDGER_READ
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
-from medledger.identity.__main__ import IdentityRuntime, build_runtime
 from medledger.identity.adapters.vault_signer import VaultTokenSigner
 from medledger.identity.bootstrap import BootstrapPlan
 from medledger.identity.config import IdentityConfig, IdentitySettings
 from medledger.identity.domain.assertions import ASSERTION_TYPE
-from medledger.ledger.__main__ import build_runtime as build_ledger
+from medledger.identity.runtime import IdentityRuntime, identity_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import ledger_runtime
+from medledger.testkit.tokens import authed_channel
 
 ADMIN_CLIENT = "ops-admin"
 OPERATORS = "medledger"
@@ -47,9 +50,41 @@ def identity_vault_token(vault_server: Any) -> str:
     return str(vault_server.token_for("identity"))
 
 
+def identity_keys(vault_server: Any, identity_vault_token: str) -> VaultTokenSigner:
+    """Identity's token signing key in Vault, shared by every identity of the session."""
+    vault = VaultSettings(addr=vault_server.addr, token=identity_vault_token)
+    return VaultTokenSigner(VaultTransit(vault), IdentityConfig().signing_key)
+
+
+async def ledger_reader_token(vault_server: Any, identity_vault_token: str) -> str:
+    """A token as identity issues them, holding ``ledger.read``, to read the ledger with
+    (signed afresh: tests rotate the key, and only the latest versions stay published)."""
+    config, now = IdentityConfig(), int(time.time())
+    return await identity_keys(vault_server, identity_vault_token).sign(
+        {
+            "iss": config.issuer,
+            "aud": config.default_audience,
+            "sub": "identity-tests",
+            "scope": LEDGER_READ,
+            "iat": now,
+            "exp": now + 3600,
+        }
+    )
+
+
 @pytest.fixture(scope="session")
-async def ledger_server(mongo_server: Any, vault_server: Any) -> AsyncIterator[ServiceServer]:
-    runtime = build_ledger(
+async def ledger_server(
+    mongo_server: Any, vault_server: Any, identity_vault_token: str
+) -> AsyncIterator[ServiceServer]:
+    # It takes identity's appends (and the tests' reads) with tokens identity's key signed,
+    # checked against that key in Vault: the ledger needs no identity address.
+    config = IdentityConfig()
+    verifier = JwksTokenVerifier(
+        identity_keys(vault_server, identity_vault_token).jwks,
+        issuer=config.issuer,
+        audience=config.default_audience,
+    )
+    runtime = ledger_runtime(
         LedgerSettings(grpc_port=0, health_interval_seconds=0.2),
         LedgerConfig(origin="identity.test/ledger", lease_ttl_seconds=2),
         MongoSettings(
@@ -57,10 +92,12 @@ async def ledger_server(mongo_server: Any, vault_server: Any) -> AsyncIterator[S
             MEDLEDGER_MONGODB_DATABASE=f"il{uuid.uuid4().hex[:10]}",
         ),
         VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
+        verifier=verifier,
     )
     server = ServiceServer(runtime)
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    reader = await ledger_reader_token(vault_server, identity_vault_token)
+    async with authed_channel(f"127.0.0.1:{server.port}", reader) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         for _ in range(100):  # until the sequencer holds its lease and has a checkpoint
             try:
@@ -234,7 +271,7 @@ async def start_identity(
     identity_config = IdentityConfig(**config)
     database = database or f"id{uuid.uuid4().hex[:10]}"
     vault_settings = VaultSettings(addr=vault_server.addr, token=vault_token)
-    runtime = build_runtime(
+    runtime = identity_runtime(
         IdentitySettings(grpc_port=0, health_interval_seconds=0.2),
         identity_config,
         MongoSettings(
@@ -250,9 +287,7 @@ async def start_identity(
             client_jwks_json=Identity.public_jwks(admin_key),
         ),
     )
-    server = ServiceServer(
-        runtime, verifier=runtime.verifier, public_methods=runtime.public_methods
-    )
+    server = ServiceServer(runtime)
     await server.start()
     assert runtime.bootstrapper is not None
     await asyncio.wait_for(runtime.bootstrapper.done.wait(), 30)
@@ -321,7 +356,8 @@ async def identity(make_identity: MakeIdentity) -> Identity:
 
 @pytest.fixture
 async def ledger_stub(
-    ledger_server: ServiceServer,
+    ledger_server: ServiceServer, vault_server: Any, identity_vault_token: str
 ) -> AsyncIterator[ledger_pb2_grpc.LedgerServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{ledger_server.port}") as channel:
+    reader = await ledger_reader_token(vault_server, identity_vault_token)
+    async with authed_channel(f"127.0.0.1:{ledger_server.port}", reader) as channel:
         yield ledger_pb2_grpc.LedgerServiceStub(channel)

@@ -33,6 +33,7 @@ from medledger.common.errors import (
 )
 from medledger.common.interceptors import Principal, current_principal
 from medledger.common.ledger_client import LedgerClient
+from medledger.common.scopes import LEDGER_APPEND, LEDGER_READ
 from medledger.common.server import ServiceServer
 from medledger.common.subject import SubjectHasher
 from medledger.common.vault import VaultTransit
@@ -44,8 +45,9 @@ from medledger.identity.domain.access import AccessControl
 from medledger.identity.domain.consent import Grantee
 from medledger.identity.domain.consent_registry import ConsentRegistry
 from medledger.identity.domain.scopes import CHECK_ACCESS
-from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import ledger_runtime
+from medledger.testkit.tokens import TEST_TOKENS
 from medledger.tlog.cosignature import verify_checkpoint
 from medledger.tlog.hashing import leaf_hash
 from medledger.tlog.verify import verify_inclusion
@@ -138,7 +140,7 @@ def acting_as(principal: Principal | None) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 async def consent_ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[str]:
-    runtime = build_runtime(
+    runtime = ledger_runtime(
         LedgerSettings(grpc_port=0, health_interval_seconds=0.2),
         LedgerConfig(origin=ORIGIN, lease_ttl_seconds=2),
         MongoSettings.model_validate(
@@ -148,11 +150,12 @@ async def consent_ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[
             }
         ),
         VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
+        verifier=TEST_TOKENS.verifier(),
     )
     server = ServiceServer(runtime)
     await server.start()
     address = f"127.0.0.1:{server.port}"
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with TEST_TOKENS.channel(address, [LEDGER_READ]) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         for _ in range(100):  # until the sequencer holds its lease and has a checkpoint
             try:
@@ -177,14 +180,16 @@ async def harness(
             VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity"))
         )
     )
-    ledger = LedgerClient(consent_ledger, ServiceSettings())
+    ledger = LedgerClient(
+        consent_ledger, ServiceSettings(), token=TEST_TOKENS.source([LEDGER_APPEND])
+    )
     patient_id = f"pat-{uuid.uuid4().hex[:12]}"
     patient_user = f"user-{uuid.uuid4().hex[:12]}"
     directory = Directory()
     directory.organizations[patient_id] = "org-a"
     directory.patients[patient_user] = patient_id
     clock = Clock()
-    channel = grpc.aio.insecure_channel(consent_ledger)
+    channel = TEST_TOKENS.channel(consent_ledger, [LEDGER_READ])
     rpcs, registry = wired(store, ledger, hasher, directory, clock)
     harness = Harness(
         rpcs=rpcs,

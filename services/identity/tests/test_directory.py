@@ -92,8 +92,8 @@ async def test_page_tokens_and_sizes_are_checked(identity: Any) -> None:
 
 
 async def test_admin_rpcs_need_the_admin_scope(identity: Any) -> None:
-    key = await identity.partner("lab-app", "st-marys", ["system/*.rs", "ledger.read"])
-    member = identity.bearer(await identity.client_token("lab-app", key, "ledger.read"))
+    key = await identity.partner("lab-app", "st-marys", ["system/*.rs", "identity.read"])
+    member = identity.bearer(await identity.client_token("lab-app", key, "identity.read"))
     calls = [
         (identity.stub.CreateOrganization, identity_pb2.CreateOrganizationRequest()),
         (identity.stub.RegisterClient, identity_pb2.RegisterClientRequest()),
@@ -105,13 +105,25 @@ async def test_admin_rpcs_need_the_admin_scope(identity: Any) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await method(request, metadata=member)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert identity.reason(refused.value) == "ADMIN_SCOPE_REQUIRED"
+        assert identity.reason(refused.value) == "SCOPE_MISSING"
+
+
+async def test_members_need_identity_read_to_see_the_directory(identity: Any) -> None:
+    key = await identity.partner("lab-app", "st-marys", ["ledger.read", "system/*.rs"])
+    for scope in ("ledger.read", "system/*.rs"):
+        token = identity.bearer(await identity.client_token("lab-app", key, scope))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await identity.stub.GetClient(
+                identity_pb2.GetClientRequest(client_id="lab-app"), metadata=token
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert identity.reason(refused.value) == "SCOPE_MISSING"
 
 
 async def test_members_list_only_their_own_organization(identity: Any) -> None:
-    key = await identity.partner("lab-app", "st-marys", ["ledger.read"])
-    await identity.partner("other-app", "city-lab", ["ledger.read"])
-    member = identity.bearer(await identity.client_token("lab-app", key, "ledger.read"))
+    key = await identity.partner("lab-app", "st-marys", ["identity.read"])
+    await identity.partner("other-app", "city-lab", ["identity.read"])
+    member = identity.bearer(await identity.client_token("lab-app", key, "identity.read"))
     own = await identity.stub.ListClients(identity_pb2.ListClientsRequest(), metadata=member)
     assert [c.client_id for c in own.clients] == ["lab-app"]
     explicit = await identity.stub.ListUsers(

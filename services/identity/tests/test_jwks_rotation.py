@@ -109,7 +109,7 @@ async def test_only_admins_rotate(identity: Any) -> None:
             identity_pb2.RotateSigningKeyRequest(), metadata=identity.bearer(token)
         )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert identity.reason(refused.value) == "ADMIN_SCOPE_REQUIRED"
+    assert identity.reason(refused.value) == "SCOPE_MISSING"
 
 
 async def test_other_services_verify_through_get_jwks(identity: Any, vault_server: Any) -> None:

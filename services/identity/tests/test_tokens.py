@@ -22,8 +22,8 @@ from medledger.common.config import MongoSettings, ServiceSettings, VaultSetting
 from medledger.common.interceptors import Principal
 from medledger.common.server import ServiceServer
 from medledger.devstack.process import free_port
-from medledger.ledger.__main__ import build_runtime as build_ledger
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import ledger_runtime
 
 MEMBER = "st-marys"
 # identity's tokens are EdDSA over Ed25519 by contract; joserfc warns that RFC 9864 prefers
@@ -105,8 +105,8 @@ async def test_replayed_assertion_is_refused(identity: Any) -> None:
 
 
 async def test_disabled_client_gets_no_new_token(identity: Any) -> None:
-    key = await identity.partner("lab-app", MEMBER, ["system/Observation.rs", "ledger.read"])
-    earlier = await identity.client_token("lab-app", key, "ledger.read")
+    key = await identity.partner("lab-app", MEMBER, ["system/Observation.rs", "identity.read"])
+    earlier = await identity.client_token("lab-app", key, "identity.read")
     admin = await identity.admin()
     disabled = await identity.stub.DisableClient(
         identity_pb2.DisableClientRequest(client_id="lab-app"), metadata=admin
@@ -114,7 +114,7 @@ async def test_disabled_client_gets_no_new_token(identity: Any) -> None:
     assert disabled.client.disabled
     assert disabled.client.HasField("disable_time")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await identity.client_token("lab-app", key, "ledger.read")
+        await identity.client_token("lab-app", key, "identity.read")
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert identity.reason(refused.value) == "CLIENT_DISABLED"
     # A token issued before expires on its own.
@@ -324,15 +324,15 @@ async def test_identity_authenticates_to_a_ledger_that_requires_tokens(
             return principal
 
     ledger = ServiceServer(
-        build_ledger(
+        ledger_runtime(
             LedgerSettings(grpc_port=ledger_port, health_interval_seconds=0.2),
             LedgerConfig(origin="identity.test/authenticated", lease_ttl_seconds=2),
             MongoSettings(
                 MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"la{identity.database}"
             ),
             VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
-        ),
-        verifier=Recording(fetcher, issuer="medledger://identity", audience="medledger"),
+            verifier=Recording(fetcher, issuer="medledger://identity", audience="medledger"),
+        )
     )
     await ledger.start()
     try:

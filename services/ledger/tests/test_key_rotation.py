@@ -20,8 +20,9 @@ from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import LEDGER_CHECKPOINT_KEY
 from medledger.devstack.process import free_port
 from medledger.devstack.vault import DevVault
-from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import ledger_runtime
+from medledger.testkit.tokens import TEST_TOKENS
 from medledger.tlog.cosignature import verify_checkpoint
 from medledger.tlog.errors import TlogError
 from medledger.tlog.verify import verify_inclusion
@@ -62,18 +63,19 @@ async def test_rotation_keeps_old_checkpoints_verifiable(
     mongo_server: Any, own_vault: DevVault
 ) -> None:
     settings = VaultSettings(addr=own_vault.addr, token=own_vault.token_for("ledger"))
-    runtime = build_runtime(
+    runtime = ledger_runtime(
         LedgerSettings(grpc_port=0),
         LedgerConfig(origin="rotation.test/ledger", lease_ttl_seconds=2),
         MongoSettings(
             MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"r{uuid.uuid4().hex[:8]}"
         ),
         settings,
+        verifier=TEST_TOKENS.verifier(),
     )
     server = ServiceServer(runtime)
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with TEST_TOKENS.channel(f"127.0.0.1:{server.port}") as ch:
             stub = ledger_pb2_grpc.LedgerServiceStub(ch)
             for _ in range(100):
                 try:

@@ -16,8 +16,9 @@ from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.config import MongoSettings, VaultSettings
 from medledger.common.errors import from_rpc_error
 from medledger.common.server import ServiceServer
-from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import ledger_runtime
+from medledger.testkit.tokens import TEST_TOKENS
 from medledger.tlog.checkpoint import Checkpoint
 from medledger.tlog.cosignature import verify_checkpoint
 from medledger.tlog.errors import ProofError
@@ -47,11 +48,12 @@ def entry(n: int = 0, **overrides: Any) -> ledger_pb2.LedgerEntry:
 async def start_ledger(
     mongo_server: Any, vault_server: Any, database: str, **config: Any
 ) -> ServiceServer:
-    runtime = build_runtime(
+    runtime = ledger_runtime(
         LedgerSettings(grpc_port=0, health_interval_seconds=0.2),
         LedgerConfig(origin=ORIGIN, lease_ttl_seconds=2, **config),
         MongoSettings(MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=database),
         VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
+        verifier=TEST_TOKENS.verifier(),
     )
     server = ServiceServer(runtime)
     await server.start()
@@ -61,7 +63,7 @@ async def start_ledger(
 @pytest.fixture
 async def ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[Any]:
     server = await start_ledger(mongo_server, vault_server, f"t{uuid.uuid4().hex[:12]}")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = TEST_TOKENS.channel(f"127.0.0.1:{server.port}")
     stub = ledger_pb2_grpc.LedgerServiceStub(channel)
     for _ in range(100):  # until the sequencer holds the lease and the log has a checkpoint
         try:

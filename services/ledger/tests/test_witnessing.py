@@ -13,11 +13,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
 from medledger.common.config import MongoSettings, VaultSettings
+from medledger.common.scopes import LEDGER_APPEND, LEDGER_READ, WITNESS_ADD
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import WITNESS_KEYS, witness_mount
-from medledger.ledger.__main__ import build_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import ledger_runtime
+from medledger.testkit.tokens import TEST_TOKENS
 from medledger.tlog.cosignature import verify_checkpoint
 from medledger.tlog.note import SIG_ED25519, VerifierKey
 from medledger.witness.config import WitnessSettings
@@ -46,18 +48,20 @@ async def test_checkpoints_are_cosigned_by_both_witnesses(
         mongo = MongoSettings(
             MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"{key}-{suffix}"
         )
-        server = ServiceServer(witness_runtime(settings, mongo, own))
+        server = ServiceServer(
+            witness_runtime(settings, mongo, own, verifier=TEST_TOKENS.verifier())
+        )
         await server.start()
         witnesses.append(server)
     vkeys = []
     for server in witnesses:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with TEST_TOKENS.channel(f"127.0.0.1:{server.port}", [LEDGER_READ]) as ch:
             info = await witness_pb2_grpc.WitnessServiceStub(ch).GetWitnessInfo(
                 witness_pb2.GetWitnessInfoRequest()
             )
             vkeys.append(info.vkey)
     ledger = ServiceServer(
-        build_runtime(
+        ledger_runtime(
             LedgerSettings(grpc_port=0),
             LedgerConfig(
                 origin=ORIGIN,
@@ -67,11 +71,16 @@ async def test_checkpoints_are_cosigned_by_both_witnesses(
             ),
             MongoSettings(MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"l-{suffix}"),
             vault,
+            verifier=TEST_TOKENS.verifier(),
+            # Witnesses take checkpoints from the log's sequencer only.
+            witness_token=TEST_TOKENS.source([WITNESS_ADD], subject="medledger-ledger"),
         )
     )
     await ledger.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{ledger.port}") as ch:
+        async with TEST_TOKENS.channel(
+            f"127.0.0.1:{ledger.port}", [LEDGER_APPEND, LEDGER_READ]
+        ) as ch:
             stub = ledger_pb2_grpc.LedgerServiceStub(ch)
             for round_ in range(3):
                 now = Timestamp()

@@ -16,11 +16,13 @@ import pytest
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
 from medledger.common.config import MongoSettings, VaultSettings
 from medledger.common.errors import MedledgerError, from_rpc_error
+from medledger.common.scopes import WITNESS_ADD
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import witness_mount
 from medledger.devstack.process import free_port
 from medledger.devstack.vault import DevVault
+from medledger.testkit.tokens import TEST_TOKENS
 from medledger.tlog import (
     SIG_COSIGNATURE_V1,
     Checkpoint,
@@ -95,11 +97,18 @@ class WitnessUnderTest:
     async def serving(
         self, vault: VaultSettings | None = None
     ) -> AsyncIterator[witness_pb2_grpc.WitnessServiceStub]:
-        runtime = witness_runtime(self.settings, self.mongo, vault or self.vault, clock=self.clock)
+        runtime = witness_runtime(
+            self.settings,
+            self.mongo,
+            vault or self.vault,
+            verifier=TEST_TOKENS.verifier(),
+            clock=self.clock,
+        )
         server = ServiceServer(runtime)
         port = await server.start()
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            # The log's sequencer, allowed to submit and read.
+            async with TEST_TOKENS.channel(f"127.0.0.1:{port}", [WITNESS_ADD]) as channel:
                 yield witness_pb2_grpc.WitnessServiceStub(channel)
         finally:
             await server.stop(grace=0)

@@ -14,7 +14,6 @@ messages are fixed strings, never echoes of the token.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import warnings
@@ -32,7 +31,6 @@ from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import MedledgerError, Unauthenticated, Unavailable
 from medledger.common.interceptors import Principal
-from medledger.common.service import ServiceRuntime
 
 log = logging.getLogger("medledger.auth")
 
@@ -282,19 +280,3 @@ def service_verifier(
         fetcher, issuer=settings.token_issuer, audience=settings.token_audience
     )
     return verifier, fetcher
-
-
-def require_tokens(
-    runtime: ServiceRuntime,
-    identity_address: str,
-    required_scopes: Mapping[str, frozenset[str]] | None = None,
-) -> ServiceRuntime:
-    """``runtime`` serving every RPC but health and reflection only to callers with a valid
-    access token from identity (and, per method, one of ``required_scopes``)."""
-    verifier, fetcher = service_verifier(runtime.settings, identity_address)
-    return dataclasses.replace(
-        runtime,
-        verifier=verifier,
-        required_scopes=dict(required_scopes or {}),
-        shutdown=[*runtime.shutdown, fetcher.aclose],
-    )

@@ -25,6 +25,7 @@ from medledger.common.errors import (
     internal_status,
     to_rpc_status,
 )
+from medledger.common.policy import PUBLIC, MethodPolicy, Public, Rule
 from medledger.common.request_decoding import (
     Deserializer,
     MalformedRequest,
@@ -220,7 +221,17 @@ class Principal:
     claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
+# Set by the auth interceptor; handlers read it through authenticated_principal() only.
 current_principal: ContextVar[Principal | None] = ContextVar("current_principal", default=None)
+
+
+def authenticated_principal() -> Principal:
+    """The caller the auth interceptor verified; Unauthenticated when there is none (a
+    public method, or a handler reached some other way), never a silent anonymous caller."""
+    principal = current_principal.get()
+    if principal is None:
+        raise Unauthenticated("a bearer token is required", reason="TOKEN_MISSING")
+    return principal
 
 
 class TokenVerifier(Protocol):
@@ -239,58 +250,66 @@ def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | N
 
 
 class AuthInterceptor(_ServerInterceptor):
-    """The authentication slot: with a verifier, every non-public RPC needs a bearer token.
+    """Fails closed: a method is served only under the policy declared for it.
 
-    Without a verifier (until identity's token verification is plugged in) calls pass
-    through with no principal attached.
+    Health and reflection are public, and so is a method declared :class:`Public`; any
+    other declared method needs a valid bearer token (else UNAUTHENTICATED) whose scopes its
+    rule admits (else PERMISSION_DENIED); a method with no declared policy is denied
+    whatever the token.
     """
 
-    def __init__(
-        self,
-        verifier: TokenVerifier | None,
-        public_methods: frozenset[str] = frozenset(),
-        required_scopes: Mapping[str, frozenset[str]] | None = None,
-    ) -> None:
+    def __init__(self, verifier: TokenVerifier, policies: Mapping[str, MethodPolicy]) -> None:
         self._verifier = verifier
-        self._public_methods = public_methods
-        self._required_scopes = dict(required_scopes or {})
+        self._policies = dict(policies)
 
-    def is_public(self, method: str) -> bool:
-        return method in self._public_methods or method.startswith(PUBLIC_METHOD_PREFIXES)
+    def policy(self, method: str) -> MethodPolicy | None:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return PUBLIC
+        return self._policies.get(method)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
-        assert self._verifier is not None
+    async def _authenticate(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str, rule: Rule | None
+    ) -> None:
+        if rule is None:
+            raise PermissionDenied("no caller may call this method", reason="METHOD_UNDECLARED")
         token = _bearer_token(
             cast(Iterable[tuple[str, str | bytes]], context.invocation_metadata())
         )
         if token is None:
             raise Unauthenticated("a bearer token is required", reason="TOKEN_MISSING")
         principal = await self._verifier.verify(token, method)
-        required = self._required_scopes.get(method)
-        if required and not required & principal.scopes:
+        if not rule.admits(principal.scopes):
             raise PermissionDenied(
                 "the token's scopes do not cover this method",
                 reason="SCOPE_MISSING",
-                metadata={"required": " or ".join(sorted(required))},
+                metadata={"required": rule.describe()},
             )
         current_principal.set(principal)
 
-    def _unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
-        async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await self._authenticate(context, method)
-            return await behavior(request, context)
+    def _unary(self, rule: Rule | None) -> UnaryWrapper:
+        def wrap(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+            async def authenticated(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                await self._authenticate(context, method, rule)
+                return await behavior(request, context)
 
-        return authenticated
+            return authenticated
 
-    def _stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
-        async def authenticated(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            await self._authenticate(context, method)
-            async for response in behavior(request, context):
-                yield response
+        return wrap
 
-        return authenticated
+    def _stream(self, rule: Rule | None) -> StreamWrapper:
+        def wrap(method: str, behavior: StreamBehavior) -> StreamBehavior:
+            async def authenticated(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                await self._authenticate(context, method, rule)
+                async for response in behavior(request, context):
+                    yield response
+
+            return authenticated
+
+        return wrap
 
     async def intercept_service(
         self,
@@ -301,6 +320,7 @@ class AuthInterceptor(_ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if self._verifier is None or self.is_public(method):
+        policy = self.policy(method)
+        if isinstance(policy, Public):
             return handler
-        return wrap_handler(handler, method, self._unary, self._stream)
+        return wrap_handler(handler, method, self._unary(policy), self._stream(policy))

@@ -5,6 +5,9 @@ interceptors (in that order, outermost first), ``grpc.health.v1`` driven by depe
 reflection (v1 and v1alpha), message size limits, keepalive, TLS/mTLS when certificates
 are set, and a graceful stop on SIGTERM/SIGINT that lets in-flight calls finish within the
 grace period.
+
+It fails closed: a service without a token verifier, or with a method of its services
+that declares no policy, does not start (exit 2).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -33,6 +36,7 @@ from medledger.common.interceptors import (
     RequestDecodingInterceptor,
     TokenVerifier,
 )
+from medledger.common.policy import ServiceAccess, policies_by_path, undeclared_methods
 from medledger.common.reflection import enable_reflection
 from medledger.common.telemetry import configure_logging, server_interceptors, setup_telemetry
 
@@ -53,17 +57,12 @@ class Service(Protocol):
 
     @property
     def verifier(self) -> TokenVerifier | None:
-        """Verifies bearer tokens; None serves without authentication (tests only)."""
+        """Verifies bearer tokens; the server will not start without one."""
         ...
 
     @property
-    def public_methods(self) -> frozenset[str]:
-        """Full method names callable without a token, besides health and reflection."""
-        ...
-
-    @property
-    def required_scopes(self) -> Mapping[str, frozenset[str]]:
-        """Full method name -> scopes of which the caller's token must hold one."""
+    def access(self) -> Sequence[ServiceAccess]:
+        """Who may call each method of each service ``add_to_server`` registers."""
         ...
 
     async def start(self) -> None: ...
@@ -99,17 +98,9 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
 class ServiceServer:
     """A running service: start it, read its port, stop it gracefully."""
 
-    def __init__(
-        self,
-        service: Service,
-        *,
-        verifier: TokenVerifier | None = None,
-        public_methods: frozenset[str] = frozenset(),
-    ) -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
         self.settings = service.settings
-        self._verifier = verifier if verifier is not None else service.verifier
-        self._public_methods = public_methods | service.public_methods
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._monitor: HealthMonitor | None = None
@@ -121,6 +112,19 @@ class ServiceServer:
         assert self._monitor is not None, "server not started"
         return self._monitor
 
+    def _authenticator(self) -> AuthInterceptor:
+        """The auth interceptor, or ConfigError naming why the service must not serve."""
+        verifier = self.service.verifier
+        if verifier is None:
+            raise ConfigError(f"{self.service.name} has no token verifier; it serves no one")
+        problems = undeclared_methods(self.service.access)
+        if problems:
+            raise ConfigError(
+                "every method needs a declared policy (public, or what the token must hold): "
+                + "; ".join(problems)
+            )
+        return AuthInterceptor(verifier, policies_by_path(self.service.access))
+
     async def start(self) -> int:
         """Starts serving; health stays NOT_SERVING until the first probe round passes."""
         settings = self.settings
@@ -128,7 +132,7 @@ class ServiceServer:
             interceptors=[
                 *server_interceptors(),
                 ErrorInterceptor(self.service.name),
-                AuthInterceptor(self._verifier, self._public_methods, self.service.required_scopes),
+                self._authenticator(),
                 RequestDecodingInterceptor(),
             ],
             options=server_options(settings),

@@ -3,7 +3,7 @@ differs: its servicers and which dependencies it owns."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,16 +15,22 @@ from medledger.common.config import ServiceSettings
 from medledger.common.health import DependencyProbe
 from medledger.common.interceptors import TokenVerifier
 from medledger.common.mongo import MongoProbe
+from medledger.common.policy import ServiceAccess
 from medledger.common.vault import VaultTransit
 
 
 @dataclass(frozen=True)
 class Servicer:
-    """A servicer instance, the generated ``add_..._to_server`` function and its descriptor."""
+    """A servicer instance, the generated ``add_..._to_server`` function, and who may call
+    each method of its service (declared beside the servicer's class)."""
 
     implementation: object
     add_to_server: Callable[[Any, grpc.aio.Server], None]
-    descriptor: ServiceDescriptor
+    access: ServiceAccess
+
+    @property
+    def descriptor(self) -> ServiceDescriptor:
+        return self.access.service
 
 
 @dataclass
@@ -43,11 +49,13 @@ class ServiceRuntime:
     # Background work the service runs while serving (e.g. the ledger's sequencer).
     startup: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     shutdown: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    # Token verification for every RPC but health, reflection and ``public_methods``.
+    # Verifies the tokens of every RPC the servicers' declarations do not make public; the
+    # server refuses to start without one (tests give it theirs).
     verifier: TokenVerifier | None = None
-    public_methods: frozenset[str] = frozenset()
-    # Full method name -> scopes of which the token must hold at least one.
-    required_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def access(self) -> list[ServiceAccess]:
+        return [s.access for s in self.servicers]
 
     def add_to_server(self, server: grpc.aio.Server) -> list[str]:
         for servicer in self.servicers:

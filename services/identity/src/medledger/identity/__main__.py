@@ -2,147 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import timedelta
-
-from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
-from medledger.common.auth import JwksTokenVerifier
-from medledger.common.config import (
-    MongoSettings,
-    PeerSettings,
-    VaultSettings,
-    load_settings,
-)
-from medledger.common.interceptors import TokenVerifier
-from medledger.common.ledger_client import LedgerClient
-from medledger.common.mongo import create_mongo_client
+from medledger.common.config import MongoSettings, PeerSettings, VaultSettings, load_settings
 from medledger.common.server import run_service
-from medledger.common.service import Servicer, ServiceRuntime
-from medledger.common.service_tokens import client_jwks
-from medledger.common.subject import SubjectHasher
-from medledger.common.vault import VaultTransit
-from medledger.common.vault_layout import SERVICE_CLIENT_KEYS
-from medledger.identity.adapters.consent_store import ConsentStore
-from medledger.identity.adapters.ledger_events import LedgerEvents
-from medledger.identity.adapters.mongo_store import IdentityStore
-from medledger.identity.adapters.vault_sealer import VaultSealer
-from medledger.identity.adapters.vault_signer import VaultTokenSigner
-from medledger.identity.bootstrap import Bootstrapper, BootstrapPlan, plan_from_config
 from medledger.identity.config import IdentityConfig, IdentitySettings
-from medledger.identity.consent_rpc import ConsentRpcs
-from medledger.identity.domain.access import AccessControl
-from medledger.identity.domain.assertions import AssertionPolicy, AssertionVerifier
-from medledger.identity.domain.consent_registry import ConsentRegistry
-from medledger.identity.domain.directory import Directory
-from medledger.identity.domain.tokens import TokenPolicy, TokenService
-from medledger.identity.server import PUBLIC_METHODS, IdentityServiceServicer
-
-
-@dataclass
-class IdentityRuntime(ServiceRuntime):
-    """The runtime plus what the server needs to authenticate calls: identity verifies
-    tokens with its own signer's keys (read from Vault, no network hop to itself).
-
-    ``verifier`` and ``public_methods`` go to ``ServiceServer(runtime, verifier=...,
-    public_methods=...)``; ``bootstrapper.done`` tells in-process tests the first admin exists.
-    """
-
-    verifier: TokenVerifier | None = None
-    public_methods: frozenset[str] = frozenset()
-    bootstrapper: Bootstrapper | None = field(default=None, repr=False)
+from medledger.identity.runtime import IdentityRuntime, from_settings
 
 
 def build() -> IdentityRuntime:
-    settings, config, mongo_settings, vault_settings, peers = load_settings(
-        IdentitySettings, IdentityConfig, MongoSettings, VaultSettings, PeerSettings
-    )
-    return build_runtime(
-        settings, config, mongo_settings, vault_settings, peers, plan_from_config(config)
-    )
-
-
-def build_runtime(
-    settings: IdentitySettings,
-    config: IdentityConfig,
-    mongo_settings: MongoSettings,
-    vault_settings: VaultSettings,
-    peers: PeerSettings,
-    bootstrap: BootstrapPlan | None = None,
-) -> IdentityRuntime:
-    mongo = create_mongo_client(mongo_settings, app_name="medledger-identity")
-    vault = VaultTransit(vault_settings)
-    store = IdentityStore(mongo, mongo_settings.mongodb_database)
-    signer = VaultTokenSigner(vault, config.signing_key)
-    sealer = VaultSealer(vault, config.secrets_key)
-    leeway = timedelta(seconds=config.leeway_seconds)
-    # identity's own appends carry a token it signs itself; late-bound, as tokens needs ledger.
-    ledger = LedgerClient(
-        peers.ledger_addr,
-        settings,
-        token=lambda: tokens.service_token(),  # noqa: PLW0108 (tokens is assigned below)
-    )
-    events = LedgerEvents(ledger, SubjectHasher(vault))
-    tokens = TokenService(
-        store,
-        signer,
-        sealer,
-        events,
-        AssertionVerifier(
-            store,
-            AssertionPolicy(
-                token_endpoint=config.token_endpoint,
-                max_lifetime=timedelta(seconds=config.assertion_max_lifetime_seconds),
-                leeway=leeway,
-            ),
-        ),
-        TokenPolicy(
-            issuer=config.issuer,
-            default_audience=config.default_audience,
-            lifetime=timedelta(seconds=config.token_lifetime_seconds),
-            max_login_failures=config.max_login_failures,
-            lockout=timedelta(seconds=config.lockout_seconds),
-            service_organization=config.operator_organization,
-        ),
-    )
-    directory = Directory(store, sealer, totp_issuer=config.totp_issuer)
-    consent_store = ConsentStore(mongo, mongo_settings.mongodb_database)
-    access = AccessControl(consent_store, consent_store, events, store)
-    consents = ConsentRpcs(
-        ConsentRegistry(consent_store, consent_store, events, store, access), access
-    )
-
-    async def service_jwks(service: str) -> str:
-        return client_jwks(await vault.public_keys(SERVICE_CLIENT_KEYS[service]))
-
-    bootstrapper = Bootstrapper(
-        directory,
-        bootstrap or BootstrapPlan(organization=config.operator_organization),
-        service_jwks=service_jwks,
-    )
-    verifier = JwksTokenVerifier(
-        signer.jwks,
-        issuer=config.issuer,
-        audience=config.default_audience,
-        leeway_seconds=config.leeway_seconds,
-        cache_seconds=config.jwks_cache_seconds,
-    )
-    return IdentityRuntime(
-        name="identity",
-        settings=settings,
-        servicers=[
-            Servicer(
-                IdentityServiceServicer(directory, tokens, consents),
-                identity_pb2_grpc.add_IdentityServiceServicer_to_server,
-                identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
-            )
-        ],
-        mongo=mongo,
-        vault=vault,
-        startup=[store.ensure_indexes, consent_store.ensure_indexes, bootstrapper.start],
-        shutdown=[bootstrapper.stop, ledger.aclose],
-        verifier=verifier,
-        public_methods=PUBLIC_METHODS,
-        bootstrapper=bootstrapper,
+    return from_settings(
+        *load_settings(IdentitySettings, IdentityConfig, MongoSettings, VaultSettings, PeerSettings)
     )
 
 

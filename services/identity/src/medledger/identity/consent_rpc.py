@@ -19,8 +19,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.common.errors import FieldViolation, InvalidArgument, Unauthenticated
-from medledger.common.interceptors import current_principal
+from medledger.common.errors import FieldViolation, InvalidArgument
+from medledger.common.interceptors import authenticated_principal
 from medledger.common.timestamps import timestamp_to_datetime
 from medledger.identity.domain.access import (
     AccessControl,
@@ -86,9 +86,7 @@ DECISIONS: Final[Mapping[Decision, identity_pb2.Decision.ValueType]] = MappingPr
 
 
 def _caller() -> Actor:
-    principal = current_principal.get()
-    if principal is None:  # never an anonymous caller: the auth interceptor sets one
-        raise Unauthenticated("a bearer token is required", reason="TOKEN_MISSING")
+    principal = authenticated_principal()
     return Actor(principal.subject, principal.organization, principal.client_id, principal.scopes)
 
 

@@ -1,6 +1,6 @@
 """gRPC servicer of the identity service: converts messages to domain calls and back.
 
-The caller's principal comes from the auth interceptor (``current_principal``); the
+The caller's principal comes from the auth interceptor (``authenticated_principal``); the
 domain decides what it may do. Consent and CheckAccess are delegated to ``consent_rpc``.
 """
 
@@ -16,7 +16,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.common.errors import FieldViolation, InvalidArgument
-from medledger.common.interceptors import current_principal
+from medledger.common.interceptors import authenticated_principal
+from medledger.common.policy import PUBLIC, ResourceAccess, Scopes, ServiceAccess
+from medledger.common.scopes import ADMIN, CHECK_ACCESS, IDENTITY_READ
 from medledger.identity.consent_rpc import ConsentRpcs
 from medledger.identity.domain.directory import Directory, NewClient, NewUser
 from medledger.identity.domain.ports import Client, Organization, User
@@ -24,9 +26,39 @@ from medledger.identity.domain.purposes import purpose_codes, purpose_values
 from medledger.identity.domain.tokens import IssuedToken, TokenService
 
 Context = grpc.aio.ServicerContext[Any, Any]
-SERVICE: Final = "/medledger.api.identity.v1.IdentityService/"
-# Methods callable without a token: how one gets a token, and how one checks it.
-PUBLIC_METHODS: Final = frozenset({f"{SERVICE}IssueToken", f"{SERVICE}GetJwks"})
+
+_SERVICE = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"]
+_METHODS = _SERVICE.methods_by_name
+_ADMINS = Scopes(ADMIN)
+# The domain then narrows non-admins to their own organisation.
+_DIRECTORY_READERS = Scopes(ADMIN, IDENTITY_READ)
+IDENTITY_ACCESS: Final = ServiceAccess(
+    _SERVICE,
+    {
+        # How one gets a token, and how one checks it.
+        _METHODS["IssueToken"]: PUBLIC,
+        _METHODS["GetJwks"]: PUBLIC,
+        _METHODS["CreateOrganization"]: _ADMINS,
+        _METHODS["GetOrganization"]: _DIRECTORY_READERS,
+        _METHODS["ListOrganizations"]: _DIRECTORY_READERS,
+        _METHODS["RegisterClient"]: _ADMINS,
+        _METHODS["GetClient"]: _DIRECTORY_READERS,
+        _METHODS["ListClients"]: _DIRECTORY_READERS,
+        _METHODS["DisableClient"]: _ADMINS,
+        _METHODS["CreateUser"]: _ADMINS,
+        _METHODS["ListUsers"]: _DIRECTORY_READERS,
+        _METHODS["RotateSigningKey"]: _ADMINS,
+        # The consent rules decide per patient (the patient, their organisation, the
+        # grantee), each with a SMART scope on Consent for the action.
+        _METHODS["GrantConsent"]: ResourceAccess("Consent", "cu"),
+        _METHODS["RevokeConsent"]: ResourceAccess("Consent", "cu"),
+        _METHODS["GetConsent"]: ResourceAccess("Consent", "r"),
+        _METHODS["ListConsents"]: ResourceAccess("Consent", "s"),
+        # A trusted service asks about anyone; a principal about itself, for resource
+        # scopes its token holds (so without any, it could only ever be denied).
+        _METHODS["CheckAccess"]: Scopes(CHECK_ACCESS) | ResourceAccess("*", ""),
+    },
+)
 
 KIND_BY_ENUM: Final[Mapping[int, str]] = MappingProxyType(
     {
@@ -101,7 +133,7 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.CreateOrganizationRequest, context: Context
     ) -> identity_pb2.CreateOrganizationResponse:
         created = await self._directory.create_organization(
-            current_principal.get(), request.organization_id, request.display_name
+            authenticated_principal(), request.organization_id, request.display_name
         )
         return identity_pb2.CreateOrganizationResponse(organization=_organization(created))
 
@@ -109,7 +141,7 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.GetOrganizationRequest, context: Context
     ) -> identity_pb2.GetOrganizationResponse:
         found = await self._directory.get_organization(
-            current_principal.get(), request.organization_id
+            authenticated_principal(), request.organization_id
         )
         return identity_pb2.GetOrganizationResponse(organization=_organization(found))
 
@@ -117,7 +149,7 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListOrganizationsRequest, context: Context
     ) -> identity_pb2.ListOrganizationsResponse:
         found = await self._directory.list_organizations(
-            current_principal.get(), request.page_size, request.page_token
+            authenticated_principal(), request.page_size, request.page_token
         )
         return identity_pb2.ListOrganizationsResponse(
             organizations=[_organization(o) for o in found.items],
@@ -132,7 +164,7 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
         except ValueError as exc:
             raise InvalidArgument([FieldViolation("allowed_purposes", str(exc))]) from None
         client = await self._directory.register_client(
-            current_principal.get(),
+            authenticated_principal(),
             NewClient(
                 client_id=request.client_id,
                 organization=request.organization,
@@ -147,14 +179,14 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def GetClient(
         self, request: identity_pb2.GetClientRequest, context: Context
     ) -> identity_pb2.GetClientResponse:
-        found = await self._directory.get_client(current_principal.get(), request.client_id)
+        found = await self._directory.get_client(authenticated_principal(), request.client_id)
         return identity_pb2.GetClientResponse(client=_client(found))
 
     async def ListClients(
         self, request: identity_pb2.ListClientsRequest, context: Context
     ) -> identity_pb2.ListClientsResponse:
         found = await self._directory.list_clients(
-            current_principal.get(), request.organization, request.page_size, request.page_token
+            authenticated_principal(), request.organization, request.page_size, request.page_token
         )
         return identity_pb2.ListClientsResponse(
             clients=[_client(c) for c in found.items], next_page_token=found.next_page_token
@@ -163,14 +195,16 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def DisableClient(
         self, request: identity_pb2.DisableClientRequest, context: Context
     ) -> identity_pb2.DisableClientResponse:
-        disabled = await self._directory.disable_client(current_principal.get(), request.client_id)
+        disabled = await self._directory.disable_client(
+            authenticated_principal(), request.client_id
+        )
         return identity_pb2.DisableClientResponse(client=_client(disabled))
 
     async def CreateUser(
         self, request: identity_pb2.CreateUserRequest, context: Context
     ) -> identity_pb2.CreateUserResponse:
         created = await self._directory.create_user(
-            current_principal.get(),
+            authenticated_principal(),
             NewUser(
                 username=request.username,
                 password=request.password,
@@ -188,7 +222,7 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListUsersRequest, context: Context
     ) -> identity_pb2.ListUsersResponse:
         found = await self._directory.list_users(
-            current_principal.get(), request.organization, request.page_size, request.page_token
+            authenticated_principal(), request.organization, request.page_size, request.page_token
         )
         return identity_pb2.ListUsersResponse(
             users=[_user(u) for u in found.items], next_page_token=found.next_page_token
@@ -220,7 +254,7 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def RotateSigningKey(
         self, request: identity_pb2.RotateSigningKeyRequest, context: Context
     ) -> identity_pb2.RotateSigningKeyResponse:
-        kid = await self._tokens.rotate_signing_key(current_principal.get())
+        kid = await self._tokens.rotate_signing_key(authenticated_principal())
         return identity_pb2.RotateSigningKeyResponse(kid=kid)
 
     # -- consent and CheckAccess: the consent servicer's --------------------------------

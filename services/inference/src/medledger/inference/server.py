@@ -7,15 +7,34 @@ a later issue.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
 from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from medledger.common.errors import Unimplemented
+from medledger.common.policy import Scopes, ServiceAccess
+from medledger.common.scopes import ADMIN, INFERENCE_PREDICT
 
 Context = grpc.aio.ServicerContext[Any, Any]
 PENDING = "not implemented yet"
+
+_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
+_METHODS = _SERVICE.methods_by_name
+_PREDICTORS = Scopes(INFERENCE_PREDICT)
+_CARD_READERS = Scopes(INFERENCE_PREDICT, ADMIN)
+INFERENCE_ACCESS: Final = ServiceAccess(
+    _SERVICE,
+    {
+        _METHODS["ListModels"]: _CARD_READERS,
+        _METHODS["GetModel"]: _CARD_READERS,
+        _METHODS["RegisterModel"]: Scopes(ADMIN),
+        # The patient's record is then read under CheckAccess with the caller's SMART scopes
+        # and purpose, as a direct read would be.
+        _METHODS["Predict"]: _PREDICTORS,
+        _METHODS["BatchPredict"]: _PREDICTORS,
+    },
+)
 
 
 class InferenceServiceServicer(inference_pb2_grpc.InferenceServiceServicer):

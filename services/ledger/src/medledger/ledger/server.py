@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -11,6 +11,8 @@ from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.errors import FieldViolation, InvalidArgument, Unavailable
 from medledger.common.paging import Listing, page_size
+from medledger.common.policy import Scopes, ServiceAccess
+from medledger.common.scopes import ADMIN, LEDGER_APPEND, LEDGER_READ
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.config import LedgerSettings
 from medledger.ledger.domain.entries import validate_entry, validate_idempotency_key
@@ -19,6 +21,24 @@ from medledger.ledger.domain.sequencer import NotLeader, Receipt, Sequencer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 APPEND = "/medledger.api.ledger.v1.LedgerService/Append"
+
+_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"]
+_METHODS = _SERVICE.methods_by_name
+# Reads too need a token: entries reveal who acted on whose record (as pseudonyms).
+_READERS = Scopes(LEDGER_READ, ADMIN)
+LEDGER_ACCESS: Final = ServiceAccess(
+    _SERVICE,
+    {
+        _METHODS["Append"]: Scopes(LEDGER_APPEND),
+        _METHODS["GetCheckpoint"]: _READERS,
+        _METHODS["ListCheckpoints"]: _READERS,
+        _METHODS["GetEntry"]: _READERS,
+        _METHODS["ListEntries"]: _READERS,
+        _METHODS["GetInclusionProof"]: _READERS,
+        _METHODS["GetConsistencyProof"]: _READERS,
+        _METHODS["GetVerifierKey"]: _READERS,
+    },
+)
 
 
 def _receipt(receipt: Receipt) -> ledger_pb2.Receipt:

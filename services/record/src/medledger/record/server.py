@@ -6,15 +6,40 @@ a later issue.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.common.errors import Unimplemented
+from medledger.common.policy import ResourceAccess, ServiceAccess
 
 Context = grpc.aio.ServicerContext[Any, Any]
 PENDING = "not implemented yet"
+
+_SERVICE = record_pb2.DESCRIPTOR.services_by_name["RecordService"]
+_METHODS = _SERVICE.methods_by_name
+# Every call is decided per patient and resource by identity's CheckAccess (scopes, consent,
+# purpose); here the token must at least hold a SMART scope that could grant the access.
+# "*": the resource type comes with the request.
+RECORD_ACCESS: Final = ServiceAccess(
+    _SERVICE,
+    {
+        _METHODS["CreateResource"]: ResourceAccess("*", "c"),
+        _METHODS["GetResource"]: ResourceAccess("*", "r"),
+        _METHODS["UpdateResource"]: ResourceAccess("*", "u"),
+        _METHODS["ListResourceHistory"]: ResourceAccess("*", "r"),
+        _METHODS["SearchResources"]: ResourceAccess("*", "s"),
+        _METHODS["ExportPatient"]: ResourceAccess("*", "rs"),
+        _METHODS["ErasePatient"]: ResourceAccess("Patient", "d"),
+        # The patient's access log is FHIR's AuditEvent.
+        _METHODS["GetAccessLog"]: ResourceAccess("AuditEvent", "rs"),
+        # ADT messages create and update Patients and Encounters, ORU ones Observations.
+        _METHODS["IngestHl7V2"]: ResourceAccess("*", "cu"),
+        _METHODS["IngestCsvLabResults"]: ResourceAccess("Observation", "c"),
+        _METHODS["FindDuplicatePatients"]: ResourceAccess("Patient", "s"),
+    },
+)
 
 
 class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):

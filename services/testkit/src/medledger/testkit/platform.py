@@ -20,11 +20,15 @@ from joserfc.jwk import OKPKey
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.server import ServiceServer
-from medledger.identity.__main__ import build_runtime as build_identity
+from medledger.devstack.process import free_port
 from medledger.identity.bootstrap import BootstrapPlan
 from medledger.identity.config import IdentityConfig, IdentitySettings
-from medledger.ledger.__main__ import build_runtime as build_ledger
+from medledger.identity.runtime import identity_runtime
 from medledger.ledger.config import LedgerConfig, LedgerSettings
+from medledger.ledger.runtime import from_settings as ledger_from_settings
+from medledger.testkit.tokens import authed_channel
+
+__all__ = ["Platform", "auth_platform", "authed_channel", "start_platform"]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 OPERATORS = "medledger"
@@ -104,19 +108,23 @@ async def start_platform(
     credentials; returns the platform and a function that stops it. Used by the
     ``auth_platform`` fixture and the benchmarks."""
     database = f"platform{uuid.uuid4().hex[:8]}"
+    # The ledger checks identity's tokens (identity's own appends included), so it is told
+    # where identity will listen before identity, which needs the ledger's address, starts.
+    identity_address = f"127.0.0.1:{free_port()}"
     ledger = ServiceServer(
-        build_ledger(
+        ledger_from_settings(
             LedgerSettings(grpc_port=0),
             LedgerConfig(origin="platform.test/ledger", lease_ttl_seconds=2),
             _mongo(mongo_uri, database),
             ledger_vault,
+            PeerSettings(identity_addr=identity_address),
         )
     )
     await ledger.start()
     admin_key = OKPKey.generate_key("Ed25519", parameters={"kid": "admin-1"})
     config = IdentityConfig()
-    runtime = build_identity(
-        IdentitySettings(grpc_port=0),
+    runtime = identity_runtime(
+        IdentitySettings(grpc_port=int(identity_address.rsplit(":", 1)[1])),
         config,
         _mongo(mongo_uri, database),
         identity_vault,
@@ -132,9 +140,9 @@ async def start_platform(
     await identity.start()
     assert runtime.bootstrapper is not None
     await asyncio.wait_for(runtime.bootstrapper.done.wait(), 60)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{identity.port}")
+    channel = grpc.aio.insecure_channel(identity_address)
     platform = Platform(
-        identity_address=f"127.0.0.1:{identity.port}",
+        identity_address=identity_address,
         ledger_address=f"127.0.0.1:{ledger.port}",
         stub=identity_pb2_grpc.IdentityServiceStub(channel),
         config=config,
@@ -162,30 +170,3 @@ async def auth_platform(mongo_server: Any, vault_server: Any) -> AsyncIterator[P
     )
     yield platform
     await stop()
-
-
-class _Bearer(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-):
-    """Adds ``authorization: Bearer <token>`` to every call of a channel."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def _with_token(self, details: Any) -> Any:
-        metadata = list(details.metadata or [])
-        metadata.append(("authorization", f"Bearer {self._token}"))
-        return details._replace(metadata=metadata)
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_token(details), request)
-
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_token(details), request)
-
-
-def authed_channel(address: str, token: str) -> grpc.aio.Channel:
-    """An insecure channel whose every call carries ``token``."""
-    interceptors: list[Any] = [_Bearer(token)]
-    return grpc.aio.insecure_channel(address, interceptors=interceptors)

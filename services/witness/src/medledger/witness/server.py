@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
+from medledger.common.policy import Scopes, ServiceAccess
+from medledger.common.scopes import ADMIN, LEDGER_READ, WITNESS_ADD
 from medledger.witness.domain.witness import Witness
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+_SERVICE = witness_pb2.DESCRIPTOR.services_by_name["WitnessService"]
+_METHODS = _SERVICE.methods_by_name
+WITNESS_ACCESS: Final = ServiceAccess(
+    _SERVICE,
+    {
+        # Only a log's sequencer submits checkpoints (whose log signature is checked
+        # whoever submits them).
+        _METHODS["AddCheckpoint"]: Scopes(WITNESS_ADD),
+        # The witness's view of the logs: for their sequencers, auditors and operators.
+        _METHODS["GetWitnessInfo"]: Scopes(WITNESS_ADD, LEDGER_READ, ADMIN),
+    },
+)
 
 
 class WitnessServiceServicer(witness_pb2_grpc.WitnessServiceServicer):
