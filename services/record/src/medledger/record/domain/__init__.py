@@ -1,1 +1,4 @@
-"""The record's logic: FHIR validation, compartments, search values, and the storage ports. No gRPC, no Mongo here."""
+"""The record's logic: FHIR validation, compartments, search values, storage ports.
+
+No gRPC, no Mongo here.
+"""
