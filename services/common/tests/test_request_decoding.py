@@ -16,13 +16,18 @@ from hypothesis import strategies as st
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
+from medledger.common.config import ServiceSettings
 from medledger.common.interceptors import ErrorInterceptor, RequestDecodingInterceptor
+from medledger.common.policy import Scopes, ServiceAccess
 from medledger.common.request_decoding import (
     MALFORMED_REQUEST,
     DecodeProblem,
     locate_decode_problem,
 )
+from medledger.common.server import ServiceServer
+from medledger.common.service import Servicer, ServiceRuntime
 from medledger.testkit.inprocess import channel
+from medledger.testkit.tokens import TEST_TOKENS
 
 APPEND = "/medledger.api.ledger.v1.LedgerService/Append"
 STREAMED = "/test.Streams/Collect"
@@ -107,6 +112,35 @@ async def test_unary_request_that_does_not_decode_names_the_field(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "Error" not in (raised.value.details() or "")
     assert _violations(raised.value) == (MALFORMED_REQUEST, [(field, description)])
+
+
+async def test_authentication_comes_before_decoding() -> None:
+    """In the real bootstrap a caller without a valid token learns nothing about its bytes."""
+    ledger = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"]
+    access = ServiceAccess(ledger, dict.fromkeys(ledger.methods, Scopes("admin")))
+    server = ServiceServer(
+        ServiceRuntime(
+            name="ledger",
+            settings=ServiceSettings(grpc_port=0),
+            servicers=[
+                Servicer(Echo(), ledger_pb2_grpc.add_LedgerServiceServicer_to_server, access)
+            ],
+            verifier=TEST_TOKENS.verifier(),
+        )
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            append = ch.unary_unary(APPEND, None, None)
+            with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                await append(ENTRY_WITH_BAD_ACTOR)
+            with pytest.raises(grpc.aio.AioRpcError) as authenticated:
+                await append(ENTRY_WITH_BAD_ACTOR, metadata=TEST_TOKENS.metadata(["admin"]))
+    finally:
+        await server.stop(grace=0)
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert authenticated.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _violations(authenticated.value)[0] == MALFORMED_REQUEST
 
 
 async def test_a_good_request_still_decodes(port: int) -> None:
