@@ -33,6 +33,9 @@ SERVICE_CLIENT_KEYS: Final[Mapping[str, str]] = MappingProxyType(
 )
 # The per-deployment HMAC key of the ledger's patient pseudonyms (KV v2, under KV_MOUNT).
 SUBJECT_KEY_PATH: Final = f"{KV_PREFIX}/ledger-subject-key"
+# The record's key of its keyed digests: patient pseudonyms and blind indexes (KV v2). Outside
+# the record's own folder, so its policy can deny replacing or deleting it.
+RECORD_INDEX_KEY_PATH: Final = f"{KV_PREFIX}/record-index-key"
 
 Operation = Literal["sign", "encrypt", "decrypt", "rewrap", "datakey", "read"]
 """What a policy lets a service do with a transit key; ``read`` is the key's public part."""
@@ -62,7 +65,8 @@ class ServiceVault:
 _SIGNER: Final[tuple[Operation, ...]] = ("sign", "read")
 _OWN_FOLDER: Final = ("create", "read", "update", "patch", "delete")
 # Created once (by provisioning or the first service to need it), never overwritten: without
-# "update" no service can replace the key and unlink every pseudonym already ledgered.
+# "update" no service can replace the key and unlink every pseudonym already ledgered (or,
+# for the record's index key, every pseudonym and blind index already stored).
 _SUBJECT_KEY: Final = ("create", "read")
 
 
@@ -99,7 +103,9 @@ SERVICE_VAULT: Final[Mapping[str, ServiceVault]] = MappingProxyType(
                     SERVICE_CLIENT_KEYS["record"]: _SIGNER,
                 }
             ),
-            _kv("record", subject_key=True),
+            MappingProxyType(
+                {**_kv("record", subject_key=True), RECORD_INDEX_KEY_PATH: _SUBJECT_KEY}
+            ),
         ),
         "inference": ServiceVault(
             MappingProxyType({SERVICE_CLIENT_KEYS["inference"]: _SIGNER}),
