@@ -1,0 +1,1 @@
+"""The record's adapters: Mongo (sealed documents) and Vault (patient data keys)."""

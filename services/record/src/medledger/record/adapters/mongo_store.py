@@ -1,0 +1,464 @@
+"""MongoDB storage of the record: sealed versions, current pointers, patient keys, blind
+index, idempotency. Nothing here is readable without Vault: patients appear only as keyed
+pseudonyms (``patient``), content and receipts only sealed, search values only as tokens.
+
+Layout (one database, ``record_*`` collections):
+
+- ``record_patients``  ``{_id: pseudonym, wrapped: data key wrapped by Vault, created,
+  writes}``; after erasure ``{_id, erased: true, erased_at}`` (the tombstone; the wrapped key
+  is gone). ``writes`` is bumped by every commit, so a commit and an erasure conflict.
+- ``record_versions``  ``{_id: "Type/id/version", type, id, version, patient, state,
+  nonce, content, receipt_nonce, receipt}``; a pending version has ``state: "pending"``,
+  its writer's ``write`` id and ``prepared_at`` instead of the receipt. Indexes:
+  ``patient``; ``(state, prepared_at)`` for the sweep.
+- ``record_current``   ``{_id: "Type/id", type, id, patient, version, tag}``: the latest
+  committed version; ``{_id, type, id, erased: true}`` once its patient is erased.
+  Index ``(patient, _id)`` for a patient's resources.
+- ``record_index``     ``{token, resource: "Type/id", patient}``: one entry per search
+  token of a resource's current version. Indexes ``(token, resource)``, ``resource``,
+  ``patient``.
+- ``record_idempotency`` ``{_id: key id, fingerprint, type, id, version, patient,
+  expires_at}``; TTL index on ``expires_at``.
+
+A commit is ONE transaction: the patient is not erased, the pending version is still this
+writer's, the pointer moves from the expected version, the index entries are replaced and
+the idempotency key is recorded, or nothing is. A document that does not parse is damage
+(DATA_LOSS), never an internal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Final
+
+import pymongo
+from bson.binary import Binary
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import DuplicateKeyError
+
+from medledger.common.mongo import mongo_errors
+from medledger.record.domain.envelope import damaged
+from medledger.record.domain.ports import (
+    CurrentPointer,
+    IdempotencyTaken,
+    IdempotentWrite,
+    PatientErased,
+    PatientKey,
+    PendingLost,
+    ResourceKey,
+    Sealed,
+    SealedVersion,
+    StaleCurrent,
+    VersionCommit,
+    VersionRef,
+    VersionTaken,
+)
+
+Document = dict[str, Any]
+PENDING: Final = "pending"
+COMMITTED: Final = "committed"
+# with_transaction retries transient errors for up to 120 s; a client waits less than that.
+TRANSACTION_SECONDS: Final = 10.0
+
+
+@contextmanager
+def _parsing() -> Iterator[None]:
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise damaged() from None
+
+
+def _bytes(value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError("not bytes")
+    return bytes(value)
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("not an integer")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def _patient_key(doc: Document) -> PatientKey:
+    with _parsing():
+        wrapped = doc.get("wrapped")
+        return PatientKey(
+            patient=_bytes(doc["_id"]),
+            wrapped=None if wrapped is None else _str(wrapped),
+            erased=doc.get("erased") is True,
+        )
+
+
+def _pointer(doc: Document) -> CurrentPointer:
+    with _parsing():
+        resource = ResourceKey(_str(doc["type"]), _str(doc["id"]))
+        if str(resource) != doc["_id"]:
+            raise ValueError("pointer filed under another resource")
+        if "erased" in doc:
+            if doc["erased"] is not True or "patient" in doc:
+                raise ValueError("half an erased pointer")
+            return CurrentPointer(resource, erased=True)
+        return CurrentPointer(
+            resource,
+            erased=False,
+            patient=_bytes(doc["patient"]),
+            version=_int(doc["version"]),
+            tag=_bytes(doc["tag"]),
+        )
+
+
+def _sealed_version(doc: Document) -> SealedVersion:
+    with _parsing():
+        ref = VersionRef(_str(doc["type"]), _str(doc["id"]), _int(doc["version"]))
+        state = doc["state"]
+        if state == COMMITTED:
+            receipt: Sealed | None = Sealed(_bytes(doc["receipt_nonce"]), _bytes(doc["receipt"]))
+        elif state == PENDING:
+            receipt = None
+        else:
+            raise ValueError("unknown state")
+        return SealedVersion(
+            ref=ref,
+            patient=_bytes(doc["patient"]),
+            content=Sealed(_bytes(doc["nonce"]), _bytes(doc["content"])),
+            receipt=receipt,
+        )
+
+
+def _idempotent(doc: Document) -> IdempotentWrite:
+    with _parsing():
+        return IdempotentWrite(
+            VersionRef(_str(doc["type"]), _str(doc["id"]), _int(doc["version"])),
+            _bytes(doc["fingerprint"]),
+        )
+
+
+class RecordStore:
+    def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
+        self._client = client
+        db = client[database]
+        self._patients = db["record_patients"]
+        self._versions = db["record_versions"]
+        self._current = db["record_current"]
+        self._index = db["record_index"]
+        self._idempotency = db["record_idempotency"]
+        self._indexed = False
+        self._index_lock = asyncio.Lock()
+
+    @property
+    def collections(self) -> tuple[str, ...]:
+        """Every collection this store writes (tests scan them all)."""
+        return tuple(
+            c.name
+            for c in (
+                self._patients,
+                self._versions,
+                self._current,
+                self._index,
+                self._idempotency,
+            )
+        )
+
+    @mongo_errors
+    async def ensure_indexes(self) -> None:
+        """Creates the indexes now (writes also do it before their first write)."""
+        await self._ready()
+
+    async def _ready(self) -> None:
+        if self._indexed:
+            return
+        async with self._index_lock:
+            if not self._indexed:
+                await self._versions.create_index([("patient", ASCENDING)])
+                await self._versions.create_index(
+                    [("state", ASCENDING), ("prepared_at", ASCENDING)]
+                )
+                await self._current.create_index([("patient", ASCENDING), ("_id", ASCENDING)])
+                await self._index.create_index([("token", ASCENDING), ("resource", ASCENDING)])
+                await self._index.create_index([("resource", ASCENDING)])
+                await self._index.create_index([("patient", ASCENDING)])
+                await self._idempotency.create_index(
+                    [("expires_at", ASCENDING)], expireAfterSeconds=0
+                )
+                self._indexed = True
+
+    # -- patient keys --------------------------------------------------------------------
+
+    @mongo_errors
+    async def patient_key(self, patient: bytes) -> PatientKey | None:
+        doc = await self._patients.find_one({"_id": Binary(patient)})
+        return _patient_key(doc) if doc else None
+
+    @mongo_errors
+    async def patient_keys(self, patients: Iterable[bytes]) -> dict[bytes, PatientKey]:
+        wanted = [Binary(p) for p in set(patients)]
+        if not wanted:
+            return {}
+        rows = [_patient_key(d) async for d in self._patients.find({"_id": {"$in": wanted}})]
+        return {row.patient: row for row in rows}
+
+    @mongo_errors
+    async def insert_patient_key(
+        self, patient: bytes, wrapped: str, created: datetime
+    ) -> PatientKey:
+        await self._ready()
+        try:
+            await self._patients.insert_one(
+                {"_id": Binary(patient), "wrapped": wrapped, "created": created, "writes": 0}
+            )
+        except DuplicateKeyError:
+            stored = await self.patient_key(patient)
+            if stored is None:
+                raise damaged() from None
+            return stored
+        return PatientKey(patient, wrapped, erased=False)
+
+    # -- pointers and versions -----------------------------------------------------------
+
+    @mongo_errors
+    async def current(self, resource: ResourceKey) -> CurrentPointer | None:
+        doc = await self._current.find_one({"_id": str(resource)})
+        return _pointer(doc) if doc else None
+
+    @mongo_errors
+    async def currents(self, resources: Iterable[ResourceKey]) -> dict[ResourceKey, CurrentPointer]:
+        wanted = sorted({str(r) for r in resources})
+        if not wanted:
+            return {}
+        pointers = [_pointer(d) async for d in self._current.find({"_id": {"$in": wanted}})]
+        return {p.resource: p for p in pointers}
+
+    @mongo_errors
+    async def versions(self, refs: Iterable[VersionRef]) -> dict[VersionRef, SealedVersion]:
+        by_id = {str(ref): ref for ref in refs}
+        if not by_id:
+            return {}
+        found: dict[VersionRef, SealedVersion] = {}
+        async for doc in self._versions.find({"_id": {"$in": sorted(by_id)}}):
+            asked = by_id.get(doc["_id"])
+            if asked is not None:
+                found[asked] = _sealed_version(doc)
+        return found
+
+    @mongo_errors
+    async def insert_pending(
+        self,
+        version: SealedVersion,
+        *,
+        write_id: bytes,
+        prepared_at: datetime,
+        stale_before: datetime,
+    ) -> None:
+        await self._ready()
+        ref = version.ref
+        # A crashed writer's pending version gives its slot up once stale.
+        await self._versions.delete_one(
+            {"_id": str(ref), "state": PENDING, "prepared_at": {"$lt": stale_before}}
+        )
+        try:
+            await self._versions.insert_one(
+                {
+                    "_id": str(ref),
+                    "type": ref.resource_type,
+                    "id": ref.resource_id,
+                    "version": ref.version,
+                    "patient": Binary(version.patient),
+                    "state": PENDING,
+                    "write": Binary(write_id),
+                    "prepared_at": prepared_at,
+                    "nonce": Binary(version.content.nonce),
+                    "content": Binary(version.content.ciphertext),
+                }
+            )
+        except DuplicateKeyError:
+            raise VersionTaken from None
+
+    @mongo_errors
+    async def commit(self, commit: VersionCommit) -> None:
+        ref = commit.ref
+        resource = str(ref.resource)
+        patient = Binary(commit.patient)
+
+        async def write(session: AsyncClientSession) -> None:
+            # Bumping the patient's row makes a concurrent erasure and this commit conflict:
+            # one of them goes first, and the other sees it.
+            touched = await self._patients.update_one(
+                {"_id": patient, "wrapped": {"$exists": True}},
+                {"$inc": {"writes": 1}},
+                session=session,
+            )
+            if touched.matched_count != 1:
+                raise PatientErased
+            done = await self._versions.update_one(
+                {"_id": str(ref), "state": PENDING, "write": Binary(commit.write_id)},
+                {
+                    "$set": {
+                        "state": COMMITTED,
+                        "receipt_nonce": Binary(commit.receipt.nonce),
+                        "receipt": Binary(commit.receipt.ciphertext),
+                    },
+                    "$unset": {"write": "", "prepared_at": ""},
+                },
+                session=session,
+            )
+            if done.matched_count != 1:
+                raise PendingLost
+            await self._move_pointer(commit, session)
+            await self._index.delete_many({"resource": resource}, session=session)
+            if commit.index_tokens:
+                await self._index.insert_many(
+                    [
+                        {"token": Binary(t), "resource": resource, "patient": patient}
+                        for t in commit.index_tokens
+                    ],
+                    session=session,
+                )
+            if commit.idempotency is not None:
+                entry = commit.idempotency
+                try:
+                    await self._idempotency.insert_one(
+                        {
+                            "_id": Binary(entry.key_id),
+                            "fingerprint": Binary(entry.fingerprint),
+                            "type": ref.resource_type,
+                            "id": ref.resource_id,
+                            "version": ref.version,
+                            "patient": patient,
+                            "expires_at": entry.expires,
+                        },
+                        session=session,
+                    )
+                except DuplicateKeyError:
+                    raise IdempotencyTaken(None) from None
+
+        await self._ready()
+        try:
+            with pymongo.timeout(TRANSACTION_SECONDS):
+                async with self._client.start_session() as session:
+                    await session.with_transaction(write)
+        except IdempotencyTaken:
+            assert commit.idempotency is not None
+            raise IdempotencyTaken(await self.idempotent(commit.idempotency.key_id)) from None
+
+    async def _move_pointer(self, commit: VersionCommit, session: AsyncClientSession) -> None:
+        ref = commit.ref
+        if ref.version == 1:
+            try:
+                await self._current.insert_one(
+                    {
+                        "_id": str(ref.resource),
+                        "type": ref.resource_type,
+                        "id": ref.resource_id,
+                        "patient": Binary(commit.patient),
+                        "version": 1,
+                        "tag": Binary(commit.tag),
+                    },
+                    session=session,
+                )
+            except DuplicateKeyError:
+                raise StaleCurrent from None
+            return
+        moved = await self._current.update_one(
+            {
+                "_id": str(ref.resource),
+                "version": ref.version - 1,
+                "patient": Binary(commit.patient),
+            },
+            {"$set": {"version": ref.version, "tag": Binary(commit.tag)}},
+            session=session,
+        )
+        if moved.matched_count != 1:
+            raise StaleCurrent
+
+    @mongo_errors
+    async def abort(self, ref: VersionRef, write_id: bytes) -> None:
+        await self._versions.delete_one(
+            {"_id": str(ref), "state": PENDING, "write": Binary(write_id)}
+        )
+
+    @mongo_errors
+    async def sweep_pending(self, prepared_before: datetime) -> int:
+        removed = await self._versions.delete_many(
+            {"state": PENDING, "prepared_at": {"$lt": prepared_before}}
+        )
+        return removed.deleted_count
+
+    # -- search, patients, idempotency ---------------------------------------------------
+
+    @mongo_errors
+    async def matching(
+        self, tokens: Sequence[bytes], after: str | None, limit: int
+    ) -> list[ResourceKey]:
+        if not tokens:
+            return []
+        wanted = sorted(set(tokens))
+        match: Document = {"token": {"$in": [Binary(t) for t in wanted]}}
+        if after is not None:
+            match["resource"] = {"$gt": after}
+        pipeline: list[Document] = [
+            {"$match": match},
+            {"$group": {"_id": "$resource", "tokens": {"$addToSet": "$token"}}},
+            {"$match": {"tokens": {"$size": len(wanted)}}},
+            {"$sort": {"_id": 1}},
+            {"$limit": limit},
+        ]
+        cursor = await self._index.aggregate(pipeline)
+        found = []
+        async for doc in cursor:
+            with _parsing():
+                resource_type, resource_id = _str(doc["_id"]).split("/", 1)
+            found.append(ResourceKey(resource_type, resource_id))
+        return found
+
+    @mongo_errors
+    async def patient_resources(
+        self, patient: bytes, after: str | None, limit: int
+    ) -> list[CurrentPointer]:
+        query: Document = {"patient": Binary(patient)}
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        cursor = self._current.find(query).sort("_id", 1).limit(limit)
+        return [_pointer(doc) async for doc in cursor]
+
+    @mongo_errors
+    async def idempotent(self, key_id: bytes) -> IdempotentWrite | None:
+        doc = await self._idempotency.find_one({"_id": Binary(key_id)})
+        return _idempotent(doc) if doc else None
+
+    # -- erasure -------------------------------------------------------------------------
+
+    @mongo_errors
+    async def erase(self, patient: bytes, when: datetime) -> int:
+        await self._ready()
+        who = Binary(patient)
+        # The crypto-shredding and the tombstone, in one atomic update: from here on
+        # nothing of the patient can be opened, nor written.
+        await self._patients.update_one(
+            {"_id": who},
+            {
+                "$set": {"erased": True, "erased_at": when},
+                "$unset": {"wrapped": "", "created": "", "writes": ""},
+            },
+            upsert=True,
+        )
+        await self._current.update_many(
+            {"patient": who},
+            {"$set": {"erased": True}, "$unset": {"patient": "", "version": "", "tag": ""}},
+        )
+        erased = await self._versions.count_documents({"patient": who, "state": COMMITTED})
+        await self._versions.delete_many({"patient": who})
+        await self._index.delete_many({"patient": who})
+        await self._idempotency.delete_many({"patient": who})
+        return erased

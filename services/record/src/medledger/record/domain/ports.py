@@ -1,0 +1,327 @@
+"""What the record's storage offers the RPC layer, and what it needs from Mongo and Vault.
+
+:class:`RecordStorage` is the port the servicer uses; :class:`~medledger.record.domain.records.
+EncryptedRecords` implements it and speaks of FHIR resources in clear. Below it,
+:class:`RecordDocuments` (the Mongo adapter) only ever sees sealed bytes, patient pseudonyms
+and blind-index tokens, and :class:`PatientKeyService` (the Vault adapter) makes and unwraps
+the patients' data keys and holds the key of the keyed digests.
+
+A write is two-phase, so that nothing is visible before its ledger receipt:
+
+1. ``prepare_write`` reserves the next version of the resource and stores it sealed but
+   *pending*; readers never see a pending version. Two writers cannot reserve the same
+   version: the second is ABORTED before anything is ledgered.
+2. The RPC layer appends the ledger entry (its content commitment opens with
+   ``pending.salt``).
+3. ``commit_write`` stores the receipt and makes the version current in one transaction,
+   or ``abort_write`` drops it when the ledger did not answer.
+
+A pending version left by a crash blocks its slot only until the pending timeout: the next
+writer of that resource replaces it, and ``sweep_pending`` removes the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from medledger.common.paging import Page
+
+# -- what the RPC layer hands over and gets back ----------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class ResourceKey:
+    """A resource, all versions: ``Observation/abc``."""
+
+    resource_type: str
+    resource_id: str
+
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+
+@dataclass(frozen=True, order=True)
+class VersionRef:
+    """One version of a resource (versions start at 1)."""
+
+    resource_type: str
+    resource_id: str
+    version: int
+
+    @property
+    def resource(self) -> ResourceKey:
+        return ResourceKey(self.resource_type, self.resource_id)
+
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}/{self.version}"
+
+
+@dataclass(frozen=True)
+class ResourceWrite:
+    """A create or an update, validated and canonical, its compartment and search values
+    already computed (``search_values`` as ``domain.search_params`` gives them)."""
+
+    resource_type: str
+    resource_id: str
+    patient_id: str
+    resource_json: str
+    search_values: Mapping[str, Collection[str]]
+    # 0: a create (the resource must not exist; it becomes version 1). Otherwise the
+    # version the client last read: anything else is ABORTED.
+    expected_version: int = 0
+    # Scoped by the caller (the RPC layer prefixes the client), never stored in clear.
+    idempotency_key: str = ""
+    # A digest of the request, so a key reused for another request is refused.
+    request_fingerprint: bytes = b""
+
+
+@dataclass(frozen=True)
+class IdempotencyEntry:
+    """What a committed write records about its idempotency key (keyed digests only)."""
+
+    key_id: bytes
+    fingerprint: bytes
+    patient: bytes
+    expires: datetime
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A version stored but not visible: commit it with its receipt, or abort it."""
+
+    ref: VersionRef
+    patient_id: str
+    resource_json: str
+    salt: bytes  # opens the ledger entry's content commitment
+    updated_time: datetime
+    # For commit_write only; kept out of reprs (the data key is secret).
+    patient: bytes = field(repr=False, compare=False)
+    write_id: bytes = field(repr=False, compare=False)
+    index_tokens: tuple[bytes, ...] = field(repr=False, compare=False)
+    idempotency: IdempotencyEntry | None = field(repr=False, compare=False)
+    data_key: bytes = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One committed version, opened."""
+
+    ref: VersionRef
+    patient_id: str
+    resource_json: str
+    updated_time: datetime
+    receipt: bytes  # the ledger Receipt of the write, serialised
+    salt: bytes  # opens the receipt's content commitment (exports)
+
+
+class RecordStorage(Protocol):
+    """The record service's storage, as the RPC layer uses it. Errors are
+    ``medledger.common.errors``: NotFound (reason RESOURCE_NOT_FOUND, VERSION_NOT_FOUND or
+    ERASED), Aborted (STALE_VERSION, CONCURRENT_WRITE, WRITE_EXPIRED, IDEMPOTENCY_KEY_REUSED),
+    AlreadyExists, FailedPrecondition (PATIENT_CHANGED), DataLoss (damaged data: never a
+    wrong answer) and Unavailable (Mongo or Vault did not answer; nothing half-visible)."""
+
+    async def prepare_write(self, write: ResourceWrite) -> PendingWrite: ...
+
+    async def commit_write(self, pending: PendingWrite, receipt: bytes) -> VersionRef:
+        """The visible version: ``pending.ref``, or the first write's when another write
+        with the same idempotency key committed first (this one is then dropped)."""
+        ...
+
+    async def abort_write(self, pending: PendingWrite) -> None: ...
+
+    async def read(
+        self, resource_type: str, resource_id: str, version: int = 0
+    ) -> StoredVersion: ...
+
+    async def history(
+        self, resource_type: str, resource_id: str, *, page_size: int, page_token: str
+    ) -> Page[StoredVersion]: ...
+
+    async def search(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        page_size: int,
+        page_token: str,
+    ) -> Page[StoredVersion]: ...
+
+    async def patient_resources(
+        self, patient_id: str, *, page_size: int, page_token: str
+    ) -> Page[StoredVersion]: ...
+
+    async def idempotent_result(self, key: str, fingerprint: bytes) -> VersionRef | None: ...
+
+    async def erase_patient(self, patient_id: str) -> int: ...
+
+    async def sweep_pending(self) -> int: ...
+
+
+# -- what the adapters store and answer ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """AES-256-GCM output: the 96-bit nonce and the ciphertext with its 128-bit tag."""
+
+    nonce: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class NewDataKey:
+    """A fresh data key: use ``plaintext`` now, store only ``wrapped``."""
+
+    plaintext: bytes = field(repr=False)
+    wrapped: str
+
+
+@dataclass(frozen=True)
+class PatientKey:
+    """A patient's row: the wrapped data key, or the tombstone left by erasure."""
+
+    patient: bytes
+    wrapped: str | None
+    erased: bool
+
+
+@dataclass(frozen=True)
+class CurrentPointer:
+    """The latest committed version of a resource, with its patient and a keyed tag over
+    both (a changed pointer is damage, not an older answer); only ``resource`` for a
+    resource whose patient was erased."""
+
+    resource: ResourceKey
+    erased: bool
+    patient: bytes = b""
+    version: int = 0
+    tag: bytes = b""
+
+
+@dataclass(frozen=True)
+class SealedVersion:
+    """A stored version as Mongo holds it; ``receipt`` is None while it is pending."""
+
+    ref: VersionRef
+    patient: bytes
+    content: Sealed
+    receipt: Sealed | None
+
+
+@dataclass(frozen=True)
+class VersionCommit:
+    ref: VersionRef
+    patient: bytes
+    write_id: bytes
+    receipt: Sealed
+    tag: bytes
+    index_tokens: tuple[bytes, ...]
+    idempotency: IdempotencyEntry | None
+
+
+@dataclass(frozen=True)
+class IdempotentWrite:
+    ref: VersionRef
+    fingerprint: bytes
+
+
+class VersionTaken(Exception):
+    """Another write holds (or committed) the version this one reserves."""
+
+
+class PendingLost(Exception):
+    """The pending version is gone (replaced or swept as stale): nothing was committed."""
+
+
+class StaleCurrent(Exception):
+    """The resource's current version moved: nothing was committed."""
+
+
+class PatientErased(Exception):
+    """The patient was erased: nothing was committed."""
+
+
+class IdempotencyTaken(Exception):
+    """A write with the same idempotency key committed first: nothing was committed."""
+
+    def __init__(self, first: IdempotentWrite | None) -> None:
+        super().__init__("idempotency key taken")
+        self.first = first
+
+
+class PatientKeyService(Protocol):
+    """Vault: data keys wrapped by the patient KEK, and the key of the keyed digests."""
+
+    async def new_data_key(self) -> NewDataKey: ...
+
+    async def unwrap(self, wrapped: str) -> bytes: ...
+
+    async def index_key(self) -> bytes: ...
+
+
+class RecordDocuments(Protocol):
+    """Mongo: sealed versions, current pointers, patient keys, blind index, idempotency."""
+
+    async def patient_key(self, patient: bytes) -> PatientKey | None: ...
+
+    async def patient_keys(self, patients: Iterable[bytes]) -> dict[bytes, PatientKey]: ...
+
+    async def insert_patient_key(
+        self, patient: bytes, wrapped: str, created: datetime
+    ) -> PatientKey:
+        """Stores ``wrapped`` unless the patient has a row already; returns the stored row."""
+        ...
+
+    async def current(self, resource: ResourceKey) -> CurrentPointer | None: ...
+
+    async def currents(
+        self, resources: Iterable[ResourceKey]
+    ) -> dict[ResourceKey, CurrentPointer]: ...
+
+    async def insert_pending(
+        self,
+        version: SealedVersion,
+        *,
+        write_id: bytes,
+        prepared_at: datetime,
+        stale_before: datetime,
+    ) -> None:
+        """Raises VersionTaken unless the slot is free or held by a pending version
+        prepared before ``stale_before`` (which it replaces)."""
+        ...
+
+    async def commit(self, commit: VersionCommit) -> None:
+        """One transaction; raises PatientErased, PendingLost, StaleCurrent or
+        IdempotencyTaken and then writes nothing."""
+        ...
+
+    async def abort(self, ref: VersionRef, write_id: bytes) -> None: ...
+
+    async def versions(self, refs: Iterable[VersionRef]) -> dict[VersionRef, SealedVersion]:
+        """The stored documents at those versions' places, keyed by the ref asked for (the
+        values carry the refs the documents themselves claim)."""
+        ...
+
+    async def matching(
+        self, tokens: Sequence[bytes], after: str | None, limit: int
+    ) -> list[ResourceKey]:
+        """Resources indexed under every token, by ``str(ResourceKey)``, after ``after``."""
+        ...
+
+    async def patient_resources(
+        self, patient: bytes, after: str | None, limit: int
+    ) -> list[CurrentPointer]: ...
+
+    async def idempotent(self, key_id: bytes) -> IdempotentWrite | None: ...
+
+    async def erase(self, patient: bytes, when: datetime) -> int:
+        """Shreds the patient's key and leaves a tombstone (one atomic step), then removes
+        every version, index entry and idempotency record of the patient; returns the
+        number of committed versions removed."""
+        ...
+
+    async def sweep_pending(self, prepared_before: datetime) -> int: ...

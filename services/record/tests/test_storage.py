@@ -1,0 +1,294 @@
+"""The record's storage: round trips, versions, concurrency, search, idempotency and the
+two-phase write, against the real secantusdb and OpenBao."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from medledger.common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MedledgerError,
+    NotFound,
+)
+from medledger.record.domain.ports import VersionRef
+from medledger.verify.commitment import SALT_SIZE
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def observation(value: float, code: str = "2345-7") -> str:
+    return json.dumps(
+        {"resourceType": "Observation", "code": {"text": code}, "valueQuantity": {"value": value}}
+    )
+
+
+async def test_a_committed_resource_reads_back_with_its_receipt_and_salt(records: Any) -> None:
+    rid, patient = new_id(), new_id()
+    body = observation(5.4)
+    ref = await records.write("Observation", rid, patient, body)
+    assert ref == VersionRef("Observation", rid, 1)
+    stored = await records.records.read("Observation", rid)
+    assert stored.ref == ref
+    assert stored.resource_json == body
+    assert stored.patient_id == patient
+    assert stored.receipt == records.receipt_for(ref)
+    assert len(stored.salt) == SALT_SIZE
+    assert stored.updated_time.tzinfo is not None
+    # Another replica (cold key cache) reads the same.
+    assert await records.replica().read("Observation", rid, 1) == stored
+
+
+async def test_a_write_is_invisible_until_committed_and_gone_when_aborted(
+    records: Any,
+) -> None:
+    rid, patient = new_id(), new_id()
+    pending = await records.prepare("Observation", rid, patient, observation(1))
+    with pytest.raises(NotFound) as missing:
+        await records.records.read("Observation", rid)
+    assert missing.value.reason == "RESOURCE_NOT_FOUND"
+    await records.records.abort_write(pending)
+    assert await records.db["record_versions"].count_documents({}) == 0
+    # The slot is free again; a committed update's next version is invisible while pending.
+    await records.write("Observation", rid, patient, observation(1))
+    update = await records.prepare("Observation", rid, patient, observation(2), expected_version=1)
+    assert (await records.records.read("Observation", rid)).ref.version == 1
+    with pytest.raises(NotFound) as missing:
+        await records.records.read("Observation", rid, 2)
+    assert missing.value.reason == "VERSION_NOT_FOUND"
+    await records.records.commit_write(update, records.receipt_for(update.ref))
+    assert (await records.records.read("Observation", rid)).resource_json == observation(2)
+
+
+async def test_every_version_is_kept_and_history_pages_newest_first(records: Any) -> None:
+    rid, patient = new_id(), new_id()
+    for version in range(1, 6):
+        await records.write(
+            "Observation", rid, patient, observation(version), expected_version=version - 1
+        )
+    for version in range(1, 6):
+        stored = await records.records.read("Observation", rid, version)
+        assert stored.resource_json == observation(version)
+        assert stored.receipt == records.receipt_for(stored.ref)
+    seen: list[int] = []
+    token = ""
+    while True:
+        page = await records.records.history("Observation", rid, page_size=2, page_token=token)
+        assert len(page.items) <= 2
+        seen += [v.ref.version for v in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [5, 4, 3, 2, 1]
+    first = await records.records.history("Observation", rid, page_size=2, page_token="")
+    with pytest.raises(InvalidArgument):  # a token of another resource's history
+        await records.records.history(
+            "Observation", new_id(), page_size=2, page_token=first.next_page_token
+        )
+
+
+async def test_a_stale_expected_version_is_aborted(records: Any) -> None:
+    rid, patient = new_id(), new_id()
+    await records.write("Observation", rid, patient, observation(1))
+    await records.write("Observation", rid, patient, observation(2), expected_version=1)
+    with pytest.raises(Aborted) as stale:
+        await records.write("Observation", rid, patient, observation(3), expected_version=1)
+    assert stale.value.reason == "STALE_VERSION"
+    assert stale.value.metadata == {"current_version": "2"}
+    assert (await records.records.read("Observation", rid)).resource_json == observation(2)
+
+
+async def test_of_concurrent_updates_from_one_version_only_one_wins(records: Any) -> None:
+    rid, patient = new_id(), new_id()
+    await records.write("Observation", rid, patient, observation(0))
+    replicas = [records.replica() for _ in range(6)]
+
+    async def update(n: int) -> VersionRef | MedledgerError:
+        try:
+            return await records.write(
+                "Observation",
+                rid,
+                patient,
+                observation(n),
+                expected_version=1,
+                records=replicas[n],
+            )
+        except MedledgerError as error:
+            return error
+
+    results = await asyncio.gather(*(update(n) for n in range(6)))
+    won = [r for r in results if isinstance(r, VersionRef)]
+    lost = [r for r in results if isinstance(r, MedledgerError)]
+    assert won == [VersionRef("Observation", rid, 2)]
+    assert all(isinstance(e, Aborted) for e in lost), lost
+    assert {e.reason for e in lost} <= {"CONCURRENT_WRITE", "STALE_VERSION"}
+    latest = await records.records.read("Observation", rid)
+    assert latest.ref.version == 2
+    assert latest.resource_json == observation(results.index(won[0]))
+
+
+async def test_creates_updates_and_compartments_are_checked(records: Any) -> None:
+    rid, patient = new_id(), new_id()
+    await records.write("Observation", rid, patient, observation(1))
+    with pytest.raises(AlreadyExists):
+        await records.write("Observation", rid, patient, observation(1))
+    with pytest.raises(NotFound) as missing:
+        await records.write("Observation", new_id(), patient, observation(1), expected_version=1)
+    assert missing.value.reason == "RESOURCE_NOT_FOUND"
+    with pytest.raises(FailedPrecondition) as moved:
+        await records.write("Observation", rid, new_id(), observation(2), expected_version=1)
+    assert moved.value.reason == "PATIENT_CHANGED"
+    with pytest.raises(NotFound):
+        await records.records.read("Observation", rid, 2)
+
+
+async def test_search_matches_exactly_on_latest_versions_and_pages(records: Any) -> None:
+    patient, other = new_id(), new_id()
+    glucose = {f"Observation/{new_id()}" for _ in range(5)}
+    for name in sorted(glucose):
+        await records.write(
+            "Observation",
+            name.split("/")[1],
+            patient,
+            observation(6.1),
+            search={"code": {"http://loinc.org|2345-7"}, "patient": {f"Patient/{patient}"}},
+        )
+    bmi = new_id()
+    await records.write(
+        "Observation",
+        bmi,
+        other,
+        observation(31),
+        search={"code": {"http://loinc.org|39156-5"}, "patient": {f"Patient/{other}"}},
+    )
+    query = [("code", "http://loinc.org|2345-7")]
+    found: list[str] = []
+    token = ""
+    while True:
+        page = await records.records.search("Observation", query, page_size=2, page_token=token)
+        assert len(page.items) <= 2
+        found += [str(v.ref.resource) for v in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+    assert found == sorted(glucose)
+    both = await records.records.search(
+        "Observation",
+        [("code", "http://loinc.org|39156-5"), ("patient", f"Patient/{other}")],
+        page_size=10,
+        page_token="",
+    )
+    assert [v.ref.resource_id for v in both.items] == [bmi]
+    assert [v.resource_json for v in both.items] == [observation(31)]
+    for mismatch in (
+        [("code", "http://loinc.org|39156-5"), ("patient", f"Patient/{patient}")],
+        [("code", "http://loinc.org|2345-")],  # exact match only
+        [("patient", f"Patient/{patient}".upper())],
+    ):
+        assert not (
+            await records.records.search("Observation", mismatch, page_size=10, page_token="")
+        ).items
+    assert not (  # the type is part of the token
+        await records.records.search("Condition", query, page_size=10, page_token="")
+    ).items
+    # An update that changes the code leaves the old code's results.
+    moved = sorted(glucose)[0].split("/")[1]
+    await records.write(
+        "Observation",
+        moved,
+        patient,
+        observation(31),
+        search={"code": {"http://loinc.org|39156-5"}},
+        expected_version=1,
+    )
+    page = await records.records.search("Observation", query, page_size=10, page_token="")
+    assert moved not in {v.ref.resource_id for v in page.items}
+    assert len(page.items) == 4
+    first = await records.records.search("Observation", query, page_size=1, page_token="")
+    with pytest.raises(InvalidArgument):  # a token bound to another query
+        await records.records.search(
+            "Observation",
+            [("code", "http://loinc.org|39156-5")],
+            page_size=1,
+            page_token=first.next_page_token,
+        )
+    with pytest.raises(InvalidArgument):
+        await records.records.search("Observation", [], page_size=1, page_token="")
+
+
+async def test_a_patients_resources_are_listed_latest_versions(records: Any) -> None:
+    patient = new_id()
+    ids = sorted(new_id() for _ in range(3))
+    for rid in ids:
+        await records.write("Observation", rid, patient, observation(1))
+    await records.write("Observation", ids[1], patient, observation(2), expected_version=1)
+    await records.write("Observation", new_id(), new_id(), observation(9))
+    first = await records.records.patient_resources(patient, page_size=2, page_token="")
+    rest = await records.records.patient_resources(
+        patient, page_size=2, page_token=first.next_page_token
+    )
+    assert not rest.next_page_token
+    listed = [*first.items, *rest.items]
+    assert [v.ref.resource_id for v in listed] == ids
+    assert [v.ref.version for v in listed] == [1, 2, 1]
+
+
+async def test_an_idempotency_key_gives_the_first_result(records: Any) -> None:
+    patient = new_id()
+    key, fingerprint = f"client-a:{new_id()}", b"digest of request 1"
+    assert await records.records.idempotent_result(key, fingerprint) is None
+    first = await records.write(
+        "Observation", new_id(), patient, idempotency_key=key, fingerprint=fingerprint
+    )
+    assert await records.records.idempotent_result(key, fingerprint) == first
+    with pytest.raises(Aborted) as reused:
+        await records.records.idempotent_result(key, b"digest of request 2")
+    assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    # A retry that raced past the lookup: its commit yields the first result, and its own
+    # version is dropped.
+    retry_id = new_id()
+    assert (
+        await records.write(
+            "Observation", retry_id, patient, idempotency_key=key, fingerprint=fingerprint
+        )
+        == first
+    )
+    with pytest.raises(NotFound):
+        await records.records.read("Observation", retry_id)
+    assert await records.db["record_versions"].count_documents({"id": retry_id}) == 0
+    with pytest.raises(Aborted) as reused:
+        await records.write(
+            "Observation", new_id(), patient, idempotency_key=key, fingerprint=b"other"
+        )
+    assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_a_stale_pending_write_gives_its_slot_up(records: Any) -> None:
+    rid, patient = new_id(), new_id()
+    hasty = records.replica(pending_timeout=timedelta(0))
+    crashed = await records.prepare("Observation", rid, patient, observation(1))
+    # Without a timeout the slot is held ...
+    with pytest.raises(Aborted) as held:
+        await records.prepare("Observation", rid, patient, observation(2))
+    assert held.value.reason == "CONCURRENT_WRITE"
+    # ... once stale, the next writer takes it, and the first writer's commit is refused.
+    await records.write("Observation", rid, patient, observation(2), records=hasty)
+    with pytest.raises(Aborted) as expired:
+        await records.records.commit_write(crashed, records.receipt_for(crashed.ref))
+    assert expired.value.reason == "WRITE_EXPIRED"
+    assert (await records.records.read("Observation", rid)).resource_json == observation(2)
+    # The sweep removes pending versions of crashed writers, and only those.
+    await records.prepare("Observation", new_id(), patient)
+    assert await records.records.sweep_pending() == 0
+    assert await hasty.sweep_pending() == 1
+    assert await records.db["record_versions"].count_documents({"state": "pending"}) == 0
