@@ -64,8 +64,7 @@ SIGNING_KEY = "fuzz-identity-token"
 SENT_LAST = ("/medledger.api.identity.v1.IdentityService/RotateSigningKey",)
 ROUNDS = 4
 MESSAGES_PER_METHOD = 15  # typed requests per method and round (fewer if the type is small)
-CASES_PER_METHOD = 60  # per round: the typed requests, then wire mutants up to this count
-MIN_CASES = 10_000
+MIN_CASES = 10_000  # a run: spread evenly over the methods (typed requests, then mutants)
 CONCURRENCY = 48
 CALL_TIMEOUT_S = 60.0
 DENIED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
@@ -174,13 +173,14 @@ def _typed_requests(method: Method, count: int) -> list[bytes]:
 
 def _round(methods: list[Method], rng: random.Random) -> list[tuple[Method, bytes]]:
     cases: list[tuple[Method, bytes]] = []
+    per_method = -(-MIN_CASES // (ROUNDS * len(methods)))
     for method in methods:
         typed = _typed_requests(method, MESSAGES_PER_METHOD)
-        per_message = -(-(CASES_PER_METHOD - len(typed)) // len(typed))
+        per_message = -(-(per_method - len(typed)) // len(typed))
         mutants = [
             m for data in typed for m in wire_mutants(data, method.request, rng, per_message)
         ]
-        chosen = typed + mutants[: CASES_PER_METHOD - len(typed)]
+        chosen = typed + mutants[: per_method - len(typed)]
         cases += [(method, data) for data in chosen]
     return cases
 
