@@ -75,7 +75,10 @@ class Records:
             fingerprint=fingerprint,
             records=records,
         )
-        return await (records or self.records).commit_write(pending, self.receipt_for(pending.ref))
+        stored = await (records or self.records).commit_write(
+            pending, self.receipt_for(pending.ref)
+        )
+        return stored.ref
 
     async def prepare(
         self,

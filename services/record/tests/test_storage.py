@@ -181,7 +181,8 @@ async def test_search_matches_exactly_on_latest_versions_and_pages(records: Any)
         token = page.next_page_token
         if not token:
             break
-    assert found == sorted(glucose)
+    assert len(found) == len(glucose)
+    assert set(found) == glucose
     both = await records.records.search(
         "Observation",
         [("code", "http://loinc.org|39156-5"), ("patient", f"Patient/{other}")],
@@ -228,7 +229,7 @@ async def test_search_matches_exactly_on_latest_versions_and_pages(records: Any)
 
 async def test_a_patients_resources_are_listed_latest_versions(records: Any) -> None:
     patient = new_id()
-    ids = sorted(new_id() for _ in range(3))
+    ids = [new_id() for _ in range(3)]
     for rid in ids:
         await records.write("Observation", rid, patient, observation(1))
     await records.write("Observation", ids[1], patient, observation(2), expected_version=1)
@@ -239,8 +240,8 @@ async def test_a_patients_resources_are_listed_latest_versions(records: Any) -> 
     )
     assert not rest.next_page_token
     listed = [*first.items, *rest.items]
-    assert [v.ref.resource_id for v in listed] == ids
-    assert [v.ref.version for v in listed] == [1, 2, 1]
+    assert {v.ref.resource_id: v.ref.version for v in listed} == {ids[0]: 1, ids[1]: 2, ids[2]: 1}
+    assert len(listed) == 3
 
 
 async def test_an_idempotency_key_gives_the_first_result(records: Any) -> None:
@@ -250,7 +251,9 @@ async def test_an_idempotency_key_gives_the_first_result(records: Any) -> None:
     first = await records.write(
         "Observation", new_id(), patient, idempotency_key=key, fingerprint=fingerprint
     )
-    assert await records.records.idempotent_result(key, fingerprint) == first
+    replayed = await records.records.idempotent_result(key, fingerprint)
+    assert replayed.ref == first
+    assert replayed.receipt == records.receipt_for(first)
     with pytest.raises(Aborted) as reused:
         await records.records.idempotent_result(key, b"digest of request 2")
     assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
@@ -265,7 +268,7 @@ async def test_an_idempotency_key_gives_the_first_result(records: Any) -> None:
     )
     with pytest.raises(NotFound):
         await records.records.read("Observation", retry_id)
-    assert await records.db["record_versions"].count_documents({"id": retry_id}) == 0
+    assert await records.db["record_versions"].count_documents({}) == 1
     with pytest.raises(Aborted) as reused:
         await records.write(
             "Observation", new_id(), patient, idempotency_key=key, fingerprint=b"other"

@@ -2,22 +2,21 @@
 index, idempotency. Nothing here is readable without Vault: patients appear only as keyed
 pseudonyms (``patient``), content and receipts only sealed, search values only as tokens.
 
-Layout (one database, ``record_*`` collections):
+Layout (one database, ``record_*`` collections; ``resource`` is the keyed digest of a
+resource's type and id, ``patient`` the patient's keyed pseudonym):
 
-- ``record_patients``  ``{_id: pseudonym, wrapped: data key wrapped by Vault, created,
+- ``record_patients``  ``{_id: patient, wrapped: data key wrapped by Vault, created,
   writes}``; after erasure ``{_id, erased: true, erased_at}`` (the tombstone; the wrapped key
   is gone). ``writes`` is bumped by every commit, so a commit and an erasure conflict.
-- ``record_versions``  ``{_id: "Type/id/version", type, id, version, patient, state,
-  nonce, content, receipt_nonce, receipt}``; a pending version has ``state: "pending"``,
-  its writer's ``write`` id and ``prepared_at`` instead of the receipt. Indexes:
-  ``patient``; ``(state, prepared_at)`` for the sweep.
-- ``record_current``   ``{_id: "Type/id", type, id, patient, version, tag}``: the latest
-  committed version; ``{_id, type, id, erased: true}`` once its patient is erased.
-  Index ``(patient, _id)`` for a patient's resources.
-- ``record_index``     ``{token, resource: "Type/id", patient}``: one entry per search
-  token of a resource's current version. Indexes ``(token, resource)``, ``resource``,
-  ``patient``.
-- ``record_idempotency`` ``{_id: key id, fingerprint, type, id, version, patient,
+- ``record_versions``  ``{_id: "<resource hex>/<version>", resource, version, patient,
+  state: "committed", nonce, content, receipt_nonce, receipt}``; a pending version has
+  ``state: "pending"``, its writer's ``write`` id and ``prepared_at`` instead of the
+  receipt. Indexes: ``patient``; ``(state, prepared_at)`` for the sweep.
+- ``record_current``   ``{_id: resource, patient, version, tag}``: the latest committed
+  version; ``{_id, erased: true}`` once its patient is erased. Index ``(patient, _id)``.
+- ``record_index``     ``{token, resource, patient}``: one entry per search token of a
+  resource's current version. Indexes ``(token, resource)``, ``resource``, ``patient``.
+- ``record_idempotency`` ``{_id: key id, fingerprint, resource, version, patient, tag,
   expires_at}``; TTL index on ``expires_at``.
 
 A commit is ONE transaction: the patient is not erased, the pending version is still this
@@ -49,12 +48,11 @@ from medledger.record.domain.ports import (
     PatientErased,
     PatientKey,
     PendingLost,
-    ResourceKey,
     Sealed,
     SealedVersion,
     StaleCurrent,
     VersionCommit,
-    VersionRef,
+    VersionSlot,
     VersionTaken,
 )
 
@@ -101,11 +99,13 @@ def _patient_key(doc: Document) -> PatientKey:
         )
 
 
+def _slot_id(slot: VersionSlot) -> str:
+    return f"{slot.resource.hex()}/{slot.version}"
+
+
 def _pointer(doc: Document) -> CurrentPointer:
     with _parsing():
-        resource = ResourceKey(_str(doc["type"]), _str(doc["id"]))
-        if str(resource) != doc["_id"]:
-            raise ValueError("pointer filed under another resource")
+        resource = _bytes(doc["_id"])
         if "erased" in doc:
             if doc["erased"] is not True or "patient" in doc:
                 raise ValueError("half an erased pointer")
@@ -121,7 +121,7 @@ def _pointer(doc: Document) -> CurrentPointer:
 
 def _sealed_version(doc: Document) -> SealedVersion:
     with _parsing():
-        ref = VersionRef(_str(doc["type"]), _str(doc["id"]), _int(doc["version"]))
+        slot = VersionSlot(_bytes(doc["resource"]), _int(doc["version"]))
         state = doc["state"]
         if state == COMMITTED:
             receipt: Sealed | None = Sealed(_bytes(doc["receipt_nonce"]), _bytes(doc["receipt"]))
@@ -130,7 +130,7 @@ def _sealed_version(doc: Document) -> SealedVersion:
         else:
             raise ValueError("unknown state")
         return SealedVersion(
-            ref=ref,
+            slot=slot,
             patient=_bytes(doc["patient"]),
             content=Sealed(_bytes(doc["nonce"]), _bytes(doc["content"])),
             receipt=receipt,
@@ -140,8 +140,10 @@ def _sealed_version(doc: Document) -> SealedVersion:
 def _idempotent(doc: Document) -> IdempotentWrite:
     with _parsing():
         return IdempotentWrite(
-            VersionRef(_str(doc["type"]), _str(doc["id"]), _int(doc["version"])),
-            _bytes(doc["fingerprint"]),
+            key_id=_bytes(doc["_id"]),
+            slot=VersionSlot(_bytes(doc["resource"]), _int(doc["version"])),
+            fingerprint=_bytes(doc["fingerprint"]),
+            tag=_bytes(doc["tag"]),
         )
 
 
@@ -228,24 +230,24 @@ class RecordStore:
     # -- pointers and versions -----------------------------------------------------------
 
     @mongo_errors
-    async def current(self, resource: ResourceKey) -> CurrentPointer | None:
-        doc = await self._current.find_one({"_id": str(resource)})
+    async def current(self, resource: bytes) -> CurrentPointer | None:
+        doc = await self._current.find_one({"_id": Binary(resource)})
         return _pointer(doc) if doc else None
 
     @mongo_errors
-    async def currents(self, resources: Iterable[ResourceKey]) -> dict[ResourceKey, CurrentPointer]:
-        wanted = sorted({str(r) for r in resources})
+    async def currents(self, resources: Iterable[bytes]) -> dict[bytes, CurrentPointer]:
+        wanted = [Binary(r) for r in set(resources)]
         if not wanted:
             return {}
         pointers = [_pointer(d) async for d in self._current.find({"_id": {"$in": wanted}})]
         return {p.resource: p for p in pointers}
 
     @mongo_errors
-    async def versions(self, refs: Iterable[VersionRef]) -> dict[VersionRef, SealedVersion]:
-        by_id = {str(ref): ref for ref in refs}
+    async def versions(self, slots: Iterable[VersionSlot]) -> dict[VersionSlot, SealedVersion]:
+        by_id = {_slot_id(slot): slot for slot in slots}
         if not by_id:
             return {}
-        found: dict[VersionRef, SealedVersion] = {}
+        found: dict[VersionSlot, SealedVersion] = {}
         async for doc in self._versions.find({"_id": {"$in": sorted(by_id)}}):
             asked = by_id.get(doc["_id"])
             if asked is not None:
@@ -262,18 +264,17 @@ class RecordStore:
         stale_before: datetime,
     ) -> None:
         await self._ready()
-        ref = version.ref
+        slot = version.slot
         # A crashed writer's pending version gives its slot up once stale.
         await self._versions.delete_one(
-            {"_id": str(ref), "state": PENDING, "prepared_at": {"$lt": stale_before}}
+            {"_id": _slot_id(slot), "state": PENDING, "prepared_at": {"$lt": stale_before}}
         )
         try:
             await self._versions.insert_one(
                 {
-                    "_id": str(ref),
-                    "type": ref.resource_type,
-                    "id": ref.resource_id,
-                    "version": ref.version,
+                    "_id": _slot_id(slot),
+                    "resource": Binary(slot.resource),
+                    "version": slot.version,
                     "patient": Binary(version.patient),
                     "state": PENDING,
                     "write": Binary(write_id),
@@ -287,8 +288,8 @@ class RecordStore:
 
     @mongo_errors
     async def commit(self, commit: VersionCommit) -> None:
-        ref = commit.ref
-        resource = str(ref.resource)
+        slot = commit.slot
+        resource = Binary(slot.resource)
         patient = Binary(commit.patient)
 
         async def write(session: AsyncClientSession) -> None:
@@ -302,7 +303,7 @@ class RecordStore:
             if touched.matched_count != 1:
                 raise PatientErased
             done = await self._versions.update_one(
-                {"_id": str(ref), "state": PENDING, "write": Binary(commit.write_id)},
+                {"_id": _slot_id(slot), "state": PENDING, "write": Binary(commit.write_id)},
                 {
                     "$set": {
                         "state": COMMITTED,
@@ -332,11 +333,11 @@ class RecordStore:
                         {
                             "_id": Binary(entry.key_id),
                             "fingerprint": Binary(entry.fingerprint),
-                            "type": ref.resource_type,
-                            "id": ref.resource_id,
-                            "version": ref.version,
+                            "resource": resource,
+                            "version": slot.version,
                             "patient": patient,
                             "expires_at": entry.expires,
+                            "tag": Binary(entry.tag),
                         },
                         session=session,
                     )
@@ -353,14 +354,12 @@ class RecordStore:
             raise IdempotencyTaken(await self.idempotent(commit.idempotency.key_id)) from None
 
     async def _move_pointer(self, commit: VersionCommit, session: AsyncClientSession) -> None:
-        ref = commit.ref
-        if ref.version == 1:
+        slot = commit.slot
+        if slot.version == 1:
             try:
                 await self._current.insert_one(
                     {
-                        "_id": str(ref.resource),
-                        "type": ref.resource_type,
-                        "id": ref.resource_id,
+                        "_id": Binary(slot.resource),
                         "patient": Binary(commit.patient),
                         "version": 1,
                         "tag": Binary(commit.tag),
@@ -372,20 +371,20 @@ class RecordStore:
             return
         moved = await self._current.update_one(
             {
-                "_id": str(ref.resource),
-                "version": ref.version - 1,
+                "_id": Binary(slot.resource),
+                "version": slot.version - 1,
                 "patient": Binary(commit.patient),
             },
-            {"$set": {"version": ref.version, "tag": Binary(commit.tag)}},
+            {"$set": {"version": slot.version, "tag": Binary(commit.tag)}},
             session=session,
         )
         if moved.matched_count != 1:
             raise StaleCurrent
 
     @mongo_errors
-    async def abort(self, ref: VersionRef, write_id: bytes) -> None:
+    async def abort(self, slot: VersionSlot, write_id: bytes) -> None:
         await self._versions.delete_one(
-            {"_id": str(ref), "state": PENDING, "write": Binary(write_id)}
+            {"_id": _slot_id(slot), "state": PENDING, "write": Binary(write_id)}
         )
 
     @mongo_errors
@@ -399,14 +398,14 @@ class RecordStore:
 
     @mongo_errors
     async def matching(
-        self, tokens: Sequence[bytes], after: str | None, limit: int
-    ) -> list[ResourceKey]:
+        self, tokens: Sequence[bytes], after: bytes | None, limit: int
+    ) -> list[bytes]:
         if not tokens:
             return []
         wanted = sorted(set(tokens))
         match: Document = {"token": {"$in": [Binary(t) for t in wanted]}}
         if after is not None:
-            match["resource"] = {"$gt": after}
+            match["resource"] = {"$gt": Binary(after)}
         pipeline: list[Document] = [
             {"$match": match},
             {"$group": {"_id": "$resource", "tokens": {"$addToSet": "$token"}}},
@@ -414,21 +413,19 @@ class RecordStore:
             {"$sort": {"_id": 1}},
             {"$limit": limit},
         ]
-        cursor = await self._index.aggregate(pipeline)
         found = []
-        async for doc in cursor:
+        async for doc in await self._index.aggregate(pipeline):
             with _parsing():
-                resource_type, resource_id = _str(doc["_id"]).split("/", 1)
-            found.append(ResourceKey(resource_type, resource_id))
+                found.append(_bytes(doc["_id"]))
         return found
 
     @mongo_errors
     async def patient_resources(
-        self, patient: bytes, after: str | None, limit: int
+        self, patient: bytes, after: bytes | None, limit: int
     ) -> list[CurrentPointer]:
         query: Document = {"patient": Binary(patient)}
         if after is not None:
-            query["_id"] = {"$gt": after}
+            query["_id"] = {"$gt": Binary(after)}
         cursor = self._current.find(query).sort("_id", 1).limit(limit)
         return [_pointer(doc) async for doc in cursor]
 

@@ -6,12 +6,14 @@ made for one purpose never equals one made for another:
 - the patient **pseudonym**, the column that groups a patient's rows (the patient id is
   PHI-like and never stored in clear; the ledger's subjects use another key, so the record
   database and the ledger cannot be joined without both);
+- the **resource digest** of a type and id, under which the resource is stored: a Patient's
+  id is the patient id, so ids in clear would name every pseudonym's patient;
 - **search tokens** for (resource type, parameter, normalised value): an exact-match blind
   index, so equal values are findable and nothing else about them is;
 - the **tag** of a resource's current-version pointer, so a changed pointer is damage
   rather than an older answer;
 - the ids of **idempotency keys** and the request fingerprints, which clients choose and
-  which may carry anything.
+  which may carry anything, and the tag binding a key to the version it produced.
 
 Without the key, none of these can be recomputed from a guess (a dictionary of names or
 patient ids gets an attacker with the database nothing). The key is not rotated: every
@@ -25,13 +27,15 @@ import hmac
 import json
 from typing import Final
 
-from medledger.record.domain.ports import ResourceKey
+from medledger.record.domain.ports import ResourceKey, VersionSlot
 
 _PSEUDONYM: Final = b"medledger.record patient pseudonym v1"
+_RESOURCE: Final = b"medledger.record resource digest v1"
 _SEARCH: Final = b"medledger.record search token v1"
 _POINTER: Final = b"medledger.record current pointer v1"
 _IDEMPOTENCY: Final = b"medledger.record idempotency key v1"
 _FINGERPRINT: Final = b"medledger.record request fingerprint v1"
+_IDEMPOTENT_RESULT: Final = b"medledger.record idempotent result v1"
 
 
 def _encode(*parts: str | int) -> bytes:
@@ -43,32 +47,37 @@ class BlindIndex:
     def __init__(self, key: bytes) -> None:
         if len(key) < 32:
             raise ValueError("the blind-index key must have at least 256 bits")
-        self._keys = {
-            label: hmac.new(key, label, hashlib.sha256).digest()
-            for label in (_PSEUDONYM, _SEARCH, _POINTER, _IDEMPOTENCY, _FINGERPRINT)
-        }
+        self._key = key
 
     def _mac(self, label: bytes, data: bytes) -> bytes:
-        return hmac.new(self._keys[label], data, hashlib.sha256).digest()
+        # Each use has its own sub-key, HMAC(key, label): a digest made for one use never
+        # matches one made for another, whatever the inputs.
+        sub_key = hmac.new(self._key, label, hashlib.sha256).digest()
+        return hmac.new(sub_key, data, hashlib.sha256).digest()
 
     def pseudonym(self, patient_id: str) -> bytes:
         return self._mac(_PSEUDONYM, patient_id.encode())
 
+    def resource_digest(self, resource: ResourceKey) -> bytes:
+        return self._mac(_RESOURCE, _encode(resource.resource_type, resource.resource_id))
+
     def search_token(self, resource_type: str, param: str, value: str) -> bytes:
         return self._mac(_SEARCH, _encode(resource_type, param, value))
 
-    def pointer_tag(self, resource: ResourceKey, version: int, patient: bytes) -> bytes:
-        return self._mac(
-            _POINTER, _encode(resource.resource_type, resource.resource_id, version, patient.hex())
-        )
+    def pointer_tag(self, slot: VersionSlot, patient: bytes) -> bytes:
+        return self._mac(_POINTER, _encode(slot.resource.hex(), slot.version, patient.hex()))
 
-    def pointer_is_authentic(
-        self, resource: ResourceKey, version: int, patient: bytes, tag: bytes
-    ) -> bool:
-        return hmac.compare_digest(self.pointer_tag(resource, version, patient), tag)
+    def pointer_is_authentic(self, slot: VersionSlot, patient: bytes, tag: bytes) -> bool:
+        return hmac.compare_digest(self.pointer_tag(slot, patient), tag)
 
     def idempotency_id(self, key: str) -> bytes:
         return self._mac(_IDEMPOTENCY, key.encode())
 
     def fingerprint(self, request_fingerprint: bytes) -> bytes:
         return self._mac(_FINGERPRINT, request_fingerprint)
+
+    def idempotent_result_tag(self, key_id: bytes, fingerprint: bytes, slot: VersionSlot) -> bytes:
+        return self._mac(
+            _IDEMPOTENT_RESULT,
+            _encode(key_id.hex(), fingerprint.hex(), slot.resource.hex(), slot.version),
+        )

@@ -78,6 +78,15 @@ class ResourceWrite:
     request_fingerprint: bytes = b""
 
 
+@dataclass(frozen=True, order=True)
+class VersionSlot:
+    """Where a version is stored: its resource's keyed digest (the database never holds
+    a resource's type or id: a Patient's id is the patient id) and its number."""
+
+    resource: bytes
+    version: int
+
+
 @dataclass(frozen=True)
 class IdempotencyEntry:
     """What a committed write records about its idempotency key (keyed digests only)."""
@@ -86,6 +95,7 @@ class IdempotencyEntry:
     fingerprint: bytes
     patient: bytes
     expires: datetime
+    tag: bytes  # binds the key to the version it produced
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class PendingWrite:
     salt: bytes  # opens the ledger entry's content commitment
     updated_time: datetime
     # For commit_write only; kept out of reprs (the data key is secret).
+    slot: VersionSlot = field(repr=False, compare=False)
     patient: bytes = field(repr=False, compare=False)
     write_id: bytes = field(repr=False, compare=False)
     index_tokens: tuple[bytes, ...] = field(repr=False, compare=False)
@@ -126,9 +137,9 @@ class RecordStorage(Protocol):
 
     async def prepare_write(self, write: ResourceWrite) -> PendingWrite: ...
 
-    async def commit_write(self, pending: PendingWrite, receipt: bytes) -> VersionRef:
-        """The visible version: ``pending.ref``, or the first write's when another write
-        with the same idempotency key committed first (this one is then dropped)."""
+    async def commit_write(self, pending: PendingWrite, receipt: bytes) -> StoredVersion:
+        """The visible version: this write's, or the first write's when another write with
+        the same idempotency key committed first (this one is then dropped)."""
         ...
 
     async def abort_write(self, pending: PendingWrite) -> None: ...
@@ -154,7 +165,9 @@ class RecordStorage(Protocol):
         self, patient_id: str, *, page_size: int, page_token: str
     ) -> Page[StoredVersion]: ...
 
-    async def idempotent_result(self, key: str, fingerprint: bytes) -> VersionRef | None: ...
+    async def idempotent_result(self, key: str, fingerprint: bytes) -> StoredVersion | None:
+        """The version a committed write with this key produced (None: no such write)."""
+        ...
 
     async def erase_patient(self, patient_id: str) -> int: ...
 
@@ -191,11 +204,11 @@ class PatientKey:
 
 @dataclass(frozen=True)
 class CurrentPointer:
-    """The latest committed version of a resource, with its patient and a keyed tag over
-    both (a changed pointer is damage, not an older answer); only ``resource`` for a
-    resource whose patient was erased."""
+    """The latest committed version of a resource (by its digest), with its patient and a
+    keyed tag over the three (a changed pointer is damage, not an older answer); only the
+    digest for a resource whose patient was erased."""
 
-    resource: ResourceKey
+    resource: bytes
     erased: bool
     patient: bytes = b""
     version: int = 0
@@ -206,7 +219,7 @@ class CurrentPointer:
 class SealedVersion:
     """A stored version as Mongo holds it; ``receipt`` is None while it is pending."""
 
-    ref: VersionRef
+    slot: VersionSlot
     patient: bytes
     content: Sealed
     receipt: Sealed | None
@@ -214,7 +227,7 @@ class SealedVersion:
 
 @dataclass(frozen=True)
 class VersionCommit:
-    ref: VersionRef
+    slot: VersionSlot
     patient: bytes
     write_id: bytes
     receipt: Sealed
@@ -225,8 +238,10 @@ class VersionCommit:
 
 @dataclass(frozen=True)
 class IdempotentWrite:
-    ref: VersionRef
+    key_id: bytes
+    slot: VersionSlot
     fingerprint: bytes
+    tag: bytes
 
 
 class VersionTaken(Exception):
@@ -276,11 +291,9 @@ class RecordDocuments(Protocol):
         """Stores ``wrapped`` unless the patient has a row already; returns the stored row."""
         ...
 
-    async def current(self, resource: ResourceKey) -> CurrentPointer | None: ...
+    async def current(self, resource: bytes) -> CurrentPointer | None: ...
 
-    async def currents(
-        self, resources: Iterable[ResourceKey]
-    ) -> dict[ResourceKey, CurrentPointer]: ...
+    async def currents(self, resources: Iterable[bytes]) -> dict[bytes, CurrentPointer]: ...
 
     async def insert_pending(
         self,
@@ -299,21 +312,21 @@ class RecordDocuments(Protocol):
         IdempotencyTaken and then writes nothing."""
         ...
 
-    async def abort(self, ref: VersionRef, write_id: bytes) -> None: ...
+    async def abort(self, slot: VersionSlot, write_id: bytes) -> None: ...
 
-    async def versions(self, refs: Iterable[VersionRef]) -> dict[VersionRef, SealedVersion]:
-        """The stored documents at those versions' places, keyed by the ref asked for (the
-        values carry the refs the documents themselves claim)."""
+    async def versions(self, slots: Iterable[VersionSlot]) -> dict[VersionSlot, SealedVersion]:
+        """The stored documents at those slots, keyed by the slot asked for (the values
+        carry the slots the documents themselves claim)."""
         ...
 
     async def matching(
-        self, tokens: Sequence[bytes], after: str | None, limit: int
-    ) -> list[ResourceKey]:
-        """Resources indexed under every token, by ``str(ResourceKey)``, after ``after``."""
+        self, tokens: Sequence[bytes], after: bytes | None, limit: int
+    ) -> list[bytes]:
+        """Resources (digests, ascending) indexed under every token, after ``after``."""
         ...
 
     async def patient_resources(
-        self, patient: bytes, after: str | None, limit: int
+        self, patient: bytes, after: bytes | None, limit: int
     ) -> list[CurrentPointer]: ...
 
     async def idempotent(self, key_id: bytes) -> IdempotentWrite | None: ...

@@ -2,35 +2,33 @@
 blind indexes, erasable by crypto-shredding. Implements :class:`RecordStorage`.
 
 Envelope encryption: each patient has one data key, made by Vault transit (``datakey``
-under the patient KEK: the key and its wrapped form in one call) and stored only wrapped.
-Unwrapped keys live in :class:`DataKeyCache`; every operation still reads the patient's row,
-so an erasure done anywhere takes effect at once.
+under the patient KEK) and stored only wrapped. Unwrapped keys live in
+:class:`DataKeyCache`; every operation still reads the patient's row, so an erasure done
+by any replica takes effect at once.
 
-Versions: a resource's versions are 1..N, every one kept (history, vread); N is named by
-the resource's current pointer, which moves only when a version is committed and only
-from the version the writer expected (``expected_version``: ABORTED when stale). Updates
-cannot move a resource to another patient: its history would then span two patients'
-keys and erasures (the client creates the resource under the right patient instead and
+What the database sees: the patient as a keyed pseudonym, each resource as a keyed digest
+of its type and id, search values as keyed tokens (:mod:`blind_index`), and content and
+receipts sealed under the patient's key (:mod:`envelope`). Reads check everything they
+use (:mod:`versions`).
+
+Updates cannot move a resource to another patient: its history would then span two
+patients' keys and erasures (the client creates the resource under the right patient and
 marks the old one ``entered-in-error``).
 
-Reads never give a wrong answer: the pointer is tagged, each version is authenticated with
-its type, id, version and patient as associated data, and history checks that versions
-are contiguous; anything that fails is DATA_LOSS.
-
 Erasure tombstones the patient's row and removes its wrapped key in one step (the
-crypto-shredding: commitment salts are sealed under that key too), then removes the
+crypto-shredding; commitment salts are sealed under that key too), then removes the
 patient's versions, blind-index entries and idempotency records, and strips the patient
 from its resources' pointers, which stay as per-resource tombstones so a read by id says
 ERASED. Every resource in the patient's compartment is covered, RiskAssessments and
-Provenance included: the compartment decides the key. Writes to an erased patient are
-refused, also NOT_FOUND / ERASED.
+Provenance included: the compartment chooses the key. Writes to an erased patient are
+refused (NOT_FOUND, ERASED).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -40,7 +38,6 @@ from medledger.common.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
-    NotFound,
 )
 from medledger.common.paging import Listing, Page
 from medledger.common.paging import page_size as page_size_rule
@@ -49,10 +46,8 @@ from medledger.record.domain.envelope import (
     VersionContent,
     associated_data,
     damaged,
-    decode_content,
     encode_content,
     seal,
-    unseal,
 )
 from medledger.record.domain.key_cache import DataKeyCache
 from medledger.record.domain.ports import (
@@ -72,7 +67,17 @@ from medledger.record.domain.ports import (
     StoredVersion,
     VersionCommit,
     VersionRef,
+    VersionSlot,
     VersionTaken,
+)
+from medledger.record.domain.versions import (
+    concurrent_write,
+    erased,
+    first_result,
+    live_pointer,
+    open_version,
+    stale,
+    version_not_found,
 )
 from medledger.verify.commitment import SALT_SIZE
 
@@ -85,16 +90,20 @@ SEARCH_LISTING: Final = "record.SearchResources"
 PATIENT_LISTING: Final = "record.PatientResources"
 
 
-def erased() -> NotFound:
-    return NotFound("the patient's records were erased", reason="ERASED")
-
-
-def _resource_not_found() -> NotFound:
-    return NotFound("the resource does not exist", reason="RESOURCE_NOT_FOUND")
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _digest_cursor(listing: Listing, token: str) -> bytes | None:
+    cursor = listing.cursor(token)
+    if cursor is None:
+        return None
+    try:
+        return bytes.fromhex(cursor)
+    except ValueError:  # a token built by hand
+        raise InvalidArgument(
+            [FieldViolation("page_token", "is not a token issued for this listing and filters")]
+        ) from None
 
 
 class EncryptedRecords:
@@ -154,54 +163,66 @@ class EncryptedRecords:
     async def prepare_write(self, write: ResourceWrite) -> PendingWrite:
         index = await self._blind_index()
         patient = index.pseudonym(write.patient_id)
-        resource = ResourceKey(write.resource_type, write.resource_id)
+        resource = index.resource_digest(ResourceKey(write.resource_type, write.resource_id))
         current = await self._documents.current(resource)
         if write.expected_version == 0:
+            if current is not None and current.erased:
+                raise erased()
             if current is not None:
-                raise (
-                    erased()
-                    if current.erased
-                    else AlreadyExists("the resource already exists", reason="RESOURCE_EXISTS")
-                )
+                raise AlreadyExists("the resource already exists", reason="RESOURCE_EXISTS")
         else:
-            live = self._live(current, index)
+            live = live_pointer(current, index)
             if live.patient != patient:
                 raise FailedPrecondition(
                     "an update cannot move a resource to another patient",
                     reason="PATIENT_CHANGED",
                 )
             if live.version != write.expected_version:
-                raise _stale(live.version)
+                raise stale(live.version)
         data_key = await self._key_for_writing(patient)
         ref = VersionRef(write.resource_type, write.resource_id, write.expected_version + 1)
+        slot = VersionSlot(resource, ref.version)
         now = self._clock()
         salt = secrets.token_bytes(SALT_SIZE)
-        content = VersionContent(write.patient_id, write.resource_json, salt, now)
-        sealed = seal(data_key, encode_content(content), associated_data("content", ref, patient))
+        tokens = tuple(
+            sorted(
+                {
+                    index.search_token(write.resource_type, param, value)
+                    for param, values in write.search_values.items()
+                    for value in values
+                }
+            )
+        )
+        content = VersionContent(
+            write.resource_type,
+            write.resource_id,
+            write.patient_id,
+            write.resource_json,
+            salt,
+            now,
+            tokens,
+        )
+        sealed = seal(data_key, encode_content(content), associated_data("content", slot, patient))
         write_id = secrets.token_bytes(16)
         try:
             await self._documents.insert_pending(
-                SealedVersion(ref, patient, sealed, None),
+                SealedVersion(slot, patient, sealed, None),
                 write_id=write_id,
                 prepared_at=now,
                 stale_before=now - self._pending_timeout,
             )
         except VersionTaken:
-            raise Aborted(
-                "another write to this resource is in progress", reason="CONCURRENT_WRITE"
-            ) from None
-        tokens = {
-            index.search_token(write.resource_type, param, value)
-            for param, values in write.search_values.items()
-            for value in values
-        }
+            raise concurrent_write() from None
         idempotency = None
         if write.idempotency_key:
+            key_id = index.idempotency_id(write.idempotency_key)
+            fingerprint = index.fingerprint(write.request_fingerprint)
             idempotency = IdempotencyEntry(
-                key_id=index.idempotency_id(write.idempotency_key),
-                fingerprint=index.fingerprint(write.request_fingerprint),
+                key_id=key_id,
+                fingerprint=fingerprint,
                 patient=patient,
                 expires=now + self._idempotency_retention,
+                tag=index.idempotent_result_tag(key_id, fingerprint, slot),
             )
         return PendingWrite(
             ref=ref,
@@ -209,62 +230,65 @@ class EncryptedRecords:
             resource_json=write.resource_json,
             salt=salt,
             updated_time=now,
+            slot=slot,
             patient=patient,
             write_id=write_id,
-            index_tokens=tuple(sorted(tokens)),
+            index_tokens=tokens,
             idempotency=idempotency,
             data_key=data_key,
         )
 
-    async def commit_write(self, pending: PendingWrite, receipt: bytes) -> VersionRef:
+    async def commit_write(self, pending: PendingWrite, receipt: bytes) -> StoredVersion:
         index = await self._blind_index()
-        ref = pending.ref
-        sealed = seal(pending.data_key, receipt, associated_data("receipt", ref, pending.patient))
+        slot = pending.slot
         commit = VersionCommit(
-            ref=ref,
+            slot=slot,
             patient=pending.patient,
             write_id=pending.write_id,
-            receipt=sealed,
-            tag=index.pointer_tag(ref.resource, ref.version, pending.patient),
+            receipt=seal(
+                pending.data_key, receipt, associated_data("receipt", slot, pending.patient)
+            ),
+            tag=index.pointer_tag(slot, pending.patient),
             index_tokens=pending.index_tokens,
             idempotency=pending.idempotency,
         )
         try:
             await self._documents.commit(commit)
         except PatientErased:
-            await self._documents.abort(ref, pending.write_id)
+            await self._documents.abort(slot, pending.write_id)
             raise erased() from None
         except PendingLost:
             raise Aborted(
                 "the write expired before it was committed; retry", reason="WRITE_EXPIRED"
             ) from None
         except StaleCurrent:
-            await self._documents.abort(ref, pending.write_id)
-            raise _stale(None) from None
+            await self._documents.abort(slot, pending.write_id)
+            raise stale(None) from None
         except IdempotencyTaken as taken:
-            await self._documents.abort(ref, pending.write_id)
-            first = taken.first
-            if first is None or pending.idempotency is None:
-                raise Aborted(
-                    "a write with this idempotency key is in progress; retry",
-                    reason="CONCURRENT_WRITE",
-                ) from None
-            if first.fingerprint != pending.idempotency.fingerprint:
-                raise _key_reused() from None
-            return first.ref
-        return ref
+            await self._documents.abort(slot, pending.write_id)
+            if taken.first is None or pending.idempotency is None:
+                raise concurrent_write() from None  # recorded, then erased or expired
+            return await self._read_slot(
+                first_result(index, taken.first, pending.idempotency.fingerprint)
+            )
+        return StoredVersion(
+            ref=pending.ref,
+            patient_id=pending.patient_id,
+            resource_json=pending.resource_json,
+            updated_time=pending.updated_time,
+            receipt=receipt,
+            salt=pending.salt,
+        )
 
     async def abort_write(self, pending: PendingWrite) -> None:
-        await self._documents.abort(pending.ref, pending.write_id)
+        await self._documents.abort(pending.slot, pending.write_id)
 
-    async def idempotent_result(self, key: str, fingerprint: bytes) -> VersionRef | None:
+    async def idempotent_result(self, key: str, fingerprint: bytes) -> StoredVersion | None:
         index = await self._blind_index()
         first = await self._documents.idempotent(index.idempotency_id(key))
         if first is None:
             return None
-        if first.fingerprint != index.fingerprint(fingerprint):
-            raise _key_reused()
-        return first.ref
+        return await self._read_slot(first_result(index, first, index.fingerprint(fingerprint)))
 
     async def sweep_pending(self) -> int:
         """Removes pending versions older than the pending timeout (crashed writers')."""
@@ -272,27 +296,28 @@ class EncryptedRecords:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def _live(self, current: CurrentPointer | None, index: BlindIndex) -> CurrentPointer:
-        if current is None:
-            raise _resource_not_found()
-        if current.erased:
-            raise erased()
-        if current.version < 1 or not index.pointer_is_authentic(
-            current.resource, current.version, current.patient, current.tag
-        ):
+    async def _current(self, resource_type: str, resource_id: str) -> CurrentPointer:
+        index = await self._blind_index()
+        digest = index.resource_digest(ResourceKey(resource_type, resource_id))
+        return live_pointer(await self._documents.current(digest), index)
+
+    async def _read_slot(self, slot: VersionSlot) -> StoredVersion:
+        """A version known to be committed (an idempotency record names it)."""
+        index = await self._blind_index()
+        current = live_pointer(await self._documents.current(slot.resource), index)
+        if slot.version > current.version:
             raise damaged()
-        return current
+        (opened,) = await self._open([(current, slot)])
+        return opened
 
     async def read(self, resource_type: str, resource_id: str, version: int = 0) -> StoredVersion:
         """``version`` 0 is the latest."""
-        index = await self._blind_index()
-        current = self._live(
-            await self._documents.current(ResourceKey(resource_type, resource_id)), index
-        )
+        current = await self._current(resource_type, resource_id)
         if version < 0 or version > current.version:
-            raise NotFound("the version does not exist", reason="VERSION_NOT_FOUND")
-        ref = VersionRef(resource_type, resource_id, version or current.version)
-        (opened,) = await self._open([(current, ref)])
+            raise version_not_found()
+        (opened,) = await self._open(
+            [(current, VersionSlot(current.resource, version or current.version))]
+        )
         return opened
 
     async def history(
@@ -302,17 +327,11 @@ class EncryptedRecords:
         size = page_size_rule(page_size)
         listing = Listing(HISTORY_LISTING, (resource_type, resource_id))
         before = listing.int_cursor(page_token)
-        index = await self._blind_index()
-        current = self._live(
-            await self._documents.current(ResourceKey(resource_type, resource_id)), index
-        )
+        current = await self._current(resource_type, resource_id)
         top = current.version if before is None else min(before - 1, current.version)
-        wanted = [
-            (current, VersionRef(resource_type, resource_id, v))
-            for v in range(top, max(top - size, 0), -1)
-        ]
-        versions = await self._open(wanted)
-        last = wanted[-1][1].version if wanted else 1
+        slots = [VersionSlot(current.resource, v) for v in range(top, max(top - size, 0), -1)]
+        versions = await self._open([(current, slot) for slot in slots])
+        last = slots[-1].version if slots else 1
         return Page(versions, listing.token(str(last)) if last > 1 else "")
 
     async def search(
@@ -324,7 +343,8 @@ class EncryptedRecords:
         page_token: str,
     ) -> Page[StoredVersion]:
         """Latest versions of ``resource_type`` matching every (name, normalised value),
-        ordered by id. Resources erased meanwhile are left out."""
+        in an order that says nothing (by resource digest). Resources erased meanwhile are
+        left out."""
         if not params:
             raise InvalidArgument(
                 [FieldViolation("params", "at least one search parameter is required")]
@@ -332,31 +352,32 @@ class EncryptedRecords:
         size = page_size_rule(page_size)
         pairs = sorted(set(params))
         listing = Listing(SEARCH_LISTING, (resource_type, *(part for p in pairs for part in p)))
-        after = listing.cursor(page_token)
+        after = _digest_cursor(listing, page_token)
         index = await self._blind_index()
         tokens = sorted({index.search_token(resource_type, n, v) for n, v in pairs})
         found = await self._documents.matching(tokens, after, size + 1)
         currents = await self._documents.currents(found[:size])
-        live = []
+        wanted = []
         for resource in found[:size]:
             current = currents.get(resource)
             if current is None:
                 raise damaged()  # indexed, yet without a pointer
-            if current.erased:
-                continue
-            self._live(current, index)
-            live.append((current, _latest(current)))
-        opened = await self._open(live, skip_erased=True)
+            if not current.erased:
+                live_pointer(current, index)
+                wanted.append((current, VersionSlot(resource, current.version)))
+        # The index collection is not authenticated; each version's sealed tokens are.
+        opened = await self._open(wanted, skip_erased=True, indexed_under=tokens)
         more = len(found) > size
-        return Page(opened, listing.token(str(found[size - 1])) if more else "")
+        return Page(opened, listing.token(found[size - 1].hex()) if more else "")
 
     async def patient_resources(
         self, patient_id: str, *, page_size: int, page_token: str
     ) -> Page[StoredVersion]:
-        """The latest version of every resource of the patient, by type and id (exports)."""
+        """The latest version of every resource of the patient (exports), in an order
+        that says nothing (by resource digest)."""
         size = page_size_rule(page_size)
         listing = Listing(PATIENT_LISTING, (patient_id,))
-        after = listing.cursor(page_token)
+        after = _digest_cursor(listing, page_token)
         index = await self._blind_index()
         patient = index.pseudonym(patient_id)
         row = await self._documents.patient_key(patient)
@@ -365,28 +386,37 @@ class EncryptedRecords:
         found = await self._documents.patient_resources(patient, after, size + 1)
         wanted = []
         for current in found[:size]:
-            self._live(current, index)
-            wanted.append((current, _latest(current)))
+            live_pointer(current, index)
+            wanted.append((current, VersionSlot(current.resource, current.version)))
         opened = await self._open(wanted)
         more = len(found) > size
-        return Page(opened, listing.token(str(found[size - 1].resource)) if more else "")
+        return Page(opened, listing.token(found[size - 1].resource.hex()) if more else "")
 
     async def _open(
-        self, wanted: Sequence[tuple[CurrentPointer, VersionRef]], *, skip_erased: bool = False
+        self,
+        wanted: Sequence[tuple[CurrentPointer, VersionSlot]],
+        *,
+        skip_erased: bool = False,
+        indexed_under: Collection[bytes] = (),
     ) -> list[StoredVersion]:
-        """Opens committed versions named by checked pointers, in ``wanted``'s order, with
-        one query for the patients' rows and one for the versions."""
+        """Opens committed versions covered by checked pointers, in ``wanted``'s order,
+        with one query for the patients' rows and one for the versions."""
         if not wanted:
             return []
+        index = await self._blind_index()
         rows = await self._documents.patient_keys({c.patient for c, _ in wanted})
-        stored = await self._documents.versions(ref for _, ref in wanted)
+        stored = await self._documents.versions(slot for _, slot in wanted)
         opened = []
-        for current, ref in wanted:
+        for current, slot in wanted:
             row = rows.get(current.patient)
             if skip_erased and row is not None and row.erased:
                 continue
             key = await self._unwrapped(row)
-            opened.append(_unseal_version(key, current, ref, stored.get(ref)))
+            opened.append(
+                open_version(
+                    key, index, current, slot, stored.get(slot), indexed_under=indexed_under
+                )
+            )
         return opened
 
     # -- erasure ---------------------------------------------------------------------------
@@ -401,45 +431,3 @@ class EncryptedRecords:
             return await self._documents.erase(patient, self._clock())
         finally:
             self._cache.evict(patient)
-
-
-def _latest(current: CurrentPointer) -> VersionRef:
-    return VersionRef(current.resource.resource_type, current.resource.resource_id, current.version)
-
-
-def _unseal_version(
-    key: bytes, current: CurrentPointer, ref: VersionRef, stored: SealedVersion | None
-) -> StoredVersion:
-    # The pointer says this version is committed: missing, pending, or claiming to be
-    # another version or another patient's, it is damaged.
-    if stored is None or stored.receipt is None:
-        raise damaged()
-    if stored.ref != ref or stored.patient != current.patient:
-        raise damaged()
-    content = decode_content(
-        unseal(key, stored.content, associated_data("content", ref, current.patient))
-    )
-    receipt = unseal(key, stored.receipt, associated_data("receipt", ref, current.patient))
-    return StoredVersion(
-        ref=ref,
-        patient_id=content.patient_id,
-        resource_json=content.resource_json,
-        updated_time=content.updated_time,
-        receipt=receipt,
-        salt=content.salt,
-    )
-
-
-def _stale(current_version: int | None) -> Aborted:
-    metadata = {} if current_version is None else {"current_version": str(current_version)}
-    return Aborted(
-        "the resource changed since the expected version; read it again",
-        reason="STALE_VERSION",
-        metadata=metadata,
-    )
-
-
-def _key_reused() -> Aborted:
-    return Aborted(
-        "the idempotency key was used for a different request", reason="IDEMPOTENCY_KEY_REUSED"
-    )
