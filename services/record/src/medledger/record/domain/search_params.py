@@ -1,0 +1,383 @@
+"""FHIR search parameters as exact-match tokens, for blind indexes.
+
+The store never sees a value in clear: for each parameter a resource gets a set of normalised
+tokens (:func:`search_values`), which the store blinds (HMAC with the parameter's name) and
+matches exactly against the blinded token of a query (:func:`parse_search`). So every kind
+of match a query may ask for is a token written at write time:
+
+- **token** parameters (``identifier``, ``code``, ``category``): ``system|code`` and ``code``
+  alone, and ``|code`` for a code without a system, with ``\\`` and ``|`` escaped by a
+  backslash inside each part (FHIR's own search escaping), so two different pairs never
+  share a token. ``system|`` (any code of a system) is not supported.
+- **status**, ``gender``: the code alone.
+- **string** parameters (``family``, ``given``): each name part case-folded, accents removed,
+  spaces collapsed (``"  Müller "`` and ``"muller"`` match); whole parts, not prefixes.
+- **date** parameters (``birthdate``, ``date``): one token a granularity the value has:
+  ``1815-12-10`` gives ``1815``, ``1815-12`` and ``1815-12-10``; a query at any of the three
+  finds it. That is FHIR's ``eq`` (the query's range contains the value's), so ``eq`` is the
+  one prefix accepted; ranges (``ge``, ``le``, ...) would need a union of tokens, which an
+  exact-match AND of parameters cannot express, and are refused. Dates are taken as written
+  (the local date of a dateTime, before any offset); a Period gives its start and its end.
+- **patient**: the compartment's patient id (``Patient/<id>`` or ``<id>`` in a query).
+
+Which element each parameter reads per type is in :data:`CLINICAL_PARAMETERS`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+from medledger.record.domain.fhir_references import is_fhir_id
+from medledger.record.domain.fhir_validation import ValidResource
+from medledger.record.domain.resource_issues import (
+    SEARCH_INVALID,
+    ResourceInvalid,
+    ResourceIssue,
+)
+from medledger.record.domain.value_sets import ALLERGY_CLINICAL, CONDITION_CLINICAL
+
+MAX_SEARCH_VALUE: Final = 1024
+"""Characters in one query value; longer ones cannot match any stored element we index."""
+
+ALLERGY_CATEGORY_SYSTEM: Final = "http://hl7.org/fhir/allergy-intolerance-category"
+
+
+@dataclass(frozen=True)
+class ClinicalParameters:
+    """The elements a clinical type's parameters read (JSON names; choice types spelled
+    out). ``status`` reads a code, or the codings of ``status_system`` in a CodeableConcept."""
+
+    code: tuple[str, ...] = ()
+    category: tuple[str, ...] = ()
+    status: str | None = None
+    status_system: str | None = None
+    date: tuple[str, ...] = ()
+
+    def names(self) -> frozenset[str]:
+        present = {
+            "code": self.code,
+            "category": self.category,
+            "status": self.status,
+            "date": self.date,
+        }
+        return frozenset({"patient", *(name for name, reads in present.items() if reads)})
+
+
+CLINICAL_PARAMETERS: Final[Mapping[str, ClinicalParameters]] = {
+    "Observation": ClinicalParameters(
+        code=("code",),
+        category=("category",),
+        status="status",
+        date=("effectiveDateTime", "effectiveInstant", "effectivePeriod"),
+    ),
+    "Condition": ClinicalParameters(
+        code=("code",),
+        category=("category",),
+        status="clinicalStatus",
+        status_system=CONDITION_CLINICAL.system,
+        date=("onsetDateTime", "onsetPeriod"),
+    ),
+    "Encounter": ClinicalParameters(code=("type",), status="status", date=("period",)),
+    "MedicationRequest": ClinicalParameters(
+        code=("medicationCodeableConcept",),
+        category=("category",),
+        status="status",
+        date=("authoredOn",),
+    ),
+    "AllergyIntolerance": ClinicalParameters(
+        code=("code",),
+        category=("category",),
+        status="clinicalStatus",
+        status_system=ALLERGY_CLINICAL.system,
+        date=("recordedDate",),
+    ),
+    "Procedure": ClinicalParameters(
+        code=("code",),
+        category=("category",),
+        status="status",
+        date=("performedDateTime", "performedPeriod"),
+    ),
+    "Immunization": ClinicalParameters(
+        code=("vaccineCode",), status="status", date=("occurrenceDateTime",)
+    ),
+    "DiagnosticReport": ClinicalParameters(
+        code=("code",),
+        category=("category",),
+        status="status",
+        date=("effectiveDateTime", "effectivePeriod"),
+    ),
+    "DocumentReference": ClinicalParameters(
+        code=("type",), category=("category",), status="status", date=("date",)
+    ),
+    "RiskAssessment": ClinicalParameters(
+        code=("code",), status="status", date=("occurrenceDateTime", "occurrencePeriod")
+    ),
+    "Provenance": ClinicalParameters(date=("recorded",)),
+}
+
+PATIENT_PARAMETERS: Final = frozenset({"identifier", "family", "given", "birthdate", "gender"})
+
+SEARCH_PARAMETERS: Final[Mapping[str, frozenset[str]]] = {
+    "Patient": PATIENT_PARAMETERS,
+    **{name: spec.names() for name, spec in CLINICAL_PARAMETERS.items()},
+}
+"""The parameters each stored type can be searched by."""
+
+
+# -- tokens of a resource -----------------------------------------------------------------------
+
+
+def search_values(resource: ValidResource) -> dict[str, set[str]]:
+    """The normalised tokens of each search parameter of a valid resource (parameters without
+    any are left out)."""
+    document = resource.resource
+    found: dict[str, set[str]]
+    if resource.resource_type == "Patient":
+        names = list(_objects(document.get("name")))
+        found = {
+            "identifier": set(_identifier_tokens(document.get("identifier"))),
+            "family": {
+                token
+                for name in names
+                if isinstance(family := name.get("family"), str)
+                if (token := _name_token(family))
+            },
+            "given": {
+                token
+                for name in names
+                for given in _strings(name.get("given"))
+                if (token := _name_token(given))
+            },
+            "birthdate": set(_date_tokens(document.get("birthDate"))),
+            "gender": set(_strings(document.get("gender"))),
+        }
+    else:
+        spec = CLINICAL_PARAMETERS[resource.resource_type]
+        found = {
+            "patient": {resource.patient_id} if resource.patient_id else set(),
+            "code": {t for e in spec.code for t in _concept_tokens(document.get(e))},
+            "category": {t for e in spec.category for t in _category_tokens(document.get(e))},
+            "status": set(_status_tokens(document, spec)),
+            "date": {t for e in spec.date for t in _date_tokens(document.get(e))},
+        }
+    return {name: tokens for name, tokens in found.items() if tokens}
+
+
+def _objects(value: object) -> Iterator[Mapping[str, Any]]:
+    for element in value if isinstance(value, list) else [value]:
+        if isinstance(element, Mapping):
+            yield element
+
+
+def _strings(value: object) -> Iterator[str]:
+    for element in value if isinstance(value, list) else [value]:
+        if isinstance(element, str) and element:
+            yield element
+
+
+def _identifier_tokens(identifiers: object) -> Iterator[str]:
+    for identifier in _objects(identifiers):
+        value = identifier.get("value")
+        if isinstance(value, str) and value:
+            yield from _code_tokens(identifier.get("system"), value)
+
+
+def _concept_tokens(concepts: object) -> Iterator[str]:
+    for concept in _objects(concepts):
+        for coding in _objects(concept.get("coding")):
+            code = coding.get("code")
+            if isinstance(code, str) and code:
+                yield from _code_tokens(coding.get("system"), code)
+
+
+def _category_tokens(value: object) -> Iterator[str]:
+    # AllergyIntolerance.category is a list of codes; every other category a CodeableConcept.
+    for code in _strings(value):
+        yield from _code_tokens(ALLERGY_CATEGORY_SYSTEM, code)
+    yield from _concept_tokens(value)
+
+
+def _code_tokens(system: object, code: str) -> Iterator[str]:
+    yield escape(code)
+    if isinstance(system, str) and system:
+        yield f"{escape(system)}|{escape(code)}"
+    else:
+        yield f"|{escape(code)}"
+
+
+def _status_tokens(document: Mapping[str, Any], spec: ClinicalParameters) -> Iterator[str]:
+    if spec.status is None:
+        return
+    status = document.get(spec.status)
+    if spec.status_system is None:
+        yield from (escape(code) for code in _strings(status))
+        return
+    for concept in _objects(status):
+        for coding in _objects(concept.get("coding")):
+            code = coding.get("code")
+            if coding.get("system") == spec.status_system and isinstance(code, str) and code:
+                yield escape(code)
+
+
+_DATE_PREFIX: Final = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+def _date_tokens(value: object) -> Iterator[str]:
+    """``YYYY``, ``YYYY-MM`` and ``YYYY-MM-DD`` as far as the date, dateTime or instant
+    (or each bound of a Period) goes."""
+    if isinstance(value, Mapping):
+        for bound in ("start", "end"):
+            yield from _date_tokens(value.get(bound))
+        return
+    if not isinstance(value, str):
+        return
+    match = _DATE_PREFIX.match(value)
+    if match is None:
+        return
+    year, month, day = match.groups()
+    yield year
+    if month:
+        yield f"{year}-{month}"
+        if day:
+            yield f"{year}-{month}-{day}"
+
+
+# -- normalisation ------------------------------------------------------------------------------
+
+
+def normalise_text(text: str) -> str:
+    """Case-folded, accents removed, whitespace collapsed: ``" Ñúñez  GARCÍA"`` is
+    ``"nunez garcia"``."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    folded = unicodedata.normalize("NFKC", bare.casefold())
+    return " ".join(folded.split())
+
+
+def _name_token(text: str) -> str | None:
+    """The token of a name part; none for one without a letter or digit."""
+    normal = normalise_text(text)
+    return normal if any(c.isalnum() for c in normal) else None
+
+
+def escape(part: str) -> str:
+    """A part of a token with FHIR's search escapes, so ``|`` always separates system and code."""
+    return part.replace("\\", "\\\\").replace("|", "\\|")
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+_PARAMETER_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_ESCAPABLE: Final = frozenset("\\|,$")
+_DATE_QUERY: Final = re.compile(r"([a-z]{2})?(\d{4}(?:-\d{2}(?:-\d{2})?)?)")
+
+
+class _BadValue(Exception):
+    """A query value refused; the text is fixed, chosen here."""
+
+
+def parse_search(resource_type: str, params: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The (parameter, token) pairs a query must all match, in the order given.
+
+    :class:`ResourceInvalid` (INVALID_ARGUMENT, reason SEARCH_INVALID) names each bad
+    parameter as ``params.<name>``: unknown for the type, or a value that cannot match.
+    """
+    supported = SEARCH_PARAMETERS.get(resource_type)
+    if supported is None:
+        _refuse("resource_type", "not-supported", "this resource type is not stored here")
+    parsed: list[tuple[str, str]] = []
+    issues: list[ResourceIssue] = []
+    for name, value in params.items():
+        location = f"params.{name}" if _PARAMETER_NAME.fullmatch(name) else "params"
+        if name not in supported:
+            issues.append(
+                ResourceIssue(
+                    "not-supported",
+                    location,
+                    f"not a search parameter of {resource_type}: use "
+                    + ", ".join(sorted(supported)),
+                )
+            )
+            continue
+        try:
+            parsed.append((name, _parse_value(name, value)))
+        except _BadValue as error:
+            issues.append(ResourceIssue("value", location, str(error)))
+    if issues:
+        raise ResourceInvalid(issues, reason=SEARCH_INVALID)
+    return parsed
+
+
+def _parse_value(name: str, value: str) -> str:
+    if not value or len(value) > MAX_SEARCH_VALUE:
+        raise _BadValue(f"a search value has 1 to {MAX_SEARCH_VALUE} characters")
+    if name in {"birthdate", "date"}:
+        return _parse_date(value)
+    if name in {"family", "given"}:
+        token = _name_token(value)
+        if token is None:
+            raise _BadValue("a name search needs letters or digits")
+        return token
+    if name == "patient":
+        patient = value.removeprefix("Patient/")
+        if not is_fhir_id(patient):
+            raise _BadValue("a patient is Patient/<id> or <id>")
+        return patient
+    parts = _split_escaped(value)
+    if name in {"status", "gender"}:
+        if len(parts) != 1:
+            raise _BadValue("takes a code alone, without a system")
+        return escape(parts[0])
+    # token parameters: identifier, code, category
+    if len(parts) > 2 or not parts[-1]:
+        raise _BadValue("a token is code, system|code or |code (system| alone is not supported)")
+    if len(parts) == 1:
+        return escape(parts[0])
+    system, code = parts
+    return f"{escape(system)}|{escape(code)}" if system else f"|{escape(code)}"
+
+
+def _split_escaped(value: str) -> list[str]:
+    """Splits at unescaped ``|``; ``\\|``, ``\\,``, ``\\$`` and ``\\\\`` stand for themselves."""
+    parts = [""]
+    characters = iter(value)
+    for character in characters:
+        if character == "\\":
+            escaped = next(characters, "")
+            if escaped not in _ESCAPABLE:
+                raise _BadValue("a backslash escapes only \\ | , or $")
+            parts[-1] += escaped
+        elif character == "|":
+            parts.append("")
+        elif character == ",":
+            raise _BadValue("several values (a comma) are not supported; search once for each")
+        else:
+            parts[-1] += character
+    return parts
+
+
+def _parse_date(value: str) -> str:
+    match = _DATE_QUERY.fullmatch(value)
+    if match is None:
+        raise _BadValue("a date search is YYYY, YYYY-MM or YYYY-MM-DD (no time)")
+    prefix, date = match.groups()
+    if prefix not in {None, "eq"}:
+        raise _BadValue(
+            "only exact dates (no prefix, or eq) are supported: ranges such as ge and le are not"
+        )
+    year, _, rest = date.partition("-")
+    month, _, day = rest.partition("-")
+    try:
+        datetime.date(int(year), int(month or 1), int(day or 1))
+    except ValueError:
+        raise _BadValue("not a calendar date") from None
+    return date
+
+
+def _refuse(location: str, code: str, diagnostics: str) -> NoReturn:
+    raise ResourceInvalid([ResourceIssue(code, location, diagnostics)], reason=SEARCH_INVALID)
