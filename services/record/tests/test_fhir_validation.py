@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.operationoutcome import OperationOutcome
 from google.rpc import error_details_pb2
 
 from medledger.common.errors import MAX_REPORTED_VIOLATIONS, InvalidArgument, to_rpc_status
@@ -17,7 +18,7 @@ from medledger.record.domain.fhir_validation import (
     MAX_RESOURCE_DEPTH,
     validate_resource,
 )
-from medledger.record.domain.resource_issues import DOCUMENT, ResourceInvalid
+from medledger.record.domain.resource_issues import DOCUMENT, ResourceInvalid, operation_outcome
 from medledger.testkit.fhir_samples import PATIENT_ID, RESOURCE_TYPES, UCUM, sample
 
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
@@ -522,3 +523,10 @@ def test_issues_become_a_bad_request_capped_by_the_error_layer() -> None:
     assert bad.field_violations[3].field == "identifier[3].use"
     assert bad.field_violations[3].description.startswith("code-invalid: ")
     assert "and 30 more" in status.message
+
+
+def test_issues_as_an_operation_outcome_are_valid_fhir() -> None:
+    error = refused(with_changes("Observation", lambda r: r.update(status="x", category=[])))
+    outcome = operation_outcome(error.issues)
+    OperationOutcome.model_validate(outcome)
+    assert [i["expression"] for i in outcome["issue"]] == [["category"], ["status"]]

@@ -158,6 +158,11 @@ def _contained_types(document: dict[str, Any]) -> list[ResourceIssue]:
 # -- pydantic's errors as FHIR paths ------------------------------------------------------------
 
 _ELEMENT_NAME: Final = re.compile(r"_?[A-Za-z][A-Za-z0-9]{0,63}")
+# fhir_core's two messages for choice types; the list holds the model's element names.
+_CHOICE_ERROR: Final = re.compile(
+    r"Value error, (Any of one field value is expected|Expect any of field value)"
+    r" from this list \[((?:'[a-z][A-Za-z0-9]*'(?:, )?)+)\](, but got multiple!|\.)"
+)
 _CHOICE_NAMES: Final = re.compile(r"'([a-z][A-Za-z0-9]*)'")
 _RANGE_ERRORS: Final = frozenset(
     {"less_than", "less_than_equal", "greater_than", "greater_than_equal", "finite_number"}
@@ -211,13 +216,12 @@ def _fhir_path(location: Sequence[int | str]) -> str:
 
 def _choice_element(message: str) -> tuple[str, tuple[str, str]] | None:
     """``value[x]`` and what is wrong, from fhir_core's choice-type errors."""
-    names = _CHOICE_NAMES.findall(message)
-    if len(names) < 2 or "field value" not in message:
+    match = _CHOICE_ERROR.fullmatch(message)
+    names = _CHOICE_NAMES.findall(match[2]) if match else []
+    prefix = _common_stem(names) if len(names) > 1 else ""
+    if match is None or not prefix:
         return None
-    prefix = _common_stem(names)
-    if not prefix:
-        return None
-    if "multiple" in message:
+    if match[3] != ".":
         return f"{prefix}[x]", ("structure", "only one type of this choice element may be present")
     return f"{prefix}[x]", ("required", "one type of this choice element is required")
 

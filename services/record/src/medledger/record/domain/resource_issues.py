@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from medledger.common.errors import FieldViolation, InvalidArgument
 
@@ -42,6 +42,22 @@ class ResourceInvalid(InvalidArgument):
             reason=reason,
         )
         self.issues = unique
+
+
+def operation_outcome(issues: Iterable[ResourceIssue]) -> dict[str, Any]:
+    """The issues as a FHIR R4 OperationOutcome (JSON), each an error located by its path."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": issue.code,
+                "diagnostics": issue.diagnostics,
+                "expression": [issue.location],
+            }
+            for issue in issues
+        ],
+    }
 
 
 def child(path: str, element: str) -> str:
