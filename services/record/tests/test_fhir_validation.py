@@ -16,6 +16,8 @@ from medledger.record.domain.fhir_references import LiteralReference
 from medledger.record.domain.fhir_validation import (
     MAX_RESOURCE_BYTES,
     MAX_RESOURCE_DEPTH,
+    MAX_RESOURCE_OBJECTS,
+    MAX_RESOURCE_VALUES,
     validate_resource,
 )
 from medledger.record.domain.resource_issues import DOCUMENT, ResourceInvalid, operation_outcome
@@ -96,6 +98,14 @@ def test_size_and_nesting_are_bounded() -> None:
     assert [(i.code, i.location) for i in error.issues] == [("too-long", DOCUMENT)]
     deep = '{"resourceType": "Patient", "extension": ' + "[" * (MAX_RESOURCE_DEPTH + 5)
     assert [i.code for i in refused(deep).issues] == ["too-costly"]
+    many = sample("Patient")
+    many["identifier"] = [{"value": str(i)} for i in range(MAX_RESOURCE_OBJECTS)]
+    assert [i.code for i in refused(many).issues] == ["too-costly"]
+    many["identifier"] = many["identifier"][: MAX_RESOURCE_OBJECTS - 100]
+    validate_resource(json.dumps(many))
+    many = sample("Patient")
+    many["name"][0]["given"] = [""] * MAX_RESOURCE_VALUES
+    assert [i.code for i in refused(many).issues] == ["too-costly"]
 
 
 def test_resource_type_must_be_stored_here_and_match_the_request() -> None:

@@ -3,7 +3,8 @@
 The order of checks, each stage only on what the one before accepted:
 
 1. the document: at most :data:`MAX_RESOURCE_BYTES` of UTF-8, JSON nested at most
-   :data:`MAX_RESOURCE_DEPTH` deep, no duplicate member names, no NaN or Infinity, an object;
+   :data:`MAX_RESOURCE_DEPTH` deep, at most :data:`MAX_RESOURCE_OBJECTS` objects and
+   :data:`MAX_RESOURCE_VALUES` values, no duplicate member names, no NaN or Infinity, an object;
 2. its ``resourceType``: one of :data:`SUPPORTED_TYPES`, the one the request expects;
 3. the structure and primitive formats, by fhir.resources' R4B models (they accept R4 JSON;
    the default models are R5, which is not what we store);
@@ -50,6 +51,15 @@ MAX_RESOURCE_DEPTH: Final = 32
 resources). Checked before parsing: Python's parser recurses once a level."""
 
 
+MAX_RESOURCE_OBJECTS: Final = 5000
+MAX_RESOURCE_VALUES: Final = 20_000
+"""JSON objects (FHIR elements of complex types), and values of any kind (members and array
+items), in one resource; a rich Patient has about 50 objects and 200 values. Validating costs
+about 0.1 ms an object and some microseconds a value, and each bad one becomes an issue, so
+these bound a request's CPU time where the size limit alone does not (a megabyte of ``""``
+is 200,000 array items)."""
+
+
 @dataclass(frozen=True)
 class ValidResource:
     """A resource that passed every check.
@@ -82,16 +92,21 @@ def parse_resource_json(text: str) -> object:
     except JsonTooDeep:
         _refuse("too-costly", DOCUMENT, f"JSON nested deeper than {MAX_RESOURCE_DEPTH} levels")
     try:
-        return json.loads(
+        document = json.loads(
             text,
-            object_pairs_hook=_object_without_duplicates,
+            object_pairs_hook=_ObjectBuilder(),
             parse_constant=_refuse_constant,
             parse_float=_finite_float,
         )
     except _DuplicateMember:
         _refuse("structure", DOCUMENT, "a JSON object repeats a member name")
+    except _TooManyObjects:
+        _refuse("too-costly", DOCUMENT, f"a resource has at most {MAX_RESOURCE_OBJECTS} objects")
     except (ValueError, RecursionError):
         _refuse("structure", DOCUMENT, "not JSON (RFC 8259; NaN and Infinity are not JSON)")
+    if _count_values(document) > MAX_RESOURCE_VALUES:
+        _refuse("too-costly", DOCUMENT, f"a resource has at most {MAX_RESOURCE_VALUES} values")
+    return document
 
 
 def validate_document(document: object, *, expected_type: str | None = None) -> ValidResource:
@@ -266,15 +281,43 @@ def _describe(kind: str) -> tuple[str, str]:
 # -- parsing ------------------------------------------------------------------------------------
 
 
+def _count_values(document: object) -> int:
+    """Members and array items, everywhere (a loop: the depth is bounded, but need not be)."""
+    count = 0
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            count += len(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            count += len(value)
+            pending.extend(value)
+    return count
+
+
 class _DuplicateMember(ValueError):
     pass
 
 
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        raise _DuplicateMember
-    return document
+class _TooManyObjects(ValueError):
+    pass
+
+
+class _ObjectBuilder:
+    """Builds each JSON object: refuses repeated member names and counts the objects."""
+
+    def __init__(self) -> None:
+        self.objects = 0
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        self.objects += 1
+        if self.objects > MAX_RESOURCE_OBJECTS:
+            raise _TooManyObjects
+        document = dict(pairs)
+        if len(document) != len(pairs):
+            raise _DuplicateMember
+        return document
 
 
 def _refuse_constant(name: str) -> NoReturn:
