@@ -22,6 +22,7 @@ from medledger.record.domain.fhir_validation import (
 )
 from medledger.record.domain.resource_issues import DOCUMENT, ResourceInvalid, operation_outcome
 from medledger.testkit.fhir_samples import PATIENT_ID, RESOURCE_TYPES, UCUM, sample
+from medledger.verify.commitment import canonical_json, check_opening, commit
 
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
 
@@ -540,3 +541,14 @@ def test_issues_as_an_operation_outcome_are_valid_fhir() -> None:
     outcome = operation_outcome(error.issues)
     OperationOutcome.model_validate(outcome)
     assert [i["expression"] for i in outcome["issue"]] == [["category"], ["status"]]
+
+
+@pytest.mark.parametrize("resource_type", RESOURCE_TYPES)
+def test_an_exported_resource_opens_the_commitment_to_what_was_validated(
+    resource_type: str,
+) -> None:
+    text = json.dumps(sample(resource_type)).replace("5.4", "5.40").replace("42.5", "4.25e1")
+    salt = bytes(range(32))
+    commitment = commit(salt, canonical_json(validate_resource(text).resource))
+    exported = json.dumps(json.loads(text), indent=2, sort_keys=True)  # any formatting
+    check_opening(commitment, salt, canonical_json(json.loads(exported)))

@@ -53,7 +53,8 @@ def is_fhir_id(value: object) -> bool:
     return isinstance(value, str) and FHIR_ID.fullmatch(value) is not None
 
 
-@functools.cache
+# Bounded: the names come from clients.
+@functools.lru_cache(maxsize=1024)
 def is_resource_type(name: str) -> bool:
     """True for a concrete FHIR resource type (``Patient``), false for data types and the rest.
 
