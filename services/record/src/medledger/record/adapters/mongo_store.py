@@ -10,8 +10,9 @@ resource's type and id, ``patient`` the patient's keyed pseudonym):
   is gone). ``writes`` is bumped by every commit, so a commit and an erasure conflict.
 - ``record_versions``  ``{_id: "<resource hex>/<version>", resource, version, patient,
   state: "committed", nonce, content, receipt_nonce, receipt}``; a pending version has
-  ``state: "pending"``, its writer's ``write`` id and ``prepared_at`` instead of the
-  receipt. Indexes: ``patient``; ``(state, prepared_at)`` for the sweep.
+  ``state: "pending"``, its writer's ``write`` id, ``prepared_at`` and the idempotency key
+  id it may be retried with (``retry_of``) instead of the receipt. Indexes: ``patient``;
+  ``(state, prepared_at)`` for the sweep.
 - ``record_current``   ``{_id: resource, patient, version, tag}``: the latest committed
   version; ``{_id, erased: true}`` once its patient is erased. Index ``(patient, _id)``.
 - ``record_index``     ``{token, resource, patient}``: one entry per search token of a
@@ -59,8 +60,9 @@ from medledger.record.domain.ports import (
 Document = dict[str, Any]
 PENDING: Final = "pending"
 COMMITTED: Final = "committed"
-# with_transaction retries transient errors for up to 120 s; a client waits less than that.
-TRANSACTION_SECONDS: Final = 10.0
+# with_transaction retries transient errors (a WriteConflict, a lost server) for up to 120 s;
+# a client should hear UNAVAILABLE sooner.
+DEFAULT_TRANSACTION_SECONDS: Final = 10.0
 
 
 @contextmanager
@@ -148,8 +150,15 @@ def _idempotent(doc: Document) -> IdempotentWrite:
 
 
 class RecordStore:
-    def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[Document],
+        database: str,
+        *,
+        transaction_seconds: float = DEFAULT_TRANSACTION_SECONDS,
+    ) -> None:
         self._client = client
+        self._transaction_seconds = transaction_seconds
         db = client[database]
         self._patients = db["record_patients"]
         self._versions = db["record_versions"]
@@ -262,13 +271,17 @@ class RecordStore:
         write_id: bytes,
         prepared_at: datetime,
         stale_before: datetime,
+        retry_of: bytes | None,
     ) -> None:
         await self._ready()
         slot = version.slot
-        # A crashed writer's pending version gives its slot up once stale.
-        await self._versions.delete_one(
-            {"_id": _slot_id(slot), "state": PENDING, "prepared_at": {"$lt": stale_before}}
-        )
+        # A crashed writer's pending version gives its slot up once stale, or at once to a
+        # retry of the same write.
+        given_up: list[Document] = [{"prepared_at": {"$lt": stale_before}}]
+        if retry_of is not None:
+            given_up.append({"retry_of": Binary(retry_of)})
+        await self._versions.delete_one({"_id": _slot_id(slot), "state": PENDING, "$or": given_up})
+        retry: Document = {} if retry_of is None else {"retry_of": Binary(retry_of)}
         try:
             await self._versions.insert_one(
                 {
@@ -281,6 +294,7 @@ class RecordStore:
                     "prepared_at": prepared_at,
                     "nonce": Binary(version.content.nonce),
                     "content": Binary(version.content.ciphertext),
+                    **retry,
                 }
             )
         except DuplicateKeyError:
@@ -310,7 +324,7 @@ class RecordStore:
                         "receipt_nonce": Binary(commit.receipt.nonce),
                         "receipt": Binary(commit.receipt.ciphertext),
                     },
-                    "$unset": {"write": "", "prepared_at": ""},
+                    "$unset": {"write": "", "prepared_at": "", "retry_of": ""},
                 },
                 session=session,
             )
@@ -346,7 +360,7 @@ class RecordStore:
 
         await self._ready()
         try:
-            with pymongo.timeout(TRANSACTION_SECONDS):
+            with pymongo.timeout(self._transaction_seconds):
                 async with self._client.start_session() as session:
                     await session.with_transaction(write)
         except IdempotencyTaken:

@@ -16,8 +16,10 @@ A write is two-phase, so that nothing is visible before its ledger receipt:
 3. ``commit_write`` stores the receipt and makes the version current in one transaction,
    or ``abort_write`` drops it when the ledger did not answer.
 
-A pending version left by a crash blocks its slot only until the pending timeout: the next
-writer of that resource replaces it, and ``sweep_pending`` removes the others.
+A pending version left by a crash, or by a commit that failed (Mongo gone), blocks its slot
+only until the pending timeout: then the next writer of that resource replaces it, and
+``sweep_pending`` removes the others. A retry with the same idempotency key replaces it at
+once.
 """
 
 from __future__ import annotations
@@ -302,9 +304,11 @@ class RecordDocuments(Protocol):
         write_id: bytes,
         prepared_at: datetime,
         stale_before: datetime,
+        retry_of: bytes | None,
     ) -> None:
         """Raises VersionTaken unless the slot is free or held by a pending version
-        prepared before ``stale_before`` (which it replaces)."""
+        prepared before ``stale_before`` or with the idempotency key id ``retry_of``
+        (which it replaces)."""
         ...
 
     async def commit(self, commit: VersionCommit) -> None:

@@ -204,15 +204,6 @@ class EncryptedRecords:
         )
         sealed = seal(data_key, encode_content(content), associated_data("content", slot, patient))
         write_id = secrets.token_bytes(16)
-        try:
-            await self._documents.insert_pending(
-                SealedVersion(slot, patient, sealed, None),
-                write_id=write_id,
-                prepared_at=now,
-                stale_before=now - self._pending_timeout,
-            )
-        except VersionTaken:
-            raise concurrent_write() from None
         idempotency = None
         if write.idempotency_key:
             key_id = index.idempotency_id(write.idempotency_key)
@@ -224,6 +215,17 @@ class EncryptedRecords:
                 expires=now + self._idempotency_retention,
                 tag=index.idempotent_result_tag(key_id, fingerprint, slot),
             )
+        try:
+            await self._documents.insert_pending(
+                SealedVersion(slot, patient, sealed, None),
+                write_id=write_id,
+                prepared_at=now,
+                stale_before=now - self._pending_timeout,
+                # A retry of a write whose commit failed takes its place at once.
+                retry_of=idempotency.key_id if idempotency else None,
+            )
+        except VersionTaken:
+            raise concurrent_write() from None
         return PendingWrite(
             ref=ref,
             patient_id=write.patient_id,
