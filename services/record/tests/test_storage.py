@@ -19,7 +19,9 @@ from medledger.common.errors import (
     MedledgerError,
     NotFound,
 )
+from medledger.common.paging import Listing
 from medledger.record.domain.ports import VersionRef
+from medledger.record.domain.records import PATIENT_LISTING
 from medledger.verify.commitment import SALT_SIZE
 
 
@@ -150,6 +152,13 @@ async def test_creates_updates_and_compartments_are_checked(records: Any) -> Non
     assert moved.value.reason == "PATIENT_CHANGED"
     with pytest.raises(NotFound):
         await records.records.read("Observation", rid, 2)
+    with pytest.raises(InvalidArgument):
+        await records.write("Observation", rid, patient, expected_version=-1)
+    with pytest.raises(InvalidArgument):
+        await records.records.history("Observation", rid, page_size=-1, page_token="")
+    forged = Listing(PATIENT_LISTING, (patient,)).token("not a digest")  # the tag is keyless
+    with pytest.raises(InvalidArgument):
+        await records.records.patient_resources(patient, page_size=1, page_token=forged)
 
 
 async def test_search_matches_exactly_on_latest_versions_and_pages(records: Any) -> None:

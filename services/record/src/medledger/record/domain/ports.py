@@ -134,7 +134,8 @@ class RecordStorage(Protocol):
     """The record service's storage, as the RPC layer uses it. Errors are
     ``medledger.common.errors``: NotFound (reason RESOURCE_NOT_FOUND, VERSION_NOT_FOUND or
     ERASED), Aborted (STALE_VERSION, CONCURRENT_WRITE, WRITE_EXPIRED, IDEMPOTENCY_KEY_REUSED),
-    AlreadyExists, FailedPrecondition (PATIENT_CHANGED), DataLoss (damaged data: never a
+    AlreadyExists (RESOURCE_EXISTS), FailedPrecondition (PATIENT_CHANGED), InvalidArgument
+    (page_token, page_size, params, expected_version), DataLoss (RECORD_DAMAGED: never a
     wrong answer) and Unavailable (Mongo or Vault did not answer; nothing half-visible)."""
 
     async def prepare_write(self, write: ResourceWrite) -> PendingWrite: ...

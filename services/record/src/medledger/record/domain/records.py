@@ -161,6 +161,8 @@ class EncryptedRecords:
     # -- writes ----------------------------------------------------------------------------
 
     async def prepare_write(self, write: ResourceWrite) -> PendingWrite:
+        if write.expected_version < 0:
+            raise InvalidArgument([FieldViolation("expected_version", "must not be negative")])
         index = await self._blind_index()
         patient = index.pseudonym(write.patient_id)
         resource = index.resource_digest(ResourceKey(write.resource_type, write.resource_id))
