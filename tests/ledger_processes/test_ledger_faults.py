@@ -292,13 +292,17 @@ async def test_two_replicas_one_writer_and_takeover(
     leader, follower = (first, second) if lease["address"] == first.address else (second, first)
     try:
         # Appends through either replica land in one log, written by the leader only.
+        forwarded = ledger_pb2.AppendRequest(entry=entry(1), idempotency_key="once")
         async with authed_channel(follower.address, TOKEN[0]) as ch:
             stub = ledger_pb2_grpc.LedgerServiceStub(ch)
-            via_follower = await stub.Append(ledger_pb2.AppendRequest(entry=entry(1)), timeout=10)
+            via_follower = await stub.Append(forwarded, timeout=10)
         async with authed_channel(leader.address, TOKEN[0]) as ch:
             stub = ledger_pb2_grpc.LedgerServiceStub(ch)
             via_leader = await stub.Append(ledger_pb2.AppendRequest(entry=entry(2)), timeout=10)
+            # The writer scoped the forwarded key by the same caller: a retry finds it.
+            retried = await stub.Append(forwarded, timeout=10)
         assert {via_follower.receipt.leaf_index, via_leader.receipt.leaf_index} == {0, 1}
+        assert retried.receipt.leaf_index == via_follower.receipt.leaf_index
         with MongoClient(mongo_server.uri) as client:
             token_before = client[database]["ledger_state"].find_one({"_id": "sequencer"})["token"]
         leader.kill()

@@ -18,7 +18,7 @@ from medledger.common.errors import from_rpc_error
 from medledger.common.server import ServiceServer
 from medledger.ledger.config import LedgerConfig, LedgerSettings
 from medledger.ledger.runtime import ledger_runtime
-from medledger.testkit.tokens import TEST_TOKENS
+from medledger.testkit.tokens import TEST_TOKENS, authed_channel
 from medledger.tlog.checkpoint import Checkpoint
 from medledger.tlog.cosignature import verify_checkpoint
 from medledger.tlog.errors import ProofError
@@ -61,8 +61,15 @@ async def start_ledger(
 
 
 @pytest.fixture
-async def ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[Any]:
+async def ledger_server(mongo_server: Any, vault_server: Any) -> AsyncIterator[ServiceServer]:
     server = await start_ledger(mongo_server, vault_server, f"t{uuid.uuid4().hex[:12]}")
+    yield server
+    await server.stop(0)
+
+
+@pytest.fixture
+async def ledger(ledger_server: ServiceServer) -> AsyncIterator[Any]:
+    server = ledger_server
     channel = TEST_TOKENS.channel(f"127.0.0.1:{server.port}")
     stub = ledger_pb2_grpc.LedgerServiceStub(channel)
     for _ in range(100):  # until the sequencer holds the lease and the log has a checkpoint
@@ -73,7 +80,6 @@ async def ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[Any]:
             await asyncio.sleep(0.1)
     yield stub
     await channel.close()
-    await server.stop(0)
 
 
 async def vkey_of(stub: Any) -> str:
@@ -133,6 +139,30 @@ async def test_idempotency_key_returns_the_same_receipt(ledger: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as reused:
         await ledger.Append(ledger_pb2.AppendRequest(entry=entry(9), idempotency_key="req-1"))
     assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_idempotency_keys_are_each_callers_own(ledger: Any, ledger_server: Any) -> None:
+    """A key another holder of ledger.append can predict (identity's keys name the event and
+    the resource) neither blocks the owner's append nor hands its receipt to someone else."""
+    key = "identity:key-rotated:identity-token:2"
+    address = f"127.0.0.1:{ledger_server.port}"
+    squatter = TEST_TOKENS.token(["ledger.append"], subject="hospital-b-app")
+    owner = TEST_TOKENS.token(["ledger.append"], subject="medledger-identity")
+    async with authed_channel(address, squatter) as first, authed_channel(address, owner) as second:
+        squatted = await ledger_pb2_grpc.LedgerServiceStub(first).Append(
+            ledger_pb2.AppendRequest(entry=entry(1), idempotency_key=key)
+        )
+        mine = entry(2)
+        owned = await ledger_pb2_grpc.LedgerServiceStub(second).Append(
+            ledger_pb2.AppendRequest(entry=mine, idempotency_key=key)
+        )
+        retried = await ledger_pb2_grpc.LedgerServiceStub(second).Append(
+            ledger_pb2.AppendRequest(entry=mine, idempotency_key=key)
+        )
+    assert squatted.receipt.leaf_index != owned.receipt.leaf_index
+    assert retried.receipt == owned.receipt
+    listed = await ledger.ListEntries(ledger_pb2.ListEntriesRequest())
+    assert [e.entry.subject for e in listed.entries] == [entry(1).subject, mine.subject]
 
 
 async def test_same_key_in_one_batch_gives_one_leaf(ledger: Any) -> None:

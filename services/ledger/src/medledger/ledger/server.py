@@ -10,12 +10,17 @@ from google.protobuf.message import DecodeError
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.errors import FieldViolation, InvalidArgument, Unavailable
+from medledger.common.interceptors import authenticated_principal
 from medledger.common.paging import Listing, page_size
 from medledger.common.policy import Scopes, ServiceAccess
 from medledger.common.scopes import ADMIN, LEDGER_APPEND, LEDGER_READ
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.config import LedgerSettings
-from medledger.ledger.domain.entries import validate_entry, validate_idempotency_key
+from medledger.ledger.domain.entries import (
+    caller_idempotency_key,
+    validate_entry,
+    validate_idempotency_key,
+)
 from medledger.ledger.domain.log import LogReader
 from medledger.ledger.domain.sequencer import NotLeader, Receipt, Sequencer
 
@@ -121,8 +126,13 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
             raise InvalidArgument([FieldViolation("entry", "is required")])
         data = validate_entry(request.entry)
         validate_idempotency_key(request.idempotency_key)
+        # Keys are the caller's own: another holder of ledger.append who guesses one gets an
+        # entry of its own, never this caller's receipt nor a refusal of this caller's retry.
+        # A standby forwards the request as it came, with the caller's token: the writer
+        # scopes the key the same way.
+        key = caller_idempotency_key(authenticated_principal().subject, request.idempotency_key)
         try:
-            receipt = await self._sequencer.append(data, request.idempotency_key)
+            receipt = await self._sequencer.append(data, key)
         except NotLeader as error:
             return await self._forward(request, error, context)
         return ledger_pb2.AppendResponse(receipt=_receipt(receipt))

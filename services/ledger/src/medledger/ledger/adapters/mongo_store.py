@@ -7,7 +7,8 @@ Layout (one database, ``ledger_*`` collections):
   C2SP tlog-tiles shape: tile N at tile level L holds up to 256 hashes of tree level 8L.
   Partial tiles are rewritten in place as they fill.
 - ``ledger_checkpoints`` ``{_id: tree size, root, note (log-signed), cosigned (with witnesses)}``
-- ``ledger_idempotency`` ``{_id: key, index}``
+- ``ledger_idempotency`` ``{_id: key, index}``, the key scoped by its caller
+  (``entries.caller_idempotency_key``)
 - ``ledger_state``    ``{_id: "tree", size, root}`` and ``{_id: "lease", owner, token, ...}``
 
 A batch is committed in ONE transaction that also checks the writer's fencing token and

@@ -8,6 +8,7 @@ smuggle anything). The leaf bytes are the entry's deterministic protobuf encodin
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -95,3 +96,12 @@ def validate_idempotency_key(key: str) -> None:
         raise InvalidArgument(
             [FieldViolation("idempotency_key", f"must match {IDEMPOTENCY_KEY.pattern}")]
         )
+
+
+def caller_idempotency_key(caller: str, key: str) -> str:
+    """The key as stored: SHA-256 over the authenticated caller and its key, so two callers
+    with the same key make two entries; "" (no key) stays "". The stored form never matches
+    a key a caller sends (no ``=`` in those)."""
+    if not key:
+        return ""
+    return "=" + hashlib.sha256(f"{caller}\x00{key}".encode()).hexdigest()
