@@ -73,10 +73,19 @@ class LedgerClient:
     async def append(
         self, event: LedgerEvent, *, idempotency_key: str = "", timeout: float = 10.0
     ) -> ledger_pb2.Receipt:
+        return await self.append_entry(
+            self.entry(event), idempotency_key=idempotency_key, timeout=timeout
+        )
+
+    async def append_entry(
+        self, entry: ledger_pb2.LedgerEntry, *, idempotency_key: str = "", timeout: float = 10.0
+    ) -> ledger_pb2.Receipt:
+        """Appends an entry built by :meth:`entry` (whose leaf hash the caller may have
+        recorded first)."""
         metadata = []
         if self._token is not None:
             metadata.append(("authorization", f"Bearer {await self._token()}"))
-        request = ledger_pb2.AppendRequest(entry=self.entry(event), idempotency_key=idempotency_key)
+        request = ledger_pb2.AppendRequest(entry=entry, idempotency_key=idempotency_key)
         try:
             response = await self._stub.Append(request, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as error:

@@ -1,0 +1,265 @@
+"""A patient's ledger entries, kept by the service that owns the patient: blinded appends, the
+encrypted per-patient leaf index, and erasure.
+
+Entries about a patient are blinded per entry (:mod:`medledger.common.blinding`), so the
+public ledger cannot say which entries are the same patient's. The owning service keeps,
+per patient, one index row per entry: the leaf hash and index, the event kind and the
+:class:`~medledger.common.blinding.Opening` (salt, pseudonym, clear resource and actor).
+With it the service lists the patient's entries (an access log) and proves any one of them
+is about the patient.
+
+Rows are sealed with AES-256-GCM under a data key of the patient's own, bound to the patient
+and the row (associated data); the data key is stored only wrapped by a Vault transit key the
+owning service may use (identity: ``identity-secrets``; record: ``record-patient-kek``).
+:meth:`PatientLog.erase` deletes the patient's wrapped key and rows: the salts are gone, and
+with them every link from the ledger to the patient (once backups holding them have
+expired).
+
+A row is written before its entry is appended, with the leaf hash of the exact bytes sent,
+so an entry in the ledger is never missing from the index: if the ledger's answer is lost,
+the row keeps no leaf index and the leaf is found by its hash (ledger GetInclusionProof).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from medledger.api.ledger.v1 import ledger_pb2
+from medledger.common.blinding import SALT_SIZE, Opening
+from medledger.common.errors import FailedPrecondition
+from medledger.common.ledger_client import LedgerClient, LedgerEvent
+from medledger.common.paging import Listing, Page, page, page_size
+from medledger.common.subject import SubjectHasher
+
+_NONCE_SIZE: Final = 12
+_DATA_KEY_SIZE: Final = 32
+_INDEX_LABEL: Final = b"medledger.patient-leaf-index\x00"
+
+
+@dataclass(frozen=True)
+class PatientLeaf:
+    """One ledger entry about a patient, as the patient's leaf index keeps it."""
+
+    leaf_id: str  # the row's id; rows sort by creation
+    leaf_hash: bytes
+    # None until the ledger answered with the entry's receipt (or if it never did).
+    leaf_index: int | None
+    kind: ledger_pb2.EventKind.ValueType
+    opening: Opening
+
+
+@dataclass(frozen=True)
+class SealedLeaf:
+    leaf_id: str
+    sealed: bytes
+
+
+class PatientLeafStore(Protocol):
+    """Where the owning service keeps its patients' leaf indexes; ``patient_key`` is a
+    keyed digest of the patient id, never the id itself."""
+
+    async def wrapped_key(self, patient_key: str) -> str | None:
+        """The patient's data key, wrapped by Vault transit; None before the first row."""
+
+    async def add_wrapped_key(self, patient_key: str, wrapped: str) -> str:
+        """Stores ``wrapped`` unless the patient already has a key; returns the stored one."""
+
+    async def add_leaf(self, patient_key: str, leaf: SealedLeaf) -> None: ...
+
+    async def replace_leaf(self, patient_key: str, leaf: SealedLeaf) -> None: ...
+
+    async def leaves(self, patient_key: str, *, after: str, limit: int) -> Sequence[SealedLeaf]:
+        """Up to ``limit`` rows after id ``after``, in id order."""
+
+    async def erase(self, patient_key: str) -> int:
+        """Deletes the patient's rows and wrapped key; the number of rows deleted."""
+
+
+class Transit(Protocol):
+    """Vault transit encryption (:class:`~medledger.common.vault.VaultTransit`)."""
+
+    async def encrypt(self, key: str, plaintext: bytes, *, context: bytes | None = None) -> str: ...
+
+    async def decrypt(
+        self, key: str, ciphertext: str, *, context: bytes | None = None
+    ) -> bytes: ...
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: Any) -> bytes:
+    return base64.b64decode(str(text))
+
+
+def _new_leaf_id() -> str:
+    """48-bit milliseconds then 80 random bits: ids sort by creation."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+def _leaf_document(leaf: PatientLeaf) -> bytes:
+    opening = leaf.opening
+    return json.dumps(
+        {
+            "leaf_hash": _b64(leaf.leaf_hash),
+            "leaf_index": leaf.leaf_index,
+            "kind": int(leaf.kind),
+            "salt": _b64(opening.salt),
+            "pseudonym": _b64(opening.pseudonym),
+            "resource": [opening.resource_type, opening.resource_id, opening.resource_version],
+            "patient_actor": opening.patient_actor,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _leaf(leaf_id: str, data: bytes) -> PatientLeaf:
+    doc = json.loads(data)
+    resource_type, resource_id, resource_version = doc["resource"]
+    index = doc["leaf_index"]
+    return PatientLeaf(
+        leaf_id=leaf_id,
+        leaf_hash=_unb64(doc["leaf_hash"]),
+        leaf_index=None if index is None else int(index),
+        kind=ledger_pb2.EventKind.ValueType(int(doc["kind"])),
+        opening=Opening(
+            salt=_unb64(doc["salt"]),
+            pseudonym=_unb64(doc["pseudonym"]),
+            resource_type=str(resource_type),
+            resource_id=str(resource_id),
+            resource_version=int(resource_version),
+            patient_actor=str(doc["patient_actor"]),
+        ),
+    )
+
+
+def blinded_event(event: LedgerEvent, opening: Opening) -> LedgerEvent:
+    """``event`` with its subject, resource id and version, and (when the patient acts)
+    actor replaced by their blinded values."""
+    resource = opening.resource()
+    return LedgerEvent(
+        kind=event.kind,
+        actor=opening.actor() or event.actor,
+        organization=event.organization,
+        subject=opening.subject(),
+        resource_type=resource.type if resource is not None else "",
+        resource_id=resource.id if resource is not None else "",
+        resource_version=0,
+        content_commitment=event.content_commitment,
+        purpose=event.purpose,
+    )
+
+
+class PatientLog:
+    """Blinded ledger appends about patients, and each patient's encrypted leaf index."""
+
+    def __init__(
+        self,
+        ledger: LedgerClient,
+        subjects: SubjectHasher,
+        store: PatientLeafStore,
+        transit: Transit,
+        wrapping_key: str,
+    ) -> None:
+        self._ledger = ledger
+        self._subjects = subjects
+        self._store = store
+        self._transit = transit
+        self._wrapping_key = wrapping_key
+
+    @staticmethod
+    def _patient_key(pseudonym: bytes) -> str:
+        return hashlib.sha256(_INDEX_LABEL + pseudonym).hexdigest()
+
+    async def _data_key(self, patient_key: str) -> bytes:
+        """The patient's data key, created with their first row."""
+        wrapped = await self._store.wrapped_key(patient_key)
+        if wrapped is None:
+            fresh = await self._transit.encrypt(self._wrapping_key, os.urandom(_DATA_KEY_SIZE))
+            wrapped = await self._store.add_wrapped_key(patient_key, fresh)
+        return await self._unwrap(wrapped)
+
+    async def _unwrap(self, wrapped: str) -> bytes:
+        key = await self._transit.decrypt(self._wrapping_key, wrapped)
+        if len(key) != _DATA_KEY_SIZE:
+            raise FailedPrecondition("a patient's data key is damaged", reason="PATIENT_KEY")
+        return key
+
+    @staticmethod
+    def _seal(key: bytes, patient_key: str, leaf: PatientLeaf) -> SealedLeaf:
+        nonce = os.urandom(_NONCE_SIZE)
+        aad = f"{patient_key}\x00{leaf.leaf_id}".encode()
+        sealed = nonce + AESGCM(key).encrypt(nonce, _leaf_document(leaf), aad)
+        return SealedLeaf(leaf.leaf_id, sealed)
+
+    @staticmethod
+    def _open(key: bytes, patient_key: str, row: SealedLeaf) -> PatientLeaf:
+        aad = f"{patient_key}\x00{row.leaf_id}".encode()
+        nonce, ciphertext = row.sealed[:_NONCE_SIZE], row.sealed[_NONCE_SIZE:]
+        return _leaf(row.leaf_id, AESGCM(key).decrypt(nonce, ciphertext, aad))
+
+    async def append(
+        self,
+        patient_id: str,
+        event: LedgerEvent,
+        *,
+        patient_actor: str = "",
+        idempotency_key: str = "",
+        timeout: float = 10.0,
+    ) -> ledger_pb2.Receipt:
+        """Appends ``event`` about ``patient_id``, blinded, and indexes it first.
+        ``patient_actor`` is the patient's own user id when the patient acts (the entry's
+        actor is then blinded too). ``event.subject`` is ignored."""
+        pseudonym = await self._subjects.subject(patient_id)
+        patient_key = self._patient_key(pseudonym)
+        opening = Opening(
+            salt=os.urandom(SALT_SIZE),
+            pseudonym=pseudonym,
+            resource_type=event.resource_type,
+            resource_id=event.resource_id,
+            resource_version=event.resource_version,
+            patient_actor=patient_actor,
+        )
+        entry = self._ledger.entry(blinded_event(event, opening))
+        leaf_hash = hashlib.sha256(b"\x00" + entry.SerializeToString(deterministic=True)).digest()
+        key = await self._data_key(patient_key)
+        pending = PatientLeaf(_new_leaf_id(), leaf_hash, None, event.kind, opening)
+        await self._store.add_leaf(patient_key, self._seal(key, patient_key, pending))
+        receipt = await self._ledger.append_entry(
+            entry, idempotency_key=idempotency_key, timeout=timeout
+        )
+        done = PatientLeaf(pending.leaf_id, leaf_hash, int(receipt.leaf_index), event.kind, opening)
+        await self._store.replace_leaf(patient_key, self._seal(key, patient_key, done))
+        return receipt
+
+    async def leaves(
+        self, patient_id: str, *, requested_size: int = 0, page_token: str = ""
+    ) -> Page[PatientLeaf]:
+        """The patient's entries, oldest first, with their openings (medledger.common.paging)."""
+        patient_key = self._patient_key(await self._subjects.subject(patient_id))
+        listing = Listing("PatientLog.leaves", (patient_key,))
+        size = page_size(requested_size)
+        after = listing.cursor(page_token) or ""
+        wrapped = await self._store.wrapped_key(patient_key)
+        if wrapped is None:
+            return Page((), "")
+        key = await self._unwrap(wrapped)
+        rows = await self._store.leaves(patient_key, after=after, limit=size + 1)
+        found = [self._open(key, patient_key, row) for row in rows]
+        return page(found, size, lambda leaf: leaf.leaf_id, listing)
+
+    async def erase(self, patient_id: str) -> int:
+        """Destroys the patient's leaf index: rows, salts and data key (the erasure hook).
+        Call it once the patient's last event is ledgered; returns the rows destroyed."""
+        patient_key = self._patient_key(await self._subjects.subject(patient_id))
+        return await self._store.erase(patient_key)

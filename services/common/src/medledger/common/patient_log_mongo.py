@@ -1,0 +1,92 @@
+"""MongoDB storage of the owning service's patient leaf indexes (the ``PatientLeafStore`` port
+of :mod:`medledger.common.patient_log`), in that service's own database:
+
+- ``<prefix>_patient_keys``   ``{_id: patient key, wrapped_key}``: the patient's data key,
+  wrapped by Vault transit;
+- ``<prefix>_patient_leaves`` ``{_id: leaf id, patient: patient key, sealed}``: one sealed
+  row per ledger entry about the patient; index ``(patient, _id)``.
+
+A patient key is a digest of the patient's pseudonym: nothing here names a patient in clear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from bson.binary import Binary
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.errors import DuplicateKeyError
+
+from medledger.common.mongo import mongo_errors
+from medledger.common.patient_log import SealedLeaf
+
+Document = dict[str, Any]
+
+
+class MongoPatientLeafStore:
+    def __init__(self, client: AsyncMongoClient[Document], database: str, prefix: str) -> None:
+        db = client[database]
+        self._keys = db[f"{prefix}_patient_keys"]
+        self._leaves = db[f"{prefix}_patient_leaves"]
+        self._indexed = False
+        self._index_lock = asyncio.Lock()
+
+    @mongo_errors
+    async def ensure_indexes(self) -> None:
+        if self._indexed:
+            return
+        async with self._index_lock:
+            if not self._indexed:
+                await self._leaves.create_index(
+                    [("patient", ASCENDING), ("_id", ASCENDING)], name="patient"
+                )
+                self._indexed = True
+
+    @mongo_errors
+    async def wrapped_key(self, patient_key: str) -> str | None:
+        doc = await self._keys.find_one({"_id": patient_key})
+        return str(doc["wrapped_key"]) if doc else None
+
+    @mongo_errors
+    async def add_wrapped_key(self, patient_key: str, wrapped: str) -> str:
+        try:
+            await self._keys.insert_one({"_id": patient_key, "wrapped_key": wrapped})
+        except DuplicateKeyError:  # another append created it first: use that one
+            stored = await self.wrapped_key(patient_key)
+            if stored is not None:
+                return stored
+            raise
+        return wrapped
+
+    @mongo_errors
+    async def add_leaf(self, patient_key: str, leaf: SealedLeaf) -> None:
+        await self.ensure_indexes()
+        await self._leaves.insert_one(
+            {"_id": leaf.leaf_id, "patient": patient_key, "sealed": Binary(leaf.sealed)}
+        )
+
+    @mongo_errors
+    async def replace_leaf(self, patient_key: str, leaf: SealedLeaf) -> None:
+        await self._leaves.update_one(
+            {"_id": leaf.leaf_id, "patient": patient_key},
+            {"$set": {"sealed": Binary(leaf.sealed)}},
+        )
+
+    @mongo_errors
+    async def leaves(self, patient_key: str, *, after: str, limit: int) -> Sequence[SealedLeaf]:
+        cursor = (
+            self._leaves.find({"patient": patient_key, "_id": {"$gt": after}})
+            .sort("_id", ASCENDING)
+            .limit(limit)
+        )
+        return [SealedLeaf(str(doc["_id"]), bytes(doc["sealed"])) async for doc in cursor]
+
+    @mongo_errors
+    async def erase(self, patient_key: str) -> int:
+        # The key first: from then on no row of this patient can be opened, even one
+        # written by an append racing the erasure.
+        await self._keys.delete_one({"_id": patient_key})
+        deleted = await self._leaves.delete_many({"patient": patient_key})
+        return int(deleted.deleted_count)
