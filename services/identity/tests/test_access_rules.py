@@ -36,7 +36,15 @@ from medledger.identity.domain.consent import (
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 ORG_B = Grantee(GranteeKind.ORGANIZATION, "org-b")
 ALL = frozenset({"user", "system"})
-PARTNER = Actor("lab-app", "org-b", "lab-app", frozenset({"system/Observation.rs"}))
+# What the tokens in these tests carry; step 2 (the token's purposes) is tested on its own.
+TOKEN_PURPOSES = frozenset({"TREAT", "HRESCH"})
+
+
+def actor(subject: str, organization: str, client_id: str, scopes: frozenset[str]) -> Actor:
+    return Actor(subject, organization, client_id, scopes, TOKEN_PURPOSES)
+
+
+PARTNER = actor("lab-app", "org-b", "lab-app", frozenset({"system/Observation.rs"}))
 OUTSIDER_FACTS = AccessFacts(patient_organization="org-a", actor_patient_id=None)
 
 
@@ -130,32 +138,50 @@ def test_any_scope_text_parses_or_is_ignored(text: str) -> None:
 
 
 def test_patient_scopes_count_only_for_that_patient() -> None:
-    patient = Actor("patient-user-1", "org-a", "", frozenset({"patient/*.rs"}))
+    patient = actor("patient-user-1", "org-a", "", frozenset({"patient/*.rs"}))
     own = check_access(request(patient), AccessFacts("org-a", "p-1"), [], NOW)
     assert (own.decision, own.reason) == (Decision.PERMIT, Reason.PATIENT_SELF)
     other = check_access(request(patient, patient_id="p-2"), AccessFacts("org-a", "p-1"), [], NOW)
     assert (other.decision, other.reason) == (Decision.DENY, Reason.SCOPE_MISSING)
     # A practitioner holding patient/ scopes is not that patient either.
-    staff = Actor("dr-who", "org-a", "", frozenset({"patient/*.rs"}))
+    staff = actor("dr-who", "org-a", "", frozenset({"patient/*.rs"}))
     assert check_access(request(staff), AccessFacts("org-a", None), [], NOW).reason == (
         Reason.SCOPE_MISSING
     )
+
+
+def test_the_purpose_must_be_in_the_token() -> None:
+    """A partner registered for TREAT, HPAYMT and HRESCH asks for ETREAT: its token never
+    carried it, so neither a consent nor break-glass may give it."""
+    partner = Actor(
+        "lab-app", "org-b", "lab-app", frozenset({"system/Observation.rs"}), frozenset({"TREAT"})
+    )
+    for_etreat = consent(purposes=(Purpose.TREAT, Purpose.ETREAT))
+    decision = check_access(
+        request(partner, purpose=Purpose.ETREAT), OUTSIDER_FACTS, [for_etreat], NOW
+    )
+    assert (decision.decision, decision.reason) == (Decision.DENY, Reason.PURPOSE_NOT_IN_TOKEN)
+    # Even the organisation holding the record asks within its token's purposes.
+    staff = Actor("dr-a", "org-a", "", frozenset({"user/*.rs"}), frozenset({"TREAT"}))
+    decision = check_access(request(staff, purpose=Purpose.HRESCH), OUTSIDER_FACTS, [], NOW)
+    assert decision.reason is Reason.PURPOSE_NOT_IN_TOKEN
+    assert check_access(request(partner), OUTSIDER_FACTS, [for_etreat], NOW).permitted
 
 
 # --- organisation, self ---------------------------------------------------------------------------
 
 
 def test_same_organization_permits_with_the_scope_only() -> None:
-    staff = Actor("dr-a", "org-a", "", frozenset({"user/Observation.rs"}))
+    staff = actor("dr-a", "org-a", "", frozenset({"user/Observation.rs"}))
     decision = check_access(request(staff), AccessFacts("org-a", None), [], NOW)
     assert (decision.decision, decision.reason) == (Decision.PERMIT, Reason.SAME_ORGANIZATION)
-    unscoped = Actor("dr-a", "org-a", "", frozenset({"user/Condition.rs"}))
+    unscoped = actor("dr-a", "org-a", "", frozenset({"user/Condition.rs"}))
     decision = check_access(request(unscoped), AccessFacts("org-a", None), [], NOW)
     assert (decision.decision, decision.reason) == (Decision.DENY, Reason.SCOPE_MISSING)
 
 
 def test_a_patient_account_is_not_staff_of_its_organization() -> None:
-    patient = Actor("patient-user-1", "org-a", "", frozenset({"user/*.rs"}))
+    patient = actor("patient-user-1", "org-a", "", frozenset({"user/*.rs"}))
     decision = check_access(
         request(patient, patient_id="p-2"), AccessFacts("org-a", "p-1"), [], NOW
     )
@@ -196,13 +222,13 @@ def test_grantee_matches_organization_or_client(grantee: Grantee) -> None:
 
 
 def test_grantee_user_matches_that_user_only() -> None:
-    user = Actor("dr-b", "org-b", "", frozenset({"user/Observation.rs"}))
+    user = actor("dr-b", "org-b", "", frozenset({"user/Observation.rs"}))
     granted = consent(grantee=Grantee(GranteeKind.USER, "dr-b"))
     assert check_access(request(user), OUTSIDER_FACTS, [granted], NOW).permitted
-    colleague = Actor("dr-c", "org-b", "", frozenset({"user/Observation.rs"}))
+    colleague = actor("dr-c", "org-b", "", frozenset({"user/Observation.rs"}))
     assert not check_access(request(colleague), OUTSIDER_FACTS, [granted], NOW).permitted
     # A client's token never matches a user grantee of the same name.
-    same_name = Actor("dr-b", "org-b", "dr-b", frozenset({"system/Observation.rs"}))
+    same_name = actor("dr-b", "org-b", "dr-b", frozenset({"system/Observation.rs"}))
     assert not check_access(request(same_name), OUTSIDER_FACTS, [granted], NOW).permitted
 
 
@@ -221,7 +247,7 @@ def test_purpose_mismatch() -> None:
 
 
 def test_resource_type_not_covered() -> None:
-    partner = Actor("lab-app", "org-b", "lab-app", frozenset({"system/*.rs"}))
+    partner = actor("lab-app", "org-b", "lab-app", frozenset({"system/*.rs"}))
     decision = check_access(
         request(partner, resource_type="Condition"), OUTSIDER_FACTS, [consent()], NOW
     )

@@ -33,7 +33,7 @@ from medledger.common.errors import (
 )
 from medledger.common.interceptors import Principal, current_principal
 from medledger.common.ledger_client import LedgerClient
-from medledger.common.scopes import LEDGER_APPEND, LEDGER_READ
+from medledger.common.scopes import AUDIT_READ, LEDGER_APPEND, LEDGER_READ
 from medledger.common.server import ServiceServer
 from medledger.common.subject import SubjectHasher
 from medledger.common.vault import VaultTransit
@@ -41,9 +41,10 @@ from medledger.devstack.process import free_port
 from medledger.identity.adapters.consent_store import CONSENTS, ConsentStore
 from medledger.identity.adapters.ledger_events import LedgerEvents
 from medledger.identity.consent_rpc import ConsentRpcs
-from medledger.identity.domain.access import AccessControl
+from medledger.identity.domain.access import AccessControl, Actor, BreakGlassPolicy
 from medledger.identity.domain.consent import Grantee
 from medledger.identity.domain.consent_registry import ConsentRegistry
+from medledger.identity.domain.ports import Client
 from medledger.identity.domain.scopes import CHECK_ACCESS
 from medledger.ledger.config import LedgerConfig, LedgerSettings
 from medledger.ledger.runtime import ledger_runtime
@@ -59,10 +60,23 @@ HRESCH = purpose_pb2.PURPOSE_OF_USE_HRESCH
 PERMIT = identity_pb2.DECISION_PERMIT
 DENY = identity_pb2.DECISION_DENY
 
-STAFF_A = Principal("dr-a", "org-a", "", frozenset({"user/*.cruds"}))
-STAFF_B = Principal("dr-b", "org-b", "", frozenset({"user/*.cruds"}))
-PARTNER = Principal("lab-app", "org-b", "lab-app", frozenset({"system/Observation.rs"}))
+CLINICAL = frozenset({"TREAT", "ETREAT", "HOPERAT"})
+STAFF_A = Principal("dr-a", "org-a", "", frozenset({"user/*.cruds"}), CLINICAL)
+STAFF_B = Principal("dr-b", "org-b", "", frozenset({"user/*.cruds"}), CLINICAL)
+# A partner app registered for TREAT, HPAYMT and HRESCH (not ETREAT).
+PARTNER_PURPOSES = frozenset({"TREAT", "HPAYMT", "HRESCH"})
+PARTNER = Principal(
+    "lab-app", "org-b", "lab-app", frozenset({"system/Observation.rs"}), PARTNER_PURPOSES
+)
+# An emergency department's app of org-b, registered for ETREAT.
+ER_APP = {
+    "principal_id": "er-app",
+    "client_id": "er-app",
+    "organization": "org-b",
+    "purposes": [TREAT, ETREAT],
+}
 RECORD_SERVICE = Principal("record", "medledger", "record", frozenset({CHECK_ACCESS}))
+AUDITOR = Actor("auditor-app", "medledger", "auditor-app", frozenset({AUDIT_READ}))
 
 
 class Clock:
@@ -83,6 +97,7 @@ class Harness:
     database: Any
     ledger: ledger_pb2_grpc.LedgerServiceAsyncStub
     hasher: SubjectHasher
+    ledger_client: LedgerClient
     clock: Clock
     patient_id: str
     patient_user: str
@@ -102,10 +117,14 @@ def wired(
     hasher: SubjectHasher,
     directory: Directory,
     clock: Clock,
+    *,
+    per_hour: int = 10,
 ) -> tuple[ConsentRpcs, ConsentRegistry]:
     """Wired as identity's runtime wires them, with ``directory`` for identity's users."""
     events = LedgerEvents(ledger, hasher)
-    access = AccessControl(store, store, events, directory, clock=clock)
+    access = AccessControl(
+        store, store, events, directory, break_glass=BreakGlassPolicy(per_hour), clock=clock
+    )
     registry = ConsentRegistry(store, store, events, directory, access, clock=clock)
     return ConsentRpcs(registry, access), registry
 
@@ -118,12 +137,25 @@ class Directory:
     def __init__(self) -> None:
         self.organizations: dict[str, str] = {}
         self.patients: dict[str, str] = {}
+        self.practitioners: dict[str, str] = {}
+        self.clients: dict[str, Client] = {}
 
     async def patient_organization(self, patient_id: str) -> str | None:
         return self.organizations.get(patient_id)
 
     async def patient_of_user(self, user_id: str) -> str | None:
         return self.patients.get(user_id)
+
+    async def practitioner_organization(self, user_id: str) -> str | None:
+        return self.practitioners.get(user_id)
+
+    async def client(self, client_id: str) -> Client | None:
+        return self.clients.get(client_id)
+
+    def register_client(self, client_id: str, organization: str, *purposes: str) -> None:
+        self.clients[client_id] = Client(
+            client_id, organization, "{}", (), purposes, "", datetime.now(UTC)
+        )
 
     async def grantee_exists(self, grantee: Grantee) -> bool:
         return True  # every grantee these tests name
@@ -175,11 +207,10 @@ async def harness(
     name = f"i{uuid.uuid4().hex[:10]}"
     store = ConsentStore(mongo, name)
     await store.ensure_indexes()
-    hasher = SubjectHasher(
-        VaultTransit(
-            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity"))
-        )
+    vault = VaultTransit(
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity"))
     )
+    hasher = SubjectHasher(vault)
     ledger = LedgerClient(
         consent_ledger, ServiceSettings(), token=TEST_TOKENS.source([LEDGER_APPEND])
     )
@@ -188,6 +219,9 @@ async def harness(
     directory = Directory()
     directory.organizations[patient_id] = "org-a"
     directory.patients[patient_user] = patient_id
+    directory.practitioners.update({"dr-a": "org-a", "dr-b": "org-b"})
+    directory.register_client("lab-app", "org-b", "TREAT", "HPAYMT", "HRESCH")
+    directory.register_client("er-app", "org-b", "TREAT", "ETREAT")
     clock = Clock()
     channel = TEST_TOKENS.channel(consent_ledger, [LEDGER_READ])
     rpcs, registry = wired(store, ledger, hasher, directory, clock)
@@ -198,6 +232,7 @@ async def harness(
         database=mongo[name],
         ledger=ledger_pb2_grpc.LedgerServiceStub(channel),
         hasher=hasher,
+        ledger_client=ledger,
         clock=clock,
         patient_id=patient_id,
         patient_user=patient_user,
@@ -244,6 +279,7 @@ def check_request(h: Harness, **overrides: Any) -> identity_pb2.CheckAccessReque
         "resource_type": "Observation",
         "action": identity_pb2.ACTION_READ,
         "purpose": TREAT,
+        "purposes": [TREAT, purpose_pb2.PURPOSE_OF_USE_HPAYMT, HRESCH],
     }
     fields.update(overrides)
     return identity_pb2.CheckAccessRequest(**fields)
@@ -450,10 +486,10 @@ async def test_patient_self(harness: Harness) -> None:
 async def test_break_glass_needs_a_reason(harness: Harness) -> None:
     h = harness
     with pytest.raises(InvalidArgument) as caught:
-        await check(h, purpose=ETREAT)
+        await check(h, **ER_APP, purpose=ETREAT)
     assert [v.field for v in caught.value.violations] == ["break_glass_reason"]
     with pytest.raises(InvalidArgument) as caught:
-        await check(h, purpose=TREAT, break_glass_reason="unconscious in ER")
+        await check(h, **ER_APP, purpose=TREAT, break_glass_reason="unconscious in ER")
     assert [v.field for v in caught.value.violations] == ["break_glass_reason"]
     assert await h.database["identity_break_glass"].count_documents({}) == 0
 
@@ -461,25 +497,27 @@ async def test_break_glass_needs_a_reason(harness: Harness) -> None:
 async def test_break_glass_permits_ledgers_and_is_audited(harness: Harness) -> None:
     h = harness
     reason = "patient unconscious in ER, allergy history needed"
-    decision = await check(h, purpose=ETREAT, break_glass_reason=reason)
+    decision = await check(h, **ER_APP, purpose=ETREAT, break_glass_reason=reason)
     assert (decision.decision, decision.reason, decision.break_glass) == (
         PERMIT,
         "BREAK_GLASS",
         True,
     )
-    records = (await h.registry.list_break_glass(patient_id=h.patient_id)).items
+    records = (await h.registry.list_break_glass(AUDITOR, patient_id=h.patient_id)).items
     assert len(records) == 1
     record = records[0]
-    assert (record.reason, record.principal_id, record.organization) == (reason, "lab-app", "org-b")
+    assert (record.reason, record.principal_id, record.organization) == (reason, "er-app", "org-b")
     assert abs(record.time - h.clock()) < timedelta(seconds=10)
     assert record.leaf_index is not None
-    by_organization = (await h.registry.list_break_glass(organization="org-b")).items
+    by_organization = (await h.registry.list_break_glass(AUDITOR, organization="org-b")).items
     assert record.record_id in {r.record_id for r in by_organization}
+    with pytest.raises(PermissionDenied):  # auditors only
+        await h.registry.list_break_glass(Actor("er-app", "org-b", "er-app", frozenset()))
 
     found = await ledger_entry(h, record.leaf_index)
     entry, data = found.entry, bytes(found.entry_bytes)
     assert entry.kind == ledger_pb2.EVENT_KIND_BREAK_GLASS
-    assert (entry.actor, entry.organization) == ("lab-app", "org-b")
+    assert (entry.actor, entry.organization) == ("er-app", "org-b")
     assert entry.subject == await h.hasher.subject(h.patient_id)
     assert entry.resource.type == "Observation"
     assert entry.purpose == ETREAT
@@ -490,22 +528,86 @@ async def test_break_glass_permits_ledgers_and_is_audited(harness: Harness) -> N
             assert word.encode() not in data
 
 
+async def test_break_glass_only_for_those_registered_for_it(harness: Harness) -> None:
+    """Practitioners, and clients registered for ETREAT, of the organisation in their token;
+    never a partner app whose token lacks ETREAT, nor one claiming it without registration."""
+    h = harness
+    reason = {"purpose": ETREAT, "break_glass_reason": "cardiac arrest"}
+    # The partner app of the finding: TREAT, HPAYMT and HRESCH only.
+    assert (await check(h, **reason)).reason == "PURPOSE_NOT_IN_TOKEN"
+    # A token saying ETREAT does not make a client registered without it one that may.
+    claimed = await check(h, **reason, purposes=[TREAT, ETREAT])
+    assert (claimed.decision, claimed.reason) == (DENY, "BREAK_GLASS_NOT_ALLOWED")
+    elsewhere = ER_APP | {"organization": "org-c"}  # its registration says org-b
+    assert (await check(h, **elsewhere, **reason)).reason == "BREAK_GLASS_NOT_ALLOWED"
+    practitioner = {
+        "principal_id": "dr-b",
+        "client_id": "",
+        "organization": "org-b",
+        "scopes": ["user/*.cruds"],
+        "purposes": [TREAT, ETREAT],
+    }
+    assert (await check(h, **practitioner, **reason)).reason == "BREAK_GLASS"
+    not_a_practitioner = practitioner | {"principal_id": "clerk-b"}
+    assert (await check(h, **not_a_practitioner, **reason)).reason == "BREAK_GLASS_NOT_ALLOWED"
+    records = (await h.registry.list_break_glass(AUDITOR, patient_id=h.patient_id)).items
+    assert [r.principal_id for r in records] == ["dr-b"]
+
+
+async def test_break_glass_only_for_a_patient_someone_holds(harness: Harness) -> None:
+    h = harness
+    reason = {"purpose": ETREAT, "break_glass_reason": "cardiac arrest"}
+    nobody = await check(h, **ER_APP, **reason, patient_id="pat-made-up")
+    assert (nobody.decision, nobody.reason) == (DENY, "PATIENT_NOT_FOUND")
+    # The record service knows the patients it holds, with or without a user account.
+    held = await check(
+        h, **ER_APP, **reason, patient_id="pat-made-up", patient_organization="org-a"
+    )
+    assert (held.decision, held.reason) == (PERMIT, "BREAK_GLASS")
+
+
+async def test_break_glass_is_rate_limited_per_principal(harness: Harness) -> None:
+    h = harness
+    rpcs, _ = wired(h.store, h.ledger_client, h.hasher, h.directory, h.clock, per_hour=2)
+    reason = {"purpose": ETREAT, "break_glass_reason": "mass casualty"}
+
+    async def break_glass(**who: Any) -> str:
+        with acting_as(RECORD_SERVICE):
+            return (await rpcs.CheckAccess(check_request(h, **who, **reason), None)).reason
+
+    assert [await break_glass(**ER_APP) for _ in range(3)] == [
+        "BREAK_GLASS",
+        "BREAK_GLASS",
+        "BREAK_GLASS_RATE_LIMITED",
+    ]
+    colleague = {
+        "principal_id": "dr-b",
+        "client_id": "",
+        "organization": "org-b",
+        "scopes": ["user/*.cruds"],
+        "purposes": [ETREAT],
+    }
+    assert await break_glass(**colleague) == "BREAK_GLASS"  # per principal
+    h.clock.offset = timedelta(hours=1, seconds=1)
+    assert await break_glass(**ER_APP) == "BREAK_GLASS"
+
+
 async def test_break_glass_is_refused_when_the_ledger_is_down(
     harness: Harness, dead_ledger: LedgerClient
 ) -> None:
     h = harness
     with acting_as(RECORD_SERVICE), pytest.raises(Unavailable):
         await h.with_ledger(dead_ledger).CheckAccess(
-            check_request(h, purpose=ETREAT, break_glass_reason="cardiac arrest"), None
+            check_request(h, **ER_APP, purpose=ETREAT, break_glass_reason="cardiac arrest"), None
         )
-    records = (await h.registry.list_break_glass(patient_id=h.patient_id)).items
+    records = (await h.registry.list_break_glass(AUDITOR, patient_id=h.patient_id)).items
     assert [r.leaf_index for r in records] == [None]  # attempted, never permitted
 
 
 async def test_consent_for_etreat_needs_no_break_glass(harness: Harness) -> None:
     h = harness
     await grant(h, purposes=[TREAT, ETREAT])
-    decision = await check(h, purpose=ETREAT)
+    decision = await check(h, **ER_APP, purpose=ETREAT)
     assert (decision.reason, decision.break_glass) == ("CONSENT_PERMITS", False)
 
 
@@ -701,6 +803,15 @@ async def test_check_access_is_asked_by_the_principal_or_a_trusted_service(
             {"principal_id": "someone-else", "client_id": "someone-else"},
             {"scopes": ["system/*.cruds"]},
             {"organization": "org-a"},
+            {"purposes": [TREAT, ETREAT]},
         ):
-            with pytest.raises(PermissionDenied):
+            with pytest.raises(PermissionDenied) as caught:
                 await h.rpcs.CheckAccess(check_request(h, **forged), None)
+            assert caught.value.reason == "CHECK_ACCESS_NOT_ALLOWED"
+        # The finding: org-b's app claiming org-b holds org-a's patient.
+        with pytest.raises(PermissionDenied) as caught:
+            await h.rpcs.CheckAccess(check_request(h, patient_organization="org-b"), None)
+        assert caught.value.reason == "PATIENT_ORGANIZATION_NOT_ALLOWED"
+    with acting_as(RECORD_SERVICE):  # the record service speaks for the record holder
+        moved = await h.rpcs.CheckAccess(check_request(h, patient_organization="org-b"), None)
+    assert (moved.decision, moved.reason) == (PERMIT, "SAME_ORGANIZATION")

@@ -84,6 +84,7 @@ def check(**overrides: Any) -> identity_pb2.CheckAccessRequest:
         "resource_type": "Observation",
         "action": identity_pb2.ACTION_READ,
         "purpose": purpose_pb2.PURPOSE_OF_USE_TREAT,
+        "purposes": [purpose_pb2.PURPOSE_OF_USE_TREAT],  # as its token says
     }
     fields.update(overrides)
     return identity_pb2.CheckAccessRequest(**fields)

@@ -531,21 +531,13 @@ def check_command(
             help="With --purpose ETREAT: ask for emergency access (ledgered as BREAK_GLASS).",
         ),
     ] = None,
-    patient_organization: Annotated[
-        str | None,
-        typer.Option(
-            "--patient-organization",
-            metavar="ORG",
-            help="The organisation holding the patient's record, if identity cannot know it.",
-        ),
-    ] = None,
     token: TokenOption = None,
     identity: IdentityOption = DEFAULT_IDENTITY,
     as_json: JsonOption = False,
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Ask identity whether YOUR token may do ACTION on a patient's data for a purpose
-    (CheckAccess with the token's own principal, organisation and scopes).
+    (CheckAccess with the token's own principal, organisation, scopes and purposes).
 
     Prints PERMIT or DENY with the reason and the consent that decided; exits 0 either way.
     """
@@ -560,6 +552,9 @@ def check_command(
             f"{action!r} is not one of {', '.join(ACTIONS)}", param_hint="--action"
         )
     scope = claims.get("scope", "")
+    # The token's own purposes: identity permits only a purpose among them.
+    listed = claims.get("purposes")
+    purposes = [p for p in listed if p in PURPOSES] if isinstance(listed, list) else []
     request = identity_pb2.CheckAccessRequest(
         principal_id=str(claims.get("sub", "")),
         organization=str(claims.get("org", "")),
@@ -570,7 +565,7 @@ def check_command(
         action=kind,
         purpose=purpose_value(purpose),
         break_glass_reason=break_glass_reason or "",
-        patient_organization=patient_organization or "",
+        purposes=[purpose_value(p) for p in purposes],
     )
 
     async def check(stub: Stub, metadata: Metadata) -> identity_pb2.CheckAccessResponse:

@@ -21,12 +21,23 @@ CHECK_ACCESS: Final = "medledger/check-access"
 WITNESS_ADD: Final = "witness.add"
 # Reading identity's directory (organisations, clients, users) without being an admin.
 IDENTITY_READ: Final = "identity.read"
+# Auditing identity: the break-glass accesses (who, when, on what; never why).
+AUDIT_READ: Final = "audit.read"
 # Scoring patients with the inference service's models (and reading the model cards);
 # the patient's data is then read under CheckAccess with the token's SMART scopes.
 INFERENCE_PREDICT: Final = "inference.predict"
 
 PLATFORM_SCOPES: Final = frozenset(
-    {ADMIN, LEDGER_APPEND, LEDGER_READ, CHECK_ACCESS, WITNESS_ADD, IDENTITY_READ, INFERENCE_PREDICT}
+    {
+        ADMIN,
+        LEDGER_APPEND,
+        LEDGER_READ,
+        CHECK_ACCESS,
+        WITNESS_ADD,
+        IDENTITY_READ,
+        INFERENCE_PREDICT,
+        AUDIT_READ,
+    }
 )
 
 # The services' own clients (client id -> scopes), registered by identity at start-up with

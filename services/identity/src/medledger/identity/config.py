@@ -48,6 +48,8 @@ class IdentityConfig(BaseSettings):
     totp_issuer: str = Field(default="medledger", pattern=r"^[^:]{1,64}$")
     # How long a verifier inside identity caches the JWKS before reading it again.
     jwks_cache_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Break-glass attempts one principal may make in any hour.
+    break_glass_per_hour: int = Field(default=10, ge=1, le=1000)
 
     # The operators' organisation: the bootstrap admin belongs to it, and identity acts for
     # it in the ledger (its own appends, key rotations by principals without one).

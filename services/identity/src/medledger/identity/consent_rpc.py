@@ -1,5 +1,5 @@
-"""The consent and CheckAccess RPCs of IdentityService, as the servicer delegates them (same
-names and signatures): messages to domain calls and back, nothing else.
+"""The consent, CheckAccess and break-glass audit RPCs of IdentityService, as the servicer
+delegates them (same names and signatures): messages to domain calls and back, nothing else.
 
 The consent workflow is :class:`~medledger.identity.domain.consent_registry.ConsentRegistry`,
 the access decision :class:`~medledger.identity.domain.access.AccessControl`; the caller is
@@ -27,6 +27,7 @@ from medledger.identity.domain.access import (
     AccessRequest,
     Action,
     Actor,
+    BreakGlassRecord,
     Decision,
     validate_access_request,
 )
@@ -74,6 +75,9 @@ GRANTOR_ROLES: Final[Mapping[GrantorRole, identity_pb2.GrantorRole.ValueType]] =
         GrantorRole.RECORD_HOLDER: identity_pb2.GRANTOR_ROLE_RECORD_HOLDER,
     }
 )
+ACTION_VALUES: Final[Mapping[Action, identity_pb2.Action.ValueType]] = MappingProxyType(
+    {action: identity_pb2.Action.ValueType(value) for value, action in ACTIONS.items()}
+)
 DECISIONS: Final[Mapping[Decision, identity_pb2.Decision.ValueType]] = MappingProxyType(
     {
         Decision.PERMIT: identity_pb2.DECISION_PERMIT,
@@ -87,7 +91,13 @@ DECISIONS: Final[Mapping[Decision, identity_pb2.Decision.ValueType]] = MappingPr
 
 def _caller() -> Actor:
     principal = authenticated_principal()
-    return Actor(principal.subject, principal.organization, principal.client_id, principal.scopes)
+    return Actor(
+        principal.subject,
+        principal.organization,
+        principal.client_id,
+        principal.scopes,
+        principal.purposes,
+    )
 
 
 def _purpose(value: int) -> Purpose | None:
@@ -157,9 +167,16 @@ def access_request(request: identity_pb2.CheckAccessRequest) -> AccessRequest:
     purpose = _purpose(request.purpose)
     if purpose is None:
         problems.append(FieldViolation("purpose", "must be a known purpose of use"))
+    purposes = [_purpose(p) for p in request.purposes]
+    if None in purposes:
+        problems.append(FieldViolation("purposes", "must be known purposes of use"))
     access = AccessRequest(
         actor=Actor(
-            request.principal_id, request.organization, request.client_id, frozenset(request.scopes)
+            request.principal_id,
+            request.organization,
+            request.client_id,
+            frozenset(request.scopes),
+            frozenset(p.value for p in purposes if p is not None),
         ),
         patient_id=request.patient_id,
         resource_type=request.resource_type,
@@ -225,6 +242,21 @@ def _receipt(data: Receipt) -> ledger_pb2.Receipt:
     return ledger_pb2.Receipt.FromString(data)
 
 
+def break_glass_message(record: BreakGlassRecord) -> identity_pb2.BreakGlassAccess:
+    """What the BREAK_GLASS entry records, opened: never the reason nor the patient."""
+    return identity_pb2.BreakGlassAccess(
+        access_id=record.record_id,
+        time=_timestamp(record.time),
+        principal_id=record.principal_id,
+        organization=record.organization,
+        client_id=record.client_id,
+        resource_type=record.resource_type,
+        action=ACTION_VALUES[record.action],
+        ledgered=record.leaf_index is not None,
+        leaf_index=record.leaf_index or 0,
+    )
+
+
 # --- the RPCs -------------------------------------------------------------------------------
 
 
@@ -278,4 +310,19 @@ class ConsentRpcs:
             reason=decision.reason.value,
             consent_id=decision.consent_id,
             break_glass=decision.break_glass,
+        )
+
+    async def ListBreakGlassAccesses(
+        self, request: identity_pb2.ListBreakGlassAccessesRequest, context: Context | None
+    ) -> identity_pb2.ListBreakGlassAccessesResponse:
+        found = await self._registry.list_break_glass(
+            _caller(),
+            patient_id=request.patient_id,
+            organization=request.organization,
+            requested_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return identity_pb2.ListBreakGlassAccessesResponse(
+            break_glass_accesses=[break_glass_message(r) for r in found.items],
+            next_page_token=found.next_page_token,
         )

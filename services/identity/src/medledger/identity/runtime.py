@@ -23,7 +23,7 @@ from medledger.identity.adapters.vault_signer import VaultTokenSigner
 from medledger.identity.bootstrap import Bootstrapper, BootstrapPlan, plan_from_config
 from medledger.identity.config import IdentityConfig, IdentitySettings
 from medledger.identity.consent_rpc import ConsentRpcs
-from medledger.identity.domain.access import AccessControl
+from medledger.identity.domain.access import AccessControl, BreakGlassPolicy
 from medledger.identity.domain.assertions import AssertionPolicy, AssertionVerifier
 from medledger.identity.domain.consent_registry import ConsentRegistry
 from medledger.identity.domain.directory import Directory
@@ -87,7 +87,13 @@ def identity_runtime(
     )
     directory = Directory(store, sealer, totp_issuer=config.totp_issuer)
     consent_store = ConsentStore(mongo, mongo_settings.mongodb_database)
-    access = AccessControl(consent_store, consent_store, events, store)
+    access = AccessControl(
+        consent_store,
+        consent_store,
+        events,
+        store,
+        break_glass=BreakGlassPolicy(limit=config.break_glass_per_hour),
+    )
     consents = ConsentRpcs(
         ConsentRegistry(consent_store, consent_store, events, store, access), access
     )

@@ -18,7 +18,7 @@ from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.common.errors import FieldViolation, InvalidArgument
 from medledger.common.interceptors import authenticated_principal
 from medledger.common.policy import PUBLIC, ResourceAccess, Scopes, ServiceAccess
-from medledger.common.scopes import ADMIN, CHECK_ACCESS, IDENTITY_READ
+from medledger.common.scopes import ADMIN, AUDIT_READ, CHECK_ACCESS, IDENTITY_READ
 from medledger.identity.consent_rpc import ConsentRpcs
 from medledger.identity.domain.directory import Directory, NewClient, NewUser
 from medledger.identity.domain.ports import Client, Organization, User
@@ -57,6 +57,8 @@ IDENTITY_ACCESS: Final = ServiceAccess(
         # A trusted service asks about anyone; a principal about itself, for resource
         # scopes its token holds (so without any, it could only ever be denied).
         _METHODS["CheckAccess"]: Scopes(CHECK_ACCESS) | ResourceAccess("*", ""),
+        # Auditors: who broke the glass, when, on what (never why: free text stays here).
+        _METHODS["ListBreakGlassAccesses"]: Scopes(ADMIN, AUDIT_READ),
     },
 )
 
@@ -283,3 +285,8 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.CheckAccessRequest, context: Context
     ) -> identity_pb2.CheckAccessResponse:
         return await self._consents.CheckAccess(request, context)
+
+    async def ListBreakGlassAccesses(
+        self, request: identity_pb2.ListBreakGlassAccessesRequest, context: Context
+    ) -> identity_pb2.ListBreakGlassAccessesResponse:
+        return await self._consents.ListBreakGlassAccesses(request, context)

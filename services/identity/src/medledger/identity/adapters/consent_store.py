@@ -199,6 +199,9 @@ class ConsentStore:
         await self._break_glass.create_index(
             [("organization", ASCENDING), ("_id", ASCENDING)], name="organization"
         )
+        await self._break_glass.create_index(
+            [("principal_id", ASCENDING), ("time", ASCENDING)], name="principal_time"
+        )
 
     # --- grants -----------------------------------------------------------------------------
 
@@ -316,6 +319,12 @@ class ConsentStore:
     @mongo_errors
     async def close_break_glass(self, record_id: str, leaf_index: int) -> None:
         await self._break_glass.update_one({"_id": record_id}, {"$set": {"leaf_index": leaf_index}})
+
+    @mongo_errors
+    async def count_break_glass(self, principal_id: str, since: datetime) -> int:
+        return await self._break_glass.count_documents(
+            {"principal_id": principal_id, "time": {"$gte": since}}
+        )
 
     @mongo_errors
     async def list_break_glass(

@@ -258,6 +258,15 @@ class IdentityStore:
         return str(doc["patient_id"]) if doc else None
 
     @mongo_errors
+    async def practitioner_organization(self, user_id: str) -> str | None:
+        """The organisation of a PRACTITIONER user who is not disabled, if ``user_id`` is one."""
+        doc = await self._users.find_one(
+            {"_id": user_id, "kind": "practitioner", "disabled": {"$ne": True}},
+            {"organization": 1},
+        )
+        return str(doc["organization"]) if doc else None
+
+    @mongo_errors
     async def grantee_exists(self, grantee: Grantee) -> bool:
         """Whether the organisation, client (disabled or not) or user exists."""
         collection = {

@@ -5,13 +5,23 @@ In order (SMART App Launch v2 scopes, then consent, then break-glass):
 1. The token's scopes must cover the resource type and the action, else ``SCOPE_MISSING``.
    ``patient/`` scopes count only for a patient acting on their own record; a patient's user
    account never gets more than that from its organisation.
-2. A patient acting on their own record: ``PATIENT_SELF``.
-3. A principal of the organisation that holds the patient's record: ``SAME_ORGANIZATION``.
-4. Anyone else needs a consent in force, granted to its organisation, its client or itself,
+2. The token's purposes must include the purpose asked for, else ``PURPOSE_NOT_IN_TOKEN``.
+3. A patient acting on their own record: ``PATIENT_SELF``.
+4. A principal of the organisation that holds the patient's record: ``SAME_ORGANIZATION``.
+5. Anyone else needs a consent in force, granted to its organisation, its client or itself,
    covering the data and the purpose: ``CONSENT_PERMITS``; a consent covering the data for
    other purposes only: ``PURPOSE_NOT_ALLOWED``; none: ``NO_CONSENT``.
-5. Denied under 4 with purpose ETREAT and a reason: break-glass, ``BREAK_GLASS``, permitted
+6. Denied under 5 with purpose ETREAT: break-glass (:class:`BreakGlassPolicy`). Only for
+   read, search and write; only for a practitioner user, or a client registered for ETREAT,
+   of the organisation its token names, else ``BREAK_GLASS_NOT_ALLOWED``; with a reason; for
+   a patient known to be held by an organisation, else ``PATIENT_NOT_FOUND``; at most so many
+   per principal an hour, else ``BREAK_GLASS_RATE_LIMITED``. Then ``BREAK_GLASS``, permitted
    only once the ledger holds the BREAK_GLASS entry; the reason stays in identity's audit.
+
+Which organisation holds a patient's record: the one the record service asserts with the
+request (``patient_organization``, honoured only from a caller holding the CheckAccess
+service scope, never from a principal asking about itself), else that of the patient's user
+account in identity; else none is known.
 
 :func:`check_access` is pure given the facts and consents it is handed; :class:`AccessControl`
 gathers them (at most one consent query per decision) and runs break-glass.
@@ -24,7 +34,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from urllib.parse import unquote
 
@@ -79,6 +89,8 @@ class Decision(StrEnum):
 
 class Reason(StrEnum):
     SCOPE_MISSING = "SCOPE_MISSING"
+    # The token does not carry the purpose asked for.
+    PURPOSE_NOT_IN_TOKEN = "PURPOSE_NOT_IN_TOKEN"  # noqa: S105 (a reason code)
     PATIENT_SELF = "PATIENT_SELF"
     SAME_ORGANIZATION = "SAME_ORGANIZATION"
     # No single patient is concerned (a search across patients): the scope decides, and the
@@ -88,8 +100,13 @@ class Reason(StrEnum):
     PURPOSE_NOT_ALLOWED = "PURPOSE_NOT_ALLOWED"
     NO_CONSENT = "NO_CONSENT"
     BREAK_GLASS = "BREAK_GLASS"
-    # Break-glass asked for an action it never covers, or by a patient's account.
+    # Break-glass asked for an action it never covers, or by a principal that may not: a
+    # patient's account, an admin, a client not registered for ETREAT.
     BREAK_GLASS_NOT_ALLOWED = "BREAK_GLASS_NOT_ALLOWED"
+    # Break-glass for a patient no organisation is known to hold.
+    PATIENT_NOT_FOUND = "PATIENT_NOT_FOUND"
+    # The principal has broken the glass too often lately.
+    BREAK_GLASS_RATE_LIMITED = "BREAK_GLASS_RATE_LIMITED"
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,8 @@ class Actor:
     organization: str
     client_id: str = ""
     scopes: frozenset[str] = frozenset()
+    # HL7 PurposeOfUse codes the token carries.
+    purposes: frozenset[str] = frozenset()
 
     @property
     def is_client(self) -> bool:
@@ -228,8 +247,11 @@ def scopes_grant(
 # --- the decision ---------------------------------------------------------------------------
 
 
-def decide_without_consents(request: AccessRequest, facts: AccessFacts) -> AccessDecision | None:
-    """Steps 1-3; None when only a consent (or break-glass) can decide."""
+def decide_without_consents(
+    request: AccessRequest, facts: AccessFacts, *, token_purpose: bool = True
+) -> AccessDecision | None:
+    """Steps 1-4 (step 2 only with ``token_purpose``); None when only a consent (or
+    break-glass) can decide."""
     actor = request.actor
     is_patient = facts.actor_patient_id is not None
     own_record = is_patient and facts.actor_patient_id == request.patient_id
@@ -243,6 +265,8 @@ def decide_without_consents(request: AccessRequest, facts: AccessFacts) -> Acces
         actor.scopes, request.resource_type, request.action, request.categories, contexts
     ):
         return deny(Reason.SCOPE_MISSING)
+    if token_purpose and request.purpose.value not in actor.purposes:
+        return deny(Reason.PURPOSE_NOT_IN_TOKEN)
     if not request.patient_id:
         return deny(Reason.SCOPE_MISSING) if is_patient else permit(Reason.SCOPE_PERMITS)
     if own_record:
@@ -255,7 +279,7 @@ def decide_without_consents(request: AccessRequest, facts: AccessFacts) -> Acces
 def decide_by_consents(
     request: AccessRequest, consents: Iterable[Consent], now: datetime
 ) -> AccessDecision:
-    """Step 4: the consents in force for this patient and grantee decide."""
+    """Step 5: the consents in force for this patient and grantee decide."""
     grantees = set(request.actor.grantee_keys())
     other_purposes: Consent | None = None
     for consent in sorted(consents, key=lambda c: c.consent_id):
@@ -277,7 +301,7 @@ def decide_by_consents(
 def check_access(
     request: AccessRequest, facts: AccessFacts, consents: Iterable[Consent], now: datetime
 ) -> AccessDecision:
-    """Steps 1-4, pure: the decision before any break-glass."""
+    """Steps 1-5, pure: the decision before any break-glass."""
     return decide_without_consents(request, facts) or decide_by_consents(request, consents, now)
 
 
@@ -349,6 +373,16 @@ class BreakGlassRecord:
 Clock = Callable[[], datetime]
 
 
+@dataclass(frozen=True)
+class BreakGlassPolicy:
+    """How often one principal may break the glass: ``limit`` attempts within ``window``
+    (refused attempts count: they were asked for). Counted in the audit store, so across
+    replicas; concurrent attempts may pass the limit by the few in flight."""
+
+    limit: int = 10
+    window: timedelta = timedelta(hours=1)
+
+
 class AccessControl:
     """Gathers the facts and consents for a decision, and runs break-glass."""
 
@@ -360,6 +394,7 @@ class AccessControl:
         parties: Parties,
         *,
         check_access_scope: str = CHECK_ACCESS,
+        break_glass: BreakGlassPolicy | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self._consents = consents
@@ -367,6 +402,7 @@ class AccessControl:
         self._events = events
         self._parties = parties
         self._check_access_scope = check_access_scope
+        self._break_glass_policy = break_glass or BreakGlassPolicy()
         self._clock = clock
 
     async def facts(self, actor: Actor, patient_id: str, patient_org: str) -> AccessFacts:
@@ -381,27 +417,52 @@ class AccessControl:
             actor_patient = await self._parties.patient_of_user(actor.subject)
         return AccessFacts(organization or None, actor_patient)
 
+    def trusted(self, caller: Actor) -> bool:
+        """A medledger service (record, inference) holding the CheckAccess scope: it has
+        verified the principal's token itself, and speaks for the record holder."""
+        return self._check_access_scope in caller.scopes
+
     def may_ask(self, caller: Actor, subject: Actor) -> bool:
-        """Whether ``caller`` may ask about ``subject``: a trusted service (record,
-        inference) holding the CheckAccess scope, or the principal itself with no more
-        scopes than its own token's."""
-        if self._check_access_scope in caller.scopes:
+        """Whether ``caller`` may ask about ``subject``: a trusted service, or the principal
+        itself with no more scopes and purposes than its own token's."""
+        if self.trusted(caller):
             return True
         return (
             caller.subject == subject.subject
             and caller.organization == subject.organization
             and caller.client_id == subject.client_id
             and subject.scopes <= caller.scopes
+            and subject.purposes <= caller.purposes
         )
 
     async def check_for(self, caller: Actor, request: AccessRequest) -> AccessDecision:
-        """:meth:`check`, asked by ``caller``."""
+        """:meth:`check`, asked by ``caller``. Only a trusted service may say which
+        organisation holds the patient's record: a principal's own claim would make it the
+        patient's organisation (SAME_ORGANIZATION) or conjure up a patient (break-glass)."""
         if not self.may_ask(caller, request.actor):
             raise PermissionDenied(
                 "only the principal itself or a trusted service may ask this",
                 reason="CHECK_ACCESS_NOT_ALLOWED",
             )
+        if request.patient_organization and not self.trusted(caller):
+            raise PermissionDenied(
+                "only the record service says which organization holds a patient's record",
+                reason="PATIENT_ORGANIZATION_NOT_ALLOWED",
+            )
         return await self.check(request)
+
+    async def may_break_glass(self, actor: Actor) -> bool:
+        """A practitioner user, or a client registered for ETREAT, of the organisation its
+        token names, as identity's directory has them now (a disabled one may not)."""
+        if actor.is_client:
+            client = await self._parties.client(actor.client_id)
+            return (
+                client is not None
+                and not client.disabled
+                and client.organization == actor.organization
+                and Purpose.ETREAT.value in client.allowed_purposes
+            )
+        return await self._parties.practitioner_organization(actor.subject) == actor.organization
 
     async def check(self, request: AccessRequest) -> AccessDecision:
         validate_access_request(request)
@@ -419,6 +480,8 @@ class AccessControl:
 
     async def _break_glass(self, request: AccessRequest, facts: AccessFacts) -> AccessDecision:
         refusal = break_glass_refusal(request, facts)
+        if refusal is None and not await self.may_break_glass(request.actor):
+            refusal = deny(Reason.BREAK_GLASS_NOT_ALLOWED)
         if refusal is not None:
             return refusal
         if not request.break_glass_reason:
@@ -430,8 +493,13 @@ class AccessControl:
                     )
                 ]
             )
+        if facts.patient_organization is None:
+            return deny(Reason.PATIENT_NOT_FOUND)
         now = to_millis(self._clock())
         actor = request.actor
+        policy = self._break_glass_policy
+        if await self._audit.count_break_glass(actor.subject, now - policy.window) >= policy.limit:
+            return deny(Reason.BREAK_GLASS_RATE_LIMITED)
         record = BreakGlassRecord(
             record_id=new_object_id(now),
             time=now,
@@ -456,9 +524,11 @@ def consent_management(
     actor: Actor, patient_id: str, facts: AccessFacts, action: Action
 ) -> AccessDecision:
     """Who may grant, revoke or read a patient's consents: the patient, or a principal of
-    the patient's organisation, with a scope covering ``Consent`` for ``action``."""
+    the patient's organisation, with a scope covering ``Consent`` for ``action`` (whatever
+    the purposes of its token: managing consents is no use of the data)."""
     request = AccessRequest(actor, patient_id, "Consent", action, Purpose.PATRQT)
-    return decide_without_consents(request, facts) or deny(Reason.NO_CONSENT)
+    decision = decide_without_consents(request, facts, token_purpose=False)
+    return decision or deny(Reason.NO_CONSENT)
 
 
 def grantee_may_read(actor: Actor, consent: Consent, action: Action) -> bool:

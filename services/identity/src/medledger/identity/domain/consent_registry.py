@@ -34,6 +34,7 @@ from medledger.common.errors import (
     PermissionDenied,
 )
 from medledger.common.paging import Listing, Page, page, page_size
+from medledger.common.scopes import ADMIN, AUDIT_READ
 from medledger.identity.domain.access import (
     AccessControl,
     AccessDecision,
@@ -49,6 +50,7 @@ from medledger.identity.domain.access import (
 )
 from medledger.identity.domain.consent import (
     FHIR_ID,
+    ORGANIZATION_ID,
     Consent,
     ConsentStatus,
     ConsentTerms,
@@ -70,6 +72,8 @@ from medledger.identity.domain.ports import (
     Receipt,
     StoredConsent,
 )
+
+AUDITOR_SCOPES = frozenset({ADMIN, AUDIT_READ})
 
 
 @dataclass(frozen=True)
@@ -329,17 +333,29 @@ class ConsentRegistry:
 
     async def list_break_glass(
         self,
+        actor: Actor,
         *,
         patient_id: str = "",
         organization: str = "",
         requested_size: int = 0,
         page_token: str = "",
     ) -> Page[BreakGlassRecord]:
-        """Break-glass accesses (reason, time, principal) of a patient and/or by an
-        organisation, oldest first, for auditors; a record with no ``leaf_index`` was
-        refused because the ledger did not answer. Not an RPC yet: callers authorise."""
+        """Break-glass accesses of a patient and/or by an organisation, oldest first, for
+        auditors (``admin`` or ``audit.read``); a record with no ``leaf_index`` was refused
+        because the ledger did not answer. Records hold the reason: what leaves identity
+        is the caller's choice (ListBreakGlassAccesses sends no reason, no patient)."""
+        if AUDITOR_SCOPES.isdisjoint(actor.scopes):
+            raise PermissionDenied(
+                "break-glass accesses are for auditors (admin or audit.read)",
+                reason="AUDIT_SCOPE_REQUIRED",
+            )
+        problems: list[FieldViolation] = []
         if patient_id and not FHIR_ID.fullmatch(patient_id):
-            raise InvalidArgument([FieldViolation("patient_id", f"must match {FHIR_ID.pattern}")])
+            problems.append(FieldViolation("patient_id", f"must match {FHIR_ID.pattern}"))
+        if organization and not ORGANIZATION_ID.fullmatch(organization):
+            problems.append(FieldViolation("organization", f"must match {ORGANIZATION_ID.pattern}"))
+        if problems:
+            raise InvalidArgument(problems)
         listing = Listing("identity.ListBreakGlass", (patient_id, organization))
         size = page_size(requested_size)
         found = await self._audit.list_break_glass(

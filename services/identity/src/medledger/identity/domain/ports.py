@@ -167,6 +167,12 @@ class Parties(Protocol):
     async def patient_of_user(self, user_id: str) -> str | None:
         """The Patient id of a PATIENT user; None for anyone else."""
 
+    async def practitioner_organization(self, user_id: str) -> str | None:
+        """The organisation of a PRACTITIONER user who is not disabled; None for anyone
+        else."""
+
+    async def client(self, client_id: str) -> Client | None: ...
+
     async def grantee_exists(self, grantee: Grantee) -> bool:
         """Whether the organisation, client or user a consent would name exists."""
 
@@ -237,6 +243,9 @@ class BreakGlassAudit(Protocol):
     async def open_break_glass(self, record: BreakGlassRecord) -> None: ...
 
     async def close_break_glass(self, record_id: str, leaf_index: int) -> None: ...
+
+    async def count_break_glass(self, principal_id: str, since: datetime) -> int:
+        """Attempts by ``principal_id`` at or after ``since``, refused ones included."""
 
     async def list_break_glass(
         self, *, patient_id: str, organization: str, after: str, limit: int

@@ -1260,6 +1260,7 @@ class CheckAccessRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _builtins.int
     BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
     PATIENT_ORGANIZATION_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
     principal_id: _builtins.str
     """Token subject: a client id or a user id."""
     organization: _builtins.str
@@ -1277,14 +1278,24 @@ class CheckAccessRequest(_message.Message):
     break_glass_reason: _builtins.str
     """Set, with purpose ETREAT, to ask for break-glass access when no consent permits it.
     Kept in identity's audit store only; never ledgered (no free text in the ledger).
+    Break-glass is for practitioner users and clients registered for ETREAT, for a patient
+    some organization is known to hold, a few times an hour per principal.
     """
     patient_organization: _builtins.str
-    """Organization that holds the patient's record (the record service knows it). Empty: the
-    organization of the patient's user account in identity, if there is one.
+    """Organization that holds the patient's record, as the record service asserts it (a
+    caller holding medledger/check-access); a principal asking about itself may not set it
+    (PERMISSION_DENIED, PATIENT_ORGANIZATION_NOT_ALLOWED). Empty: the organization of the
+    patient's user account in identity, if there is one.
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes granted in the token."""
+
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedScalarFieldContainer[_purpose_pb2.PurposeOfUse.ValueType]:
+        """Purposes of use in the token (its "purposes" claim); the purpose asked for must be one
+        of them (else DENY, PURPOSE_NOT_IN_TOKEN).
+        """
 
     def __init__(
         self,
@@ -1299,10 +1310,11 @@ class CheckAccessRequest(_message.Message):
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
         break_glass_reason: _builtins.str = ...,
         patient_organization: _builtins.str = ...,
+        purposes: _abc.Iterable[_purpose_pb2.PurposeOfUse.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "break_glass_reason", b"break_glass_reason", "client_id", b"client_id", "organization", b"organization", "patient_id", b"patient_id", "patient_organization", b"patient_organization", "principal_id", b"principal_id", "purpose", b"purpose", "resource_type", b"resource_type", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "break_glass_reason", b"break_glass_reason", "client_id", b"client_id", "organization", b"organization", "patient_id", b"patient_id", "patient_organization", b"patient_organization", "principal_id", b"principal_id", "purpose", b"purpose", "purposes", b"purposes", "resource_type", b"resource_type", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1340,3 +1352,107 @@ class CheckAccessResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckAccessResponse: _TypeAlias = CheckAccessResponse  # noqa: Y015
+
+@_typing.final
+class BreakGlassAccess(_message.Message):
+    """BreakGlassAccess is one break-glass access, as its BREAK_GLASS ledger entry records it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    RESOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    LEDGERED_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    access_id: _builtins.str
+    """Identity's id of the access."""
+    principal_id: _builtins.str
+    """The principal that broke the glass, its organization and client."""
+    organization: _builtins.str
+    client_id: _builtins.str
+    resource_type: _builtins.str
+    """FHIR resource type and action it was permitted for."""
+    action: Global___Action.ValueType
+    ledgered: _builtins.bool
+    """False when the ledger did not answer: the access was refused."""
+    leaf_index: _builtins.int
+    """Leaf index of the BREAK_GLASS entry, when ledgered."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        access_id: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        principal_id: _builtins.str = ...,
+        organization: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        resource_type: _builtins.str = ...,
+        action: Global___Action.ValueType = ...,
+        ledgered: _builtins.bool = ...,
+        leaf_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_id", b"access_id", "action", b"action", "client_id", b"client_id", "leaf_index", b"leaf_index", "ledgered", b"ledgered", "organization", b"organization", "principal_id", b"principal_id", "resource_type", b"resource_type", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakGlassAccess: _TypeAlias = BreakGlassAccess  # noqa: Y015
+
+@_typing.final
+class ListBreakGlassAccessesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    patient_id: _builtins.str
+    """Only accesses to this patient's data; empty for any."""
+    organization: _builtins.str
+    """Only accesses by principals of this organization; empty for any."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        patient_id: _builtins.str = ...,
+        organization: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "page_size", b"page_size", "page_token", b"page_token", "patient_id", b"patient_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBreakGlassAccessesRequest: _TypeAlias = ListBreakGlassAccessesRequest  # noqa: Y015
+
+@_typing.final
+class ListBreakGlassAccessesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREAK_GLASS_ACCESSES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def break_glass_accesses(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakGlassAccess]: ...
+    def __init__(
+        self,
+        *,
+        break_glass_accesses: _abc.Iterable[Global___BreakGlassAccess] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_accesses", b"break_glass_accesses", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBreakGlassAccessesResponse: _TypeAlias = ListBreakGlassAccessesResponse  # noqa: Y015

@@ -121,6 +121,11 @@ class IdentityServiceStub:
                 request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CheckAccessRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CheckAccessResponse.FromString,
                 _registered_method=True)
+        self.ListBreakGlassAccesses = channel.unary_unary(
+                '/medledger.api.identity.v1.IdentityService/ListBreakGlassAccesses',
+                request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -245,8 +250,18 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckAccess(self, request, context):
-        """CheckAccess decides whether a principal may act on a patient's data: scopes, then
-        consent and purpose, then break-glass. Called by record and inference.
+        """CheckAccess decides whether a principal may act on a patient's data: scopes, the
+        token's purposes, then consent and purpose, then break-glass. Called by record and
+        inference (holding medledger/check-access), or by a principal about itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBreakGlassAccesses(self, request, context):
+        """ListBreakGlassAccesses lists break-glass accesses, oldest first, for auditors (admin or
+        audit.read): what each one's BREAK_GLASS ledger entry records, with its leaf. Never the
+        stated reason (free text, kept in identity's audit store) nor the patient's id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -339,6 +354,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.CheckAccess,
                     request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CheckAccessRequest.FromString,
                     response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CheckAccessResponse.SerializeToString,
+            ),
+            'ListBreakGlassAccesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBreakGlassAccesses,
+                    request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -802,6 +822,33 @@ class IdentityService:
             '/medledger.api.identity.v1.IdentityService/CheckAccess',
             medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CheckAccessRequest.SerializeToString,
             medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CheckAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBreakGlassAccesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.identity.v1.IdentityService/ListBreakGlassAccesses',
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesRequest.SerializeToString,
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,8 +76,14 @@ class IdentityServiceStub:
     ListConsents: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListConsentsRequest, _identity_pb2.ListConsentsResponse]
     """ListConsents lists consents, filtered by patient and/or grantee."""
     CheckAccess: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CheckAccessRequest, _identity_pb2.CheckAccessResponse]
-    """CheckAccess decides whether a principal may act on a patient's data: scopes, then
-    consent and purpose, then break-glass. Called by record and inference.
+    """CheckAccess decides whether a principal may act on a patient's data: scopes, the
+    token's purposes, then consent and purpose, then break-glass. Called by record and
+    inference (holding medledger/check-access), or by a principal about itself.
+    """
+    ListBreakGlassAccesses: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListBreakGlassAccessesRequest, _identity_pb2.ListBreakGlassAccessesResponse]
+    """ListBreakGlassAccesses lists break-glass accesses, oldest first, for auditors (admin or
+    audit.read): what each one's BREAK_GLASS ledger entry records, with its leaf. Never the
+    stated reason (free text, kept in identity's audit store) nor the patient's id.
     """
 
 @_typing.type_check_only
@@ -128,8 +134,14 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     ListConsents: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListConsentsRequest, _identity_pb2.ListConsentsResponse]  # type: ignore[assignment]
     """ListConsents lists consents, filtered by patient and/or grantee."""
     CheckAccess: _aio.UnaryUnaryMultiCallable[_identity_pb2.CheckAccessRequest, _identity_pb2.CheckAccessResponse]  # type: ignore[assignment]
-    """CheckAccess decides whether a principal may act on a patient's data: scopes, then
-    consent and purpose, then break-glass. Called by record and inference.
+    """CheckAccess decides whether a principal may act on a patient's data: scopes, the
+    token's purposes, then consent and purpose, then break-glass. Called by record and
+    inference (holding medledger/check-access), or by a principal about itself.
+    """
+    ListBreakGlassAccesses: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListBreakGlassAccessesRequest, _identity_pb2.ListBreakGlassAccessesResponse]  # type: ignore[assignment]
+    """ListBreakGlassAccesses lists break-glass accesses, oldest first, for auditors (admin or
+    audit.read): what each one's BREAK_GLASS ledger entry records, with its leaf. Never the
+    stated reason (free text, kept in identity's audit store) nor the patient's id.
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -279,8 +291,20 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.CheckAccessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.CheckAccessResponse, _abc.Awaitable[_identity_pb2.CheckAccessResponse]]:
-        """CheckAccess decides whether a principal may act on a patient's data: scopes, then
-        consent and purpose, then break-glass. Called by record and inference.
+        """CheckAccess decides whether a principal may act on a patient's data: scopes, the
+        token's purposes, then consent and purpose, then break-glass. Called by record and
+        inference (holding medledger/check-access), or by a principal about itself.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBreakGlassAccesses(
+        self,
+        request: _identity_pb2.ListBreakGlassAccessesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ListBreakGlassAccessesResponse, _abc.Awaitable[_identity_pb2.ListBreakGlassAccessesResponse]]:
+        """ListBreakGlassAccesses lists break-glass accesses, oldest first, for auditors (admin or
+        audit.read): what each one's BREAK_GLASS ledger entry records, with its leaf. Never the
+        stated reason (free text, kept in identity's audit store) nor the patient's id.
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
