@@ -1,20 +1,31 @@
 """Security review, issue 11, through the whole identity server (real MongoDB, OpenBao and
 ledger; tokens identity issued): break-glass only for those registered for it, for a patient
 some organisation holds, rate-limited, ledgered and listed for auditors; the organisation
-holding a patient's record said only by the record service."""
+holding a patient's record said only by the record service; ledger entries about one patient
+that a partner cannot link."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
+from pymongo import AsyncMongoClient
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2
-from medledger.api.ledger.v1 import ledger_pb2
+from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.blinding import opens
+from medledger.common.config import ServiceSettings, VaultSettings
+from medledger.common.ledger_client import LedgerClient
+from medledger.common.patient_log import PatientLog
+from medledger.common.patient_log_mongo import MongoPatientLeafStore
 from medledger.common.scopes import AUDIT_READ, CHECK_ACCESS, LEDGER_READ
+from medledger.common.subject import SubjectHasher
+from medledger.common.vault import VaultTransit
+from medledger.testkit.tokens import authed_channel
 
 TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
 ETREAT = purpose_pb2.PURPOSE_OF_USE_ETREAT
@@ -257,3 +268,158 @@ async def test_only_the_record_service_says_who_holds_a_record(world: tuple[Any,
     assert (said.decision, said.reason) == (DENY, "NO_CONSENT")
     moved = await check(as_b_app(patient_organization="hospital-b"), metadata=w.record)
     assert (moved.decision, moved.reason) == (PERMIT, "SAME_ORGANIZATION")
+
+
+# --- what the ledger tells a partner --------------------------------------------------------
+
+
+@pytest.fixture
+async def patient_log(
+    world: tuple[Any, World], vault_server: Any, mongo_server: Any
+) -> AsyncIterator[PatientLog]:
+    """identity's patient log, read as identity reads it (its database, its Vault token)."""
+    identity, _ = world
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.uri, tz_aware=True)
+    vault = VaultTransit(
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("identity"))
+    )
+    ledger = LedgerClient(f"127.0.0.1:{identity.ledger_port}", ServiceSettings())
+    yield PatientLog(
+        ledger,
+        SubjectHasher(vault),
+        MongoPatientLeafStore(mongo, identity.database, "identity"),
+        vault,
+        identity.config.secrets_key,
+    )
+    await ledger.aclose()
+    await mongo.close()
+
+
+async def all_entries(stub: Any) -> list[ledger_pb2.IndexedEntry]:
+    entries: list[ledger_pb2.IndexedEntry] = []
+    token = ""
+    while True:
+        page = await stub.ListEntries(ledger_pb2.ListEntriesRequest(page_token=token))
+        entries.extend(page.entries)
+        token = page.next_page_token
+        if not token:
+            return entries
+
+
+async def test_a_partner_cannot_link_entries_about_a_patient(
+    world: tuple[Any, World], patient_log: PatientLog
+) -> None:
+    """hospital-b-app, a grantee, learns a consent and the CONSENT_GRANTED entry about the
+    patient. With ledger.read, it still finds no other entry about the patient."""
+    identity, w = world
+    stub = identity.stub
+    granted = await stub.GrantConsent(
+        identity_pb2.GrantConsentRequest(
+            patient_id=PATIENT_ID,
+            grantee=identity_pb2.Grantee(organization="hospital-b"),
+            resource_types=["Observation"],
+            purposes=[TREAT],
+        ),
+        metadata=w.patient,
+    )
+    consent_id = granted.consent.consent_id
+    await stub.CheckAccess(as_er_app(**BREAK_GLASS), metadata=w.er_app)
+    entered = await stub.GrantConsent(
+        identity_pb2.GrantConsentRequest(
+            patient_id=PATIENT_ID,
+            grantee=identity_pb2.Grantee(organization="hospital-b"),
+            resource_types=["Condition"],
+            purposes=[TREAT],
+            proxy_relationship="GUARD",
+        ),
+        metadata=w.a_app,
+    )
+    await stub.RevokeConsent(
+        identity_pb2.RevokeConsentRequest(consent_id=consent_id), metadata=w.patient
+    )
+    await stub.GrantConsent(  # another patient's, to be told apart from
+        identity_pb2.GrantConsentRequest(
+            patient_id=OTHER_PATIENT_ID,
+            grantee=identity_pb2.Grantee(organization="hospital-b"),
+            resource_types=["Observation"],
+            purposes=[TREAT],
+        ),
+        metadata=w.other_patient,
+    )
+
+    # What the partner knows: the consent (it is the grantee) and so its GRANTED entry.
+    known_consent = await stub.GetConsent(
+        identity_pb2.GetConsentRequest(consent_id=consent_id), metadata=w.b_app
+    )
+    knowledge = [
+        consent_id.encode(),
+        known_consent.consent.granted_by.encode(),
+        PATIENT_ID.encode(),
+    ]
+    async with authed_channel(f"127.0.0.1:{identity.ledger_port}", w.b_token) as channel:
+        entries = await all_entries(ledger_pb2_grpc.LedgerServiceStub(channel))
+    by_index = {e.leaf_index: e for e in entries}
+    known = by_index[granted.receipt.leaf_index].entry
+    others = [e for e in entries if e.leaf_index != granted.receipt.leaf_index]
+    about_patient = {leaf.leaf_index for leaf in (await patient_log.leaves(PATIENT_ID)).items}
+    assert len(about_patient) == 4  # granted, break-glass, entered, revoked
+    assert {granted.receipt.leaf_index, entered.receipt.leaf_index} <= about_patient
+
+    # Every value of the known entry that could name the patient, none shared.
+    for other in others:
+        entry = other.entry
+        assert entry.subject != known.subject
+        assert not known.resource.id or entry.resource.id != known.resource.id
+        assert not known.content_commitment or entry.content_commitment != known.content_commitment
+        assert entry.actor != known.actor
+        assert not known.trace_id or entry.trace_id != known.trace_id
+    for entry in entries:
+        for secret in knowledge:
+            assert secret not in entry.entry_bytes
+
+    # identity, which owns the patient's index, proves each of them is theirs, and only those.
+    leaves = (await patient_log.leaves(PATIENT_ID)).items
+    for leaf in leaves:
+        assert leaf.leaf_index is not None
+        assert opens(by_index[leaf.leaf_index].entry, leaf.opening)
+        for other in others:
+            if other.leaf_index not in about_patient:
+                assert not opens(other.entry, leaf.opening)
+    revoked = next(leaf for leaf in leaves if leaf.kind == ledger_pb2.EVENT_KIND_CONSENT_REVOKED)
+    assert (revoked.opening.resource_id, revoked.opening.patient_actor) == (
+        consent_id,
+        w.patient_user,
+    )
+
+    # Erasure: the index and its salts are gone; the entries stay, linked to no one.
+    assert await patient_log.erase(PATIENT_ID) == 4
+    assert (await patient_log.leaves(PATIENT_ID)).items == ()
+    assert len((await patient_log.leaves(OTHER_PATIENT_ID)).items) == 1
+
+
+async def test_leaf_index_is_sealed(world: tuple[Any, World], mongo_server: Any) -> None:
+    """What identity's database keeps of a patient's entries names neither the patient nor
+    the consent: rows are sealed under the patient's data key, wrapped by Vault."""
+    identity, w = world
+    granted = await identity.stub.GrantConsent(
+        identity_pb2.GrantConsentRequest(
+            patient_id=PATIENT_ID,
+            grantee=identity_pb2.Grantee(organization="hospital-b"),
+            resource_types=["Observation"],
+            purposes=[TREAT],
+        ),
+        metadata=w.patient,
+    )
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.uri)
+    try:
+        database = mongo[identity.database]
+        rows = [row async for row in database["identity_patient_leaves"].find()]
+        keys = [key async for key in database["identity_patient_keys"].find()]
+    finally:
+        await mongo.close()
+    assert len(rows) == 1
+    assert len(keys) == 1
+    assert keys[0]["wrapped_key"].startswith("vault:")
+    stored = repr(rows + keys).encode()
+    for secret in (PATIENT_ID, granted.consent.consent_id, w.patient_user):
+        assert secret.encode() not in stored

@@ -23,6 +23,7 @@ from pymongo import AsyncMongoClient
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.blinding import opens
 from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
 from medledger.common.errors import (
     FailedPrecondition,
@@ -33,6 +34,8 @@ from medledger.common.errors import (
 )
 from medledger.common.interceptors import Principal, current_principal
 from medledger.common.ledger_client import LedgerClient
+from medledger.common.patient_log import PatientLog
+from medledger.common.patient_log_mongo import MongoPatientLeafStore
 from medledger.common.scopes import AUDIT_READ, LEDGER_APPEND, LEDGER_READ
 from medledger.common.server import ServiceServer
 from medledger.common.subject import SubjectHasher
@@ -97,6 +100,9 @@ class Harness:
     database: Any
     ledger: ledger_pb2_grpc.LedgerServiceAsyncStub
     hasher: SubjectHasher
+    leaves: MongoPatientLeafStore
+    vault: VaultTransit
+    patients: PatientLog  # identity's patient log, as wired
     ledger_client: LedgerClient
     clock: Clock
     patient_id: str
@@ -108,20 +114,24 @@ class Harness:
         return Principal(self.patient_user, "org-a", "", frozenset({"patient/*.cruds"}))
 
     def with_ledger(self, ledger: LedgerClient) -> ConsentRpcs:
-        return wired(self.store, ledger, self.hasher, self.directory, self.clock)[0]
+        return wired(self.store, ledger, self.patient_log(ledger), self.directory, self.clock)[0]
+
+    def patient_log(self, ledger: LedgerClient) -> PatientLog:
+        """As identity keeps its patients' leaf indexes."""
+        return PatientLog(ledger, self.hasher, self.leaves, self.vault, "identity-secrets")
 
 
 def wired(
     store: ConsentStore,
     ledger: LedgerClient,
-    hasher: SubjectHasher,
+    patients: PatientLog,
     directory: Directory,
     clock: Clock,
     *,
     per_hour: int = 10,
 ) -> tuple[ConsentRpcs, ConsentRegistry]:
     """Wired as identity's runtime wires them, with ``directory`` for identity's users."""
-    events = LedgerEvents(ledger, hasher)
+    events = LedgerEvents(ledger, patients)
     access = AccessControl(
         store, store, events, directory, break_glass=BreakGlassPolicy(per_hour), clock=clock
     )
@@ -224,7 +234,9 @@ async def harness(
     directory.register_client("er-app", "org-b", "TREAT", "ETREAT")
     clock = Clock()
     channel = TEST_TOKENS.channel(consent_ledger, [LEDGER_READ])
-    rpcs, registry = wired(store, ledger, hasher, directory, clock)
+    leaves = MongoPatientLeafStore(mongo, name, "identity")
+    patients = PatientLog(ledger, hasher, leaves, vault, "identity-secrets")
+    rpcs, registry = wired(store, ledger, patients, directory, clock)
     harness = Harness(
         rpcs=rpcs,
         registry=registry,
@@ -232,6 +244,9 @@ async def harness(
         database=mongo[name],
         ledger=ledger_pb2_grpc.LedgerServiceStub(channel),
         hasher=hasher,
+        leaves=leaves,
+        vault=vault,
+        patients=patients,
         ledger_client=ledger,
         clock=clock,
         patient_id=patient_id,
@@ -329,11 +344,24 @@ async def test_grant_permits_and_is_ledgered_without_phi(harness: Harness) -> No
     data = await verify_receipt(h, response.receipt)
     entry = (await ledger_entry(h, response.receipt.leaf_index)).entry
     assert entry.kind == ledger_pb2.EVENT_KIND_CONSENT_GRANTED
-    assert entry.subject == await h.hasher.subject(h.patient_id)
-    assert (entry.resource.type, entry.resource.id) == ("Consent", consent.consent_id)
-    assert (entry.actor, entry.organization) == (h.patient_user, "org-a")
+    # Blinded: neither the patient's pseudonym, nor the consent id, nor the patient's user.
+    assert len(entry.subject) == 32
+    assert entry.subject != await h.hasher.subject(h.patient_id)
+    assert entry.resource.type == "Consent"
+    assert consent.consent_id.encode() not in data
+    assert entry.actor.startswith("patient:")
+    assert h.patient_user.encode() not in data
+    assert entry.organization == "org-a"
     assert len(entry.content_commitment) == 32
     assert h.patient_id.encode() not in data
+    # identity, owning the patient's leaf index, proves the entry is theirs.
+    (leaf,) = (await h.patients.leaves(h.patient_id)).items
+    assert (leaf.leaf_index, leaf.leaf_hash) == (response.receipt.leaf_index, leaf_hash(data))
+    assert opens(entry, leaf.opening)
+    assert (leaf.opening.resource_id, leaf.opening.patient_actor) == (
+        consent.consent_id,
+        h.patient_user,
+    )
 
     decision = await check(h)
     assert (decision.decision, decision.reason, decision.consent_id) == (
@@ -518,7 +546,8 @@ async def test_break_glass_permits_ledgers_and_is_audited(harness: Harness) -> N
     entry, data = found.entry, bytes(found.entry_bytes)
     assert entry.kind == ledger_pb2.EVENT_KIND_BREAK_GLASS
     assert (entry.actor, entry.organization) == ("er-app", "org-b")
-    assert entry.subject == await h.hasher.subject(h.patient_id)
+    assert entry.subject != await h.hasher.subject(h.patient_id)
+    assert record.record_id.encode() not in data
     assert entry.resource.type == "Observation"
     assert entry.purpose == ETREAT
     assert entry.content_commitment == record.commitment()
@@ -526,6 +555,9 @@ async def test_break_glass_permits_ledgers_and_is_audited(harness: Harness) -> N
     for word in reason.split():
         if len(word) > 3:
             assert word.encode() not in data
+    (leaf,) = (await h.patients.leaves(h.patient_id)).items
+    assert leaf.leaf_index == record.leaf_index
+    assert opens(entry, leaf.opening)
 
 
 async def test_break_glass_only_for_those_registered_for_it(harness: Harness) -> None:
@@ -568,7 +600,7 @@ async def test_break_glass_only_for_a_patient_someone_holds(harness: Harness) ->
 
 async def test_break_glass_is_rate_limited_per_principal(harness: Harness) -> None:
     h = harness
-    rpcs, _ = wired(h.store, h.ledger_client, h.hasher, h.directory, h.clock, per_hour=2)
+    rpcs, _ = wired(h.store, h.ledger_client, h.patients, h.directory, h.clock, per_hour=2)
     reason = {"purpose": ETREAT, "break_glass_reason": "mass casualty"}
 
     async def break_glass(**who: Any) -> str:

@@ -114,9 +114,10 @@ async def test_the_grantor_is_the_caller(
     assert entered.consent.granted_by == "hospital-a-app"
     assert entered.consent.grantor_role == identity_pb2.GRANTOR_ROLE_RECORD_HOLDER
     assert entered.consent.proxy_relationship == "GUARD"
-    *_, entry = await identity.ledger_entry(
-        ledger_stub, ledger_pb2.EVENT_KIND_CONSENT_GRANTED, entered.consent.consent_id
+    entry = await ledger_stub.GetEntry(
+        ledger_pb2.GetEntryRequest(leaf_index=entered.receipt.leaf_index)
     )
+    assert entry.entry.kind == ledger_pb2.EVENT_KIND_CONSENT_GRANTED
     assert (entry.entry.actor, entry.entry.organization) == ("hospital-a-app", "hospital-a")
     again = await identity.stub.GetConsent(
         identity_pb2.GetConsentRequest(consent_id=entered.consent.consent_id),
@@ -131,6 +132,10 @@ async def test_the_grantor_is_the_caller(
         )
         assert own.consent.granted_by == hospitals.patient_user
         assert own.consent.grantor_role == identity_pb2.GRANTOR_ROLE_PATIENT
+        entry = await ledger_stub.GetEntry(
+            ledger_pb2.GetEntryRequest(leaf_index=own.receipt.leaf_index)
+        )
+        assert entry.entry.actor.startswith("patient:")  # the patient's account, blinded
     code, reason = await refused(
         identity,
         identity.stub.GrantConsent(grant(proxy_relationship="GUARD"), metadata=hospitals.patient),

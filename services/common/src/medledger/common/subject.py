@@ -1,7 +1,7 @@
-"""The ledger's pseudonym for a patient: HMAC-SHA-256 of the patient id under a key kept
-in Vault (one per deployment). The ledger never sees a patient id; without the key the
-pseudonym cannot be linked back, and auditors holding a patient's id can be given the
-pseudonym to find that patient's entries."""
+"""A patient's pseudonym: HMAC-SHA-256 of the patient id under a key kept in Vault (one per
+deployment). The ledger never sees a patient id nor this pseudonym: each entry about the
+patient carries it blinded with the entry's own salt (:mod:`medledger.common.blinding`), and
+the pseudonym with that salt proves the entry is the patient's."""
 
 from __future__ import annotations
 

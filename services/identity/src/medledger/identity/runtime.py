@@ -10,6 +10,8 @@ from medledger.common.auth import JwksTokenVerifier
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.ledger_client import LedgerClient
 from medledger.common.mongo import create_mongo_client
+from medledger.common.patient_log import PatientLog
+from medledger.common.patient_log_mongo import MongoPatientLeafStore
 from medledger.common.service import Servicer, ServiceRuntime
 from medledger.common.service_tokens import client_jwks
 from medledger.common.subject import SubjectHasher
@@ -62,7 +64,10 @@ def identity_runtime(
         settings,
         token=lambda: tokens.service_token(),  # noqa: PLW0108 (tokens is assigned below)
     )
-    events = LedgerEvents(ledger, SubjectHasher(vault))
+    # Patients' leaf indexes are sealed under data keys wrapped by identity's own AES key.
+    leaf_store = MongoPatientLeafStore(mongo, mongo_settings.mongodb_database, "identity")
+    patients = PatientLog(ledger, SubjectHasher(vault), leaf_store, vault, config.secrets_key)
+    events = LedgerEvents(ledger, patients)
     tokens = TokenService(
         store,
         signer,
@@ -125,7 +130,12 @@ def identity_runtime(
         ],
         mongo=mongo,
         vault=vault,
-        startup=[store.ensure_indexes, consent_store.ensure_indexes, bootstrapper.start],
+        startup=[
+            store.ensure_indexes,
+            consent_store.ensure_indexes,
+            leaf_store.ensure_indexes,
+            bootstrapper.start,
+        ],
         shutdown=[bootstrapper.stop, ledger.aclose],
         verifier=verifier,
         bootstrapper=bootstrapper,

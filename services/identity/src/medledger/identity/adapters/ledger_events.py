@@ -1,5 +1,10 @@
-"""identity's ledger entries (the ``IdentityEvents`` port): ids, the patient's keyed pseudonym
-and salted commitments only, never PHI.
+"""identity's ledger entries (the ``IdentityEvents`` port): ids and salted commitments only,
+never PHI.
+
+Entries about a patient (consent granted and revoked, break-glass) go through the patient
+log (:mod:`medledger.common.patient_log`): each is blinded with its own salt (subject,
+resource id, and the actor when the patient acts), and indexed under the patient in
+identity's database, encrypted, so that no two of them can be linked from the ledger alone.
 
 One idempotency-key scheme for all of them, ``identity:<event>:<resource id>[:<version>]``:
 a retry of the same event on the same resource reuses its key, so the ledger keeps one
@@ -14,9 +19,9 @@ from typing import Final
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.ledger_client import LedgerClient, LedgerEvent
-from medledger.common.subject import SubjectHasher
+from medledger.common.patient_log import PatientLog
 from medledger.identity.domain.access import BreakGlassRecord
-from medledger.identity.domain.consent import Consent
+from medledger.identity.domain.consent import Consent, GrantorRole
 from medledger.identity.domain.ports import Receipt
 
 # A break-glass access waits for its entry: a short bound, the clinician is waiting.
@@ -35,59 +40,66 @@ def idempotency_key(event: str, resource_id: str, version: int | None = None) ->
 
 
 class LedgerEvents:
-    def __init__(self, ledger: LedgerClient, subjects: SubjectHasher) -> None:
+    def __init__(self, ledger: LedgerClient, patients: PatientLog) -> None:
         self._ledger = ledger
-        self._subjects = subjects
+        self._patients = patients
 
     async def consent_granted(
         self, consent: Consent, organization: str, commitment: bytes
     ) -> Receipt:
+        by_patient = consent.terms.grantor_role is GrantorRole.PATIENT
         event = LedgerEvent(
             kind=ledger_pb2.EVENT_KIND_CONSENT_GRANTED,
             actor=consent.recorded_by,
             organization=organization,
-            subject=await self._subjects.subject(consent.terms.patient_id),
             resource_type="Consent",
             resource_id=consent.consent_id,
             resource_version=1,
             content_commitment=commitment,
             purpose=purpose_pb2.PURPOSE_OF_USE_PATRQT,
         )
-        receipt = await self._ledger.append(
-            event, idempotency_key=idempotency_key("consent-granted", consent.consent_id)
+        receipt = await self._patients.append(
+            consent.terms.patient_id,
+            event,
+            patient_actor=consent.recorded_by if by_patient else "",
+            idempotency_key=idempotency_key("consent-granted", consent.consent_id),
         )
         return receipt.SerializeToString()
 
-    async def consent_revoked(self, consent: Consent, organization: str) -> Receipt:
+    async def consent_revoked(
+        self, consent: Consent, organization: str, *, by_patient: bool
+    ) -> Receipt:
         event = LedgerEvent(
             kind=ledger_pb2.EVENT_KIND_CONSENT_REVOKED,
             actor=consent.revoked_by,
             organization=organization,
-            subject=await self._subjects.subject(consent.terms.patient_id),
             resource_type="Consent",
             resource_id=consent.consent_id,
             resource_version=2,
             purpose=purpose_pb2.PURPOSE_OF_USE_PATRQT,
         )
-        receipt = await self._ledger.append(
-            event, idempotency_key=idempotency_key("consent-revoked", consent.consent_id)
+        receipt = await self._patients.append(
+            consent.terms.patient_id,
+            event,
+            patient_actor=consent.revoked_by if by_patient else "",
+            idempotency_key=idempotency_key("consent-revoked", consent.consent_id),
         )
         return receipt.SerializeToString()
 
     async def break_glass(self, record: BreakGlassRecord) -> int:
-        # The resource id is the audit record's, so auditors can join the two; the reason
-        # is in the entry only as a salted commitment.
+        # The audit record keeps the leaf index, so auditors join the two; the reason is in
+        # the entry only as a salted commitment.
         event = LedgerEvent(
             kind=ledger_pb2.EVENT_KIND_BREAK_GLASS,
             actor=record.principal_id,
             organization=record.organization,
-            subject=await self._subjects.subject(record.patient_id),
             resource_type=record.resource_type,
             resource_id=record.record_id,
             content_commitment=record.commitment(),
             purpose=purpose_pb2.PURPOSE_OF_USE_ETREAT,
         )
-        receipt = await self._ledger.append(
+        receipt = await self._patients.append(
+            record.patient_id,
             event,
             idempotency_key=idempotency_key("break-glass", record.record_id),
             timeout=BREAK_GLASS_TIMEOUT,

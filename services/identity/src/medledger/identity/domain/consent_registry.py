@@ -259,7 +259,12 @@ class ConsentRegistry:
             raise NotFound("no such consent", reason="CONSENT_NOT_FOUND")
         receipt = revoked.revoke_receipt
         if receipt is None:
-            receipt = await self._events.consent_revoked(revoked.consent, actor.organization)
+            # Whoever retries, the entry is about who revoked: the patient's own account
+            # is blinded in it, a record holder's principal is not.
+            by_patient = await self._parties.patient_of_user(revoked.consent.revoked_by)
+            receipt = await self._events.consent_revoked(
+                revoked.consent, actor.organization, by_patient=by_patient == patient_id
+            )
             await self._store.set_revoke_receipt(consent_id, receipt)
         return Ledgered(revoked.consent, receipt)
 

@@ -145,8 +145,11 @@ class IdentityEvents(Protocol):
         self, consent: Consent, organization: str, commitment: bytes
     ) -> Receipt: ...
 
-    async def consent_revoked(self, consent: Consent, organization: str) -> Receipt:
-        """The revocation by ``consent.revoked_by``."""
+    async def consent_revoked(
+        self, consent: Consent, organization: str, *, by_patient: bool
+    ) -> Receipt:
+        """The revocation by ``consent.revoked_by``, the patient themselves when
+        ``by_patient``."""
 
     async def break_glass(self, record: BreakGlassRecord) -> int:
         """The BREAK_GLASS entry's leaf index."""

@@ -81,9 +81,13 @@ class ResourceRef(_message.Message):
     (e.g. "Consent", "Client", "Model", "SigningKey").
     """
     id: _builtins.str
-    """Opaque id of the object; never a patient identifier."""
+    """Opaque id of the object; never a patient identifier. In an entry about a patient,
+    blinded with the entry's salt (64 hex digits), so no two entries share it.
+    """
     version: _builtins.int
-    """Version of the object the event is about; 0 when it has none."""
+    """Version of the object the event is about; 0 when it has none, and in an entry about a
+    patient (the blinded id covers it).
+    """
     def __init__(
         self,
         *,
@@ -101,9 +105,11 @@ Global___ResourceRef: _TypeAlias = ResourceRef  # noqa: Y015
 
 @_typing.final
 class LedgerEntry(_message.Message):
-    """LedgerEntry is one leaf of the log. It carries no PHI and no free text, so the ledger stays
-    valid and unlinkable after a patient's keys are destroyed. Field numbers are frozen: leaves
-    are hashed as serialized bytes.
+    """LedgerEntry is one leaf of the log. It carries no PHI and no free text, and no two entries
+    about one patient share a value that names them, so the ledger stays valid and unlinkable,
+    and becomes unlinkable to the patient for good once the owning service destroys the
+    patient's leaf index (erasure). Field numbers are frozen: leaves are hashed as serialized
+    bytes.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -119,15 +125,19 @@ class LedgerEntry(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     kind: Global___EventKind.ValueType
     subject: _builtins.bytes
-    """HMAC-SHA-256 of the patient id under the deployment's subject key (32 bytes); empty for
-    events about no patient.
+    """The patient, blinded per entry (32 bytes): HMAC-SHA-256 keyed by a fresh salt over the
+    patient's pseudonym (the patient id under the deployment's subject key). The service
+    owning the patient keeps the salt, encrypted, and proves the entry is about the patient
+    by revealing salt and pseudonym. Empty for events about no patient.
     """
     content_commitment: _builtins.bytes
     """Salted SHA-256 commitment to the content the event is about (32 bytes); for
     INFERENCE_MADE, to the model digest, inputs and output together.
     """
     actor: _builtins.str
-    """Principal id (client id or user id) that caused the event."""
+    """Principal id (client id or user id) that caused the event; when the patient acted on
+    their own record, "patient:" and 64 hex digits blinding their user id with the salt.
+    """
     organization: _builtins.str
     """Organization id of the actor."""
     purpose: _purpose_pb2.PurposeOfUse.ValueType
