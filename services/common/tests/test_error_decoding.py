@@ -15,6 +15,7 @@ from medledger.common.errors import (
     MedledgerError,
     NotFound,
     RemoteError,
+    ResourceExhausted,
     Unavailable,
     from_rpc_error,
 )
@@ -32,6 +33,11 @@ class Refusing(LedgerServiceServicer):
 
     async def ListEntries(self, request: Any, context: Any) -> ledger_pb2.ListEntriesResponse:
         raise NotFound("no such leaf", reason="LEAF_NOT_FOUND", metadata={"size": "3"})
+
+    async def GetInclusionProof(
+        self, request: Any, context: Any
+    ) -> ledger_pb2.GetInclusionProofResponse:
+        raise ResourceExhausted("slow down", reason="THROTTLED", retry_after_seconds=7)
 
     async def GetCheckpoint(self, request: Any, context: Any) -> ledger_pb2.GetCheckpointResponse:
         # A plain status, as a server that does not send rich details would answer.
@@ -63,6 +69,13 @@ async def test_unavailable_carries_its_retry_delay_and_dependency() -> None:
     assert error.reason == "DEPENDENCY_UNAVAILABLE"
     assert error.metadata["dependency"] == "vault"
     assert error.retry_delay_seconds == pytest.approx(0.5)
+
+
+async def test_resource_exhausted_says_when_to_retry() -> None:
+    error = await decoded("GetInclusionProof", ledger_pb2.GetInclusionProofRequest())
+    assert isinstance(error, ResourceExhausted)
+    assert error.reason == "THROTTLED"
+    assert error.retry_delay_seconds == 7
 
 
 async def test_reason_and_metadata_survive() -> None:

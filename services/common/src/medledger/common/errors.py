@@ -108,8 +108,22 @@ class Aborted(MedledgerError):
 
 
 class ResourceExhausted(MedledgerError):
+    """A quota or a bound was reached; ``retry_after_seconds``, when given, is sent as a
+    RetryInfo telling the client when to try again."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_delay_seconds = retry_after_seconds
 
 
 class Unavailable(MedledgerError):
@@ -167,9 +181,12 @@ def to_rpc_status(error: MedledgerError, *, service: str) -> status_pb2.Status:
             ]
         )
         details.append(_pack(bad_request))
-    if isinstance(error, Unavailable):
+    delay = error.retry_delay_seconds
+    if delay is None and isinstance(error, Unavailable):
+        delay = 0.5
+    if delay is not None:
         retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromMilliseconds(500)
+        retry.retry_delay.FromMilliseconds(max(0, round(delay * 1000)))
         details.append(_pack(retry))
     return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
 

@@ -1,5 +1,7 @@
 """Async adapter over Vault (or OpenBao) transit: encrypt, decrypt, data keys, sign, verify,
-rotate, public keys. hvac is synchronous, so every call runs in a worker thread.
+rotate, public keys. hvac is synchronous, so every call runs in a worker thread of a pool
+kept for Vault calls alone: work queued on asyncio's default pool (or any other) never delays
+them, and they never delay it.
 
 Keys never leave Vault: signing and unwrapping happen inside it; we only ever hold
 public keys and (for envelope encryption) short-lived plaintext data keys.
@@ -9,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
+import functools
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,6 +28,9 @@ from medledger.common.errors import FailedPrecondition, NotFound, Unavailable
 
 T = TypeVar("T")
 DEPENDENCY = "vault"
+# Each VaultTransit runs one call at a time (its client is behind a lock); a few threads
+# serve the process's few VaultTransit objects.
+_VAULT_CALLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vault")
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,9 @@ class VaultTransit:
                 raise Unavailable(DEPENDENCY) from exc
 
     async def _run(self, operation: Callable[[hvac.Client], T]) -> T:
-        return await asyncio.to_thread(self._call, operation)
+        # As asyncio.to_thread does, the call sees the caller's context (its trace).
+        call = functools.partial(contextvars.copy_context().run, self._call, operation)
+        return await asyncio.get_running_loop().run_in_executor(_VAULT_CALLS, call)
 
     async def check(self) -> None:
         """Health probe: Vault answers, is initialised and unsealed, and our token works."""
