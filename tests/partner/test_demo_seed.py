@@ -8,6 +8,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pyotp
+
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
@@ -26,6 +28,7 @@ def _secrets(identity: Any) -> list[Path]:
     return [
         *(paths.client_key(client) for client in (*PARTNER_CLIENTS, "ops-admin")),
         paths.password("admin"),
+        paths.totp("admin"),
         paths.password("patient-a"),
     ]
 
@@ -38,6 +41,8 @@ async def test_seeding_twice_creates_once(identity: Any) -> None:
     assert first.output.count("created") == len(ORGANIZATIONS) + len(PARTNER_CLIENTS) + 2
     assert ".jwk" in first.output
     assert "admin-password" in first.output
+    assert "admin-totp" in first.output
+    assert not identity.paths.totp("patient-a").exists()  # patients: no second factor asked
 
     secrets = _secrets(identity)
     for path in secrets:
@@ -80,12 +85,14 @@ async def test_seeding_twice_creates_once(identity: Any) -> None:
         "patient-a": (identity_pb2.USER_KIND_PATIENT, "hospital-a", "patient-a-1"),
     }
 
-    # The admin's stored password logs in.
+    # The admin's stored password and TOTP enrolment log in.
+    totp = pyotp.parse_uri(identity.paths.totp("admin").read_text().strip())
     login = await identity.stub.IssueToken(
         identity_pb2.IssueTokenRequest(
             password=identity_pb2.PasswordGrant(
                 username="admin",
                 password=identity.paths.password("admin").read_text().strip(),
+                totp_code=totp.now(),
                 scope="admin",
             )
         )

@@ -362,7 +362,7 @@ async def test_a_partner_cannot_link_entries_about_a_patient(
     known = by_index[granted.receipt.leaf_index].entry
     others = [e for e in entries if e.leaf_index != granted.receipt.leaf_index]
     about_patient = {leaf.leaf_index for leaf in (await patient_log.leaves(PATIENT_ID)).items}
-    assert len(about_patient) == 4  # granted, break-glass, entered, revoked
+    assert len(about_patient) == 5  # their login, granted, break-glass, entered, revoked
     assert {granted.receipt.leaf_index, entered.receipt.leaf_index} <= about_patient
 
     # Every value of the known entry that could name the patient, none shared.
@@ -392,9 +392,9 @@ async def test_a_partner_cannot_link_entries_about_a_patient(
     )
 
     # Erasure: the index and its salts are gone; the entries stay, linked to no one.
-    assert await patient_log.erase(PATIENT_ID) == 4
+    assert await patient_log.erase(PATIENT_ID) == 5
     assert (await patient_log.leaves(PATIENT_ID)).items == ()
-    assert len((await patient_log.leaves(OTHER_PATIENT_ID)).items) == 1
+    assert len((await patient_log.leaves(OTHER_PATIENT_ID)).items) == 2  # login, grant
 
 
 async def test_leaf_index_is_sealed(world: tuple[Any, World], mongo_server: Any) -> None:
@@ -417,8 +417,8 @@ async def test_leaf_index_is_sealed(world: tuple[Any, World], mongo_server: Any)
         keys = [key async for key in database["identity_patient_keys"].find()]
     finally:
         await mongo.close()
-    assert len(rows) == 1
-    assert len(keys) == 1
+    assert len(rows) == 3  # the grant, and each of the two patients' logins
+    assert len(keys) == 2  # one data key per patient
     assert keys[0]["wrapped_key"].startswith("vault:")
     stored = repr(rows + keys).encode()
     for secret in (PATIENT_ID, granted.consent.consent_id, w.patient_user):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pyotp
 import pytest
 
 from medledger.api.identity.v1 import identity_pb2
@@ -18,9 +20,9 @@ from medledger.identity.config import IdentityConfig
 pytestmark = pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")
 
 
-def login(username: str, password: str) -> identity_pb2.IssueTokenRequest:
+def login(username: str, password: str, code: str) -> identity_pb2.IssueTokenRequest:
     return identity_pb2.IssueTokenRequest(
-        password=identity_pb2.PasswordGrant(username=username, password=password)
+        password=identity_pb2.PasswordGrant(username=username, password=password, totp_code=code)
     )
 
 
@@ -30,20 +32,35 @@ def scopes_of(token: str) -> str:
 
 
 async def test_bootstrap_admin_user_is_created_once(make_identity: Any) -> None:
+    """With the password and the TOTP secret the operator put in files (admins always log in
+    with a second factor)."""
+    secret, other = pyotp.random_base32(), pyotp.random_base32()
     plan = BootstrapPlan(
-        organization="operators", admin_username="root-admin", admin_password="first password!"
+        organization="operators",
+        admin_username="root-admin",
+        admin_password="first password!",
+        admin_totp_secret=secret,
     )
     first = await make_identity(bootstrap=plan)
-    token = (await first.stub.IssueToken(login("root-admin", "first password!"))).access_token
+    now = pyotp.TOTP(secret).now()
+    token = (await first.stub.IssueToken(login("root-admin", "first password!", now))).access_token
     assert scopes_of(token) == "admin ledger.read"
-    # A restart with another password in the settings changes nothing.
+    # A restart with another password and secret in the settings changes nothing.
     changed = BootstrapPlan(
-        organization="operators", admin_username="root-admin", admin_password="second password!"
+        organization="operators",
+        admin_username="root-admin",
+        admin_password="second password!",
+        admin_totp_secret=other,
     )
     second = await make_identity(bootstrap=changed, database=first.database)
-    await second.stub.IssueToken(login("root-admin", "first password!"))
-    with pytest.raises(grpc.aio.AioRpcError):
-        await second.stub.IssueToken(login("root-admin", "second password!"))
+    later = pyotp.TOTP(secret).at(time.time() + 30)  # the next step: each code logs in once
+    await second.stub.IssueToken(login("root-admin", "first password!", later))
+    for password, code in (
+        ("second password!", pyotp.TOTP(secret).at(time.time() - 30)),
+        ("first password!", pyotp.TOTP(other).now()),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await second.stub.IssueToken(login("root-admin", password, code))
 
 
 def test_bootstrap_settings_are_checked_at_start(
@@ -59,13 +76,22 @@ def test_bootstrap_settings_are_checked_at_start(
     password = tmp_path / "password"
     password.write_text("short\n")
     monkeypatch.setenv("IDENTITY_BOOTSTRAP_ADMIN_PASSWORD_FILE", str(password))
+    with pytest.raises(ConfigError, match="IDENTITY_BOOTSTRAP_ADMIN_TOTP_SECRET_FILE"):
+        load_settings(IdentityConfig)
+    totp = tmp_path / "totp"
+    totp.write_text("NOT-BASE32!\n")
+    monkeypatch.setenv("IDENTITY_BOOTSTRAP_ADMIN_TOTP_SECRET_FILE", str(totp))
     (config,) = load_settings(IdentityConfig)
     with pytest.raises(ConfigError) as bad:
         plan_from_config(config)
     assert "IDENTITY_BOOTSTRAP_CLIENT_JWKS_FILE: must hold public keys only" in str(bad.value)
     assert "IDENTITY_BOOTSTRAP_ADMIN_PASSWORD_FILE" in str(bad.value)
+    assert "IDENTITY_BOOTSTRAP_ADMIN_TOTP_SECRET_FILE" in str(bad.value)
     password.write_text("a long enough password\n")
+    secret = pyotp.random_base32()
+    totp.write_text(secret + "\n")
     private.write_text(json.dumps({"kty": "OKP", "crv": "Ed25519", "x": "A" * 43}))
     plan = plan_from_config(config)
     assert plan.admin_password == "a long enough password"
+    assert plan.admin_totp_secret == secret
     assert json.loads(plan.client_jwks_json)["keys"][0]["x"] == "A" * 43

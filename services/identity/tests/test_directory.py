@@ -126,17 +126,17 @@ async def test_members_list_only_their_own_organization(identity: Any) -> None:
     member = identity.bearer(await identity.client_token("lab-app", key, "identity.read"))
     own = await identity.stub.ListClients(identity_pb2.ListClientsRequest(), metadata=member)
     assert [c.client_id for c in own.clients] == ["lab-app"]
-    explicit = await identity.stub.ListUsers(
-        identity_pb2.ListUsersRequest(organization="st-marys"), metadata=member
-    )
-    assert list(explicit.users) == []
-    for method, request in (
-        (identity.stub.ListClients, identity_pb2.ListClientsRequest(organization="city-lab")),
-        (identity.stub.ListUsers, identity_pb2.ListUsersRequest(organization="city-lab")),
-    ):
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await method(request, metadata=member)
-        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await identity.stub.ListClients(
+            identity_pb2.ListClientsRequest(organization="city-lab"), metadata=member
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Users are listed by admins only, even those of one's own organisation.
+    with pytest.raises(grpc.aio.AioRpcError) as users:
+        await identity.stub.ListUsers(
+            identity_pb2.ListUsersRequest(organization="st-marys"), metadata=member
+        )
+    assert users.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as hidden:
         await identity.stub.GetClient(
             identity_pb2.GetClientRequest(client_id="other-app"), metadata=member
@@ -250,8 +250,8 @@ async def test_create_user_refuses_bad_input_by_field(identity: Any) -> None:
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT, overrides
         assert identity.bad_fields(bad.value) == fields, overrides
     created = await identity.stub.CreateUser(identity_pb2.CreateUserRequest(**base), metadata=admin)
-    assert created.totp_provisioning_uri == ""
-    assert not created.user.totp_enabled
+    assert created.totp_provisioning_uri.startswith("otpauth://totp/")  # practitioners: always
+    assert created.user.totp_enabled
     with pytest.raises(grpc.aio.AioRpcError) as taken:
         await identity.stub.CreateUser(
             identity_pb2.CreateUserRequest(**{**base, "username": "DR.WHO"}), metadata=admin
@@ -281,3 +281,63 @@ async def test_users_page_by_username(identity: Any) -> None:
     assert [u.username for u in first.users] == ["alice", "bob"]
     assert [u.username for u in second.users] == ["carol"]
     assert second.next_page_token == ""
+
+
+async def test_users_see_only_themselves_and_listings_tell_totp(identity: Any) -> None:
+    """A patient's token once listed every user of their hospital (other patients' usernames
+    and patient ids), and listings said totp_enabled=false for everyone."""
+    admin = await identity.admin()
+    users = {}
+    for name, kind, patient_id in (
+        ("pat.a", identity_pb2.USER_KIND_PATIENT, "p-a"),
+        ("pat.b", identity_pb2.USER_KIND_PATIENT, "p-b"),
+        ("dr.c", identity_pb2.USER_KIND_PRACTITIONER, ""),
+    ):
+        created = await identity.stub.CreateUser(
+            identity_pb2.CreateUserRequest(
+                username=name,
+                password="correct horse battery",
+                kind=kind,
+                organization="medledger",
+                patient_id=patient_id,
+            ),
+            metadata=admin,
+        )
+        users[name] = created.user
+    listed = await identity.stub.ListUsers(identity_pb2.ListUsersRequest(), metadata=admin)
+    assert {u.username: u.totp_enabled for u in listed.users} == {
+        "dr.c": True,
+        "pat.a": False,
+        "pat.b": False,
+    }
+    login = await identity.stub.IssueToken(
+        identity_pb2.IssueTokenRequest(
+            password=identity_pb2.PasswordGrant(username="pat.a", password="correct horse battery")
+        )
+    )
+    patient = identity.bearer(login.access_token)
+    for request in (
+        identity_pb2.ListUsersRequest(),
+        identity_pb2.ListUsersRequest(organization="medledger"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await identity.stub.ListUsers(request, metadata=patient)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    me = await identity.stub.GetUser(
+        identity_pb2.GetUserRequest(user_id=users["pat.a"].user_id), metadata=patient
+    )
+    assert me.user == users["pat.a"]
+    for other in (users["pat.b"].user_id, users["dr.c"].user_id, "u-none"):
+        with pytest.raises(grpc.aio.AioRpcError) as hidden:
+            await identity.stub.GetUser(
+                identity_pb2.GetUserRequest(user_id=other), metadata=patient
+            )
+        assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+        assert identity.reason(hidden.value) == "USER_NOT_FOUND"
+    seen = await identity.stub.GetUser(
+        identity_pb2.GetUserRequest(user_id=users["dr.c"].user_id), metadata=admin
+    )
+    assert seen.user.totp_enabled
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await identity.stub.GetUser(identity_pb2.GetUserRequest(), metadata=admin)
+    assert identity.bad_fields(bad.value) == ["user_id"]

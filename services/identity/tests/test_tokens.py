@@ -1,5 +1,5 @@
-"""Tokens from client assertions (RFC 7523) and password logins, against real MongoDB,
-OpenBao and an in-process ledger."""
+"""Tokens from client assertions (RFC 7523), against real MongoDB, OpenBao and an in-process
+ledger (password logins: test_logins.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import grpc
-import pyotp
 import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey
@@ -198,90 +197,6 @@ async def test_no_token_when_the_ledger_is_down(identity: Any, make_identity: An
     await identity.client_token("lab-app", key, "system/Patient.rs")
 
 
-async def create_user(
-    identity: Any, username: str, **fields: Any
-) -> identity_pb2.CreateUserResponse:
-    request = identity_pb2.CreateUserRequest(
-        username=username,
-        password=fields.pop("password", "correct horse battery"),
-        kind=fields.pop("kind", identity_pb2.USER_KIND_PRACTITIONER),
-        organization=fields.pop("organization", "medledger"),
-        **fields,
-    )
-    return await identity.stub.CreateUser(request, metadata=await identity.admin())
-
-
-def login(username: str, password: str = "correct horse battery", **fields: Any) -> Any:
-    return identity_pb2.IssueTokenRequest(
-        password=identity_pb2.PasswordGrant(username=username, password=password, **fields)
-    )
-
-
-async def test_password_login_locks_after_repeated_failures(make_identity: Any) -> None:
-    identity = await make_identity(max_login_failures=3, lockout_seconds=2)
-    created = await create_user(identity, "dr.grey")
-    token = (await identity.stub.IssueToken(login("Dr.Grey"))).access_token
-    claims = claims_of(token)
-    assert claims["sub"] == created.user.user_id
-    assert claims["user_kind"] == "practitioner"
-    assert claims["purposes"] == ["TREAT", "ETREAT", "HOPERAT"]
-    assert "client_id" not in claims
-    for _ in range(3):
-        with pytest.raises(grpc.aio.AioRpcError) as wrong:
-            await identity.stub.IssueToken(login("dr.grey", "wrong password!"))
-        assert identity.reason(wrong.value) == "INVALID_CREDENTIALS"
-    with pytest.raises(grpc.aio.AioRpcError) as locked:
-        await identity.stub.IssueToken(login("dr.grey"))
-    assert locked.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert identity.reason(locked.value) == "ACCOUNT_LOCKED"
-    await asyncio.sleep(2.1)
-    await identity.stub.IssueToken(login("dr.grey"))
-    with pytest.raises(grpc.aio.AioRpcError) as unknown:
-        await identity.stub.IssueToken(login("nobody"))
-    assert identity.reason(unknown.value) == "INVALID_CREDENTIALS"
-
-
-async def test_totp_is_required_checked_and_single_use(identity: Any) -> None:
-    created = await create_user(identity, "dr.house", enroll_totp=True)
-    assert created.user.totp_enabled
-    totp = pyotp.parse_uri(created.totp_provisioning_uri)
-    assert isinstance(totp, pyotp.TOTP)
-    with pytest.raises(grpc.aio.AioRpcError) as missing:
-        await identity.stub.IssueToken(login("dr.house"))
-    assert identity.reason(missing.value) == "TOTP_REQUIRED"
-    wrong = f"{(int(totp.now()) + 1) % 1_000_000:06d}"
-    with pytest.raises(grpc.aio.AioRpcError) as bad:
-        await identity.stub.IssueToken(login("dr.house", totp_code=wrong))
-    assert identity.reason(bad.value) == "TOTP_INVALID"
-    code = totp.now()
-    await identity.stub.IssueToken(login("dr.house", totp_code=code))
-    with pytest.raises(grpc.aio.AioRpcError) as replay:
-        await identity.stub.IssueToken(login("dr.house", totp_code=code))
-    assert identity.reason(replay.value) == "TOTP_INVALID"
-    # Listings never show the secret, and Mongo holds only Vault ciphertext.
-    users = await identity.stub.ListUsers(
-        identity_pb2.ListUsersRequest(), metadata=await identity.admin()
-    )
-    assert [u.username for u in users.users] == ["dr.house"]
-    stored = await identity.runtime.mongo[identity.database]["identity_users"].find_one(
-        {"username": "dr.house"}
-    )
-    assert stored["totp_secret"].startswith("vault:v")
-    assert totp.secret not in json.dumps(stored, default=str)
-    assert stored["password_hash"].startswith("$argon2id$")
-
-
-async def test_user_scopes_follow_the_kind(identity: Any) -> None:
-    await create_user(identity, "pat.one", kind=identity_pb2.USER_KIND_PATIENT, patient_id="p-123")
-    granted = await identity.stub.IssueToken(login("pat.one", scope="patient/Observation.rs"))
-    claims = claims_of(granted.access_token)
-    assert claims["patient"] == "p-123"
-    assert claims["purposes"] == ["PATRQT"]
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await identity.stub.IssueToken(login("pat.one", scope="admin"))
-    assert identity.reason(refused.value) == "SCOPE_NOT_ALLOWED"
-
-
 async def test_issue_token_bad_input_names_the_field(identity: Any) -> None:
     cases = [
         (identity_pb2.IssueTokenRequest(), ["grant"]),
@@ -298,7 +213,10 @@ async def test_issue_token_bad_input_names_the_field(identity: Any) -> None:
                 "client_credentials.audience",
             ],
         ),
-        (login("", ""), ["password.username", "password.password"]),
+        (
+            identity_pb2.IssueTokenRequest(password=identity_pb2.PasswordGrant()),
+            ["password.username", "password.password"],
+        ),
     ]
     for request, fields in cases:
         with pytest.raises(grpc.aio.AioRpcError) as bad:

@@ -27,7 +27,13 @@ from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.cli.calls import UNREACHABLE, CallFailed, Metadata, bearer, checked, open_channel
 from medledger.cli.token import DEFAULT_IDENTITY, IdentityOption, request_token
-from medledger.common.keyfiles import KeyFileError, KeyPair, ensure_key_pair, ensure_secret
+from medledger.common.keyfiles import (
+    KeyFileError,
+    KeyPair,
+    ensure_key_pair,
+    ensure_secret,
+    write_private,
+)
 from medledger.common.scopes import ADMIN
 from medledger.devstack.paths import StackPaths
 from medledger.devstack.services import BOOTSTRAP_ADMIN_CLIENT
@@ -129,15 +135,14 @@ class DemoSeeder:
         except CallFailed as failure:
             raise SeedError(f"{what}: {failure}") from None
 
-    async def _create(self, what: str, call: str, pending: Awaitable[object]) -> bool:
-        """True when the call created its object, False when it existed already."""
+    async def _create(self, what: str, call: str, pending: Awaitable[T]) -> T | None:
+        """The call's answer when it created its object, None when it existed already."""
         try:
-            await checked(call, self.identity, pending)
+            return await checked(call, self.identity, pending)
         except CallFailed as failure:
             if failure.code is grpc.StatusCode.ALREADY_EXISTS:
-                return False
+                return None
             raise SeedError(f"{what}: {failure}") from None
-        return True
 
     async def admin_token(self) -> str:
         client = BOOTSTRAP_ADMIN_CLIENT
@@ -188,7 +193,7 @@ class DemoSeeder:
                 "CreateOrganization",
                 stub.CreateOrganization(request, metadata=md),
             )
-            self.seeded.append(Seeded("organisation", organization, created, display))
+            self.seeded.append(Seeded("organisation", organization, created is not None, display))
 
     async def user(
         self,
@@ -207,11 +212,20 @@ class DemoSeeder:
             f"{label} {request.username}", "CreateUser", stub.CreateUser(request, metadata=md)
         )
         detail = f"password in {_relative(password_file)}"
-        if not created and new_file:
+        if created is None and new_file:
             # The user predates this file, so the password in it is not theirs: drop it.
             password_file.unlink(missing_ok=True)
             detail = "password not kept here (the user was created earlier)"
-        self.seeded.append(Seeded(label, request.username, created, detail))
+        totp_file = self.paths.totp(request.username)
+        if created is not None and created.totp_provisioning_uri:
+            # Admins log in with a second factor; identity shows the enrolment only now.
+            try:
+                write_private(totp_file, created.totp_provisioning_uri + "\n")
+            except OSError as error:
+                raise SeedError(f"{label} {request.username}: {totp_file}: {error}") from None
+        if totp_file.exists():
+            detail += f", TOTP enrolment (otpauth URI) in {_relative(totp_file)}"
+        self.seeded.append(Seeded(label, request.username, created is not None, detail))
 
     async def partner(
         self,
@@ -238,7 +252,7 @@ class DemoSeeder:
         created = await self._create(
             what, "RegisterClient", stub.RegisterClient(request, metadata=md)
         )
-        if not created:
+        if created is None:
             found = await self._call(
                 what,
                 "GetClient",
@@ -251,7 +265,12 @@ class DemoSeeder:
                     "this file will be refused"
                 )
         self.seeded.append(
-            Seeded("partner client", client_id, created, f"key {_relative(pair.private_file)}")
+            Seeded(
+                "partner client",
+                client_id,
+                created is not None,
+                f"key {_relative(pair.private_file)}",
+            )
         )
 
     async def run(self) -> list[Seeded]:

@@ -104,3 +104,7 @@ class StackPaths:
 
     def password(self, username: str) -> Path:
         return self.keys / f"{username}-password"
+
+    def totp(self, username: str) -> Path:
+        """A user's TOTP enrolment: the otpauth:// URI an authenticator app imports."""
+        return self.keys / f"{username}-totp"

@@ -5,9 +5,10 @@ When configured (``IDENTITY_BOOTSTRAP_*``), identity makes sure at start-up that
 operators' organisation exists, with an admin client that authenticates with the public
 key the operator supplied (its private key stays with the operator, e.g. under
 ``.medledger/`` for ``make up`` or in a Kubernetes Secret of the CLI job) and/or an admin
-user whose password the operator supplied in a file. It only creates what is missing and
-never overwrites anything, so restarting, or removing the settings later, changes nothing.
-Dependencies may not be up yet when the process starts, so it retries in the background.
+user whose password and TOTP secret the operator supplied in files. It only creates what is
+missing and never overwrites anything, so restarting, or removing the settings later, changes
+nothing. Dependencies may not be up yet when the process starts, so it retries in the
+background.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from medledger.identity.domain.directory import (
     NewClient,
     NewUser,
 )
-from medledger.identity.domain.passwords import MIN_PASSWORD_LENGTH
+from medledger.identity.domain.passwords import MIN_PASSWORD_LENGTH, valid_totp_secret
 from medledger.identity.domain.purposes import CODE_BY_PURPOSE, HOPERAT
 from medledger.identity.domain.scopes import ADMIN, LEDGER_READ
 
@@ -53,6 +54,7 @@ class BootstrapPlan:
     client_jwks_json: str = ""
     admin_username: str = ""
     admin_password: str = ""
+    admin_totp_secret: str = ""
     service_clients: tuple[str, ...] = ()
 
     @property
@@ -97,6 +99,7 @@ async def apply(
             password=plan.admin_password,
             kind="admin",
             organization=plan.organization,
+            totp_secret=plan.admin_totp_secret,
         )
         steps.append(("admin user", lambda: directory.create_user(BOOTSTRAP_PRINCIPAL, user)))
     for service in plan.service_clients:
@@ -127,6 +130,7 @@ def plan_from_config(config: IdentityConfig) -> BootstrapPlan:
     """The plan the settings describe, checked now so a mistake stops the start (exit 2)."""
     jwks = ""
     password = ""
+    totp_secret = ""
     problems: list[str] = []
     if config.bootstrap_client_jwks_file is not None:
         try:
@@ -148,6 +152,13 @@ def plan_from_config(config: IdentityConfig) -> BootstrapPlan:
             )
         if not USERNAME.fullmatch(config.bootstrap_admin_username.lower()):
             problems.append(f"  - IDENTITY_BOOTSTRAP_ADMIN_USERNAME: must match {USERNAME.pattern}")
+    if config.bootstrap_admin_totp_secret_file is not None:
+        totp_secret = config.bootstrap_admin_totp_secret_file.read_text().strip()
+        if not valid_totp_secret(totp_secret):
+            problems.append(
+                "  - IDENTITY_BOOTSTRAP_ADMIN_TOTP_SECRET_FILE: must hold a base32 secret of "
+                "128 bits or more"
+            )
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
     return BootstrapPlan(
@@ -156,6 +167,7 @@ def plan_from_config(config: IdentityConfig) -> BootstrapPlan:
         client_jwks_json=jwks,
         admin_username=config.bootstrap_admin_username,
         admin_password=password,
+        admin_totp_secret=totp_secret,
         service_clients=tuple(s for s in config.service_clients.split(",") if s),
     )
 

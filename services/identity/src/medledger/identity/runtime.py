@@ -19,6 +19,7 @@ from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import SERVICE_CLIENT_KEYS
 from medledger.identity.adapters.consent_store import ConsentStore
 from medledger.identity.adapters.ledger_events import LedgerEvents
+from medledger.identity.adapters.login_attempts import LoginAttemptStore
 from medledger.identity.adapters.mongo_store import IdentityStore
 from medledger.identity.adapters.vault_sealer import VaultSealer
 from medledger.identity.adapters.vault_signer import VaultTokenSigner
@@ -28,8 +29,11 @@ from medledger.identity.consent_rpc import ConsentRpcs
 from medledger.identity.domain.access import AccessControl, BreakGlassPolicy
 from medledger.identity.domain.assertions import AssertionPolicy, AssertionVerifier
 from medledger.identity.domain.consent_registry import ConsentRegistry
-from medledger.identity.domain.directory import Directory
+from medledger.identity.domain.directory import Directory, utc_now
+from medledger.identity.domain.login_throttle import LoginThrottle, ThrottlePolicy
+from medledger.identity.domain.passwords import Passwords
 from medledger.identity.domain.tokens import TokenPolicy, TokenService
+from medledger.identity.login_source import trusted_networks
 from medledger.identity.server import IDENTITY_ACCESS, IdentityServiceServicer
 
 
@@ -68,6 +72,19 @@ def identity_runtime(
     leaf_store = MongoPatientLeafStore(mongo, mongo_settings.mongodb_database, "identity")
     patients = PatientLog(ledger, SubjectHasher(vault), leaf_store, vault, config.secrets_key)
     events = LedgerEvents(ledger, patients)
+    passwords = Passwords(workers=config.password_hash_workers, queue=config.password_hash_queue)
+    attempts = LoginAttemptStore(mongo, mongo_settings.mongodb_database)
+    throttle = LoginThrottle(
+        attempts,
+        ThrottlePolicy(
+            free_failures=config.login_free_failures,
+            first_delay=timedelta(seconds=config.login_first_delay_seconds),
+            max_delay=timedelta(seconds=config.login_max_delay_seconds),
+            source_attempts=config.login_source_attempts_per_minute,
+            source_window=timedelta(minutes=1),
+        ),
+        utc_now,
+    )
     tokens = TokenService(
         store,
         signer,
@@ -85,12 +102,13 @@ def identity_runtime(
             issuer=config.issuer,
             default_audience=config.default_audience,
             lifetime=timedelta(seconds=config.token_lifetime_seconds),
-            max_login_failures=config.max_login_failures,
-            lockout=timedelta(seconds=config.lockout_seconds),
             service_organization=config.operator_organization,
+            failed_login_floor=timedelta(seconds=config.failed_login_seconds),
         ),
+        passwords,
+        throttle,
     )
-    directory = Directory(store, sealer, totp_issuer=config.totp_issuer)
+    directory = Directory(store, sealer, passwords, totp_issuer=config.totp_issuer)
     consent_store = ConsentStore(mongo, mongo_settings.mongodb_database)
     access = AccessControl(
         consent_store,
@@ -123,7 +141,12 @@ def identity_runtime(
         settings=settings,
         servicers=[
             Servicer(
-                IdentityServiceServicer(directory, tokens, consents),
+                IdentityServiceServicer(
+                    directory,
+                    tokens,
+                    consents,
+                    trusted_proxies=trusted_networks(config.trusted_proxies),
+                ),
                 identity_pb2_grpc.add_IdentityServiceServicer_to_server,
                 IDENTITY_ACCESS,
             )
@@ -133,10 +156,11 @@ def identity_runtime(
         startup=[
             store.ensure_indexes,
             consent_store.ensure_indexes,
+            attempts.ensure_indexes,
             leaf_store.ensure_indexes,
             bootstrapper.start,
         ],
-        shutdown=[bootstrapper.stop, ledger.aclose],
+        shutdown=[bootstrapper.stop, ledger.aclose, passwords.aclose],
         verifier=verifier,
         bootstrapper=bootstrapper,
     )

@@ -6,7 +6,7 @@ domain decides what it may do. Consent and CheckAccess are delegated to ``consen
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
@@ -24,6 +24,7 @@ from medledger.identity.domain.directory import Directory, NewClient, NewUser
 from medledger.identity.domain.ports import Client, Organization, User
 from medledger.identity.domain.purposes import purpose_codes, purpose_values
 from medledger.identity.domain.tokens import IssuedToken, TokenService
+from medledger.identity.login_source import FORWARDED_FOR, IPNetwork, login_source
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -46,7 +47,13 @@ IDENTITY_ACCESS: Final = ServiceAccess(
         _METHODS["ListClients"]: _DIRECTORY_READERS,
         _METHODS["DisableClient"]: _ADMINS,
         _METHODS["CreateUser"]: _ADMINS,
-        _METHODS["ListUsers"]: _DIRECTORY_READERS,
+        # Any principal; the domain shows a user only themselves (admins anyone).
+        _METHODS["GetUser"]: _DIRECTORY_READERS | ResourceAccess("*", ""),
+        _METHODS["ListUsers"]: _ADMINS,
+        _METHODS["DisableUser"]: _ADMINS,
+        _METHODS["EnableUser"]: _ADMINS,
+        _METHODS["ResetUserPassword"]: _ADMINS,
+        _METHODS["ResetUserTotp"]: _ADMINS,
         _METHODS["RotateSigningKey"]: _ADMINS,
         # The consent rules decide per patient (the patient, their organisation, the
         # grantee), each with a SMART scope on Consent for the action.
@@ -113,6 +120,8 @@ def _user(user: User) -> identity_pb2.User:
         patient_id=user.patient_id,
         totp_enabled=user.totp_enabled,
         create_time=_timestamp(user.create_time),
+        disabled=user.disabled,
+        disable_time=_timestamp(user.disable_time),
     )
 
 
@@ -125,11 +134,28 @@ def _token(issued: IssuedToken) -> identity_pb2.IssueTokenResponse:
     )
 
 
+def _source(context: Context, trusted_proxies: Sequence[IPNetwork]) -> str:
+    forwarded = [
+        value
+        for key, value in context.invocation_metadata() or ()
+        if key == FORWARDED_FOR and isinstance(value, str)
+    ]
+    return login_source(context.peer() or "", forwarded, trusted_proxies)
+
+
 class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, directory: Directory, tokens: TokenService, consents: ConsentRpcs) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        tokens: TokenService,
+        consents: ConsentRpcs,
+        *,
+        trusted_proxies: Sequence[IPNetwork] = (),
+    ) -> None:
         self._directory = directory
         self._tokens = tokens
         self._consents = consents
+        self._trusted_proxies = tuple(trusted_proxies)
 
     async def CreateOrganization(
         self, request: identity_pb2.CreateOrganizationRequest, context: Context
@@ -220,6 +246,12 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
             user=_user(created.user), totp_provisioning_uri=created.totp_provisioning_uri
         )
 
+    async def GetUser(
+        self, request: identity_pb2.GetUserRequest, context: Context
+    ) -> identity_pb2.GetUserResponse:
+        found = await self._directory.get_user(authenticated_principal(), request.user_id)
+        return identity_pb2.GetUserResponse(user=_user(found))
+
     async def ListUsers(
         self, request: identity_pb2.ListUsersRequest, context: Context
     ) -> identity_pb2.ListUsersResponse:
@@ -228,6 +260,34 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
         )
         return identity_pb2.ListUsersResponse(
             users=[_user(u) for u in found.items], next_page_token=found.next_page_token
+        )
+
+    async def DisableUser(
+        self, request: identity_pb2.DisableUserRequest, context: Context
+    ) -> identity_pb2.DisableUserResponse:
+        user = await self._directory.disable_user(authenticated_principal(), request.user_id)
+        return identity_pb2.DisableUserResponse(user=_user(user))
+
+    async def EnableUser(
+        self, request: identity_pb2.EnableUserRequest, context: Context
+    ) -> identity_pb2.EnableUserResponse:
+        user = await self._directory.enable_user(authenticated_principal(), request.user_id)
+        return identity_pb2.EnableUserResponse(user=_user(user))
+
+    async def ResetUserPassword(
+        self, request: identity_pb2.ResetUserPasswordRequest, context: Context
+    ) -> identity_pb2.ResetUserPasswordResponse:
+        user = await self._directory.reset_user_password(
+            authenticated_principal(), request.user_id, request.password
+        )
+        return identity_pb2.ResetUserPasswordResponse(user=_user(user))
+
+    async def ResetUserTotp(
+        self, request: identity_pb2.ResetUserTotpRequest, context: Context
+    ) -> identity_pb2.ResetUserTotpResponse:
+        reset = await self._directory.reset_user_totp(authenticated_principal(), request.user_id)
+        return identity_pb2.ResetUserTotpResponse(
+            user=_user(reset.user), totp_provisioning_uri=reset.totp_provisioning_uri
         )
 
     async def IssueToken(
@@ -241,7 +301,13 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
             )
         elif grant == "password":
             pw = request.password
-            issued = await self._tokens.password(pw.username, pw.password, pw.totp_code, pw.scope)
+            issued = await self._tokens.password(
+                pw.username,
+                pw.password,
+                pw.totp_code,
+                pw.scope,
+                source=_source(context, self._trusted_proxies),
+            )
         else:
             raise InvalidArgument(
                 [FieldViolation("grant", "client_credentials or password is required")]

@@ -118,6 +118,26 @@ class LedgerEvents:
             idempotency_key=idempotency_key("token-issued", jti),
         )
 
+    async def user_login(
+        self, user_id: str, organization: str, jti: str, *, patient_id: str = ""
+    ) -> None:
+        event = LedgerEvent(
+            kind=ledger_pb2.EVENT_KIND_USER_LOGIN,
+            actor=user_id,
+            organization=organization,
+            resource_type="AccessToken",
+            resource_id=jti,
+        )
+        key = idempotency_key("user-login", jti)
+        if patient_id:
+            # A patient's login is about them: blinded like their other entries (actor too),
+            # and listed in their own access log.
+            await self._patients.append(
+                patient_id, event, patient_actor=user_id, idempotency_key=key
+            )
+        else:
+            await self._ledger.append(event, idempotency_key=key)
+
     async def key_rotated(self, actor: str, organization: str, key_name: str, version: int) -> None:
         await self._ledger.append(
             LedgerEvent(

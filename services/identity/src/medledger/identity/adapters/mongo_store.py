@@ -7,8 +7,8 @@ Layout (one database, ``identity_*`` collections):
   allowed_purposes, display_name, disabled, create_time, disable_time}``;
   index ``(organization, _id)`` for per-organisation listings
 - ``identity_users``    ``{_id: user id, username (unique), kind, organization, patient_id,
-  password_hash, totp_secret (Vault ciphertext), failed_logins, locked_until,
-  last_totp_step, create_time}``; indexes ``(organization, username)``, ``patient_id``
+  password_hash, totp_secret (Vault ciphertext), last_totp_step, disabled, disable_time,
+  create_time}``; indexes ``(organization, username)``, ``patient_id``
 - ``identity_assertions`` ``{_id: "client-id jti", expires_at}``; TTL index on
   ``expires_at`` (a replayed jti hits the primary key until the assertion has expired)
 
@@ -61,10 +61,13 @@ def _user(doc: Document) -> User:
         patient_id=str(doc.get("patient_id", "")),
         totp_enabled=bool(doc.get("totp_secret")),
         create_time=doc["create_time"],
+        disabled=bool(doc.get("disabled", False)),
+        disable_time=doc.get("disable_time"),
     )
 
 
-_USER_FIELDS = {"password_hash": 0, "totp_secret": 0}
+# The sealed TOTP secret is read only to tell whether there is one.
+_USER_FIELDS = {"password_hash": 0}
 
 
 class IdentityStore:
@@ -182,9 +185,9 @@ class IdentityStore:
                     "patient_id": user.patient_id,
                     "password_hash": password_hash,
                     "totp_secret": sealed_totp_secret,
-                    "failed_logins": 0,
-                    "locked_until": None,
                     "last_totp_step": 0,
+                    "disabled": user.disabled,
+                    "disable_time": user.disable_time,
                     "create_time": user.create_time,
                 }
             )
@@ -200,6 +203,42 @@ class IdentityStore:
         return [_user(doc) async for doc in cursor]
 
     @mongo_errors
+    async def user(self, user_id: str) -> User | None:
+        doc = await self._users.find_one({"_id": user_id}, _USER_FIELDS)
+        return _user(doc) if doc else None
+
+    async def _update_user(self, user_id: str, update: Document) -> User | None:
+        doc = await self._users.find_one_and_update(
+            {"_id": user_id},
+            update,
+            projection=_USER_FIELDS,
+            return_document=ReturnDocument.AFTER,
+        )
+        return _user(doc) if doc else None
+
+    @mongo_errors
+    async def set_user_disabled(self, user_id: str, when: datetime | None) -> User | None:
+        if when is None:
+            return await self._update_user(
+                user_id, {"$set": {"disabled": False, "disable_time": None}}
+            )
+        await self._users.update_one(
+            {"_id": user_id, "disabled": {"$ne": True}},
+            {"$set": {"disabled": True, "disable_time": when}},
+        )
+        return await self.user(user_id)
+
+    @mongo_errors
+    async def set_password_hash(self, user_id: str, password_hash: str) -> User | None:
+        return await self._update_user(user_id, {"$set": {"password_hash": password_hash}})
+
+    @mongo_errors
+    async def set_totp_secret(self, user_id: str, sealed_totp_secret: str) -> User | None:
+        return await self._update_user(
+            user_id, {"$set": {"totp_secret": sealed_totp_secret, "last_totp_step": 0}}
+        )
+
+    @mongo_errors
     async def credentials(self, username: str) -> Credentials | None:
         doc = await self._users.find_one({"username": username})
         if doc is None:
@@ -208,38 +247,22 @@ class IdentityStore:
             user=_user(doc),
             password_hash=str(doc["password_hash"]),
             sealed_totp_secret=str(doc.get("totp_secret") or ""),
-            failed_logins=int(doc.get("failed_logins", 0)),
-            locked_until=doc.get("locked_until"),
             last_totp_step=int(doc.get("last_totp_step", 0)),
         )
-
-    @mongo_errors
-    async def login_failed(
-        self, user_id: str, *, max_failures: int, locked_until: datetime
-    ) -> None:
-        counted = await self._users.find_one_and_update(
-            {"_id": user_id},
-            {"$inc": {"failed_logins": 1}},
-            projection={"failed_logins": 1},
-            return_document=ReturnDocument.AFTER,
-        )
-        if counted is not None and int(counted["failed_logins"]) >= max_failures:
-            await self._users.update_one(
-                {"_id": user_id, "failed_logins": {"$gte": max_failures}},
-                {"$set": {"failed_logins": 0, "locked_until": locked_until}},
-            )
 
     @mongo_errors
     async def login_succeeded(
         self, user_id: str, *, totp_step: int, password_hash: str | None
     ) -> bool:
-        update: Document = {"failed_logins": 0, "locked_until": None}
+        update: Document = {}
         query: Document = {"_id": user_id}
         if totp_step:
             query["last_totp_step"] = {"$lt": totp_step}
             update["last_totp_step"] = totp_step
         if password_hash is not None:
             update["password_hash"] = password_hash
+        if not update:
+            return True
         result = await self._users.update_one(query, {"$set": update})
         return result.matched_count == 1
 

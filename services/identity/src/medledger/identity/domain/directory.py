@@ -1,10 +1,14 @@
-"""Organisations, partner clients and users: validation, authorisation, creation, listing."""
+"""Organisations, partner clients and users: validation, authorisation, creation, listing.
+
+Users: only admins create, list, disable and reset them; a user sees only themselves.
+Practitioners and admins are always enrolled in TOTP (see tokens.py for logins).
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TypeVar
@@ -20,7 +24,9 @@ from medledger.common.paging import Listing, Page, page, page_size
 from medledger.identity.domain import passwords
 from medledger.identity.domain.authz import authenticated, organization_filter, require_admin
 from medledger.identity.domain.client_keys import validate_client_jwks
+from medledger.identity.domain.passwords import Passwords
 from medledger.identity.domain.ports import (
+    SECOND_FACTOR_KINDS,
     USER_KINDS,
     Client,
     DirectoryStorage,
@@ -88,7 +94,9 @@ class NewUser:
     kind: str
     organization: str
     patient_id: str = ""
-    enroll_totp: bool = False
+    enroll_totp: bool = False  # implied for SECOND_FACTOR_KINDS
+    # A base32 TOTP secret the operator supplied (the bootstrap admin's); empty: a new one.
+    totp_secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,17 +105,28 @@ class CreatedUser:
     totp_provisioning_uri: str  # shown once; empty without TOTP
 
 
+def _user_id(user_id: str) -> None:
+    if not user_id:
+        raise InvalidArgument([FieldViolation("user_id", "is required")])
+
+
+def _no_such_user() -> NotFound:
+    return NotFound("no such user", reason="USER_NOT_FOUND")
+
+
 class Directory:
     def __init__(
         self,
         store: DirectoryStorage,
         sealer: SecretSealer,
+        passwords: Passwords,
         *,
         totp_issuer: str,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._store = store
         self._sealer = sealer
+        self._passwords = passwords
         self._totp_issuer = totp_issuer
         self._clock = clock
 
@@ -216,14 +235,10 @@ class Directory:
         username = new.username.lower()
         problems: list[FieldViolation] = []
         _matches(problems, "username", username, USERNAME)
-        if not passwords.MIN_PASSWORD_LENGTH <= len(new.password) <= passwords.MAX_PASSWORD_LENGTH:
-            problems.append(
-                FieldViolation(
-                    "password",
-                    f"must be {passwords.MIN_PASSWORD_LENGTH} to "
-                    f"{passwords.MAX_PASSWORD_LENGTH} characters",
-                )
-            )
+        if (violation := passwords.password_violation(new.password)) is not None:
+            problems.append(FieldViolation("password", violation))
+        if new.totp_secret and not passwords.valid_totp_secret(new.totp_secret):
+            problems.append(FieldViolation("totp_secret", "must be base32 of 128 bits or more"))
         if new.kind not in USER_KINDS:
             problems.append(FieldViolation("kind", "must be PRACTITIONER, PATIENT or ADMIN"))
         _matches(problems, "organization", new.organization, ORGANIZATION_ID)
@@ -234,7 +249,9 @@ class Directory:
         if problems:
             raise InvalidArgument(problems)
         await self._existing_organization(new.organization)
-        secret = passwords.new_totp_secret() if new.enroll_totp else ""
+        secret = new.totp_secret
+        if not secret and (new.enroll_totp or new.kind in SECOND_FACTOR_KINDS):
+            secret = passwords.new_totp_secret()
         sealed = await self._sealer.seal(secret.encode()) if secret else ""
         user = User(
             user_id=f"u-{uuid.uuid4().hex}",
@@ -245,15 +262,73 @@ class Directory:
             totp_enabled=bool(secret),
             create_time=self._clock(),
         )
-        await self._store.insert_user(user, await passwords.hash_password(new.password), sealed)
+        await self._store.insert_user(user, await self._passwords.hash(new.password), sealed)
         uri = passwords.provisioning_uri(secret, username, self._totp_issuer) if secret else ""
         return CreatedUser(user, uri)
+
+    async def get_user(self, principal: Principal | None, user_id: str) -> User:
+        caller = authenticated(principal)
+        _user_id(user_id)
+        if ADMIN not in caller.scopes and caller.subject != user_id:
+            # Nobody else's account is acknowledged to exist.
+            raise _no_such_user()
+        found = await self._store.user(user_id)
+        if found is None:
+            raise _no_such_user()
+        return found
 
     async def list_users(
         self, principal: Principal | None, organization: str, requested_size: int, token: str
     ) -> Page[User]:
+        require_admin(principal)
         scope = organization_filter(principal, organization)
         size = page_size(requested_size)
         listing = Listing("identity.ListUsers", (scope,))
         found = await self._store.users(scope, listing.cursor(token) or "", size + 1)
         return page(found, size, lambda u: u.username, listing)
+
+    async def disable_user(self, principal: Principal | None, user_id: str) -> User:
+        require_admin(principal)
+        _user_id(user_id)
+        return await self._found(self._store.set_user_disabled(user_id, self._clock()))
+
+    async def enable_user(self, principal: Principal | None, user_id: str) -> User:
+        require_admin(principal)
+        _user_id(user_id)
+        return await self._found(self._store.set_user_disabled(user_id, None))
+
+    async def reset_user_password(
+        self, principal: Principal | None, user_id: str, password: str
+    ) -> User:
+        require_admin(principal)
+        problems: list[FieldViolation] = []
+        if not user_id:
+            problems.append(FieldViolation("user_id", "is required"))
+        if (violation := passwords.password_violation(password)) is not None:
+            problems.append(FieldViolation("password", violation))
+        if problems:
+            raise InvalidArgument(problems)
+        if await self._store.user(user_id) is None:
+            raise _no_such_user()
+        hashed = await self._passwords.hash(password)
+        return await self._found(self._store.set_password_hash(user_id, hashed))
+
+    async def reset_user_totp(self, principal: Principal | None, user_id: str) -> CreatedUser:
+        """A new TOTP secret for the user; its provisioning URI is shown this once."""
+        require_admin(principal)
+        _user_id(user_id)
+        if await self._store.user(user_id) is None:
+            raise _no_such_user()
+        secret = passwords.new_totp_secret()
+        sealed = await self._sealer.seal(secret.encode())
+        user = await self._found(self._store.set_totp_secret(user_id, sealed))
+        return CreatedUser(
+            user, passwords.provisioning_uri(secret, user.username, self._totp_issuer)
+        )
+
+    @staticmethod
+    async def _found(update: Awaitable[User | None]) -> User:
+        user = await update
+        if user is None:
+            raise _no_such_user()
+        return user

@@ -1,7 +1,8 @@
 """What identity's logic needs from the outside, as plain data and protocols.
 
 The Mongo adapters implement :class:`DirectoryStorage` and :class:`Parties` (users and
-organisations), :class:`ConsentStorage` and :class:`BreakGlassAudit` (consents); Vault
+organisations), :class:`LoginAttempts` (login throttling), :class:`ConsentStorage` and
+:class:`BreakGlassAudit` (consents); Vault
 adapters implement :class:`TokenSigner` and :class:`SecretSealer`; the ledger adapter
 implements :class:`IdentityEvents`.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from medledger.identity.domain.consent import Consent, ConsentStatus, Grantee
@@ -19,6 +20,9 @@ if TYPE_CHECKING:  # access.py uses these ports; the record is its own
     from medledger.identity.domain.access import BreakGlassRecord
 
 USER_KINDS = ("practitioner", "patient", "admin")
+# Kinds that log in with a second factor (TOTP) always: they see many patients' data, or
+# manage who does.
+SECOND_FACTOR_KINDS = frozenset({"practitioner", "admin"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class User:
     patient_id: str
     totp_enabled: bool
     create_time: datetime
+    disabled: bool = False
+    disable_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,6 @@ class Credentials:
     user: User
     password_hash: str
     sealed_totp_secret: str  # Vault transit ciphertext; empty without TOTP
-    failed_logins: int
-    locked_until: datetime | None
     last_totp_step: int  # the last TOTP time step accepted (codes are single use)
 
 
@@ -87,22 +91,58 @@ class DirectoryStorage(Protocol):
 
     async def users(self, organization: str, after: str, limit: int) -> Sequence[User]: ...
 
-    async def credentials(self, username: str) -> Credentials | None: ...
+    async def user(self, user_id: str) -> User | None: ...
 
-    async def login_failed(
-        self, user_id: str, *, max_failures: int, locked_until: datetime
-    ) -> None:
-        """Counts a failure; the ``max_failures``-th in a row locks until ``locked_until``
-        and starts the count again."""
+    async def set_user_disabled(self, user_id: str, when: datetime | None) -> User | None:
+        """Disables the user at ``when`` (keeping an earlier disable time), or enables them
+        (``when`` None); None when unknown."""
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> User | None:
+        """None when unknown."""
+
+    async def set_totp_secret(self, user_id: str, sealed_totp_secret: str) -> User | None:
+        """Replaces the TOTP secret (and forgets the steps used with the old one); None when
+        unknown."""
+
+    async def credentials(self, username: str) -> Credentials | None: ...
 
     async def login_succeeded(
         self, user_id: str, *, totp_step: int, password_hash: str | None
     ) -> bool:
-        """Resets the failure count and records the TOTP step used (and a rehashed
-        password); False when that step (or a later one) was already used: a replay."""
+        """Records the TOTP step used (and a rehashed password); False when that step (or
+        a later one) was already used: a replay."""
 
     async def remember_assertion(self, client_id: str, jti: str, expires: datetime) -> bool:
         """Records a client assertion id until ``expires``; False when already seen."""
+
+
+class LoginAttempts(Protocol):
+    """Counters of password login attempts, by key (a source, or a source and a username).
+    Each call decides and counts in one atomic step, shared by every replica, so parallel
+    attempts can never get past a limit together."""
+
+    async def count_failure(
+        self,
+        key: str,
+        *,
+        now: datetime,
+        free: int,
+        first_delay: timedelta,
+        max_delay: timedelta,
+        forget_after: timedelta,
+    ) -> datetime | None:
+        """Counts one more failure under ``key`` unless it must wait: the first ``free``
+        are allowed at once, then each waits twice as long after the one before as that one
+        did, from ``first_delay`` up to ``max_delay``. None when counted; otherwise when the
+        next one will be allowed. A key unused for ``forget_after`` starts again from zero."""
+
+    async def take(
+        self, key: str, *, now: datetime, limit: int, window: timedelta
+    ) -> datetime | None:
+        """Takes one of the ``limit`` attempts allowed under ``key`` per ``window``: None when
+        taken; otherwise when the window ends."""
+
+    async def clear(self, key: str) -> None: ...
 
 
 class TokenSigner(Protocol):
@@ -155,6 +195,12 @@ class IdentityEvents(Protocol):
         """The BREAK_GLASS entry's leaf index."""
 
     async def token_issued(self, client_id: str, organization: str, jti: str) -> None: ...
+
+    async def user_login(
+        self, user_id: str, organization: str, jti: str, *, patient_id: str = ""
+    ) -> None:
+        """A token ``jti`` issued to a user who logged in; ``patient_id`` for a patient's own
+        account (the entry is then about that patient)."""
 
     async def key_rotated(
         self, actor: str, organization: str, key_name: str, version: int

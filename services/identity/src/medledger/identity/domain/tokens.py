@@ -2,20 +2,27 @@
 
 Tokens are JWTs (RFC 9068 shape): iss, sub, aud, exp, iat, nbf, jti, plus ``org``,
 ``scope`` (space-separated), ``purposes`` (HL7 PurposeOfUse codes) and either
-``client_id`` (partner clients) or ``user_kind`` (users). A token issued to a partner
-client exists only once the ledger holds its TOKEN_ISSUED entry: if the ledger does not
-answer, no token is returned.
+``client_id`` (partner clients) or ``user_kind`` (users). A token exists only once the
+ledger holds its entry (TOKEN_ISSUED for a partner client, USER_LOGIN for a user): if the
+ledger does not answer, no token is returned.
+
+A password login answers every failure alike (a wrong username, password or TOTP code, a
+missing code, a disabled user): same code, reason and message, and never sooner than
+``TokenPolicy.failed_login_floor`` after it began, so neither the answer nor its timing tells
+which check failed. Each attempt passes the :class:`LoginThrottle` before its password is
+hashed; unknown usernames cost a hash as known ones do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NoReturn
 
 from medledger.common.errors import (
     FieldViolation,
@@ -28,7 +35,11 @@ from medledger.identity.domain import passwords
 from medledger.identity.domain.assertions import ASSERTION_TYPE, AssertionVerifier
 from medledger.identity.domain.authz import require_admin
 from medledger.identity.domain.directory import utc_now
+from medledger.identity.domain.login_throttle import LoginThrottle
+from medledger.identity.domain.passwords import Passwords
 from medledger.identity.domain.ports import (
+    SECOND_FACTOR_KINDS,
+    Credentials,
     DirectoryStorage,
     IdentityEvents,
     SecretSealer,
@@ -47,6 +58,7 @@ from medledger.identity.domain.scopes import (
 
 # The identity service's own principal, for the calls it makes (ledger appends).
 SERVICE_PRINCIPAL: Final = "medledger-identity"
+MAX_USERNAME_LENGTH: Final = 128  # directory.USERNAME's bound
 
 
 @dataclass(frozen=True)
@@ -72,9 +84,9 @@ class TokenPolicy:
     issuer: str
     default_audience: str
     lifetime: timedelta
-    max_login_failures: int
-    lockout: timedelta
     service_organization: str
+    # A failed password login answers no sooner than this after it began.
+    failed_login_floor: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,8 @@ class TokenService:
         events: IdentityEvents,
         assertions: AssertionVerifier,
         policy: TokenPolicy,
+        passwords: Passwords,
+        throttle: LoginThrottle,
         *,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -119,6 +133,8 @@ class TokenService:
         self._events = events
         self._assertions = assertions
         self._policy = policy
+        self._passwords = passwords
+        self._throttle = throttle
         self._clock = clock
         self._service_token: tuple[str, datetime] | None = None
         # One rotation at a time here: each ledgers the version it creates, so two at once
@@ -199,53 +215,49 @@ class TokenService:
         return self._issued(token, scopes)
 
     async def password(
-        self, username: str, password: str, totp_code: str, scope: str
+        self, username: str, password: str, totp_code: str, scope: str, *, source: str
     ) -> IssuedToken:
+        """A user's token for a password (and TOTP code) sent from ``source`` (the caller's
+        network address, which the throttle counts by)."""
         problems: list[FieldViolation] = []
         if not username:
             problems.append(FieldViolation("password.username", "is required"))
+        elif len(username) > MAX_USERNAME_LENGTH:
+            problems.append(FieldViolation("password.username", "is too long"))
         if not password:
             problems.append(FieldViolation("password.password", "is required"))
         elif len(password) > passwords.MAX_PASSWORD_LENGTH:
             problems.append(FieldViolation("password.password", "is too long"))
         if problems:
             raise InvalidArgument(problems)
-        now = self._clock()
-        found = await self._store.credentials(username.lower())
-        if found is not None and found.locked_until is not None and found.locked_until > now:
-            raise Unauthenticated(
-                "too many failed logins; the account is locked for a while",
-                reason="ACCOUNT_LOCKED",
-            )
-        matches, rehash = await passwords.verify_password(
+        began = time.monotonic()
+        username = username.lower()
+        self._passwords.check_capacity()
+        await self._throttle.admit(source, username)
+        found = await self._store.credentials(username)
+        matches, rehash = await self._passwords.verify(
             found.password_hash if found else None, password
         )
-        if found is None or not matches:
-            if found is not None:
-                await self._failed(found.user.user_id)
-            raise Unauthenticated("wrong username or password", reason="INVALID_CREDENTIALS")
+        if found is None or not matches or found.user.disabled:
+            await self._refuse(began)
         step = 0
-        if found.sealed_totp_secret:
-            if not totp_code:
-                raise Unauthenticated("a TOTP code is required", reason="TOTP_REQUIRED")
-            secret = (await self._sealer.unseal(found.sealed_totp_secret)).decode()
-            matched = passwords.matching_step(secret, totp_code, now)
-            if matched is None or matched <= found.last_totp_step:
-                await self._failed(found.user.user_id)
-                raise Unauthenticated("the TOTP code is not valid", reason="TOTP_INVALID")
-            step = matched
+        if found.sealed_totp_secret or found.user.kind in SECOND_FACTOR_KINDS:
+            step = await self._totp_step(found, totp_code)
+            if not step:
+                await self._refuse(began)
         user = found.user
         policy = USER_POLICIES[user.kind]
         scopes = _granted(scope, policy.scopes, "password.scope")
-        new_hash = await passwords.hash_password(password) if rehash else None
+        new_hash = await self._passwords.hash(password) if rehash else None
         if not await self._store.login_succeeded(
             user.user_id, totp_step=step, password_hash=new_hash
         ):
-            raise Unauthenticated("the TOTP code is not valid", reason="TOTP_INVALID")
+            await self._refuse(began)  # the same code, used by a login that just won a race
+        await self._throttle.succeeded(source, username)
         extra: dict[str, object] = {"user_kind": user.kind}
         if user.patient_id:
             extra["patient"] = user.patient_id
-        token, _, _ = await self._sign(
+        token, jti, _ = await self._sign(
             subject=user.user_id,
             organization=user.organization,
             audience=self._policy.default_audience,
@@ -253,13 +265,29 @@ class TokenService:
             purposes=policy.purposes,
             extra=extra,
         )
+        # As for clients: no ledger entry, no token.
+        await self._events.user_login(
+            user.user_id, user.organization, jti, patient_id=user.patient_id
+        )
         return self._issued(token, scopes)
 
-    async def _failed(self, user_id: str) -> None:
-        await self._store.login_failed(
-            user_id,
-            max_failures=self._policy.max_login_failures,
-            locked_until=self._clock() + self._policy.lockout,
+    async def _totp_step(self, found: Credentials, code: str) -> int:
+        """The time step of a valid, unused TOTP code; 0 when there is none (a user who
+        must have a second factor but is not enrolled has none)."""
+        if not found.sealed_totp_secret or not code:
+            return 0
+        secret = (await self._sealer.unseal(found.sealed_totp_secret)).decode()
+        matched = passwords.matching_step(secret, code, self._clock())
+        if matched is None or matched <= found.last_totp_step:
+            return 0
+        return matched
+
+    async def _refuse(self, began: float) -> NoReturn:
+        remaining = self._policy.failed_login_floor.total_seconds() - (time.monotonic() - began)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        raise Unauthenticated(
+            "wrong username, password or one-time code", reason="INVALID_CREDENTIALS"
         )
 
     async def jwks(self) -> str:

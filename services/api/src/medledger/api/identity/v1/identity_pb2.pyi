@@ -546,6 +546,8 @@ class User(_message.Message):
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     TOTP_ENABLED_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
+    DISABLE_TIME_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     username: _builtins.str
     kind: Global___UserKind.ValueType
@@ -553,8 +555,14 @@ class User(_message.Message):
     patient_id: _builtins.str
     """For PATIENT users: id of the FHIR Patient resource they are; empty otherwise."""
     totp_enabled: _builtins.bool
+    disabled: _builtins.bool
+    """A disabled user cannot log in."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def disable_time(self) -> _timestamp_pb2.Timestamp:
+        """Set when disabled."""
+
     def __init__(
         self,
         *,
@@ -565,10 +573,12 @@ class User(_message.Message):
         patient_id: _builtins.str = ...,
         totp_enabled: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        disabled: _builtins.bool = ...,
+        disable_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disable_time", b"disable_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "kind", b"kind", "organization", b"organization", "patient_id", b"patient_id", "totp_enabled", b"totp_enabled", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disable_time", b"disable_time", "disabled", b"disabled", "kind", b"kind", "organization", b"organization", "patient_id", b"patient_id", "totp_enabled", b"totp_enabled", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -591,7 +601,9 @@ class CreateUserRequest(_message.Message):
     patient_id: _builtins.str
     """Required for PATIENT users: id of their FHIR Patient resource."""
     enroll_totp: _builtins.bool
-    """Enrol the user in TOTP (RFC 6238); the response then carries the provisioning URI."""
+    """Enrol the user in TOTP (RFC 6238); the response then carries the provisioning URI.
+    ADMIN and PRACTITIONER users are always enrolled, whatever this says.
+    """
     def __init__(
         self,
         *,
@@ -635,6 +647,45 @@ class CreateUserResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateUserResponse: _TypeAlias = CreateUserResponse  # noqa: Y015
+
+@_typing.final
+class GetUserRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserRequest: _TypeAlias = GetUserRequest  # noqa: Y015
+
+@_typing.final
+class GetUserResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserResponse: _TypeAlias = GetUserResponse  # noqa: Y015
 
 @_typing.final
 class ListUsersRequest(_message.Message):
@@ -686,6 +737,170 @@ class ListUsersResponse(_message.Message):
 Global___ListUsersResponse: _TypeAlias = ListUsersResponse  # noqa: Y015
 
 @_typing.final
+class DisableUserRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisableUserRequest: _TypeAlias = DisableUserRequest  # noqa: Y015
+
+@_typing.final
+class DisableUserResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisableUserResponse: _TypeAlias = DisableUserResponse  # noqa: Y015
+
+@_typing.final
+class EnableUserRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnableUserRequest: _TypeAlias = EnableUserRequest  # noqa: Y015
+
+@_typing.final
+class EnableUserResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnableUserResponse: _TypeAlias = EnableUserResponse  # noqa: Y015
+
+@_typing.final
+class ResetUserPasswordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    password: _builtins.str
+    """The new password, as for CreateUser."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetUserPasswordRequest: _TypeAlias = ResetUserPasswordRequest  # noqa: Y015
+
+@_typing.final
+class ResetUserPasswordResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetUserPasswordResponse: _TypeAlias = ResetUserPasswordResponse  # noqa: Y015
+
+@_typing.final
+class ResetUserTotpRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetUserTotpRequest: _TypeAlias = ResetUserTotpRequest  # noqa: Y015
+
+@_typing.final
+class ResetUserTotpResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    TOTP_PROVISIONING_URI_FIELD_NUMBER: _builtins.int
+    totp_provisioning_uri: _builtins.str
+    """otpauth:// provisioning URI of the new secret, returned this once."""
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+        totp_provisioning_uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["totp_provisioning_uri", b"totp_provisioning_uri", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetUserTotpResponse: _TypeAlias = ResetUserTotpResponse  # noqa: Y015
+
+@_typing.final
 class ClientCredentialsGrant(_message.Message):
     """ClientCredentialsGrant authenticates a partner client with a signed JWT (RFC 7523,
     private_key_jwt).
@@ -727,7 +942,12 @@ Global___ClientCredentialsGrant: _TypeAlias = ClientCredentialsGrant  # noqa: Y0
 
 @_typing.final
 class PasswordGrant(_message.Message):
-    """PasswordGrant authenticates a user."""
+    """PasswordGrant authenticates a user. A wrong username, password or TOTP code, a disabled
+    user and a missing code are all answered alike (UNAUTHENTICATED, INVALID_CREDENTIALS), so
+    the answer never tells which one was wrong. Attempts are throttled per source and per
+    source and username: RESOURCE_EXHAUSTED, LOGIN_THROTTLED, with a RetryInfo saying when to
+    try again.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -738,7 +958,9 @@ class PasswordGrant(_message.Message):
     username: _builtins.str
     password: _builtins.str
     totp_code: _builtins.str
-    """Current TOTP code; required when the user is enrolled."""
+    """Current TOTP code; required when the user is enrolled (ADMIN and PRACTITIONER users
+    always are).
+    """
     scope: _builtins.str
     """Space-separated scopes requested."""
     def __init__(

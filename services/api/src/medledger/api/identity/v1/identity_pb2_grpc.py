@@ -76,10 +76,35 @@ class IdentityServiceStub:
                 request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CreateUserRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CreateUserResponse.FromString,
                 _registered_method=True)
+        self.GetUser = channel.unary_unary(
+                '/medledger.api.identity.v1.IdentityService/GetUser',
+                request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.GetUserRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.GetUserResponse.FromString,
+                _registered_method=True)
         self.ListUsers = channel.unary_unary(
                 '/medledger.api.identity.v1.IdentityService/ListUsers',
                 request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListUsersRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.DisableUser = channel.unary_unary(
+                '/medledger.api.identity.v1.IdentityService/DisableUser',
+                request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.DisableUserRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.DisableUserResponse.FromString,
+                _registered_method=True)
+        self.EnableUser = channel.unary_unary(
+                '/medledger.api.identity.v1.IdentityService/EnableUser',
+                request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.EnableUserRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.EnableUserResponse.FromString,
+                _registered_method=True)
+        self.ResetUserPassword = channel.unary_unary(
+                '/medledger.api.identity.v1.IdentityService/ResetUserPassword',
+                request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserPasswordRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserPasswordResponse.FromString,
+                _registered_method=True)
+        self.ResetUserTotp = channel.unary_unary(
+                '/medledger.api.identity.v1.IdentityService/ResetUserTotp',
+                request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserTotpRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserTotpResponse.FromString,
                 _registered_method=True)
         self.IssueToken = channel.unary_unary(
                 '/medledger.api.identity.v1.IdentityService/IssueToken',
@@ -190,8 +215,44 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUser(self, request, context):
+        """GetUser returns one user: admins any, a user only themselves (NOT_FOUND otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListUsers(self, request, context):
-        """ListUsers lists users, optionally of one organization.
+        """ListUsers lists users, optionally of one organization (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableUser(self, request, context):
+        """DisableUser stops a user from logging in (admin); tokens already issued expire on their
+        own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableUser(self, request, context):
+        """EnableUser lets a disabled user log in again (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetUserPassword(self, request, context):
+        """ResetUserPassword sets a new password for a user (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetUserTotp(self, request, context):
+        """ResetUserTotp enrols a user in TOTP with a new secret, replacing any earlier one (admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -310,10 +371,35 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CreateUserRequest.FromString,
                     response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.CreateUserResponse.SerializeToString,
             ),
+            'GetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUser,
+                    request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.GetUserRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.GetUserResponse.SerializeToString,
+            ),
             'ListUsers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListUsers,
                     request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListUsersRequest.FromString,
                     response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'DisableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableUser,
+                    request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.DisableUserRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.DisableUserResponse.SerializeToString,
+            ),
+            'EnableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableUser,
+                    request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.EnableUserRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.EnableUserResponse.SerializeToString,
+            ),
+            'ResetUserPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetUserPassword,
+                    request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserPasswordRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserPasswordResponse.SerializeToString,
+            ),
+            'ResetUserTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetUserTotp,
+                    request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserTotpRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserTotpResponse.SerializeToString,
             ),
             'IssueToken': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueToken,
@@ -590,6 +676,33 @@ class IdentityService:
             _registered_method=True)
 
     @staticmethod
+    def GetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.identity.v1.IdentityService/GetUser',
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.GetUserRequest.SerializeToString,
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.GetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListUsers(request,
             target,
             options=(),
@@ -606,6 +719,114 @@ class IdentityService:
             '/medledger.api.identity.v1.IdentityService/ListUsers',
             medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListUsersRequest.SerializeToString,
             medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.identity.v1.IdentityService/DisableUser',
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.DisableUserRequest.SerializeToString,
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.DisableUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.identity.v1.IdentityService/EnableUser',
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.EnableUserRequest.SerializeToString,
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.EnableUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetUserPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.identity.v1.IdentityService/ResetUserPassword',
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserPasswordRequest.SerializeToString,
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetUserTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.identity.v1.IdentityService/ResetUserTotp',
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserTotpRequest.SerializeToString,
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ResetUserTotpResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,8 +53,20 @@ class IdentityServiceStub:
     """
     CreateUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateUserRequest, _identity_pb2.CreateUserResponse]
     """CreateUser creates a practitioner, patient or admin login (admin)."""
+    GetUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetUserRequest, _identity_pb2.GetUserResponse]
+    """GetUser returns one user: admins any, a user only themselves (NOT_FOUND otherwise)."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListUsersRequest, _identity_pb2.ListUsersResponse]
-    """ListUsers lists users, optionally of one organization."""
+    """ListUsers lists users, optionally of one organization (admin)."""
+    DisableUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DisableUserRequest, _identity_pb2.DisableUserResponse]
+    """DisableUser stops a user from logging in (admin); tokens already issued expire on their
+    own.
+    """
+    EnableUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EnableUserRequest, _identity_pb2.EnableUserResponse]
+    """EnableUser lets a disabled user log in again (admin)."""
+    ResetUserPassword: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResetUserPasswordRequest, _identity_pb2.ResetUserPasswordResponse]
+    """ResetUserPassword sets a new password for a user (admin)."""
+    ResetUserTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResetUserTotpRequest, _identity_pb2.ResetUserTotpResponse]
+    """ResetUserTotp enrols a user in TOTP with a new secret, replacing any earlier one (admin)."""
     IssueToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.IssueTokenRequest, _identity_pb2.IssueTokenResponse]
     """IssueToken exchanges a client assertion (RFC 7523) or a user login for an access token.
     Needs no token itself.
@@ -111,8 +123,20 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """
     CreateUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateUserRequest, _identity_pb2.CreateUserResponse]  # type: ignore[assignment]
     """CreateUser creates a practitioner, patient or admin login (admin)."""
+    GetUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetUserRequest, _identity_pb2.GetUserResponse]  # type: ignore[assignment]
+    """GetUser returns one user: admins any, a user only themselves (NOT_FOUND otherwise)."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListUsersRequest, _identity_pb2.ListUsersResponse]  # type: ignore[assignment]
-    """ListUsers lists users, optionally of one organization."""
+    """ListUsers lists users, optionally of one organization (admin)."""
+    DisableUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.DisableUserRequest, _identity_pb2.DisableUserResponse]  # type: ignore[assignment]
+    """DisableUser stops a user from logging in (admin); tokens already issued expire on their
+    own.
+    """
+    EnableUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.EnableUserRequest, _identity_pb2.EnableUserResponse]  # type: ignore[assignment]
+    """EnableUser lets a disabled user log in again (admin)."""
+    ResetUserPassword: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResetUserPasswordRequest, _identity_pb2.ResetUserPasswordResponse]  # type: ignore[assignment]
+    """ResetUserPassword sets a new password for a user (admin)."""
+    ResetUserTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResetUserTotpRequest, _identity_pb2.ResetUserTotpResponse]  # type: ignore[assignment]
+    """ResetUserTotp enrols a user in TOTP with a new secret, replacing any earlier one (admin)."""
     IssueToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.IssueTokenRequest, _identity_pb2.IssueTokenResponse]  # type: ignore[assignment]
     """IssueToken exchanges a client assertion (RFC 7523) or a user login for an access token.
     Needs no token itself.
@@ -216,12 +240,54 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         """CreateUser creates a practitioner, patient or admin login (admin)."""
 
     @_abc_1.abstractmethod
+    def GetUser(
+        self,
+        request: _identity_pb2.GetUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.GetUserResponse, _abc.Awaitable[_identity_pb2.GetUserResponse]]:
+        """GetUser returns one user: admins any, a user only themselves (NOT_FOUND otherwise)."""
+
+    @_abc_1.abstractmethod
     def ListUsers(
         self,
         request: _identity_pb2.ListUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ListUsersResponse, _abc.Awaitable[_identity_pb2.ListUsersResponse]]:
-        """ListUsers lists users, optionally of one organization."""
+        """ListUsers lists users, optionally of one organization (admin)."""
+
+    @_abc_1.abstractmethod
+    def DisableUser(
+        self,
+        request: _identity_pb2.DisableUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.DisableUserResponse, _abc.Awaitable[_identity_pb2.DisableUserResponse]]:
+        """DisableUser stops a user from logging in (admin); tokens already issued expire on their
+        own.
+        """
+
+    @_abc_1.abstractmethod
+    def EnableUser(
+        self,
+        request: _identity_pb2.EnableUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.EnableUserResponse, _abc.Awaitable[_identity_pb2.EnableUserResponse]]:
+        """EnableUser lets a disabled user log in again (admin)."""
+
+    @_abc_1.abstractmethod
+    def ResetUserPassword(
+        self,
+        request: _identity_pb2.ResetUserPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ResetUserPasswordResponse, _abc.Awaitable[_identity_pb2.ResetUserPasswordResponse]]:
+        """ResetUserPassword sets a new password for a user (admin)."""
+
+    @_abc_1.abstractmethod
+    def ResetUserTotp(
+        self,
+        request: _identity_pb2.ResetUserTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ResetUserTotpResponse, _abc.Awaitable[_identity_pb2.ResetUserTotpResponse]]:
+        """ResetUserTotp enrols a user in TOTP with a new secret, replacing any earlier one (admin)."""
 
     @_abc_1.abstractmethod
     def IssueToken(

@@ -44,6 +44,8 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_MODEL_REGISTERED: _EventKind.ValueType  # 11
     EVENT_KIND_KEY_ROTATED: _EventKind.ValueType  # 12
     """A signing key (ledger checkpoints or identity tokens) was rotated."""
+    EVENT_KIND_USER_LOGIN: _EventKind.ValueType  # 13
+    """A user logged in: an access token was issued to a user (the actor, by user id)."""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """EventKind is what happened."""
@@ -65,6 +67,8 @@ EVENT_KIND_INFERENCE_MADE: EventKind.ValueType  # 10
 EVENT_KIND_MODEL_REGISTERED: EventKind.ValueType  # 11
 EVENT_KIND_KEY_ROTATED: EventKind.ValueType  # 12
 """A signing key (ledger checkpoints or identity tokens) was rotated."""
+EVENT_KIND_USER_LOGIN: EventKind.ValueType  # 13
+"""A user logged in: an access token was issued to a user (the actor, by user id)."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final
