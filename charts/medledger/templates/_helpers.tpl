@@ -219,6 +219,9 @@ same name in its place.
 {{- end -}}
 {{- if eq .name "identity" -}}
 {{- $env = append $env (dict "name" "IDENTITY_SERVICE_CLIENTS" "value" (join "," $root.Values.identity.serviceClients)) -}}
+{{- if $root.Values.identity.trustedProxies -}}
+{{- $env = append $env (dict "name" "IDENTITY_TRUSTED_PROXIES" "value" (join "," $root.Values.identity.trustedProxies)) -}}
+{{- end -}}
 {{- if $root.Values.identity.bootstrapClient.id -}}
 {{- $env = append $env (dict "name" "IDENTITY_BOOTSTRAP_CLIENT_ID" "value" $root.Values.identity.bootstrapClient.id) -}}
 {{- $env = append $env (dict "name" "IDENTITY_BOOTSTRAP_CLIENT_JWKS_FILE" "value" "/etc/medledger/bootstrap/jwks.json") -}}
