@@ -6,15 +6,12 @@ the pseudonym with that salt proves the entry is the patient's."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import hashlib
 import hmac
-import secrets
 
-from medledger.common.errors import FailedPrecondition
+from medledger.common.held_keys import held_key
 from medledger.common.vault import VaultTransit
-from medledger.common.vault_layout import KV_MOUNT, SUBJECT_KEY_PATH
+from medledger.common.vault_layout import SUBJECT_KEY_PATH
 
 
 class SubjectHasher:
@@ -26,20 +23,7 @@ class SubjectHasher:
     async def _load(self) -> bytes:
         async with self._lock:
             if self._key is None:
-                stored = await self._vault.read_secret(SUBJECT_KEY_PATH, mount=KV_MOUNT)
-                if stored is None:
-                    fresh = base64.b64encode(secrets.token_bytes(32)).decode()
-                    # Refused once it exists: a service may create the key, never replace
-                    # it (vault_layout), so a creator that lost the race is refused.
-                    with contextlib.suppress(FailedPrecondition):
-                        await self._vault.create_secret(
-                            SUBJECT_KEY_PATH, {"key": fresh}, mount=KV_MOUNT
-                        )
-                    # Whoever won the race, everyone uses the stored value.
-                    stored = await self._vault.read_secret(SUBJECT_KEY_PATH, mount=KV_MOUNT)
-                if stored is None or "key" not in stored:
-                    raise FailedPrecondition("subject key is missing", reason="SUBJECT_KEY")
-                self._key = base64.b64decode(stored["key"])
+                self._key = await held_key(self._vault, SUBJECT_KEY_PATH)
             return self._key
 
     async def subject(self, patient_id: str) -> bytes:
