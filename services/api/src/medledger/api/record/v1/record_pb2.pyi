@@ -86,12 +86,18 @@ class StoredResource(_message.Message):
     RESOURCE_JSON_FIELD_NUMBER: _builtins.int
     UPDATED_TIME_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    COMMITMENT_SALT_FIELD_NUMBER: _builtins.int
     resource_type: _builtins.str
     id: _builtins.str
     version: _builtins.int
     """Starts at 1; the FHIR meta.versionId."""
     resource_json: _builtins.str
     """The FHIR R4 resource, JSON."""
+    commitment_salt: _builtins.bytes
+    """Opens the content_commitment of that entry: SHA-256("medledger.record.v1" 0x00 || salt ||
+    RFC 8785 canonical form of resource_json) (medledger.verify.commitment). Given only to
+    whoever may read the version; without it the ledger entry says nothing of the content.
+    """
     @_builtins.property
     def updated_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -107,10 +113,11 @@ class StoredResource(_message.Message):
         resource_json: _builtins.str = ...,
         updated_time: _timestamp_pb2.Timestamp | None = ...,
         receipt: _ledger_pb2.Receipt | None = ...,
+        commitment_salt: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt", "updated_time", b"updated_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "receipt", b"receipt", "resource_json", b"resource_json", "resource_type", b"resource_type", "updated_time", b"updated_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment_salt", b"commitment_salt", "id", b"id", "receipt", b"receipt", "resource_json", b"resource_json", "resource_type", b"resource_type", "updated_time", b"updated_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,21 +194,27 @@ class CreateResourceRequest(_message.Message):
     RESOURCE_JSON_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
     resource_json: _builtins.str
     """The FHIR R4 resource, JSON; any id in it is replaced by a server-assigned one."""
     idempotency_key: _builtins.str
     """A retry with the same key returns the first result."""
     purpose: _purpose_pb2.PurposeOfUse.ValueType
+    break_glass_reason: _builtins.str
+    """With purpose ETREAT, why the access is an emergency: asked for only when no consent
+    permits it (break-glass, identity's CheckAccess). Kept in identity's audit, never ledgered.
+    """
     def __init__(
         self,
         *,
         resource_json: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        break_glass_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "purpose", b"purpose", "resource_json", b"resource_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_reason", b"break_glass_reason", "idempotency_key", b"idempotency_key", "purpose", b"purpose", "resource_json", b"resource_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,11 +248,16 @@ class GetResourceRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
     resource_type: _builtins.str
     id: _builtins.str
     version: _builtins.int
     """0 means the latest."""
     purpose: _purpose_pb2.PurposeOfUse.ValueType
+    break_glass_reason: _builtins.str
+    """With purpose ETREAT, why the access is an emergency: asked for only when no consent
+    permits it (break-glass, identity's CheckAccess). Kept in identity's audit, never ledgered.
+    """
     def __init__(
         self,
         *,
@@ -247,10 +265,11 @@ class GetResourceRequest(_message.Message):
         id: _builtins.str = ...,
         version: _builtins.int = ...,
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        break_glass_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "purpose", b"purpose", "resource_type", b"resource_type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_reason", b"break_glass_reason", "id", b"id", "purpose", b"purpose", "resource_type", b"resource_type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -284,6 +303,7 @@ class UpdateResourceRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
     resource_json: _builtins.str
     """The FHIR R4 resource, JSON; its resourceType and id name the resource to update."""
     expected_version: _builtins.int
@@ -291,6 +311,10 @@ class UpdateResourceRequest(_message.Message):
     idempotency_key: _builtins.str
     """A retry with the same key returns the first result."""
     purpose: _purpose_pb2.PurposeOfUse.ValueType
+    break_glass_reason: _builtins.str
+    """With purpose ETREAT, why the access is an emergency: asked for only when no consent
+    permits it (break-glass, identity's CheckAccess). Kept in identity's audit, never ledgered.
+    """
     def __init__(
         self,
         *,
@@ -298,10 +322,11 @@ class UpdateResourceRequest(_message.Message):
         expected_version: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        break_glass_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "idempotency_key", b"idempotency_key", "purpose", b"purpose", "resource_json", b"resource_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_reason", b"break_glass_reason", "expected_version", b"expected_version", "idempotency_key", b"idempotency_key", "purpose", b"purpose", "resource_json", b"resource_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,11 +361,16 @@ class ListResourceHistoryRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
     resource_type: _builtins.str
     id: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
     purpose: _purpose_pb2.PurposeOfUse.ValueType
+    break_glass_reason: _builtins.str
+    """With purpose ETREAT, why the access is an emergency: asked for only when no consent
+    permits it (break-glass, identity's CheckAccess). Kept in identity's audit, never ledgered.
+    """
     def __init__(
         self,
         *,
@@ -349,10 +379,11 @@ class ListResourceHistoryRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        break_glass_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "page_size", b"page_size", "page_token", b"page_token", "purpose", b"purpose", "resource_type", b"resource_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_reason", b"break_glass_reason", "id", b"id", "page_size", b"page_size", "page_token", b"page_token", "purpose", b"purpose", "resource_type", b"resource_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -416,10 +447,15 @@ class SearchResourcesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
     resource_type: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
     purpose: _purpose_pb2.PurposeOfUse.ValueType
+    break_glass_reason: _builtins.str
+    """With purpose ETREAT, why the access is an emergency: asked for only when no consent
+    permits it (break-glass, identity's CheckAccess). Kept in identity's audit, never ledgered.
+    """
     @_builtins.property
     def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchParam]:
         """All must match."""
@@ -432,10 +468,11 @@ class SearchResourcesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        break_glass_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "params", b"params", "purpose", b"purpose", "resource_type", b"resource_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_reason", b"break_glass_reason", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "purpose", b"purpose", "resource_type", b"resource_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
