@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 from pymongo import AsyncMongoClient
@@ -62,3 +63,24 @@ def mongo_errors(
             raise Unavailable("mongodb") from exc
 
     return wrapped
+
+
+class RunOnce:
+    """Runs ``setup`` (a store creating its indexes) the first time it is awaited.
+
+    Concurrent callers wait for that one run; a run that fails (Mongo down) is tried again by
+    the next caller, so a store can be built before its database answers.
+    """
+
+    def __init__(self, setup: Callable[[], Awaitable[None]]) -> None:
+        self._setup = setup
+        self._done = False
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> None:
+        if self._done:
+            return
+        async with self._lock:
+            if not self._done:
+                await self._setup()
+                self._done = True

@@ -11,7 +11,6 @@ A patient key is a digest of the patient's pseudonym: nothing here names a patie
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ from bson.binary import Binary
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
-from medledger.common.mongo import mongo_errors
+from medledger.common.mongo import RunOnce, mongo_errors
 from medledger.common.patient_log import SealedLeaf
 
 Document = dict[str, Any]
@@ -30,19 +29,16 @@ class MongoPatientLeafStore:
         db = client[database]
         self._keys = db[f"{prefix}_patient_keys"]
         self._leaves = db[f"{prefix}_patient_leaves"]
-        self._indexed = False
-        self._index_lock = asyncio.Lock()
+        self._ready = RunOnce(self._create_indexes)
 
     @mongo_errors
     async def ensure_indexes(self) -> None:
-        if self._indexed:
-            return
-        async with self._index_lock:
-            if not self._indexed:
-                await self._leaves.create_index(
-                    [("patient", ASCENDING), ("_id", ASCENDING)], name="patient"
-                )
-                self._indexed = True
+        await self._ready()
+
+    async def _create_indexes(self) -> None:
+        await self._leaves.create_index(
+            [("patient", ASCENDING), ("_id", ASCENDING)], name="patient"
+        )
 
     @mongo_errors
     async def wrapped_key(self, patient_key: str) -> str | None:

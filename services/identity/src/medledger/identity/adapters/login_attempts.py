@@ -10,7 +10,6 @@ on any replica, are counted one by one against the limit.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from datetime import datetime, timedelta
@@ -20,7 +19,7 @@ from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from medledger.common.errors import Unavailable
-from medledger.common.mongo import mongo_errors
+from medledger.common.mongo import RunOnce, mongo_errors
 
 Document = dict[str, Any]
 # 2**40 times the first delay is past any maximum delay; a bounded exponent stays finite.
@@ -34,16 +33,10 @@ def _milliseconds(delta: timedelta) -> int:
 class LoginAttemptStore:
     def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
         self._attempts = client[database]["identity_login_attempts"]
-        self._indexed = False
-        self._index_lock = asyncio.Lock()
+        self.ensure_indexes = RunOnce(self._create_indexes)
 
-    async def ensure_indexes(self) -> None:
-        if self._indexed:
-            return
-        async with self._index_lock:
-            if not self._indexed:
-                await self._attempts.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
-                self._indexed = True
+    async def _create_indexes(self) -> None:
+        await self._attempts.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
     async def _decide(self, key: str, pipeline: list[Document]) -> Document:
         await self.ensure_indexes()

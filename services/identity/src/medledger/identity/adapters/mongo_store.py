@@ -18,7 +18,6 @@ separate migration step having run.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -27,7 +26,7 @@ from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from medledger.common.errors import AlreadyExists
-from medledger.common.mongo import mongo_errors
+from medledger.common.mongo import RunOnce, mongo_errors
 from medledger.identity.domain.consent import Grantee, GranteeKind
 from medledger.identity.domain.ports import Client, Credentials, Organization, User
 
@@ -77,27 +76,17 @@ class IdentityStore:
         self._clients = db["identity_clients"]
         self._users = db["identity_users"]
         self._assertions = db["identity_assertions"]
-        self._indexed = False
-        self._index_lock = asyncio.Lock()
+        self._ready = RunOnce(self._create_indexes)
 
     async def ensure_indexes(self) -> None:
         """Creates the indexes now (operations also do it before their first write)."""
         await self._ready()
 
-    async def _ready(self) -> None:
-        if self._indexed:
-            return
-        async with self._index_lock:
-            if not self._indexed:
-                await self._users.create_index([("username", ASCENDING)], unique=True)
-                await self._users.create_index(
-                    [("organization", ASCENDING), ("username", ASCENDING)]
-                )
-                await self._clients.create_index([("organization", ASCENDING), ("_id", ASCENDING)])
-                await self._assertions.create_index(
-                    [("expires_at", ASCENDING)], expireAfterSeconds=0
-                )
-                self._indexed = True
+    async def _create_indexes(self) -> None:
+        await self._users.create_index([("username", ASCENDING)], unique=True)
+        await self._users.create_index([("organization", ASCENDING), ("username", ASCENDING)])
+        await self._clients.create_index([("organization", ASCENDING), ("_id", ASCENDING)])
+        await self._assertions.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
     # -- organisations -------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ Layout (one database, ``record_*`` collections; ``resource`` is the keyed digest
 resource's type and id, ``patient`` the patient's keyed pseudonym):
 
 - ``record_patients``  ``{_id: patient, wrapped: data key wrapped by Vault, created,
-  writes}``; after erasure ``{_id, erased: true, erased_at}`` (the tombstone; the wrapped key
+  writes, holder, holder_tag}`` (the organisation holding the patient's record, and its
+  keyed tag); after erasure ``{_id, erased: true, erased_at}`` (the tombstone; the wrapped key
   is gone). ``writes`` is bumped by every commit, so a commit and an erasure conflict.
 - ``record_versions``  ``{_id: "<resource hex>/<version>", resource, version, patient,
   state: "committed", nonce, content, receipt_nonce, receipt}``; a pending version has
@@ -28,7 +29,6 @@ the idempotency key is recorded, or nothing is. A document that does not parse i
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -40,7 +40,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
-from medledger.common.mongo import mongo_errors
+from medledger.common.mongo import RunOnce, mongo_errors
 from medledger.record.domain.envelope import damaged
 from medledger.record.domain.ports import (
     CurrentPointer,
@@ -98,6 +98,8 @@ def _patient_key(doc: Document) -> PatientKey:
             patient=_bytes(doc["_id"]),
             wrapped=None if wrapped is None else _str(wrapped),
             erased=doc.get("erased") is True,
+            holder=_str(doc.get("holder", "")),
+            holder_tag=_bytes(doc.get("holder_tag", b"")),
         )
 
 
@@ -165,8 +167,7 @@ class RecordStore:
         self._current = db["record_current"]
         self._index = db["record_index"]
         self._idempotency = db["record_idempotency"]
-        self._indexed = False
-        self._index_lock = asyncio.Lock()
+        self._ready = RunOnce(self._create_indexes)
 
     @property
     def collections(self) -> tuple[str, ...]:
@@ -187,23 +188,14 @@ class RecordStore:
         """Creates the indexes now (writes also do it before their first write)."""
         await self._ready()
 
-    async def _ready(self) -> None:
-        if self._indexed:
-            return
-        async with self._index_lock:
-            if not self._indexed:
-                await self._versions.create_index([("patient", ASCENDING)])
-                await self._versions.create_index(
-                    [("state", ASCENDING), ("prepared_at", ASCENDING)]
-                )
-                await self._current.create_index([("patient", ASCENDING), ("_id", ASCENDING)])
-                await self._index.create_index([("token", ASCENDING), ("resource", ASCENDING)])
-                await self._index.create_index([("resource", ASCENDING)])
-                await self._index.create_index([("patient", ASCENDING)])
-                await self._idempotency.create_index(
-                    [("expires_at", ASCENDING)], expireAfterSeconds=0
-                )
-                self._indexed = True
+    async def _create_indexes(self) -> None:
+        await self._versions.create_index([("patient", ASCENDING)])
+        await self._versions.create_index([("state", ASCENDING), ("prepared_at", ASCENDING)])
+        await self._current.create_index([("patient", ASCENDING), ("_id", ASCENDING)])
+        await self._index.create_index([("token", ASCENDING), ("resource", ASCENDING)])
+        await self._index.create_index([("resource", ASCENDING)])
+        await self._index.create_index([("patient", ASCENDING)])
+        await self._idempotency.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
     # -- patient keys --------------------------------------------------------------------
 
@@ -222,19 +214,31 @@ class RecordStore:
 
     @mongo_errors
     async def insert_patient_key(
-        self, patient: bytes, wrapped: str, created: datetime
+        self,
+        patient: bytes,
+        wrapped: str,
+        created: datetime,
+        holder: str = "",
+        holder_tag: bytes = b"",
     ) -> PatientKey:
         await self._ready()
         try:
             await self._patients.insert_one(
-                {"_id": Binary(patient), "wrapped": wrapped, "created": created, "writes": 0}
+                {
+                    "_id": Binary(patient),
+                    "wrapped": wrapped,
+                    "created": created,
+                    "writes": 0,
+                    "holder": holder,
+                    "holder_tag": Binary(holder_tag),
+                }
             )
         except DuplicateKeyError:
             stored = await self.patient_key(patient)
             if stored is None:
                 raise damaged() from None
             return stored
-        return PatientKey(patient, wrapped, erased=False)
+        return PatientKey(patient, wrapped, erased=False, holder=holder, holder_tag=holder_tag)
 
     # -- pointers and versions -----------------------------------------------------------
 
@@ -460,7 +464,7 @@ class RecordStore:
             {"_id": who},
             {
                 "$set": {"erased": True, "erased_at": when},
-                "$unset": {"wrapped": "", "created": "", "writes": ""},
+                "$unset": {"wrapped": "", "created": "", "writes": "", "holder": "", "holder_tag": ""},
             },
             upsert=True,
         )
