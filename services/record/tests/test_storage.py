@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from medledger.common.errors import (
     NotFound,
 )
 from medledger.common.paging import Listing
-from medledger.record.domain.ports import VersionRef
+from medledger.record.domain.ports import ResourceKey, ResourceWrite, VersionRef
 from medledger.record.domain.records import PATIENT_LISTING
 from medledger.verify.commitment import SALT_SIZE
 
@@ -304,3 +304,43 @@ async def test_a_stale_pending_write_gives_its_slot_up(records: Any) -> None:
     assert await records.records.sweep_pending() == 0
     assert await hasty.sweep_pending() == 1
     assert await records.db["record_versions"].count_documents({"state": "pending"}) == 0
+
+
+async def test_the_first_write_names_the_holder_and_the_patient_must_be_stored(
+    records: Any,
+) -> None:
+    patient, observation_id = new_id(), new_id()
+    with pytest.raises(NotFound) as missing:
+        await records.records.patient_holder(patient)
+    assert missing.value.reason == "PATIENT_NOT_FOUND"
+    when = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
+    pending = await records.records.prepare_write(
+        ResourceWrite(
+            "Patient", patient, patient, "{}", {}, holder_organization="org-a", updated_time=when
+        )
+    )
+    assert pending.updated_time == when
+    with pytest.raises(NotFound) as pending_only:  # not visible before its commit
+        await records.records.patient_holder(patient)
+    assert pending_only.value.reason == "PATIENT_NOT_FOUND"
+    await records.records.commit_write(pending, records.receipt_for(pending.ref))
+    assert (await records.records.read("Patient", patient)).updated_time == when
+    assert await records.records.patient_holder(patient) == "org-a"
+    # Later writes, whoever makes them, leave the holder as it is.
+    await records.write("Observation", observation_id, patient, observation(1))
+    assert await records.records.patient_holder(patient) == "org-a"
+
+    other = new_id()
+    others = await records.write("Observation", new_id(), other, observation(2))
+    members = [
+        ResourceKey("Observation", observation_id),
+        others.resource,
+        ResourceKey("Observation", new_id()),
+    ]
+    assert await records.records.outside_compartment(patient, members) == members[1:]
+
+    await records.records.erase_patient(patient)
+    with pytest.raises(NotFound) as erased:
+        await records.records.patient_holder(patient)
+    assert erased.value.reason == "ERASED"
+    assert await records.records.outside_compartment(patient, members[:1]) == members[:1]

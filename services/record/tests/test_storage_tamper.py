@@ -12,6 +12,7 @@ import pytest
 from bson.binary import Binary
 
 from medledger.common.errors import DataLoss
+from medledger.record.domain.ports import ResourceWrite
 
 
 def new_id() -> str:
@@ -145,3 +146,14 @@ async def test_a_changed_idempotency_record_is_data_loss(records: Any) -> None:
     entry = await records.db["record_idempotency"].find_one({})
     await set_field(records, "record_idempotency", entry["_id"], "version", 2)
     await assert_damaged(lambda: records.records.idempotent_result("k", b"f"))
+
+
+async def test_a_changed_record_holder_is_data_loss(records: Any) -> None:
+    patient = new_id()
+    pending = await records.records.prepare_write(
+        ResourceWrite("Patient", patient, patient, "{}", {}, holder_organization="org-a")
+    )
+    await records.records.commit_write(pending, records.receipt_for(pending.ref))
+    row = await records.db["record_patients"].find_one({})
+    await set_field(records, "record_patients", row["_id"], "holder", "org-b")
+    await assert_damaged(lambda: records.records.patient_holder(patient))

@@ -464,7 +464,9 @@ class RecordStore:
             {"_id": who},
             {
                 "$set": {"erased": True, "erased_at": when},
-                "$unset": {"wrapped": "", "created": "", "writes": "", "holder": "", "holder_tag": ""},
+                "$unset": dict.fromkeys(
+                    ("wrapped", "created", "writes", "holder", "holder_tag"), ""
+                ),
             },
             upsert=True,
         )

@@ -11,7 +11,8 @@ made for one purpose never equals one made for another:
 - **search tokens** for (resource type, parameter, normalised value): an exact-match blind
   index, so equal values are findable and nothing else about them is;
 - the **tag** of a resource's current-version pointer, so a changed pointer is damage
-  rather than an older answer;
+  rather than an older answer, and that of a patient's record holder, so a changed holder
+  (which decides who reads as the patient's own organisation) is damage too;
 - the ids of **idempotency keys** and the request fingerprints, which clients choose and
   which may carry anything, and the tag binding a key to the version it produced.
 
@@ -36,6 +37,7 @@ _POINTER: Final = b"medledger.record current pointer v1"
 _IDEMPOTENCY: Final = b"medledger.record idempotency key v1"
 _FINGERPRINT: Final = b"medledger.record request fingerprint v1"
 _IDEMPOTENT_RESULT: Final = b"medledger.record idempotent result v1"
+_HOLDER: Final = b"medledger.record record holder v1"
 
 
 def _encode(*parts: str | int) -> bytes:
@@ -81,3 +83,9 @@ class BlindIndex:
             _IDEMPOTENT_RESULT,
             _encode(key_id.hex(), fingerprint.hex(), slot.resource.hex(), slot.version),
         )
+
+    def holder_tag(self, patient: bytes, holder: str) -> bytes:
+        return self._mac(_HOLDER, _encode(patient.hex(), holder))
+
+    def holder_is_authentic(self, patient: bytes, holder: str, tag: bytes) -> bool:
+        return hmac.compare_digest(self.holder_tag(patient, holder), tag)

@@ -78,6 +78,11 @@ class ResourceWrite:
     idempotency_key: str = ""
     # A digest of the request, so a key reused for another request is refused.
     request_fingerprint: bytes = b""
+    # The organisation that holds the patient's record, kept with the patient's first write
+    # (a Patient's create) and never changed by later ones.
+    holder_organization: str = ""
+    # The version's time (meta.lastUpdated of resource_json); None: now.
+    updated_time: datetime | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -132,11 +137,12 @@ class StoredVersion:
 
 class RecordStorage(Protocol):
     """The record service's storage, as the RPC layer uses it. Errors are
-    ``medledger.common.errors``: NotFound (reason RESOURCE_NOT_FOUND, VERSION_NOT_FOUND or
-    ERASED), Aborted (STALE_VERSION, CONCURRENT_WRITE, WRITE_EXPIRED, IDEMPOTENCY_KEY_REUSED),
-    AlreadyExists (RESOURCE_EXISTS), FailedPrecondition (PATIENT_CHANGED), InvalidArgument
-    (page_token, page_size, params, expected_version), DataLoss (RECORD_DAMAGED: never a
-    wrong answer) and Unavailable (Mongo or Vault did not answer; nothing half-visible)."""
+    ``medledger.common.errors``: NotFound (reason RESOURCE_NOT_FOUND, VERSION_NOT_FOUND,
+    PATIENT_NOT_FOUND or ERASED), Aborted (STALE_VERSION, CONCURRENT_WRITE, WRITE_EXPIRED,
+    IDEMPOTENCY_KEY_REUSED), AlreadyExists (RESOURCE_EXISTS), FailedPrecondition
+    (PATIENT_CHANGED), InvalidArgument (page_token, page_size, params, expected_version),
+    DataLoss (RECORD_DAMAGED: never a wrong answer) and Unavailable (Mongo or Vault did not
+    answer; nothing half-visible)."""
 
     async def prepare_write(self, write: ResourceWrite) -> PendingWrite: ...
 
@@ -172,6 +178,19 @@ class RecordStorage(Protocol):
         """The version a committed write with this key produced (None: no such write)."""
         ...
 
+    async def patient_holder(self, patient_id: str) -> str:
+        """The organisation holding the patient's record ("" when none was recorded);
+        NotFound PATIENT_NOT_FOUND unless a Patient resource of that id is stored, ERASED
+        once the patient is erased."""
+        ...
+
+    async def outside_compartment(
+        self, patient_id: str, members: Sequence[ResourceKey]
+    ) -> list[ResourceKey]:
+        """The ``members`` that are not stored in the patient's compartment (missing, or
+        another patient's)."""
+        ...
+
     async def erase_patient(self, patient_id: str) -> int: ...
 
     async def sweep_pending(self) -> int: ...
@@ -198,11 +217,14 @@ class NewDataKey:
 
 @dataclass(frozen=True)
 class PatientKey:
-    """A patient's row: the wrapped data key, or the tombstone left by erasure."""
+    """A patient's row: the wrapped data key and the record holder's organisation, or the
+    tombstone left by erasure."""
 
     patient: bytes
     wrapped: str | None
     erased: bool
+    holder: str = ""
+    holder_tag: bytes = b""  # keyed tag over the patient and the holder
 
 
 @dataclass(frozen=True)
@@ -289,9 +311,15 @@ class RecordDocuments(Protocol):
     async def patient_keys(self, patients: Iterable[bytes]) -> dict[bytes, PatientKey]: ...
 
     async def insert_patient_key(
-        self, patient: bytes, wrapped: str, created: datetime
+        self,
+        patient: bytes,
+        wrapped: str,
+        created: datetime,
+        holder: str = "",
+        holder_tag: bytes = b"",
     ) -> PatientKey:
-        """Stores ``wrapped`` unless the patient has a row already; returns the stored row."""
+        """Stores ``wrapped`` (and the record ``holder``) unless the patient has a row
+        already; returns the stored row."""
         ...
 
     async def current(self, resource: bytes) -> CurrentPointer | None: ...

@@ -11,6 +11,10 @@ of its type and id, search values as keyed tokens (:mod:`blind_index`), and cont
 receipts sealed under the patient's key (:mod:`envelope`). Reads check everything they
 use (:mod:`versions`).
 
+The patient's row also names the organisation holding the patient's record (its first
+write's, a Patient's create), under a keyed tag: access decisions rest on it, so a changed
+holder is damage, not a new owner.
+
 Updates cannot move a resource to another patient: its history would then span two
 patients' keys and erasures (the client creates the resource under the right patient and
 marks the old one ``entered-in-error``).
@@ -38,6 +42,7 @@ from medledger.common.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    NotFound,
 )
 from medledger.common.paging import Listing, Page
 from medledger.common.paging import page_size as page_size_rule
@@ -147,11 +152,14 @@ class EncryptedRecords:
             self._cache.put(row.patient, row.wrapped, key)
         return key
 
-    async def _key_for_writing(self, patient: bytes) -> bytes:
+    async def _key_for_writing(self, patient: bytes, holder: str) -> bytes:
         row = await self._documents.patient_key(patient)
         if row is None:
             fresh = await self._keys.new_data_key()
-            row = await self._documents.insert_patient_key(patient, fresh.wrapped, self._clock())
+            index = await self._blind_index()
+            row = await self._documents.insert_patient_key(
+                patient, fresh.wrapped, self._clock(), holder, index.holder_tag(patient, holder)
+            )
             if row.wrapped == fresh.wrapped:
                 self._cache.put(patient, fresh.wrapped, fresh.plaintext)
                 return fresh.plaintext
@@ -181,10 +189,10 @@ class EncryptedRecords:
                 )
             if live.version != write.expected_version:
                 raise stale(live.version)
-        data_key = await self._key_for_writing(patient)
+        data_key = await self._key_for_writing(patient, write.holder_organization)
         ref = VersionRef(write.resource_type, write.resource_id, write.expected_version + 1)
         slot = VersionSlot(resource, ref.version)
-        now = self._clock()
+        now = write.updated_time or self._clock()
         salt = secrets.token_bytes(SALT_SIZE)
         tokens = tuple(
             sorted(
@@ -293,6 +301,36 @@ class EncryptedRecords:
         if first is None:
             return None
         return await self._read_slot(first_result(index, first, index.fingerprint(fingerprint)))
+
+    async def patient_holder(self, patient_id: str) -> str:
+        index = await self._blind_index()
+        row = await self._documents.patient_key(index.pseudonym(patient_id))
+        if row is not None and row.erased:
+            raise erased()
+        digest = index.resource_digest(ResourceKey("Patient", patient_id))
+        current = await self._documents.current(digest)
+        if current is None or row is None:
+            raise NotFound("the patient does not exist", reason="PATIENT_NOT_FOUND")
+        live_pointer(current, index)
+        if not index.holder_is_authentic(row.patient, row.holder, row.holder_tag):
+            raise damaged()
+        return row.holder
+
+    async def outside_compartment(
+        self, patient_id: str, members: Sequence[ResourceKey]
+    ) -> list[ResourceKey]:
+        index = await self._blind_index()
+        patient = index.pseudonym(patient_id)
+        digests = {member: index.resource_digest(member) for member in members}
+        currents = await self._documents.currents(digests.values())
+        outside = []
+        for member, digest in digests.items():
+            current = currents.get(digest)
+            if current is None or current.erased or current.patient != patient:
+                outside.append(member)
+            else:
+                live_pointer(current, index)
+        return outside
 
     async def sweep_pending(self) -> int:
         """Removes pending versions older than the pending timeout (crashed writers')."""
