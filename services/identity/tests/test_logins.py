@@ -195,7 +195,9 @@ async def test_failed_logins_answer_alike_whatever_failed(make_identity: Any) ->
         took = time.monotonic() - began
         error = failed.value
         answers[case] = (error.code(), identity.reason(error), error.details())
-        assert floor <= took < floor + 0.5, (case, took)
+        # Every failure waits out the floor (the hash costs far less than it when idle); the
+        # upper bound is loose because a loaded CI machine stretches any single call.
+        assert floor <= took < floor + 3.0, (case, took)
     assert len(set(answers.values())) == 1, answers
     assert answers["unknown user"][:2] == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS")
     # Locked out? No: a source that failed once on a name waits, whether the name exists.
