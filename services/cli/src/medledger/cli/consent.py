@@ -94,7 +94,7 @@ GranteeUserOption = Annotated[
 # --- input ------------------------------------------------------------------------------------
 
 
-def _require_token(token: str | None) -> str:
+def require_token(token: str | None) -> str:
     if not token:
         raise typer.BadParameter(
             "an access token is required: --token TOKEN or MEDLEDGER_TOKEN "
@@ -166,7 +166,7 @@ def grantee_of(
 # --- output -----------------------------------------------------------------------------------
 
 
-def _when(stamp: Timestamp, has: bool = True) -> str:
+def when_text(stamp: Timestamp, has: bool = True) -> str:
     if not has:
         return "-"
     return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -203,16 +203,16 @@ def consent_table(consent: identity_pb2.Consent) -> Table:
     table.add_row("purposes", _purposes_text(consent.purposes))
     table.add_row(
         "period",
-        f"{_when(consent.period_start)} → "
-        + (_when(consent.period_end) if consent.HasField("period_end") else "no end"),
+        f"{when_text(consent.period_start)} → "
+        + (when_text(consent.period_end) if consent.HasField("period_end") else "no end"),
     )
     granted_by = consent.granted_by
     if consent.proxy_relationship:
         granted_by += f" (proxy: {consent.proxy_relationship})"
     table.add_row("granted by", granted_by)
-    table.add_row("created", _when(consent.create_time))
+    table.add_row("created", when_text(consent.create_time))
     if consent.HasField("revoke_time"):
-        table.add_row("revoked", _when(consent.revoke_time))
+        table.add_row("revoked", when_text(consent.revoke_time))
     return table
 
 
@@ -229,16 +229,16 @@ def consents_table(consents: list[identity_pb2.Consent]) -> Table:
             _grantee_text(c.grantee),
             ", ".join(c.resource_types) or "all",
             _purposes_text(c.purposes),
-            _when(c.period_end) if c.HasField("period_end") else "no end",
+            when_text(c.period_end) if c.HasField("period_end") else "no end",
         )
     return table
 
 
-def _print_json(message: Message) -> None:
+def print_json(message: Message) -> None:
     typer.echo(json.dumps(json_format.MessageToDict(message), indent=2))
 
 
-def _save_receipt(receipt: ledger_pb2.Receipt, receipt_out: Path | None) -> str:
+def save_receipt(receipt: ledger_pb2.Receipt, receipt_out: Path | None) -> str:
     if receipt_out is None:
         return ""
     try:
@@ -250,7 +250,7 @@ def _save_receipt(receipt: ledger_pb2.Receipt, receipt_out: Path | None) -> str:
 
 
 def _ledgered(what: str, receipt: ledger_pb2.Receipt, receipt_out: Path | None) -> None:
-    saved = _save_receipt(receipt, receipt_out)
+    saved = save_receipt(receipt, receipt_out)
     console.print(
         f"[green]•[/green] ledgered as {what} at leaf index {receipt.leaf_index}{saved}",
         highlight=False,
@@ -349,7 +349,7 @@ def grant_command(
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Record a patient's consent to share their data with a grantee (ledgered)."""
-    bearer_token = _require_token(token)
+    bearer_token = require_token(token)
     request = identity_pb2.GrantConsentRequest(
         patient_id=patient,
         grantee=grantee_of(grantee_org, grantee_client, grantee_user, required=True),
@@ -374,8 +374,8 @@ def grant_command(
 
     reply = _run(identity, bearer_token, grant)
     if as_json:
-        _print_json(reply)
-        _save_receipt(reply.receipt, receipt_out)
+        print_json(reply)
+        save_receipt(reply.receipt, receipt_out)
         return
     console.print(consent_table(reply.consent))
     _ledgered("CONSENT_GRANTED", reply.receipt, receipt_out)
@@ -392,7 +392,7 @@ def revoke_command(
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """End a consent at once (ledgered); access it allowed is denied from now on."""
-    bearer_token = _require_token(token)
+    bearer_token = require_token(token)
 
     async def revoke(stub: Stub, metadata: Metadata) -> identity_pb2.RevokeConsentResponse:
         return await checked(
@@ -407,8 +407,8 @@ def revoke_command(
 
     reply = _run(identity, bearer_token, revoke)
     if as_json:
-        _print_json(reply)
-        _save_receipt(reply.receipt, receipt_out)
+        print_json(reply)
+        save_receipt(reply.receipt, receipt_out)
         return
     console.print(consent_table(reply.consent))
     _ledgered("CONSENT_REVOKED", reply.receipt, receipt_out)
@@ -427,7 +427,7 @@ def get_command(
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Show one consent."""
-    bearer_token = _require_token(token)
+    bearer_token = require_token(token)
 
     async def get(stub: Stub, metadata: Metadata) -> identity_pb2.GetConsentResponse:
         return await checked(
@@ -444,7 +444,7 @@ def get_command(
     if fhir:
         typer.echo(json.dumps(json.loads(reply.consent.fhir_json), indent=2))
     elif as_json:
-        _print_json(reply)
+        print_json(reply)
     else:
         console.print(consent_table(reply.consent))
 
@@ -471,7 +471,7 @@ def list_command(
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """List consents of a patient (yours to manage) or granted to you (--grantee-...)."""
-    bearer_token = _require_token(token)
+    bearer_token = require_token(token)
     wanted = (
         STATUSES.get((status or "").lower()) if status else identity_pb2.CONSENT_STATUS_UNSPECIFIED
     )
@@ -505,7 +505,7 @@ def list_command(
 
     consents = _run(identity, bearer_token, walk)
     if as_json:
-        _print_json(identity_pb2.ListConsentsResponse(consents=consents))
+        print_json(identity_pb2.ListConsentsResponse(consents=consents))
     else:
         console.print(consents_table(consents))
 
@@ -541,7 +541,7 @@ def check_command(
 
     Prints PERMIT or DENY with the reason and the consent that decided; exits 0 either way.
     """
-    bearer_token = _require_token(token)
+    bearer_token = require_token(token)
     try:
         claims = unverified_claims(bearer_token)
     except ValueError as error:
@@ -575,7 +575,7 @@ def check_command(
 
     reply = _run(identity, bearer_token, check)
     if as_json:
-        _print_json(reply)
+        print_json(reply)
         return
     permitted = reply.decision == identity_pb2.DECISION_PERMIT
     decision = "[green bold]PERMIT[/green bold]" if permitted else "[red bold]DENY[/red bold]"
