@@ -70,7 +70,9 @@ async def servers(
     auth_platform: Platform, mongo_server: Any, vault_server: Any
 ) -> AsyncIterator[dict[str, str]]:
     """Service name -> address, for all five services."""
-    peers = PeerSettings(identity_addr=auth_platform.identity_address)
+    peers = PeerSettings(
+        identity_addr=auth_platform.identity_address, ledger_addr=auth_platform.ledger_address
+    )
     mongo = MongoSettings(
         MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"authz{os.getpid()}"
     )

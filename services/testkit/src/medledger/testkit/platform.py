@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import OKPKey
 
+from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.server import ServiceServer
@@ -42,7 +43,9 @@ class Platform:
     stub: identity_pb2_grpc.IdentityServiceAsyncStub
     config: IdentityConfig
     admin_key: OKPKey
-    _clients: dict[str, tuple[str, OKPKey]] = field(default_factory=dict)
+    _clients: dict[tuple[str, str, tuple[int, ...]], tuple[str, OKPKey]] = field(
+        default_factory=dict
+    )
 
     async def _issue(self, client_id: str, key: OKPKey, scope: str) -> str:
         now = int(time.time())
@@ -66,9 +69,16 @@ class Platform:
         )
         return reply.access_token
 
-    async def token(self, scope: str, organization: str = "test-org") -> str:
-        """An access token of a partner client of ``organization`` holding ``scope``."""
-        if scope not in self._clients:
+    async def token(
+        self,
+        scope: str,
+        organization: str = "test-org",
+        purposes: Sequence[purpose_pb2.PurposeOfUse.ValueType] = (),
+    ) -> str:
+        """An access token of a partner client of ``organization`` holding ``scope`` and
+        registered for ``purposes`` (one client per scope, organisation and purposes)."""
+        client = (scope, organization, tuple(purposes))
+        if client not in self._clients:
             admin = await self._issue(ADMIN_CLIENT, self.admin_key, "admin")
             metadata = [("authorization", f"Bearer {admin}")]
             try:
@@ -89,11 +99,12 @@ class Platform:
                     organization=organization,
                     jwks_json=json.dumps({"keys": [key.as_dict(private=False)]}),
                     allowed_scopes=scope.split(),
+                    allowed_purposes=purposes,
                 ),
                 metadata=metadata,
             )
-            self._clients[scope] = (client_id, key)
-        client_id, key = self._clients[scope]
+            self._clients[client] = (client_id, key)
+        client_id, key = self._clients[client]
         return await self._issue(client_id, key, scope)
 
 

@@ -1,0 +1,114 @@
+"""identity's CheckAccess, as the record service asks it (the ``AccessChecks`` port).
+
+The record service holds ``medledger/check-access``: identity then takes its word for the
+organisation holding the patient's record (``patient_organization``) and for the caller's
+claims, which the record service has verified. The only errors a caller sees from here are a
+missing break-glass reason (INVALID_ARGUMENT naming ``break_glass_reason``), a request
+identity cannot decide (PERMISSION_DENIED) and, for everything that keeps identity from
+answering (down, or refusing this service's own credentials), UNAVAILABLE: fail closed.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import grpc
+
+from medledger.api.common.v1 import purpose_pb2
+from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
+from medledger.common.channels import create_channel
+from medledger.common.config import ServiceSettings
+from medledger.common.errors import (
+    InvalidArgument,
+    MedledgerError,
+    PermissionDenied,
+    Unavailable,
+    from_rpc_error,
+)
+from medledger.common.ledger_client import TokenSource
+from medledger.record.domain.peers import AccessQuery, AccessVerdict, Action
+
+DEPENDENCY: Final = "identity"
+_ACTIONS: Final = {
+    Action.READ: identity_pb2.ACTION_READ,
+    Action.WRITE: identity_pb2.ACTION_WRITE,
+    Action.SEARCH: identity_pb2.ACTION_SEARCH,
+}
+_PURPOSE_PREFIX: Final = "PURPOSE_OF_USE_"
+
+
+def _purposes(codes: frozenset[str]) -> list[purpose_pb2.PurposeOfUse.ValueType]:
+    """The token's purpose codes (``TREAT``) as PurposeOfUse values; unknown ones dropped."""
+    known = purpose_pb2.PurposeOfUse.keys()
+    return sorted(
+        purpose_pb2.PurposeOfUse.Value(_PURPOSE_PREFIX + code)
+        for code in codes
+        if _PURPOSE_PREFIX + code in known and code != "UNSPECIFIED"
+    )
+
+
+class IdentityAccessChecks:
+    def __init__(
+        self,
+        address: str,
+        settings: ServiceSettings,
+        token: TokenSource,
+        *,
+        timeout: float = 5.0,
+    ) -> None:
+        self._channel = create_channel(address, settings)
+        self._stub: identity_pb2_grpc.IdentityServiceAsyncStub = (
+            identity_pb2_grpc.IdentityServiceStub(self._channel)
+        )
+        self._token = token
+        self._timeout = timeout
+
+    async def check(self, query: AccessQuery) -> AccessVerdict:
+        who = query.requester.principal
+        request = identity_pb2.CheckAccessRequest(
+            principal_id=who.subject,
+            organization=who.organization,
+            scopes=sorted(who.scopes),
+            client_id=who.client_id,
+            patient_id=query.patient_id,
+            resource_type=query.resource_type,
+            action=_ACTIONS[query.action],
+            purpose=query.requester.purpose,
+            break_glass_reason=query.requester.break_glass_reason,
+            patient_organization=query.holder,
+            purposes=_purposes(who.purposes),
+        )
+        try:
+            token = await self._token()
+            reply = await self._stub.CheckAccess(
+                request, metadata=[("authorization", f"Bearer {token}")], timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _refusal(error) from error
+        except Unavailable:
+            raise
+        except MedledgerError as error:  # this service's own credentials refused
+            raise Unavailable(DEPENDENCY, reason="ACCESS_CHECK_FAILED") from error
+        return AccessVerdict(
+            permitted=reply.decision == identity_pb2.DECISION_PERMIT,
+            reason=reply.reason or "DENIED",
+            break_glass=reply.break_glass,
+        )
+
+    async def aclose(self) -> None:
+        await self._channel.close(None)
+
+
+def _refusal(error: grpc.aio.AioRpcError) -> MedledgerError:
+    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(DEPENDENCY)
+    decoded = from_rpc_error(error)
+    if isinstance(decoded, InvalidArgument):
+        reason_asked = [v for v in decoded.violations if v.field == "break_glass_reason"]
+        if reason_asked:
+            return InvalidArgument(reason_asked, reason=decoded.reason)
+        # The caller's claims are not what identity accepts: nothing can permit them.
+        return PermissionDenied(
+            "the access check refused the caller's claims", reason="ACCESS_CHECK_REFUSED"
+        )
+    return Unavailable(DEPENDENCY, reason="ACCESS_CHECK_FAILED")

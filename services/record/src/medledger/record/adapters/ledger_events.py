@@ -1,0 +1,50 @@
+"""The record's ledger entries (the ``RecordLedger`` port), through the patient log: each
+entry about a patient is blinded with its own salt (subject, resource id and version, and
+the actor when the patient acts) and indexed first, sealed, under the patient in the record's
+database (``record_patient_keys``/``record_patient_leaves``, data keys wrapped by
+``record-patient-kek``). Ids and salted commitments only: never PHI.
+
+Whatever keeps the entry from being appended (the ledger down, or refusing this service's
+credentials) is UNAVAILABLE: the caller's write or read fails closed.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from medledger.common.errors import MedledgerError, Unavailable
+from medledger.common.ledger_client import LedgerEvent
+from medledger.common.patient_log import PatientLog
+from medledger.record.domain.peers import RecordEvent
+
+
+class PatientLogLedger:
+    def __init__(self, patients: PatientLog, *, timeout: float = 10.0) -> None:
+        self._patients = patients
+        self._timeout = timeout
+
+    async def append(
+        self, patient_id: str, event: RecordEvent, *, idempotency_key: str = ""
+    ) -> bytes:
+        try:
+            receipt = await self._patients.append(
+                patient_id,
+                LedgerEvent(
+                    kind=event.kind,
+                    actor=event.actor,
+                    organization=event.organization,
+                    resource_type=event.resource_type,
+                    resource_id=event.resource_id,
+                    resource_version=event.resource_version,
+                    content_commitment=event.content_commitment,
+                    purpose=event.purpose,
+                ),
+                patient_actor=event.patient_actor,
+                idempotency_key=idempotency_key,
+                timeout=self._timeout,
+            )
+        except MedledgerError as error:
+            if error.code is grpc.StatusCode.INTERNAL:  # refused: no answer a client can use
+                raise Unavailable("ledger", reason=error.reason) from error
+            raise
+        return receipt.SerializeToString()

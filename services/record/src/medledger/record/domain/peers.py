@@ -1,0 +1,95 @@
+"""What the record service needs from its peers: identity's access decision, and the ledger.
+
+:class:`AccessChecks` is identity's CheckAccess: the record service asks it for every call,
+naming the principal (as its verified token describes it), the patient, the organisation
+holding the patient's record (which only the record service knows), the resource type, the
+action and the purpose. :class:`RecordLedger` appends an entry about one patient, blinded
+per entry so that a patient's entries stay unlinkable in the public ledger, and answers with
+the serialised ``Receipt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, Protocol, TypeAlias
+
+from medledger.api.common.v1 import purpose_pb2
+from medledger.api.ledger.v1 import ledger_pb2
+from medledger.common.interceptors import Principal
+
+Purpose: TypeAlias = purpose_pb2.PurposeOfUse.ValueType
+EventKind: TypeAlias = ledger_pb2.EventKind.ValueType
+
+PATIENT_SELF: Final = "PATIENT_SELF"
+"""The reason identity permits a patient acting on their own record."""
+
+
+class Action(StrEnum):
+    READ = "read"
+    WRITE = "write"  # create or update
+    SEARCH = "search"
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks, for what purpose, and (purpose ETREAT) why it is an emergency."""
+
+    principal: Principal
+    purpose: Purpose
+    break_glass_reason: str = ""
+
+
+@dataclass(frozen=True)
+class AccessQuery:
+    requester: Requester
+    # "" for no single patient: the token's scopes and purposes decide.
+    patient_id: str
+    # The organisation holding the patient's record, as this service knows it.
+    holder: str
+    resource_type: str
+    action: Action
+
+
+@dataclass(frozen=True)
+class AccessVerdict:
+    permitted: bool
+    # identity's UPPER_SNAKE_CASE reason (SAME_ORGANIZATION, CONSENT_PERMITS, NO_CONSENT, ...).
+    reason: str
+    # Permitted only by break-glass (identity ledgered a BREAK_GLASS entry).
+    break_glass: bool = False
+
+    @property
+    def patient_self(self) -> bool:
+        return self.reason == PATIENT_SELF
+
+
+class AccessChecks(Protocol):
+    async def check(self, query: AccessQuery) -> AccessVerdict:
+        """identity's decision; Unavailable when identity does not answer (fail closed)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    """A ledger entry about one patient's resource, before blinding."""
+
+    kind: EventKind
+    actor: str
+    organization: str
+    purpose: Purpose
+    resource_type: str
+    resource_id: str = ""
+    resource_version: int = 0
+    content_commitment: bytes = b""
+    # The patient's own user id when the patient acts (the entry's actor is then blinded).
+    patient_actor: str = ""
+
+
+class RecordLedger(Protocol):
+    async def append(
+        self, patient_id: str, event: RecordEvent, *, idempotency_key: str = ""
+    ) -> bytes:
+        """Appends ``event`` about ``patient_id`` (blinded, indexed under the patient) and
+        returns the serialised ``Receipt``; Unavailable when the ledger does not answer."""
+        ...
