@@ -15,6 +15,8 @@ from pydantic import AliasChoices, Field, FilePath, ValidationError, model_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Port = Annotated[int, Field(ge=0, le=65535)]  # 0: any free port (tests)
+# A peer's gRPC address: host (name, IPv4 or [IPv6]) and port.
+HOST_PORT = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$"
 
 
 class ConfigError(Exception):
@@ -119,9 +121,9 @@ class PeerSettings(BaseSettings):
         env_prefix="MEDLEDGER_", extra="ignore", frozen=True, case_sensitive=False
     )
 
-    identity_addr: str = "127.0.0.1:50051"
-    record_addr: str = "127.0.0.1:50052"
-    ledger_addr: str = "127.0.0.1:50053"
+    identity_addr: str = Field(default="127.0.0.1:50051", pattern=HOST_PORT)
+    record_addr: str = Field(default="127.0.0.1:50052", pattern=HOST_PORT)
+    ledger_addr: str = Field(default="127.0.0.1:50053", pattern=HOST_PORT)
 
 
 A = TypeVar("A", bound=BaseSettings)

@@ -7,9 +7,7 @@ import re
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from medledger.common.config import Port, ServiceSettings
-
-HOST_PORT = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$"
+from medledger.common.config import HOST_PORT, Port, ServiceSettings
 
 
 class LedgerSettings(ServiceSettings):
