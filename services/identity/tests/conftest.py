@@ -9,6 +9,7 @@ key the test holds; helpers sign client assertions and build call metadata.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -72,12 +73,13 @@ async def ledger_reader_token(vault_server: Any, identity_vault_token: str) -> s
     )
 
 
-@pytest.fixture(scope="session")
-async def ledger_server(
+@contextlib.asynccontextmanager
+async def serving_ledger(
     mongo_server: Any, vault_server: Any, identity_vault_token: str
 ) -> AsyncIterator[ServiceServer]:
-    # It takes identity's appends (and the tests' reads) with tokens identity's key signed,
-    # checked against that key in Vault: the ledger needs no identity address.
+    """A ledger of its own database, serving once its sequencer has a checkpoint. It takes
+    identity's appends (and the tests' reads) with tokens identity's key signed, checked
+    against that key in Vault: the ledger needs no identity address."""
     config = IdentityConfig()
     verifier = JwksTokenVerifier(
         identity_keys(vault_server, identity_vault_token).jwks,
@@ -105,8 +107,31 @@ async def ledger_server(
                 break
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.1)
-    yield server
-    await server.stop(0)
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+async def ledger_server(
+    mongo_server: Any, vault_server: Any, identity_vault_token: str
+) -> AsyncIterator[ServiceServer]:
+    async with serving_ledger(mongo_server, vault_server, identity_vault_token) as server:
+        yield server
+
+
+@pytest.fixture
+async def own_ledger_server(
+    mongo_server: Any, vault_server: Any, identity_vault_token: str
+) -> AsyncIterator[ServiceServer]:
+    """A ledger for one test alone, for tests that rotate identity's signing key. A
+    ledger's verifier looks up an unknown key id at most once a second and refuses the
+    token meanwhile: versions created in quick succession, reaching the session's ledger,
+    would fail a later test's appends (LEDGER_REFUSED). The session's ledger then meets
+    only the newest version, once, after the rotating tests."""
+    async with serving_ledger(mongo_server, vault_server, identity_vault_token) as server:
+        yield server
 
 
 @dataclass

@@ -18,10 +18,17 @@ from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.auth import JwksTokenVerifier, identity_jwks_fetcher
 from medledger.common.config import ServiceSettings, VaultSettings
 from medledger.common.errors import FailedPrecondition, Unauthenticated
+from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import IDENTITY_TOKEN_KEY
 
 pytestmark = pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")
+
+
+@pytest.fixture
+def ledger_server(own_ledger_server: ServiceServer) -> ServiceServer:
+    """Each test here appends to a ledger of its own (see ``own_ledger_server``)."""
+    return own_ledger_server
 
 
 def kid_of(token: str) -> str:
