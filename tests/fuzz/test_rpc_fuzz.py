@@ -30,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from joserfc.jwk import OKPKey
 
+from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2_grpc
 from medledger.common.scopes import PLATFORM_SCOPES
 from medledger.common.server import ServiceServer
@@ -58,6 +59,7 @@ from medledger.testkit.rpc_fuzz import (
 SERVICES = ("witness-a", "ledger", "identity", "record", "inference")
 # Every platform scope and every SMART resource scope a client may hold.
 ALL_SCOPES = " ".join([*sorted(PLATFORM_SCOPES), "system/*.cruds", "user/*.cruds"])
+ALL_PURPOSES = [p for p in purpose_pb2.PurposeOfUse.values() if p]
 # Its own signing key, so the RotateSigningKey calls fuzzing makes stay out of other tests.
 SIGNING_KEY = "fuzz-identity-token"
 # Each rotation retires old keys from the JWKS (and so the fuzzer's token): sent last.
@@ -145,7 +147,8 @@ async def fuzz_stack(
                 config=IdentityConfig(),
                 admin_key=admin_key,
             )
-            token = await platform.token(ALL_SCOPES, organization="fuzz-org")
+            # Registered for every purpose, so record requests reach past CheckAccess.
+            token = await platform.token(ALL_SCOPES, "fuzz-org", ALL_PURPOSES)
         yield FuzzStack({n: f"127.0.0.1:{p}" for n, p in ports.items()}, token)
     finally:
         for server in reversed(servers):

@@ -40,6 +40,7 @@ from medledger.verify.trust import TrustPolicy
 
 TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
 PATRQT = purpose_pb2.PURPOSE_OF_USE_PATRQT
+ETREAT = purpose_pb2.PURPOSE_OF_USE_ETREAT
 ORG_A, ORG_B = "hospital-a", "hospital-b"
 
 
@@ -320,12 +321,15 @@ async def test_another_organisation_reads_only_under_consent(api: RecordApi) -> 
             )
         )
         assert (await get(api.b, "Observation", observation.id)) == observation
+        # Across patients, only the consenting patient's match comes back.
+        everyone = await search(api.b, "Observation", code="2345-7")
+        assert [r.id for r in everyone.resources] == [observation.id]
         assert [
             r.id for r in (await search(api.b, "Observation", patient=patient.id)).resources
         ] == [observation.id]
         # Only what the consent covers: not the Patient resource itself.
         assert (await failure(get(api.b, "Patient", patient.id))).reason == "NO_CONSENT"
-        assert len(await api.reads_since(before, api.b)) == 2
+        assert len(await api.reads_since(before, api.b)) == 3  # one per call with results
 
         await identity.RevokeConsent(
             identity_pb2.RevokeConsentRequest(consent_id=granted.consent.consent_id)
@@ -398,6 +402,18 @@ async def test_bad_input_is_invalid_argument_naming_fhir_paths(api: RecordApi) -
         assert refused.code == grpc.StatusCode.INVALID_ARGUMENT, field
         assert [v.field for v in refused.violations] == [field]
 
+    # A Provenance's other targets must lie in its patient's compartment.
+    elsewhere = await create(api.a, resource("Observation", (await new_patient(api)).id))
+    provenance = resource(
+        "Provenance",
+        target=[
+            {"reference": f"Observation/{elsewhere.id}"},
+            {"reference": f"Patient/{patient.id}"},
+        ],
+    )
+    outside = await failure(create(api.a, provenance))
+    assert [v.field for v in outside.violations] == ["target[0].reference"]
+
     missing_id = await failure(
         api.a.stub.UpdateResource(
             record_pb2.UpdateResourceRequest(
@@ -454,3 +470,26 @@ async def test_a_patient_reads_and_searches_their_own_record(api: RecordApi) -> 
     # The patient acted: the actor is blinded like the subject, never their user id.
     assert all(r.actor.startswith("patient:") for r in reads)
     assert all(username not in r.actor for r in reads)
+
+
+async def test_break_glass_opens_another_organisations_record(api: RecordApi) -> None:
+    patient = await new_patient(api)
+    observation = await create(api.a, resource("Observation", patient.id))
+    await _patient_user(api, patient.id)  # identity knows some organisation holds the patient
+    er = await api.platform.token("system/Observation.rs", ORG_B, [TREAT, ETREAT])
+    async with authed_channel(api.record_address, er) as channel:
+        stub = record_pb2_grpc.RecordServiceStub(channel)
+        request = record_pb2.GetResourceRequest(
+            resource_type="Observation", id=observation.id, purpose=ETREAT
+        )
+        no_reason = await failure(stub.GetResource(request))
+        assert no_reason.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in no_reason.violations] == ["break_glass_reason"]
+        before = await api.size()
+        request.break_glass_reason = "unconscious in the emergency department"
+        assert (await stub.GetResource(request)).resource == observation
+    kinds = [e.entry.kind for e in await api.entries_since(before)]
+    assert ledger_pb2.EVENT_KIND_BREAK_GLASS in kinds
+    assert ledger_pb2.EVENT_KIND_RECORD_READ in kinds
+    entries = b"".join(e.entry_bytes for e in await api.entries_since(before))
+    assert b"unconscious" not in entries
