@@ -56,6 +56,7 @@ class RecordApi:
     a: Caller  # hospital A: holds its patients' records
     b: Caller  # hospital B: reads under consent
     cut: Caller  # hospital A, through the record server whose ledger is down
+    hasty: Caller  # hospital A, through one that waits 1 ms for the ledger
     ledger: ledger_pb2_grpc.LedgerServiceAsyncStub
     policy: TrustPolicy
     database: Any
@@ -101,10 +102,15 @@ async def api(
                 mongo,
                 vault,
                 PeerSettings(identity_addr=platform.identity_address, ledger_addr=ledger),
-                RecordConfig(ledger_timeout_seconds=2),
+                RecordConfig(ledger_timeout_seconds=timeout),
             )
         )
-        for ledger in (platform.ledger_address, f"127.0.0.1:{free_port()}")
+        for ledger, timeout in (
+            (platform.ledger_address, 2.0),
+            (f"127.0.0.1:{free_port()}", 2.0),
+            # Gives up on the ledger before it answers: the entry may be appended all the same.
+            (platform.ledger_address, 0.001),
+        )
     ]
     for server in servers:
         await server.start()
@@ -118,6 +124,7 @@ async def api(
         authed_channel(addresses[0], b_token),
         authed_channel(addresses[1], a_token),
         authed_channel(platform.ledger_address, reader),
+        authed_channel(addresses[2], a_token),
     ]
     ledger_stub = ledger_pb2_grpc.LedgerServiceStub(channels[3])
     vkey = (await ledger_stub.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest())).vkey
@@ -130,6 +137,7 @@ async def api(
             a=Caller(record_pb2_grpc.RecordServiceStub(channels[0]), _subject(a_token)),
             b=Caller(record_pb2_grpc.RecordServiceStub(channels[1]), _subject(b_token)),
             cut=Caller(record_pb2_grpc.RecordServiceStub(channels[2]), _subject(a_token)),
+            hasty=Caller(record_pb2_grpc.RecordServiceStub(channels[4]), _subject(a_token)),
             ledger=ledger_stub,
             policy=TrustPolicy.parse([vkey]),
             database=client[database],
@@ -361,19 +369,58 @@ async def test_an_idempotent_retry_returns_the_first_result(api: RecordApi) -> N
 
 async def test_with_the_ledger_down_nothing_is_written_or_read(api: RecordApi) -> None:
     patient = await new_patient(api)
-    marker = f"MRN-{uuid.uuid4().hex[:8]}"
-    text = resource("Observation", patient.id, identifier=[{"system": "urn:test", "value": marker}])
+    text = resource("Observation", patient.id)
+    pending = {"state": "pending"}
+    kept = await api.database["record_versions"].count_documents(pending)
+    # Without an idempotency key the prepared version is dropped.
+    unkeyed = await failure(create(api.cut, text))
+    assert unkeyed.code == grpc.StatusCode.UNAVAILABLE
+    assert unkeyed.retry_delay_seconds is not None
+    assert await api.database["record_versions"].count_documents(pending) == kept
+    # With one it stays, invisible, for the retry.
     down = await failure(create(api.cut, text, key="down-1"))
     assert down.code == grpc.StatusCode.UNAVAILABLE
     assert down.retry_delay_seconds is not None
-    assert await api.database["record_versions"].count_documents({"state": "pending"}) == 0
+    assert await api.database["record_versions"].count_documents(pending) == kept + 1
     assert list((await search(api.a, "Observation", patient=patient.id)).resources) == []
-    # The same key through the working server writes it, once.
-    written = await create(api.a, text, key="down-1")
+
+    before = await api.size()
+    written = await create(api.a, text, key="down-1")  # the retry, once the ledger answers
     assert written.version == 1
+    assert await api.database["record_versions"].count_documents(pending) == kept
+    assert [
+        e.leaf_index
+        for e in await api.entries_since(before)
+        if e.entry.kind == ledger_pb2.EVENT_KIND_RECORD_CREATED
+    ] == [written.receipt.leaf_index]
+    await check_receipt(api, written, ledger_pb2.EVENT_KIND_RECORD_CREATED)
     # Reads fail closed: no RECORD_READ entry, no data.
     blind = await failure(get(api.cut, "Observation", written.id))
     assert blind.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_retry_after_a_lost_ledger_answer_keeps_one_entry(api: RecordApi) -> None:
+    """The ledger may append an entry whose answer the record never got: the retry sends
+    the very same entry under the same key, and the ledger keeps one."""
+    patient = await new_patient(api)
+    for attempt in range(3):
+        text = resource(
+            "Observation", patient.id, status=("final", "amended", "preliminary")[attempt]
+        )
+        key = f"lost-{attempt}-{uuid.uuid4().hex[:6]}"
+        before = await api.size()
+        try:
+            await create(api.hasty, text, key=key)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+        written = await create(api.a, text, key=key)
+        created = [
+            e
+            for e in await api.entries_since(before)
+            if e.entry.kind == ledger_pb2.EVENT_KIND_RECORD_CREATED
+        ]
+        assert [e.leaf_index for e in created] == [written.receipt.leaf_index]
+        await check_receipt(api, written, ledger_pb2.EVENT_KIND_RECORD_CREATED)
 
 
 async def test_bad_input_is_invalid_argument_naming_fhir_paths(api: RecordApi) -> None:

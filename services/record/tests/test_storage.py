@@ -344,3 +344,24 @@ async def test_the_first_write_names_the_holder_and_the_patient_must_be_stored(
         await records.records.patient_holder(patient)
     assert erased.value.reason == "ERASED"
     assert await records.records.outside_compartment(patient, members[:1]) == members[:1]
+
+
+async def test_a_keyed_write_left_pending_is_resumed_as_it_was(records: Any) -> None:
+    rid, patient, key = new_id(), new_id(), new_id()
+    assert await records.records.resume_write(key, b"f") is None
+    first = await records.prepare(
+        "Observation", rid, patient, observation(1), idempotency_key=key, fingerprint=b"f"
+    )
+    resumed = await records.replica().resume_write(key, b"f")  # another replica, cold cache
+    assert resumed is not None
+    assert resumed == first  # ref, patient, JSON, salt and time
+    assert resumed.write_id == first.write_id
+    with pytest.raises(Aborted) as reused:
+        await records.records.resume_write(key, b"another request")
+    assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    # Once stale it is not resumed (a retry then prepares afresh).
+    assert await records.replica(pending_timeout=timedelta(0)).resume_write(key, b"f") is None
+    stored = await records.records.commit_write(resumed, records.receipt_for(resumed.ref))
+    assert (stored.ref, stored.salt) == (first.ref, first.salt)
+    assert await records.records.resume_write(key, b"f") is None
+    assert await records.records.idempotent_result(key, b"f") == stored

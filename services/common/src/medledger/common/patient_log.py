@@ -29,6 +29,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -216,14 +217,24 @@ class PatientLog:
         patient_actor: str = "",
         idempotency_key: str = "",
         timeout: float = 10.0,
+        salt: bytes | None = None,
+        entry_time: datetime | None = None,
+        trace_id: bytes | None = None,
     ) -> ledger_pb2.Receipt:
         """Appends ``event`` about ``patient_id``, blinded, and indexes it first.
         ``patient_actor`` is the patient's own user id when the patient acts (the entry's
-        actor is then blinded too). ``event.subject`` is ignored."""
+        actor is then blinded too). ``event.subject`` is ignored.
+
+        By default the entry gets a fresh blinding ``salt``, the time now and the current
+        trace id. A caller that must append the very same entry again (a retry of a write
+        whose answer was lost, under the same ``idempotency_key``) gives all three, the salt
+        as secret as a fresh one: the ledger then answers with the first entry's receipt."""
+        if salt is not None and len(salt) != SALT_SIZE:
+            raise ValueError(f"a blinding salt is {SALT_SIZE} bytes")
         pseudonym = await self._subjects.subject(patient_id)
         patient_key = self._patient_key(pseudonym)
         opening = Opening(
-            salt=os.urandom(SALT_SIZE),
+            salt=salt if salt is not None else os.urandom(SALT_SIZE),
             pseudonym=pseudonym,
             resource_type=event.resource_type,
             resource_id=event.resource_id,
@@ -231,6 +242,10 @@ class PatientLog:
             patient_actor=patient_actor,
         )
         entry = self._ledger.entry(blinded_event(event, opening))
+        if entry_time is not None:
+            entry.time.FromDatetime(entry_time)
+        if trace_id is not None:
+            entry.trace_id = trace_id
         leaf_hash = hashlib.sha256(b"\x00" + entry.SerializeToString(deterministic=True)).digest()
         key = await self._data_key(patient_key)
         pending = PatientLeaf(_new_leaf_id(), leaf_hash, None, event.kind, opening)

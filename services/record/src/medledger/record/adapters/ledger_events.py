@@ -42,6 +42,9 @@ class PatientLogLedger:
                 patient_actor=event.patient_actor,
                 idempotency_key=idempotency_key,
                 timeout=self._timeout,
+                salt=event.blinding_salt,
+                entry_time=event.time,
+                trace_id=event.trace_id,
             )
         except MedledgerError as error:
             if error.code is grpc.StatusCode.INTERNAL:  # refused: no answer a client can use

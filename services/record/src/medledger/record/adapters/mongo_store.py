@@ -11,9 +11,10 @@ resource's type and id, ``patient`` the patient's keyed pseudonym):
   is gone). ``writes`` is bumped by every commit, so a commit and an erasure conflict.
 - ``record_versions``  ``{_id: "<resource hex>/<version>", resource, version, patient,
   state: "committed", nonce, content, receipt_nonce, receipt}``; a pending version has
-  ``state: "pending"``, its writer's ``write`` id, ``prepared_at`` and the idempotency key
-  id it may be retried with (``retry_of``) instead of the receipt. Indexes: ``patient``;
-  ``(state, prepared_at)`` for the sweep.
+  ``state: "pending"``, its writer's ``write`` id, ``prepared_at`` and, for a write with an
+  idempotency key, the key's id it may be retried with (``retry_of``), the request's keyed
+  fingerprint and the trace id its ledger entry carries, instead of the receipt. Indexes:
+  ``patient``; ``(state, prepared_at)`` for the sweep; ``retry_of`` for retries.
 - ``record_current``   ``{_id: resource, patient, version, tag}``: the latest committed
   version; ``{_id, erased: true}`` once its patient is erased. Index ``(patient, _id)``.
 - ``record_index``     ``{token, resource, patient}``: one entry per search token of a
@@ -48,6 +49,7 @@ from medledger.record.domain.ports import (
     IdempotentWrite,
     PatientErased,
     PatientKey,
+    PendingAttempt,
     PendingLost,
     Sealed,
     SealedVersion,
@@ -191,6 +193,7 @@ class RecordStore:
     async def _create_indexes(self) -> None:
         await self._versions.create_index([("patient", ASCENDING)])
         await self._versions.create_index([("state", ASCENDING), ("prepared_at", ASCENDING)])
+        await self._versions.create_index([("retry_of", ASCENDING)], sparse=True)
         await self._current.create_index([("patient", ASCENDING), ("_id", ASCENDING)])
         await self._index.create_index([("token", ASCENDING), ("resource", ASCENDING)])
         await self._index.create_index([("resource", ASCENDING)])
@@ -276,6 +279,8 @@ class RecordStore:
         prepared_at: datetime,
         stale_before: datetime,
         retry_of: bytes | None,
+        retry_fingerprint: bytes = b"",
+        trace_id: bytes = b"",
     ) -> None:
         await self._ready()
         slot = version.slot
@@ -285,7 +290,13 @@ class RecordStore:
         if retry_of is not None:
             given_up.append({"retry_of": Binary(retry_of)})
         await self._versions.delete_one({"_id": _slot_id(slot), "state": PENDING, "$or": given_up})
-        retry: Document = {} if retry_of is None else {"retry_of": Binary(retry_of)}
+        retry: Document = {}
+        if retry_of is not None:
+            retry = {
+                "retry_of": Binary(retry_of),
+                "retry_fingerprint": Binary(retry_fingerprint),
+                "trace": Binary(trace_id),
+            }
         try:
             await self._versions.insert_one(
                 {
@@ -303,6 +314,26 @@ class RecordStore:
             )
         except DuplicateKeyError:
             raise VersionTaken from None
+
+    @mongo_errors
+    async def pending_retry(self, key_id: bytes, prepared_after: datetime) -> PendingAttempt | None:
+        doc = await self._versions.find_one(
+            {
+                "state": PENDING,
+                "retry_of": Binary(key_id),
+                "prepared_at": {"$gte": prepared_after},
+            },
+            sort=[("prepared_at", -1)],
+        )
+        if doc is None:
+            return None
+        with _parsing():
+            return PendingAttempt(
+                version=_sealed_version(doc),
+                write_id=_bytes(doc["write"]),
+                fingerprint=_bytes(doc["retry_fingerprint"]),
+                trace_id=_bytes(doc["trace"]),
+            )
 
     @mongo_errors
     async def commit(self, commit: VersionCommit) -> None:
@@ -328,7 +359,9 @@ class RecordStore:
                         "receipt_nonce": Binary(commit.receipt.nonce),
                         "receipt": Binary(commit.receipt.ciphertext),
                     },
-                    "$unset": {"write": "", "prepared_at": "", "retry_of": ""},
+                    "$unset": dict.fromkeys(
+                        ("write", "prepared_at", "retry_of", "retry_fingerprint", "trace"), ""
+                    ),
                 },
                 session=session,
             )

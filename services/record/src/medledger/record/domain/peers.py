@@ -11,6 +11,7 @@ the serialised ``Receipt``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Final, Protocol, TypeAlias
 
@@ -84,6 +85,11 @@ class RecordEvent:
     content_commitment: bytes = b""
     # The patient's own user id when the patient acts (the entry's actor is then blinded).
     patient_actor: str = ""
+    # Fixed for a write, so that a retry appends the very same entry: the blinding salt
+    # (secret, 32 bytes), the entry's time and its trace id. None: fresh ones.
+    blinding_salt: bytes | None = None
+    time: datetime | None = None
+    trace_id: bytes | None = None
 
 
 class RecordLedger(Protocol):

@@ -16,10 +16,15 @@ A write is two-phase, so that nothing is visible before its ledger receipt:
 3. ``commit_write`` stores the receipt and makes the version current in one transaction,
    or ``abort_write`` drops it when the ledger did not answer.
 
+A write with an idempotency key whose ledger append failed may leave its pending version in
+place instead: a retry with the key then resumes it (``resume_write``: same id, time, JSON
+and salt), so the ledger, which may hold the first attempt's entry after all, gets the
+very same entry and key again and keeps one.
+
 A pending version left by a crash, or by a commit that failed (Mongo gone), blocks its slot
 only until the pending timeout: then the next writer of that resource replaces it, and
-``sweep_pending`` removes the others. A retry with the same idempotency key replaces it at
-once.
+``sweep_pending`` removes the others. A retry with the same idempotency key resumes it
+(below), or, once it is stale, replaces it at once.
 """
 
 from __future__ import annotations
@@ -83,6 +88,9 @@ class ResourceWrite:
     holder_organization: str = ""
     # The version's time (meta.lastUpdated of resource_json); None: now.
     updated_time: datetime | None = None
+    # The trace id its ledger entry carries, kept with a keyed write's pending version so
+    # that a retry appends the very same entry.
+    trace_id: bytes = b""
 
 
 @dataclass(frozen=True, order=True)
@@ -121,6 +129,7 @@ class PendingWrite:
     index_tokens: tuple[bytes, ...] = field(repr=False, compare=False)
     idempotency: IdempotencyEntry | None = field(repr=False, compare=False)
     data_key: bytes = field(repr=False, compare=False)
+    trace_id: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,14 @@ class RecordStorage(Protocol):
         ...
 
     async def abort_write(self, pending: PendingWrite) -> None: ...
+
+    async def resume_write(self, key: str, fingerprint: bytes) -> PendingWrite | None:
+        """The pending version an earlier attempt with this idempotency key prepared and did
+        not commit (its ledger answer lost, or the ledger down), younger than the pending
+        timeout: the same id, version, time, JSON and salt, so the retry ledgers the same
+        entry. None when there is none; ABORTED (IDEMPOTENCY_KEY_REUSED) for another request
+        with the key."""
+        ...
 
     async def read(
         self, resource_type: str, resource_id: str, version: int = 0
@@ -269,6 +286,16 @@ class IdempotentWrite:
     tag: bytes
 
 
+@dataclass(frozen=True)
+class PendingAttempt:
+    """A keyed write's pending version, as a retry finds it."""
+
+    version: SealedVersion
+    write_id: bytes
+    fingerprint: bytes  # keyed
+    trace_id: bytes
+
+
 class VersionTaken(Exception):
     """Another write holds (or committed) the version this one reserves."""
 
@@ -334,10 +361,18 @@ class RecordDocuments(Protocol):
         prepared_at: datetime,
         stale_before: datetime,
         retry_of: bytes | None,
+        retry_fingerprint: bytes = b"",
+        trace_id: bytes = b"",
     ) -> None:
         """Raises VersionTaken unless the slot is free or held by a pending version
         prepared before ``stale_before`` or with the idempotency key id ``retry_of``
-        (which it replaces)."""
+        (which it replaces). A keyed write keeps its request's fingerprint and trace id
+        for :meth:`pending_retry`."""
+        ...
+
+    async def pending_retry(self, key_id: bytes, prepared_after: datetime) -> PendingAttempt | None:
+        """The newest pending version prepared with this idempotency key id after
+        ``prepared_after``."""
         ...
 
     async def commit(self, commit: VersionCommit) -> None:

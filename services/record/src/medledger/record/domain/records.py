@@ -31,6 +31,7 @@ refused (NOT_FOUND, ERASED).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
@@ -51,8 +52,10 @@ from medledger.record.domain.envelope import (
     VersionContent,
     associated_data,
     damaged,
+    decode_content,
     encode_content,
     seal,
+    unseal,
 )
 from medledger.record.domain.key_cache import DataKeyCache
 from medledger.record.domain.ports import (
@@ -79,6 +82,7 @@ from medledger.record.domain.versions import (
     concurrent_write,
     erased,
     first_result,
+    key_reused,
     live_pointer,
     open_version,
     stale,
@@ -218,21 +222,18 @@ class EncryptedRecords:
         if write.idempotency_key:
             key_id = index.idempotency_id(write.idempotency_key)
             fingerprint = index.fingerprint(write.request_fingerprint)
-            idempotency = IdempotencyEntry(
-                key_id=key_id,
-                fingerprint=fingerprint,
-                patient=patient,
-                expires=now + self._idempotency_retention,
-                tag=index.idempotent_result_tag(key_id, fingerprint, slot),
-            )
+            idempotency = self._idempotency_entry(index, key_id, fingerprint, patient, slot)
+        prepared_at = self._clock()
         try:
             await self._documents.insert_pending(
                 SealedVersion(slot, patient, sealed, None),
                 write_id=write_id,
-                prepared_at=now,
-                stale_before=now - self._pending_timeout,
+                prepared_at=prepared_at,
+                stale_before=prepared_at - self._pending_timeout,
                 # A retry of a write whose commit failed takes its place at once.
                 retry_of=idempotency.key_id if idempotency else None,
+                retry_fingerprint=idempotency.fingerprint if idempotency else b"",
+                trace_id=write.trace_id,
             )
         except VersionTaken:
             raise concurrent_write() from None
@@ -248,6 +249,56 @@ class EncryptedRecords:
             index_tokens=tokens,
             idempotency=idempotency,
             data_key=data_key,
+            trace_id=write.trace_id,
+        )
+
+    def _idempotency_entry(
+        self,
+        index: BlindIndex,
+        key_id: bytes,
+        fingerprint: bytes,
+        patient: bytes,
+        slot: VersionSlot,
+    ) -> IdempotencyEntry:
+        return IdempotencyEntry(
+            key_id=key_id,
+            fingerprint=fingerprint,
+            patient=patient,
+            expires=self._clock() + self._idempotency_retention,
+            tag=index.idempotent_result_tag(key_id, fingerprint, slot),
+        )
+
+    async def resume_write(self, key: str, fingerprint: bytes) -> PendingWrite | None:
+        index = await self._blind_index()
+        key_id = index.idempotency_id(key)
+        attempt = await self._documents.pending_retry(key_id, self._clock() - self._pending_timeout)
+        if attempt is None:
+            return None
+        keyed = index.fingerprint(fingerprint)
+        if not hmac.compare_digest(attempt.fingerprint, keyed):
+            raise key_reused()
+        version = attempt.version
+        slot, patient = version.slot, version.patient
+        data_key = await self._unwrapped(await self._documents.patient_key(patient))
+        content = decode_content(
+            unseal(data_key, version.content, associated_data("content", slot, patient))
+        )
+        resource = ResourceKey(content.resource_type, content.resource_id)
+        if not hmac.compare_digest(index.resource_digest(resource), slot.resource):
+            raise damaged()
+        return PendingWrite(
+            ref=VersionRef(content.resource_type, content.resource_id, slot.version),
+            patient_id=content.patient_id,
+            resource_json=content.resource_json,
+            salt=content.salt,
+            updated_time=content.updated_time,
+            slot=slot,
+            patient=patient,
+            write_id=attempt.write_id,
+            index_tokens=content.index_tokens,
+            idempotency=self._idempotency_entry(index, key_id, keyed, patient, slot),
+            data_key=data_key,
+            trace_id=attempt.trace_id,
         )
 
     async def commit_write(self, pending: PendingWrite, receipt: bytes) -> StoredVersion:

@@ -14,9 +14,13 @@ holder of the patient's record, which CheckAccess treats as the patient's own or
 
 Idempotency. A key is scoped by the caller (organisation, principal, operation); a retry
 with the same key and request returns the first result, with its receipt, and appends
-nothing. Each attempt draws a fresh commitment salt, so the ledger's own idempotency key is
-derived from that salt: the ledger dedupes an attempt with itself, never a new attempt
-against an earlier one's different entry (which it would refuse, leaving the client stuck).
+nothing. Everything in a write's ledger entry is fixed when its version is prepared: the
+commitment salt, the blinding salt (derived from it), the time (the version's lastUpdated),
+the trace id, and the ledger's idempotency key (derived from the salt). When the ledger
+does not answer, a keyed write leaves its version pending (invisible) instead of dropping
+it, and the retry resumes that version: the same entry under the same ledger key, so the
+ledger keeps one entry whether or not it had appended the first attempt's. A retry after
+the pending timeout starts afresh.
 
 Reads. Every read (get, history, search) is checked, then ledgered as RECORD_READ, one entry
 per patient per call, before anything is returned; a ledger that does not answer fails the
@@ -38,6 +42,7 @@ from typing import Any, Final, TypeVar
 
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.errors import (
+    Aborted,
     FieldViolation,
     InvalidArgument,
     MedledgerError,
@@ -47,6 +52,7 @@ from medledger.common.errors import (
 from medledger.common.paging import Page
 from medledger.common.paging import page_size as page_size_rule
 from medledger.common.scopes import resource_scope
+from medledger.common.telemetry import current_trace_id
 from medledger.record.domain.compartment import PATIENT_ELEMENT, SUPPORTED_TYPES
 from medledger.record.domain.fhir_references import is_fhir_id, parse_relative
 from medledger.record.domain.fhir_validation import ValidResource, validate_resource
@@ -59,7 +65,13 @@ from medledger.record.domain.peers import (
     RecordLedger,
     Requester,
 )
-from medledger.record.domain.ports import RecordStorage, ResourceKey, ResourceWrite, StoredVersion
+from medledger.record.domain.ports import (
+    PendingWrite,
+    RecordStorage,
+    ResourceKey,
+    ResourceWrite,
+    StoredVersion,
+)
 from medledger.record.domain.resource_issues import (
     SEARCH_INVALID,
     ResourceInvalid,
@@ -80,6 +92,7 @@ PEER_CALLS_AT_ONCE: Final = 16
 # identity's reason when the token's scopes do not cover the type and action.
 SCOPE_MISSING: Final = "SCOPE_MISSING"
 _LEDGER_KEY_LABEL: Final = b"medledger.record ledger idempotency key v1\x00"
+_BLINDING_SALT_LABEL: Final = b"medledger.record ledger blinding salt v1\x00"
 T = TypeVar("T")
 
 
@@ -121,9 +134,14 @@ def _fingerprint(operation: str, resource_json: str, expected_version: int, purp
     return hashlib.sha256(request.encode("utf-8", errors="surrogatepass")).digest()
 
 
+def _derived(label: bytes, salt: bytes) -> bytes:
+    return hashlib.sha256(label + salt).digest()
+
+
 def ledger_idempotency_key(salt: bytes) -> str:
-    """The ledger's idempotency key of a write attempt: one per commitment salt."""
-    return "record:write:" + hashlib.sha256(_LEDGER_KEY_LABEL + salt).hexdigest()
+    """The ledger's idempotency key of a write: one per commitment salt, so every attempt
+    at one pending version sends the same key with the same entry."""
+    return "record:write:" + _derived(_LEDGER_KEY_LABEL, salt).hex()
 
 
 def _check_names(resource_type: str, resource_id: str, version: int = 0) -> None:
@@ -258,7 +276,7 @@ class ResourceService:
         valid = await asyncio.to_thread(validate_resource, resource_json)
         key = _scoped_key(requester, "create", idempotency_key)
         fingerprint = _fingerprint("create", resource_json, 0, requester.purpose)
-        if key and (first := await self._replay(requester, key, fingerprint)) is not None:
+        if (first := await self._replay(requester, key, fingerprint)) is not None:
             return first
         resource_id = self._new_id()
         if valid.resource_type == "Patient":
@@ -298,7 +316,7 @@ class ResourceService:
         assert valid.patient_id is not None  # a Patient with an id is its own patient
         key = _scoped_key(requester, "update", idempotency_key)
         fingerprint = _fingerprint("update", resource_json, expected_version, requester.purpose)
-        if key and (first := await self._replay(requester, key, fingerprint)) is not None:
+        if (first := await self._replay(requester, key, fingerprint)) is not None:
             return first
         if valid.resource_type == "Patient":
             try:
@@ -330,12 +348,22 @@ class ResourceService:
     async def _replay(
         self, requester: Requester, key: str, fingerprint: bytes
     ) -> StoredVersion | None:
-        """The first result of a committed write with this key, if the caller may still
-        write to its patient."""
+        """The result of an earlier attempt with this key, if the caller may still write to
+        its patient: the first result once committed, or the attempt completed now (its
+        pending version resumed: the same entry ledgered again, then committed)."""
+        if not key:
+            return None
         first = await self._storage.idempotent_result(key, fingerprint)
         if first is not None:
             await self._permit(requester, first.patient_id, first.ref.resource_type, Action.WRITE)
-        return first
+            return first
+        pending = await self._storage.resume_write(key, fingerprint)
+        if pending is None:
+            return None
+        verdict = await self._permit(
+            requester, pending.patient_id, pending.ref.resource_type, Action.WRITE
+        )
+        return await self._ledger_and_commit(requester, verdict, pending, key, fingerprint)
 
     async def _holder_named_by(self, valid: ValidResource, patient_id: str) -> str:
         """The holder of the patient a resource names; INVALID_ARGUMENT at the reference
@@ -403,33 +431,63 @@ class ResourceService:
                 request_fingerprint=fingerprint,
                 holder_organization=holder,
                 updated_time=when,
+                trace_id=current_trace_id(),
             )
         )
+        return await self._ledger_and_commit(requester, verdict, pending, key, fingerprint)
+
+    async def _ledger_and_commit(
+        self,
+        requester: Requester,
+        verdict: AccessVerdict,
+        pending: PendingWrite,
+        key: str,
+        fingerprint: bytes,
+    ) -> StoredVersion:
+        """Appends the version's entry (the same entry for every attempt at ``pending``:
+        key, salts, time and trace id all come from it), then commits the version with its
+        receipt."""
         who = requester.principal
+        ref = pending.ref
         event = RecordEvent(
             kind=ledger_pb2.EVENT_KIND_RECORD_CREATED
-            if expected_version == 0
+            if ref.version == 1
             else ledger_pb2.EVENT_KIND_RECORD_UPDATED,
             actor=who.subject,
             organization=who.organization,
             purpose=requester.purpose,
-            resource_type=valid.resource_type,
-            resource_id=resource_id,
-            resource_version=version,
-            content_commitment=commit(pending.salt, canonical),
+            resource_type=ref.resource_type,
+            resource_id=ref.resource_id,
+            resource_version=ref.version,
+            content_commitment=commit(pending.salt, pending.resource_json.encode()),
             patient_actor=who.subject if verdict.patient_self else "",
+            blinding_salt=_derived(_BLINDING_SALT_LABEL, pending.salt),
+            time=pending.updated_time,
+            trace_id=pending.trace_id,
         )
         try:
             receipt = await self._ledger.append(
-                patient_id, event, idempotency_key=ledger_idempotency_key(pending.salt)
+                pending.patient_id, event, idempotency_key=ledger_idempotency_key(pending.salt)
             )
         except BaseException:
-            # Not acknowledged: the version must not become visible. If the drop fails too
-            # (Mongo gone), the pending version expires and is swept.
-            with contextlib.suppress(MedledgerError):
-                await self._storage.abort_write(pending)
+            # Not acknowledged, so never visible. Without an idempotency key the version is
+            # dropped (if that fails too, Mongo gone, it expires and is swept); with one it
+            # stays, invisible, for the client's retry to resume: the ledger may hold this
+            # entry after all, and must then be given the same entry again.
+            if pending.idempotency is None:
+                with contextlib.suppress(MedledgerError):
+                    await self._storage.abort_write(pending)
             raise
-        return await self._storage.commit_write(pending, receipt)
+        try:
+            return await self._storage.commit_write(pending, receipt)
+        except Aborted as error:
+            # A concurrent retry of the same write may have committed it first.
+            first = None
+            if error.reason == "WRITE_EXPIRED" and key:
+                first = await self._storage.idempotent_result(key, fingerprint)
+            if first is None:
+                raise
+            return first
 
     # -- reads -----------------------------------------------------------------------------
 
