@@ -6,7 +6,7 @@ it keeps resources in a dict, answers what the contract says (versions, pages, t
 the real service raises, with their reasons and bad fields) and records each request so the
 tests can see what the CLI sent. It is served by the real server bootstrap, so the token check
 and the error mapping are the real ones. The live test against the real record service is in
-tests/partner/test_record_cli_live.py.
+test_record_cli_live.py.
 """
 
 from __future__ import annotations
