@@ -73,6 +73,7 @@ from medledger.record.domain.ports import (
     StoredVersion,
 )
 from medledger.record.domain.resource_issues import (
+    DOCUMENT,
     SEARCH_INVALID,
     ResourceInvalid,
     ResourceIssue,
@@ -81,7 +82,7 @@ from medledger.record.domain.resource_issues import (
 )
 from medledger.record.domain.search_params import parse_search, search_values
 from medledger.record.domain.versions import resource_not_found
-from medledger.verify.commitment import canonical_json, commit
+from medledger.verify.commitment import NotCanonicalizable, canonical_json, commit
 
 MAX_IDEMPOTENCY_KEY: Final = 128
 _IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,128}")
@@ -196,7 +197,13 @@ def _stored_document(
         "versionId": str(version),
         "lastUpdated": _instant(when),
     }
-    return canonical_json(document), search_values(valid)
+    try:
+        canonical = canonical_json(document)
+    except NotCanonicalizable:  # validation refuses these first; never an INTERNAL
+        raise ResourceInvalid(
+            [ResourceIssue("value", DOCUMENT, "holds a value JSON's canonical form cannot carry")]
+        ) from None
+    return canonical, search_values(valid)
 
 
 class ResourceService:
