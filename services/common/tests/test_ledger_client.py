@@ -86,7 +86,7 @@ async def test_append_fills_time_and_trace_and_returns_the_receipt(
         assert entry.HasField("time")
     finally:
         await client.aclose()
-        await server.stop(0)
+        await asyncio.wait_for(server.stop(0), 20)
 
 
 async def test_ledger_down_is_unavailable() -> None:
@@ -97,3 +97,36 @@ async def test_ledger_down_is_unavailable() -> None:
             timeout=2,
         )
     await client.aclose()
+
+
+async def test_a_refused_service_token_is_retryable_not_internal(
+    mongo_server: Any, vault_server: Any
+) -> None:
+    """The ledger refusing this service's own token (PERMISSION_DENIED, UNAUTHENTICATED) is
+    nothing the caller did: Unavailable with reason LEDGER_REFUSED, never a bare INTERNAL."""
+    runtime = ledger_runtime(
+        LedgerSettings(grpc_port=0),
+        LedgerConfig(origin="client.test/ledger", lease_ttl_seconds=2),
+        MongoSettings(
+            MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"r{uuid.uuid4().hex[:8]}"
+        ),
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger")),
+        verifier=TEST_TOKENS.verifier(),
+    )
+    server = ServiceServer(runtime)
+    await asyncio.wait_for(server.start(), 20)
+    # A valid token without ledger.append: the ledger answers PERMISSION_DENIED.
+    client = LedgerClient(
+        f"127.0.0.1:{server.port}", ServiceSettings(), token=TEST_TOKENS.source([])
+    )
+    try:
+        with pytest.raises(Unavailable) as refused:
+            await client.append(
+                LedgerEvent(kind=ledger_pb2.EVENT_KIND_KEY_ROTATED, actor="ops", organization="o"),
+                timeout=5,
+            )
+        assert refused.value.reason == "LEDGER_REFUSED"
+        assert refused.value.metadata["dependency"] == "ledger"
+    finally:
+        await client.aclose()
+        await asyncio.wait_for(server.stop(0), 20)

@@ -97,6 +97,14 @@ class LedgerClient:
                 raise Aborted(
                     "a concurrent change was recorded first; retry", reason="CONCURRENT_CHANGE"
                 ) from error
+            if error.code() in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+            ):
+                # This service's own token was refused (a signing key the ledger has not
+                # fetched yet, an expired token, a missing scope): nothing the caller did, and
+                # nothing was recorded; retryable like any dependency that does not answer.
+                raise Unavailable("ledger", reason="LEDGER_REFUSED") from error
             raise MedledgerError("the ledger refused the event", reason="LEDGER_REFUSED") from error
         return response.receipt
 
