@@ -12,14 +12,13 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
 from medledger.common.config import ConfigError, ServiceSettings
+from medledger.common.errors import MedledgerError, from_rpc_error
 from medledger.common.interceptors import authenticated_principal
 from medledger.common.policy import (
     PUBLIC,
@@ -104,14 +103,8 @@ def bearer(*scopes: str) -> list[tuple[str, str]]:
     return TEST_TOKENS.metadata(scopes, subject="lab-app")
 
 
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    info = error_details_pb2.ErrorInfo()
-    for detail in status.details:
-        if detail.Is(info.DESCRIPTOR):
-            detail.Unpack(info)
-    return info
+def error_info(error: grpc.aio.AioRpcError) -> MedledgerError:
+    return from_rpc_error(error)
 
 
 async def refusal(address: str, method: str, metadata: Any = None) -> grpc.aio.AioRpcError:

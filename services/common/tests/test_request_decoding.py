@@ -9,14 +9,13 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from hypothesis import given
 from hypothesis import strategies as st
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
 from medledger.common.config import ServiceSettings
+from medledger.common.errors import from_rpc_error
 from medledger.common.interceptors import ErrorInterceptor, RequestDecodingInterceptor
 from medledger.common.policy import Scopes, ServiceAccess
 from medledger.common.request_decoding import (
@@ -89,15 +88,8 @@ async def port() -> AsyncIterator[int]:
 
 def _violations(error: grpc.aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
     """The ErrorInfo reason and the BadRequest field violations of a refused call."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no google.rpc.Status in the trailers"
-    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
-    for detail in status.details:
-        if detail.Is(info.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(bad.DESCRIPTOR):
-            detail.Unpack(bad)
-    return info.reason, [(v.field, v.description) for v in bad.field_violations]
+    decoded = from_rpc_error(error)
+    return decoded.reason, [(v.field, v.description) for v in decoded.violations]
 
 
 @pytest.mark.parametrize(("data", "field", "description"), CASES)
