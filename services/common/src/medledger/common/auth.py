@@ -165,12 +165,20 @@ class JwksTokenVerifier:
         if self._loaded_at is None:
             raise Unavailable("identity jwks")
         key = self._keys.get(kid)
-        if key is None and self._not_within(self._unknown_kid_at):
-            # A kid we do not know: identity may have rotated. Look once, and not again for
-            # any unknown kid within min_refresh_seconds (forged kids must not flood identity).
-            self._unknown_kid_at = time.monotonic()
-            await self._refresh(self._generation)
-            key = self._keys.get(kid)
+        if key is None:
+            # A kid we do not know: identity may have rotated. Look it up, but at most once per
+            # min_refresh_seconds for all unknown kids (forged kids must not flood identity);
+            # a caller inside that window waits for its end instead of being refused, so the
+            # first tokens of a newly rotated key are not lost to an earlier lookup.
+            if self._unknown_kid_at is not None:
+                wait = self._unknown_kid_at + self._min_refresh - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            key = self._keys.get(kid)  # another caller's lookup may have brought it
+            if key is None and self._not_within(self._unknown_kid_at):
+                self._unknown_kid_at = time.monotonic()
+                await self._refresh(self._generation)
+                key = self._keys.get(kid)
         if key is None:
             raise _refused("the token's signing key is not known", TokenError.KID_UNKNOWN)
         return key
