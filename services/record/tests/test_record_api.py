@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import bson
 import grpc
 import pytest
 from pymongo import AsyncMongoClient
@@ -25,6 +26,7 @@ from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
+from medledger.common.blinding import Opening
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.errors import MedledgerError, from_rpc_error
 from medledger.common.server import ServiceServer
@@ -34,7 +36,9 @@ from medledger.record.runtime import from_settings
 from medledger.testkit.fhir_samples import sample
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
 from medledger.testkit.tokens import authed_channel
+from medledger.verify.audit import LedgerAuditor
 from medledger.verify.commitment import canonical_json, commit
+from medledger.verify.ledger_client import LedgerApi
 from medledger.verify.receipt import verify_receipt
 from medledger.verify.trust import TrustPolicy
 
@@ -62,6 +66,7 @@ class RecordApi:
     database: Any
     admin: str  # an admin token of identity
     record_address: str
+    cut_address: str
 
     async def size(self) -> int:
         checkpoint = await self.ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest())
@@ -143,6 +148,7 @@ async def api(
             database=client[database],
             admin=admin,
             record_address=addresses[0],
+            cut_address=addresses[1],
         )
     finally:
         await client.close()
@@ -540,3 +546,267 @@ async def test_break_glass_opens_another_organisations_record(api: RecordApi) ->
     assert ledger_pb2.EVENT_KIND_RECORD_READ in kinds
     entries = b"".join(e.entry_bytes for e in await api.entries_since(before))
     assert b"unconscious" not in entries
+
+
+# -- the patient's rights: export, access log, erasure ---------------------------------------
+
+
+async def export(
+    caller: Caller, patient_id: str, *, pseudonymise: bool = False
+) -> record_pb2.ExportPatientResponse:
+    return await caller.stub.ExportPatient(
+        record_pb2.ExportPatientRequest(
+            patient_id=patient_id, purpose=TREAT, pseudonymise=pseudonymise
+        )
+    )
+
+
+def _proof(entry: dict[str, Any]) -> dict[str, bytes]:
+    (outer,) = entry["extension"]
+    assert outer["url"] == "https://medledger.dev/fhir/StructureDefinition/ledger-proof"
+    return {p["url"]: base64.b64decode(p["valueBase64Binary"]) for p in outer["extension"]}
+
+
+async def test_an_export_holds_every_current_resource_with_its_ledger_proof(
+    api: RecordApi,
+) -> None:
+    patient = await new_patient(api)
+    first = await create(api.a, resource("Observation", patient.id))
+    updated = json.loads(first.resource_json)
+    updated["status"] = "amended"
+    second = (
+        await api.a.stub.UpdateResource(
+            record_pb2.UpdateResourceRequest(
+                resource_json=json.dumps(updated), expected_version=1, purpose=TREAT
+            )
+        )
+    ).resource
+    condition = await create(
+        api.a,
+        resource("Condition", subject={"reference": f"Patient/{patient.id}"}),
+    )
+    before = await api.size()
+    reply = await export(api.a, patient.id)
+    bundle = json.loads(reply.bundle_json)
+    assert bundle["resourceType"] == "Bundle"
+    assert bundle["type"] == "collection"
+    listed = [(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]]
+    assert listed[0] == ("Patient", patient.id)
+    assert sorted(listed) == sorted(
+        [("Patient", patient.id), ("Observation", first.id), ("Condition", condition.id)]
+    )
+    assert len(reply.receipts) == len(bundle["entry"])
+    by_id = {r.id: r for r in (patient, second, condition)}
+    for entry, receipt in zip(bundle["entry"], reply.receipts, strict=True):
+        stored = by_id[entry["resource"]["id"]]
+        assert entry["fullUrl"] == f"urn:uuid:{stored.id}"
+        assert entry["resource"] == json.loads(stored.resource_json)  # the current version
+        proof = _proof(entry)
+        assert proof["receipt"] == receipt.SerializeToString()
+        assert proof["commitmentSalt"] == stored.commitment_salt
+        assert verify_receipt(receipt, api.policy, proof["entry"]).entry_checked
+        ledgered = ledger_pb2.LedgerEntry.FromString(proof["entry"])
+        canonical = canonical_json(entry["resource"])
+        assert ledgered.content_commitment == commit(proof["commitmentSalt"], canonical)
+        assert receipt.leaf_index == stored.receipt.leaf_index
+    # One RECORD_EXPORTED entry, before the answer, whose receipt verifies.
+    exported = await api.entries_since(before)
+    assert [e.entry.kind for e in exported] == [ledger_pb2.EVENT_KIND_RECORD_EXPORTED]
+    assert exported[0].leaf_index == reply.export_receipt.leaf_index
+    assert verify_receipt(reply.export_receipt, api.policy, exported[0].entry_bytes)
+    assert patient.id.encode() not in exported[0].entry_bytes
+
+
+async def test_a_pseudonymised_export_replaces_direct_identifiers(api: RecordApi) -> None:
+    patient = await new_patient(
+        api,
+        name=[{"family": "Zyxwarden", "given": ["Quillon"]}],
+        identifier=[{"system": "urn:oid:1.2.3.4", "value": "MRN-77123"}],
+        birthDate="1961-04-17",
+        telecom=[{"system": "phone", "value": "+44 20 7946 0958"}],
+    )
+    observation = await create(api.a, resource("Observation", patient.id))
+    reply = await export(api.a, patient.id, pseudonymise=True)
+    text = reply.bundle_json
+    for secret in ("Zyxwarden", "Quillon", "MRN-77123", "1961-04-17", "7946", patient.id):
+        assert secret not in text
+    assert observation.id not in text
+    bundle = json.loads(text)
+    assert {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+        "code": "PSEUDED",
+        "display": "pseudonymized",
+    } in bundle["meta"]["security"]
+    resources = {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
+    pseudo = resources["Patient"]
+    assert pseudo["birthDate"] == "1961"
+    assert pseudo["identifier"][0]["system"] == "urn:medledger:pseudonymised"
+    assert "name" not in pseudo
+    # Still linked inside the Bundle, and no ledger proofs.
+    assert resources["Observation"]["subject"]["reference"] == f"Patient/{pseudo['id']}"
+    assert all("extension" not in e for e in bundle["entry"])
+    assert list(reply.receipts) == []
+    assert reply.export_receipt.leaf_hash
+
+
+async def test_an_export_is_refused_without_access_and_for_bad_input(api: RecordApi) -> None:
+    patient = await new_patient(api)
+    denied = await failure(export(api.b, patient.id))
+    assert denied.code == grpc.StatusCode.PERMISSION_DENIED
+    missing = await failure(export(api.a, str(uuid.uuid4())))
+    assert missing.code == grpc.StatusCode.NOT_FOUND
+    bad = await failure(export(api.a, "not an id!"))
+    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in bad.violations] == ["patient_id"]
+    down = await failure(export(api.cut, patient.id))
+    assert down.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def access_log(
+    stub: record_pb2_grpc.RecordServiceAsyncStub, patient_id: str, purpose: int = TREAT
+) -> record_pb2.GetAccessLogResponse:
+    return await stub.GetAccessLog(
+        record_pb2.GetAccessLogRequest(patient_id=patient_id, purpose=purpose, page_size=1000)
+    )
+
+
+async def test_the_access_log_lists_each_entry_with_its_opening(api: RecordApi) -> None:
+    patient = await new_patient(api)
+    observation = await create(api.a, resource("Observation", patient.id))
+    await get(api.a, "Observation", observation.id)
+    log = await access_log(api.a.stub, patient.id)
+    kinds = [e.entry.kind for e in log.entries]
+    assert kinds == [
+        ledger_pb2.EVENT_KIND_RECORD_CREATED,
+        ledger_pb2.EVENT_KIND_RECORD_CREATED,
+        ledger_pb2.EVENT_KIND_RECORD_READ,
+    ]
+    assert len(log.openings) == len(log.entries)
+    pseudonyms = set()
+    for indexed, opening in zip(log.entries, log.openings, strict=True):
+        opened = Opening(
+            salt=opening.salt,
+            pseudonym=opening.subject_pseudonym,
+            resource_type=opening.resource_type,
+            resource_id=opening.resource_id,
+            resource_version=opening.resource_version,
+            patient_actor=opening.patient_actor,
+        )
+        entry = ledger_pb2.LedgerEntry.FromString(indexed.entry_bytes)
+        assert entry.subject == opened.subject()
+        assert entry.resource == opened.resource()
+        pseudonyms.add(opening.subject_pseudonym)
+        proof = await api.ledger.GetInclusionProof(
+            ledger_pb2.GetInclusionProofRequest(leaf_index=indexed.leaf_index)
+        )
+        assert proof.leaf_index == indexed.leaf_index
+    assert len(pseudonyms) == 1
+    assert [o.resource_id for o in log.openings] == [patient.id, observation.id, observation.id]
+    # Reading the log is a read, ledgered: the next page of the log shows it.
+    again = await access_log(api.a.stub, patient.id)
+    assert [e.entry.kind for e in again.entries][-1] == ledger_pb2.EVENT_KIND_RECORD_READ
+    assert again.openings[-1].resource_type == "AuditEvent"
+    assert len(again.entries) == 4
+    # Another organisation, without consent, sees nothing.
+    assert (await failure(access_log(api.b.stub, patient.id))).code == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+
+
+async def test_a_patient_reads_their_own_access_log(api: RecordApi) -> None:
+    patient = await new_patient(api)
+    observation = await create(api.a, resource("Observation", patient.id))
+    await get(api.a, "Observation", observation.id)
+    username, password = await _patient_user(api, patient.id)
+    login = await api.platform.stub.IssueToken(
+        identity_pb2.IssueTokenRequest(
+            password=identity_pb2.PasswordGrant(
+                username=username, password=password, scope="patient/*.rs"
+            )
+        )
+    )
+    async with authed_channel(api.record_address, login.access_token) as channel:
+        stub = record_pb2_grpc.RecordServiceStub(channel)
+        log = await access_log(stub, patient.id, PATRQT)
+        assert [e.entry.organization for e in log.entries] == [ORG_A, ORG_A, ORG_A]
+        assert [e.entry.actor for e in log.entries] == [api.a.client_id] * 3
+        other = await new_patient(api)
+        refused = await failure(access_log(stub, other.id, PATRQT))
+        assert refused.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def erase(
+    stub: record_pb2_grpc.RecordServiceAsyncStub, patient_id: str, reason: int = 1
+) -> record_pb2.ErasePatientResponse:
+    return await stub.ErasePatient(
+        record_pb2.ErasePatientRequest(patient_id=patient_id, reason=reason, purpose=PATRQT)
+    )
+
+
+async def test_erasure_shreds_the_patient_and_leaves_the_ledger_valid(api: RecordApi) -> None:
+    patient = await new_patient(api)
+    observation = await create(api.a, resource("Observation", patient.id))
+    await _patient_user(api, patient.id)
+    async with authed_channel(
+        api.platform.identity_address, await api.platform.token("system/*.cruds", ORG_A, [TREAT])
+    ) as channel:
+        await identity_pb2_grpc.IdentityServiceStub(channel).GrantConsent(
+            identity_pb2.GrantConsentRequest(
+                patient_id=patient.id,
+                grantee=identity_pb2.Grantee(organization=ORG_B),
+                resource_types=["Observation"],
+                purposes=[TREAT],
+            )
+        )
+    assert (await get(api.b, "Observation", observation.id)) == observation
+
+    # The patient asked (PATRQT): the holder's staff erase, nobody else.
+    a_erases = await api.platform.token("system/*.cruds", ORG_A, [PATRQT])
+    b_erases = await api.platform.token("system/*.cruds", ORG_B, [PATRQT])
+    async with (
+        authed_channel(api.record_address, a_erases) as a_channel,
+        authed_channel(api.record_address, b_erases) as b_channel,
+        authed_channel(api.cut_address, a_erases) as cut_channel,
+    ):
+        a_stub = record_pb2_grpc.RecordServiceStub(a_channel)
+        b_stub = record_pb2_grpc.RecordServiceStub(b_channel)
+        cut_stub = record_pb2_grpc.RecordServiceStub(cut_channel)
+        refused = await failure(erase(b_stub, patient.id))
+        assert refused.code == grpc.StatusCode.PERMISSION_DENIED
+        bad = await failure(erase(a_stub, patient.id, reason=0))
+        assert [v.field for v in bad.violations] == ["reason"]
+        assert (await failure(erase(cut_stub, patient.id))).code == grpc.StatusCode.UNAVAILABLE
+        assert (await get(api.a, "Observation", observation.id)) == observation  # nothing lost
+
+        before = await api.size()
+        erased = await erase(a_stub, patient.id)
+        again = await failure(erase(a_stub, patient.id))
+    assert (again.code, again.reason) == (grpc.StatusCode.NOT_FOUND, "ERASED")
+    assert erased.erased_versions == 2
+    (entry,) = await api.entries_since(before)
+    assert entry.entry.kind == ledger_pb2.EVENT_KIND_RECORD_ERASED
+    assert verify_receipt(erased.receipt, api.policy, entry.entry_bytes).entry_checked
+
+    for call in (
+        get(api.a, "Observation", observation.id),
+        get(api.a, "Patient", patient.id),
+        get(api.b, "Observation", observation.id),
+        export(api.a, patient.id),
+        access_log(api.a.stub, patient.id),
+    ):
+        gone = await failure(call)
+        assert (gone.code, gone.reason) == (grpc.StatusCode.NOT_FOUND, "ERASED")
+    assert list((await search(api.a, "Observation", patient=patient.id)).resources) == []
+    # The ledger is still one consistent log: an audit of every leaf and checkpoint passes.
+    reader = await api.platform.token("ledger.read", ORG_A)
+    async with authed_channel(api.platform.ledger_address, reader) as channel:
+        report = await LedgerAuditor(LedgerApi(channel), api.policy, sample=16).run()
+    assert report.size > before
+    # Nothing of the patient stays in the record's database in clear or decryptable: the
+    # patient's key rows hold no wrapped key, and no leaf-index row remains.
+    for doc in [d async for d in api.database["record_patients"].find({"erased": True})]:
+        assert "wrapped" not in doc
+    names = await api.database.list_collection_names()
+    dump = b"".join([bson.encode(d) for name in names async for d in api.database[name].find({})])
+    assert patient.id.encode() not in dump
+    assert observation.id.encode() not in dump

@@ -12,26 +12,38 @@ from medledger.common.ledger_client import LedgerClient, TokenSource
 from medledger.common.mongo import create_mongo_client
 from medledger.common.patient_log import PatientLog
 from medledger.common.patient_log_mongo import MongoPatientLeafStore
-from medledger.common.scopes import CHECK_ACCESS, LEDGER_APPEND, service_client_id
+from medledger.common.scopes import (
+    CHECK_ACCESS,
+    LEDGER_APPEND,
+    LEDGER_READ,
+    PATIENT_DIRECTORY,
+    service_client_id,
+)
 from medledger.common.service import Servicer, ServiceRuntime
 from medledger.common.service_tokens import ServiceTokenSource
 from medledger.common.subject import SubjectHasher
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import RECORD_PATIENT_KEK
-from medledger.record.adapters.identity_access import IdentityAccessChecks
+from medledger.record.adapters.identity_access import (
+    IdentityAccessChecks,
+    IdentityPatientDirectory,
+)
 from medledger.record.adapters.ledger_events import PatientLogLedger
+from medledger.record.adapters.ledger_reads import GrpcLedgerReads
 from medledger.record.adapters.mongo_store import RecordStore
 from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.config import RecordConfig, RecordSettings
 from medledger.record.domain.key_cache import DataKeyCache
+from medledger.record.domain.patient_rights import PatientRights
 from medledger.record.domain.records import EncryptedRecords
 from medledger.record.domain.resources import ResourceService
 from medledger.record.domain.sweeper import PendingSweeper
 from medledger.record.server import RECORD_ACCESS, RecordServiceServicer
 
-# What the record's own token asks identity for: appends, and access decisions it may ask
-# about any principal (identity then honours its word on the patient's organisation).
-SERVICE_SCOPES = f"{LEDGER_APPEND} {CHECK_ACCESS}"
+# What the record's own token asks identity for: appends and reads of the ledger (proofs for
+# exports and access logs), access decisions it may ask about any principal (identity then
+# honours its word on the patient's organisation), and telling identity who holds a patient.
+SERVICE_SCOPES = f"{LEDGER_APPEND} {LEDGER_READ} {CHECK_ACCESS} {PATIENT_DIRECTORY}"
 
 
 def record_runtime(
@@ -77,16 +89,22 @@ def record_runtime(
     access = IdentityAccessChecks(
         peers.identity_addr, settings, service_token, timeout=config.access_timeout_seconds
     )
-    resources = ResourceService(
-        records, access, PatientLogLedger(patient_log, timeout=config.ledger_timeout_seconds)
+    directory = IdentityPatientDirectory(
+        peers.identity_addr, settings, service_token, timeout=config.access_timeout_seconds
     )
+    record_ledger = PatientLogLedger(patient_log, timeout=config.ledger_timeout_seconds)
+    ledger_reads = GrpcLedgerReads(
+        peers.ledger_addr, settings, service_token, timeout=config.ledger_timeout_seconds
+    )
+    resources = ResourceService(records, access, record_ledger, directory=directory)
+    rights = PatientRights(records, access, record_ledger, ledger_reads, record_ledger, directory)
     sweeper = PendingSweeper(records, config.sweep_interval_seconds)
     return ServiceRuntime(
         name="record",
         settings=settings,
         servicers=[
             Servicer(
-                RecordServiceServicer(resources),
+                RecordServiceServicer(resources, rights),
                 record_pb2_grpc.add_RecordServiceServicer_to_server,
                 RECORD_ACCESS,
             )
@@ -94,7 +112,14 @@ def record_runtime(
         mongo=mongo,
         vault=vault,
         startup=[sweeper.start],
-        shutdown=[sweeper.stop, access.aclose, ledger.aclose, *shutdown],
+        shutdown=[
+            sweeper.stop,
+            access.aclose,
+            directory.aclose,
+            ledger_reads.aclose,
+            ledger.aclose,
+            *shutdown,
+        ],
         verifier=verifier,
     )
 

@@ -1,8 +1,8 @@
 """gRPC servicer of the record service: converts messages to domain calls and back
 (:class:`~medledger.record.domain.resources.ResourceService` does the work).
 
-Every RPC of the v1 contract is declared; those that answer UNIMPLEMENTED (export, erasure,
-the access log, ingestion, duplicates) are filled by later issues.
+Every RPC of the v1 contract is declared; those that answer UNIMPLEMENTED (ingestion,
+duplicates) are filled by later issues.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from medledger.api.ledger.v1 import ledger_pb2
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.common.errors import FieldViolation, InvalidArgument, Unimplemented
 from medledger.common.interceptors import authenticated_principal
-from medledger.common.policy import ResourceAccess, ServiceAccess
+from medledger.common.policy import ResourceAccess, Scopes, ServiceAccess
+from medledger.common.scopes import ADMIN, AUDIT_READ
+from medledger.record.domain.patient_rights import PatientRights
 from medledger.record.domain.peers import Requester
 from medledger.record.domain.ports import StoredVersion
 from medledger.record.domain.resources import ResourceService
@@ -46,6 +48,7 @@ RECORD_ACCESS: Final = ServiceAccess(
         _METHODS["IngestHl7V2"]: ResourceAccess("*", "cu"),
         _METHODS["IngestCsvLabResults"]: ResourceAccess("Observation", "c"),
         _METHODS["FindDuplicatePatients"]: ResourceAccess("Patient", "s"),
+        _METHODS["AuditRecords"]: Scopes(ADMIN, AUDIT_READ),
     },
 )
 
@@ -76,8 +79,9 @@ def _stored(version: StoredVersion) -> record_pb2.StoredResource:
 
 
 class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
-    def __init__(self, resources: ResourceService) -> None:
+    def __init__(self, resources: ResourceService, rights: PatientRights) -> None:
         self._resources = resources
+        self._rights = rights
 
     async def CreateResource(
         self, request: record_pb2.CreateResourceRequest, context: Context
@@ -142,17 +146,60 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
     async def ExportPatient(
         self, request: record_pb2.ExportPatientRequest, context: Context
     ) -> record_pb2.ExportPatientResponse:
-        raise Unimplemented(PENDING)
+        export = await self._rights.export(
+            _requester(request.purpose, request.break_glass_reason),
+            request.patient_id,
+            pseudonymise=request.pseudonymise,
+        )
+        return record_pb2.ExportPatientResponse(
+            bundle_json=export.bundle_json,
+            receipts=[ledger_pb2.Receipt.FromString(r) for r in export.receipts],
+            export_receipt=ledger_pb2.Receipt.FromString(export.export_receipt),
+        )
 
     async def ErasePatient(
         self, request: record_pb2.ErasePatientRequest, context: Context
     ) -> record_pb2.ErasePatientResponse:
-        raise Unimplemented(PENDING)
+        erasure = await self._rights.erase(
+            _requester(request.purpose, ""),
+            request.patient_id,
+            request.reason,
+        )
+        return record_pb2.ErasePatientResponse(
+            erased_versions=erasure.erased_versions,
+            receipt=ledger_pb2.Receipt.FromString(erasure.receipt),
+        )
 
     async def GetAccessLog(
         self, request: record_pb2.GetAccessLogRequest, context: Context
     ) -> record_pb2.GetAccessLogResponse:
-        raise Unimplemented(PENDING)
+        page = await self._rights.access_log(
+            _requester(request.purpose, ""),
+            request.patient_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        response = record_pb2.GetAccessLogResponse(next_page_token=page.next_page_token)
+        for found in page.items:
+            response.entries.append(
+                ledger_pb2.IndexedEntry(
+                    leaf_index=found.leaf_index,
+                    entry_bytes=found.entry_bytes,
+                    entry=ledger_pb2.LedgerEntry.FromString(found.entry_bytes),
+                )
+            )
+            opening = found.opening
+            response.openings.append(
+                record_pb2.EntryOpening(
+                    salt=opening.salt,
+                    subject_pseudonym=opening.pseudonym,
+                    resource_type=opening.resource_type,
+                    resource_id=opening.resource_id,
+                    resource_version=opening.resource_version,
+                    patient_actor=opening.patient_actor,
+                )
+            )
+        return response
 
     async def IngestHl7V2(
         self, request: record_pb2.IngestHl7V2Request, context: Context
@@ -167,4 +214,9 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
     async def FindDuplicatePatients(
         self, request: record_pb2.FindDuplicatePatientsRequest, context: Context
     ) -> record_pb2.FindDuplicatePatientsResponse:
+        raise Unimplemented(PENDING)
+
+    async def AuditRecords(
+        self, request: record_pb2.AuditRecordsRequest, context: Context
+    ) -> record_pb2.AuditRecordsResponse:
         raise Unimplemented(PENDING)

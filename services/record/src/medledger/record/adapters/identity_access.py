@@ -33,6 +33,8 @@ _ACTIONS: Final = {
     Action.READ: identity_pb2.ACTION_READ,
     Action.WRITE: identity_pb2.ACTION_WRITE,
     Action.SEARCH: identity_pb2.ACTION_SEARCH,
+    Action.EXPORT: identity_pb2.ACTION_EXPORT,
+    Action.DELETE: identity_pb2.ACTION_DELETE,
 }
 _PURPOSE_PREFIX: Final = "PURPOSE_OF_USE_"
 
@@ -112,3 +114,65 @@ def _refusal(error: grpc.aio.AioRpcError) -> MedledgerError:
             "the access check refused the caller's claims", reason="ACCESS_CHECK_REFUSED"
         )
     return Unavailable(DEPENDENCY, reason="ACCESS_CHECK_FAILED")
+
+
+class IdentityPatientDirectory:
+    """identity's RegisterPatientHolder and ErasePatientData (the ``PatientDirectory``
+    port), with this service's token (``medledger/patient-directory``). Anything but an
+    answer is UNAVAILABLE: a Patient is not created, nor an erasure finished, without
+    identity knowing."""
+
+    def __init__(
+        self,
+        address: str,
+        settings: ServiceSettings,
+        token: TokenSource,
+        *,
+        timeout: float = 5.0,
+    ) -> None:
+        self._channel = create_channel(address, settings)
+        self._stub: identity_pb2_grpc.IdentityServiceAsyncStub = (
+            identity_pb2_grpc.IdentityServiceStub(self._channel)
+        )
+        self._token = token
+        self._timeout = timeout
+
+    async def _metadata(self) -> list[tuple[str, str]]:
+        try:
+            return [("authorization", f"Bearer {await self._token()}")]
+        except Unavailable:
+            raise
+        except MedledgerError as error:
+            raise Unavailable(DEPENDENCY, reason="PATIENT_DIRECTORY_FAILED") from error
+
+    async def register_holder(self, patient_id: str, organization: str) -> None:
+        request = identity_pb2.RegisterPatientHolderRequest(
+            patient_id=patient_id, organization=organization
+        )
+        try:
+            await self._stub.RegisterPatientHolder(
+                request, metadata=await self._metadata(), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _directory_failure(error) from error
+
+    async def erase_patient(self, patient_id: str) -> None:
+        request = identity_pb2.ErasePatientDataRequest(patient_id=patient_id)
+        try:
+            await self._stub.ErasePatientData(
+                request, metadata=await self._metadata(), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _directory_failure(error) from error
+
+    async def aclose(self) -> None:
+        await self._channel.close(None)
+
+
+def _directory_failure(error: grpc.aio.AioRpcError) -> MedledgerError:
+    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(DEPENDENCY)
+    decoded = from_rpc_error(error)
+    if decoded.reason == "HOLDER_CONFLICT":
+        return decoded  # FAILED_PRECONDITION: another organisation holds this patient
+    return Unavailable(DEPENDENCY, reason="PATIENT_DIRECTORY_FAILED")

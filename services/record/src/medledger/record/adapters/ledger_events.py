@@ -14,8 +14,9 @@ import grpc
 
 from medledger.common.errors import MedledgerError, Unavailable
 from medledger.common.ledger_client import LedgerEvent
+from medledger.common.paging import Page
 from medledger.common.patient_log import PatientLog
-from medledger.record.domain.peers import RecordEvent
+from medledger.record.domain.peers import LoggedEntry, RecordEvent
 
 
 class PatientLogLedger:
@@ -51,3 +52,29 @@ class PatientLogLedger:
                 raise Unavailable("ledger", reason=error.reason) from error
             raise
         return receipt.SerializeToString()
+
+    async def logged(
+        self, patient_id: str, *, page_size: int, page_token: str
+    ) -> Page[LoggedEntry]:
+        found = await self._patients.leaves(
+            patient_id, requested_size=page_size, page_token=page_token
+        )
+        return Page(
+            [
+                LoggedEntry(
+                    leaf_hash=leaf.leaf_hash,
+                    leaf_index=leaf.leaf_index,
+                    salt=leaf.opening.salt,
+                    pseudonym=leaf.opening.pseudonym,
+                    resource_type=leaf.opening.resource_type,
+                    resource_id=leaf.opening.resource_id,
+                    resource_version=leaf.opening.resource_version,
+                    patient_actor=leaf.opening.patient_actor,
+                )
+                for leaf in found.items
+            ],
+            found.next_page_token,
+        )
+
+    async def forget(self, patient_id: str) -> int:
+        return await self._patients.erase(patient_id)

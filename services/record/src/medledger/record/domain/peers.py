@@ -10,6 +10,7 @@ the serialised ``Receipt``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -18,6 +19,7 @@ from typing import Final, Protocol, TypeAlias
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.interceptors import Principal
+from medledger.common.paging import Page
 
 Purpose: TypeAlias = purpose_pb2.PurposeOfUse.ValueType
 EventKind: TypeAlias = ledger_pb2.EventKind.ValueType
@@ -30,6 +32,8 @@ class Action(StrEnum):
     READ = "read"
     WRITE = "write"  # create or update
     SEARCH = "search"
+    EXPORT = "export"
+    DELETE = "delete"
 
 
 @dataclass(frozen=True)
@@ -98,4 +102,62 @@ class RecordLedger(Protocol):
     ) -> bytes:
         """Appends ``event`` about ``patient_id`` (blinded, indexed under the patient) and
         returns the serialised ``Receipt``; Unavailable when the ledger does not answer."""
+        ...
+
+
+class LedgerReads(Protocol):
+    """What the record service reads back from the ledger (exports, access logs, audits).
+    Every method is Unavailable when the ledger does not answer."""
+
+    async def entries(self, leaf_indexes: Sequence[int]) -> dict[int, bytes]:
+        """The exact leaf data of each leaf (as hashed into the tree)."""
+        ...
+
+    async def refreshed(self, receipt: bytes) -> bytes:
+        """``receipt`` (serialised) proven against the ledger's latest checkpoint, which
+        carries the witnesses' cosignatures gathered since the write."""
+        ...
+
+    async def leaf_index(self, leaf_hash: bytes) -> int | None:
+        """The index of the leaf with this hash; None when the ledger holds no such leaf."""
+        ...
+
+
+class PatientDirectory(Protocol):
+    """identity's side of a patient: who holds their record, and erasure of what identity
+    keeps about them (consents, its ledger leaf index)."""
+
+    async def register_holder(self, patient_id: str, organization: str) -> None: ...
+
+    async def erase_patient(self, patient_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoggedEntry:
+    """One ledger entry about a patient, as the record's patient log keeps it: where it is,
+    and its opening (the salt and clear values its blinded fields hide)."""
+
+    leaf_hash: bytes
+    # None when the ledger's answer to the append was lost (find it by its hash).
+    leaf_index: int | None
+    salt: bytes
+    pseudonym: bytes
+    resource_type: str
+    resource_id: str
+    resource_version: int
+    # The patient's own user id when the patient acted; "" otherwise.
+    patient_actor: str
+
+
+class PatientEntries(Protocol):
+    """The record's per-patient index of its ledger entries."""
+
+    async def logged(
+        self, patient_id: str, *, page_size: int, page_token: str
+    ) -> Page[LoggedEntry]:
+        """The patient's entries, oldest first."""
+        ...
+
+    async def forget(self, patient_id: str) -> int:
+        """Destroys the patient's index (salts and data key): erasure."""
         ...

@@ -61,6 +61,7 @@ from medledger.record.domain.peers import (
     AccessQuery,
     AccessVerdict,
     Action,
+    PatientDirectory,
     RecordEvent,
     RecordLedger,
     Requester,
@@ -213,12 +214,14 @@ class ResourceService:
         access: AccessChecks,
         ledger: RecordLedger,
         *,
+        directory: PatientDirectory,
         clock: Callable[[], datetime] = _now,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self._storage = storage
         self._access = access
         self._ledger = ledger
+        self._directory = directory
         self._clock = clock
         self._new_id = new_id
 
@@ -298,6 +301,10 @@ class ResourceService:
         if not verdict.permitted:
             raise _denied(verdict)
         await self._check_members(valid, patient_id)
+        if valid.resource_type == "Patient":
+            # identity learns who holds the new patient (consents, break-glass) first: a
+            # registration whose write then fails names an id nobody will ever use.
+            await self._directory.register_holder(patient_id, holder)
         return await self._write(
             requester, verdict, valid, resource_id, patient_id, holder, 0, key, fingerprint
         )

@@ -508,22 +508,26 @@ class ExportPatientRequest(_message.Message):
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     PSEUDONYMISE_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
     purpose: _purpose_pb2.PurposeOfUse.ValueType
     pseudonymise: _builtins.bool
     """Replace direct identifiers (names, identifiers, addresses, telecom, exact dates of
-    birth) with pseudonyms.
+    birth) with pseudonyms. A pseudonymised Bundle carries no ledger proofs.
     """
+    break_glass_reason: _builtins.str
+    """Required when purpose is ETREAT (break-glass): why this is an emergency."""
     def __init__(
         self,
         *,
         patient_id: _builtins.str = ...,
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
         pseudonymise: _builtins.bool = ...,
+        break_glass_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["patient_id", b"patient_id", "pseudonymise", b"pseudonymise", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_reason", b"break_glass_reason", "patient_id", b"patient_id", "pseudonymise", b"pseudonymise", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,7 +541,9 @@ class ExportPatientResponse(_message.Message):
     RECEIPTS_FIELD_NUMBER: _builtins.int
     EXPORT_RECEIPT_FIELD_NUMBER: _builtins.int
     bundle_json: _builtins.str
-    """FHIR R4 Bundle (type collection), JSON."""
+    """FHIR R4 Bundle (type collection), JSON; each entry carries its ledger proof (receipt,
+    entry bytes, commitment salt) as docs/export-format.md describes.
+    """
     @_builtins.property
     def receipts(self) -> _containers.RepeatedCompositeFieldContainer[_ledger_pb2.Receipt]:
         """receipts[i] is the receipt of the version in bundle entry i."""
@@ -567,17 +573,23 @@ class ErasePatientRequest(_message.Message):
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
     reason: Global___ErasureReason.ValueType
+    purpose: _purpose_pb2.PurposeOfUse.ValueType
+    """Why the caller acts: PATRQT when the patient asked, HOPERAT for the holder's own
+    grounds (retention, legal obligation).
+    """
     def __init__(
         self,
         *,
         patient_id: _builtins.str = ...,
         reason: Global___ErasureReason.ValueType = ...,
+        purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["patient_id", b"patient_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["patient_id", b"patient_id", "purpose", b"purpose", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -643,24 +655,161 @@ class GetAccessLogResponse(_message.Message):
 
     ENTRIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OPENINGS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[_ledger_pb2.IndexedEntry]:
         """Ledger leaves whose subject is this patient; check each with ledger GetInclusionProof."""
+
+    @_builtins.property
+    def openings(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntryOpening]:
+        """openings[i] opens entries[i]: the values its blinded fields hide."""
 
     def __init__(
         self,
         *,
         entries: _abc.Iterable[_ledger_pb2.IndexedEntry] | None = ...,
         next_page_token: _builtins.str = ...,
+        openings: _abc.Iterable[Global___EntryOpening] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token", "openings", b"openings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAccessLogResponse: _TypeAlias = GetAccessLogResponse  # noqa: Y015
+
+@_typing.final
+class EntryOpening(_message.Message):
+    """EntryOpening proves a blinded ledger entry is about the patient, and says what it is about:
+    subject = HMAC-SHA-256(salt, "medledger.subject" 0x00 || subject_pseudonym);
+    resource.id = hex HMAC-SHA-256(salt, "medledger.resource" 0x00 || resource_type 0x00 ||
+    resource_id 0x00 || decimal resource_version); actor (when the patient acted) =
+    "patient:" + hex HMAC-SHA-256(salt, "medledger.actor" 0x00 || patient_actor).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SALT_FIELD_NUMBER: _builtins.int
+    SUBJECT_PSEUDONYM_FIELD_NUMBER: _builtins.int
+    RESOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_ID_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    PATIENT_ACTOR_FIELD_NUMBER: _builtins.int
+    salt: _builtins.bytes
+    subject_pseudonym: _builtins.bytes
+    resource_type: _builtins.str
+    resource_id: _builtins.str
+    resource_version: _builtins.int
+    patient_actor: _builtins.str
+    """The patient's own user id when the patient acted; empty otherwise."""
+    def __init__(
+        self,
+        *,
+        salt: _builtins.bytes = ...,
+        subject_pseudonym: _builtins.bytes = ...,
+        resource_type: _builtins.str = ...,
+        resource_id: _builtins.str = ...,
+        resource_version: _builtins.int = ...,
+        patient_actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["patient_actor", b"patient_actor", "resource_id", b"resource_id", "resource_type", b"resource_type", "resource_version", b"resource_version", "salt", b"salt", "subject_pseudonym", b"subject_pseudonym"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntryOpening: _TypeAlias = EntryOpening  # noqa: Y015
+
+@_typing.final
+class AuditRecordsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecordsRequest: _TypeAlias = AuditRecordsRequest  # noqa: Y015
+
+@_typing.final
+class AuditRecordsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKED_VERSIONS_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    checked_versions: _builtins.int
+    """Versions checked in this page."""
+    next_page_token: _builtins.str
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditFinding]:
+        """The versions of this page that failed a check, in store order."""
+
+    def __init__(
+        self,
+        *,
+        checked_versions: _builtins.int = ...,
+        findings: _abc.Iterable[Global___AuditFinding] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked_versions", b"checked_versions", "findings", b"findings", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecordsResponse: _TypeAlias = AuditRecordsResponse  # noqa: Y015
+
+@_typing.final
+class AuditFinding(_message.Message):
+    """AuditFinding names a stored version that does not match the ledger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    resource_type: _builtins.str
+    id: _builtins.str
+    version: _builtins.int
+    check: _builtins.str
+    """Which check failed: "stored" (the version cannot be opened: damaged),
+    "commitment" (content differs from the ledgered commitment), "resource" (the entry is
+    about another resource or version), "leaf" (the entry's bytes do not hash to the
+    receipt's leaf).
+    """
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        resource_type: _builtins.str = ...,
+        id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        check: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "detail", b"detail", "id", b"id", "resource_type", b"resource_type", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditFinding: _TypeAlias = AuditFinding  # noqa: Y015
 
 @_typing.final
 class IngestHl7V2Request(_message.Message):

@@ -92,6 +92,11 @@ class RecordServiceStub:
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsResponse.FromString,
                 _registered_method=True)
+        self.AuditRecords = channel.unary_unary(
+                '/medledger.api.record.v1.RecordService/AuditRecords',
+                request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.AuditRecordsRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.AuditRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class RecordServiceServicer:
@@ -182,6 +187,16 @@ class RecordServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuditRecords(self, request, context):
+        """AuditRecords checks stored versions against their ledger entries (the commitment to the
+        content, the blinded resource id, the leaf hash), a page at a time, in store order; for
+        operators and auditors (scope audit.read). Answers with ids and checks only, never
+        content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecordServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -239,6 +254,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.FindDuplicatePatients,
                     request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsRequest.FromString,
                     response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsResponse.SerializeToString,
+            ),
+            'AuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditRecords,
+                    request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.AuditRecordsRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.AuditRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +561,33 @@ class RecordService:
             '/medledger.api.record.v1.RecordService/FindDuplicatePatients',
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsRequest.SerializeToString,
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.record.v1.RecordService/AuditRecords',
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.AuditRecordsRequest.SerializeToString,
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.AuditRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

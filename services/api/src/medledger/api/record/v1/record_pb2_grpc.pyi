@@ -68,6 +68,12 @@ class RecordServiceStub:
     """
     FindDuplicatePatients: _grpc.UnaryUnaryMultiCallable[_record_pb2.FindDuplicatePatientsRequest, _record_pb2.FindDuplicatePatientsResponse]
     """FindDuplicatePatients lists pairs of Patient resources that are likely the same person."""
+    AuditRecords: _grpc.UnaryUnaryMultiCallable[_record_pb2.AuditRecordsRequest, _record_pb2.AuditRecordsResponse]
+    """AuditRecords checks stored versions against their ledger entries (the commitment to the
+    content, the blinded resource id, the leaf hash), a page at a time, in store order; for
+    operators and auditors (scope audit.read). Answers with ids and checks only, never
+    content.
+    """
 
 @_typing.type_check_only
 class RecordServiceAsyncStub(RecordServiceStub):
@@ -109,6 +115,12 @@ class RecordServiceAsyncStub(RecordServiceStub):
     """
     FindDuplicatePatients: _aio.UnaryUnaryMultiCallable[_record_pb2.FindDuplicatePatientsRequest, _record_pb2.FindDuplicatePatientsResponse]  # type: ignore[assignment]
     """FindDuplicatePatients lists pairs of Patient resources that are likely the same person."""
+    AuditRecords: _aio.UnaryUnaryMultiCallable[_record_pb2.AuditRecordsRequest, _record_pb2.AuditRecordsResponse]  # type: ignore[assignment]
+    """AuditRecords checks stored versions against their ledger entries (the commitment to the
+    content, the blinded resource id, the leaf hash), a page at a time, in store order; for
+    operators and auditors (scope audit.read). Answers with ids and checks only, never
+    content.
+    """
 
 class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
     """RecordService keeps FHIR R4 resources (JSON), encrypted per patient, versioned, and
@@ -213,5 +225,17 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_record_pb2.FindDuplicatePatientsResponse, _abc.Awaitable[_record_pb2.FindDuplicatePatientsResponse]]:
         """FindDuplicatePatients lists pairs of Patient resources that are likely the same person."""
+
+    @_abc_1.abstractmethod
+    def AuditRecords(
+        self,
+        request: _record_pb2.AuditRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_record_pb2.AuditRecordsResponse, _abc.Awaitable[_record_pb2.AuditRecordsResponse]]:
+        """AuditRecords checks stored versions against their ledger entries (the commitment to the
+        content, the blinded resource id, the leaf hash), a page at a time, in store order; for
+        operators and auditors (scope audit.read). Answers with ids and checks only, never
+        content.
+        """
 
 def add_RecordServiceServicer_to_server(servicer: RecordServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,109 @@
+"""Reads from the ledger (the ``LedgerReads`` port): the exact bytes of leaves, proofs
+against the latest checkpoint, and a leaf's index from its hash.
+
+Called with the record service's own token (``ledger.read``). Whatever keeps the ledger
+from answering, or refuses this service's credentials, is UNAVAILABLE: an export, an access
+log or an audit fails closed rather than answering with less than it should.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import Final, TypeVar
+
+import grpc
+
+from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.channels import create_channel
+from medledger.common.config import ServiceSettings
+from medledger.common.errors import Unavailable
+from medledger.common.ledger_client import TokenSource
+
+DEPENDENCY: Final = "ledger"
+# Reads one export or page of an access log makes at once.
+READS_AT_ONCE: Final = 16
+T = TypeVar("T")
+
+
+class GrpcLedgerReads:
+    def __init__(
+        self,
+        address: str,
+        settings: ServiceSettings,
+        token: TokenSource,
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        self._channel = create_channel(address, settings)
+        self._stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
+            self._channel
+        )
+        self._token = token
+        self._timeout = timeout
+        self._limit = asyncio.Semaphore(READS_AT_ONCE)
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable(DEPENDENCY, reason=_reason(error)) from error
+
+    async def _metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {await self._token()}")]
+
+    async def _entry(self, leaf_index: int) -> bytes:
+        async with self._limit:
+            reply = await self._call(
+                self._stub.GetEntry(
+                    ledger_pb2.GetEntryRequest(leaf_index=leaf_index),
+                    metadata=await self._metadata(),
+                    timeout=self._timeout,
+                )
+            )
+        return reply.entry_bytes
+
+    async def entries(self, leaf_indexes: Sequence[int]) -> dict[int, bytes]:
+        wanted = sorted(set(leaf_indexes))
+        found = await asyncio.gather(*(self._entry(index) for index in wanted))
+        return dict(zip(wanted, found, strict=True))
+
+    async def refreshed(self, receipt: bytes) -> bytes:
+        old = ledger_pb2.Receipt.FromString(receipt)
+        async with self._limit:
+            reply = await self._call(
+                self._stub.GetInclusionProof(
+                    ledger_pb2.GetInclusionProofRequest(leaf_index=old.leaf_index),
+                    metadata=await self._metadata(),
+                    timeout=self._timeout,
+                )
+            )
+        return ledger_pb2.Receipt(
+            leaf_index=reply.leaf_index,
+            leaf_hash=old.leaf_hash,
+            checkpoint=reply.checkpoint,
+            inclusion_proof=list(reply.hashes),
+        ).SerializeToString()
+
+    async def leaf_index(self, leaf_hash: bytes) -> int | None:
+        async with self._limit:
+            try:
+                reply = await self._stub.GetInclusionProof(
+                    ledger_pb2.GetInclusionProofRequest(leaf_hash=leaf_hash),
+                    metadata=await self._metadata(),
+                    timeout=self._timeout,
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() is grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise Unavailable(DEPENDENCY, reason=_reason(error)) from error
+        return int(reply.leaf_index)
+
+    async def aclose(self) -> None:
+        await self._channel.close(None)
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str | None:
+    if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return "LEDGER_REFUSED"
+    return None
