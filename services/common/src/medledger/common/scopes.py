@@ -18,6 +18,9 @@ ADMIN: Final = "admin"
 LEDGER_APPEND: Final = "ledger.append"
 LEDGER_READ: Final = "ledger.read"
 CHECK_ACCESS: Final = "medledger/check-access"
+# Telling identity about patients the record service holds: which organisation holds each
+# one's record (RegisterPatientHolder), and erasing a patient (ErasePatientData).
+PATIENT_DIRECTORY: Final = "medledger/patient-directory"
 WITNESS_ADD: Final = "witness.add"
 # Reading identity's directory (organisations, clients, users) without being an admin.
 IDENTITY_READ: Final = "identity.read"
@@ -33,6 +36,7 @@ PLATFORM_SCOPES: Final = frozenset(
         LEDGER_APPEND,
         LEDGER_READ,
         CHECK_ACCESS,
+        PATIENT_DIRECTORY,
         WITNESS_ADD,
         IDENTITY_READ,
         INFERENCE_PREDICT,
@@ -41,10 +45,11 @@ PLATFORM_SCOPES: Final = frozenset(
 )
 
 # The services' own clients (client id -> scopes), registered by identity at start-up with
-# the public key of the service's Vault transit key (see vault_layout.SERVICE_CLIENT_KEYS).
+# the public key of the service's Vault transit key (see vault_layout.SERVICE_CLIENT_KEYS);
+# a client registered by an earlier release gets this release's scopes at the next start.
 SERVICE_CLIENT_SCOPES: Final = {
     "ledger": (WITNESS_ADD,),
-    "record": (LEDGER_APPEND, LEDGER_READ, CHECK_ACCESS),
+    "record": (LEDGER_APPEND, LEDGER_READ, CHECK_ACCESS, PATIENT_DIRECTORY),
     "inference": (LEDGER_APPEND, CHECK_ACCESS),
 }
 

@@ -7,8 +7,10 @@ key the operator supplied (its private key stays with the operator, e.g. under
 ``.medledger/`` for ``make up`` or in a Kubernetes Secret of the CLI job) and/or an admin
 user whose password and TOTP secret the operator supplied in files. It only creates what is
 missing and never overwrites anything, so restarting, or removing the settings later, changes
-nothing. Dependencies may not be up yet when the process starts, so it retries in the
-background.
+nothing; the one exception is the services' own clients, which belong to the release: one
+registered by an earlier release gets this release's scopes (``SERVICE_CLIENT_SCOPES``),
+since the service now asks for them. Dependencies may not be up yet when the process starts,
+so it retries in the background.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ async def _no_service_keys(service: str) -> str:
 async def apply(
     directory: Directory, plan: BootstrapPlan, service_jwks: ServiceJwks = _no_service_keys
 ) -> list[str]:
-    """Creates what the plan names and does not exist yet; returns what it created."""
+    """Creates what the plan names and does not exist yet, and brings the services' clients'
+    scopes up to date; returns what it created or updated."""
     steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
         (
             "organization",
@@ -113,7 +116,14 @@ async def apply(
                 allowed_purposes=ALL_PURPOSES,
                 display_name=f"medledger {service} service",
             )
-            return await directory.register_client(BOOTSTRAP_PRINCIPAL, client)
+            try:
+                return await directory.register_client(BOOTSTRAP_PRINCIPAL, client)
+            except AlreadyExists:
+                if not await directory.set_client_scopes(
+                    BOOTSTRAP_PRINCIPAL, client.client_id, client.allowed_scopes
+                ):
+                    raise  # already as this release has it: nothing done
+                return client
 
         steps.append((f"{service} service client", register))
     created: list[str] = []
@@ -199,7 +209,7 @@ class Bootstrapper:
                 await asyncio.sleep(self._retry)
                 continue
             if created:
-                log.info("bootstrap created", extra={"steps": created})
+                log.info("bootstrap applied", extra={"steps": created})
             self.done.set()
             return
 

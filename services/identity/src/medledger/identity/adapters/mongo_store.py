@@ -159,6 +159,15 @@ class IdentityStore:
         )
         return await self.client(client_id)
 
+    @mongo_errors
+    async def set_client_scopes(self, client_id: str, scopes: Sequence[str]) -> Client | None:
+        doc = await self._clients.find_one_and_update(
+            {"_id": client_id},
+            {"$set": {"allowed_scopes": list(scopes)}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return _client(doc) if doc else None
+
     # -- users ---------------------------------------------------------------------------
 
     @mongo_errors

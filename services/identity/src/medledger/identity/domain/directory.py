@@ -198,6 +198,24 @@ class Directory:
         await self._store.insert_client(client)
         return client
 
+    async def set_client_scopes(
+        self, principal: Principal | None, client_id: str, allowed_scopes: Sequence[str]
+    ) -> bool:
+        """Makes ``allowed_scopes`` the scopes the client may request (tokens already issued
+        keep theirs until they expire); False when it already had exactly these."""
+        require_admin(principal)
+        if not allowed_scopes:
+            raise InvalidArgument(
+                [FieldViolation("allowed_scopes", "must name at least one scope")]
+            )
+        scopes = tuple(normalized(parse_scopes(allowed_scopes, "allowed_scopes")))
+        found = await self._store.client(client_id)
+        if found is None:
+            raise NotFound("no such client", reason="CLIENT_NOT_FOUND")
+        if found.allowed_scopes == scopes:
+            return False
+        return await self._store.set_client_scopes(client_id, scopes) is not None
+
     async def get_client(self, principal: Principal | None, client_id: str) -> Client:
         caller = authenticated(principal)
         found = await self._store.client(client_id)

@@ -86,6 +86,9 @@ class DirectoryStorage(Protocol):
     async def disable_client(self, client_id: str, when: datetime) -> Client | None:
         """Disables the client (keeping the first disable time); None when unknown."""
 
+    async def set_client_scopes(self, client_id: str, scopes: Sequence[str]) -> Client | None:
+        """Replaces the scopes the client may request; None when unknown."""
+
     async def insert_user(self, user: User, password_hash: str, sealed_totp_secret: str) -> None:
         """Raises AlreadyExists when the username is taken."""
 
