@@ -1,0 +1,43 @@
+"""How the record service blinds a resource version in its ledger entry, recomputed offline.
+
+An entry about a patient's resource version never names the resource: its ``resource.id`` is
+an HMAC keyed by a salt of that entry alone (see ``medledger.common.blinding``), and the record
+service derives that salt from the version's commitment salt, which an export reveals. So
+whoever holds the export recomputes the blinded id and sees the entry is about exactly this
+resource and version; whoever holds only the ledger sees 64 random hex digits.
+
+- ``blinding_salt`` = SHA-256(``"medledger.record ledger blinding salt v1"`` 0x00 ||
+  commitment salt), 32 bytes;
+- ``resource.id``   = lowercase hex HMAC-SHA-256(key = blinding salt, message =
+  ``"medledger.resource"`` 0x00 || type 0x00 || id 0x00 || version in decimal), UTF-8.
+
+A hash of the commitment salt reveals nothing of it, so publishing one salt's uses does not
+open the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Final
+
+BLINDING_SALT_LABEL: Final = b"medledger.record ledger blinding salt v1\x00"
+RESOURCE_LABEL: Final = b"medledger.resource\x00"
+BLINDING_SALT_SIZE: Final = 32
+
+
+def record_blinding_salt(commitment_salt: bytes) -> bytes:
+    """The salt that blinds the ledger entry of the version whose commitment ``commitment_salt``
+    opens."""
+    return hashlib.sha256(BLINDING_SALT_LABEL + commitment_salt).digest()
+
+
+def blinded_resource_id(salt: bytes, resource_type: str, resource_id: str, version: int) -> str:
+    """The ``resource.id`` an entry blinded with ``salt`` carries for ``type/id`` at
+    ``version``: 64 lowercase hex digits."""
+    if len(salt) != BLINDING_SALT_SIZE:
+        raise ValueError(f"a blinding salt is {BLINDING_SALT_SIZE} bytes, not {len(salt)}")
+    message = RESOURCE_LABEL + b"\x00".join(
+        part.encode() for part in (resource_type, resource_id, str(version))
+    )
+    return hmac.new(salt, message, hashlib.sha256).hexdigest()
