@@ -810,3 +810,44 @@ async def test_erasure_shreds_the_patient_and_leaves_the_ledger_valid(api: Recor
     dump = b"".join([bson.encode(d) for name in names async for d in api.database[name].find({})])
     assert patient.id.encode() not in dump
     assert observation.id.encode() not in dump
+
+
+async def audit_all(stub: record_pb2_grpc.RecordServiceAsyncStub) -> tuple[int, list[Any]]:
+    checked, findings, token = 0, [], ""
+    while True:
+        page = await stub.AuditRecords(
+            record_pb2.AuditRecordsRequest(page_size=50, page_token=token)
+        )
+        checked += page.checked_versions
+        findings += list(page.findings)
+        token = page.next_page_token
+        if not token:
+            return checked, findings
+
+
+async def test_the_record_audit_checks_every_version_against_the_ledger(
+    api: RecordApi,
+) -> None:
+    patient = await new_patient(api)
+    await create(api.a, resource("Observation", patient.id))
+    auditor = await api.platform.token("audit.read", ORG_A)
+    async with authed_channel(api.record_address, auditor) as channel:
+        stub = record_pb2_grpc.RecordServiceStub(channel)
+        checked, findings = await audit_all(stub)
+        assert checked >= 2
+        assert findings == []
+        versions = api.database["record_versions"]
+        victim = await versions.find_one({"state": "committed"})
+        assert victim is not None
+        content = bytearray(victim["content"])
+        content[len(content) // 2] ^= 0x01
+        await versions.update_one({"_id": victim["_id"]}, {"$set": {"content": bytes(content)}})
+        try:
+            again, findings = await audit_all(stub)
+        finally:
+            await versions.update_one({"_id": victim["_id"]}, {"$set": victim})
+        assert again == checked
+        assert [(f.check, f.id) for f in findings] == [("stored", victim["_id"])]
+    # Partners without audit.read are refused before anything is read.
+    refused = await failure(api.a.stub.AuditRecords(record_pb2.AuditRecordsRequest()))
+    assert refused.code == grpc.StatusCode.PERMISSION_DENIED

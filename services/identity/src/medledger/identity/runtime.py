@@ -32,6 +32,7 @@ from medledger.identity.domain.consent_registry import ConsentRegistry
 from medledger.identity.domain.directory import Directory, utc_now
 from medledger.identity.domain.login_throttle import LoginThrottle, ThrottlePolicy
 from medledger.identity.domain.passwords import Passwords
+from medledger.identity.domain.patient_directory import PatientDirectory
 from medledger.identity.domain.tokens import TokenPolicy, TokenService
 from medledger.identity.login_source import trusted_networks
 from medledger.identity.server import IDENTITY_ACCESS, IdentityServiceServicer
@@ -145,6 +146,7 @@ def identity_runtime(
                     directory,
                     tokens,
                     consents,
+                    PatientDirectory(store, consent_store, consent_store, patients),
                     trusted_proxies=trusted_networks(config.trusted_proxies),
                 ),
                 identity_pb2_grpc.add_IdentityServiceServicer_to_server,

@@ -18,9 +18,16 @@ from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.common.errors import FieldViolation, InvalidArgument
 from medledger.common.interceptors import authenticated_principal
 from medledger.common.policy import PUBLIC, ResourceAccess, Scopes, ServiceAccess
-from medledger.common.scopes import ADMIN, AUDIT_READ, CHECK_ACCESS, IDENTITY_READ
+from medledger.common.scopes import (
+    ADMIN,
+    AUDIT_READ,
+    CHECK_ACCESS,
+    IDENTITY_READ,
+    PATIENT_DIRECTORY,
+)
 from medledger.identity.consent_rpc import ConsentRpcs
 from medledger.identity.domain.directory import Directory, NewClient, NewUser
+from medledger.identity.domain.patient_directory import PatientDirectory
 from medledger.identity.domain.ports import Client, Organization, User
 from medledger.identity.domain.purposes import purpose_codes, purpose_values
 from medledger.identity.domain.tokens import IssuedToken, TokenService
@@ -66,6 +73,9 @@ IDENTITY_ACCESS: Final = ServiceAccess(
         _METHODS["CheckAccess"]: Scopes(CHECK_ACCESS) | ResourceAccess("*", ""),
         # Auditors: who broke the glass, when, on what (never why: free text stays here).
         _METHODS["ListBreakGlassAccesses"]: Scopes(ADMIN, AUDIT_READ),
+        # The record service alone: it knows who created each Patient, and erases patients.
+        _METHODS["RegisterPatientHolder"]: Scopes(PATIENT_DIRECTORY),
+        _METHODS["ErasePatientData"]: Scopes(PATIENT_DIRECTORY),
     },
 )
 
@@ -149,12 +159,14 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
         directory: Directory,
         tokens: TokenService,
         consents: ConsentRpcs,
+        patients: PatientDirectory,
         *,
         trusted_proxies: Sequence[IPNetwork] = (),
     ) -> None:
         self._directory = directory
         self._tokens = tokens
         self._consents = consents
+        self._patients = patients
         self._trusted_proxies = tuple(trusted_proxies)
 
     async def CreateOrganization(
@@ -324,6 +336,35 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.RotateSigningKeyResponse:
         kid = await self._tokens.rotate_signing_key(authenticated_principal())
         return identity_pb2.RotateSigningKeyResponse(kid=kid)
+
+    # -- the record service's patients ---------------------------------------------------
+
+    async def RegisterPatientHolder(
+        self, request: identity_pb2.RegisterPatientHolderRequest, context: Context
+    ) -> identity_pb2.RegisterPatientHolderResponse:
+        registered = await self._patients.register_holder(
+            authenticated_principal(), request.patient_id, request.organization
+        )
+        holder = registered.holder
+        return identity_pb2.RegisterPatientHolderResponse(
+            patient_holder=identity_pb2.PatientHolder(
+                patient_id=holder.patient_id,
+                organization=holder.organization,
+                register_time=_timestamp(holder.register_time),
+            ),
+            created=registered.created,
+        )
+
+    async def ErasePatientData(
+        self, request: identity_pb2.ErasePatientDataRequest, context: Context
+    ) -> identity_pb2.ErasePatientDataResponse:
+        erased = await self._patients.erase(authenticated_principal(), request.patient_id)
+        return identity_pb2.ErasePatientDataResponse(
+            consents_deleted=erased.consents_deleted,
+            ledger_index_rows_destroyed=erased.ledger_index_rows_destroyed,
+            break_glass_accesses_unlinked=erased.break_glass_accesses_unlinked,
+            holder_registrations_deleted=erased.holder_registrations_deleted,
+        )
 
     # -- consent and CheckAccess: the consent servicer's --------------------------------
 

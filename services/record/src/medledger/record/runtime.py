@@ -35,6 +35,7 @@ from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.config import RecordConfig, RecordSettings
 from medledger.record.domain.key_cache import DataKeyCache
 from medledger.record.domain.patient_rights import PatientRights
+from medledger.record.domain.record_audit import RecordAudit
 from medledger.record.domain.records import EncryptedRecords
 from medledger.record.domain.resources import ResourceService
 from medledger.record.domain.sweeper import PendingSweeper
@@ -104,7 +105,7 @@ def record_runtime(
         settings=settings,
         servicers=[
             Servicer(
-                RecordServiceServicer(resources, rights),
+                RecordServiceServicer(resources, rights, RecordAudit(records, ledger_reads)),
                 record_pb2_grpc.add_RecordServiceServicer_to_server,
                 RECORD_ACCESS,
             )

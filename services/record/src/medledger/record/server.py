@@ -22,6 +22,7 @@ from medledger.common.scopes import ADMIN, AUDIT_READ
 from medledger.record.domain.patient_rights import PatientRights
 from medledger.record.domain.peers import Requester
 from medledger.record.domain.ports import StoredVersion
+from medledger.record.domain.record_audit import RecordAudit
 from medledger.record.domain.resources import ResourceService
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -79,9 +80,12 @@ def _stored(version: StoredVersion) -> record_pb2.StoredResource:
 
 
 class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
-    def __init__(self, resources: ResourceService, rights: PatientRights) -> None:
+    def __init__(
+        self, resources: ResourceService, rights: PatientRights, audit: RecordAudit
+    ) -> None:
         self._resources = resources
         self._rights = rights
+        self._audit = audit
 
     async def CreateResource(
         self, request: record_pb2.CreateResourceRequest, context: Context
@@ -219,4 +223,18 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
     async def AuditRecords(
         self, request: record_pb2.AuditRecordsRequest, context: Context
     ) -> record_pb2.AuditRecordsResponse:
-        raise Unimplemented(PENDING)
+        page = await self._audit.page(page_size=request.page_size, page_token=request.page_token)
+        return record_pb2.AuditRecordsResponse(
+            checked_versions=page.checked,
+            findings=[
+                record_pb2.AuditFinding(
+                    resource_type=f.resource_type,
+                    id=f.resource_id,
+                    version=f.version,
+                    check=f.check,
+                    detail=f.detail,
+                )
+                for f in page.findings
+            ],
+            next_page_token=page.next_page_token,
+        )

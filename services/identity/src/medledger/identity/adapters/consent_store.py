@@ -9,7 +9,10 @@
   only once its CONSENT_GRANTED entry is in the ledger; ``idempotency`` (present only with a
   key) is unique.
 - ``identity_break_glass``  one document per break-glass attempt, with the reason (kept here
-  only, never in the ledger) and the ledger leaf once permitted.
+  only, never in the ledger) and the ledger leaf once permitted; ``patient_id`` is emptied
+  when the patient is erased.
+
+Erasing a patient deletes their consents outright (whatever their state).
 
 Decisions read ``identity_consents`` through the ``(patient_id, grantee_key, _id)`` index,
 one query each and no cache, so a revocation denies on the very next decision.
@@ -309,6 +312,20 @@ class ConsentStore:
         await self._consents.update_one(
             {"_id": consent_id}, {"$set": {"revoke_receipt": Binary(receipt)}}
         )
+
+    # --- erasure ----------------------------------------------------------------------------
+
+    @mongo_errors
+    async def erase_patient(self, patient_id: str) -> int:
+        result = await self._consents.delete_many({"patient_id": patient_id})
+        return int(result.deleted_count)
+
+    @mongo_errors
+    async def unlink_patient(self, patient_id: str) -> int:
+        result = await self._break_glass.update_many(
+            {"patient_id": patient_id}, {"$set": {"patient_id": ""}}
+        )
+        return int(result.modified_count)
 
     # --- break-glass audit --------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""MongoDB storage of organisations, clients, users and seen client-assertion ids.
+"""MongoDB storage of organisations, clients, users, seen client-assertion ids and the
+organisations holding patients' records.
 
 Layout (one database, ``identity_*`` collections):
 
@@ -11,6 +12,8 @@ Layout (one database, ``identity_*`` collections):
   create_time}``; indexes ``(organization, username)``, ``patient_id``
 - ``identity_assertions`` ``{_id: "client-id jti", expires_at}``; TTL index on
   ``expires_at`` (a replayed jti hits the primary key until the assertion has expired)
+- ``identity_patient_holders`` ``{patient_id (unique), organization, register_time}``: the
+  organisation holding each patient's record, as the record service registered it
 
 Indexes are created before the first operation, so a uniqueness rule never depends on a
 separate migration step having run.
@@ -25,10 +28,16 @@ from typing import Any
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from medledger.common.errors import AlreadyExists
+from medledger.common.errors import Aborted, AlreadyExists
 from medledger.common.mongo import RunOnce, mongo_errors
 from medledger.identity.domain.consent import Grantee, GranteeKind
-from medledger.identity.domain.ports import Client, Credentials, Organization, User
+from medledger.identity.domain.ports import (
+    Client,
+    Credentials,
+    Organization,
+    PatientHolder,
+    User,
+)
 
 Document = dict[str, Any]
 
@@ -76,6 +85,7 @@ class IdentityStore:
         self._clients = db["identity_clients"]
         self._users = db["identity_users"]
         self._assertions = db["identity_assertions"]
+        self._holders = db["identity_patient_holders"]
         self._ready = RunOnce(self._create_indexes)
 
     async def ensure_indexes(self) -> None:
@@ -87,6 +97,7 @@ class IdentityStore:
         await self._users.create_index([("organization", ASCENDING), ("username", ASCENDING)])
         await self._clients.create_index([("organization", ASCENDING), ("_id", ASCENDING)])
         await self._assertions.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
+        await self._holders.create_index("patient_id", name="patient_id", unique=True)
 
     # -- organisations -------------------------------------------------------------------
 
@@ -266,7 +277,19 @@ class IdentityStore:
 
     @mongo_errors
     async def patient_organization(self, patient_id: str) -> str | None:
+        """The organisation registered as holding the record of ``patient_id``, else that of
+        the PATIENT user who is ``patient_id``; None when neither is known."""
+        holder = await self._holders.find_one({"patient_id": patient_id}, {"organization": 1})
+        if holder is not None:
+            return str(holder["organization"])
+        return await self._patient_user_organization(patient_id)
+
+    @mongo_errors
+    async def patient_user_organization(self, patient_id: str) -> str | None:
         """The organisation of the PATIENT user who is ``patient_id``, if there is one."""
+        return await self._patient_user_organization(patient_id)
+
+    async def _patient_user_organization(self, patient_id: str) -> str | None:
         doc = await self._users.find_one(
             {"patient_id": patient_id, "kind": "patient"}, {"organization": 1}
         )
@@ -307,3 +330,37 @@ class IdentityStore:
         except DuplicateKeyError:
             return False
         return True
+
+    # -- record holders ------------------------------------------------------------------
+
+    @mongo_errors
+    async def add_holder(self, holder: PatientHolder) -> tuple[PatientHolder, bool]:
+        await self._ready()
+        try:
+            await self._holders.insert_one(
+                {
+                    "patient_id": holder.patient_id,
+                    "organization": holder.organization,
+                    "register_time": holder.register_time,
+                }
+            )
+        except DuplicateKeyError:
+            stored = await self.holder(holder.patient_id)
+            if stored is None:  # removed in between: the caller's retry registers it
+                raise Aborted(
+                    "the holder changed meanwhile; retry", reason="HOLDER_CHANGED"
+                ) from None
+            return stored, False
+        return holder, True
+
+    @mongo_errors
+    async def holder(self, patient_id: str) -> PatientHolder | None:
+        doc = await self._holders.find_one({"patient_id": patient_id})
+        if doc is None:
+            return None
+        return PatientHolder(str(doc["patient_id"]), str(doc["organization"]), doc["register_time"])
+
+    @mongo_errors
+    async def remove_holder(self, patient_id: str) -> int:
+        result = await self._holders.delete_many({"patient_id": patient_id})
+        return int(result.deleted_count)

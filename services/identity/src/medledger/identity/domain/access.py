@@ -20,8 +20,9 @@ In order (SMART App Launch v2 scopes, then consent, then break-glass):
 
 Which organisation holds a patient's record: the one the record service asserts with the
 request (``patient_organization``, honoured only from a caller holding the CheckAccess
-service scope, never from a principal asking about itself), else that of the patient's user
-account in identity; else none is known.
+service scope, never from a principal asking about itself), else the one the record service
+registered for the patient (RegisterPatientHolder), else that of the patient's user account
+in identity; else none is known.
 
 :func:`check_access` is pure given the facts and consents it is handed; :class:`AccessControl`
 gathers them (at most one consent query per decision) and runs break-glass.

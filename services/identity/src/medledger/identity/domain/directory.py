@@ -59,9 +59,10 @@ def _display_name(problems: list[FieldViolation], field: str, value: str) -> Non
         )
 
 
-def _matches(
+def require_match(
     problems: list[FieldViolation], field: str, value: str, pattern: re.Pattern[str]
 ) -> None:
+    """Adds the violation of ``field`` unless ``value`` is given and matches ``pattern``."""
     if not value:
         problems.append(FieldViolation(field, "is required"))
     elif not pattern.fullmatch(value):
@@ -145,7 +146,7 @@ class Directory:
     ) -> Organization:
         require_admin(principal)
         problems: list[FieldViolation] = []
-        _matches(problems, "organization_id", organization_id, ORGANIZATION_ID)
+        require_match(problems, "organization_id", organization_id, ORGANIZATION_ID)
         _display_name(problems, "display_name", display_name)
         if problems:
             raise InvalidArgument(problems)
@@ -176,8 +177,8 @@ class Directory:
     async def register_client(self, principal: Principal | None, new: NewClient) -> Client:
         require_admin(principal)
         problems: list[FieldViolation] = []
-        _matches(problems, "client_id", new.client_id, CLIENT_ID)
-        _matches(problems, "organization", new.organization, ORGANIZATION_ID)
+        require_match(problems, "client_id", new.client_id, CLIENT_ID)
+        require_match(problems, "organization", new.organization, ORGANIZATION_ID)
         _display_name(problems, "display_name", new.display_name)
         if not new.allowed_scopes:
             problems.append(FieldViolation("allowed_scopes", "must name at least one scope"))
@@ -252,21 +253,27 @@ class Directory:
         require_admin(principal)
         username = new.username.lower()
         problems: list[FieldViolation] = []
-        _matches(problems, "username", username, USERNAME)
+        require_match(problems, "username", username, USERNAME)
         if (violation := passwords.password_violation(new.password)) is not None:
             problems.append(FieldViolation("password", violation))
         if new.totp_secret and not passwords.valid_totp_secret(new.totp_secret):
             problems.append(FieldViolation("totp_secret", "must be base32 of 128 bits or more"))
         if new.kind not in USER_KINDS:
             problems.append(FieldViolation("kind", "must be PRACTITIONER, PATIENT or ADMIN"))
-        _matches(problems, "organization", new.organization, ORGANIZATION_ID)
+        require_match(problems, "organization", new.organization, ORGANIZATION_ID)
         if new.kind == "patient":
-            _matches(problems, "patient_id", new.patient_id, PATIENT_ID)
+            require_match(problems, "patient_id", new.patient_id, PATIENT_ID)
         elif new.patient_id:
             problems.append(FieldViolation("patient_id", "is only for PATIENT users"))
         if problems:
             raise InvalidArgument(problems)
         await self._existing_organization(new.organization)
+        if new.kind == "patient":
+            holder = await self._store.holder(new.patient_id)
+            if holder is not None and holder.organization != new.organization:
+                raise FailedPrecondition(
+                    "another organization holds this patient's record", reason="HOLDER_CONFLICT"
+                )
         secret = new.totp_secret
         if not secret and (new.enroll_totp or new.kind in SECOND_FACTOR_KINDS):
             secret = passwords.new_totp_secret()

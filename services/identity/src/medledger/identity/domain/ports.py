@@ -1,10 +1,10 @@
 """What identity's logic needs from the outside, as plain data and protocols.
 
-The Mongo adapters implement :class:`DirectoryStorage` and :class:`Parties` (users and
-organisations), :class:`LoginAttempts` (login throttling), :class:`ConsentStorage` and
-:class:`BreakGlassAudit` (consents); Vault
+The Mongo adapters implement :class:`DirectoryStorage`, :class:`HolderStorage` and
+:class:`Parties` (users, organisations, record holders), :class:`LoginAttempts` (login
+throttling), :class:`ConsentStorage` and :class:`BreakGlassAudit` (consents); Vault
 adapters implement :class:`TokenSigner` and :class:`SecretSealer`; the ledger adapter
-implements :class:`IdentityEvents`.
+implements :class:`IdentityEvents`, the patient log :class:`PatientLeafIndex`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,15 @@ class User:
     create_time: datetime
     disabled: bool = False
     disable_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PatientHolder:
+    """The organisation holding a patient's record, as the record service registered it."""
+
+    patient_id: str
+    organization: str
+    register_time: datetime
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,9 @@ class DirectoryStorage(Protocol):
 
     async def remember_assertion(self, client_id: str, jti: str, expires: datetime) -> bool:
         """Records a client assertion id until ``expires``; False when already seen."""
+
+    async def holder(self, patient_id: str) -> PatientHolder | None:
+        """The organisation registered as holding the patient's record, if any."""
 
 
 class LoginAttempts(Protocol):
@@ -210,11 +222,38 @@ class IdentityEvents(Protocol):
     ) -> None: ...
 
 
+class HolderStorage(Protocol):
+    """Which organisation holds each patient's record (at most one per patient)."""
+
+    async def add_holder(self, holder: PatientHolder) -> tuple[PatientHolder, bool]:
+        """Stores ``holder`` unless the patient has one; returns the one stored and whether
+        it is this one."""
+
+    async def holder(self, patient_id: str) -> PatientHolder | None: ...
+
+    async def remove_holder(self, patient_id: str) -> int:
+        """Forgets the patient's holder; the number of registrations removed (0 or 1)."""
+
+    async def patient_user_organization(self, patient_id: str) -> str | None:
+        """The organisation of a PATIENT user who is ``patient_id``, if there is one."""
+
+    async def organization(self, organization_id: str) -> Organization | None: ...
+
+
+class PatientLeafIndex(Protocol):
+    """identity's per-patient ledger leaf index
+    (:class:`~medledger.common.patient_log.PatientLog`)."""
+
+    async def erase(self, patient_id: str) -> int:
+        """Destroys the patient's rows, salts and data key; the rows destroyed."""
+
+
 class Parties(Protocol):
     """Who is who, for consents and access decisions."""
 
     async def patient_organization(self, patient_id: str) -> str | None:
-        """The organisation holding the record of ``patient_id`` (that of its PATIENT user)."""
+        """The organisation holding the record of ``patient_id``: the one the record service
+        registered, else that of the patient's PATIENT user; None when neither is known."""
 
     async def patient_of_user(self, user_id: str) -> str | None:
         """The Patient id of a PATIENT user; None for anyone else."""
@@ -288,6 +327,10 @@ class ConsentStorage(Protocol):
 
     async def set_revoke_receipt(self, consent_id: str, receipt: Receipt) -> None: ...
 
+    async def erase_patient(self, patient_id: str) -> int:
+        """Deletes every consent of ``patient_id``, pending, revoked and expired ones too; the
+        number deleted."""
+
 
 class BreakGlassAudit(Protocol):
     """Every break-glass attempt, with its reason (kept here only, never in the ledger)."""
@@ -295,6 +338,10 @@ class BreakGlassAudit(Protocol):
     async def open_break_glass(self, record: BreakGlassRecord) -> None: ...
 
     async def close_break_glass(self, record_id: str, leaf_index: int) -> None: ...
+
+    async def unlink_patient(self, patient_id: str) -> int:
+        """Removes ``patient_id`` from every attempt about them (each keeps who, when, on what
+        and why); the number of attempts changed."""
 
     async def count_break_glass(self, principal_id: str, since: datetime) -> int:
         """Attempts by ``principal_id`` at or after ``since``, refused ones included."""

@@ -41,6 +41,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
+from medledger.common.errors import DataLoss
 from medledger.common.mongo import RunOnce, mongo_errors
 from medledger.record.domain.envelope import damaged
 from medledger.record.domain.ports import (
@@ -268,6 +269,20 @@ class RecordStore:
             asked = by_id.get(doc["_id"])
             if asked is not None:
                 found[asked] = _sealed_version(doc)
+        return found
+
+    @mongo_errors
+    async def committed_versions(
+        self, after: str, limit: int
+    ) -> list[tuple[str, SealedVersion | None]]:
+        found: list[tuple[str, SealedVersion | None]] = []
+        query = {"state": COMMITTED, "_id": {"$gt": after}}
+        async for doc in self._versions.find(query).sort("_id", 1).limit(limit):
+            slot_id = str(doc.get("_id", ""))
+            try:
+                found.append((slot_id, _sealed_version(doc)))
+            except DataLoss:
+                found.append((slot_id, None))
         return found
 
     @mongo_errors

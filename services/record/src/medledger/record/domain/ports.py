@@ -144,6 +144,15 @@ class StoredVersion:
     salt: bytes  # opens the receipt's content commitment (exports)
 
 
+@dataclass(frozen=True)
+class AuditedVersion:
+    """A committed version as an audit finds it: its storage id, and the version opened,
+    or None when it cannot be (damaged: it fails its authentication or does not parse)."""
+
+    storage_id: str
+    opened: StoredVersion | None
+
+
 class RecordStorage(Protocol):
     """The record service's storage, as the RPC layer uses it. Errors are
     ``medledger.common.errors``: NotFound (reason RESOURCE_NOT_FOUND, VERSION_NOT_FOUND,
@@ -209,6 +218,10 @@ class RecordStorage(Protocol):
         ...
 
     async def erase_patient(self, patient_id: str) -> int: ...
+
+    async def audit_page(self, *, page_size: int, page_token: str) -> Page[AuditedVersion]:
+        """Committed versions in storage order, each opened on its own (audits)."""
+        ...
 
     async def sweep_pending(self) -> int: ...
 
@@ -406,3 +419,10 @@ class RecordDocuments(Protocol):
         ...
 
     async def sweep_pending(self, prepared_before: datetime) -> int: ...
+
+    async def committed_versions(
+        self, after: str, limit: int
+    ) -> list[tuple[str, SealedVersion | None]]:
+        """Up to ``limit`` committed versions whose storage id sorts after ``after``, in id
+        order, for audits: each with its id, and None for a document that does not parse."""
+        ...

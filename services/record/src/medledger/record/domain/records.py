@@ -31,6 +31,7 @@ refused (NOT_FOUND, ERASED).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import secrets
 from collections.abc import Callable, Collection, Sequence
@@ -40,6 +41,7 @@ from typing import Final
 from medledger.common.errors import (
     Aborted,
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -59,6 +61,7 @@ from medledger.record.domain.envelope import (
 )
 from medledger.record.domain.key_cache import DataKeyCache
 from medledger.record.domain.ports import (
+    AuditedVersion,
     CurrentPointer,
     IdempotencyEntry,
     IdempotencyTaken,
@@ -97,6 +100,7 @@ DEFAULT_IDEMPOTENCY_RETENTION: Final = timedelta(hours=24)
 HISTORY_LISTING: Final = "record.ListResourceHistory"
 SEARCH_LISTING: Final = "record.SearchResources"
 PATIENT_LISTING: Final = "record.PatientResources"
+AUDIT_LISTING: Final = "record.AuditRecords"
 
 
 def _now() -> datetime:
@@ -511,6 +515,29 @@ class EncryptedRecords:
                 )
             )
         return opened
+
+    # -- audits ----------------------------------------------------------------------------
+
+    async def audit_page(self, *, page_size: int, page_token: str) -> Page[AuditedVersion]:
+        """Committed versions (of every patient not erased) in storage order, each opened
+        and checked on its own: one that fails is reported, not raised."""
+        size = page_size_rule(page_size)
+        listing = Listing(AUDIT_LISTING, ())
+        after = listing.cursor(page_token) or ""
+        found = await self._documents.committed_versions(after, size + 1)
+        index = await self._blind_index()
+        rows = await self._documents.patient_keys({v.patient for _, v in found if v})
+        audited = []
+        for storage_id, stored in found[:size]:
+            opened = None
+            if stored is not None:
+                pointer = CurrentPointer(stored.slot.resource, erased=False, patient=stored.patient)
+                with contextlib.suppress(DataLoss):
+                    key = await self._unwrapped(rows.get(stored.patient))
+                    opened = open_version(key, index, pointer, stored.slot, stored)
+            audited.append(AuditedVersion(storage_id, opened))
+        more = len(found) > size
+        return Page(audited, listing.token(found[size - 1][0]) if more else "")
 
     # -- erasure ---------------------------------------------------------------------------
 

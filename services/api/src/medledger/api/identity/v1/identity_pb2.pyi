@@ -1506,7 +1506,8 @@ class CheckAccessRequest(_message.Message):
     patient_organization: _builtins.str
     """Organization that holds the patient's record, as the record service asserts it (a
     caller holding medledger/check-access); a principal asking about itself may not set it
-    (PERMISSION_DENIED, PATIENT_ORGANIZATION_NOT_ALLOWED). Empty: the organization of the
+    (PERMISSION_DENIED, PATIENT_ORGANIZATION_NOT_ALLOWED). Empty: the organization the
+    record service registered for the patient (RegisterPatientHolder), else that of the
     patient's user account in identity, if there is one.
     """
     @_builtins.property
@@ -1678,3 +1679,143 @@ class ListBreakGlassAccessesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBreakGlassAccessesResponse: _TypeAlias = ListBreakGlassAccessesResponse  # noqa: Y015
+
+@_typing.final
+class PatientHolder(_message.Message):
+    """PatientHolder is the organization holding a patient's record, as the record service
+    registered it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    REGISTER_TIME_FIELD_NUMBER: _builtins.int
+    patient_id: _builtins.str
+    """Id of the patient's FHIR Patient resource."""
+    organization: _builtins.str
+    """Organization id of the record holder."""
+    @_builtins.property
+    def register_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was first registered."""
+
+    def __init__(
+        self,
+        *,
+        patient_id: _builtins.str = ...,
+        organization: _builtins.str = ...,
+        register_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["register_time", b"register_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "patient_id", b"patient_id", "register_time", b"register_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatientHolder: _TypeAlias = PatientHolder  # noqa: Y015
+
+@_typing.final
+class RegisterPatientHolderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    patient_id: _builtins.str
+    """Id of the FHIR Patient resource (a FHIR id: [A-Za-z0-9\\-.]{1,64})."""
+    organization: _builtins.str
+    """Organization id of the organization whose principal created the Patient."""
+    def __init__(
+        self,
+        *,
+        patient_id: _builtins.str = ...,
+        organization: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "patient_id", b"patient_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterPatientHolderRequest: _TypeAlias = RegisterPatientHolderRequest  # noqa: Y015
+
+@_typing.final
+class RegisterPatientHolderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_HOLDER_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when this very pair was already registered."""
+    @_builtins.property
+    def patient_holder(self) -> Global___PatientHolder:
+        """The registration as stored (the first one's register_time on a retry)."""
+
+    def __init__(
+        self,
+        *,
+        patient_holder: Global___PatientHolder | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["patient_holder", b"patient_holder"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "patient_holder", b"patient_holder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterPatientHolderResponse: _TypeAlias = RegisterPatientHolderResponse  # noqa: Y015
+
+@_typing.final
+class ErasePatientDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    patient_id: _builtins.str
+    """Id of the FHIR Patient resource being erased."""
+    def __init__(
+        self,
+        *,
+        patient_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["patient_id", b"patient_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePatientDataRequest: _TypeAlias = ErasePatientDataRequest  # noqa: Y015
+
+@_typing.final
+class ErasePatientDataResponse(_message.Message):
+    """What identity erased; all zero when there was nothing (left) to erase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENTS_DELETED_FIELD_NUMBER: _builtins.int
+    LEDGER_INDEX_ROWS_DESTROYED_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_ACCESSES_UNLINKED_FIELD_NUMBER: _builtins.int
+    HOLDER_REGISTRATIONS_DELETED_FIELD_NUMBER: _builtins.int
+    consents_deleted: _builtins.int
+    """Consents of the patient deleted, whatever their status."""
+    ledger_index_rows_destroyed: _builtins.int
+    """Rows of identity's ledger leaf index for the patient destroyed (with the key that
+    sealed them).
+    """
+    break_glass_accesses_unlinked: _builtins.int
+    """Break-glass audit records no longer naming the patient."""
+    holder_registrations_deleted: _builtins.int
+    """1 when a holder registration was deleted, else 0."""
+    def __init__(
+        self,
+        *,
+        consents_deleted: _builtins.int = ...,
+        ledger_index_rows_destroyed: _builtins.int = ...,
+        break_glass_accesses_unlinked: _builtins.int = ...,
+        holder_registrations_deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_accesses_unlinked", b"break_glass_accesses_unlinked", "consents_deleted", b"consents_deleted", "holder_registrations_deleted", b"holder_registrations_deleted", "ledger_index_rows_destroyed", b"ledger_index_rows_destroyed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePatientDataResponse: _TypeAlias = ErasePatientDataResponse  # noqa: Y015

@@ -151,6 +151,16 @@ class IdentityServiceStub:
                 request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesResponse.FromString,
                 _registered_method=True)
+        self.RegisterPatientHolder = channel.unary_unary(
+                '/medledger.api.identity.v1.IdentityService/RegisterPatientHolder',
+                request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.RegisterPatientHolderRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.RegisterPatientHolderResponse.FromString,
+                _registered_method=True)
+        self.ErasePatientData = channel.unary_unary(
+                '/medledger.api.identity.v1.IdentityService/ErasePatientData',
+                request_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ErasePatientDataRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ErasePatientDataResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -283,7 +293,9 @@ class IdentityServiceServicer:
 
     def GrantConsent(self, request, context):
         """GrantConsent records a patient's consent to share data with a grantee; ledgered. The
-        grantee organization, client or user must exist (NOT_FOUND otherwise).
+        grantee organization, client or user must exist (NOT_FOUND otherwise). The patient's
+        organization is the one holding their record (see RegisterPatientHolder), else that of
+        their user account.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -323,6 +335,42 @@ class IdentityServiceServicer:
         """ListBreakGlassAccesses lists break-glass accesses, oldest first, for auditors (admin or
         audit.read): what each one's BREAK_GLASS ledger entry records, with its leaf. Never the
         stated reason (free text, kept in identity's audit store) nor the patient's id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterPatientHolder(self, request, context):
+        """RegisterPatientHolder records which organization holds a patient's record, so that
+        identity knows the patient's organization without a patient user account: its
+        principals (with a scope on Consent) then grant, revoke, read and list the patient's
+        consents, and CheckAccess, break-glass and the consent rules use it wherever the caller
+        does not say who holds the record. Called by the record service alone (holding
+        medledger/patient-directory), when it stores a patient's first Patient resource.
+
+        Idempotent: the same pair again answers OK with created false, so a retry is safe.
+        Errors: INVALID_ARGUMENT (BadRequest naming patient_id and/or organization);
+        NOT_FOUND, ORGANIZATION_NOT_FOUND, for an organization identity does not know;
+        FAILED_PRECONDITION, HOLDER_CONFLICT, when another organization is registered for the
+        patient or holds the patient's user account (nothing is changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ErasePatientData(self, request, context):
+        """ErasePatientData is identity's part of a patient's erasure (GDPR art. 17), called by the
+        record service alone (holding medledger/patient-directory) while it erases the patient:
+        identity deletes the patient's consents (they permit nothing from then on), unlinks the
+        patient from identity's break-glass audit (who, when and why are kept; the patient is
+        not), destroys its per-patient ledger leaf index (data key, salts and rows: identity's
+        ledger entries about the patient can no longer be linked to them) and forgets the
+        patient's holder. It appends no ledger entry: the record service appends RECORD_ERASED.
+        The patient's user accounts, if any, are left to an admin (DisableUser).
+
+        Idempotent: a repeat (or a patient identity never knew) answers OK with zero counts;
+        after a failure (UNAVAILABLE) call it again to finish. Errors: INVALID_ARGUMENT
+        (BadRequest naming patient_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -445,6 +493,16 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.ListBreakGlassAccesses,
                     request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesRequest.FromString,
                     response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesResponse.SerializeToString,
+            ),
+            'RegisterPatientHolder': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterPatientHolder,
+                    request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.RegisterPatientHolderRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.RegisterPatientHolderResponse.SerializeToString,
+            ),
+            'ErasePatientData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ErasePatientData,
+                    request_deserializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ErasePatientDataRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ErasePatientDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1070,6 +1128,60 @@ class IdentityService:
             '/medledger.api.identity.v1.IdentityService/ListBreakGlassAccesses',
             medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesRequest.SerializeToString,
             medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ListBreakGlassAccessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterPatientHolder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.identity.v1.IdentityService/RegisterPatientHolder',
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.RegisterPatientHolderRequest.SerializeToString,
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.RegisterPatientHolderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ErasePatientData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.identity.v1.IdentityService/ErasePatientData',
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ErasePatientDataRequest.SerializeToString,
+            medledger_dot_api_dot_identity_dot_v1_dot_identity__pb2.ErasePatientDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

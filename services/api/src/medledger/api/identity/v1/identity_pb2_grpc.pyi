@@ -79,7 +79,9 @@ class IdentityServiceStub:
     """
     GrantConsent: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GrantConsentRequest, _identity_pb2.GrantConsentResponse]
     """GrantConsent records a patient's consent to share data with a grantee; ledgered. The
-    grantee organization, client or user must exist (NOT_FOUND otherwise).
+    grantee organization, client or user must exist (NOT_FOUND otherwise). The patient's
+    organization is the one holding their record (see RegisterPatientHolder), else that of
+    their user account.
     """
     RevokeConsent: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeConsentRequest, _identity_pb2.RevokeConsentResponse]
     """RevokeConsent ends a consent; ledgered."""
@@ -96,6 +98,34 @@ class IdentityServiceStub:
     """ListBreakGlassAccesses lists break-glass accesses, oldest first, for auditors (admin or
     audit.read): what each one's BREAK_GLASS ledger entry records, with its leaf. Never the
     stated reason (free text, kept in identity's audit store) nor the patient's id.
+    """
+    RegisterPatientHolder: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RegisterPatientHolderRequest, _identity_pb2.RegisterPatientHolderResponse]
+    """RegisterPatientHolder records which organization holds a patient's record, so that
+    identity knows the patient's organization without a patient user account: its
+    principals (with a scope on Consent) then grant, revoke, read and list the patient's
+    consents, and CheckAccess, break-glass and the consent rules use it wherever the caller
+    does not say who holds the record. Called by the record service alone (holding
+    medledger/patient-directory), when it stores a patient's first Patient resource.
+
+    Idempotent: the same pair again answers OK with created false, so a retry is safe.
+    Errors: INVALID_ARGUMENT (BadRequest naming patient_id and/or organization);
+    NOT_FOUND, ORGANIZATION_NOT_FOUND, for an organization identity does not know;
+    FAILED_PRECONDITION, HOLDER_CONFLICT, when another organization is registered for the
+    patient or holds the patient's user account (nothing is changed).
+    """
+    ErasePatientData: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ErasePatientDataRequest, _identity_pb2.ErasePatientDataResponse]
+    """ErasePatientData is identity's part of a patient's erasure (GDPR art. 17), called by the
+    record service alone (holding medledger/patient-directory) while it erases the patient:
+    identity deletes the patient's consents (they permit nothing from then on), unlinks the
+    patient from identity's break-glass audit (who, when and why are kept; the patient is
+    not), destroys its per-patient ledger leaf index (data key, salts and rows: identity's
+    ledger entries about the patient can no longer be linked to them) and forgets the
+    patient's holder. It appends no ledger entry: the record service appends RECORD_ERASED.
+    The patient's user accounts, if any, are left to an admin (DisableUser).
+
+    Idempotent: a repeat (or a patient identity never knew) answers OK with zero counts;
+    after a failure (UNAVAILABLE) call it again to finish. Errors: INVALID_ARGUMENT
+    (BadRequest naming patient_id).
     """
 
 @_typing.type_check_only
@@ -149,7 +179,9 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """
     GrantConsent: _aio.UnaryUnaryMultiCallable[_identity_pb2.GrantConsentRequest, _identity_pb2.GrantConsentResponse]  # type: ignore[assignment]
     """GrantConsent records a patient's consent to share data with a grantee; ledgered. The
-    grantee organization, client or user must exist (NOT_FOUND otherwise).
+    grantee organization, client or user must exist (NOT_FOUND otherwise). The patient's
+    organization is the one holding their record (see RegisterPatientHolder), else that of
+    their user account.
     """
     RevokeConsent: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeConsentRequest, _identity_pb2.RevokeConsentResponse]  # type: ignore[assignment]
     """RevokeConsent ends a consent; ledgered."""
@@ -166,6 +198,34 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """ListBreakGlassAccesses lists break-glass accesses, oldest first, for auditors (admin or
     audit.read): what each one's BREAK_GLASS ledger entry records, with its leaf. Never the
     stated reason (free text, kept in identity's audit store) nor the patient's id.
+    """
+    RegisterPatientHolder: _aio.UnaryUnaryMultiCallable[_identity_pb2.RegisterPatientHolderRequest, _identity_pb2.RegisterPatientHolderResponse]  # type: ignore[assignment]
+    """RegisterPatientHolder records which organization holds a patient's record, so that
+    identity knows the patient's organization without a patient user account: its
+    principals (with a scope on Consent) then grant, revoke, read and list the patient's
+    consents, and CheckAccess, break-glass and the consent rules use it wherever the caller
+    does not say who holds the record. Called by the record service alone (holding
+    medledger/patient-directory), when it stores a patient's first Patient resource.
+
+    Idempotent: the same pair again answers OK with created false, so a retry is safe.
+    Errors: INVALID_ARGUMENT (BadRequest naming patient_id and/or organization);
+    NOT_FOUND, ORGANIZATION_NOT_FOUND, for an organization identity does not know;
+    FAILED_PRECONDITION, HOLDER_CONFLICT, when another organization is registered for the
+    patient or holds the patient's user account (nothing is changed).
+    """
+    ErasePatientData: _aio.UnaryUnaryMultiCallable[_identity_pb2.ErasePatientDataRequest, _identity_pb2.ErasePatientDataResponse]  # type: ignore[assignment]
+    """ErasePatientData is identity's part of a patient's erasure (GDPR art. 17), called by the
+    record service alone (holding medledger/patient-directory) while it erases the patient:
+    identity deletes the patient's consents (they permit nothing from then on), unlinks the
+    patient from identity's break-glass audit (who, when and why are kept; the patient is
+    not), destroys its per-patient ledger leaf index (data key, salts and rows: identity's
+    ledger entries about the patient can no longer be linked to them) and forgets the
+    patient's holder. It appends no ledger entry: the record service appends RECORD_ERASED.
+    The patient's user accounts, if any, are left to an admin (DisableUser).
+
+    Idempotent: a repeat (or a patient identity never knew) answers OK with zero counts;
+    after a failure (UNAVAILABLE) call it again to finish. Errors: INVALID_ARGUMENT
+    (BadRequest naming patient_id).
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -324,7 +384,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.GrantConsentResponse, _abc.Awaitable[_identity_pb2.GrantConsentResponse]]:
         """GrantConsent records a patient's consent to share data with a grantee; ledgered. The
-        grantee organization, client or user must exist (NOT_FOUND otherwise).
+        grantee organization, client or user must exist (NOT_FOUND otherwise). The patient's
+        organization is the one holding their record (see RegisterPatientHolder), else that of
+        their user account.
         """
 
     @_abc_1.abstractmethod
@@ -371,6 +433,46 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListBreakGlassAccesses lists break-glass accesses, oldest first, for auditors (admin or
         audit.read): what each one's BREAK_GLASS ledger entry records, with its leaf. Never the
         stated reason (free text, kept in identity's audit store) nor the patient's id.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterPatientHolder(
+        self,
+        request: _identity_pb2.RegisterPatientHolderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.RegisterPatientHolderResponse, _abc.Awaitable[_identity_pb2.RegisterPatientHolderResponse]]:
+        """RegisterPatientHolder records which organization holds a patient's record, so that
+        identity knows the patient's organization without a patient user account: its
+        principals (with a scope on Consent) then grant, revoke, read and list the patient's
+        consents, and CheckAccess, break-glass and the consent rules use it wherever the caller
+        does not say who holds the record. Called by the record service alone (holding
+        medledger/patient-directory), when it stores a patient's first Patient resource.
+
+        Idempotent: the same pair again answers OK with created false, so a retry is safe.
+        Errors: INVALID_ARGUMENT (BadRequest naming patient_id and/or organization);
+        NOT_FOUND, ORGANIZATION_NOT_FOUND, for an organization identity does not know;
+        FAILED_PRECONDITION, HOLDER_CONFLICT, when another organization is registered for the
+        patient or holds the patient's user account (nothing is changed).
+        """
+
+    @_abc_1.abstractmethod
+    def ErasePatientData(
+        self,
+        request: _identity_pb2.ErasePatientDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ErasePatientDataResponse, _abc.Awaitable[_identity_pb2.ErasePatientDataResponse]]:
+        """ErasePatientData is identity's part of a patient's erasure (GDPR art. 17), called by the
+        record service alone (holding medledger/patient-directory) while it erases the patient:
+        identity deletes the patient's consents (they permit nothing from then on), unlinks the
+        patient from identity's break-glass audit (who, when and why are kept; the patient is
+        not), destroys its per-patient ledger leaf index (data key, salts and rows: identity's
+        ledger entries about the patient can no longer be linked to them) and forgets the
+        patient's holder. It appends no ledger entry: the record service appends RECORD_ERASED.
+        The patient's user accounts, if any, are left to an admin (DisableUser).
+
+        Idempotent: a repeat (or a patient identity never knew) answers OK with zero counts;
+        after a failure (UNAVAILABLE) call it again to finish. Errors: INVALID_ARGUMENT
+        (BadRequest naming patient_id).
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
