@@ -10,7 +10,9 @@ exactly that JSON, then the version is committed with the entry's receipt. When 
 or Vault does not answer, the prepared version is dropped and nothing is visible.
 
 The first write of a patient is a Patient's create: the writer's organisation becomes the
-holder of the patient's record, which CheckAccess treats as the patient's own organisation.
+holder of the patient's record, which CheckAccess treats as the patient's own organisation;
+identity is told first (RegisterPatientHolder), so the holder may record the patient's
+consents without the patient having an account.
 
 Idempotency. A key is scoped by the caller (organisation, principal, operation); a retry
 with the same key and request returns the first result, with its receipt, and appends
@@ -83,6 +85,7 @@ from medledger.record.domain.resource_issues import (
 )
 from medledger.record.domain.search_params import parse_search, search_values
 from medledger.record.domain.versions import resource_not_found
+from medledger.verify.blinding import record_blinding_salt
 from medledger.verify.commitment import NotCanonicalizable, canonical_json, commit
 
 MAX_IDEMPOTENCY_KEY: Final = 128
@@ -94,7 +97,6 @@ PEER_CALLS_AT_ONCE: Final = 16
 # identity's reason when the token's scopes do not cover the type and action.
 SCOPE_MISSING: Final = "SCOPE_MISSING"
 _LEDGER_KEY_LABEL: Final = b"medledger.record ledger idempotency key v1\x00"
-_BLINDING_SALT_LABEL: Final = b"medledger.record ledger blinding salt v1\x00"
 T = TypeVar("T")
 
 
@@ -475,7 +477,7 @@ class ResourceService:
             resource_version=ref.version,
             content_commitment=commit(pending.salt, pending.resource_json.encode()),
             patient_actor=who.subject if verdict.patient_self else "",
-            blinding_salt=_derived(_BLINDING_SALT_LABEL, pending.salt),
+            blinding_salt=record_blinding_salt(pending.salt),
             time=pending.updated_time,
             trace_id=pending.trace_id,
         )
