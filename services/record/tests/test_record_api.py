@@ -851,3 +851,26 @@ async def test_the_record_audit_checks_every_version_against_the_ledger(
     # Partners without audit.read are refused before anything is read.
     refused = await failure(api.a.stub.AuditRecords(record_pb2.AuditRecordsRequest()))
     assert refused.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_holder_grants_consent_for_a_patient_without_an_account(
+    api: RecordApi,
+) -> None:
+    """identity learns the holder when the Patient is created: no patient user needed."""
+    patient = await new_patient(api)
+    observation = await create(api.a, resource("Observation", patient.id))
+    assert (await failure(get(api.b, "Observation", observation.id))).reason == "NO_CONSENT"
+    grant = identity_pb2.GrantConsentRequest(
+        patient_id=patient.id,
+        grantee=identity_pb2.Grantee(organization=ORG_B),
+        resource_types=["Observation"],
+        purposes=[TREAT],
+    )
+    b_token = await api.platform.token("system/*.cruds", ORG_B, [TREAT])
+    async with authed_channel(api.platform.identity_address, b_token) as channel:
+        refused = await failure(identity_pb2_grpc.IdentityServiceStub(channel).GrantConsent(grant))
+        assert refused.code == grpc.StatusCode.PERMISSION_DENIED  # not B's patient
+    a_token = await api.platform.token("system/*.cruds", ORG_A, [TREAT])
+    async with authed_channel(api.platform.identity_address, a_token) as channel:
+        await identity_pb2_grpc.IdentityServiceStub(channel).GrantConsent(grant)
+    assert (await get(api.b, "Observation", observation.id)) == observation
