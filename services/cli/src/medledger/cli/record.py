@@ -1,10 +1,13 @@
-"""``medledger record create|get|update|history|search``: FHIR resources in the record service.
+"""``medledger record create|get|update|history|search|export``: FHIR resources in the record
+service.
 
 Every call carries the caller's access token (``--token`` or ``$MEDLEDGER_TOKEN``) and a
 purpose of use; the record service asks identity whether the token may do it for that purpose.
 A write is ledgered before it is answered: its receipt comes with the answer (``--receipt-out``
 saves it for ``medledger verify receipt``). The resource itself, FHIR JSON, goes to stdout;
 what the CLI says about it goes to stderr, so ``> patient.json`` keeps only the resource.
+``export`` writes a patient's whole record, a FHIR Bundle with the ledger proof of each
+resource, to a file for ``medledger verify export``.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from medledger.cli.consent import (
     save_receipt,
     when_text,
 )
+from medledger.common.keyfiles import write_private
 
 app = typer.Typer(
-    help="Create, read, update, list the versions of and search FHIR resources.",
+    help="Create, read, update, list the versions of and search FHIR resources; export a "
+    "patient's record.",
     no_args_is_help=True,
 )
 console = Console()
@@ -504,3 +509,73 @@ def search_command(
         return
     console.print(versions_table(f"{len(found)} {wanted_type} resource(s)", found))
     _more(next_page_token)
+
+
+@app.command("export")
+def export_command(
+    patient_id: Annotated[
+        str, typer.Argument(metavar="PATIENT_ID", help="The id of the patient's Patient resource.")
+    ],
+    *,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            dir_okay=False,
+            metavar="FILE",
+            help="Where to write the Bundle (FHIR JSON, exactly as the server returns it; "
+            "readable by you only: it holds the patient's record).",
+        ),
+    ],
+    pseudonymise: Annotated[
+        bool,
+        typer.Option(
+            "--pseudonymise",
+            help="Replace direct identifiers with pseudonyms (the Bundle then carries no "
+            "ledger proofs: it differs from what was ledgered).",
+        ),
+    ] = False,
+    purpose: PurposeOption = "TREAT",
+    receipt_out: ReceiptOutOption = None,
+    break_glass_reason: BreakGlassOption = None,
+    token: TokenOption = None,
+    record: RecordOption = DEFAULT_RECORD,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Export every current resource of a patient that you may export (ledgered as
+    RECORD_EXPORTED), each with its ledger proof, for medledger verify export."""
+    bearer_token = require_token(token)
+    request = record_pb2.ExportPatientRequest(
+        patient_id=patient_id,
+        purpose=purpose_value(purpose),
+        pseudonymise=pseudonymise,
+        break_glass_reason=break_glass_reason or "",
+    )
+
+    async def export(stub: Stub, metadata: Metadata) -> record_pb2.ExportPatientResponse:
+        return await checked(
+            "ExportPatient", record, stub.ExportPatient(request, metadata=metadata, timeout=timeout)
+        )
+
+    reply = _run(record, bearer_token, export)
+    try:
+        write_private(out, reply.bundle_json)
+    except OSError as error:
+        errors.print(f"[red bold]✗ cannot write the export:[/red bold] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    saved = save_receipt(reply.export_receipt, receipt_out)
+    try:
+        count = f"{len(json.loads(reply.bundle_json).get('entry', []))} resource(s)"
+    except (ValueError, AttributeError):
+        count = "the Bundle"
+    proofs = (
+        "pseudonymised, without ledger proofs"
+        if pseudonymise
+        else f"check it with: medledger verify export {out} --vkey ..."
+    )
+    errors.print(
+        f"[green]•[/green] {count} of Patient/{patient_id} written to {out} ({proofs}); "
+        f"the export is ledgered at leaf index {reply.export_receipt.leaf_index}{saved}",
+        highlight=False,
+        soft_wrap=True,
+    )
