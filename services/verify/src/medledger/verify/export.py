@@ -66,6 +66,19 @@ CHECK_PROOF: Final = "proof extension"
 CHECK_COMMITMENT: Final = "commitment"
 CHECK_LEDGER_ENTRY: Final = "ledger entry"
 CHECK_RECEIPT: Final = "receipt"
+# Every name EntryInvalid.check takes: the receipt's own checks (medledger.verify.receipt) are
+# prefixed with "receipt".
+CHECKS: Final = (
+    CHECK_RESOURCE,
+    CHECK_DUPLICATE,
+    CHECK_PROOF,
+    CHECK_COMMITMENT,
+    CHECK_LEDGER_ENTRY,
+    *(
+        f"{CHECK_RECEIPT} {check}"
+        for check in ("checkpoint", "leaf hash", "inclusion proof", "entry")
+    ),
+)
 
 # FHIR R4 id; a versionId as the record service writes it (a version number, int64).
 _FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
