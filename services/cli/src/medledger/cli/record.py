@@ -536,7 +536,16 @@ def export_command(
         ),
     ] = False,
     purpose: PurposeOption = "TREAT",
-    receipt_out: ReceiptOutOption = None,
+    receipt_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--receipt-out",
+            dir_okay=False,
+            metavar="FILE",
+            help="Save the receipt of the export's own ledger entry, RECORD_EXPORTED (for "
+            "medledger verify receipt).",
+        ),
+    ] = None,
     break_glass_reason: BreakGlassOption = None,
     token: TokenOption = None,
     record: RecordOption = DEFAULT_RECORD,

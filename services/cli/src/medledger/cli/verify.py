@@ -208,6 +208,7 @@ def export_command(
     file: Annotated[
         Path,
         typer.Argument(
+            metavar="BUNDLE",
             exists=True,
             dir_okay=False,
             readable=True,
