@@ -23,6 +23,10 @@ from medledger.common.ledger_client import TokenSource
 DEPENDENCY: Final = "ledger"
 # Reads one export or page of an access log makes at once.
 READS_AT_ONCE: Final = 16
+# Pages of 1,000 checkpoints an export looks through for the best-cosigned one.
+CHECKPOINT_PAGES: Final = 4
+# A signature line of a C2SP signed note: an em dash, a space, the key name.
+_SIGNATURE_LINE: Final = "\u2014 ".encode()
 T = TypeVar("T")
 
 
@@ -68,22 +72,65 @@ class GrpcLedgerReads:
         found = await asyncio.gather(*(self._entry(index) for index in wanted))
         return dict(zip(wanted, found, strict=True))
 
-    async def refreshed(self, receipt: bytes) -> bytes:
-        old = ledger_pb2.Receipt.FromString(receipt)
-        async with self._limit:
+    async def refreshed(self, receipts: Sequence[bytes]) -> list[bytes]:
+        old = [ledger_pb2.Receipt.FromString(r) for r in receipts]
+        if not old:
+            return []
+        size, checkpoint = await self._best_checkpoint(max(r.leaf_index for r in old) + 1)
+
+        async def proven(receipt: ledger_pb2.Receipt) -> bytes:
+            async with self._limit:
+                reply = await self._call(
+                    self._stub.GetInclusionProof(
+                        ledger_pb2.GetInclusionProofRequest(
+                            leaf_index=receipt.leaf_index, tree_size=size
+                        ),
+                        metadata=await self._metadata(),
+                        timeout=self._timeout,
+                    )
+                )
+            return ledger_pb2.Receipt(
+                leaf_index=reply.leaf_index,
+                leaf_hash=receipt.leaf_hash,
+                checkpoint=checkpoint,
+                inclusion_proof=list(reply.hashes),
+            ).SerializeToString()
+
+        return list(await asyncio.gather(*(proven(r) for r in old)))
+
+    async def _best_checkpoint(self, least_size: int) -> tuple[int, bytes]:
+        """Of the checkpoints of at least ``least_size`` leaves, the one with the most
+        signatures (the log's and the witnesses'), the newest among equals; looks at
+        :data:`CHECKPOINT_PAGES` pages of them at most, then takes the latest."""
+        best: tuple[int, int, bytes] | None = None
+        token = ""
+        for _ in range(CHECKPOINT_PAGES):
             reply = await self._call(
-                self._stub.GetInclusionProof(
-                    ledger_pb2.GetInclusionProofRequest(leaf_index=old.leaf_index),
+                self._stub.ListCheckpoints(
+                    ledger_pb2.ListCheckpointsRequest(
+                        after_size=least_size - 1, page_size=1000, page_token=token
+                    ),
                     metadata=await self._metadata(),
                     timeout=self._timeout,
                 )
             )
-        return ledger_pb2.Receipt(
-            leaf_index=reply.leaf_index,
-            leaf_hash=old.leaf_hash,
-            checkpoint=reply.checkpoint,
-            inclusion_proof=list(reply.hashes),
-        ).SerializeToString()
+            for issued in reply.checkpoints:
+                ranked = (_signatures(issued.checkpoint), int(issued.tree_size), issued.checkpoint)
+                if best is None or ranked[:2] >= best[:2]:
+                    best = ranked
+            token = reply.next_page_token
+            if not token:
+                break
+        if best is None:
+            latest = await self._call(
+                self._stub.GetCheckpoint(
+                    ledger_pb2.GetCheckpointRequest(),
+                    metadata=await self._metadata(),
+                    timeout=self._timeout,
+                )
+            )
+            return _size(latest.checkpoint), latest.checkpoint
+        return best[1], best[2]
 
     async def leaf_index(self, leaf_hash: bytes) -> int | None:
         async with self._limit:
@@ -107,3 +154,14 @@ def _reason(error: grpc.aio.AioRpcError) -> str | None:
     if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return "LEDGER_REFUSED"
     return None
+
+
+def _signatures(note: bytes) -> int:
+    """How many signature lines a signed note carries (the log's, then each witness's)."""
+    _, _, signatures = note.partition(b"\n\n")
+    return sum(1 for line in signatures.split(b"\n") if line.startswith(_SIGNATURE_LINE))
+
+
+def _size(note: bytes) -> int:
+    """A checkpoint's tree size: the second line of its body."""
+    return int(note.split(b"\n")[1])

@@ -5,7 +5,8 @@ Export ($everything). Every current resource of the patient that the requester m
 (identity's CheckAccess, action EXPORT, per resource type: another organisation's consent
 may cover only some types) goes into one FHIR Bundle of type collection. Each entry carries
 its ledger proof (``docs/export-format.md``): the receipt of its version's write, proven
-again against the ledger's latest checkpoint (with the witness cosignatures gathered since),
+again, like every other entry's, against one checkpoint (the best-cosigned one covering
+them all, so a verifier's witness quorum holds for the whole export),
 the exact bytes of that ledger entry, and the salt opening the entry's commitment. With the
 ledger's and the witnesses' public keys, ``medledger verify export`` then checks offline that
 each resource is exactly what was ledgered. A pseudonymised export
@@ -216,7 +217,7 @@ class PatientRights:
     async def _verifiable(
         self, versions: Sequence[StoredVersion]
     ) -> tuple[dict[str, Any], list[bytes]]:
-        receipts = await asyncio.gather(*(self._reads.refreshed(v.receipt) for v in versions))
+        receipts = await self._reads.refreshed([v.receipt for v in versions])
         indexes = [ledger_pb2.Receipt.FromString(r).leaf_index for r in receipts]
         entry_bytes = await self._reads.entries(indexes)
         entries = []

@@ -113,9 +113,11 @@ class LedgerReads(Protocol):
         """The exact leaf data of each leaf (as hashed into the tree)."""
         ...
 
-    async def refreshed(self, receipt: bytes) -> bytes:
-        """``receipt`` (serialised) proven against the ledger's latest checkpoint, which
-        carries the witnesses' cosignatures gathered since the write."""
+    async def refreshed(self, receipts: Sequence[bytes]) -> list[bytes]:
+        """The ``receipts`` (serialised), all proven against one checkpoint that covers
+        them: of the ledger's checkpoints that do, the one with the most witness
+        cosignatures (the newest among equals), so that a verifier's witness quorum holds
+        for every receipt of an export at once."""
         ...
 
     async def leaf_index(self, leaf_hash: bytes) -> int | None:
