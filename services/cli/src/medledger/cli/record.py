@@ -1,5 +1,5 @@
-"""``medledger record create|get|update|history|search|export``: FHIR resources in the record
-service.
+"""``medledger record create|get|update|history|search|export|erase|access-log|audit``: FHIR
+resources in the record service, and the patient's rights over them.
 
 Every call carries the caller's access token (``--token`` or ``$MEDLEDGER_TOKEN``) and a
 purpose of use; the record service asks identity whether the token may do it for that purpose.
@@ -26,6 +26,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from medledger.api.common.v1 import purpose_pb2
+from medledger.api.ledger.v1 import ledger_pb2
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.cli.calls import CallFailed, Metadata, bearer, checked, open_channel
 from medledger.cli.consent import (
@@ -42,8 +44,8 @@ from medledger.cli.consent import (
 from medledger.common.keyfiles import write_private
 
 app = typer.Typer(
-    help="Create, read, update, list the versions of and search FHIR resources; export a "
-    "patient's record.",
+    help="Create, read, update, list the versions of and search FHIR resources; export, "
+    "erase and list the access log of a patient's record; audit the store against the ledger.",
     no_args_is_help=True,
 )
 console = Console()
@@ -588,3 +590,207 @@ def export_command(
         highlight=False,
         soft_wrap=True,
     )
+
+
+ERASURE_REASONS: Final = {
+    "PATIENT_REQUEST": record_pb2.ERASURE_REASON_PATIENT_REQUEST,
+    "CONSENT_WITHDRAWN": record_pb2.ERASURE_REASON_CONSENT_WITHDRAWN,
+    "UNLAWFUL_PROCESSING": record_pb2.ERASURE_REASON_UNLAWFUL_PROCESSING,
+    "LEGAL_OBLIGATION": record_pb2.ERASURE_REASON_LEGAL_OBLIGATION,
+    "RETENTION_EXPIRED": record_pb2.ERASURE_REASON_RETENTION_EXPIRED,
+}
+
+
+@app.command("erase")
+def erase_command(
+    patient_id: Annotated[
+        str, typer.Argument(metavar="PATIENT_ID", help="The id of the patient's Patient resource.")
+    ],
+    *,
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            metavar="GROUND",
+            help=f"The legal ground (GDPR Art. 17(1)): {', '.join(ERASURE_REASONS)}.",
+        ),
+    ],
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="Do it: erasure cannot be undone (no backup can reopen it)."),
+    ] = False,
+    purpose: PurposeOption = "PATRQT",
+    receipt_out: ReceiptOutOption = None,
+    token: TokenOption = None,
+    record: RecordOption = DEFAULT_RECORD,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Erase a patient (crypto-shredding): their data key, commitment salts, search index
+    entries and consents are destroyed; every later read answers NOT_FOUND (ERASED). The
+    RECORD_ERASED ledger entry stays, no longer linkable to the patient."""
+    ground = ERASURE_REASONS.get(reason.upper())
+    if ground is None:
+        raise typer.BadParameter(f"one of {', '.join(ERASURE_REASONS)}", param_hint="'--reason'")
+    if not yes:
+        raise typer.BadParameter(
+            "erasure cannot be undone; add --yes to erase the patient", param_hint="'--yes'"
+        )
+    bearer_token = require_token(token)
+    request = record_pb2.ErasePatientRequest(
+        patient_id=patient_id, reason=ground, purpose=purpose_value(purpose)
+    )
+
+    async def erase(stub: Stub, metadata: Metadata) -> record_pb2.ErasePatientResponse:
+        return await checked(
+            "ErasePatient", record, stub.ErasePatient(request, metadata=metadata, timeout=timeout)
+        )
+
+    reply = _run(record, bearer_token, erase)
+    saved = save_receipt(reply.receipt, receipt_out)
+    if as_json:
+        print_json(reply)
+        return
+    errors.print(
+        f"[green]•[/green] Patient/{patient_id} erased: {reply.erased_versions} resource "
+        f"version(s) made unreadable; RECORD_ERASED ledgered at leaf index "
+        f"{reply.receipt.leaf_index}{saved}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _event(entry: ledger_pb2.LedgerEntry) -> str:
+    return ledger_pb2.EventKind.Name(entry.kind).removeprefix("EVENT_KIND_")
+
+
+@app.command("access-log")
+def access_log_command(
+    patient_id: Annotated[
+        str, typer.Argument(metavar="PATIENT_ID", help="The id of the patient's Patient resource.")
+    ],
+    *,
+    purpose: PurposeOption = "TREAT",
+    page_size: PageSizeOption = None,
+    page_token: PageTokenOption = None,
+    token: TokenOption = None,
+    record: RecordOption = DEFAULT_RECORD,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Who wrote, read or exported a patient's record, from the ledger: each entry with its
+    leaf index (check it with medledger ledger proof) and what it was about. A patient reads
+    their own with their own token and --purpose PATRQT. Reading the log is ledgered too."""
+    bearer_token = require_token(token)
+
+    async def read(stub: Stub, metadata: Metadata) -> record_pb2.GetAccessLogResponse:
+        async def fetch(size: int, cursor: str) -> record_pb2.GetAccessLogResponse:
+            return await checked(
+                "GetAccessLog",
+                record,
+                stub.GetAccessLog(
+                    record_pb2.GetAccessLogRequest(
+                        patient_id=patient_id,
+                        purpose=purpose_value(purpose),
+                        page_size=size,
+                        page_token=cursor,
+                    ),
+                    metadata=metadata,
+                    timeout=timeout,
+                ),
+            )
+
+        if page_size is not None or page_token is not None:
+            return await fetch(page_size or 0, page_token or "")
+        whole = record_pb2.GetAccessLogResponse()
+        cursor = ""
+        while True:
+            page = await fetch(PAGE_SIZE, cursor)
+            whole.entries.extend(page.entries)
+            whole.openings.extend(page.openings)
+            cursor = page.next_page_token
+            if not cursor:
+                return whole
+
+    reply = _run(record, bearer_token, read)
+    if as_json:
+        print_json(reply)
+        return
+    table = Table(title=f"Access log of Patient/{patient_id}")
+    for column in ("leaf", "when", "event", "resource", "by", "organisation", "purpose"):
+        table.add_column(column, overflow="fold")
+    for indexed, opening in zip(reply.entries, reply.openings, strict=False):
+        entry = indexed.entry
+        resource = opening.resource_type
+        if opening.resource_id and opening.resource_id != patient_id:
+            resource += f"/{opening.resource_id}"
+        if opening.resource_version:
+            resource += f" v{opening.resource_version}"
+        actor = "the patient" if opening.patient_actor else entry.actor
+        table.add_row(
+            str(indexed.leaf_index),
+            when_text(entry.time),
+            _event(entry),
+            resource,
+            actor,
+            entry.organization,
+            purpose_pb2.PurposeOfUse.Name(entry.purpose).removeprefix("PURPOSE_OF_USE_"),
+        )
+    console.print(table)
+    _more(reply.next_page_token)
+
+
+@app.command("audit")
+def audit_command(
+    *,
+    token: TokenOption = None,
+    record: RecordOption = DEFAULT_RECORD,
+    page_size: Annotated[
+        int, typer.Option("--page-size", min=1, max=1000, help="Versions checked per call.")
+    ] = 500,
+    timeout: TimeoutOption = 60.0,
+) -> None:
+    """Check every stored resource version against its ledger entry (the record service
+    opens each and compares it with the commitment, kind and blinded id its write
+    ledgered); needs a token with audit.read. Exit status: 0 all match; 1 the first
+    mismatch, named; 2 a usage error."""
+    bearer_token = require_token(token)
+
+    async def audit(stub: Stub, metadata: Metadata) -> tuple[int, record_pb2.AuditFinding | None]:
+        checked_versions, cursor = 0, ""
+        while True:
+            page = await checked(
+                "AuditRecords",
+                record,
+                stub.AuditRecords(
+                    record_pb2.AuditRecordsRequest(page_size=page_size, page_token=cursor),
+                    metadata=metadata,
+                    timeout=timeout,
+                ),
+            )
+            checked_versions += page.checked_versions
+            if page.findings:
+                return checked_versions, page.findings[0]
+            cursor = page.next_page_token
+            if not cursor:
+                return checked_versions, None
+
+    checked_versions, finding = _run(record, bearer_token, audit)
+    if finding is None:
+        console.print(
+            f"[green]✓[/green] {checked_versions} stored version(s) match their ledger entries",
+            highlight=False,
+        )
+        return
+    where = (
+        f"{finding.resource_type}/{finding.id} version {finding.version}"
+        if finding.resource_type
+        else f"the stored version {finding.id}"
+    )
+    errors.print(
+        f"[red bold]✗ {where}: {finding.check} check failed: {finding.detail}[/red bold] "
+        f"(after {checked_versions} version(s) checked)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(1)
