@@ -31,7 +31,6 @@ ledgered like any other.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -58,8 +57,8 @@ from medledger.record.domain.peers import (
 )
 from medledger.record.domain.ports import RecordStorage, StoredVersion
 from medledger.record.domain.pseudonymise import PSEUDED, Pseudonymiser
+from medledger.verify.export import FULL_URL_PREFIX, ledger_proof_extension
 
-LEDGER_PROOF_URL: Final = "https://medledger.dev/fhir/StructureDefinition/ledger-proof"
 # Resources read from storage per page while an export collects the patient's record.
 EXPORT_READ_PAGE: Final = 1000
 # The type the access log is, in FHIR terms (and in SMART scopes).
@@ -102,10 +101,6 @@ def _check_patient_id(patient_id: str) -> None:
 
 def _denied(verdict: AccessVerdict) -> PermissionDenied:
     return PermissionDenied(f"access denied ({verdict.reason})", reason=verdict.reason)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def _entry_order(version: StoredVersion) -> tuple[int, str, str]:
@@ -222,16 +217,14 @@ class PatientRights:
         entry_bytes = await self._reads.entries(indexes)
         entries = []
         for version, receipt, index in zip(versions, receipts, indexes, strict=True):
-            proof = [
-                {"url": "receipt", "valueBase64Binary": _b64(receipt)},
-                {"url": "entry", "valueBase64Binary": _b64(entry_bytes[index])},
-                {"url": "commitmentSalt", "valueBase64Binary": _b64(version.salt)},
-            ]
+            proof = ledger_proof_extension(
+                ledger_pb2.Receipt.FromString(receipt), entry_bytes[index], version.salt
+            )
             entries.append(
                 {
-                    "fullUrl": f"urn:uuid:{version.ref.resource_id}",
+                    "fullUrl": FULL_URL_PREFIX + version.ref.resource_id,
                     "resource": json.loads(version.resource_json),
-                    "extension": [{"url": LEDGER_PROOF_URL, "extension": proof}],
+                    "extension": [proof],
                 }
             )
         return self._bundle(entries, security=False), list(receipts)
