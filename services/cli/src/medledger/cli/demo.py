@@ -6,6 +6,11 @@ patient of hospital A (identity learns a patient's organisation from their user 
 only that organisation may record the patient's consents). Everything is created through
 identity's API with the bootstrap admin client's token, so the seeding works against any
 identity that holds that client. What exists is left as it is: seeding twice is safe.
+
+With a record service (``--record``; ``dev up`` passes the stack's), each hospital's app then
+writes its demo patients' records (:mod:`medledger.cli.demo_records`: synthetic FHIR R4 from
+carebundle, a fixed seed per patient) with a token of its own, and the patients'
+server-assigned ids are written to ``<home>/demo/patients.json`` (``medledger demo patients``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import grpc
 import typer
@@ -25,13 +30,25 @@ from rich.table import Table
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
+from medledger.api.record.v1 import record_pb2_grpc
 from medledger.cli.calls import UNREACHABLE, CallFailed, Metadata, bearer, checked, open_channel
+from medledger.cli.demo_records import (
+    DEMO_RECORDS,
+    RECORD_SCOPE,
+    RecordSeedError,
+    RecordStub,
+    SeededPatient,
+    read_patients,
+    seed_records,
+    write_patients,
+)
 from medledger.cli.token import DEFAULT_IDENTITY, IdentityOption, request_token
 from medledger.common.keyfiles import (
     KeyFileError,
     KeyPair,
     ensure_key_pair,
     ensure_secret,
+    load_private_key,
     write_private,
 )
 from medledger.common.scopes import ADMIN
@@ -48,13 +65,9 @@ ORGANIZATIONS: Final = {
     "witness-org-b": "Witness organisation B (runs witness-b)",
 }
 PARTNER_CLIENTS: Final = {"hospital-a-app": "hospital-a", "hospital-b-app": "hospital-b"}
-PARTNER_SCOPES: Final = (
-    "system/*.rs",
-    "system/Observation.cruds",
-    "system/Patient.rs",
-    "system/Consent.cruds",
-    "ledger.read",
-)
+# A hospital's own app: it writes and reads its own patients' records (and their consents);
+# another organisation's patients only as their consents allow (identity's CheckAccess).
+PARTNER_SCOPES: Final = (RECORD_SCOPE, "ledger.read")
 PARTNER_PURPOSES: Final = (
     purpose_pb2.PURPOSE_OF_USE_TREAT,
     purpose_pb2.PURPOSE_OF_USE_HPAYMT,
@@ -121,9 +134,17 @@ def _same_key(registered_jwks: str, pair: KeyPair) -> bool:
     return any(isinstance(k, dict) and all(k.get(m) == ours.get(m) for m in members) for k in keys)
 
 
+def patients_file(paths: StackPaths) -> Path:
+    """Where ``demo seed`` lists the demo patients' server-assigned ids."""
+    return paths.home / "demo" / "patients.json"
+
+
 class DemoSeeder:
-    def __init__(self, identity: str, paths: StackPaths, *, say: Say = _quiet) -> None:
+    def __init__(
+        self, identity: str, paths: StackPaths, *, record: str | None = None, say: Say = _quiet
+    ) -> None:
         self.identity = identity
+        self.record = record
         self.paths = paths
         self.say = say
         self.seeded: list[Seeded] = []
@@ -303,18 +324,92 @@ class DemoSeeder:
                 patient_id=DEMO_PATIENT.patient_id,
             )
             await self.user(stub, metadata, patient, "patient user")
+        if self.record is not None:
+            await self.records(self.record)
         return self.seeded
 
+    async def hospital_records(
+        self, record: str, client_id: str, organization: str
+    ) -> list[SeededPatient]:
+        """The demo patients of ``organization``, written by its own app ``client_id``."""
+        key_file = self.paths.client_key(client_id)
+        try:
+            key = load_private_key(key_file)
+        except KeyFileError as error:
+            raise SeedError(f"the {client_id} key: {error}") from None
+        try:
+            reply = await request_token(self.identity, client_id, key, RECORD_SCOPE)
+        except CallFailed as failure:
+            hint = ""
+            if failure.reason == "SCOPE_NOT_ALLOWED":
+                hint = (
+                    f" ({client_id} was registered by an older demo without {RECORD_SCOPE}, "
+                    "and identity cannot change a client's scopes: start a fresh stack with "
+                    "`make down && rm -rf .medledger && make up`)"
+                )
+            raise SeedError(f"records token for {client_id}: {failure}{hint}") from None
+        records = [r for r in DEMO_RECORDS if r.organization == organization]
+        async with open_channel(record) as channel:
+            stub: RecordStub = record_pb2_grpc.RecordServiceStub(channel)
+            try:
+                return await seed_records(
+                    record, stub, bearer(reply.access_token), client_id, records
+                )
+            except RecordSeedError as error:
+                raise SeedError(f"records of {organization} ({client_id}): {error}") from None
 
-def seed_demo(identity: str, paths: StackPaths, *, say: Say = _quiet) -> list[Seeded]:
-    """Seeds the demo (idempotent); :class:`SeedError` names the step that failed."""
-    return asyncio.run(DemoSeeder(identity, paths, say=say).run())
+    async def records(self, record: str) -> None:
+        self.say("seeding the demo patients' records (carebundle) through the record service")
+        started = asyncio.get_running_loop().time()
+        hospitals = await asyncio.gather(
+            *(
+                self.hospital_records(record, client_id, organization)
+                for client_id, organization in PARTNER_CLIENTS.items()
+            )
+        )
+        patients = [
+            (client_id, patient)
+            for client_id, seeded in zip(PARTNER_CLIENTS, hospitals, strict=True)
+            for patient in seeded
+        ]
+        path = patients_file(self.paths)
+        try:
+            write_patients(path, patients)
+        except OSError as error:
+            raise SeedError(f"the demo patients' list {path}: {error}") from None
+        written = sum(p.created for _, p in patients)
+        held = sum(sum(p.counts.values()) for _, p in patients)
+        elapsed = asyncio.get_running_loop().time() - started
+        self.say(
+            f"demo records: {written} resources written, {held - written} there already "
+            f"({elapsed:.1f}s); ids in {_relative(path)}"
+        )
+        for client_id, patient in patients:
+            self.seeded.append(
+                Seeded(
+                    "patient record",
+                    patient.record.key,
+                    patient.created > 0,
+                    f"Patient/{patient.patient_id} of {patient.record.organization} "
+                    f"(written by {client_id}): {patient.record.profile}, "
+                    f"{patient.counts.get('Observation', 0)} Observations, "
+                    f"{sum(patient.counts.values())} resources",
+                )
+            )
+
+
+def seed_demo(
+    identity: str, paths: StackPaths, *, record: str | None = None, say: Say = _quiet
+) -> list[Seeded]:
+    """Seeds the demo (idempotent), the patients' records too when ``record`` (the record
+    service's address) is given; :class:`SeedError` names the step that failed."""
+    return asyncio.run(DemoSeeder(identity, paths, record=record, say=say).run())
 
 
 def seeded_table(seeded: list[Seeded]) -> Table:
     table = Table(title="demo (medledger demo seed)")
     table.add_column("kind")
-    table.add_column("id")
+    table.add_column("id", overflow="fold")
     table.add_column("state")
     table.add_column("credentials / notes", overflow="fold")
     for item in seeded:
@@ -333,25 +428,122 @@ console = Console()
 errors = Console(stderr=True)
 
 
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        file_okay=False,
+        help="The stack's state folder holding keys/ (default: MEDLEDGER_HOME or ./.medledger).",
+    ),
+]
+
+
+def _paths(home: Path | None) -> StackPaths:
+    return StackPaths(home.resolve()) if home is not None else StackPaths.from_env()
+
+
 @app.command("seed")
 def seed_command(
     identity: IdentityOption = DEFAULT_IDENTITY,
-    home: Annotated[
-        Path | None,
+    record: Annotated[
+        str | None,
         typer.Option(
-            "--home",
-            file_okay=False,
-            help="The stack's state folder holding keys/ (default: MEDLEDGER_HOME or "
-            "./.medledger).",
+            "--record",
+            metavar="HOST:PORT",
+            help="Also write the demo patients' records through this record service "
+            "(`medledger dev up` passes the stack's, 127.0.0.1:50052).",
         ),
     ] = None,
+    home: HomeOption = None,
 ) -> None:
     """Create the demo organisations, partner clients (with key pairs), admin and patient
-    users; what exists is kept. Needs identity running with the ops-admin client."""
-    paths = StackPaths(home.resolve()) if home is not None else StackPaths.from_env()
+    users, and with --record the demo patients' records; what exists is kept. Needs identity
+    running with the ops-admin client."""
+    paths = _paths(home)
     try:
-        seeded = seed_demo(identity, paths)
+        seeded = seed_demo(identity, paths, record=record)
     except SeedError as error:
         errors.print(f"[red bold]✗ demo seeding failed:[/red bold] {error}", highlight=False)
         raise typer.Exit(1) from None
     console.print(seeded_table(seeded))
+
+
+def _seeded_patients(paths: StackPaths) -> list[dict[str, Any]]:
+    path = patients_file(paths)
+    try:
+        return read_patients(path)
+    except FileNotFoundError:
+        errors.print(
+            f"[red bold]✗ no demo patients yet[/red bold] ({_relative(path)} is missing): run "
+            "`make up`, or `./medledger demo seed --record 127.0.0.1:50052` on a running stack",
+            highlight=False,
+        )
+    except (OSError, ValueError) as error:
+        errors.print(f"[red bold]✗ {_relative(path)}:[/red bold] {error}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command("patients")
+def patients_command(
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the demo patients and their ids in the record service (they differ per stack)."""
+    paths = _paths(home)
+    patients = _seeded_patients(paths)
+    if as_json:
+        typer.echo(json.dumps({"patients": patients}, indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"demo patients ({_relative(patients_file(paths))})")
+    for column in ("key", "organization (app)", "patient", "name, born", "profile", "resources"):
+        table.add_column(column, overflow="fold")
+    for p in patients:
+        resources = p.get("resources", {})
+        table.add_row(
+            str(p.get("key")),
+            f"{p.get('organization')} ({p.get('client')})",
+            str(p.get("patient")),
+            f"{p.get('name')}, {p.get('birthDate')}",
+            str(p.get("profile")),
+            ", ".join(f"{n} {t}" for t, n in resources.items() if t != "Patient"),
+        )
+    console.print(table)
+
+
+@app.command("patient")
+def patient_command(
+    key: Annotated[
+        str, typer.Argument(metavar="KEY", help="A demo patient's key, e.g. hospital-a-1.")
+    ],
+    observation: Annotated[
+        str | None,
+        typer.Option(
+            "--observation",
+            metavar="LOINC",
+            help="Print the reference of the patient's Observation with this LOINC code "
+            "instead (e.g. 39156-5 BMI, 2345-7 glucose).",
+        ),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Print a demo patient's reference (Patient/<id>), for scripts:
+    PATIENT=$(./medledger demo patient hospital-a-1)."""
+    patients = {str(p.get("key")): p for p in _seeded_patients(_paths(home))}
+    found = patients.get(key)
+    if found is None:
+        errors.print(
+            f"[red bold]✗ no demo patient {key}[/red bold] (there are {', '.join(patients)})",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    if observation is None:
+        typer.echo(found["patient"])
+        return
+    reference = found.get("observations", {}).get(observation)
+    if reference is None:
+        errors.print(
+            f"[red bold]✗ {key} has no Observation with LOINC code {observation}[/red bold]",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    typer.echo(reference)

@@ -89,7 +89,12 @@ def up(
     seed_error = None
     if serving and not deps_only:
         try:
-            seeded = seed_demo(stack.service_address("identity"), stack.paths, say=_say)
+            seeded = seed_demo(
+                stack.service_address("identity"),
+                stack.paths,
+                record=stack.service_address("record"),
+                say=_say,
+            )
         except SeedError as exc:
             seed_error = exc
     elapsed = time.monotonic() - started
@@ -98,14 +103,18 @@ def up(
         console.print(seeded_table(seeded))
         console.print(
             "Try it: [bold]./medledger --help[/bold] from the repository root (no uv or .venv "
-            "on PATH needed); the README walks through tokens, consent and receipts."
+            "on PATH needed); [bold]./medledger demo patients[/bold] lists the demo patients' "
+            "ids; the README walks through tokens, consent, records and receipts."
         )
     if seed_error is not None:
         errors.print(
             f"[red bold]medledger dev up: demo seeding failed:[/red bold] {seed_error}",
             highlight=False,
         )
-        errors.print("The stack runs; fix it and run `medledger demo seed` (or `dev up`) again.")
+        errors.print(
+            "The stack runs; fix it and run `medledger demo seed --record "
+            f"{stack.service_address('record')}` (or `dev up`) again."
+        )
     if not serving or seed_error is not None:
         raise typer.Exit(1)
 

@@ -1,0 +1,230 @@
+"""The demo's patient records (``medledger demo seed --record``, which ``dev up`` runs) against
+the real record service over the testkit platform's identity and ledger, secantusdb and
+OpenBao: each hospital's own app writes its carebundle patients once, a second seeding finds
+them all and writes nothing, and the ids it lists are the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from typer.testing import CliRunner
+
+from medledger.api.common.v1 import purpose_pb2
+from medledger.api.record.v1 import record_pb2, record_pb2_grpc
+from medledger.cli.calls import bearer
+from medledger.cli.demo import PARTNER_CLIENTS, Seeded, patients_file, seed_demo
+from medledger.cli.demo_records import (
+    DEMO_IDENTIFIER_SYSTEM,
+    DEMO_OBSERVATIONS,
+    DEMO_RECORDS,
+    RECORD_SCOPE,
+    DemoRecord,
+    bundle_entries,
+    rewrite,
+)
+from medledger.cli.main import app
+from medledger.cli.token import request_token
+from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
+from medledger.common.keyfiles import load_private_key, public_jwks, write_private, write_public
+from medledger.common.server import ServiceServer
+from medledger.devstack.paths import StackPaths
+from medledger.devstack.services import BOOTSTRAP_ADMIN_CLIENT
+from medledger.record.config import RecordSettings
+from medledger.record.runtime import from_settings
+from medledger.testkit.platform import Platform
+
+TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+@dataclass
+class Demo:
+    identity: str
+    record: str
+    paths: StackPaths
+
+    def seed(self) -> list[Seeded]:
+        return seed_demo(self.identity, self.paths, record=self.record)
+
+    async def stub_for(self, client_id: str) -> tuple[Any, grpc.aio.Channel, Any]:
+        key = load_private_key(self.paths.client_key(client_id))
+        token = (await request_token(self.identity, client_id, key, RECORD_SCOPE)).access_token
+        channel = grpc.aio.insecure_channel(self.record)
+        return record_pb2_grpc.RecordServiceStub(channel), channel, bearer(token)
+
+
+@pytest.fixture(scope="module")
+async def demo(
+    auth_platform: Platform, mongo_server: Any, vault_server: Any, tmp_path_factory: Any
+) -> AsyncIterator[Demo]:
+    server = ServiceServer(
+        from_settings(
+            RecordSettings(grpc_port=0),
+            MongoSettings(
+                MONGODB_URI=mongo_server.uri,
+                MEDLEDGER_MONGODB_DATABASE=f"demorecords{uuid.uuid4().hex[:8]}",
+            ),
+            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record")),
+            PeerSettings(
+                identity_addr=auth_platform.identity_address,
+                ledger_addr=auth_platform.ledger_address,
+            ),
+        )
+    )
+    await server.start()
+    # The stack's home as `dev up` leaves it: the bootstrap admin client's key pair.
+    paths = StackPaths(tmp_path_factory.mktemp("demo") / "home")
+    admin = auth_platform.admin_key
+    write_private(paths.client_key(BOOTSTRAP_ADMIN_CLIENT), json.dumps(admin.as_dict(private=True)))
+    write_public(paths.client_jwks(BOOTSTRAP_ADMIN_CLIENT), public_jwks(admin))
+    try:
+        yield Demo(auth_platform.identity_address, f"127.0.0.1:{server.port}", paths)
+    finally:
+        await server.stop(0)
+
+
+async def _search(
+    stub: Any, metadata: Any, resource_type: str, **params: str
+) -> list[record_pb2.StoredResource]:
+    found: list[record_pb2.StoredResource] = []
+    token = ""
+    while True:
+        reply = await stub.SearchResources(
+            record_pb2.SearchResourcesRequest(
+                resource_type=resource_type,
+                params=[record_pb2.SearchParam(name=k, value=v) for k, v in params.items()],
+                page_size=100,
+                page_token=token,
+                purpose=TREAT,
+            ),
+            metadata=metadata,
+        )
+        found.extend(reply.resources)
+        token = reply.next_page_token
+        if not token:
+            return found
+
+
+async def _stored(demo: Demo, patients: list[dict[str, Any]]) -> dict[str, Counter[str]]:
+    """Per demo patient: how many resources of each type the record service holds."""
+    held: dict[str, Counter[str]] = {}
+    for client_id in PARTNER_CLIENTS:
+        stub, channel, metadata = await demo.stub_for(client_id)
+        async with channel:
+            for patient in (p for p in patients if p["client"] == client_id):
+                counts: Counter[str] = Counter()
+                for resource_type in patient["resources"]:
+                    params = (
+                        {"identifier": f"{DEMO_IDENTIFIER_SYSTEM}|{patient['key']}"}
+                        if resource_type == "Patient"
+                        else {"patient": patient["patient"]}
+                    )
+                    counts[resource_type] = len(
+                        await _search(stub, metadata, resource_type, **params)
+                    )
+                held[patient["key"]] = counts
+    return held
+
+
+def _rows(seeded: list[Seeded]) -> list[Seeded]:
+    return [s for s in seeded if s.kind == "patient record"]
+
+
+async def test_seeding_twice_writes_the_records_once(demo: Demo) -> None:
+    first = await asyncio.to_thread(demo.seed)
+    rows = _rows(first)
+    assert [r.created for r in rows] == [True] * len(DEMO_RECORDS)
+    listed = json.loads(patients_file(demo.paths).read_text())["patients"]
+    assert [p["key"] for p in listed] == [r.key for r in DEMO_RECORDS]
+    for patient, record in zip(listed, DEMO_RECORDS, strict=True):
+        assert patient["organization"] == record.organization
+        assert patient["client"] == next(
+            c for c, o in PARTNER_CLIENTS.items() if o == record.organization
+        )
+        assert patient["patient"].startswith("Patient/")
+        # What a diabetes-progression model reads: BMI, blood pressure, lipids, glucose...
+        assert patient["observations"].keys() == DEMO_OBSERVATIONS.keys()
+        assert patient["resources"]["Observation"] == len(DEMO_OBSERVATIONS)
+        assert patient["patient"] in " ".join(r.detail for r in rows)
+    expected = {p["key"]: Counter(p["resources"]) for p in listed}
+    assert await _stored(demo, listed) == expected
+
+    second = await asyncio.to_thread(demo.seed)
+    assert [r.created for r in _rows(second)] == [False] * len(DEMO_RECORDS)
+    assert json.loads(patients_file(demo.paths).read_text())["patients"] == listed
+    assert await _stored(demo, listed) == expected
+
+    # The listed ids are the server's: the BMI Observation reads back, in its patient's
+    # compartment, with a value.
+    patient = listed[0]
+    stub, channel, metadata = await demo.stub_for(patient["client"])
+    async with channel:
+        kind, bmi_id = patient["observations"]["39156-5"].split("/")
+        bmi = await stub.GetResource(
+            record_pb2.GetResourceRequest(resource_type=kind, id=bmi_id, purpose=TREAT),
+            metadata=metadata,
+        )
+    observation = json.loads(bmi.resource.resource_json)
+    assert observation["subject"] == {"reference": patient["patient"]}
+    assert observation["valueQuantity"]["unit"] == "kg/m2"
+    assert observation["encounter"]["reference"].startswith("Encounter/")
+    assert "display" in observation["performer"][0]  # the Practitioner is not stored
+
+    # Hospital B's app may not read hospital A's patient: no consent.
+    stub, channel, metadata = await demo.stub_for("hospital-b-app")
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await stub.GetResource(
+                record_pb2.GetResourceRequest(
+                    resource_type="Patient", id=patient["patient"].split("/")[1], purpose=TREAT
+                ),
+                metadata=metadata,
+            )
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+    # The CLI reads the list back for scripts.
+    home = str(demo.paths.home)
+    printed = runner.invoke(app, ["demo", "patient", "hospital-a-1", "--home", home])
+    assert printed.exit_code == 0, printed.output
+    assert printed.stdout.strip() == patient["patient"]
+    bmi_ref = runner.invoke(
+        app, ["demo", "patient", "hospital-a-1", "--observation", "39156-5", "--home", home]
+    )
+    assert bmi_ref.stdout.strip() == patient["observations"]["39156-5"]
+    table = runner.invoke(app, ["demo", "patients", "--home", home])
+    assert table.exit_code == 0, table.output
+    for p in listed:
+        assert p["patient"] in table.stdout
+
+
+def test_bundle_references_become_server_references() -> None:
+    entries, displays = bundle_entries(DemoRecord("x-1", "hospital-a", "type2_diabetes", 7, "F"))
+    assert [e.resource_type for e in entries][:2] == ["Patient", "Encounter"]
+    assert {e.resource_type for e in entries} == {
+        "Patient",
+        "Encounter",
+        "Observation",
+        "Condition",
+        "MedicationRequest",
+    }
+    assert len(displays) == 1  # the Practitioner
+    stored = {e.full_url: f"{e.resource_type}/id{i}" for i, e in enumerate(entries)}
+    for entry in entries:
+        assert entry.resource["identifier"][-1]["system"] == DEMO_IDENTIFIER_SYSTEM
+        rewritten = json.dumps(rewrite(entry.resource, stored, displays))
+        assert "urn:uuid:" not in rewritten.replace(
+            entries[0].resource["identifier"][0]["system"], ""
+        )
+        assert '"reference": "Patient/id0"' in rewritten or entry.resource_type == "Patient"
+    # The same seed gives the same bundle (and so the same demo ids, idempotency keys).
+    again, _ = bundle_entries(DemoRecord("x-1", "hospital-a", "type2_diabetes", 7, "F"))
+    assert [e.resource for e in again] == [e.resource for e in entries]
