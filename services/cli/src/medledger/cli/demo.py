@@ -494,18 +494,17 @@ def patients_command(
     if as_json:
         typer.echo(json.dumps({"patients": patients}, indent=2, ensure_ascii=False))
         return
-    table = Table(title=f"demo patients ({_relative(patients_file(paths))})")
-    for column in ("key", "organization (app)", "patient", "name, born", "profile", "resources"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=f"demo patients ({_relative(patients_file(paths))}; --json for more)")
+    table.add_column("key", no_wrap=True)
+    table.add_column("patient", no_wrap=True)  # whole, to copy
+    table.add_column("holder", overflow="fold")
+    table.add_column("profile", overflow="fold")
     for p in patients:
-        resources = p.get("resources", {})
         table.add_row(
             str(p.get("key")),
-            f"{p.get('organization')} ({p.get('client')})",
             str(p.get("patient")),
-            f"{p.get('name')}, {p.get('birthDate')}",
+            str(p.get("organization")),
             str(p.get("profile")),
-            ", ".join(f"{n} {t}" for t, n in resources.items() if t != "Patient"),
         )
     console.print(table)
 
