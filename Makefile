@@ -3,13 +3,19 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: bootstrap up down status test lint typecheck protos protos-check proto-lint proto-breaking chart-check k8s ci bench clean
+.PHONY: bootstrap models up down status test lint typecheck protos protos-check proto-lint proto-breaking chart-check k8s ci bench clean
 
 # Installs uv when it is missing, then the locked workspace (.venv).
 bootstrap:
 	@scripts/bootstrap.sh
 
-up: bootstrap
+# Trains the clinical risk models (fixed seeds) and writes the Triton model repositories
+# build/models/local (served by the local stack) and build/models/production (the Helm
+# chart's). Deterministic: files whose bytes did not change are left alone.
+models: bootstrap
+	$(UV) run --frozen python -m medledger.models build --out build/models
+
+up: bootstrap models
 	$(UV) run --frozen medledger dev up
 
 down: bootstrap
@@ -50,6 +56,7 @@ k8s: bootstrap
 bench: bootstrap
 	$(UV) run --frozen python -m bench.ledger
 	$(UV) run --frozen python -m bench.identity
+	$(UV) run --frozen python -m bench.record
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

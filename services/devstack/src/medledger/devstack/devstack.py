@@ -12,7 +12,7 @@ from typing import Final
 
 from medledger.common.keyfiles import KeyPair, ensure_key_pair
 from medledger.devstack.mongo import MongoServer
-from medledger.devstack.paths import StackPaths, private_files
+from medledger.devstack.paths import StackPaths, local_model_repository, private_files
 from medledger.devstack.probes import Health
 from medledger.devstack.process import (
     ManagedProcess,
@@ -89,6 +89,8 @@ class DevStack:
             state_dir=paths.state("triton"),
             log_file=paths.log("triton"),
             pid_file=paths.pid("triton"),
+            # `make models` writes it; poll mode picks up a rebuild without a restart.
+            model_repository=local_model_repository(),
             model_control_mode="poll",
         )
         self.services = self._services(vault_tokens={}, keys=None, bootstrap=None)
@@ -239,6 +241,11 @@ class DevStack:
                     f"building Triton's virtualenv in {venv} (first run only; takes a while)"
                 )
             )
+            if not any(self.triton.model_repository.glob("*/config.pbtxt")):
+                say(
+                    f"triton: no models in {self.triton.model_repository} yet (run `make models`;"
+                    " Triton picks them up when they appear)"
+                )
             say("starting triton")
             self.triton.start()
 

@@ -64,6 +64,18 @@ def cache_dir(root: Path | None = None) -> Path:
     return (root or repo_root()) / STATE_DIR_NAME / "cache"
 
 
+def models_dir(root: Path | None = None) -> Path:
+    """What ``make models`` builds (``python -m medledger.models build --out build/models``):
+    ``local/`` and ``production/`` Triton model repositories; a build output, so not moved by
+    MEDLEDGER_HOME."""
+    return (root or repo_root()) / "build" / "models"
+
+
+def local_model_repository(root: Path | None = None) -> Path:
+    """The model repository the local stack's Triton serves (Python-backend layout)."""
+    return models_dir(root) / "local"
+
+
 @dataclass(frozen=True)
 class StackPaths:
     """The layout under MEDLEDGER_HOME (default ``<repo>/.medledger``)."""

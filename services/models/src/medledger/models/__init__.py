@@ -1,0 +1,1 @@
+"""medledger's clinical risk models, built reproducibly (``make models``)."""
