@@ -21,12 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from medledger.api.identity.v1 import identity_pb2_grpc
+from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.auth import JwksTokenVerifier
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.keyfiles import KeyPair, ensure_key_pair
-from medledger.common.scopes import LEDGER_READ
+from medledger.common.scopes import LEDGER_READ, PATIENT_DIRECTORY
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
 from medledger.devstack.mongo import MongoServer
@@ -61,6 +61,18 @@ class LiveIdentity:
     runtime: IdentityRuntime
     stub: identity_pb2_grpc.IdentityServiceAsyncStub
     ledger: ledger_pb2_grpc.LedgerServiceAsyncStub
+    vault: DevVault
+
+    async def register_holder(self, patient_id: str, organization: str) -> None:
+        """What the record service tells identity when ``organization``'s principal creates
+        the Patient ``patient_id`` (its token's ``medledger/patient-directory``)."""
+        token = await identity_signed_token(self.vault, PATIENT_DIRECTORY, "record")
+        await self.stub.RegisterPatientHolder(
+            identity_pb2.RegisterPatientHolderRequest(
+                patient_id=patient_id, organization=organization
+            ),
+            metadata=[("authorization", f"Bearer {token}")],
+        )
 
     async def cli(self, *args: str | Path) -> CliResult:
         """``medledger ARGS`` as a real process, with this stack's home and identity."""
@@ -93,20 +105,25 @@ def _identity_keys(vault_server: DevVault) -> VaultTokenSigner:
     return VaultTokenSigner(VaultTransit(vault), IdentityConfig().signing_key)
 
 
-async def ledger_reader_token(vault_server: DevVault) -> str:
-    """A token as identity issues them, holding ``ledger.read``, to read the ledger with
-    (signed afresh: tests rotate the key, and only the latest versions stay published)."""
+async def identity_signed_token(vault_server: DevVault, scope: str, subject: str) -> str:
+    """A token as identity issues them, holding ``scope`` (signed afresh: tests rotate the
+    key, and only the latest versions stay published)."""
     config, now = IdentityConfig(), int(time.time())
     return await _identity_keys(vault_server).sign(
         {
             "iss": config.issuer,
             "aud": config.default_audience,
-            "sub": "partner-tests",
-            "scope": LEDGER_READ,
+            "sub": subject,
+            "scope": scope,
             "iat": now,
             "exp": now + 3600,
         }
     )
+
+
+async def ledger_reader_token(vault_server: DevVault) -> str:
+    """A token holding ``ledger.read``, to read the ledger with."""
+    return await identity_signed_token(vault_server, LEDGER_READ, "partner-tests")
 
 
 @pytest.fixture(scope="session")
@@ -192,6 +209,7 @@ async def identity(
                 runtime=runtime,
                 stub=identity_pb2_grpc.IdentityServiceStub(channel),
                 ledger=ledger_pb2_grpc.LedgerServiceStub(ledger_channel),
+                vault=vault_server,
             )
     finally:
         await server.stop(0)

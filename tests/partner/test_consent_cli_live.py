@@ -13,6 +13,8 @@ from medledger.api.ledger.v1 import ledger_pb2
 from medledger.tlog.hashing import leaf_hash
 from medledger.verify.receipts import read_receipt
 
+# A patient of hospital A without a user account: identity knows their holder from the record
+# service, which registers it when hospital A's app creates the Patient.
 PATIENT = "patient-a-1"
 
 
@@ -43,6 +45,7 @@ async def _entry(identity: Any, index: int) -> bytes:
 
 async def test_grant_check_list_revoke(identity: Any, tmp_path: Path) -> None:
     assert (await identity.cli("demo", "seed", "--identity", identity.address)).code == 0
+    await identity.register_holder(PATIENT, "hospital-a")
     hospital_a = await _token(identity, "hospital-a-app", "system/Consent.cruds")
     hospital_b = await _token(identity, "hospital-b-app", "system/Observation.rs")
 
@@ -127,6 +130,7 @@ async def test_grant_check_list_revoke(identity: Any, tmp_path: Path) -> None:
 
 async def test_refusals_carry_the_status_and_reason(identity: Any) -> None:
     assert (await identity.cli("demo", "seed", "--identity", identity.address)).code == 0
+    await identity.register_holder(PATIENT, "hospital-a")
     hospital_b = await _token(identity, "hospital-b-app", "system/Consent.cruds")
     # Only the patient's own organisation records their consents.
     foreign = await identity.cli(

@@ -1,5 +1,7 @@
 """``medledger demo seed`` against a live identity: it creates the demo once, a second run
-changes nothing, the credentials it writes are the owner's only, and a failure names its step."""
+changes nothing, the credentials it writes are the owner's only, and a failure names its step.
+Without a record service the patient user (the login of a record's demo patient) is left out:
+``services/cli/tests/test_demo_records_live.py`` seeds it with the records."""
 
 from __future__ import annotations
 
@@ -14,9 +16,15 @@ from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.cli.calls import bearer
-from medledger.cli.demo import ORGANIZATIONS, PARTNER_CLIENTS, PARTNER_SCOPES
+from medledger.cli.demo import (
+    FRESH_STACK,
+    ORGANIZATIONS,
+    PARTNER_CLIENTS,
+    PARTNER_PURPOSES,
+    PARTNER_SCOPES,
+)
 from medledger.cli.token import request_token
-from medledger.common.keyfiles import new_client_key, write_private
+from medledger.common.keyfiles import ensure_key_pair, new_client_key, write_private
 
 
 def _mode(path: Path) -> int:
@@ -29,7 +37,6 @@ def _secrets(identity: Any) -> list[Path]:
         *(paths.client_key(client) for client in (*PARTNER_CLIENTS, "ops-admin")),
         paths.password("admin"),
         paths.totp("admin"),
-        paths.password("patient-a"),
     ]
 
 
@@ -38,7 +45,9 @@ async def test_seeding_twice_creates_once(identity: Any) -> None:
     assert first.code == 0, first.output
     for name in (*ORGANIZATIONS, *PARTNER_CLIENTS, "admin", "patient-a"):
         assert name in first.output
-    assert first.output.count("created") == len(ORGANIZATIONS) + len(PARTNER_CLIENTS) + 2
+    assert first.output.count("created") == len(ORGANIZATIONS) + len(PARTNER_CLIENTS) + 1
+    assert "skipped" in first.output  # the patient user: no records, no Patient id
+    assert not identity.paths.password("patient-a").exists()
     assert ".jwk" in first.output
     assert "admin-password" in first.output
     assert "admin-totp" in first.output
@@ -76,14 +85,12 @@ async def test_seeding_twice_creates_once(identity: Any) -> None:
             purpose_pb2.PURPOSE_OF_USE_TREAT,
             purpose_pb2.PURPOSE_OF_USE_HPAYMT,
             purpose_pb2.PURPOSE_OF_USE_HRESCH,
+            purpose_pb2.PURPOSE_OF_USE_PATRQT,  # to erase a record at the patient's request
         ]
         assert "d" not in json.loads(client.jwks_json)["keys"][0]
     users = await identity.stub.ListUsers(identity_pb2.ListUsersRequest(), metadata=metadata)
     kinds = {u.username: (u.kind, u.organization, u.patient_id) for u in users.users}
-    assert kinds == {
-        "admin": (identity_pb2.USER_KIND_ADMIN, "medledger", ""),
-        "patient-a": (identity_pb2.USER_KIND_PATIENT, "hospital-a", "patient-a-1"),
-    }
+    assert kinds == {"admin": (identity_pb2.USER_KIND_ADMIN, "medledger", "")}
 
     # The admin's stored password and TOTP enrolment log in.
     totp = pyotp.parse_uri(identity.paths.totp("admin").read_text().strip())
@@ -117,6 +124,42 @@ async def test_seeding_twice_creates_once(identity: Any) -> None:
         and e.entry.organization == "hospital-a"
         for e in entries.entries
     )
+
+
+async def test_a_client_of_an_older_demo_is_kept_and_named(identity: Any) -> None:
+    # An older demo registered hospital-a-app without PATRQT; identity cannot change a
+    # client's purposes, so seeding keeps it and says how to start afresh.
+    admin = bearer(
+        (
+            await request_token(identity.address, "ops-admin", identity.admin.key, "admin")
+        ).access_token
+    )
+    await identity.stub.CreateOrganization(
+        identity_pb2.CreateOrganizationRequest(organization_id="hospital-a", display_name="A"),
+        metadata=admin,
+    )
+    older = ensure_key_pair(
+        "hospital-a-app",
+        identity.paths.client_key("hospital-a-app"),
+        identity.paths.client_jwks("hospital-a-app"),
+    )
+    await identity.stub.RegisterClient(
+        identity_pb2.RegisterClientRequest(
+            client_id="hospital-a-app",
+            organization="hospital-a",
+            jwks_json=older.jwks_json,
+            allowed_scopes=PARTNER_SCOPES,
+            allowed_purposes=[
+                p for p in PARTNER_PURPOSES if p != purpose_pb2.PURPOSE_OF_USE_PATRQT
+            ],
+        ),
+        metadata=admin,
+    )
+    seeded = await identity.cli("demo", "seed", "--identity", identity.address)
+    assert seeded.code == 0, seeded.output
+    assert "hospital-a-app may not state PATRQT" in seeded.output
+    assert FRESH_STACK in seeded.output
+    assert "hospital-b-app may not" not in seeded.output
 
 
 async def test_a_replaced_key_file_is_named(identity: Any) -> None:

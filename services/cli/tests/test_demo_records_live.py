@@ -19,9 +19,19 @@ import pytest
 from typer.testing import CliRunner
 
 from medledger.api.common.v1 import purpose_pb2
+from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
+from medledger.cli import demo as demo_module
 from medledger.cli.calls import bearer
-from medledger.cli.demo import PARTNER_CLIENTS, Seeded, patients_file, seed_demo
+from medledger.cli.demo import (
+    DEMO_PATIENT,
+    FRESH_STACK,
+    PARTNER_CLIENTS,
+    DemoPatient,
+    Seeded,
+    patients_file,
+    seed_demo,
+)
 from medledger.cli.demo_records import (
     DEMO_IDENTIFIER_SYSTEM,
     DEMO_OBSERVATIONS,
@@ -43,6 +53,7 @@ from medledger.record.runtime import from_settings
 from medledger.testkit.platform import Platform
 
 TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
+PATRQT = purpose_pb2.PURPOSE_OF_USE_PATRQT
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 
 
@@ -60,6 +71,34 @@ class Demo:
         token = (await request_token(self.identity, client_id, key, RECORD_SCOPE)).access_token
         channel = grpc.aio.insecure_channel(self.record)
         return record_pb2_grpc.RecordServiceStub(channel), channel, bearer(token)
+
+    async def users(self) -> dict[str, identity_pb2.User]:
+        """Identity's users, by username (as the demo's admin client sees them)."""
+        key = load_private_key(self.paths.client_key(BOOTSTRAP_ADMIN_CLIENT))
+        token = (
+            await request_token(self.identity, BOOTSTRAP_ADMIN_CLIENT, key, "admin")
+        ).access_token
+        async with grpc.aio.insecure_channel(self.identity) as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            reply = await stub.ListUsers(
+                identity_pb2.ListUsersRequest(page_size=1000), metadata=bearer(token)
+            )
+        return {u.username: u for u in reply.users}
+
+    async def login(self, username: str, scope: str) -> str:
+        """A user's token, logging in with the password the demo keeps for them."""
+        async with grpc.aio.insecure_channel(self.identity) as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            reply = await stub.IssueToken(
+                identity_pb2.IssueTokenRequest(
+                    password=identity_pb2.PasswordGrant(
+                        username=username,
+                        password=self.paths.password(username).read_text().strip(),
+                        scope=scope,
+                    )
+                )
+            )
+        return str(reply.access_token)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +178,11 @@ def _rows(seeded: list[Seeded]) -> list[Seeded]:
     return [s for s in seeded if s.kind == "patient record"]
 
 
+def _patient_user(seeded: list[Seeded]) -> Seeded:
+    (row,) = [s for s in seeded if s.kind == "patient user"]
+    return row
+
+
 async def test_seeding_twice_writes_the_records_once(demo: Demo) -> None:
     first = await asyncio.to_thread(demo.seed)
     rows = _rows(first)
@@ -158,8 +202,22 @@ async def test_seeding_twice_writes_the_records_once(demo: Demo) -> None:
     expected = {p["key"]: Counter(p["resources"]) for p in listed}
     assert await _stored(demo, listed) == expected
 
+    # The patient user is the login of the demo patient hospital-a-1, as the record holds it.
+    hospital_a_1 = next(p for p in listed if p["key"] == DEMO_PATIENT.record_key)
+    patient_id = hospital_a_1["patient"].removeprefix("Patient/")
+    user_row = _patient_user(first)
+    assert user_row.created
+    assert f"{DEMO_PATIENT.record_key}: Patient/{patient_id}" in user_row.name
+    user = (await demo.users())[DEMO_PATIENT.username]
+    assert user.kind == identity_pb2.USER_KIND_PATIENT
+    assert (user.organization, user.patient_id) == ("hospital-a", patient_id)
+
     second = await asyncio.to_thread(demo.seed)
     assert [r.created for r in _rows(second)] == [False] * len(DEMO_RECORDS)
+    again = _patient_user(second)
+    assert not again.created
+    assert again.name == user_row.name
+    assert FRESH_STACK not in again.detail
     assert json.loads(patients_file(demo.paths).read_text())["patients"] == listed
     assert await _stored(demo, listed) == expected
 
@@ -191,19 +249,89 @@ async def test_seeding_twice_writes_the_records_once(demo: Demo) -> None:
             )
     assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
+    # The patient logs in with the password the demo keeps, and reads their own record
+    # (PATIENT_SELF) and nobody else's.
+    token = await demo.login(DEMO_PATIENT.username, "patient/*.rs")
+    async with grpc.aio.insecure_channel(demo.record) as channel:
+        stub = record_pb2_grpc.RecordServiceStub(channel)
+        own = await stub.GetResource(
+            record_pb2.GetResourceRequest(resource_type="Patient", id=patient_id, purpose=PATRQT),
+            metadata=bearer(token),
+        )
+        assert own.resource.id == patient_id
+        other = next(p for p in listed if p["key"] == "hospital-a-2")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetResource(
+                record_pb2.GetResourceRequest(
+                    resource_type="Patient",
+                    id=other["patient"].removeprefix("Patient/"),
+                    purpose=PATRQT,
+                ),
+                metadata=bearer(token),
+            )
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
     # The CLI reads the list back for scripts.
     home = str(demo.paths.home)
     printed = runner.invoke(app, ["demo", "patient", "hospital-a-1", "--home", home])
     assert printed.exit_code == 0, printed.output
     assert printed.stdout.strip() == patient["patient"]
+    bare = runner.invoke(app, ["demo", "patient", "hospital-a-1", "--id", "--home", home])
+    assert bare.exit_code == 0, bare.output
+    assert bare.stdout.strip() == patient["patient"].removeprefix("Patient/")
     bmi_ref = runner.invoke(
         app, ["demo", "patient", "hospital-a-1", "--observation", "39156-5", "--home", home]
     )
     assert bmi_ref.stdout.strip() == patient["observations"]["39156-5"]
+    bmi_id = runner.invoke(
+        app, ["demo", "patient", "hospital-a-1", "--observation", "39156-5", "--id", "--home", home]
+    )
+    assert bmi_id.stdout.strip() == patient["observations"]["39156-5"].partition("/")[2]
     table = runner.invoke(app, ["demo", "patients", "--home", home])
     assert table.exit_code == 0, table.output
     for p in listed:
         assert p["patient"] in table.stdout
+
+
+async def test_a_patient_user_of_an_older_demo_is_kept_and_named(
+    demo: Demo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older demo linked its patient user to a Patient id the record service never held;
+    # identity cannot relink a user, so seeding keeps it and says how to start afresh.
+    # (Another username than the demo's: this identity serves the other tests too.)
+    older = DemoPatient("patient-older", DEMO_PATIENT.record_key, "hospital-a")
+    monkeypatch.setattr(demo_module, "DEMO_PATIENT", older)
+    key = load_private_key(demo.paths.client_key(BOOTSTRAP_ADMIN_CLIENT))
+    token = (await request_token(demo.identity, BOOTSTRAP_ADMIN_CLIENT, key, "admin")).access_token
+    async with grpc.aio.insecure_channel(demo.identity) as channel:
+        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+        try:
+            await stub.CreateOrganization(
+                identity_pb2.CreateOrganizationRequest(
+                    organization_id="hospital-a", display_name="Hospital A"
+                ),
+                metadata=bearer(token),
+            )
+        except grpc.aio.AioRpcError as error:
+            assert error.code() is grpc.StatusCode.ALREADY_EXISTS
+        await stub.CreateUser(
+            identity_pb2.CreateUserRequest(
+                username=older.username,
+                kind=identity_pb2.USER_KIND_PATIENT,
+                organization="hospital-a",
+                patient_id="patient-a-1",
+                password="an older demo's password",
+            ),
+            metadata=bearer(token),
+        )
+    demo.paths.password(older.username).unlink(missing_ok=True)  # seeded by that older demo
+
+    row = _patient_user(await asyncio.to_thread(demo.seed))
+    assert not row.created
+    assert row.name == f"{older.username} (Patient/patient-a-1, hospital-a)"
+    assert "not the demo patient hospital-a-1" in row.detail
+    assert FRESH_STACK in row.detail
+    assert (await demo.users())[older.username].patient_id == "patient-a-1"
 
 
 def test_bundle_references_become_server_references() -> None:

@@ -1,16 +1,19 @@
 """``medledger demo seed``: the demo the local stack starts with (``dev up`` runs it).
 
 Two hospitals, each with a partner app (its own Ed25519 key pair under ``.medledger/keys/``),
-the two witnesses' organisations, an admin user of the operators' organisation, and one
-patient of hospital A (identity learns a patient's organisation from their user account, and
-only that organisation may record the patient's consents). Everything is created through
-identity's API with the bootstrap admin client's token, so the seeding works against any
-identity that holds that client. What exists is left as it is: seeding twice is safe.
+the two witnesses' organisations and an admin user of the operators' organisation.
+Everything is created through identity's API with the bootstrap admin client's token, so the
+seeding works against any identity that holds that client. What exists is left as it is:
+seeding twice is safe.
 
 With a record service (``--record``; ``dev up`` passes the stack's), each hospital's app then
 writes its demo patients' records (:mod:`medledger.cli.demo_records`: synthetic FHIR R4 from
 carebundle, a fixed seed per patient) with a token of its own, and the patients'
 server-assigned ids are written to ``<home>/demo/patients.json`` (``medledger demo patients``).
+The record service tells identity which organisation holds each Patient it creates, so that
+organisation may record the patient's consents. Last comes the patient user ``patient-a``: the
+login of the demo patient ``hospital-a-1``, whose ``patient_id`` is that Patient's server id
+(so it needs the records; without ``--record`` it is left out).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 
@@ -68,22 +71,29 @@ PARTNER_CLIENTS: Final = {"hospital-a-app": "hospital-a", "hospital-b-app": "hos
 # A hospital's own app: it writes and reads its own patients' records (and their consents);
 # another organisation's patients only as their consents allow (identity's CheckAccess).
 PARTNER_SCOPES: Final = (RECORD_SCOPE, "ledger.read")
+# PATRQT: the app also acts on its patients' own requests (erasing a record, `record erase`).
 PARTNER_PURPOSES: Final = (
     purpose_pb2.PURPOSE_OF_USE_TREAT,
     purpose_pb2.PURPOSE_OF_USE_HPAYMT,
     purpose_pb2.PURPOSE_OF_USE_HRESCH,
+    purpose_pb2.PURPOSE_OF_USE_PATRQT,
 )
 ADMIN_USER: Final = "admin"
+FRESH_STACK: Final = "`make down && rm -rf .medledger && make up`"
+"""How to start over (it deletes the stack's data and keys): what identity cannot change."""
 
 
 @dataclass(frozen=True)
 class DemoPatient:
+    """The demo's patient user: the login of the record service's demo patient
+    ``record_key`` (their ``patient_id`` is that Patient's server id)."""
+
     username: str
-    patient_id: str
+    record_key: str
     organization: str
 
 
-DEMO_PATIENT: Final = DemoPatient("patient-a", "patient-a-1", "hospital-a")
+DEMO_PATIENT: Final = DemoPatient("patient-a", "hospital-a-1", "hospital-a")
 # The bootstrap admin client appears a little after identity serves; wait this long for it.
 ADMIN_TOKEN_WAIT_SECONDS: Final = 30.0
 ADMIN_TOKEN_RETRY_REASONS: Final = frozenset({"CLIENT_UNKNOWN"})
@@ -102,6 +112,7 @@ class Seeded:
     name: str
     created: bool
     detail: str = ""
+    skipped: bool = False  # not seeded this run (it needs what the run did not seed)
 
 
 Say = Callable[[str], None]
@@ -120,6 +131,12 @@ def _relative(path: Path) -> str:
 
 def _password() -> str:
     return secrets.token_urlsafe(24)
+
+
+def _purpose_codes(purposes: Iterable[purpose_pb2.PurposeOfUse.ValueType]) -> str:
+    return ", ".join(
+        purpose_pb2.PurposeOfUse.Name(p).removeprefix("PURPOSE_OF_USE_") for p in purposes
+    )
 
 
 def _same_key(registered_jwks: str, pair: KeyPair) -> bool:
@@ -222,7 +239,7 @@ class DemoSeeder:
         md: Metadata,
         request: identity_pb2.CreateUserRequest,
         label: str,
-    ) -> None:
+    ) -> Seeded:
         password_file = self.paths.password(request.username)
         try:
             password, new_file = ensure_secret(password_file, _password)
@@ -246,7 +263,79 @@ class DemoSeeder:
                 raise SeedError(f"{label} {request.username}: {totp_file}: {error}") from None
         if totp_file.exists():
             detail += f", TOTP enrolment (otpauth URI) in {_relative(totp_file)}"
-        self.seeded.append(Seeded(label, request.username, created is not None, detail))
+        return Seeded(label, request.username, created is not None, detail)
+
+    async def _patient_link(
+        self,
+        stub: identity_pb2_grpc.IdentityServiceAsyncStub,
+        md: Metadata,
+        username: str,
+        organization: str,
+    ) -> str | None:
+        """The patient_id of the existing user ``username`` of ``organization``."""
+        token = ""
+        while True:
+            page = await self._call(
+                f"patient user {username}",
+                "ListUsers",
+                stub.ListUsers(
+                    identity_pb2.ListUsersRequest(organization=organization, page_token=token),
+                    metadata=md,
+                ),
+            )
+            for user in page.users:
+                if user.username == username:
+                    return str(user.patient_id)
+            token = page.next_page_token
+            if not token:
+                return None
+
+    async def patient_user(
+        self,
+        stub: identity_pb2_grpc.IdentityServiceAsyncStub,
+        md: Metadata,
+        patient_ids: Mapping[str, str] | None,
+    ) -> None:
+        """The demo patient user, the login of the record's Patient ``DEMO_PATIENT.record_key``
+        (``patient_ids``: each demo patient's server id; None when no records were seeded)."""
+        username, key = DEMO_PATIENT.username, DEMO_PATIENT.record_key
+        patient_id = (patient_ids or {}).get(key)
+        if patient_id is None:
+            self.seeded.append(
+                Seeded(
+                    "patient user",
+                    username,
+                    False,
+                    f"left out: the login of the demo patient {key}, whose id the record "
+                    "service assigns (seed with --record)",
+                    skipped=True,
+                )
+            )
+            return
+        request = identity_pb2.CreateUserRequest(
+            username=username,
+            kind=identity_pb2.USER_KIND_PATIENT,
+            organization=DEMO_PATIENT.organization,
+            patient_id=patient_id,
+        )
+        seeded = await self.user(stub, md, request, "patient user")
+        linked = patient_id
+        if not seeded.created:
+            linked = await self._patient_link(stub, md, username, DEMO_PATIENT.organization) or ""
+        name = f"{username} (Patient/{linked}, {DEMO_PATIENT.organization})"
+        if linked == patient_id:
+            name = f"{username} ({key}: Patient/{linked}, {DEMO_PATIENT.organization})"
+            self.seeded.append(replace(seeded, name=name))
+            return
+        # An older demo linked the user to a Patient id the record service does not hold,
+        # and identity cannot relink a user.
+        note = (
+            f"{username} is Patient {linked or '(none)'}, not the demo patient {key} "
+            f"(Patient/{patient_id}): an older demo created it, and identity cannot relink a "
+            f"user; for the README's patient steps start a fresh stack with {FRESH_STACK}"
+        )
+        self.say(note)
+        self.seeded.append(replace(seeded, name=name, detail=f"{seeded.detail}; {note}"))
 
     async def partner(
         self,
@@ -273,6 +362,7 @@ class DemoSeeder:
         created = await self._create(
             what, "RegisterClient", stub.RegisterClient(request, metadata=md)
         )
+        detail = f"key {_relative(pair.private_file)}"
         if created is None:
             found = await self._call(
                 what,
@@ -285,17 +375,20 @@ class DemoSeeder:
                     f"{pair.private_file} (was the key file replaced?); tokens signed with "
                     "this file will be refused"
                 )
-        self.seeded.append(
-            Seeded(
-                "partner client",
-                client_id,
-                created is not None,
-                f"key {_relative(pair.private_file)}",
-            )
-        )
+            missing = [p for p in PARTNER_PURPOSES if p not in found.client.allowed_purposes]
+            if missing:
+                # Registered by an older demo; identity cannot change a client's purposes.
+                note = (
+                    f"{client_id} may not state {_purpose_codes(missing)} (an older demo "
+                    "registered it, and identity cannot change a client's purposes): for the "
+                    f"README's erasure step start a fresh stack with {FRESH_STACK}"
+                )
+                self.say(note)
+                detail += f"; {note}"
+        self.seeded.append(Seeded("partner client", client_id, created is not None, detail))
 
     async def run(self) -> list[Seeded]:
-        self.say("seeding the demo (organisations, partner clients, users)")
+        self.say("seeding the demo (organisations, partner clients, users, records)")
         token = await self.admin_token()
         self.seeded.append(
             Seeded(
@@ -314,18 +407,11 @@ class DemoSeeder:
             admin = identity_pb2.CreateUserRequest(
                 username=ADMIN_USER, kind=identity_pb2.USER_KIND_ADMIN, organization=OPERATORS
             )
-            await self.user(stub, metadata, admin, "admin user")
+            self.seeded.append(await self.user(stub, metadata, admin, "admin user"))
             for client_id, organization in PARTNER_CLIENTS.items():
                 await self.partner(stub, metadata, client_id, organization)
-            patient = identity_pb2.CreateUserRequest(
-                username=DEMO_PATIENT.username,
-                kind=identity_pb2.USER_KIND_PATIENT,
-                organization=DEMO_PATIENT.organization,
-                patient_id=DEMO_PATIENT.patient_id,
-            )
-            await self.user(stub, metadata, patient, "patient user")
-        if self.record is not None:
-            await self.records(self.record)
+            patient_ids = None if self.record is None else await self.records(self.record)
+            await self.patient_user(stub, metadata, patient_ids)
         return self.seeded
 
     async def hospital_records(
@@ -358,7 +444,8 @@ class DemoSeeder:
             except RecordSeedError as error:
                 raise SeedError(f"records of {organization} ({client_id}): {error}") from None
 
-    async def records(self, record: str) -> None:
+    async def records(self, record: str) -> dict[str, str]:
+        """Seeds the demo patients' records; each demo patient's server id, by key."""
         self.say("seeding the demo patients' records (carebundle) through the record service")
         started = asyncio.get_running_loop().time()
         hospitals = await asyncio.gather(
@@ -396,6 +483,7 @@ class DemoSeeder:
                     f"{sum(patient.counts.values())} resources",
                 )
             )
+        return {patient.record.key: patient.patient_id for _, patient in patients}
 
 
 def seed_demo(
@@ -414,11 +502,11 @@ def seeded_table(seeded: list[Seeded]) -> Table:
     table.add_column("credentials / notes", overflow="fold")
     for item in seeded:
         name = item.name
-        if item.kind == "patient user":
-            name += f" (Patient {DEMO_PATIENT.patient_id}, {DEMO_PATIENT.organization})"
-        elif item.kind == "partner client":
+        if item.kind == "partner client":
             name += f" ({PARTNER_CLIENTS[item.name]})"
         state = "[green]created[/green]" if item.created else "exists"
+        if item.skipped:
+            state = "[yellow]skipped[/yellow]"
         table.add_row(item.kind, name, state, item.detail)
     return table
 
@@ -436,6 +524,10 @@ HomeOption = Annotated[
         help="The stack's state folder holding keys/ (default: MEDLEDGER_HOME or ./.medledger).",
     ),
 ]
+
+
+def _say(message: str) -> None:
+    errors.print(f"[dim]•[/dim] {message}", highlight=False, soft_wrap=True)
 
 
 def _paths(home: Path | None) -> StackPaths:
@@ -461,7 +553,7 @@ def seed_command(
     running with the ops-admin client."""
     paths = _paths(home)
     try:
-        seeded = seed_demo(identity, paths, record=record)
+        seeded = seed_demo(identity, paths, record=record, say=_say)
     except SeedError as error:
         errors.print(f"[red bold]✗ demo seeding failed:[/red bold] {error}", highlight=False)
         raise typer.Exit(1) from None
@@ -523,10 +615,19 @@ def patient_command(
             "instead (e.g. 39156-5 BMI, 2345-7 glucose).",
         ),
     ] = None,
+    bare_id: Annotated[
+        bool,
+        typer.Option(
+            "--id",
+            help="Print the bare id, without the type (what --patient and the record "
+            "export, access-log and erase commands take).",
+        ),
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Print a demo patient's reference (Patient/<id>), for scripts:
-    PATIENT=$(./medledger demo patient hospital-a-1)."""
+    PATIENT=$(./medledger demo patient hospital-a-1), or its id alone:
+    PATIENT_ID=$(./medledger demo patient hospital-a-1 --id)."""
     patients = {str(p.get("key")): p for p in _seeded_patients(_paths(home))}
     found = patients.get(key)
     if found is None:
@@ -535,14 +636,13 @@ def patient_command(
             highlight=False,
         )
         raise typer.Exit(1)
-    if observation is None:
-        typer.echo(found["patient"])
-        return
-    reference = found.get("observations", {}).get(observation)
-    if reference is None:
-        errors.print(
-            f"[red bold]✗ {key} has no Observation with LOINC code {observation}[/red bold]",
-            highlight=False,
-        )
+    reference = (
+        found.get("patient")
+        if observation is None
+        else found.get("observations", {}).get(observation)
+    )
+    if not isinstance(reference, str):
+        what = "Patient" if observation is None else f"Observation with LOINC code {observation}"
+        errors.print(f"[red bold]✗ {key} has no {what}[/red bold]", highlight=False)
         raise typer.Exit(1)
-    typer.echo(reference)
+    typer.echo(reference.partition("/")[2] if bare_id else reference)
