@@ -552,3 +552,23 @@ def test_an_exported_resource_opens_the_commitment_to_what_was_validated(
     commitment = commit(salt, canonical_json(validate_resource(text).resource))
     exported = json.dumps(json.loads(text), indent=2, sort_keys=True)  # any formatting
     check_opening(commitment, salt, canonical_json(json.loads(exported)))
+
+
+def test_numbers_and_booleans_sent_as_strings_are_refused() -> None:
+    """FHIR JSON carries decimals, integers and booleans as JSON numbers and booleans; the
+    models would accept ``"141"`` and ``"true"`` and the store would keep the string."""
+    observation = sample("Observation")
+    observation["valueQuantity"] = {"value": "141", "unit": "mg/dL"}
+    assert locations(observation) == {"valueQuantity.value"}
+    patient = sample("Patient")
+    patient["active"] = "true"
+    patient["multipleBirthInteger"] = "2"
+    problems = refused(patient).issues
+    assert {(i.location, i.diagnostics) for i in problems} == {
+        ("active", "a boolean is JSON true or false, not a string or number"),
+        ("multipleBirthInteger", "an integer is a JSON number without a fraction, not a string"),
+    }
+    patient["active"], patient["multipleBirthInteger"] = True, 2
+    observation["valueQuantity"]["value"] = 141.5
+    for document in (patient, observation):
+        assert validate_resource(json.dumps(document)).resource == document

@@ -27,6 +27,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +159,7 @@ def bundle_entries(record: DemoRecord) -> tuple[list[Entry], dict[str, str]]:
     generated = generate_bundle(
         profile=record.profile, seed=record.seed, sex=record.sex, panels=DEMO_PANELS
     )
-    bundle = json.loads(to_json(generated))
+    bundle = _quantities_as_numbers(json.loads(to_json(generated)))
     entries: list[Entry] = []
     displays: dict[str, str] = {}
     for item in bundle.get("entry", []):
@@ -183,6 +184,23 @@ def bundle_entries(record: DemoRecord) -> tuple[list[Entry], dict[str, str]]:
     if len(patients) != 1:
         raise RecordSeedError(f"{record.key}: carebundle's bundle has {len(patients)} Patients")
     return entries, displays
+
+
+_DECIMAL: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _quantities_as_numbers(value: Any) -> Any:
+    """``value`` with each Quantity's ``value`` a JSON number: carebundle writes decimals as
+    strings ("141"), which FHIR JSON does not allow and the record service refuses."""
+    if isinstance(value, list):
+        return [_quantities_as_numbers(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    copy = {k: _quantities_as_numbers(v) for k, v in value.items()}
+    number = copy.get("value")
+    if isinstance(number, str) and {"unit", "code"} & copy.keys() and _DECIMAL.fullmatch(number):
+        copy["value"] = float(number) if "." in number or "e" in number.lower() else int(number)
+    return copy
 
 
 def _display(resource: Mapping[str, Any]) -> str:

@@ -4,13 +4,17 @@ Two walks. One over the JSON: no empty objects, arrays or strings and no nulls (
 https://hl7.org/fhir/R4/json.html: "no empty elements"; a null only stands in a primitive
 array paired with its ``_name`` array), integers within ±(2^53 - 1) so that the canonical
 form (RFC 8785) of the stored resource exists, strings that are Unicode text (no lone
-surrogates). One over the model, which knows each element's FHIR type: required value set
-bindings (:mod:`.value_sets`), ids, reference formats and ref-1, and the invariants below.
+surrogates). One over the model, which knows each element's FHIR type: decimals, integers
+and booleans as JSON numbers and booleans (the models take "141" and "true" too), required
+value set bindings (:mod:`.value_sets`), ids, reference formats and ref-1, and the invariants
+below.
 """
 
 from __future__ import annotations
 
+import decimal
 import functools
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -130,16 +134,15 @@ def _model_issues(
     aliases = _aliases(model_class)
     if isinstance(model, Resource):
         yield from _resource_issues(data, path)
+    kinds = _primitive_kinds(model_class)
     for key, value in data.items():
         attribute = aliases.get(key)
         if attribute is None or key == "resourceType":
             continue
         location = child(path, key)
-        for type_name in types:
-            if (binding := CODE_BINDINGS.get((type_name, key))) is not None:
-                yield from _code_issues(value, location, binding)
-            if (binding := CONCEPT_BINDINGS.get((type_name, key))) is not None:
-                yield from _concept_issues(value, location, binding)
+        if (kind := kinds.get(key)) is not None:
+            yield from _primitive_issues(value, location, kind)
+        yield from _binding_issues(types, key, value, location)
         nested = getattr(model, attribute, None)
         if isinstance(nested, FHIRAbstractModel) and isinstance(value, Mapping):
             yield from _model_issues(nested, value, location, context)
@@ -151,6 +154,66 @@ def _model_issues(
         check = _TYPE_RULES.get(type_name)
         if check is not None:
             yield from check(data, path, context)
+
+
+# FHIR JSON represents decimal, integer and boolean primitives as JSON numbers and booleans
+# (https://hl7.org/fhir/R4/json.html#primitive); the models also accept "141" or "true".
+_NUMBER: Final = "a decimal is a JSON number, not a string"
+_INTEGER: Final = "an integer is a JSON number without a fraction, not a string"
+_BOOLEAN: Final = "a boolean is JSON true or false, not a string or number"
+
+
+def _leaf_types(annotation: object) -> set[type]:
+    """The Python types an annotation can hold (Optional, list and Annotated unwrapped)."""
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return {annotation}
+    found: set[type] = set()
+    for argument in typing.get_args(annotation):
+        found |= _leaf_types(argument)
+    return found
+
+
+@functools.cache
+def _primitive_kinds(model_class: type[FHIRAbstractModel]) -> dict[str, str]:
+    """JSON name -> what its JSON value must be, for the decimal, integer and boolean
+    elements of a model class."""
+    kinds: dict[str, str] = {}
+    for name, field in model_class.model_fields.items():
+        leaves = _leaf_types(field.annotation)
+        if bool in leaves:
+            kinds[field.alias or name] = _BOOLEAN
+        elif decimal.Decimal in leaves:
+            kinds[field.alias or name] = _NUMBER
+        elif int in leaves:
+            kinds[field.alias or name] = _INTEGER
+    return kinds
+
+
+def _primitive_issues(value: object, path: str, kind: str) -> Iterator[ResourceIssue]:
+    if isinstance(value, list):
+        for index, element in enumerate(value):
+            if element is not None:  # a null pairs with an extension (checked above)
+                yield from _primitive_issues(element, item(path, index), kind)
+        return
+    if kind == _BOOLEAN:
+        fits = isinstance(value, bool)
+    elif kind == _INTEGER:
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, int | float) and not isinstance(value, bool)
+    if not fits:
+        yield ResourceIssue("value", path, kind)
+
+
+def _binding_issues(
+    types: tuple[str, ...], key: str, value: object, location: str
+) -> Iterator[ResourceIssue]:
+    """The required value set bindings of element ``key`` of a model of ``types``."""
+    for type_name in types:
+        if (binding := CODE_BINDINGS.get((type_name, key))) is not None:
+            yield from _code_issues(value, location, binding)
+        if (binding := CONCEPT_BINDINGS.get((type_name, key))) is not None:
+            yield from _concept_issues(value, location, binding)
 
 
 def _resource_issues(data: Mapping[str, Any], path: str) -> Iterator[ResourceIssue]:
