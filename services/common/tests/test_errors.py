@@ -14,10 +14,12 @@ from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
 from medledger.common.errors import (
     ERROR_DOMAIN,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
     Unavailable,
+    to_rpc_status,
 )
 from medledger.inference.server import InferenceServiceServicer
 from medledger.testkit.inprocess import channel, inference_servicer, ledger_servicer, running
@@ -132,3 +134,16 @@ async def test_error_after_streamed_responses_keeps_them_and_maps_the_error() ->
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations = details(raised.value)["BadRequest"].field_violations
     assert [v.field for v in violations] == ["patient_ids[1]"]
+
+
+def test_a_precondition_on_named_inputs_carries_a_bad_request() -> None:
+    """FAILED_PRECONDITION naming inputs (a prediction's missing features) lists them in a
+    BadRequest, as INVALID_ARGUMENT does; one without names has none."""
+    error = FailedPrecondition("features unusable", reason="FEATURES_UNUSABLE")
+    error.violations = [FieldViolation("bmi", "FEATURE_MISSING")]
+    status = to_rpc_status(error, service="inference")
+    bad = error_details_pb2.BadRequest()
+    assert [d.Unpack(bad) for d in status.details if d.Is(bad.DESCRIPTOR)] == [True]
+    assert [(v.field, v.description) for v in bad.field_violations] == [("bmi", "FEATURE_MISSING")]
+    plain = to_rpc_status(FailedPrecondition("not ready"), service="inference")
+    assert not any(d.Is(bad.DESCRIPTOR) for d in plain.details)

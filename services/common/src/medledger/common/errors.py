@@ -171,7 +171,9 @@ def to_rpc_status(error: MedledgerError, *, service: str) -> status_pb2.Status:
         metadata={"service": service, **error.metadata},
     )
     details = [_pack(info)]
-    if isinstance(error, InvalidArgument):
+    # Bad input names its fields; so does a precondition on named inputs (the features a
+    # prediction lacks), whatever the code.
+    if isinstance(error, InvalidArgument) or error.violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
