@@ -40,10 +40,11 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import bson
 import grpc
@@ -225,22 +226,40 @@ async def raw_inserts(
     return runs, statistics.mean(len(bson.encode(doc)) for doc in templates)
 
 
-async def creates(
-    stub: record_pb2_grpc.RecordServiceAsyncStub, patients: list[str], seconds: float
+Stub: TypeAlias = "record_pb2_grpc.RecordServiceAsyncStub"  # in the .pyi only
+Stubs = Callable[[], AbstractAsyncContextManager[Stub]]
+
+
+async def measure(
+    stubs: Stubs, seconds: float, make: Callable[[Stub], Operation]
 ) -> dict[int, Run]:
+    """A warm-up, then a run from each number of clients, each on a channel with a fresh
+    token (the platform's tokens live five minutes)."""
+    async with stubs() as stub:
+        await warm_up(make(stub))
+    runs = {}
+    for clients in CLIENTS:
+        async with stubs() as stub:
+            runs[clients] = await closed_loop(clients, seconds, make(stub))
+    return runs
+
+
+async def creates(stubs: Stubs, patients: list[str], seconds: float) -> dict[int, Run]:
     rng = random.Random(7)
 
-    async def create(_n: int) -> None:
-        patient_id = rng.choice(patients)
-        document = corpus.clinical(rng, corpus.clinical_type(rng), patient_id)
-        await stub.CreateResource(
-            record_pb2.CreateResourceRequest(
-                resource_json=corpus.without_id(document), purpose=TREAT
+    def operation(stub: Stub) -> Operation:
+        async def create(_n: int) -> None:
+            patient_id = rng.choice(patients)
+            document = corpus.clinical(rng, corpus.clinical_type(rng), patient_id)
+            await stub.CreateResource(
+                record_pb2.CreateResourceRequest(
+                    resource_json=corpus.without_id(document), purpose=TREAT
+                )
             )
-        )
 
-    await warm_up(create)
-    return {clients: await closed_loop(clients, seconds, create) for clients in CLIENTS}
+        return create
+
+    return await measure(stubs, seconds, operation)
 
 
 # -- (b) reads --------------------------------------------------------------------------------
@@ -252,7 +271,8 @@ class ReadOperations:
 
     loaded: loader.Loaded
     rng: random.Random = field(default_factory=lambda: random.Random(9))
-    found: int = 0
+    searches: int = 0
+    found: int = 0  # resources the searches returned
 
     def target(self) -> loader.Stored:
         return self.rng.choice(self.loaded.resources)
@@ -262,38 +282,44 @@ class ReadOperations:
         code = self.rng.choice(corpus.OBSERVATION_CODES)[0]
         return self.rng.choice(self.loaded.patients), f"{LOINC}|{code}"
 
+    def get(self, stub: Stub) -> Operation:
+        async def get(_n: int) -> None:
+            stored = self.target()
+            await stub.GetResource(
+                record_pb2.GetResourceRequest(
+                    resource_type=stored.resource_type, id=stored.resource_id, purpose=TREAT
+                )
+            )
+
+        return get
+
+    def search(self, stub: Stub) -> Operation:
+        async def search(_n: int) -> None:
+            patient_id, code = self.query()
+            reply = await stub.SearchResources(
+                record_pb2.SearchResourcesRequest(
+                    resource_type="Observation",
+                    params=[
+                        record_pb2.SearchParam(name="patient", value=patient_id),
+                        record_pb2.SearchParam(name="code", value=code),
+                    ],
+                    purpose=TREAT,
+                )
+            )
+            self.searches += 1
+            self.found += len(reply.resources)
+
+        return search
+
 
 async def reads(
-    stub: record_pb2_grpc.RecordServiceAsyncStub, operations: ReadOperations, seconds: float
-) -> dict[str, dict[int, Run]]:
-    async def get(_n: int) -> None:
-        stored = operations.target()
-        await stub.GetResource(
-            record_pb2.GetResourceRequest(
-                resource_type=stored.resource_type, id=stored.resource_id, purpose=TREAT
-            )
-        )
-
-    async def search(_n: int) -> None:
-        patient_id, code = operations.query()
-        reply = await stub.SearchResources(
-            record_pb2.SearchResourcesRequest(
-                resource_type="Observation",
-                params=[
-                    record_pb2.SearchParam(name="patient", value=patient_id),
-                    record_pb2.SearchParam(name="code", value=code),
-                ],
-                purpose=TREAT,
-            )
-        )
-        operations.found += len(reply.resources)
-
-    results: dict[str, dict[int, Run]] = {}
-    for name, operation in (("GetResource", get), ("SearchResources", search)):
-        await warm_up(operation)
-        operations.found = 0
-        results[name] = {c: await closed_loop(c, seconds, operation) for c in CLIENTS}
-    return results
+    stubs: Stubs, operations: ReadOperations, seconds: float
+) -> tuple[dict[str, dict[int, Run]], float]:
+    """The runs of each call, and the mean number of resources a search found."""
+    gets = await measure(stubs, seconds, operations.get)
+    searches = await measure(stubs, seconds, operations.search)
+    found = operations.found / max(1, operations.searches)
+    return {"GetResource": gets, "SearchResources": searches}, found
 
 
 # -- (d) where the time goes ---------------------------------------------------------------
@@ -370,7 +396,7 @@ def report_creates(raw: dict[int, Run], api: dict[int, Run], document_bytes: flo
         "ratio",
         "failed",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=column == "call")
     for clients in CLIENTS:
         r, a = raw[clients], api[clients]
         table.add_row(
@@ -390,7 +416,7 @@ def report_creates(raw: dict[int, Run], api: dict[int, Run], document_bytes: flo
 def report_reads(results: dict[str, dict[int, Run]], stored: int, found: float) -> None:
     table = Table(title=f"(b) reads with {stored:,} resources stored (each read ledgered)")
     for column in ("call", "clients", "calls/s", "p50 ms", "p99 ms", "failed"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=column == "call")
     for name, runs in results.items():
         for clients, run in runs.items():
             table.add_row(
@@ -429,7 +455,7 @@ def report_breakdown(results: dict[str, Breakdown]) -> None:
         "failed",
     )
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=column == "call")
     for name, result in results.items():
         run, ms = result.run, result.per_call_ms
         mean = statistics.mean(run.latencies) * 1000 if run.latencies else float("nan")
@@ -488,9 +514,15 @@ async def main(resources: int, seconds: float) -> None:
     assert record_pid is not None
     record_vault = VaultSettings(addr=vault.addr, token=vault.token_for("record"))
     transit = VaultTransit(record_vault)
+
+    @asynccontextmanager
+    async def stubs() -> AsyncIterator[Stub]:
+        fresh = await platform.token(SCOPE, ORGANIZATION, [TREAT])
+        async with authed_channel(record.address, fresh) as channel:
+            yield record_pb2_grpc.RecordServiceStub(channel)
+
     try:
-        async with authed_channel(record.address, token) as channel:
-            stub = record_pb2_grpc.RecordServiceStub(channel)
+        async with stubs() as stub:
             first = await stub.CreateResource(
                 record_pb2.CreateResourceRequest(
                     resource_json=corpus.without_id(corpus.patient(random.Random(1))),
@@ -498,57 +530,53 @@ async def main(resources: int, seconds: float) -> None:
                 )
             )
             receipt = first.resource.receipt.SerializeToString()
-            console.print(f"(load) {resources:,} resources through the record's storage layer")
-            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.uri, tz_aware=True)
-            # The record's own client token and identity's patient directory, as it uses them.
-            tokens = ServiceTokenSource(
-                transit,
-                RecordConfig().client_key,
-                service_client_id("record"),
-                platform.identity_address,
-                RecordSettings(),
-                scope=SERVICE_SCOPES,
+        console.print(f"(load) {resources:,} resources through the record's storage layer")
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.uri, tz_aware=True)
+        # The record's own client token and identity's patient directory, as it uses them.
+        tokens = ServiceTokenSource(
+            transit,
+            RecordConfig().client_key,
+            service_client_id("record"),
+            platform.identity_address,
+            RecordSettings(),
+            scope=SERVICE_SCOPES,
+        )
+        directory = IdentityPatientDirectory(platform.identity_address, RecordSettings(), tokens)
+        try:
+            loaded = await loader.load(
+                client,
+                DATABASE,
+                VaultPatientKeys(transit),
+                directory,
+                count=resources,
+                holder=ORGANIZATION,
+                receipt=receipt,
             )
-            directory = IdentityPatientDirectory(
-                platform.identity_address, RecordSettings(), tokens
-            )
-            try:
-                loaded = await loader.load(
-                    client,
-                    DATABASE,
-                    VaultPatientKeys(transit),
-                    directory,
-                    count=resources,
-                    holder=ORGANIZATION,
-                    receipt=receipt,
-                )
-            finally:
-                await directory.aclose()
-                await tokens.aclose()
-                await client.close()
-            console.print(
-                f"    {len(loaded.patients):,} patients, {len(loaded.resources):,} clinical "
-                f"resources in {loaded.seconds:.0f} s ({resources / loaded.seconds:.0f}/s); "
-                + ", ".join(f"{n:,} {c}" for c, n in sorted(loaded.documents.items()))
-            )
-            console.print(
-                "    skipped by the loader: CheckAccess, ledger appends (each version's receipt "
-                "is a copy of one real receipt), idempotency records, RecordStore's per-write "
-                "round trips (documents written with insert_many)"
-            )
-            after_load = memory_kib(record_pid)
+        finally:
+            await directory.aclose()
+            await tokens.aclose()
+            await client.close()
+        console.print(
+            f"    {len(loaded.patients):,} patients, {len(loaded.resources):,} clinical "
+            f"resources in {loaded.seconds:.0f} s ({resources / loaded.seconds:.0f}/s); "
+            + ", ".join(f"{n:,} {c}" for c, n in sorted(loaded.documents.items()))
+        )
+        console.print(
+            "    skipped by the loader: CheckAccess, ledger appends (each version's receipt "
+            "is a copy of one real receipt), idempotency records, RecordStore's per-write "
+            "round trips (documents written with insert_many)"
+        )
+        after_load = memory_kib(record_pid)
 
-            console.print("(a) raw inserts, then CreateResource")
-            raw, document_bytes = await raw_inserts(
-                mongo.uri, DATABASE, len(loaded.patients) + 1, seconds
-            )
-            api = await creates(stub, loaded.patients, seconds)
-            console.print("(b) GetResource and SearchResources")
-            operations = ReadOperations(loaded)
-            read_runs = await reads(stub, operations, seconds)
-            searches = sum(r.calls for r in read_runs["SearchResources"].values())
-            found = operations.found / max(1, searches)
-            peak = memory_kib(record_pid)
+        console.print("(a) raw inserts, then CreateResource")
+        raw, document_bytes = await raw_inserts(
+            mongo.uri, DATABASE, len(loaded.patients) + 1, seconds
+        )
+        api = await creates(stubs, loaded.patients, seconds)
+        console.print("(b) GetResource and SearchResources")
+        operations = ReadOperations(loaded)
+        read_runs, found = await reads(stubs, operations, seconds)
+        peak = memory_kib(record_pid)
         console.print(f"(d) the same calls in-process, {BREAKDOWN_CLIENTS} clients, timed ports")
         instrumented = instrumented_record(
             mongo.uri, DATABASE, record_vault, platform.identity_address, platform.ledger_address
