@@ -27,47 +27,47 @@ from medledger.api.common.v1 import purpose_pb2 as medledger_dot_api_dot_common_
 from medledger.api.ledger.v1 import ledger_pb2 as medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*medledger/api/inference/v1/inference.proto\x12\x1amedledger.api.inference.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%medledger/api/common/v1/purpose.proto\x1a$medledger/api/ledger/v1/ledger.proto\"_\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nloinc_code\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x11\n\tmin_value\x18\x04 \x01(\x01\x12\x11\n\tmax_value\x18\x05 \x01(\x01\"\xee\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x33\n\x04task\x18\x04 \x01(\x0e\x32%.medledger.api.inference.v1.ModelTask\x12\x35\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32#.medledger.api.inference.v1.Feature\x12\x17\n\x0fmodel_card_json\x18\x06 \x01(\t\x12\x31\n\rregister_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x13\x46\x65\x61tureContribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.medledger.api.inference.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"D\n\x10GetModelResponse\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.medledger.api.inference.v1.Model\"H\n\x14RegisterModelRequest\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.medledger.api.inference.v1.Model\"|\n\x15RegisterModelResponse\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.medledger.api.inference.v1.Model\x12\x31\n\x07receipt\x18\x02 \x01(\x0b\x32 .medledger.api.ledger.v1.Receipt\"\x87\x01\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x36\n\x07purpose\x18\x04 \x01(\x0e\x32%.medledger.api.common.v1.PurposeOfUse\"\x8c\x02\n\x0fPredictResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nbase_score\x18\x03 \x01(\x01\x12\x46\n\rcontributions\x18\x04 \x03(\x0b\x32/.medledger.api.inference.v1.FeatureContribution\x12\x30\n\x05model\x18\x05 \x01(\x0b\x32!.medledger.api.inference.v1.Model\x12\x31\n\x07receipt\x18\x06 \x01(\x0b\x32 .medledger.api.ledger.v1.Receipt\x12\x1a\n\x12risk_assessment_id\x18\x07 \x01(\t\"\x8d\x01\n\x13\x42\x61tchPredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x13\n\x0bpatient_ids\x18\x03 \x03(\t\x12\x36\n\x07purpose\x18\x04 \x01(\x0e\x32%.medledger.api.common.v1.PurposeOfUse\"<\n\x08Progress\x12\x11\n\tcompleted\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\"\xef\x01\n\x10PredictionResult\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nbase_score\x18\x04 \x01(\x01\x12\x46\n\rcontributions\x18\x05 \x03(\x0b\x32/.medledger.api.inference.v1.FeatureContribution\x12\x31\n\x07receipt\x18\x06 \x01(\x0b\x32 .medledger.api.ledger.v1.Receipt\x12\x1a\n\x12risk_assessment_id\x18\x07 \x01(\t\"U\n\x0cPatientError\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xd4\x01\n\x14\x42\x61tchPredictResponse\x12\x38\n\x08progress\x18\x01 \x01(\x0b\x32$.medledger.api.inference.v1.ProgressH\x00\x12>\n\x06result\x18\x02 \x01(\x0b\x32,.medledger.api.inference.v1.PredictionResultH\x00\x12\x39\n\x05\x65rror\x18\x03 \x01(\x0b\x32(.medledger.api.inference.v1.PatientErrorH\x00\x42\x07\n\x05\x65vent*h\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_TASK_REGRESSION\x10\x01\x12$\n MODEL_TASK_BINARY_CLASSIFICATION\x10\x02\x32\xb5\x04\n\x10InferenceService\x12k\n\nListModels\x12-.medledger.api.inference.v1.ListModelsRequest\x1a..medledger.api.inference.v1.ListModelsResponse\x12\x65\n\x08GetModel\x12+.medledger.api.inference.v1.GetModelRequest\x1a,.medledger.api.inference.v1.GetModelResponse\x12t\n\rRegisterModel\x12\x30.medledger.api.inference.v1.RegisterModelRequest\x1a\x31.medledger.api.inference.v1.RegisterModelResponse\x12\x62\n\x07Predict\x12*.medledger.api.inference.v1.PredictRequest\x1a+.medledger.api.inference.v1.PredictResponse\x12s\n\x0c\x42\x61tchPredict\x12/.medledger.api.inference.v1.BatchPredictRequest\x1a\x30.medledger.api.inference.v1.BatchPredictResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*medledger/api/inference/v1/inference.proto\x12\x1amedledger.api.inference.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%medledger/api/common/v1/purpose.proto\x1a$medledger/api/ledger/v1/ledger.proto\"t\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nloinc_code\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x11\n\tmin_value\x18\x04 \x01(\x01\x12\x11\n\tmax_value\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ode_system\x18\x06 \x01(\t\"\xee\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x33\n\x04task\x18\x04 \x01(\x0e\x32%.medledger.api.inference.v1.ModelTask\x12\x35\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32#.medledger.api.inference.v1.Feature\x12\x17\n\x0fmodel_card_json\x18\x06 \x01(\t\x12\x31\n\rregister_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x13\x46\x65\x61tureContribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.medledger.api.inference.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"D\n\x10GetModelResponse\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.medledger.api.inference.v1.Model\"H\n\x14RegisterModelRequest\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.medledger.api.inference.v1.Model\"|\n\x15RegisterModelResponse\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.medledger.api.inference.v1.Model\x12\x31\n\x07receipt\x18\x02 \x01(\x0b\x32 .medledger.api.ledger.v1.Receipt\"\x87\x01\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x36\n\x07purpose\x18\x04 \x01(\x0e\x32%.medledger.api.common.v1.PurposeOfUse\"\x8c\x02\n\x0fPredictResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nbase_score\x18\x03 \x01(\x01\x12\x46\n\rcontributions\x18\x04 \x03(\x0b\x32/.medledger.api.inference.v1.FeatureContribution\x12\x30\n\x05model\x18\x05 \x01(\x0b\x32!.medledger.api.inference.v1.Model\x12\x31\n\x07receipt\x18\x06 \x01(\x0b\x32 .medledger.api.ledger.v1.Receipt\x12\x1a\n\x12risk_assessment_id\x18\x07 \x01(\t\"\x8d\x01\n\x13\x42\x61tchPredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x13\n\x0bpatient_ids\x18\x03 \x03(\t\x12\x36\n\x07purpose\x18\x04 \x01(\x0e\x32%.medledger.api.common.v1.PurposeOfUse\"<\n\x08Progress\x12\x11\n\tcompleted\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\"\xef\x01\n\x10PredictionResult\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nbase_score\x18\x04 \x01(\x01\x12\x46\n\rcontributions\x18\x05 \x03(\x0b\x32/.medledger.api.inference.v1.FeatureContribution\x12\x31\n\x07receipt\x18\x06 \x01(\x0b\x32 .medledger.api.ledger.v1.Receipt\x12\x1a\n\x12risk_assessment_id\x18\x07 \x01(\t\"U\n\x0cPatientError\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xd4\x01\n\x14\x42\x61tchPredictResponse\x12\x38\n\x08progress\x18\x01 \x01(\x0b\x32$.medledger.api.inference.v1.ProgressH\x00\x12>\n\x06result\x18\x02 \x01(\x0b\x32,.medledger.api.inference.v1.PredictionResultH\x00\x12\x39\n\x05\x65rror\x18\x03 \x01(\x0b\x32(.medledger.api.inference.v1.PatientErrorH\x00\x42\x07\n\x05\x65vent*h\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_TASK_REGRESSION\x10\x01\x12$\n MODEL_TASK_BINARY_CLASSIFICATION\x10\x02\x32\xb5\x04\n\x10InferenceService\x12k\n\nListModels\x12-.medledger.api.inference.v1.ListModelsRequest\x1a..medledger.api.inference.v1.ListModelsResponse\x12\x65\n\x08GetModel\x12+.medledger.api.inference.v1.GetModelRequest\x1a,.medledger.api.inference.v1.GetModelResponse\x12t\n\rRegisterModel\x12\x30.medledger.api.inference.v1.RegisterModelRequest\x1a\x31.medledger.api.inference.v1.RegisterModelResponse\x12\x62\n\x07Predict\x12*.medledger.api.inference.v1.PredictRequest\x1a+.medledger.api.inference.v1.PredictResponse\x12s\n\x0c\x42\x61tchPredict\x12/.medledger.api.inference.v1.BatchPredictRequest\x1a\x30.medledger.api.inference.v1.BatchPredictResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medledger.api.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELTASK']._serialized_start=2236
-  _globals['_MODELTASK']._serialized_end=2340
+  _globals['_MODELTASK']._serialized_start=2257
+  _globals['_MODELTASK']._serialized_end=2361
   _globals['_FEATURE']._serialized_start=184
-  _globals['_FEATURE']._serialized_end=279
-  _globals['_MODEL']._serialized_start=282
-  _globals['_MODEL']._serialized_end=520
-  _globals['_FEATURECONTRIBUTION']._serialized_start=522
-  _globals['_FEATURECONTRIBUTION']._serialized_end=597
-  _globals['_LISTMODELSREQUEST']._serialized_start=599
-  _globals['_LISTMODELSREQUEST']._serialized_end=657
-  _globals['_LISTMODELSRESPONSE']._serialized_start=659
-  _globals['_LISTMODELSRESPONSE']._serialized_end=755
-  _globals['_GETMODELREQUEST']._serialized_start=757
-  _globals['_GETMODELREQUEST']._serialized_end=805
-  _globals['_GETMODELRESPONSE']._serialized_start=807
-  _globals['_GETMODELRESPONSE']._serialized_end=875
-  _globals['_REGISTERMODELREQUEST']._serialized_start=877
-  _globals['_REGISTERMODELREQUEST']._serialized_end=949
-  _globals['_REGISTERMODELRESPONSE']._serialized_start=951
-  _globals['_REGISTERMODELRESPONSE']._serialized_end=1075
-  _globals['_PREDICTREQUEST']._serialized_start=1078
-  _globals['_PREDICTREQUEST']._serialized_end=1213
-  _globals['_PREDICTRESPONSE']._serialized_start=1216
-  _globals['_PREDICTRESPONSE']._serialized_end=1484
-  _globals['_BATCHPREDICTREQUEST']._serialized_start=1487
-  _globals['_BATCHPREDICTREQUEST']._serialized_end=1628
-  _globals['_PROGRESS']._serialized_start=1630
-  _globals['_PROGRESS']._serialized_end=1690
-  _globals['_PREDICTIONRESULT']._serialized_start=1693
-  _globals['_PREDICTIONRESULT']._serialized_end=1932
-  _globals['_PATIENTERROR']._serialized_start=1934
-  _globals['_PATIENTERROR']._serialized_end=2019
-  _globals['_BATCHPREDICTRESPONSE']._serialized_start=2022
-  _globals['_BATCHPREDICTRESPONSE']._serialized_end=2234
-  _globals['_INFERENCESERVICE']._serialized_start=2343
-  _globals['_INFERENCESERVICE']._serialized_end=2908
+  _globals['_FEATURE']._serialized_end=300
+  _globals['_MODEL']._serialized_start=303
+  _globals['_MODEL']._serialized_end=541
+  _globals['_FEATURECONTRIBUTION']._serialized_start=543
+  _globals['_FEATURECONTRIBUTION']._serialized_end=618
+  _globals['_LISTMODELSREQUEST']._serialized_start=620
+  _globals['_LISTMODELSREQUEST']._serialized_end=678
+  _globals['_LISTMODELSRESPONSE']._serialized_start=680
+  _globals['_LISTMODELSRESPONSE']._serialized_end=776
+  _globals['_GETMODELREQUEST']._serialized_start=778
+  _globals['_GETMODELREQUEST']._serialized_end=826
+  _globals['_GETMODELRESPONSE']._serialized_start=828
+  _globals['_GETMODELRESPONSE']._serialized_end=896
+  _globals['_REGISTERMODELREQUEST']._serialized_start=898
+  _globals['_REGISTERMODELREQUEST']._serialized_end=970
+  _globals['_REGISTERMODELRESPONSE']._serialized_start=972
+  _globals['_REGISTERMODELRESPONSE']._serialized_end=1096
+  _globals['_PREDICTREQUEST']._serialized_start=1099
+  _globals['_PREDICTREQUEST']._serialized_end=1234
+  _globals['_PREDICTRESPONSE']._serialized_start=1237
+  _globals['_PREDICTRESPONSE']._serialized_end=1505
+  _globals['_BATCHPREDICTREQUEST']._serialized_start=1508
+  _globals['_BATCHPREDICTREQUEST']._serialized_end=1649
+  _globals['_PROGRESS']._serialized_start=1651
+  _globals['_PROGRESS']._serialized_end=1711
+  _globals['_PREDICTIONRESULT']._serialized_start=1714
+  _globals['_PREDICTIONRESULT']._serialized_end=1953
+  _globals['_PATIENTERROR']._serialized_start=1955
+  _globals['_PATIENTERROR']._serialized_end=2040
+  _globals['_BATCHPREDICTRESPONSE']._serialized_start=2043
+  _globals['_BATCHPREDICTRESPONSE']._serialized_end=2255
+  _globals['_INFERENCESERVICE']._serialized_start=2364
+  _globals['_INFERENCESERVICE']._serialized_end=2929
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,7 @@ class Feature(_message.Message):
     UNIT_FIELD_NUMBER: _builtins.int
     MIN_VALUE_FIELD_NUMBER: _builtins.int
     MAX_VALUE_FIELD_NUMBER: _builtins.int
+    CODE_SYSTEM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Input name in the model (e.g. "bmi")."""
     loinc_code: _builtins.str
@@ -64,6 +65,10 @@ class Feature(_message.Message):
     min_value: _builtins.float
     """Valid range, inclusive; values outside it are refused."""
     max_value: _builtins.float
+    code_system: _builtins.str
+    """Code system of loinc_code when the code is not a LOINC code (a local system's URI, e.g.
+    https://medledger.dev/fhir/CodeSystem/fna-cytology); empty means LOINC (http://loinc.org).
+    """
     def __init__(
         self,
         *,
@@ -72,10 +77,11 @@ class Feature(_message.Message):
         unit: _builtins.str = ...,
         min_value: _builtins.float = ...,
         max_value: _builtins.float = ...,
+        code_system: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loinc_code", b"loinc_code", "max_value", b"max_value", "min_value", b"min_value", "name", b"name", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_system", b"code_system", "loinc_code", b"loinc_code", "max_value", b"max_value", "min_value", b"min_value", "name", b"name", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -71,14 +71,14 @@ class InferenceServiceServicer:
     """
 
     def ListModels(self, request, context):
-        """ListModels lists registered models, by name then version.
+        """ListModels lists registered models, by name then version (admin or inference.predict).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """GetModel returns one model version and its card.
+        """GetModel returns one model version and its card (admin or inference.predict).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,7 +86,9 @@ class InferenceServiceServicer:
 
     def RegisterModel(self, request, context):
         """RegisterModel registers a model version served by Triton (admin); its digest must match
-        the ONNX file served. Ledgered as MODEL_REGISTERED.
+        the ONNX file served. Ledgered as MODEL_REGISTERED (resource Model/<name>, the version,
+        content_commitment = the digest). Registering the same model again returns it unchanged;
+        another model under a registered name and version is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

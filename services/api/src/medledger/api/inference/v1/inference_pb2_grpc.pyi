@@ -37,12 +37,14 @@ class InferenceServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> InferenceServiceAsyncStub: ...
     ListModels: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListModelsRequest, _inference_pb2.ListModelsResponse]
-    """ListModels lists registered models, by name then version."""
+    """ListModels lists registered models, by name then version (admin or inference.predict)."""
     GetModel: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetModelRequest, _inference_pb2.GetModelResponse]
-    """GetModel returns one model version and its card."""
+    """GetModel returns one model version and its card (admin or inference.predict)."""
     RegisterModel: _grpc.UnaryUnaryMultiCallable[_inference_pb2.RegisterModelRequest, _inference_pb2.RegisterModelResponse]
     """RegisterModel registers a model version served by Triton (admin); its digest must match
-    the ONNX file served. Ledgered as MODEL_REGISTERED.
+    the ONNX file served. Ledgered as MODEL_REGISTERED (resource Model/<name>, the version,
+    content_commitment = the digest). Registering the same model again returns it unchanged;
+    another model under a registered name and version is ALREADY_EXISTS.
     """
     Predict: _grpc.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]
     """Predict scores one patient from their record, read under consent for the purpose given.
@@ -62,12 +64,14 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListModelsRequest, _inference_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """ListModels lists registered models, by name then version."""
+    """ListModels lists registered models, by name then version (admin or inference.predict)."""
     GetModel: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetModelRequest, _inference_pb2.GetModelResponse]  # type: ignore[assignment]
-    """GetModel returns one model version and its card."""
+    """GetModel returns one model version and its card (admin or inference.predict)."""
     RegisterModel: _aio.UnaryUnaryMultiCallable[_inference_pb2.RegisterModelRequest, _inference_pb2.RegisterModelResponse]  # type: ignore[assignment]
     """RegisterModel registers a model version served by Triton (admin); its digest must match
-    the ONNX file served. Ledgered as MODEL_REGISTERED.
+    the ONNX file served. Ledgered as MODEL_REGISTERED (resource Model/<name>, the version,
+    content_commitment = the digest). Registering the same model again returns it unchanged;
+    another model under a registered name and version is ALREADY_EXISTS.
     """
     Predict: _aio.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]  # type: ignore[assignment]
     """Predict scores one patient from their record, read under consent for the purpose given.
@@ -90,7 +94,7 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ListModelsResponse, _abc.Awaitable[_inference_pb2.ListModelsResponse]]:
-        """ListModels lists registered models, by name then version."""
+        """ListModels lists registered models, by name then version (admin or inference.predict)."""
 
     @_abc_1.abstractmethod
     def GetModel(
@@ -98,7 +102,7 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.GetModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.GetModelResponse, _abc.Awaitable[_inference_pb2.GetModelResponse]]:
-        """GetModel returns one model version and its card."""
+        """GetModel returns one model version and its card (admin or inference.predict)."""
 
     @_abc_1.abstractmethod
     def RegisterModel(
@@ -107,7 +111,9 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.RegisterModelResponse, _abc.Awaitable[_inference_pb2.RegisterModelResponse]]:
         """RegisterModel registers a model version served by Triton (admin); its digest must match
-        the ONNX file served. Ledgered as MODEL_REGISTERED.
+        the ONNX file served. Ledgered as MODEL_REGISTERED (resource Model/<name>, the version,
+        content_commitment = the digest). Registering the same model again returns it unchanged;
+        another model under a registered name and version is ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
