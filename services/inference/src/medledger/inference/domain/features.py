@@ -208,8 +208,12 @@ REASON_DESCRIPTIONS: Final[Mapping[FeatureReason, str]] = MappingProxyType(
 
 @dataclass(frozen=True)
 class FeatureProblem:
+    """Why ``feature`` has no usable value; ``detail``, when given, is one more sentence
+    naming codes and elements only (a derived feature says which of its sources failed)."""
+
     feature: str
     reason: FeatureReason
+    detail: str = ""
 
 
 class FeaturesUnusable(FailedPrecondition):
@@ -233,7 +237,11 @@ class FeaturesUnusable(FailedPrecondition):
         )
         self.problems = tuple(problems)
         self.violations = [
-            FieldViolation(p.feature, f"{p.reason}: {REASON_DESCRIPTIONS[p.reason]}")
+            FieldViolation(
+                p.feature,
+                f"{p.reason}: {REASON_DESCRIPTIONS[p.reason]}"
+                + (f"; {p.detail}" if p.detail else ""),
+            )
             for p in problems
         ]
 
@@ -364,30 +372,69 @@ def _value_in_feature_unit(
     return value, unit
 
 
-def _candidates(
-    observation: Mapping[str, Any], by_coding: Mapping[Coding, list[int]]
-) -> Iterator[tuple[Coding, _Candidate]]:
+def _usable(
+    observation: object,
+) -> tuple[ObservationRef, tuple[datetime, datetime, datetime, int, str]] | None:
+    """The Observation's version and its place in time (step 2's order), when it may be used
+    at all: an Observation with an accepted status and an id."""
     if not isinstance(observation, Mapping) or observation.get("resourceType") != "Observation":
-        return
+        return None
     status = observation.get("status")
     if not isinstance(status, str) or status not in ACCEPTED_STATUSES:
-        return
+        return None
     resource_id = observation.get("id")
     if not isinstance(resource_id, str) or not resource_id:
-        return
+        return None
     meta = _mapping(observation.get("meta"))
     version = meta.get("versionId")
     if not isinstance(version, str) or not version:
         version = None
-    source = ObservationRef(resource_id, version)
     issued = _instant(observation.get("issued"))
     order = (
-        _clinical_time(observation) or issued or _NEVER,
+        clinical_time(observation) or issued or _NEVER,
         issued or _NEVER,
         _instant(meta.get("lastUpdated")) or _NEVER,
         int(version) if version is not None and version.isascii() and version.isdigit() else 0,
         resource_id,
     )
+    return ObservationRef(resource_id, version), order
+
+
+def latest_observation(
+    observations: Iterable[Mapping[str, Any]], codes: Iterable[Coding], *, element: str
+) -> tuple[Mapping[str, Any], ObservationRef] | None:
+    """The latest usable Observation (an accepted status and an id; the order of step 2)
+    whose ``code`` has one of ``codes`` and that has ``element`` at its top level (for values
+    that are not quantities: ``valueCodeableConcept``), with its version; None when there is
+    none. As for quantities, that latest one decides: the caller must not look further."""
+    wanted = frozenset(codes)
+    best: _Latest | None = None
+    for observation in observations:
+        usable = _usable(observation)
+        if usable is None or element not in observation:
+            continue
+        if wanted.isdisjoint(_codings(observation.get("code"))):
+            continue
+        source, order = usable
+        if best is None or order > best.order:
+            best = _Latest(order, observation, source)
+    return None if best is None else (best.observation, best.source)
+
+
+@dataclass(frozen=True)
+class _Latest:
+    order: tuple[datetime, datetime, datetime, int, str]
+    observation: Mapping[str, Any]
+    source: ObservationRef
+
+
+def _candidates(
+    observation: Mapping[str, Any], by_coding: Mapping[Coding, list[int]]
+) -> Iterator[tuple[Coding, _Candidate]]:
+    usable = _usable(observation)
+    if usable is None:
+        return
+    source, order = usable
     elements: list[tuple[str, Mapping[str, Any]]] = [("valueQuantity", observation)]
     components = observation.get("component")
     if isinstance(components, list):
@@ -438,7 +485,9 @@ def _ucum_code(quantity: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _clinical_time(observation: Mapping[str, Any]) -> datetime | None:
+def clinical_time(observation: Mapping[str, Any]) -> datetime | None:
+    """When the Observation was true (``effectiveDateTime``, ``effectiveInstant``,
+    ``effectivePeriod.end``, else its start), in UTC; None when it says none."""
     period = _mapping(observation.get("effectivePeriod"))
     for value in (
         observation.get("effectiveDateTime"),
