@@ -26,7 +26,7 @@ from medledger.common.server import ServiceServer
 from medledger.common.vault_layout import WITNESS_KEYS, witness_mount
 from medledger.identity.server import IDENTITY_ACCESS
 from medledger.inference.adapters.triton import TritonSettings
-from medledger.inference.config import InferenceSettings
+from medledger.inference.config import InferenceConfig, InferenceSettings
 from medledger.inference.runtime import from_settings as inference_from_settings
 from medledger.inference.server import INFERENCE_ACCESS
 from medledger.ledger.server import LEDGER_ACCESS
@@ -67,7 +67,10 @@ def _log_vkey() -> str:
 
 @pytest.fixture(scope="module")
 async def servers(
-    auth_platform: Platform, mongo_server: Any, vault_server: Any
+    auth_platform: Platform,
+    mongo_server: Any,
+    vault_server: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[dict[str, str]]:
     """Service name -> address, for all five services."""
     peers = PeerSettings(
@@ -88,7 +91,12 @@ async def servers(
         # No Triton here: inference stays NOT_SERVING, and still decides who may call it.
         ServiceServer(
             inference_from_settings(
-                InferenceSettings(grpc_port=0), TritonSettings(url="127.0.0.1:9"), peers
+                InferenceSettings(grpc_port=0),
+                InferenceConfig(model_repository=tmp_path_factory.mktemp("models")),
+                TritonSettings(url="127.0.0.1:9"),
+                mongo,
+                VaultSettings(addr=vault_server.addr, token=vault_server.token_for("inference")),
+                peers,
             )
         ),
         ServiceServer(

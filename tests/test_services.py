@@ -59,13 +59,14 @@ def own_mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]
     server.stop()
 
 
-def endpoints(mongo: MongoServer, vault: Any, triton_url: str = "") -> StackEndpoints:
+def endpoints(mongo: MongoServer, vault: Any, triton: Any = None) -> StackEndpoints:
     ports = dict(zip(SERVICE_PORTS, free_ports(len(SERVICE_PORTS)), strict=True))
     return StackEndpoints(
         mongo_uri=mongo.uri,
         vault_addr=vault.addr,
         vault_tokens=vault.service_tokens,
-        triton_url=triton_url,
+        triton_url=triton.grpc_url if triton is not None else "",
+        model_repository=triton.model_repository if triton is not None else None,
         service_ports=ports,
         # The public keys the witness follows, read with the operators' token as `dev up` does.
         keys=read_stack_keys(vault.addr, vault.operator_token),
@@ -162,7 +163,7 @@ def test_sigterm_exits_cleanly(own_mongo: MongoServer, vault_server: Any, tmp_pa
 def test_inference_serves_when_triton_is_ready(
     own_mongo: MongoServer, vault_server: Any, triton_server: Any, tmp_path: Path
 ) -> None:
-    where = endpoints(own_mongo, vault_server, triton_server.grpc_url)
+    where = endpoints(own_mongo, vault_server, triton_server)
     (server,) = start_services(("inference",), where, tmp_path)
     try:
         assert check(server.address) == SERVING

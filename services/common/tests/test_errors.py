@@ -21,7 +21,6 @@ from medledger.common.errors import (
     Unavailable,
     to_rpc_status,
 )
-from medledger.inference.server import InferenceServiceServicer
 from medledger.testkit.inprocess import channel, inference_servicer, ledger_servicer, running
 
 PHI = "Jane Doe, born 1961-04-02, MRN 99812"
@@ -46,7 +45,7 @@ class FailingLedger(LedgerServiceServicer):
         raise NotFound("no such page", reason="PAGE_TOKEN_UNKNOWN")
 
 
-class FailingMidStream(InferenceServiceServicer):
+class FailingMidStream(inference_pb2_grpc.InferenceServiceServicer):
     async def BatchPredict(self, request: Any, context: Any) -> Any:
         yield inference_pb2.BatchPredictResponse(
             progress=inference_pb2.Progress(completed=1, total=2)

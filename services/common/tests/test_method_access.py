@@ -29,7 +29,6 @@ from medledger.common.policy import (
 )
 from medledger.common.server import ServiceServer
 from medledger.common.service import Servicer, ServiceRuntime
-from medledger.inference.server import InferenceServiceServicer
 from medledger.testkit.inprocess import inference_servicer, running
 from medledger.testkit.tokens import TEST_TOKENS
 
@@ -268,7 +267,9 @@ async def test_public_methods_health_and_reflection_need_no_token(address: str) 
 
 
 async def test_a_response_stream_is_refused_before_it_starts() -> None:
-    async with running(inference_servicer(InferenceServiceServicer()), name="inference") as server:
+    async with running(
+        inference_servicer(inference_pb2_grpc.InferenceServiceServicer()), name="inference"
+    ) as server:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             stub = inference_pb2_grpc.InferenceServiceStub(ch)
             call = stub.BatchPredict(inference_pb2.BatchPredictRequest(), metadata=bearer("admin"))

@@ -3,6 +3,7 @@ token nor another service's."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,16 @@ def test_service_env_points_at_the_stack() -> None:
     assert env["LEDGER_WITNESS_VKEYS"] == ""
     assert "TRITON_URL" not in env
     assert "WITNESS_NAME" not in env
-    assert service_env("inference", ENDPOINTS, base={})["TRITON_URL"] == "127.0.0.1:8011"
+    inference = service_env(
+        "inference",
+        replace(ENDPOINTS, model_repository=Path("build/models/local")),
+        base={"INFERENCE_MODEL_REPOSITORY": "/elsewhere"},
+    )
+    assert inference["TRITON_URL"] == "127.0.0.1:8011"
+    # The folder the stack's Triton serves, whatever the shell said.
+    assert inference["INFERENCE_MODEL_REPOSITORY"] == str(Path("build/models/local").resolve())
+    assert inference["MEDLEDGER_MONGODB_DATABASE"] == "medledger_inference"
+    assert "INFERENCE_MODEL_REPOSITORY" not in env
 
 
 def test_otel_exporters_off_unless_the_user_configured_otel() -> None:

@@ -21,7 +21,7 @@ def _mode(path: Path) -> int:
 
 
 def test_each_service_keeping_data_has_a_database_of_its_own() -> None:
-    assert set(SERVICE_DATABASES) == set(SERVICE_PORTS) - {"inference"}
+    assert set(SERVICE_DATABASES) == set(SERVICE_PORTS)
     assert len(set(SERVICE_DATABASES.values())) == len(SERVICE_DATABASES)
     for name, witness in WITNESSES.items():
         assert SERVICE_DATABASES[name] == witness.database != SERVICE_DATABASES["ledger"]
@@ -39,10 +39,6 @@ def test_each_service_is_handed_its_own_mongo_credential_only(
     for service in stack.services:
         env = service.env()
         name = service.component
-        if name not in SERVICE_DATABASES:  # inference keeps no data
-            assert "MONGODB_URI" not in env
-            assert "MEDLEDGER_MONGODB_DATABASE" not in env
-            continue
         database = SERVICE_DATABASES[name]
         assert env["MEDLEDGER_MONGODB_DATABASE"] == database
         assert env["MONGODB_URI"] == (

@@ -131,6 +131,7 @@ B = TypeVar("B", bound=BaseSettings)
 C = TypeVar("C", bound=BaseSettings)
 D = TypeVar("D", bound=BaseSettings)
 E = TypeVar("E", bound=BaseSettings)
+F = TypeVar("F", bound=BaseSettings)
 
 
 def _variable_name(model: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
@@ -170,6 +171,10 @@ def load_settings(a: type[A], b: type[B], c: type[C], d: type[D], /) -> tuple[A,
 def load_settings(
     a: type[A], b: type[B], c: type[C], d: type[D], e: type[E], /
 ) -> tuple[A, B, C, D, E]: ...
+@overload
+def load_settings(
+    a: type[A], b: type[B], c: type[C], d: type[D], e: type[E], f: type[F], /
+) -> tuple[A, B, C, D, E, F]: ...
 def load_settings(*models: type[BaseSettings]) -> tuple[BaseSettings, ...]:
     """Builds each settings model from the environment, or raises one :class:`ConfigError`
     naming every variable that is wrong or missing across all of them. Values are never

@@ -116,6 +116,7 @@ class DevStack:
             keys=keys,
             identity_bootstrap=bootstrap,
             mongo_uris=self.mongo.user_uris(),
+            model_repository=self.triton.model_repository,
         )
         return [
             ServiceServer(

@@ -83,6 +83,7 @@ SERVICE_DATABASES: Final[Mapping[str, str]] = MappingProxyType(
         "identity": "medledger_identity",
         "record": "medledger_record",
         "ledger": "medledger_ledger",
+        "inference": "medledger_inference",
         **{name: witness.database for name, witness in WITNESSES.items()},
     }
 )
@@ -170,6 +171,9 @@ class StackEndpoints:
     # Each service's own Mongo connection string (its user's), by service name; a service
     # not in it uses ``mongo_uri`` (a server without authentication, as in the tests).
     mongo_uris: Mapping[str, str] = field(default_factory=dict)
+    # The model repository Triton serves, which the inference service reads to hash the
+    # model files (INFERENCE_MODEL_REPOSITORY); None: not set.
+    model_repository: Path | None = None
 
     def service_addr(self, name: str) -> str:
         return f"{self.host}:{self.service_ports[name]}"
@@ -271,6 +275,9 @@ def service_env(
         env["MEDLEDGER_MONGODB_DATABASE"] = database
     if name == "inference":
         env["TRITON_URL"] = endpoints.triton_url
+        env.pop("INFERENCE_MODEL_REPOSITORY", None)
+        if endpoints.model_repository is not None:
+            env["INFERENCE_MODEL_REPOSITORY"] = str(endpoints.model_repository.resolve())
     if name in WITNESSES:
         env.update(_witness_env(name, endpoints))
     if name == "identity":

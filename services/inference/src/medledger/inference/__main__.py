@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from medledger.common.config import PeerSettings, load_settings
+from medledger.common.config import MongoSettings, PeerSettings, VaultSettings, load_settings
 from medledger.common.server import run_service
 from medledger.common.service import ServiceRuntime
 from medledger.inference.adapters.triton import TritonSettings
-from medledger.inference.config import InferenceSettings
+from medledger.inference.config import InferenceConfig, InferenceSettings
 from medledger.inference.runtime import from_settings
 
 
 def build() -> ServiceRuntime:
-    return from_settings(*load_settings(InferenceSettings, TritonSettings, PeerSettings))
+    settings, config, triton, mongo, vault, peers = load_settings(
+        InferenceSettings,
+        InferenceConfig,
+        TritonSettings,
+        MongoSettings,
+        VaultSettings,
+        PeerSettings,
+    )
+    return from_settings(settings, config, triton, mongo, vault, peers)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""gRPC servicer of the inference service: converts messages to domain calls and back.
+"""gRPC servicer of the inference service: converts messages to domain calls and back
+(:class:`~medledger.inference.domain.registry.ModelRegistry` does the registry's work).
 
 Every RPC of the v1 contract is declared; those that answer UNIMPLEMENTED are filled by
 a later issue.
@@ -10,11 +11,20 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
+from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.errors import Unimplemented
+from medledger.common.interceptors import authenticated_principal
 from medledger.common.policy import Scopes, ServiceAccess
 from medledger.common.scopes import ADMIN, INFERENCE_PREDICT
+from medledger.inference.domain.registration import (
+    FeatureDefinition,
+    ModelRegistration,
+    ModelTask,
+)
+from medledger.inference.domain.registry import ModelRegistry, RegisteredModel, Registrant
 
 Context = grpc.aio.ServicerContext[Any, Any]
 PENDING = "not implemented yet"
@@ -37,21 +47,91 @@ INFERENCE_ACCESS: Final = ServiceAccess(
 )
 
 
+_TASKS: Final = {
+    inference_pb2.MODEL_TASK_REGRESSION: ModelTask.REGRESSION,
+    inference_pb2.MODEL_TASK_BINARY_CLASSIFICATION: ModelTask.BINARY_CLASSIFICATION,
+}
+_TASK_VALUES: Final = {task: value for value, task in _TASKS.items()}
+
+
+def _registration(model: inference_pb2.Model) -> ModelRegistration:
+    return ModelRegistration(
+        name=model.name,
+        version=model.version,
+        digest=model.digest,
+        task=_TASKS.get(model.task),
+        features=tuple(
+            FeatureDefinition(
+                name=f.name,
+                code=f.loinc_code,
+                code_system=f.code_system,
+                unit=f.unit,
+                min_value=f.min_value,
+                max_value=f.max_value,
+            )
+            for f in model.features
+        ),
+        card_json=model.model_card_json,
+    )
+
+
+def _model(model: RegisteredModel) -> inference_pb2.Model:
+    registration = model.registration
+    registered = Timestamp()
+    registered.FromDatetime(model.register_time)
+    return inference_pb2.Model(
+        name=registration.name,
+        version=registration.version,
+        digest=registration.digest,
+        task=(
+            _TASK_VALUES[registration.task]
+            if registration.task is not None
+            else inference_pb2.MODEL_TASK_UNSPECIFIED
+        ),
+        features=[
+            inference_pb2.Feature(
+                name=f.name,
+                loinc_code=f.code,
+                code_system=f.code_system,
+                unit=f.unit,
+                min_value=f.min_value,
+                max_value=f.max_value,
+            )
+            for f in registration.features
+        ],
+        model_card_json=registration.card_json,
+        register_time=registered,
+    )
+
+
 class InferenceServiceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: Context
     ) -> inference_pb2.ListModelsResponse:
-        raise Unimplemented(PENDING)
+        found = await self._registry.list_models(request.page_size, request.page_token)
+        return inference_pb2.ListModelsResponse(
+            models=[_model(m) for m in found.items], next_page_token=found.next_page_token
+        )
 
     async def GetModel(
         self, request: inference_pb2.GetModelRequest, context: Context
     ) -> inference_pb2.GetModelResponse:
-        raise Unimplemented(PENDING)
+        found = await self._registry.get(request.name, request.version)
+        return inference_pb2.GetModelResponse(model=_model(found))
 
     async def RegisterModel(
         self, request: inference_pb2.RegisterModelRequest, context: Context
     ) -> inference_pb2.RegisterModelResponse:
-        raise Unimplemented(PENDING)
+        caller = authenticated_principal()
+        registered = await self._registry.register(
+            Registrant(caller.subject, caller.organization), _registration(request.model)
+        )
+        return inference_pb2.RegisterModelResponse(
+            model=_model(registered), receipt=ledger_pb2.Receipt.FromString(registered.receipt)
+        )
 
     async def Predict(
         self, request: inference_pb2.PredictRequest, context: Context

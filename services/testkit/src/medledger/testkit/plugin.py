@@ -115,6 +115,7 @@ def service_environment(
         vault_tokens=vault.service_tokens,
         triton_url=triton.grpc_url if triton is not None else "",
         service_ports=dict(ports),
+        model_repository=triton.model_repository if triton is not None else None,
     )
     return service_env(name, endpoints, base)
 
