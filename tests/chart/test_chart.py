@@ -164,7 +164,10 @@ def test_egress_reaches_only_what_each_component_needs(render: Render) -> None:
         "identity": {component_port["ledger"]} | mongo | vault,
         "record": {component_port["identity"], component_port["ledger"]} | mongo | vault,
         "ledger": {component_port[c] for c in ("identity", "ledger", "witness")} | mongo | vault,
-        "inference": {component_port[c] for c in ("identity", "record", "ledger")} | triton,
+        "inference": {component_port[c] for c in ("identity", "record", "ledger")}
+        | mongo
+        | vault
+        | triton,
         "witness": {component_port["identity"]} | mongo | vault,
     }
     for name, policy in policies.items():
@@ -200,7 +203,7 @@ def mongo_users(manifest: Manifest) -> dict[str, tuple[str, tuple[str, str]]]:
 
 def test_no_two_components_share_a_database_or_a_mongo_credential(manifest: Manifest) -> None:
     users = mongo_users(manifest)
-    assert {"identity", "record", "ledger"} <= users.keys()
+    assert {"identity", "record", "ledger", "inference"} <= users.keys()
     databases = [database for database, _ in users.values()]
     credentials = [credential for _, credential in users.values()]
     assert len(set(databases)) == len(databases)
@@ -210,6 +213,33 @@ def test_no_two_components_share_a_database_or_a_mongo_credential(manifest: Mani
 def test_each_component_reads_its_own_credential_secret_by_default(render: Render) -> None:
     for name, (_, credential) in mongo_users(render()).items():
         assert credential == (f"{RELEASE}-{name}-mongodb", "uri")
+
+
+@pytest.mark.parametrize(
+    ("values", "mount", "source"),
+    [
+        ([], "/var/lib/medledger/models", "persistentVolumeClaim"),
+        (["-f", str(FULL_VALUES)], "/models", "nfs"),
+    ],
+)
+def test_inference_reads_the_model_repository_triton_serves_read_only(
+    render: Render, values: list[str], mount: str, source: str
+) -> None:
+    inference = of_kind(render(*values), "Deployment")["inference"]
+    assert env(inference)["INFERENCE_MODEL_REPOSITORY"] == mount
+    mounts = {m["name"]: m for m in container(inference)["volumeMounts"]}
+    assert mounts["model-repository"] == {
+        "name": "model-repository",
+        "mountPath": mount,
+        "readOnly": True,
+    }
+    volumes = {v["name"]: v for v in inference["spec"]["template"]["spec"]["volumes"]}
+    assert source in volumes["model-repository"]
+    assert volumes["model-repository"][source]["readOnly"] is True
+    others = of_kind(render(*values), "Deployment")
+    for name, deployment in others.items():
+        if name != "inference":
+            assert "INFERENCE_MODEL_REPOSITORY" not in env(deployment)
 
 
 def test_the_witness_database_is_not_the_ledgers(render: Render) -> None:
@@ -253,7 +283,7 @@ def vault_logins(manifest: Manifest) -> dict[str, tuple[str, str]]:
 
 def test_each_component_logs_in_to_vault_as_its_own_role(manifest: Manifest) -> None:
     logins = vault_logins(manifest)
-    assert {"identity", "record", "ledger"} <= logins.keys()
+    assert {"identity", "record", "ledger", "inference"} <= logins.keys()
     for name, (role, _) in logins.items():
         assert role == f"medledger-{name}"  # the policy of vault_layout.policy_name(name)
         deployment = of_kind(manifest, "Deployment")[name]

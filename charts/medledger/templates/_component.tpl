@@ -167,6 +167,12 @@ spec:
               mountPath: /etc/medledger/bootstrap
               readOnly: true
             {{- end }}
+            {{- if eq .name "inference" }}
+            # The model repository Triton serves: RegisterModel hashes the files Triton loads.
+            - name: model-repository
+              mountPath: {{ .root.Values.inference.modelRepository.mountPath }}
+              readOnly: true
+            {{- end }}
             {{- if $usesVault }}
             # Where Vault's Kubernetes auth clients read the service-account token by default.
             - name: vault-token
@@ -190,6 +196,10 @@ spec:
             items:
               - key: jwks.json
                 path: jwks.json
+        {{- end }}
+        {{- if eq .name "inference" }}
+        - name: model-repository
+          {{- toYaml (required "inference.modelRepository.volume is required" .root.Values.inference.modelRepository.volume) | nindent 10 }}
         {{- end }}
         {{- if $usesVault }}
         - name: vault-token

@@ -227,6 +227,9 @@ same name in its place.
 {{- $env = append $env (dict "name" "IDENTITY_BOOTSTRAP_CLIENT_JWKS_FILE" "value" "/etc/medledger/bootstrap/jwks.json") -}}
 {{- end -}}
 {{- end -}}
+{{- if eq .name "inference" -}}
+{{- $env = append $env (dict "name" "INFERENCE_MODEL_REPOSITORY" "value" (required "inference.modelRepository.mountPath is required" $root.Values.inference.modelRepository.mountPath)) -}}
+{{- end -}}
 {{- if eq .name "witness" -}}
 {{- $env = append $env (dict "name" "WITNESS_NAME" "value" (required "witness.name is required when the witness is enabled" $root.Values.witness.name)) -}}
 {{- $env = append $env (dict "name" "WITNESS_KEY" "value" $root.Values.witness.key) -}}
