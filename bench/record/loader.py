@@ -38,10 +38,10 @@ from pymongo import AsyncMongoClient, UpdateOne
 
 from bench.record import corpus
 from medledger.common.errors import MedledgerError
+from medledger.common.key_cache import DataKeyCache
 from medledger.record.adapters.mongo_store import COMMITTED, RecordStore, _slot_id
 from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.domain.fhir_validation import validate_resource
-from medledger.record.domain.key_cache import DataKeyCache
 from medledger.record.domain.peers import PatientDirectory
 from medledger.record.domain.ports import (
     CurrentPointer,

@@ -34,6 +34,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.config import VaultSettings
+from medledger.common.key_cache import DataKeyCache
 from medledger.common.ledger_client import LedgerClient
 from medledger.common.patient_log import PatientLog
 from medledger.common.patient_log_mongo import MongoPatientLeafStore
@@ -50,7 +51,6 @@ from medledger.record.adapters.ledger_events import PatientLogLedger
 from medledger.record.adapters.mongo_store import RecordStore
 from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.config import RecordConfig, RecordSettings
-from medledger.record.domain.key_cache import DataKeyCache
 from medledger.record.domain.peers import AccessChecks, AccessQuery, AccessVerdict, RecordEvent
 from medledger.record.domain.peers import RecordLedger as RecordLedgerPort
 from medledger.record.domain.records import EncryptedRecords

@@ -13,11 +13,11 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from medledger.common.config import MongoSettings, VaultSettings
+from medledger.common.key_cache import DataKeyCache
 from medledger.common.mongo import create_mongo_client
 from medledger.common.vault import VaultTransit
 from medledger.record.adapters.mongo_store import RecordStore
 from medledger.record.adapters.vault_keys import VaultPatientKeys
-from medledger.record.domain.key_cache import DataKeyCache
 from medledger.record.domain.ports import PendingWrite, ResourceWrite, VersionRef
 from medledger.record.domain.records import EncryptedRecords
 

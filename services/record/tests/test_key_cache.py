@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from medledger.record.domain.key_cache import DataKeyCache
+from medledger.common.key_cache import DataKeyCache
 from medledger.record.domain.ports import NewDataKey
 from medledger.record.domain.records import EncryptedRecords
 

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.blinding import SALT_SIZE, Opening
 from medledger.common.errors import FailedPrecondition
+from medledger.common.key_cache import DataKeyCache
 from medledger.common.ledger_client import LedgerClient, LedgerEvent
 from medledger.common.paging import Listing, Page, page, page_size
 from medledger.common.subject import SubjectHasher
@@ -177,6 +178,9 @@ class PatientLog:
         self._store = store
         self._transit = transit
         self._wrapping_key = wrapping_key
+        # Every ledgered call of a patient needs their data key: unwrapped ones are kept
+        # briefly, found only with the wrapped key they came from (erasure drops the row).
+        self._keys = DataKeyCache()
 
     @staticmethod
     def _patient_key(pseudonym: bytes) -> str:
@@ -191,9 +195,14 @@ class PatientLog:
         return await self._unwrap(wrapped)
 
     async def _unwrap(self, wrapped: str) -> bytes:
+        cache_key = wrapped.encode()
+        cached = self._keys.get(cache_key, wrapped)
+        if cached is not None:
+            return cached
         key = await self._transit.decrypt(self._wrapping_key, wrapped)
         if len(key) != _DATA_KEY_SIZE:
             raise FailedPrecondition("a patient's data key is damaged", reason="PATIENT_KEY")
+        self._keys.put(cache_key, wrapped, key)
         return key
 
     @staticmethod
@@ -277,4 +286,9 @@ class PatientLog:
         """Destroys the patient's leaf index: rows, salts and data key (the erasure hook).
         Call it once the patient's last event is ledgered; returns the rows destroyed."""
         patient_key = self._patient_key(await self._subjects.subject(patient_id))
-        return await self._store.erase(patient_key)
+        wrapped = await self._store.wrapped_key(patient_key)
+        try:
+            return await self._store.erase(patient_key)
+        finally:
+            if wrapped is not None:
+                self._keys.evict(wrapped.encode())

@@ -8,6 +8,7 @@ from medledger.api.record.v1 import record_pb2_grpc
 from medledger.common.auth import service_verifier
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.interceptors import TokenVerifier
+from medledger.common.key_cache import DataKeyCache
 from medledger.common.ledger_client import LedgerClient, TokenSource
 from medledger.common.mongo import create_mongo_client
 from medledger.common.patient_log import PatientLog
@@ -33,7 +34,6 @@ from medledger.record.adapters.ledger_reads import GrpcLedgerReads
 from medledger.record.adapters.mongo_store import RecordStore
 from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.config import RecordConfig, RecordSettings
-from medledger.record.domain.key_cache import DataKeyCache
 from medledger.record.domain.patient_rights import PatientRights
 from medledger.record.domain.record_audit import RecordAudit
 from medledger.record.domain.records import EncryptedRecords

@@ -47,6 +47,7 @@ from medledger.common.errors import (
     InvalidArgument,
     NotFound,
 )
+from medledger.common.key_cache import DataKeyCache
 from medledger.common.paging import Listing, Page
 from medledger.common.paging import page_size as page_size_rule
 from medledger.record.domain.blind_index import BlindIndex
@@ -59,7 +60,6 @@ from medledger.record.domain.envelope import (
     seal,
     unseal,
 )
-from medledger.record.domain.key_cache import DataKeyCache
 from medledger.record.domain.ports import (
     AuditedVersion,
     CurrentPointer,
