@@ -13,6 +13,11 @@ resource and version; whoever holds only the ledger sees 64 random hex digits.
 
 A hash of the commitment salt reveals nothing of it, so publishing one salt's uses does not
 open the other.
+
+The inference service blinds its INFERENCE_MADE entries the same way, with its own label
+(:func:`prediction_blinding_salt`): the entry's ``resource`` is ``RiskAssessment`` and the
+prediction's id blinded with a salt derived from the prediction's commitment salt
+(docs/prediction-format.md).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hmac
 from typing import Final
 
 BLINDING_SALT_LABEL: Final = b"medledger.record ledger blinding salt v1\x00"
+PREDICTION_BLINDING_SALT_LABEL: Final = b"medledger.inference ledger blinding salt v1\x00"
 RESOURCE_LABEL: Final = b"medledger.resource\x00"
 BLINDING_SALT_SIZE: Final = 32
 
@@ -30,6 +36,13 @@ def record_blinding_salt(commitment_salt: bytes) -> bytes:
     """The salt that blinds the ledger entry of the version whose commitment ``commitment_salt``
     opens."""
     return hashlib.sha256(BLINDING_SALT_LABEL + commitment_salt).digest()
+
+
+def prediction_blinding_salt(commitment_salt: bytes) -> bytes:
+    """The salt that blinds the INFERENCE_MADE entry of the prediction whose commitment
+    ``commitment_salt`` opens: SHA-256(``"medledger.inference ledger blinding salt v1"`` 0x00
+    || commitment salt)."""
+    return hashlib.sha256(PREDICTION_BLINDING_SALT_LABEL + commitment_salt).digest()
 
 
 def blinded_resource_id(salt: bytes, resource_type: str, resource_id: str, version: int) -> str:
