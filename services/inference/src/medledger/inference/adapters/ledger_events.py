@@ -1,14 +1,19 @@
 """The inference service's ledger entries (the registry's ``RegistryLedger``): identifiers and
 digests only, never PHI.
 
-MODEL_REGISTERED names resource ``Model/<name>`` at the model's version, commits to the ONNX
-file's SHA-256 (``content_commitment`` is the digest itself) and is appended under the key
-``inference:model-registered:<name>:<version>``, so a version is ledgered once however often
-its registration is retried.
+MODEL_REGISTERED names resource ``Model/<name>`` at the model's version and commits to the
+ONNX file's SHA-256 (``content_commitment`` is the digest itself). The registry stores each
+entry's bytes before appending them and resends those same bytes on a retry; the idempotency
+key is their SHA-256, so one registration is one entry however often it is retried. Keyed by
+the bytes, not by name and version: a registry that lost its database, or another one on the
+same ledger, registering a model version again gets an entry of its own (the ledger answers a
+key it knows with other bytes IDEMPOTENCY_KEY_REUSED); one name and version per registry is
+the registry's to enforce (its store), not the ledger's.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from medledger.api.ledger.v1 import ledger_pb2
@@ -17,8 +22,9 @@ from medledger.inference.domain.registration import ModelRegistration
 from medledger.inference.domain.registry import Registrant
 
 
-def registration_key(registration: ModelRegistration) -> str:
-    return f"inference:model-registered:{registration.name}:{registration.version}"
+def registration_key(entry: bytes) -> str:
+    """The idempotency key of a MODEL_REGISTERED entry: its bytes' SHA-256."""
+    return f"inference:model-registered:{hashlib.sha256(entry).hexdigest()}"
 
 
 class LedgerEvents:
@@ -43,10 +49,10 @@ class LedgerEvents:
         entry.time.FromDatetime(time)  # the registration's register_time, to the millisecond
         return entry.SerializeToString(deterministic=True)
 
-    async def append(self, registration: ModelRegistration, entry: bytes) -> bytes:
+    async def append(self, entry: bytes) -> bytes:
         receipt = await self._ledger.append_entry(
             ledger_pb2.LedgerEntry.FromString(entry),
-            idempotency_key=registration_key(registration),
+            idempotency_key=registration_key(entry),
             timeout=self._timeout,
         )
         return receipt.SerializeToString()

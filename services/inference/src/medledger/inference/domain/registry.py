@@ -15,9 +15,9 @@ Registering (admin):
    Triton loads equals the digest (MODEL_DIGEST_MISMATCH). Triton reports no file hashes,
    so the service hashes the file in the model repository Triton serves (:class:`ModelFiles`,
    the same folder or volume). Triton not answering is UNAVAILABLE.
-4. Never a registered model without its ledger entry, and never two entries for one name and
-   version: the registration is stored pending together with the exact bytes of its entry,
-   the entry is appended under an idempotency key of the name and version, then the
+4. Never a registered model without its ledger entry, and never two entries for one
+   registration: the registration is stored pending together with the exact bytes of its
+   entry, the entry is appended under an idempotency key of those bytes, then the
    registration is marked registered with the receipt. A crash or a ledger that does not
    answer leaves it pending (unseen by GetModel and ListModels); registering the same model
    again re-appends those same bytes, which the ledger answers with the first receipt. The
@@ -153,9 +153,9 @@ class RegistryLedger(Protocol):
         """The MODEL_REGISTERED entry's bytes (nothing is sent)."""
         ...
 
-    async def append(self, registration: ModelRegistration, entry: bytes) -> bytes:
-        """Appends ``entry`` under the name and version's idempotency key; the serialised
-        receipt (the first one when it was appended before)."""
+    async def append(self, entry: bytes) -> bytes:
+        """Appends ``entry`` under an idempotency key of its bytes; the serialised receipt
+        (the first one when these bytes were appended before)."""
         ...
 
 
@@ -198,7 +198,7 @@ class ModelRegistry:
                 reason=MODEL_VERSION_TAKEN,
             )
         if stored.receipt is None:
-            receipt = await self._ledger.append(stored.registration, stored.entry)
+            receipt = await self._ledger.append(stored.entry)
             stored = await self._store.mark_registered(stored, receipt)
         assert stored.receipt is not None
         return RegisteredModel(stored.registration, stored.register_time, stored.receipt)
