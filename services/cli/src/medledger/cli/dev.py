@@ -11,6 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from medledger.cli.demo import SeedError, seed_demo, seeded_table
+from medledger.cli.demo_models import (
+    ModelRegistrationError,
+    RegisteredDemoModel,
+    register_demo_models,
+    registered_table,
+)
 from medledger.devstack.devstack import ComponentStatus, DevStack
 from medledger.devstack.paths import StackPaths
 from medledger.devstack.probes import Health
@@ -87,6 +93,8 @@ def up(
     serving = all(s.health is Health.SERVING for s in statuses)
     seeded = None
     seed_error = None
+    models: list[RegisteredDemoModel] = []
+    model_error = None
     if serving and not deps_only:
         try:
             seeded = seed_demo(
@@ -97,6 +105,7 @@ def up(
             )
         except SeedError as exc:
             seed_error = exc
+        models, model_error = _register_models(stack)
     elapsed = time.monotonic() - started
     _show(stack, _table(statuses, f"medledger local stack (up in {elapsed:.1f}s)"))
     if seeded is not None:
@@ -106,6 +115,8 @@ def up(
             "on PATH needed); [bold]./medledger demo patients[/bold] lists the demo patients' "
             "ids; the README walks through tokens, consent, records and receipts."
         )
+    if models:
+        console.print(registered_table(models))
     if seed_error is not None:
         errors.print(
             f"[red bold]medledger dev up: demo seeding failed:[/red bold] {seed_error}",
@@ -115,8 +126,31 @@ def up(
             "The stack runs; fix it and run `medledger demo seed --record "
             f"{stack.service_address('record')}` (or `dev up`) again."
         )
-    if not serving or seed_error is not None:
+    if model_error is not None:
+        errors.print(
+            f"[red bold]medledger dev up: model registration failed:[/red bold] {model_error}",
+            highlight=False,
+        )
+        errors.print("The stack runs; fix it and run `medledger dev up` again.")
+    if not serving or seed_error is not None or model_error is not None:
         raise typer.Exit(1)
+
+
+def _register_models(
+    stack: DevStack,
+) -> tuple[list[RegisteredDemoModel], ModelRegistrationError | None]:
+    """Registers the models the stack's Triton serves (what is registered stays as it is)."""
+    try:
+        models = register_demo_models(
+            stack.service_address("identity"),
+            stack.service_address("inference"),
+            stack.paths,
+            stack.triton.model_repository,
+            say=_say,
+        )
+    except ModelRegistrationError as exc:
+        return [], exc
+    return models, None
 
 
 @app.command()
