@@ -1,11 +1,13 @@
-"""``medledger verify receipt|export``: check a ledger receipt, or a patient export and the
-ledger proof of each of its resources, offline, with public keys only."""
+"""``medledger verify receipt|export|prediction``: check a ledger receipt, a patient export
+and the ledger proof of each of its resources, or a prediction and its INFERENCE_MADE entry,
+offline, with public keys only."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from google.protobuf.message import DecodeError
@@ -21,12 +23,24 @@ from medledger.verify.export import (
     parse_bundle,
     verify_export,
 )
+from medledger.verify.prediction import (
+    CHECK_MODEL_OUTPUT,
+    PredictionDocument,
+    PredictionFormatError,
+    PredictionInvalid,
+    VerifiedPrediction,
+    check_model_file,
+    check_model_output,
+    parse_opening,
+    verify_prediction,
+)
 from medledger.verify.receipt import ReceiptInvalid, VerifiedReceipt, verify_receipt
 from medledger.verify.receipts import ReceiptFormatError, read_receipt
 from medledger.verify.trust import TrustPolicy
 
 app = typer.Typer(
-    help="Verify ledger receipts and patient exports offline, with public keys only (no network)."
+    help="Verify ledger receipts, patient exports and predictions offline, with public keys "
+    "only (no network)."
 )
 console = Console()
 errors = Console(stderr=True)
@@ -262,3 +276,171 @@ def export_command(
     )
     console.print(_entries_table(result))
     console.print(_export_summary(result, policy))
+
+
+def _run_model(model: bytes, document: PredictionDocument) -> float | None:
+    """The model's score of the document's input row, by onnxruntime when it is installed
+    (None when it is not): the CLI's own check, the verify library runs no model."""
+    try:
+        import numpy as np  # noqa: PLC0415
+        import onnxruntime  # noqa: PLC0415
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    row = np.array([document.input_row], dtype=np.float32)
+    (output,) = session.run([document.model.score_tensor], {document.model.input: row})
+    return float(np.asarray(output, dtype=np.float64)[0, document.model.score_column])
+
+
+def _prediction_summary(result: VerifiedPrediction, policy: TrustPolicy, model_check: str) -> Table:
+    document = result.document
+    checkpoint = result.receipt.checkpoint
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("prediction", document.prediction_id)
+    table.add_row("made at", document.made_at)
+    table.add_row("subject", document.subject)
+    table.add_row(
+        "model", f"{document.model.name} version {document.model.version} ({document.model.sha256})"
+    )
+    table.add_row("model file", model_check)
+    table.add_row("score", f"{document.score!r} ({document.model.score_kind})")
+    if document.label is not None:
+        table.add_row("label", document.label)
+    table.add_row("base score", repr(document.base_score))
+    table.add_row(
+        "contributions",
+        f"add up in {document.contribution_space} to within {result.tolerance:.3g} "
+        f"(residual {result.residual:.3g})",
+    )
+    table.add_row("basis", ", ".join(document.basis))
+    table.add_row("ledgered", _describe_entry(result.entry.SerializeToString()))
+    table.add_row("leaf index", str(result.leaf_index))
+    table.add_row(
+        "checkpoint",
+        f"{checkpoint.checkpoint.origin}, tree size {checkpoint.size}, "
+        f"root {checkpoint.root.hex()}",
+    )
+    table.add_row("signed by", checkpoint.log_key)
+    witnesses = policy.describe_witnesses(checkpoint)
+    if checkpoint.witnesses:
+        witnesses += ": " + ", ".join(checkpoint.witnesses)
+    table.add_row("witnesses", witnesses)
+    return table
+
+
+def _features_table(document: PredictionDocument) -> Table:
+    table = Table()
+    for column in ("feature", "value", "unit", "from", "model input", "contribution"):
+        table.add_column(column, overflow="fold")
+    for feature, scored, contribution in zip(
+        document.features, document.input_row, document.contributions, strict=True
+    ):
+        value = feature.category.code if feature.category is not None else f"{feature.value:.6g}"
+        origin = feature.derivation or ", ".join(feature.sources)
+        if feature.transform != "identity":
+            scored_text = f"{scored:.6g} ({feature.transform})"
+        else:
+            scored_text = f"{scored:.6g}"
+        table.add_row(
+            feature.name, value, feature.unit, origin, scored_text, f"{contribution:+.6g}"
+        )
+    return table
+
+
+def _refuse_prediction(file: Path, failure: PredictionInvalid) -> NoReturn:
+    errors.print(
+        f"[red bold]✗ prediction {file} does NOT verify[/red bold] "
+        f"([bold]{failure.check}[/bold] check failed)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    errors.print(f"  {failure.message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command("prediction")
+def prediction_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="The prediction's opening (prediction.json, as Predict returns it).",
+        ),
+    ],
+    *,
+    vkey: VkeyOption,
+    witness_vkey: WitnessOption = None,
+    quorum: QuorumOption = 0,
+    origin: OriginOption = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="The ONNX file: checks its SHA-256 is the prediction's model, and, when "
+            "onnxruntime is installed, that it scores the committed inputs as the prediction "
+            "says.",
+        ),
+    ] = None,
+) -> None:
+    """Check a prediction: which model produced this score from which inputs.
+
+    In order: the document opens the INFERENCE_MADE entry's commitment, the entry is that
+    prediction's, the receipt proves the entry in a checkpoint signed by the log (and
+    cosigned by the witnesses), each model input is its feature's value after the transform,
+    and the contributions add up to the score; with --model, the file's digest and its score
+    (docs/prediction-format.md). The first failure is named. Exit status: 0 every check
+    passes; 1 one fails, or the file is not a prediction opening; 2 a usage error.
+    """
+    policy = trust_policy(vkey, witness_vkey, quorum, origin)
+    try:
+        result = verify_prediction(parse_opening(file.read_bytes()), policy)
+    except PredictionFormatError as error:
+        errors.print(
+            f"[red bold]✗ {file}: not a prediction opening:[/red bold] {error}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    except PredictionInvalid as failure:
+        _refuse_prediction(file, failure)
+    model_check = "not checked (no --model given)"
+    if model is not None:
+        data = model.read_bytes()
+        try:
+            check_model_file(result.document, data)
+            reproduced = _run_model(data, result.document)
+            if reproduced is None:
+                model_check = (
+                    f"SHA-256 {hashlib.sha256(data).hexdigest()} matches; the score was not "
+                    "recomputed (onnxruntime is not installed)"
+                )
+            else:
+                check_model_output(result.document, reproduced)
+                model_check = (
+                    f"SHA-256 matches; onnxruntime scores the committed inputs {reproduced!r}"
+                )
+        except PredictionInvalid as failure:
+            _refuse_prediction(file, failure)
+        except Exception as error:  # noqa: BLE001 - the file is not a model onnxruntime runs
+            _refuse_prediction(
+                file,
+                PredictionInvalid(
+                    CHECK_MODEL_OUTPUT, f"onnxruntime could not run {model}: {type(error).__name__}"
+                ),
+            )
+    console.print(
+        f"[green bold]✓ prediction {file} verifies: {result.document.model.name} version "
+        f"{result.document.model.version} scored {result.document.score!r} from these "
+        "inputs[/green bold]",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(_features_table(result.document))
+    console.print(_prediction_summary(result, policy, model_check))
