@@ -68,8 +68,9 @@ COMMITTED: Final = "committed"
 DEFAULT_TRANSACTION_SECONDS: Final = 10.0
 # A search walks its rarest token's index entries this many at a time.
 CANDIDATE_CHUNK: Final = 256
-# Counting a token's entries stops here: past it, any such token is "common".
-TOKEN_COUNT_CAP: Final = 10_000
+# Counting a token's entries stops here (the count is only to rank tokens: past it, a
+# token is "common", and counting further would cost what the search avoids).
+TOKEN_COUNT_CAP: Final = 512
 
 
 @contextmanager
