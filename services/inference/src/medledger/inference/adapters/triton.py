@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from medledger.common.errors import Unavailable
+from medledger.common.errors import FailedPrecondition, Unavailable
 from medledger.inference.domain.registration import ModelTensors, Tensor
 
 # Triton's answers that mean it did not answer (as tritonclient words gRPC's codes).
@@ -64,6 +67,14 @@ class TritonModels:
             self._client = InferenceServerClient(self._url)
         return self._client
 
+    def client(self) -> InferenceServerClient:
+        """The client, for :class:`TritonInference` (one channel for both)."""
+        return self._open()
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
     async def served_tensors(self, name: str, version: int) -> ModelTensors | None:
         client = self._open()
         try:
@@ -82,3 +93,67 @@ class TritonModels:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+# Rows per Triton request: the models' max_batch_size (services/models: MAX_BATCH_SIZE).
+MAX_ROWS_PER_REQUEST: Final = 4096
+# Requests one inference sends at once (Triton's dynamic batcher joins them).
+REQUESTS_AT_ONCE: Final = 4
+
+
+class TritonInference:
+    """Runs rows through a served model (the ``ModelRunner`` port): one request per
+    :data:`MAX_ROWS_PER_REQUEST` rows, a few at once; Triton not answering is UNAVAILABLE,
+    a model it does not serve FAILED_PRECONDITION (MODEL_NOT_SERVED)."""
+
+    def __init__(self, models: TritonModels) -> None:
+        self._models = models
+        self._limit = asyncio.Semaphore(REQUESTS_AT_ONCE)
+
+    async def run(
+        self,
+        name: str,
+        version: int,
+        input_name: str,
+        rows: NDArray[np.float32],
+        output_name: str,
+    ) -> NDArray[Any]:
+        chunks = [
+            rows[start : start + MAX_ROWS_PER_REQUEST]
+            for start in range(0, len(rows), MAX_ROWS_PER_REQUEST)
+        ]
+        answers = await asyncio.gather(
+            *(self._one(name, version, input_name, chunk, output_name) for chunk in chunks)
+        )
+        return np.concatenate(answers) if answers else np.zeros((0,), dtype=np.float32)
+
+    async def _one(
+        self,
+        name: str,
+        version: int,
+        input_name: str,
+        rows: NDArray[np.float32],
+        output_name: str,
+    ) -> NDArray[Any]:
+        given = InferInput(input_name, list(rows.shape), "FP32")
+        given.set_data_from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        async with self._limit:
+            try:
+                answer = await self._models.client().infer(
+                    name,
+                    [given],
+                    model_version=str(version),
+                    outputs=[InferRequestedOutput(output_name)],
+                    client_timeout=self._models.timeout,
+                )
+            except InferenceServerException as error:
+                if error.status() in _UNREACHABLE:
+                    raise Unavailable("triton") from error
+                raise FailedPrecondition(
+                    "Triton does not serve this model version as registered",
+                    reason="MODEL_NOT_SERVED",
+                ) from error
+        result: NDArray[Any] | None = answer.as_numpy(output_name)
+        if result is None or len(result) != len(rows):
+            raise Unavailable("triton", reason="TRITON_BAD_ANSWER")
+        return result

@@ -1,0 +1,128 @@
+"""The record service, as a prediction reads a patient's record and writes its result back,
+always with the caller's own token: the reads are decided by CheckAccess and ledgered as the
+caller's (denied without consent, as a direct read would be), and the RiskAssessment and its
+Provenance are the caller's writes.
+
+Refusals come back as the record service said them (PERMISSION_DENIED, NOT_FOUND with its
+reason, ...); the record service not answering is UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import grpc
+
+from medledger.api.common.v1 import purpose_pb2
+from medledger.api.record.v1 import record_pb2, record_pb2_grpc
+from medledger.common.channels import create_channel
+from medledger.common.config import ServiceSettings
+from medledger.common.errors import MedledgerError, Unavailable, from_rpc_error
+
+DEPENDENCY: Final = "record"
+PAGE_SIZE: Final = 1000
+# A patient's Observations read for one prediction, at most (pages of PAGE_SIZE).
+MAX_PAGES: Final = 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CallerContext:
+    """Who predicts: their bearer token, purpose and (ETREAT) break-glass reason."""
+
+    token: str
+    purpose: purpose_pb2.PurposeOfUse.ValueType
+    break_glass_reason: str = ""
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")]
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    patient: dict[str, Any] | None
+    observations: list[dict[str, Any]]
+
+
+class RecordClient:
+    def __init__(self, address: str, settings: ServiceSettings, *, timeout: float = 10.0) -> None:
+        self._channel = create_channel(address, settings)
+        self._stub: record_pb2_grpc.RecordServiceAsyncStub = record_pb2_grpc.RecordServiceStub(
+            self._channel
+        )
+        self._timeout = timeout
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(DEPENDENCY) from error
+            decoded: MedledgerError = from_rpc_error(error)
+            raise decoded from error
+
+    async def read(
+        self, caller: CallerContext, patient_id: str, *, with_patient: bool
+    ) -> PatientRecord:
+        """The patient's Observations (every page), and their Patient resource when asked."""
+        patient = None
+        if with_patient:
+            reply = await self._call(
+                self._stub.GetResource(
+                    record_pb2.GetResourceRequest(
+                        resource_type="Patient",
+                        id=patient_id,
+                        purpose=caller.purpose,
+                        break_glass_reason=caller.break_glass_reason,
+                    ),
+                    metadata=caller.metadata,
+                    timeout=self._timeout,
+                )
+            )
+            patient = json.loads(reply.resource.resource_json)
+        observations: list[dict[str, Any]] = []
+        token = ""
+        for _ in range(MAX_PAGES):
+            page = await self._call(
+                self._stub.SearchResources(
+                    record_pb2.SearchResourcesRequest(
+                        resource_type="Observation",
+                        params=[record_pb2.SearchParam(name="patient", value=patient_id)],
+                        page_size=PAGE_SIZE,
+                        page_token=token,
+                        purpose=caller.purpose,
+                        break_glass_reason=caller.break_glass_reason,
+                    ),
+                    metadata=caller.metadata,
+                    timeout=self._timeout,
+                )
+            )
+            observations += [json.loads(r.resource_json) for r in page.resources]
+            token = page.next_page_token
+            if not token:
+                break
+        return PatientRecord(patient, observations)
+
+    async def create(
+        self, caller: CallerContext, resource: dict[str, Any], idempotency_key: str
+    ) -> record_pb2.StoredResource:
+        reply = await self._call(
+            self._stub.CreateResource(
+                record_pb2.CreateResourceRequest(
+                    resource_json=json.dumps(resource, separators=(",", ":")),
+                    purpose=caller.purpose,
+                    idempotency_key=idempotency_key,
+                    break_glass_reason=caller.break_glass_reason,
+                ),
+                metadata=caller.metadata,
+                timeout=self._timeout,
+            )
+        )
+        return reply.resource
+
+    async def aclose(self) -> None:
+        await self._channel.close(None)
