@@ -116,6 +116,7 @@ async def fuzz_stack(
         # The root token: the fuzz signing key is in no service's policy.
         vault_tokens=dict.fromkeys(SERVICES, vault_server.token),
         triton_url="127.0.0.1:9",  # nothing listens: inference serves, health NOT_SERVING
+        model_repository=root,  # an empty model repository: every model is unserved
         service_ports=ports,
         keys=await asyncio.to_thread(read_stack_keys, vault_server.addr, vault_server.token),
         identity_bootstrap=IdentityBootstrap(ADMIN_CLIENT, jwks_file),

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from medledger.common.errors import InvalidArgument
+from medledger.inference.domain.model_definition import ModelCardInvalid, parse_model_card
 from medledger.inference.domain.registration import (
     LOINC,
     FeatureDefinition,
@@ -183,7 +184,9 @@ def test_each_feature_of_the_card_is_checked_against_the_fields() -> None:
 
 
 def test_the_card_must_be_json_and_not_too_large() -> None:
-    assert problems(registration(card_json="{")) == [("model.model_card_json", "must be JSON")]
+    assert problems(registration(card_json="{")) == [
+        ("model.model_card_json", "must be JSON, nested at most 32 deep")
+    ]
     huge = json.dumps(card(padding="x" * (1024 * 1024)))
     assert problems(registration(card_json=huge))[0][0] == "model.model_card_json"
     assert ("model.model_card_json", "is required") in problems(registration(card_json=" "))
@@ -198,3 +201,19 @@ def test_descriptions_never_repeat_a_value() -> None:
         features=(replace(FEATURES[0], unit=secret, code=secret), *FEATURES[1:]),
     )
     assert all(secret not in description for _, description in problems(bad))
+
+
+def test_a_card_nested_past_the_bound_is_refused_not_a_crash() -> None:
+    """A card of thousands of nested brackets is bad input (the fuzzer found it raising
+    RecursionError through json.loads)."""
+    deep = "[" * 100_000
+    registration = ModelRegistration(
+        name="m", version=1, digest=bytes(32), task=ModelTask.REGRESSION, features=(),
+        card_json=deep,
+    )  # fmt: skip
+    with pytest.raises(InvalidArgument) as refused:
+        validate_registration(registration)
+    assert "model.model_card_json" in {v.field for v in refused.value.violations}
+    assert registration.fingerprint()
+    with pytest.raises(ModelCardInvalid):
+        parse_model_card(deep)

@@ -240,7 +240,8 @@ class TokenVerifier(Protocol):
     async def verify(self, token: str, method: str) -> Principal: ...
 
 
-def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The bearer token of a call's metadata (a service passing its caller's token on)."""
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
             scheme, _, token = value.partition(" ")
@@ -272,9 +273,7 @@ class AuthInterceptor(_ServerInterceptor):
     ) -> None:
         if rule is None:
             raise PermissionDenied("no caller may call this method", reason="METHOD_UNDECLARED")
-        token = _bearer_token(
-            cast(Iterable[tuple[str, str | bytes]], context.invocation_metadata())
-        )
+        token = bearer_token(cast(Iterable[tuple[str, str | bytes]], context.invocation_metadata()))
         if token is None:
             raise Unauthenticated("a bearer token is required", reason="TOKEN_MISSING")
         principal = await self._verifier.verify(token, method)

@@ -15,8 +15,15 @@ from medledger.common.vault import VaultTransit
 from medledger.inference.adapters.ledger_events import LedgerEvents
 from medledger.inference.adapters.model_files import ModelFiles
 from medledger.inference.adapters.model_store import ModelStore
-from medledger.inference.adapters.triton import TritonModels, TritonProbe, TritonSettings
+from medledger.inference.adapters.patient_records import RecordClient
+from medledger.inference.adapters.triton import (
+    TritonInference,
+    TritonModels,
+    TritonProbe,
+    TritonSettings,
+)
 from medledger.inference.config import InferenceConfig, InferenceSettings
+from medledger.inference.domain.predictor import Predictor
 from medledger.inference.domain.registry import ModelRegistry
 from medledger.inference.server import INFERENCE_ACCESS, InferenceServiceServicer
 
@@ -56,18 +63,19 @@ def inference_runtime(
         service_token = tokens
     ledger = LedgerClient(peers.ledger_addr, settings, token=service_token)
     served = TritonModels(triton)
+    files = ModelFiles(config.model_repository)
+    events = LedgerEvents(ledger, timeout=config.ledger_timeout_seconds)
     registry = ModelRegistry(
-        ModelStore(mongo, mongo_settings.mongodb_database),
-        served,
-        ModelFiles(config.model_repository),
-        LedgerEvents(ledger, timeout=config.ledger_timeout_seconds),
+        ModelStore(mongo, mongo_settings.mongodb_database), served, files, events
     )
+    records = RecordClient(peers.record_addr, settings, timeout=config.ledger_timeout_seconds)
+    predictor = Predictor(registry, files, TritonInference(served), records, events)
     return ServiceRuntime(
         name="inference",
         settings=settings,
         servicers=[
             Servicer(
-                InferenceServiceServicer(registry),
+                InferenceServiceServicer(registry, predictor),
                 inference_pb2_grpc.add_InferenceServiceServicer_to_server,
                 INFERENCE_ACCESS,
             )
@@ -75,7 +83,7 @@ def inference_runtime(
         mongo=mongo,
         vault=vault,
         extra_probes=[TritonProbe(triton)],
-        shutdown=[served.aclose, ledger.aclose, *shutdown],
+        shutdown=[served.aclose, records.aclose, ledger.aclose, *shutdown],
         verifier=verifier,
     )
 

@@ -1,8 +1,7 @@
 """gRPC servicer of the inference service: converts messages to domain calls and back
 (:class:`~medledger.inference.domain.registry.ModelRegistry` does the registry's work).
 
-Every RPC of the v1 contract is declared; those that answer UNIMPLEMENTED are filled by
-a later issue.
+Predict and BatchPredict are :class:`~medledger.inference.domain.predictor.Predictor`'s.
 """
 
 from __future__ import annotations
@@ -13,12 +12,22 @@ from typing import Any, Final
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from medledger.api.common.v1 import purpose_pb2
 from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.common.errors import Unimplemented
-from medledger.common.interceptors import authenticated_principal
+from medledger.common.errors import FieldViolation, InvalidArgument
+from medledger.common.interceptors import authenticated_principal, bearer_token
 from medledger.common.policy import Scopes, ServiceAccess
 from medledger.common.scopes import ADMIN, INFERENCE_PREDICT
+from medledger.inference.domain.predictor import (
+    MAX_BATCH_PATIENTS,
+    BatchEvent,
+    BatchFailure,
+    BatchProgress,
+    Caller,
+    Prediction,
+    Predictor,
+)
 from medledger.inference.domain.registration import (
     FeatureDefinition,
     ModelRegistration,
@@ -27,7 +36,6 @@ from medledger.inference.domain.registration import (
 from medledger.inference.domain.registry import ModelRegistry, RegisteredModel, Registrant
 
 Context = grpc.aio.ServicerContext[Any, Any]
-PENDING = "not implemented yet"
 
 _SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 _METHODS = _SERVICE.methods_by_name
@@ -105,8 +113,9 @@ def _model(model: RegisteredModel) -> inference_pb2.Model:
 
 
 class InferenceServiceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, predictor: Predictor) -> None:
         self._registry = registry
+        self._predictor = predictor
 
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: Context
@@ -136,10 +145,103 @@ class InferenceServiceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Predict(
         self, request: inference_pb2.PredictRequest, context: Context
     ) -> inference_pb2.PredictResponse:
-        raise Unimplemented(PENDING)
+        caller = _caller(context, request.purpose, request.break_glass_reason)
+        predicted = await self._predictor.predict(
+            caller, request.model_name, request.model_version, request.patient_id
+        )
+        explanation = predicted.explanation
+        return inference_pb2.PredictResponse(
+            score=explanation.score,
+            label=predicted.label,
+            base_score=explanation.base_score,
+            contributions=_contributions(predicted),
+            model=_model(predicted.model),
+            receipt=predicted.receipt,
+            risk_assessment_id=predicted.risk_assessment_id,
+            contribution_space=_SPACES[predicted.definition.contribution_space],
+            prediction_opening=predicted.opening,
+        )
 
     async def BatchPredict(
         self, request: inference_pb2.BatchPredictRequest, context: Context
     ) -> AsyncIterator[inference_pb2.BatchPredictResponse]:
-        raise Unimplemented(PENDING)
-        yield inference_pb2.BatchPredictResponse()  # unreachable: makes this a generator
+        caller = _caller(context, request.purpose, "")
+        patients = list(dict.fromkeys(request.patient_ids))
+        if not patients or len(patients) > MAX_BATCH_PATIENTS:
+            raise InvalidArgument(
+                [FieldViolation("patient_ids", f"1 to {MAX_BATCH_PATIENTS} patient ids")]
+            )
+        async for event in self._predictor.batch(
+            caller, request.model_name, request.model_version, patients
+        ):
+            yield _batch_event(event)
+
+
+_SPACES: Final = {
+    "probability": inference_pb2.CONTRIBUTION_SPACE_PROBABILITY,
+    "score": inference_pb2.CONTRIBUTION_SPACE_SCORE,
+}
+
+
+def _caller(context: Context, purpose: int, break_glass_reason: str) -> Caller:
+    """The authenticated caller, with the token it called with (passed on to the record
+    service) and the purpose it states (required)."""
+    if purpose == purpose_pb2.PURPOSE_OF_USE_UNSPECIFIED or (
+        purpose not in purpose_pb2.PurposeOfUse.values()
+    ):
+        raise InvalidArgument([FieldViolation("purpose", "a PurposeOfUse is required")])
+    principal = authenticated_principal()
+    token = bearer_token(context.invocation_metadata()) or ""
+    return Caller(
+        subject=principal.subject,
+        organization=principal.organization,
+        token=token,
+        purpose=purpose_pb2.PurposeOfUse.ValueType(purpose),
+        break_glass_reason=break_glass_reason,
+    )
+
+
+def _contributions(predicted: Prediction) -> list[inference_pb2.FeatureContribution]:
+    explanation = predicted.explanation
+    return [
+        inference_pb2.FeatureContribution(feature=name, value=value, contribution=share)
+        for name, value, share in zip(
+            predicted.definition.feature_names,
+            predicted.feature_values,
+            explanation.contributions,
+            strict=True,
+        )
+    ]
+
+
+def _batch_event(event: BatchEvent) -> inference_pb2.BatchPredictResponse:
+    if isinstance(event, BatchProgress):
+        return inference_pb2.BatchPredictResponse(
+            progress=inference_pb2.Progress(
+                completed=event.completed, failed=event.failed, total=event.total
+            )
+        )
+    if isinstance(event, BatchFailure):
+        return inference_pb2.BatchPredictResponse(
+            error=inference_pb2.PatientError(
+                patient_id=event.patient_id,
+                reason=event.reason,
+                features=list(event.features),
+                message=event.message,
+            )
+        )
+    predicted = event.prediction
+    explanation = predicted.explanation
+    return inference_pb2.BatchPredictResponse(
+        result=inference_pb2.PredictionResult(
+            patient_id=event.patient_id,
+            score=explanation.score,
+            label=predicted.label,
+            base_score=explanation.base_score,
+            contributions=_contributions(predicted),
+            receipt=predicted.receipt,
+            risk_assessment_id=predicted.risk_assessment_id,
+            contribution_space=_SPACES[predicted.definition.contribution_space],
+            prediction_opening=predicted.opening,
+        )
+    )

@@ -18,6 +18,8 @@ from datetime import datetime
 
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.ledger_client import LedgerClient, LedgerEvent
+from medledger.inference.domain.prediction_ledger import SealedPrediction
+from medledger.inference.domain.predictor import Caller
 from medledger.inference.domain.registration import ModelRegistration
 from medledger.inference.domain.registry import Registrant
 
@@ -56,3 +58,28 @@ class LedgerEvents:
             timeout=self._timeout,
         )
         return receipt.SerializeToString()
+
+    async def append_prediction(
+        self, sealed: SealedPrediction, caller: Caller
+    ) -> tuple[bytes, ledger_pb2.Receipt]:
+        """The INFERENCE_MADE entry: the model run, committed to, about no subject (the
+        RiskAssessment it names is blinded); appended under a key of its bytes."""
+        entry = self._ledger.entry(
+            LedgerEvent(
+                kind=sealed.kind,
+                actor=caller.subject,
+                organization=caller.organization,
+                resource_type=sealed.resource_type,
+                resource_id=sealed.resource_id,
+                resource_version=sealed.resource_version,
+                content_commitment=sealed.commitment,
+                purpose=caller.purpose,
+            )
+        )
+        data = entry.SerializeToString(deterministic=True)
+        receipt = await self._ledger.append_entry(
+            ledger_pb2.LedgerEntry.FromString(data),
+            idempotency_key=f"inference:prediction:{hashlib.sha256(data).hexdigest()}",
+            timeout=self._timeout,
+        )
+        return data, receipt

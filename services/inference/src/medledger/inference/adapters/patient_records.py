@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import grpc
 
-from medledger.api.common.v1 import purpose_pb2
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import MedledgerError, Unavailable, from_rpc_error
+from medledger.inference.domain.predictor import Caller, RecordRead, WrittenResource
 
 DEPENDENCY: Final = "record"
 PAGE_SIZE: Final = 1000
@@ -29,23 +28,8 @@ MAX_PAGES: Final = 20
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class CallerContext:
-    """Who predicts: their bearer token, purpose and (ETREAT) break-glass reason."""
-
-    token: str
-    purpose: purpose_pb2.PurposeOfUse.ValueType
-    break_glass_reason: str = ""
-
-    @property
-    def metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.token}")]
-
-
-@dataclass(frozen=True)
-class PatientRecord:
-    patient: dict[str, Any] | None
-    observations: list[dict[str, Any]]
+def _metadata(caller: Caller) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {caller.token}")]
 
 
 class RecordClient:
@@ -65,9 +49,7 @@ class RecordClient:
             decoded: MedledgerError = from_rpc_error(error)
             raise decoded from error
 
-    async def read(
-        self, caller: CallerContext, patient_id: str, *, with_patient: bool
-    ) -> PatientRecord:
+    async def read(self, caller: Caller, patient_id: str, *, with_patient: bool) -> RecordRead:
         """The patient's Observations (every page), and their Patient resource when asked."""
         patient = None
         if with_patient:
@@ -79,7 +61,7 @@ class RecordClient:
                         purpose=caller.purpose,
                         break_glass_reason=caller.break_glass_reason,
                     ),
-                    metadata=caller.metadata,
+                    metadata=_metadata(caller),
                     timeout=self._timeout,
                 )
             )
@@ -97,7 +79,7 @@ class RecordClient:
                         purpose=caller.purpose,
                         break_glass_reason=caller.break_glass_reason,
                     ),
-                    metadata=caller.metadata,
+                    metadata=_metadata(caller),
                     timeout=self._timeout,
                 )
             )
@@ -105,11 +87,11 @@ class RecordClient:
             token = page.next_page_token
             if not token:
                 break
-        return PatientRecord(patient, observations)
+        return RecordRead(patient, observations)
 
     async def create(
-        self, caller: CallerContext, resource: dict[str, Any], idempotency_key: str
-    ) -> record_pb2.StoredResource:
+        self, caller: Caller, resource: dict[str, Any], idempotency_key: str
+    ) -> WrittenResource:
         reply = await self._call(
             self._stub.CreateResource(
                 record_pb2.CreateResourceRequest(
@@ -118,11 +100,11 @@ class RecordClient:
                     idempotency_key=idempotency_key,
                     break_glass_reason=caller.break_glass_reason,
                 ),
-                metadata=caller.metadata,
+                metadata=_metadata(caller),
                 timeout=self._timeout,
             )
         )
-        return reply.resource
+        return WrittenResource(reply.resource.id, reply.resource.version)
 
     async def aclose(self) -> None:
         await self._channel.close(None)

@@ -24,7 +24,6 @@ card is the registry's, not a patient's, so the messages may name its fields.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from medledger.common.bounded_json import parse_json
 from medledger.inference.domain.explain import MAX_EXACT_FEATURES
 from medledger.inference.domain.features import Coding, Feature
 from medledger.inference.domain.ucum import is_ucum
@@ -240,8 +240,8 @@ def parse_model_card(card: Mapping[str, Any] | str | bytes) -> ModelDefinition:
     every problem."""
     if isinstance(card, str | bytes):
         try:
-            card = json.loads(card)
-        except (ValueError, RecursionError):
+            card = parse_json(card)
+        except ValueError:
             raise ModelCardInvalid(["(card): not JSON"]) from None
     reader = _Reader()
     definition = reader.card(card)

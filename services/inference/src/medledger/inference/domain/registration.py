@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from medledger.common.bounded_json import MAX_DEPTH, parse_json
 from medledger.common.errors import FieldViolation, InvalidArgument
 from medledger.inference.domain.explain import MAX_EXACT_FEATURES
 from medledger.inference.domain.ucum import is_ucum
@@ -117,7 +118,7 @@ class ModelRegistration:
         """SHA-256 (hex) of what makes two registrations the same model: every field, the
         card as canonical JSON (its formatting does not matter)."""
         try:
-            card: Any = json.loads(self.card_json)
+            card: Any = parse_json(self.card_json)
         except ValueError:
             card = self.card_json
         canonical = json.dumps(
@@ -282,9 +283,9 @@ def _check_card(
         problems.append(FieldViolation(_CARD, f"must be at most {MAX_CARD_BYTES} bytes"))
         return None
     try:
-        document = json.loads(text)
+        document = parse_json(text)
     except ValueError:
-        problems.append(FieldViolation(_CARD, "must be JSON"))
+        problems.append(FieldViolation(_CARD, f"must be JSON, nested at most {MAX_DEPTH} deep"))
         return None
     card = _Card(problems)
     root = card.object(document, "the card")

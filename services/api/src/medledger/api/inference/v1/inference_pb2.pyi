@@ -44,6 +44,31 @@ MODEL_TASK_BINARY_CLASSIFICATION: ModelTask.ValueType  # 2
 """The score is the probability of the positive label."""
 Global___ModelTask: _TypeAlias = ModelTask  # noqa: Y015
 
+class _ContributionSpace:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContributionSpaceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContributionSpace.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTRIBUTION_SPACE_UNSPECIFIED: _ContributionSpace.ValueType  # 0
+    CONTRIBUTION_SPACE_PROBABILITY: _ContributionSpace.ValueType  # 1
+    """The score is a probability (a classifier's P(positive label)); so are the contributions."""
+    CONTRIBUTION_SPACE_SCORE: _ContributionSpace.ValueType  # 2
+    """The score's own units (a regression's predicted quantity)."""
+
+class ContributionSpace(_ContributionSpace, metaclass=_ContributionSpaceEnumTypeWrapper):
+    """ContributionSpace says in which space base_score plus the contributions add up to the
+    score: exactly (to float64 rounding), by exact baseline Shapley values against the model's
+    reference row, computed through the served model in one batch.
+    """
+
+CONTRIBUTION_SPACE_UNSPECIFIED: ContributionSpace.ValueType  # 0
+CONTRIBUTION_SPACE_PROBABILITY: ContributionSpace.ValueType  # 1
+"""The score is a probability (a classifier's P(positive label)); so are the contributions."""
+CONTRIBUTION_SPACE_SCORE: ContributionSpace.ValueType  # 2
+"""The score's own units (a regression's predicted quantity)."""
+Global___ContributionSpace: _TypeAlias = ContributionSpace  # noqa: Y015
+
 @_typing.final
 class Feature(_message.Message):
     """Feature is one model input, read from the patient's FHIR Observations."""
@@ -306,11 +331,14 @@ class PredictRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     """0 means the latest."""
     patient_id: _builtins.str
     purpose: _purpose_pb2.PurposeOfUse.ValueType
+    break_glass_reason: _builtins.str
+    """Required when purpose is ETREAT (break-glass): why this is an emergency."""
     def __init__(
         self,
         *,
@@ -318,10 +346,11 @@ class PredictRequest(_message.Message):
         model_version: _builtins.int = ...,
         patient_id: _builtins.str = ...,
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        break_glass_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "model_version", b"model_version", "patient_id", b"patient_id", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_reason", b"break_glass_reason", "model_name", b"model_name", "model_version", b"model_version", "patient_id", b"patient_id", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -338,6 +367,8 @@ class PredictResponse(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     RISK_ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_SPACE_FIELD_NUMBER: _builtins.int
+    PREDICTION_OPENING_FIELD_NUMBER: _builtins.int
     score: _builtins.float
     label: _builtins.str
     """Label for the score (e.g. "malignant", "high-risk")."""
@@ -345,6 +376,13 @@ class PredictResponse(_message.Message):
     """Score with every feature at its reference value."""
     risk_assessment_id: _builtins.str
     """Id of the FHIR RiskAssessment written to the patient's record."""
+    contribution_space: Global___ContributionSpace.ValueType
+    prediction_opening: _builtins.bytes
+    """The opening of the INFERENCE_MADE entry (docs/prediction-format.md, JSON): the committed
+    document (model digest, inputs, score, contributions), its salt, the entry's bytes and
+    receipt; `medledger verify prediction` checks it offline. It holds the patient's inputs:
+    keep it as you keep their record.
+    """
     @_builtins.property
     def contributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureContribution]: ...
     @_builtins.property
@@ -365,10 +403,12 @@ class PredictResponse(_message.Message):
         model: Global___Model | None = ...,
         receipt: _ledger_pb2.Receipt | None = ...,
         risk_assessment_id: _builtins.str = ...,
+        contribution_space: Global___ContributionSpace.ValueType = ...,
+        prediction_opening: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_score", b"base_score", "contributions", b"contributions", "label", b"label", "model", b"model", "receipt", b"receipt", "risk_assessment_id", b"risk_assessment_id", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_score", b"base_score", "contribution_space", b"contribution_space", "contributions", b"contributions", "label", b"label", "model", b"model", "prediction_opening", b"prediction_opening", "receipt", b"receipt", "risk_assessment_id", b"risk_assessment_id", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,11 +484,16 @@ class PredictionResult(_message.Message):
     CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     RISK_ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_SPACE_FIELD_NUMBER: _builtins.int
+    PREDICTION_OPENING_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
     score: _builtins.float
     label: _builtins.str
     base_score: _builtins.float
     risk_assessment_id: _builtins.str
+    contribution_space: Global___ContributionSpace.ValueType
+    prediction_opening: _builtins.bytes
+    """As PredictResponse.prediction_opening."""
     @_builtins.property
     def contributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureContribution]: ...
     @_builtins.property
@@ -463,10 +508,12 @@ class PredictionResult(_message.Message):
         contributions: _abc.Iterable[Global___FeatureContribution] | None = ...,
         receipt: _ledger_pb2.Receipt | None = ...,
         risk_assessment_id: _builtins.str = ...,
+        contribution_space: Global___ContributionSpace.ValueType = ...,
+        prediction_opening: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_score", b"base_score", "contributions", b"contributions", "label", b"label", "patient_id", b"patient_id", "receipt", b"receipt", "risk_assessment_id", b"risk_assessment_id", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_score", b"base_score", "contribution_space", b"contribution_space", "contributions", b"contributions", "label", b"label", "patient_id", b"patient_id", "prediction_opening", b"prediction_opening", "receipt", b"receipt", "risk_assessment_id", b"risk_assessment_id", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
