@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -26,12 +27,14 @@ from medledger.cli.models import read_model
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.errors import MedledgerError, from_rpc_error
 from medledger.common.server import ServiceServer
+from medledger.devstack.process import free_port
 from medledger.devstack.triton import TritonServer
 from medledger.inference.adapters.triton import TritonSettings
 from medledger.inference.config import InferenceConfig, InferenceSettings
 from medledger.inference.runtime import from_settings as inference_from_settings
 from medledger.record.config import RecordSettings
 from medledger.record.runtime import from_settings as record_from_settings
+from medledger.testkit.inprocess import eventually
 from medledger.testkit.models import model_repository, model_triton
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
 from medledger.testkit.tokens import authed_channel
@@ -58,6 +61,9 @@ MEASURED = (
 
 @dataclass
 class Served:
+    triton: TritonServer
+    address: str  # the inference server's
+    cut: inference_pb2_grpc.InferenceServiceAsyncStub  # hospital A's app; the ledger down
     a: inference_pb2_grpc.InferenceServiceAsyncStub  # hospital A's app: its own patients
     b: inference_pb2_grpc.InferenceServiceAsyncStub  # hospital B's app: no consent
     record: record_pb2_grpc.RecordServiceAsyncStub  # hospital A's app
@@ -94,22 +100,28 @@ async def served(
         )
     )
     await record.start()
-    inference = ServiceServer(
-        inference_from_settings(
-            InferenceSettings(grpc_port=0),
-            InferenceConfig(model_repository=repository),
-            TritonSettings(url=tritonserver.grpc_url, timeout_seconds=10),
-            MongoSettings(
-                MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"predinf{suffix}"
-            ),
-            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("inference")),
-            PeerSettings(
-                identity_addr=platform.identity_address,
-                ledger_addr=platform.ledger_address,
-                record_addr=f"127.0.0.1:{record.port}",
-            ),
+
+    def inference_server(ledger: str) -> ServiceServer:
+        return ServiceServer(
+            inference_from_settings(
+                InferenceSettings(grpc_port=0, health_interval_seconds=0.2),
+                InferenceConfig(model_repository=repository, ledger_timeout_seconds=2),
+                TritonSettings(url=tritonserver.grpc_url, timeout_seconds=10),
+                MongoSettings(
+                    MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"predinf{suffix}"
+                ),
+                VaultSettings(addr=vault_server.addr, token=vault_server.token_for("inference")),
+                PeerSettings(
+                    identity_addr=platform.identity_address,
+                    ledger_addr=ledger,
+                    record_addr=f"127.0.0.1:{record.port}",
+                ),
+            )
         )
-    )
+
+    inference = inference_server(platform.ledger_address)
+    cut = inference_server(f"127.0.0.1:{free_port()}")
+    await cut.start()
     await inference.start()
     address = f"127.0.0.1:{inference.port}"
     admin = await platform._issue(ADMIN_CLIENT, platform.admin_key, "admin")
@@ -117,24 +129,28 @@ async def served(
     b_token = await platform.token("system/*.rs inference.predict", "hospital-b", [TREAT])
     reader = await platform.token("ledger.read", "hospital-a")
     channels = [
+        authed_channel(f"127.0.0.1:{cut.port}", a_token),
         authed_channel(address, admin),
         authed_channel(address, a_token),
         authed_channel(address, b_token),
         authed_channel(f"127.0.0.1:{record.port}", a_token),
         authed_channel(platform.ledger_address, reader),
     ]
-    admin_stub = inference_pb2_grpc.InferenceServiceStub(channels[0])
+    admin_stub = inference_pb2_grpc.InferenceServiceStub(channels[1])
     for name in (DIABETES, BREAST):
         await admin_stub.RegisterModel(
             inference_pb2.RegisterModelRequest(model=read_model(name, 1, repository=repository))
         )
-    ledger = ledger_pb2_grpc.LedgerServiceStub(channels[4])
+    ledger = ledger_pb2_grpc.LedgerServiceStub(channels[5])
     vkey = (await ledger.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest())).vkey
     try:
         yield Served(
-            a=inference_pb2_grpc.InferenceServiceStub(channels[1]),
-            b=inference_pb2_grpc.InferenceServiceStub(channels[2]),
-            record=record_pb2_grpc.RecordServiceStub(channels[3]),
+            triton=tritonserver,
+            address=address,
+            cut=inference_pb2_grpc.InferenceServiceStub(channels[0]),
+            a=inference_pb2_grpc.InferenceServiceStub(channels[2]),
+            b=inference_pb2_grpc.InferenceServiceStub(channels[3]),
+            record=record_pb2_grpc.RecordServiceStub(channels[4]),
             ledger=ledger,
             policy=TrustPolicy.parse([vkey]),
         )
@@ -142,6 +158,7 @@ async def served(
         for channel in channels:
             await channel.close(None)
         await inference.stop(0)
+        await cut.stop(0)
         await record.stop(0)
 
 
@@ -274,3 +291,65 @@ async def test_a_batch_reports_each_patient_and_goes_on_after_an_error(served: S
         total = result.base_score + sum(c.contribution for c in result.contributions)
         assert total == pytest.approx(result.score, rel=1e-9, abs=1e-9)
         assert verify_prediction(parse_opening(result.prediction_opening), served.policy)
+
+
+async def risk_assessments(served: Served, patient_id: str) -> list[str]:
+    found = await served.record.SearchResources(
+        record_pb2.SearchResourcesRequest(
+            resource_type="RiskAssessment",
+            params=[record_pb2.SearchParam(name="patient", value=patient_id)],
+            purpose=TREAT,
+        )
+    )
+    return [r.id for r in found.resources]
+
+
+async def test_with_the_ledger_down_nothing_is_written(served: Served) -> None:
+    patient_id = await diabetes_patient(served)
+    down = await failure(served.cut.Predict(predict(patient_id)))
+    assert down.code == grpc.StatusCode.UNAVAILABLE
+    assert down.metadata["dependency"] == "ledger"
+    assert await risk_assessments(served, patient_id) == []
+
+
+async def health(address: str) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=2
+        )
+        return int(reply.status)
+
+
+async def test_triton_down_takes_health_down_and_predictions_unavailable(
+    served: Served,
+) -> None:
+    """Last: it stops the module's Triton."""
+    patient_id = await diabetes_patient(served)
+    served.triton.stop()
+
+    async def not_serving() -> bool:
+        return await health(served.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+    await eventually(not_serving, within=15)
+    before = await served.ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest())
+    down = await failure(served.a.Predict(predict(patient_id)))
+    assert down.code == grpc.StatusCode.UNAVAILABLE
+    assert down.metadata["dependency"] == "triton"
+    batch = served.a.BatchPredict(
+        inference_pb2.BatchPredictRequest(
+            model_name=DIABETES, patient_ids=[patient_id], purpose=TREAT
+        )
+    )
+    stopped = await failure(_drain(batch))
+    assert stopped.code == grpc.StatusCode.UNAVAILABLE
+    assert await risk_assessments(served, patient_id) == []
+    written = await served.ledger.ListEntries(
+        ledger_pb2.ListEntriesRequest(
+            start_index=int(before.checkpoint.split(b"\n")[1]), page_size=1000
+        )
+    )
+    assert ledger_pb2.EVENT_KIND_INFERENCE_MADE not in [e.entry.kind for e in written.entries]
+
+
+async def _drain(stream: Any) -> list[Any]:
+    return [event async for event in stream]
