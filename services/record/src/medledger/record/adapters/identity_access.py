@@ -49,7 +49,9 @@ def _purposes(codes: frozenset[str]) -> list[purpose_pb2.PurposeOfUse.ValueType]
     )
 
 
-class IdentityAccessChecks:
+class _IdentityPeer:
+    """A channel to identity, called with this service's own token."""
+
     def __init__(
         self,
         address: str,
@@ -65,6 +67,11 @@ class IdentityAccessChecks:
         self._token = token
         self._timeout = timeout
 
+    async def aclose(self) -> None:
+        await self._channel.close(None)
+
+
+class IdentityAccessChecks(_IdentityPeer):
     async def check(self, query: AccessQuery) -> AccessVerdict:
         who = query.requester.principal
         request = identity_pb2.CheckAccessRequest(
@@ -97,9 +104,6 @@ class IdentityAccessChecks:
             break_glass=reply.break_glass,
         )
 
-    async def aclose(self) -> None:
-        await self._channel.close(None)
-
 
 def _refusal(error: grpc.aio.AioRpcError) -> MedledgerError:
     if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -116,26 +120,11 @@ def _refusal(error: grpc.aio.AioRpcError) -> MedledgerError:
     return Unavailable(DEPENDENCY, reason="ACCESS_CHECK_FAILED")
 
 
-class IdentityPatientDirectory:
+class IdentityPatientDirectory(_IdentityPeer):
     """identity's RegisterPatientHolder and ErasePatientData (the ``PatientDirectory``
     port), with this service's token (``medledger/patient-directory``). Anything but an
     answer is UNAVAILABLE: a Patient is not created, nor an erasure finished, without
     identity knowing."""
-
-    def __init__(
-        self,
-        address: str,
-        settings: ServiceSettings,
-        token: TokenSource,
-        *,
-        timeout: float = 5.0,
-    ) -> None:
-        self._channel = create_channel(address, settings)
-        self._stub: identity_pb2_grpc.IdentityServiceAsyncStub = (
-            identity_pb2_grpc.IdentityServiceStub(self._channel)
-        )
-        self._token = token
-        self._timeout = timeout
 
     async def _metadata(self) -> list[tuple[str, str]]:
         try:
@@ -164,9 +153,6 @@ class IdentityPatientDirectory:
             )
         except grpc.aio.AioRpcError as error:
             raise _directory_failure(error) from error
-
-    async def aclose(self) -> None:
-        await self._channel.close(None)
 
 
 def _directory_failure(error: grpc.aio.AioRpcError) -> MedledgerError:
