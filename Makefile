@@ -57,6 +57,7 @@ bench: bootstrap
 	$(UV) run --frozen python -m bench.ledger
 	$(UV) run --frozen python -m bench.identity
 	$(UV) run --frozen python -m bench.record
+	$(UV) run --frozen python -m bench.inference
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
