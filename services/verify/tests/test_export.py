@@ -12,7 +12,6 @@ the written format.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import json
@@ -25,24 +24,13 @@ from typing import Any
 import pytest
 
 from medledger.api.common.v1 import purpose_pb2
-from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
+from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.blinding import Opening
-from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
-from medledger.common.errors import Unavailable
-from medledger.common.ledger_client import LedgerClient, LedgerEvent
+from medledger.common.ledger_client import LedgerEvent
 from medledger.common.patient_log import blinded_event
-from medledger.common.scopes import LEDGER_APPEND, LEDGER_READ, WITNESS_ADD
-from medledger.common.server import ServiceServer
-from medledger.common.vault import VaultTransit
-from medledger.common.vault_layout import WITNESS_KEYS, witness_mount
-from medledger.ledger.config import LedgerConfig, LedgerSettings
-from medledger.ledger.runtime import ledger_runtime
 from medledger.testkit.fhir_samples import sample
-from medledger.testkit.tokens import TEST_TOKENS
+from medledger.testkit.witnessed import WitnessedLedger, witnessed_ledger
 from medledger.tlog import Cosigner, Ed25519Signer
-from medledger.tlog.cosignature import verify_checkpoint
-from medledger.tlog.note import SIG_ED25519, VerifierKey
 from medledger.verify.blinding import record_blinding_salt
 from medledger.verify.commitment import canonical_json, commit
 from medledger.verify.export import (
@@ -54,8 +42,6 @@ from medledger.verify.export import (
     verify_export,
 )
 from medledger.verify.trust import TrustPolicy
-from medledger.witness.config import WitnessSettings
-from medledger.witness.runtime import witness_runtime
 
 ORIGIN = "export.test/ledger"
 PROOF_URL = "https://medledger.dev/fhir/StructureDefinition/ledger-proof"
@@ -99,72 +85,13 @@ def stored(resource_type: str, resource_id: str, version: int, **changes: Any) -
     return json.loads(canonical_json(document))  # type: ignore[no-any-return]
 
 
-async def _witnesses(mongo: Any, vault: Any, log_vkey: str, suffix: str) -> list[ServiceServer]:
-    servers = []
-    for service, key in WITNESS_KEYS.items():
-        server = ServiceServer(
-            witness_runtime(
-                WitnessSettings(
-                    grpc_port=0,
-                    witness_name=f"{service}.export.test",
-                    witness_key=key,
-                    witness_log_vkeys=log_vkey,
-                ),
-                MongoSettings(MONGODB_URI=mongo.uri, MEDLEDGER_MONGODB_DATABASE=f"{key}-{suffix}"),
-                VaultSettings(
-                    addr=vault.addr,
-                    token=vault.token_for(service),
-                    transit_mount=witness_mount(service),
-                ),
-                verifier=TEST_TOKENS.verifier(),
-            )
-        )
-        await server.start()
-        servers.append(server)
-    return servers
-
-
-async def _append(client: LedgerClient, event: LedgerEvent) -> ledger_pb2.Receipt:
-    for _ in range(100):  # until the sequencer holds its lease
-        try:
-            return await client.append(event)
-        except Unavailable:
-            await asyncio.sleep(0.1)
-    raise AssertionError("the ledger never took an append")
-
-
 @pytest.fixture(scope="module")
 async def ledgered(mongo_server: Any, vault_server: Any) -> AsyncIterator[Ledgered]:
-    vault = VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger"))
-    public = await VaultTransit(vault).public_keys("ledger-checkpoint")
-    log_vkey = str(VerifierKey.for_key(ORIGIN, SIG_ED25519, public[max(public)]))
-    suffix = uuid.uuid4().hex[:8]
-    witnesses = await _witnesses(mongo_server, vault_server, log_vkey, suffix)
-    witness_vkeys = []
-    for server in witnesses:
-        async with TEST_TOKENS.channel(f"127.0.0.1:{server.port}", [LEDGER_READ]) as channel:
-            info = await witness_pb2_grpc.WitnessServiceStub(channel).GetWitnessInfo(
-                witness_pb2.GetWitnessInfoRequest()
-            )
-            witness_vkeys.append(info.vkey)
-    ledger = ServiceServer(
-        ledger_runtime(
-            LedgerSettings(grpc_port=0),
-            LedgerConfig(
-                origin=ORIGIN,
-                lease_ttl_seconds=2,
-                witnesses=",".join(f"127.0.0.1:{w.port}" for w in witnesses),
-                witness_vkeys=",".join(witness_vkeys),
-            ),
-            MongoSettings(MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"x-{suffix}"),
-            vault,
-            verifier=TEST_TOKENS.verifier(),
-            witness_token=TEST_TOKENS.source([WITNESS_ADD], subject="medledger-ledger"),
-        )
-    )
-    await ledger.start()
-    address = f"127.0.0.1:{ledger.port}"
-    client = LedgerClient(address, ServiceSettings(), token=TEST_TOKENS.source([LEDGER_APPEND]))
+    async with witnessed_ledger(mongo_server, vault_server, ORIGIN) as ledger:
+        yield await _ledger_versions(ledger)
+
+
+async def _ledger_versions(ledger: WitnessedLedger) -> Ledgered:
     pseudonym = os.urandom(32)  # the patient, under the deployment's key (never ledgered)
     patient_id, observation_id, condition_id = (str(uuid.uuid4()) for _ in range(3))
     # name: (resource, kind ledgered, id blinded in the entry)
@@ -182,71 +109,35 @@ async def ledgered(mongo_server: Any, vault_server: Any) -> AsyncIterator[Ledger
         "wrong-id": (stored("Condition", str(uuid.uuid4()), 1), CREATED, condition_id),
     }
     versions: dict[str, Version] = {}
-    try:
-        async with TEST_TOKENS.channel(address, [LEDGER_READ]) as channel:
-            stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
-                channel
-            )
-            for name, (resource, kind, blinded_as) in writes.items():
-                salt = os.urandom(32)
-                version = int(resource["meta"]["versionId"])
-                event = LedgerEvent(
-                    kind=kind,
-                    actor="client-export-test",
-                    organization="hospital-a",
-                    resource_type=resource["resourceType"],
-                    resource_id=resource["id"],
-                    resource_version=version,
-                    content_commitment=commit(salt, canonical_json(resource)),
-                    purpose=purpose_pb2.PURPOSE_OF_USE_TREAT,
-                )
-                opening = Opening(
-                    salt=record_blinding_salt(salt),
-                    pseudonym=pseudonym,
-                    resource_type=resource["resourceType"],
-                    resource_id=blinded_as or resource["id"],
-                    resource_version=version,
-                )
-                appended = await _append(client, blinded_event(event, opening))
-                leaf = await stub.GetEntry(
-                    ledger_pb2.GetEntryRequest(leaf_index=appended.leaf_index)
-                )
-                versions[name] = Version(
-                    resource, salt, leaf.entry_bytes, appended.leaf_index, appended, appended
-                )
-            # Witnessing is in the background: wait for a checkpoint of every leaf that both
-            # witnesses cosigned, then prove each leaf in it (what an exporter sends).
-            for _ in range(200):
-                note = (await stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest())).checkpoint
-                try:
-                    checkpoint = verify_checkpoint(
-                        note, [log_vkey], witness_vkeys, 2, origin=ORIGIN
-                    )
-                    if checkpoint.size == len(writes):
-                        break
-                except ValueError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("no checkpoint of every leaf got both cosignatures")
-            for version in versions.values():
-                proof = await stub.GetInclusionProof(
-                    ledger_pb2.GetInclusionProofRequest(
-                        leaf_index=version.leaf_index, tree_size=checkpoint.size
-                    )
-                )
-                version.witnessed = ledger_pb2.Receipt(
-                    leaf_index=version.leaf_index,
-                    leaf_hash=version.appended.leaf_hash,
-                    checkpoint=proof.checkpoint,
-                    inclusion_proof=proof.hashes,
-                )
-        yield Ledgered(versions, [log_vkey], witness_vkeys)
-    finally:
-        await client.aclose()
-        await ledger.stop(0)
-        for server in witnesses:
-            await server.stop(0)
+    for name, (resource, kind, blinded_as) in writes.items():
+        salt = os.urandom(32)
+        version = int(resource["meta"]["versionId"])
+        event = LedgerEvent(
+            kind=kind,
+            actor="client-export-test",
+            organization="hospital-a",
+            resource_type=resource["resourceType"],
+            resource_id=resource["id"],
+            resource_version=version,
+            content_commitment=commit(salt, canonical_json(resource)),
+            purpose=purpose_pb2.PURPOSE_OF_USE_TREAT,
+        )
+        opening = Opening(
+            salt=record_blinding_salt(salt),
+            pseudonym=pseudonym,
+            resource_type=resource["resourceType"],
+            resource_id=blinded_as or resource["id"],
+            resource_version=version,
+        )
+        appended = await ledger.append(blinded_event(event, opening))
+        entry = await ledger.leaf(appended.leaf_index)
+        versions[name] = Version(resource, salt, entry, appended.leaf_index, appended, appended)
+    # Prove each leaf against a checkpoint of every leaf that both witnesses cosigned (what an
+    # exporter sends).
+    checkpoint = await ledger.cosigned_checkpoint(len(writes))
+    for version in versions.values():
+        version.witnessed = await ledger.proven(version.appended, checkpoint)
+    return Ledgered(versions, [ledger.log_vkey], ledger.witness_vkeys)
 
 
 # --- Bundles, written from docs/export-format.md ----------------------------------------------

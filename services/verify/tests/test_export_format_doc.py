@@ -4,37 +4,25 @@ the format's definition and verifies (and fails, once one byte of its resource c
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.tlog import Checkpoint, Cosigner, Ed25519Signer, leaf_hash, sign_note
-from medledger.tlog.reference import inclusion_proof, root_hash
+from medledger.testkit.doc_examples import (
+    example_json,
+    example_keys,
+    example_policy,
+    example_receipt,
+)
 from medledger.verify import blinding, commitment, export
 from medledger.verify.export import EntryInvalid, parse_bundle, verify_export
-from medledger.verify.trust import TrustPolicy
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "export-format.md"
-ORIGIN = "example.org/log"
-COSIGNED_AT = 1767225600
-
-
-def _keys() -> tuple[Ed25519Signer, Cosigner]:
-    log = Ed25519Signer(ORIGIN, Ed25519PrivateKey.from_private_bytes(bytes([8]) * 32))
-    witness = Cosigner(
-        "witness.example",
-        Ed25519PrivateKey.from_private_bytes(bytes([0x6C]) * 32),
-        clock=lambda: COSIGNED_AT,
-    )
-    return log, witness
 
 
 def example() -> dict[str, Any]:
@@ -64,15 +52,7 @@ def example() -> dict[str, Any]:
     entry.time.FromSeconds(1767225600)
     entry_bytes = entry.SerializeToString(deterministic=True)
     # Leaf 1 of a tree of two; leaf 0 is some other event.
-    leaves = [leaf_hash(b"another event"), leaf_hash(entry_bytes)]
-    log, witness = _keys()
-    body = Checkpoint(ORIGIN, 2, root_hash(leaves)).body()
-    receipt = ledger_pb2.Receipt(
-        leaf_index=1,
-        leaf_hash=leaves[1],
-        checkpoint=asyncio.run(sign_note(body, [log, witness])),
-        inclusion_proof=inclusion_proof(1, leaves),
-    )
+    receipt = example_receipt(entry_bytes)
 
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
@@ -105,15 +85,7 @@ def example() -> dict[str, Any]:
 
 
 def doc_example() -> str:
-    doc = DOC.read_text(encoding="utf-8")
-    found = re.search(r"<!-- example bundle -->\n```json\n(.*?)```", doc, re.DOTALL)
-    assert found is not None, "the doc's example bundle"
-    return found[1]
-
-
-def policy() -> TrustPolicy:
-    log, witness = _keys()
-    return TrustPolicy.parse([str(log.verifier_key)], [str(witness.verifier_key)], 1, ORIGIN)
+    return example_json(DOC.read_text(encoding="utf-8"), "bundle")
 
 
 def test_the_example_is_the_formats() -> None:
@@ -121,11 +93,11 @@ def test_the_example_is_the_formats() -> None:
 
 
 def test_the_example_verifies_with_the_documented_keys() -> None:
-    log, witness = _keys()
+    log, witness = example_keys()
     doc = DOC.read_text(encoding="utf-8")
     assert f"--vkey {log.verifier_key}" in doc
     assert f"--witness-vkey {witness.verifier_key}" in doc
-    verified = verify_export(parse_bundle(doc_example().encode()), policy())
+    verified = verify_export(parse_bundle(doc_example().encode()), example_policy())
     (entry,) = verified.entries
     assert (entry.resource_type, entry.version, entry.leaf_index) == ("Patient", 1, 1)
 
@@ -133,7 +105,7 @@ def test_the_example_verifies_with_the_documented_keys() -> None:
 def test_the_example_fails_once_a_byte_changes() -> None:
     changed = doc_example().replace('"Example"', '"Exbmple"')
     with pytest.raises(EntryInvalid) as failure:
-        verify_export(parse_bundle(changed.encode()), policy())
+        verify_export(parse_bundle(changed.encode()), example_policy())
     assert failure.value.check == "commitment"
     doc = DOC.read_text(encoding="utf-8")
     assert (

@@ -14,7 +14,6 @@ value's transform): the ledger vouches for what was committed, the checks for wh
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import hashlib
@@ -30,20 +29,9 @@ from typing import Any
 import pytest
 
 from medledger.api.common.v1 import purpose_pb2
-from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
-from medledger.common.config import MongoSettings, ServiceSettings, VaultSettings
-from medledger.common.errors import Unavailable
-from medledger.common.ledger_client import LedgerClient, LedgerEvent
-from medledger.common.scopes import LEDGER_APPEND, LEDGER_READ, WITNESS_ADD
-from medledger.common.server import ServiceServer
-from medledger.common.vault import VaultTransit
-from medledger.common.vault_layout import WITNESS_KEYS, witness_mount
-from medledger.ledger.config import LedgerConfig, LedgerSettings
-from medledger.ledger.runtime import ledger_runtime
-from medledger.testkit.tokens import TEST_TOKENS
-from medledger.tlog.cosignature import verify_checkpoint
-from medledger.tlog.note import SIG_ED25519, VerifierKey
+from medledger.api.ledger.v1 import ledger_pb2
+from medledger.common.ledger_client import LedgerEvent
+from medledger.testkit.witnessed import WitnessedLedger, witnessed_ledger
 from medledger.verify.blinding import blinded_resource_id, prediction_blinding_salt
 from medledger.verify.commitment import canonical_json, commit
 from medledger.verify.prediction import (
@@ -58,8 +46,6 @@ from medledger.verify.prediction import (
     verify_prediction,
 )
 from medledger.verify.trust import TrustPolicy
-from medledger.witness.config import WitnessSettings
-from medledger.witness.runtime import witness_runtime
 
 ORIGIN = "prediction.test/ledger"
 INFERENCE_MADE = ledger_pb2.EVENT_KIND_INFERENCE_MADE
@@ -177,69 +163,13 @@ def text(opening: dict[str, Any]) -> bytes:
     return json.dumps(opening, indent=2).encode()
 
 
-async def _append(client: LedgerClient, event: LedgerEvent) -> ledger_pb2.Receipt:
-    for _ in range(100):  # until the sequencer holds its lease
-        try:
-            return await client.append(event)
-        except Unavailable:
-            await asyncio.sleep(0.1)
-    raise AssertionError("the ledger never took an append")
-
-
 @pytest.fixture(scope="module")
 async def ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[Ledger]:
-    vault = VaultSettings(addr=vault_server.addr, token=vault_server.token_for("ledger"))
-    public = await VaultTransit(vault).public_keys("ledger-checkpoint")
-    log_vkey = str(VerifierKey.for_key(ORIGIN, SIG_ED25519, public[max(public)]))
-    suffix = uuid.uuid4().hex[:8]
-    witnesses = []
-    for service, key in WITNESS_KEYS.items():
-        server = ServiceServer(
-            witness_runtime(
-                WitnessSettings(
-                    grpc_port=0,
-                    witness_name=f"{service}.prediction.test",
-                    witness_key=key,
-                    witness_log_vkeys=log_vkey,
-                ),
-                MongoSettings(
-                    MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"{key}-{suffix}"
-                ),
-                VaultSettings(
-                    addr=vault_server.addr,
-                    token=vault_server.token_for(service),
-                    transit_mount=witness_mount(service),
-                ),
-                verifier=TEST_TOKENS.verifier(),
-            )
-        )
-        await server.start()
-        witnesses.append(server)
-    witness_vkeys = []
-    for server in witnesses:
-        async with TEST_TOKENS.channel(f"127.0.0.1:{server.port}", [LEDGER_READ]) as channel:
-            info = await witness_pb2_grpc.WitnessServiceStub(channel).GetWitnessInfo(
-                witness_pb2.GetWitnessInfoRequest()
-            )
-            witness_vkeys.append(info.vkey)
-    server = ServiceServer(
-        ledger_runtime(
-            LedgerSettings(grpc_port=0),
-            LedgerConfig(
-                origin=ORIGIN,
-                lease_ttl_seconds=2,
-                witnesses=",".join(f"127.0.0.1:{w.port}" for w in witnesses),
-                witness_vkeys=",".join(witness_vkeys),
-            ),
-            MongoSettings(MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"p-{suffix}"),
-            vault,
-            verifier=TEST_TOKENS.verifier(),
-            witness_token=TEST_TOKENS.source([WITNESS_ADD], subject="medledger-ledger"),
-        )
-    )
-    await server.start()
-    address = f"127.0.0.1:{server.port}"
-    client = LedgerClient(address, ServiceSettings(), token=TEST_TOKENS.source([LEDGER_APPEND]))
+    async with witnessed_ledger(mongo_server, vault_server, ORIGIN) as witnessed:
+        yield await _ledger_predictions(witnessed)
+
+
+async def _ledger_predictions(witnessed: WitnessedLedger) -> Ledger:
     bad_input = document()
     bad_input["input_row"] = [64.0, f32(32.1), f32(311.0)]  # the value, not its ln
     # name: (document, kind, prediction id blinded in the entry, subject)
@@ -252,65 +182,31 @@ async def ledger(mongo_server: Any, vault_server: Any) -> AsyncIterator[Ledger]:
         "subject": (document(), INFERENCE_MADE, None, os.urandom(32)),
     }
     predictions: dict[str, Ledgered] = {}
-    try:
-        async with TEST_TOKENS.channel(address, [LEDGER_READ]) as channel:
-            stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
-                channel
-            )
-            for name, (content, kind, blinded_as, subject) in writes.items():
-                salt = os.urandom(32)
-                event = LedgerEvent(
-                    kind=kind,
-                    actor="client-inference-test",
-                    organization="hospital-a",
-                    subject=subject,
-                    resource_type="RiskAssessment",
-                    resource_id=blinded_resource_id(
-                        prediction_blinding_salt(salt),
-                        "RiskAssessment",
-                        blinded_as or content["prediction_id"],
-                        0,
-                    ),
-                    resource_version=0,
-                    content_commitment=commit(salt, canonical_json(content)),
-                    purpose=purpose_pb2.PURPOSE_OF_USE_TREAT,
-                )
-                appended = await _append(client, event)
-                leaf = await stub.GetEntry(
-                    ledger_pb2.GetEntryRequest(leaf_index=appended.leaf_index)
-                )
-                predictions[name] = Ledgered(content, salt, leaf.entry_bytes, appended, appended)
-            for _ in range(200):
-                note = (await stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest())).checkpoint
-                try:
-                    checkpoint = verify_checkpoint(
-                        note, [log_vkey], witness_vkeys, 2, origin=ORIGIN
-                    )
-                    if checkpoint.size == len(writes):
-                        break
-                except ValueError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("no checkpoint of every leaf got both cosignatures")
-            for prediction in predictions.values():
-                proof = await stub.GetInclusionProof(
-                    ledger_pb2.GetInclusionProofRequest(
-                        leaf_index=prediction.appended.leaf_index, tree_size=checkpoint.size
-                    )
-                )
-                prediction.witnessed = ledger_pb2.Receipt(
-                    leaf_index=prediction.appended.leaf_index,
-                    leaf_hash=prediction.appended.leaf_hash,
-                    checkpoint=proof.checkpoint,
-                    inclusion_proof=proof.hashes,
-                )
-        yield Ledger(predictions, [log_vkey], witness_vkeys)
-    finally:
-        await client.aclose()
-        await server.stop(0)
-        for witness in witnesses:
-            await witness.stop(0)
+    for name, (content, kind, blinded_as, subject) in writes.items():
+        salt = os.urandom(32)
+        event = LedgerEvent(
+            kind=kind,
+            actor="client-inference-test",
+            organization="hospital-a",
+            subject=subject,
+            resource_type="RiskAssessment",
+            resource_id=blinded_resource_id(
+                prediction_blinding_salt(salt),
+                "RiskAssessment",
+                blinded_as or content["prediction_id"],
+                0,
+            ),
+            resource_version=0,
+            content_commitment=commit(salt, canonical_json(content)),
+            purpose=purpose_pb2.PURPOSE_OF_USE_TREAT,
+        )
+        appended = await witnessed.append(event)
+        entry = await witnessed.leaf(appended.leaf_index)
+        predictions[name] = Ledgered(content, salt, entry, appended, appended)
+    checkpoint = await witnessed.cosigned_checkpoint(len(writes))
+    for prediction in predictions.values():
+        prediction.witnessed = await witnessed.proven(prediction.appended, checkpoint)
+    return Ledger(predictions, [witnessed.log_vkey], witnessed.witness_vkeys)
 
 
 def refused(data: bytes, policy: TrustPolicy) -> PredictionInvalid:

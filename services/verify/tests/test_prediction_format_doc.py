@@ -4,42 +4,31 @@ format's definition and verifies (and fails, once one input value changes)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import math
-import re
 import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.tlog import Checkpoint, Cosigner, Ed25519Signer, leaf_hash, sign_note
-from medledger.tlog.reference import inclusion_proof, root_hash
+from medledger.testkit.doc_examples import (
+    example_json,
+    example_keys,
+    example_policy,
+    example_receipt,
+)
+from medledger.tlog import leaf_hash
 from medledger.verify import blinding, commitment, prediction
 from medledger.verify.prediction import PredictionInvalid, parse_opening, verify_prediction
-from medledger.verify.trust import TrustPolicy
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "prediction-format.md"
-ORIGIN = "example.org/log"
-COSIGNED_AT = 1767225600
 SALT = bytes(range(32))
 PATIENT = "Patient/7c9e6679-7425-40de-944b-e07fc1f90ae7"
-
-
-def _keys() -> tuple[Ed25519Signer, Cosigner]:
-    log = Ed25519Signer(ORIGIN, Ed25519PrivateKey.from_private_bytes(bytes([8]) * 32))
-    witness = Cosigner(
-        "witness.example",
-        Ed25519PrivateKey.from_private_bytes(bytes([0x6C]) * 32),
-        clock=lambda: COSIGNED_AT,
-    )
-    return log, witness
 
 
 def f32(value: float) -> float:
@@ -115,15 +104,7 @@ def entry_bytes() -> bytes:
 
 def example() -> dict[str, Any]:
     """The doc's example opening: leaf 1 of a tree of two, whose leaf 0 is another event."""
-    leaves = [leaf_hash(b"another event"), leaf_hash(entry_bytes())]
-    log, witness = _keys()
-    body = Checkpoint(ORIGIN, 2, root_hash(leaves)).body()
-    receipt = ledger_pb2.Receipt(
-        leaf_index=1,
-        leaf_hash=leaves[1],
-        checkpoint=asyncio.run(sign_note(body, [log, witness])),
-        inclusion_proof=inclusion_proof(1, leaves),
-    )
+    receipt = example_receipt(entry_bytes())
 
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
@@ -138,15 +119,7 @@ def example() -> dict[str, Any]:
 
 
 def doc_example() -> str:
-    doc = DOC.read_text(encoding="utf-8")
-    found = re.search(r"<!-- example opening -->\n```json\n(.*?)```", doc, re.DOTALL)
-    assert found is not None, "the doc's example opening"
-    return found[1]
-
-
-def policy() -> TrustPolicy:
-    log, witness = _keys()
-    return TrustPolicy.parse([str(log.verifier_key)], [str(witness.verifier_key)], 1, ORIGIN)
+    return example_json(DOC.read_text(encoding="utf-8"), "opening")
 
 
 def test_the_example_is_the_formats() -> None:
@@ -154,11 +127,11 @@ def test_the_example_is_the_formats() -> None:
 
 
 def test_the_example_verifies_with_the_documented_keys() -> None:
-    log, witness = _keys()
+    log, witness = example_keys()
     doc = DOC.read_text(encoding="utf-8")
     assert f"--vkey {log.verifier_key}" in doc
     assert f"--witness-vkey {witness.verifier_key}" in doc
-    verified = verify_prediction(parse_opening(doc_example().encode()), policy())
+    verified = verify_prediction(parse_opening(doc_example().encode()), example_policy())
     assert verified.leaf_index == 1
     assert verified.residual == 0.0
 
@@ -167,7 +140,7 @@ def test_the_example_fails_once_an_input_value_changes() -> None:
     changed = doc_example().replace('"value": 311,', '"value": 312,')
     assert changed != doc_example()
     with pytest.raises(PredictionInvalid) as failure:
-        verify_prediction(parse_opening(changed.encode()), policy())
+        verify_prediction(parse_opening(changed.encode()), example_policy())
     assert failure.value.check == "commitment"
     doc = DOC.read_text(encoding="utf-8")
     assert f"({failure.value.check} check failed)\n  {failure.value.message}" in doc

@@ -29,7 +29,7 @@ from medledger.ledger.config import LedgerConfig, LedgerSettings
 from medledger.ledger.runtime import from_settings as ledger_from_settings
 from medledger.testkit.tokens import authed_channel
 
-__all__ = ["Platform", "auth_platform", "authed_channel", "start_platform"]
+__all__ = ["Platform", "auth_platform", "authed_channel", "mongo_settings", "start_platform"]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 OPERATORS = "medledger"
@@ -108,7 +108,8 @@ class Platform:
         return await self._issue(client_id, key, scope)
 
 
-def _mongo(uri: str, database: str) -> MongoSettings:
+def mongo_settings(uri: str, database: str) -> MongoSettings:
+    """A service's settings of ``database`` on the test server at ``uri``."""
     return MongoSettings(**{"MONGODB_URI": uri, "MEDLEDGER_MONGODB_DATABASE": database})
 
 
@@ -126,7 +127,7 @@ async def start_platform(
         ledger_from_settings(
             LedgerSettings(grpc_port=0),
             LedgerConfig(origin="platform.test/ledger", lease_ttl_seconds=2),
-            _mongo(mongo_uri, database),
+            mongo_settings(mongo_uri, database),
             ledger_vault,
             PeerSettings(identity_addr=identity_address),
         )
@@ -137,7 +138,7 @@ async def start_platform(
     runtime = identity_runtime(
         IdentitySettings(grpc_port=int(identity_address.rsplit(":", 1)[1])),
         config,
-        _mongo(mongo_uri, database),
+        mongo_settings(mongo_uri, database),
         identity_vault,
         PeerSettings(ledger_addr=f"127.0.0.1:{ledger.port}"),
         BootstrapPlan(
