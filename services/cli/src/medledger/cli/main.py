@@ -9,6 +9,7 @@ from medledger.cli.consent import app as consent_app
 from medledger.cli.demo import app as demo_app
 from medledger.cli.dev import app as dev_app
 from medledger.cli.models import app as models_app
+from medledger.cli.predict import app as predict_app
 from medledger.cli.record import app as record_app
 from medledger.cli.token import token_command
 from medledger.cli.verify import app as verify_app
@@ -27,6 +28,7 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(record_app, name="record")
 app.add_typer(demo_app, name="demo")
 app.add_typer(models_app, name="models")
+app.add_typer(predict_app, name="predict")
 
 if __name__ == "__main__":
     app()
