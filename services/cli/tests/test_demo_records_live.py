@@ -197,7 +197,8 @@ async def test_seeding_twice_writes_the_records_once(demo: Demo) -> None:
         assert patient["patient"].startswith("Patient/")
         # What a diabetes-progression model reads: BMI, blood pressure, lipids, glucose...
         assert patient["observations"].keys() == DEMO_OBSERVATIONS.keys()
-        assert patient["resources"]["Observation"] == len(DEMO_OBSERVATIONS)
+        # ... and, for the breast-cancer-malignancy model, one patient's FNA cytology.
+        assert patient["resources"]["Observation"] == len(DEMO_OBSERVATIONS) + len(record.cytology)
         assert patient["patient"] in " ".join(r.detail for r in rows)
     expected = {p["key"]: Counter(p["resources"]) for p in listed}
     assert await _stored(demo, listed) == expected

@@ -54,7 +54,7 @@ from medledger.common.keyfiles import (
     load_private_key,
     write_private,
 )
-from medledger.common.scopes import ADMIN
+from medledger.common.scopes import ADMIN, INFERENCE_PREDICT, LEDGER_READ
 from medledger.devstack.paths import StackPaths
 from medledger.devstack.services import BOOTSTRAP_ADMIN_CLIENT
 
@@ -69,8 +69,9 @@ ORGANIZATIONS: Final = {
 }
 PARTNER_CLIENTS: Final = {"hospital-a-app": "hospital-a", "hospital-b-app": "hospital-b"}
 # A hospital's own app: it writes and reads its own patients' records (and their consents);
-# another organisation's patients only as their consents allow (identity's CheckAccess).
-PARTNER_SCOPES: Final = (RECORD_SCOPE, "ledger.read")
+# another organisation's patients only as their consents allow (identity's CheckAccess); and
+# it scores them with the registered models (`medledger predict`, the README's step 9).
+PARTNER_SCOPES: Final = (RECORD_SCOPE, LEDGER_READ, INFERENCE_PREDICT)
 # PATRQT: the app also acts on its patients' own requests (erasing a record, `record erase`).
 PARTNER_PURPOSES: Final = (
     purpose_pb2.PURPOSE_OF_USE_TREAT,
@@ -375,6 +376,16 @@ class DemoSeeder:
                     f"{pair.private_file} (was the key file replaced?); tokens signed with "
                     "this file will be refused"
                 )
+            lacking = [s for s in PARTNER_SCOPES if s not in found.client.allowed_scopes]
+            if lacking:
+                # Registered by an older demo; identity cannot change a client's scopes.
+                note = (
+                    f"{client_id} may not ask for {', '.join(lacking)} (an older demo "
+                    "registered it, and identity cannot change a client's scopes): for the "
+                    f"README's predictions step start a fresh stack with {FRESH_STACK}"
+                )
+                self.say(note)
+                detail += f"; {note}"
             missing = [p for p in PARTNER_PURPOSES if p not in found.client.allowed_purposes]
             if missing:
                 # Registered by an older demo; identity cannot change a client's purposes.

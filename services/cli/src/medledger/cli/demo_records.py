@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,42 @@ DEMO_OBSERVATIONS: Final = {
 """The LOINC codes of the Observations the demo writes: what a diabetes-progression model
 reads (age and sex from the Patient; BMI, blood pressure, serum lipids, glucose), with HbA1c
 and kidney function."""
+FNA_CYTOLOGY: Final = "https://medledger.dev/fhir/CodeSystem/fna-cytology"
+"""The local code system of the breast-cancer-malignancy model's features."""
+UCUM: Final = "http://unitsofmeasure.org"
+# (code, display, UCUM unit, value) of a fine-needle aspirate's nuclear measurements, as the
+# breast-cancer-malignancy model card names them. The values are row 5 of scikit-learn's
+# load_breast_cancer() (Breast Cancer Wisconsin (Diagnostic), columns 20-29, the "worst"
+# features; diagnosis malignant), one of the rows the model was not trained on (its held-out
+# split: train_test_split(test_size=0.25, random_state=13, stratify=diagnosis)).
+FNA_SOURCE: Final = "scikit-learn load_breast_cancer() row 5 (Breast Cancer Wisconsin (Diagnostic))"
+FNA_ROW_5: Final = (
+    ("worst-radius", "Nuclear radius, worst (mean of the 3 largest)", "{image-length}", 15.47),
+    ("worst-texture", "Nuclear texture, worst (mean of the 3 largest)", "{gray-level}", 23.75),
+    (
+        "worst-perimeter",
+        "Nuclear perimeter, worst (mean of the 3 largest)",
+        "{image-length}",
+        103.4,
+    ),
+    ("worst-area", "Nuclear area, worst (mean of the 3 largest)", "{image-area}", 741.6),
+    ("worst-smoothness", "Nuclear smoothness, worst (mean of the 3 largest)", "1", 0.1791),
+    ("worst-compactness", "Nuclear compactness, worst (mean of the 3 largest)", "1", 0.5249),
+    ("worst-concavity", "Nuclear concavity, worst (mean of the 3 largest)", "1", 0.5355),
+    (
+        "worst-concave-points",
+        "Nuclear concave points, worst (mean of the 3 largest)",
+        "1",
+        0.1741,
+    ),
+    ("worst-symmetry", "Nuclear symmetry, worst (mean of the 3 largest)", "1", 0.3985),
+    (
+        "worst-fractal-dimension",
+        "Nuclear fractal dimension, worst (mean of the 3 largest)",
+        "1",
+        0.1244,
+    ),
+)
 # Named by display only: the record keeps no resource of these types.
 DISPLAY_ONLY_TYPES: Final = frozenset({"Practitioner"})
 CONCURRENT_WRITES: Final = 8
@@ -92,12 +129,15 @@ class DemoRecord:
     profile: str
     seed: int
     sex: str
+    # The nuclear measurements of a breast fine-needle aspirate reported for this patient
+    # (code, display, UCUM unit, value), beside carebundle's bundle; empty: none.
+    cytology: tuple[tuple[str, str, str, float], ...] = ()
 
 
 DEMO_RECORDS: Final = (
     DemoRecord("hospital-a-1", "hospital-a", "type2_diabetes", 1201, "F"),
     DemoRecord("hospital-a-2", "hospital-a", "hypertension", 1202, "M"),
-    DemoRecord("hospital-a-3", "hospital-a", "healthy", 1203, "F"),
+    DemoRecord("hospital-a-3", "hospital-a", "healthy", 1203, "F", cytology=FNA_ROW_5),
     DemoRecord("hospital-b-1", "hospital-b", "ckd_stage3", 2201, "M"),
     DemoRecord("hospital-b-2", "hospital-b", "type2_diabetes", 2202, "M"),
 )
@@ -183,7 +223,58 @@ def bundle_entries(record: DemoRecord) -> tuple[list[Entry], dict[str, str]]:
     patients = [e for e in entries if e.resource_type == "Patient"]
     if len(patients) != 1:
         raise RecordSeedError(f"{record.key}: carebundle's bundle has {len(patients)} Patients")
+    entries.extend(cytology_entries(record, patients[0].full_url, _observed_at(entries)))
     return entries, displays
+
+
+def _observed_at(entries: Iterable[Entry]) -> str | None:
+    """When the bundle's Observations were made (the visit's time)."""
+    for entry in entries:
+        when = entry.resource.get("effectiveDateTime")
+        if entry.resource_type == "Observation" and isinstance(when, str):
+            return when
+    return None
+
+
+def cytology_entries(record: DemoRecord, patient_url: str, when: str | None) -> list[Entry]:
+    """The record's FNA cytology Observations, as a cytology lab reports them: one final
+    laboratory Observation per measurement, coded in :data:`FNA_CYTOLOGY`, with its UCUM
+    unit. Their fullUrls and demo ids are derived from the patient key and the code, so
+    seeding again finds them."""
+    entries = []
+    for code, display, unit, value in record.cytology:
+        demo_id = f"{record.key}/fna-cytology/{code}"
+        full_url = (
+            f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, DEMO_IDENTIFIER_SYSTEM + ':' + demo_id)}"
+        )
+        resource: dict[str, Any] = {
+            "resourceType": "Observation",
+            "identifier": [{"system": DEMO_IDENTIFIER_SYSTEM, "value": demo_id}],
+            "status": "final",
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                            "code": "laboratory",
+                            "display": "Laboratory",
+                        }
+                    ]
+                }
+            ],
+            "code": {
+                "coding": [{"system": FNA_CYTOLOGY, "code": code, "display": display}],
+                "text": display,
+            },
+            "subject": {"reference": patient_url},
+            "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+            "method": {"text": "Fine-needle aspirate of a breast mass, digitised image analysis"},
+            "note": [{"text": f"Synthetic demo value: {FNA_SOURCE}"}],
+        }
+        if when is not None:
+            resource["effectiveDateTime"] = when
+        entries.append(Entry(full_url, "Observation", demo_id, resource))
+    return entries
 
 
 _DECIMAL: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
