@@ -37,7 +37,7 @@ MEASURED: Final = (
     ("2345-7", 7.4, "mmol/L"),  # glucose in SI units: converted to mg/dL
 )
 RESOURCES_PER_PATIENT: Final = 1 + len(MEASURED)
-AT_ONCE: Final = 32  # patients created at once
+AT_ONCE: Final = 8  # patients created at once (each: 7 Observations at once)
 RETRIES: Final = 4
 
 Stub: TypeAlias = "record_pb2_grpc.RecordServiceAsyncStub"  # in the .pyi only
