@@ -4,6 +4,7 @@ verifier, idempotency, bad input, reads, proofs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -126,6 +127,33 @@ async def test_concurrent_appends_get_distinct_verifiable_receipts(ledger: Any) 
     tampered.inclusion_proof[0] = bytes(32)
     with pytest.raises(ProofError):
         check_receipt(tampered, vkey)
+
+
+async def test_callers_giving_up_do_not_fail_the_others_in_their_batch(ledger: Any) -> None:
+    """Appends whose callers time out at once (their entries may be integrated all the same)
+    share batches with others; those others all get their receipts. Before, a caller's
+    deadline cancelled its waiter's future, the batch's set_result on it raised
+    InvalidStateError, and every append of the batch failed, committed or not."""
+
+    async def hasty(n: int) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            # Deadlines from 2 to 40 ms: some expire while the append waits for its batch.
+            deadline = 0.002 * (1 + n % 20)
+            await ledger.Append(ledger_pb2.AppendRequest(entry=entry(1000 + n)), timeout=deadline)
+
+    async def patient(n: int) -> ledger_pb2.AppendResponse:
+        return await ledger.Append(ledger_pb2.AppendRequest(entry=entry(n)))
+
+    for round_ in range(3):
+        answered = await asyncio.gather(
+            *(hasty(round_ * 100 + n) for n in range(20)),
+            *(patient(round_ * 100 + n) for n in range(20)),
+        )
+        receipts = [a.receipt for a in answered if a is not None]
+        assert len(receipts) == 20
+        assert len({r.leaf_index for r in receipts}) == 20
+    after = await patient(999)
+    assert after.receipt.leaf_hash
 
 
 async def test_idempotency_key_returns_the_same_receipt(ledger: Any) -> None:

@@ -106,6 +106,17 @@ def _partition(
     return fresh, repeats
 
 
+def _resolve(waiter: _Waiter, receipt: Receipt) -> None:
+    """Answers a waiter once (one stopped meanwhile keeps its first answer)."""
+    if not waiter.future.done():
+        waiter.future.set_result(receipt)
+
+
+def _fail(waiter: _Waiter, error: BaseException) -> None:
+    if not waiter.future.done():
+        waiter.future.set_exception(error)
+
+
 @dataclass(frozen=True)
 class SequencerConfig:
     origin: str
@@ -155,7 +166,7 @@ class Sequencer:
         self._tasks = []
         while not self._queue.empty():
             waiter = self._queue.get_nowait()
-            waiter.future.set_exception(Unavailable("ledger sequencer"))
+            _fail(waiter, Unavailable("ledger sequencer"))
         if self._token is not None:
             with contextlib.suppress(MedledgerError):
                 await self._storage.release_lease(self._config.owner)
@@ -209,7 +220,9 @@ class Sequencer:
             raise NotLeader(lease.address if lease else None)
         waiter = _Waiter(data, digest, idempotency_key)
         await self._queue.put(waiter)
-        return await waiter.future
+        # Shielded: a caller that gives up (its deadline) must not cancel the future the
+        # batch resolves; the entry may be integrated all the same.
+        return await asyncio.shield(waiter.future)
 
     async def _existing_receipt(self, index: int, digest: bytes) -> Receipt:
         """The receipt an earlier append with the same idempotency key got."""
@@ -289,8 +302,7 @@ class Sequencer:
                 self._leader_event.clear()
                 exc = Unavailable("ledger sequencer", reason="SEQUENCER_CHANGED")
             for waiter in waiters:
-                if not waiter.future.done():
-                    waiter.future.set_exception(exc)
+                _fail(waiter, exc)
             if not isinstance(exc, MedledgerError):
                 log.exception("batch failed")
 
@@ -306,14 +318,14 @@ class Sequencer:
             if waiter.key in existing and not waiter.future.done():
                 try:
                     receipt = await self._existing_receipt(existing[waiter.key], waiter.leaf_hash)
-                    waiter.future.set_result(receipt)
+                    _resolve(waiter, receipt)
                 except MedledgerError as exc:
-                    waiter.future.set_exception(exc)
+                    _fail(waiter, exc)
         for waiter, original in repeats:
             if original.leaf_hash == waiter.leaf_hash:
-                waiter.future.set_result(original.future.result())
+                _resolve(waiter, original.future.result())
             else:
-                waiter.future.set_exception(_key_reused())
+                _fail(waiter, _key_reused())
 
     async def _commit(self, state: _TreeState, fresh: Sequence[_Waiter]) -> None:
         compact = state.compact.copy()
@@ -354,6 +366,6 @@ class Sequencer:
             held = {**state.edge_tiles, **touched}  # the right edge is in memory: no read
             proofs = await self._proofs.inclusion(indices, checkpoint, held)
             for waiter, index, proof in zip(fresh, indices, proofs, strict=True):
-                waiter.future.set_result(Receipt(index, waiter.leaf_hash, checkpoint.note, proof))
+                _resolve(waiter, Receipt(index, waiter.leaf_hash, checkpoint.note, proof))
         if self._publisher is not None:
             self._publisher.publish(checkpoint)
