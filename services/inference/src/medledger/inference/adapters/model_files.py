@@ -17,7 +17,24 @@ from medledger.inference.domain.registration import MODEL_FILE
 _CHUNK: Final = 1024 * 1024
 
 
-def _sha256(path: Path) -> bytes | None:
+# The file's identity as stat tells it: a replaced or rewritten file changes one of these.
+_Stamp = tuple[int, int, int, int]
+
+
+def _stamp(path: Path) -> _Stamp | None:
+    try:
+        status = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+def _sha256(path: Path) -> tuple[_Stamp, bytes] | None:
+    """The file's digest and its stamp taken before reading (a file changed during the read
+    gets another stamp at the next call, so a stale digest is never kept)."""
+    stamp = _stamp(path)
+    if stamp is None:
+        return None
     digest = hashlib.sha256()
     try:
         with path.open("rb") as file:
@@ -25,12 +42,17 @@ def _sha256(path: Path) -> bytes | None:
                 digest.update(chunk)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return digest.digest()
+    return stamp, digest.digest()
 
 
 class ModelFiles:
+    """Every Predict asks for the served file's digest: it is hashed again only when the
+    file's stat stamp (inode, size, modification and change times) differs from the last
+    hash's."""
+
     def __init__(self, repository: Path) -> None:
         self._repository = repository
+        self._digests: dict[Path, tuple[_Stamp, bytes]] = {}
 
     def path(self, name: str, version: int) -> Path:
         """``<repository>/<name>/<version>/model.onnx`` (the name is a checked model name:
@@ -38,8 +60,20 @@ class ModelFiles:
         return self._repository / name / str(version) / MODEL_FILE
 
     async def sha256(self, name: str, version: int) -> bytes | None:
-        # Models may be large: hashed off the event loop.
+        path = self.path(name, version)
         try:
-            return await asyncio.to_thread(_sha256, self.path(name, version))
+            stamp = await asyncio.to_thread(_stamp, path)
+            if stamp is None:
+                self._digests.pop(path, None)
+                return None
+            known = self._digests.get(path)
+            if known is not None and known[0] == stamp:
+                return known[1]
+            # Models may be large: hashed off the event loop.
+            hashed = await asyncio.to_thread(_sha256, path)
         except OSError as error:  # unreadable: the volume, not the caller
             raise Unavailable("model repository") from error
+        if hashed is None:
+            return None
+        self._digests[path] = hashed
+        return hashed[1]

@@ -9,6 +9,7 @@ reason, ...); the record service not answering is UNAVAILABLE.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable
 from typing import Any, Final, TypeVar
@@ -50,22 +51,32 @@ class RecordClient:
             raise decoded from error
 
     async def read(self, caller: Caller, patient_id: str, *, with_patient: bool) -> RecordRead:
-        """The patient's Observations (every page), and their Patient resource when asked."""
-        patient = None
+        """The patient's Observations (every page), and their Patient resource when asked,
+        read at once."""
         if with_patient:
-            reply = await self._call(
-                self._stub.GetResource(
-                    record_pb2.GetResourceRequest(
-                        resource_type="Patient",
-                        id=patient_id,
-                        purpose=caller.purpose,
-                        break_glass_reason=caller.break_glass_reason,
-                    ),
-                    metadata=_metadata(caller),
-                    timeout=self._timeout,
-                )
+            patient, observations = await asyncio.gather(
+                self._patient(caller, patient_id), self._observations(caller, patient_id)
             )
-            patient = json.loads(reply.resource.resource_json)
+            return RecordRead(patient, observations)
+        return RecordRead(None, await self._observations(caller, patient_id))
+
+    async def _patient(self, caller: Caller, patient_id: str) -> dict[str, Any]:
+        reply = await self._call(
+            self._stub.GetResource(
+                record_pb2.GetResourceRequest(
+                    resource_type="Patient",
+                    id=patient_id,
+                    purpose=caller.purpose,
+                    break_glass_reason=caller.break_glass_reason,
+                ),
+                metadata=_metadata(caller),
+                timeout=self._timeout,
+            )
+        )
+        document: dict[str, Any] = json.loads(reply.resource.resource_json)
+        return document
+
+    async def _observations(self, caller: Caller, patient_id: str) -> list[dict[str, Any]]:
         observations: list[dict[str, Any]] = []
         token = ""
         for _ in range(MAX_PAGES):
@@ -87,7 +98,7 @@ class RecordClient:
             token = page.next_page_token
             if not token:
                 break
-        return RecordRead(patient, observations)
+        return observations
 
     async def create(
         self, caller: Caller, resource: dict[str, Any], idempotency_key: str
