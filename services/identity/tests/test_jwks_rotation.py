@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -21,8 +22,33 @@ from medledger.common.errors import FailedPrecondition, Unauthenticated
 from medledger.common.server import ServiceServer
 from medledger.common.vault import VaultTransit
 from medledger.common.vault_layout import IDENTITY_TOKEN_KEY
+from medledger.devstack.process import free_port
+from medledger.devstack.vault import DevVault
 
 pytestmark = pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")
+
+
+@pytest.fixture(scope="module")
+def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevVault]:
+    """A Vault of this module's own: the rotations here change identity's signing key, which
+    every other identity of the session (the testkit platform's among them) shares in the
+    session's Vault; rotated there, the platform's identity signed with a version its ledger
+    then refused for a while (TOKEN_KID_UNKNOWN), failing later modules' fixtures."""
+    server = DevVault(
+        port=free_port(with_next=True),
+        log_file=tmp_path_factory.mktemp("rotation-vault") / "vault.log",
+        die_with_parent=True,
+    )
+    server.start()
+    server.provision()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def identity_vault_token(vault_server: DevVault) -> str:
+    """Identity's own Vault token, in this module's Vault."""
+    return str(vault_server.token_for("identity"))
 
 
 @pytest.fixture

@@ -331,6 +331,11 @@ class IdentityStore:
             return False
         return True
 
+    @mongo_errors
+    async def forget_assertion(self, client_id: str, jti: str) -> None:
+        await self._ready()
+        await self._assertions.delete_one({"_id": f"{client_id} {jti}"})
+
     # -- record holders ------------------------------------------------------------------
 
     @mongo_errors

@@ -66,6 +66,12 @@ def _timestamp(claims: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
+@dataclass(frozen=True)
+class AcceptedAssertion:
+    client: Client
+    jti: str
+
+
 class AssertionVerifier:
     def __init__(self, store: DirectoryStorage, policy: AssertionPolicy) -> None:
         self._store = store
@@ -73,6 +79,16 @@ class AssertionVerifier:
 
     async def verify(self, assertion: str, now: datetime) -> Client:
         """The client the assertion authenticates, or Unauthenticated with a reason."""
+        return (await self.accept(assertion, now)).client
+
+    async def release(self, accepted: AcceptedAssertion) -> None:
+        """Lets ``accepted`` be sent again: no token was issued for it (the ledger did not
+        take the TOKEN_ISSUED entry, say), and a client's retry, or gRPC's own, resends the
+        very same assertion."""
+        await self._store.forget_assertion(accepted.client.client_id, accepted.jti)
+
+    async def accept(self, assertion: str, now: datetime) -> AcceptedAssertion:
+        """The client the assertion authenticates and the assertion's id, now used up."""
         if len(assertion) > MAX_ASSERTION_BYTES or assertion.count(".") != 2:
             raise _refused("the client assertion is not a compact JWS", "ASSERTION_MALFORMED")
         try:
@@ -112,7 +128,7 @@ class AssertionVerifier:
         jti = claims["jti"]
         if not await self._store.remember_assertion(client.client_id, jti, expires):
             raise _refused("the client assertion was already used", "ASSERTION_REPLAYED")
-        return client
+        return AcceptedAssertion(client, str(jti))
 
     def _check_claims(self, claims: Mapping[str, Any], now: datetime) -> datetime:
         """Checks aud, exp, nbf, iat and jti; returns until when the jti must be kept."""

@@ -127,6 +127,9 @@ class DirectoryStorage(Protocol):
     async def remember_assertion(self, client_id: str, jti: str, expires: datetime) -> bool:
         """Records a client assertion id until ``expires``; False when already seen."""
 
+    async def forget_assertion(self, client_id: str, jti: str) -> None:
+        """Drops a recorded assertion id: no token was issued for it."""
+
     async def holder(self, patient_id: str) -> PatientHolder | None:
         """The organisation registered as holding the patient's record, if any."""
 

@@ -16,6 +16,7 @@ hashed; unknown usernames cost a hash as known ones do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Final, NoReturn
 from medledger.common.errors import (
     FieldViolation,
     InvalidArgument,
+    MedledgerError,
     PermissionDenied,
     Unauthenticated,
 )
@@ -200,18 +202,26 @@ class TokenService:
             )
         if problems:
             raise InvalidArgument(problems)
-        client = await self._assertions.verify(assertion, self._clock())
-        scopes = _granted(scope, client.allowed_scopes, "client_credentials.scope")
-        token, jti, _ = await self._sign(
-            subject=client.client_id,
-            organization=client.organization,
-            audience=audience or self._policy.default_audience,
-            scopes=scopes,
-            purposes=client.allowed_purposes,
-            extra={"client_id": client.client_id},
-        )
-        # No ledger entry, no token: the ledger must know every token a partner holds.
-        await self._events.token_issued(client.client_id, client.organization, jti)
+        accepted = await self._assertions.accept(assertion, self._clock())
+        client = accepted.client
+        try:
+            scopes = _granted(scope, client.allowed_scopes, "client_credentials.scope")
+            token, jti, _ = await self._sign(
+                subject=client.client_id,
+                organization=client.organization,
+                audience=audience or self._policy.default_audience,
+                scopes=scopes,
+                purposes=client.allowed_purposes,
+                extra={"client_id": client.client_id},
+            )
+            # No ledger entry, no token: the ledger must know every token a partner holds.
+            await self._events.token_issued(client.client_id, client.organization, jti)
+        except MedledgerError:
+            # No token came of the assertion: a retry may send it again (gRPC's own retry
+            # of an UNAVAILABLE answer does), instead of meeting ASSERTION_REPLAYED.
+            with contextlib.suppress(MedledgerError):
+                await self._assertions.release(accepted)
+            raise
         return self._issued(token, scopes)
 
     async def password(
