@@ -195,6 +195,17 @@ async def test_no_token_when_the_ledger_is_down(identity: Any, make_identity: An
     assert cut_off.reason(down.value) == "DEPENDENCY_UNAVAILABLE"
     # The same client, through a replica whose ledger answers, gets its token.
     await identity.client_token("lab-app", key, "system/Patient.rs")
+    # The very assertion the cut-off replica could not honour may be sent again: no token
+    # came of it, so it is not spent (gRPC itself retries an UNAVAILABLE answer with it).
+    assertion = identity.assertion("lab-app", key)
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await cut_off.stub.IssueToken(identity.grant(assertion, "system/Patient.rs"))
+    assert again.value.code() == grpc.StatusCode.UNAVAILABLE
+    issued = await identity.stub.IssueToken(identity.grant(assertion, "system/Patient.rs"))
+    assert issued.access_token
+    with pytest.raises(grpc.aio.AioRpcError) as spent:
+        await identity.stub.IssueToken(identity.grant(assertion, "system/Patient.rs"))
+    assert identity.reason(spent.value) == "ASSERTION_REPLAYED"
 
 
 async def test_issue_token_bad_input_names_the_field(identity: Any) -> None:
