@@ -138,7 +138,8 @@ class TokenService:
         self._passwords = passwords
         self._throttle = throttle
         self._clock = clock
-        self._service_token: tuple[str, datetime] | None = None
+        # identity's own ledger token, its expiry and the signing key version that signed it.
+        self._service_token: tuple[str, datetime, int] | None = None
         # One rotation at a time here: each ledgers the version it creates, so two at once
         # would both claim the same version (another replica's conflict is ABORTED).
         self._rotation = asyncio.Lock()
@@ -321,8 +322,17 @@ class TokenService:
     async def service_token(self) -> str:
         """identity's own token for the ledger, reused until a minute before it expires."""
         margin = min(timedelta(minutes=1), self._policy.lifetime / 2)
-        if self._service_token is not None and self._clock() < self._service_token[1] - margin:
-            return self._service_token[0]
+        cached = self._service_token
+        # Not once the key has moved on: after two rotations the JWKS no longer lists the
+        # version that signed it, and the ledger would refuse it (TOKEN_KID_UNKNOWN) until
+        # it expired. A ledger missing a kid asks GetJwks, which brings this signer's
+        # versions up to date, so the next call here signs anew.
+        if (
+            cached is not None
+            and self._clock() < cached[1] - margin
+            and cached[2] == await self._signer.current_version()
+        ):
+            return cached[0]
         token, _, expires = await self._sign(
             subject=SERVICE_PRINCIPAL,
             organization=self._policy.service_organization,
@@ -331,5 +341,5 @@ class TokenService:
             purposes=[],
             extra={"client_id": SERVICE_PRINCIPAL},
         )
-        self._service_token = (token, expires)
+        self._service_token = (token, expires, await self._signer.current_version())
         return token
