@@ -27,7 +27,7 @@ from medledger.devstack.triton import TritonServer
 from medledger.inference.adapters.triton import TritonSettings
 from medledger.inference.config import InferenceConfig, InferenceSettings
 from medledger.inference.runtime import from_settings
-from medledger.testkit.models import model_repository, model_triton
+from medledger.testkit.models import serving_models
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
 
 pytestmark = pytest.mark.triton
@@ -60,11 +60,8 @@ class LiveModels:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, TritonServer]]:
-    repository = model_repository(tmp_path_factory.mktemp("cli-models"))
-    triton = model_triton(repository, tmp_path_factory.mktemp("cli-triton"))
-    triton.start()
-    yield repository, triton
-    triton.stop()
+    with serving_models(tmp_path_factory, "cli") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

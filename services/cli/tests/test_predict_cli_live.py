@@ -36,7 +36,7 @@ from medledger.inference.config import InferenceConfig, InferenceSettings
 from medledger.inference.runtime import from_settings as inference_from_settings
 from medledger.record.config import RecordSettings
 from medledger.record.runtime import from_settings as record_from_settings
-from medledger.testkit.models import model_repository, model_triton
+from medledger.testkit.models import serving_models
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
 from medledger.testkit.tokens import authed_channel
 
@@ -79,11 +79,8 @@ class Live:
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, TritonServer]]:
-    repository = model_repository(tmp_path_factory.mktemp("predict-cli-models"))
-    server = model_triton(repository, tmp_path_factory.mktemp("predict-cli-triton"))
-    server.start()
-    yield repository, server
-    server.stop()
+    with serving_models(tmp_path_factory, "predict-cli") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from medledger.inference.runtime import from_settings as inference_from_settings
 from medledger.record.config import RecordSettings
 from medledger.record.runtime import from_settings as record_from_settings
 from medledger.testkit.inprocess import eventually
-from medledger.testkit.models import model_repository, model_triton
+from medledger.testkit.models import serving_models
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
 from medledger.testkit.tokens import authed_channel
 from medledger.verify.prediction import parse_opening, verify_prediction
@@ -73,11 +73,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, TritonServer]]:
-    repository = model_repository(tmp_path_factory.mktemp("predict-models"))
-    server = model_triton(repository, tmp_path_factory.mktemp("predict-triton"))
-    server.start()
-    yield repository, server
-    server.stop()
+    with serving_models(tmp_path_factory, "predict") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from medledger.inference.adapters.triton import TritonSettings
 from medledger.inference.config import InferenceConfig, InferenceSettings
 from medledger.inference.runtime import from_settings
 from medledger.testkit.inprocess import eventually
-from medledger.testkit.models import model_repository, model_triton
+from medledger.testkit.models import serving_models
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
 from medledger.testkit.tokens import authed_channel
 from medledger.verify.receipt import verify_receipt
@@ -86,11 +86,8 @@ def _subject(token: str) -> str:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, TritonServer]]:
-    repository = model_repository(tmp_path_factory.mktemp("registry-models"))
-    triton = model_triton(repository, tmp_path_factory.mktemp("registry-triton"))
-    triton.start()
-    yield repository, triton
-    triton.stop()
+    with serving_models(tmp_path_factory, "registry") as served:
+        yield served
 
 
 def _tampered_copy(repository: Path, out: Path) -> Path:

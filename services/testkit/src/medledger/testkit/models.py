@@ -4,15 +4,20 @@ uses them (the inference service's registry, the ``medledger models`` commands).
 :func:`model_repository` builds the local layout into a folder of the test's (never the
 checkout's ``build/models``, which a running local stack may be serving) and adds a version 2
 of ``diabetes-progression`` (the same ONNX file, its card saying version 2), so that "the latest
-version" has two to choose from. :func:`model_triton` starts a Triton serving it.
+version" has two to choose from. :func:`model_triton` starts a Triton serving it;
+:func:`serving_models` does both for a module's fixture.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
+
+import pytest
 
 from medledger.devstack.process import free_ports
 from medledger.devstack.triton import TritonServer
@@ -56,3 +61,18 @@ def model_triton(repository: Path, state: Path) -> TritonServer:
         # The first start on a machine builds Triton's virtualenv.
         start_timeout=300,
     )
+
+
+@contextmanager
+def serving_models(
+    tmp_path_factory: pytest.TempPathFactory, label: str
+) -> Iterator[tuple[Path, TritonServer]]:
+    """The models built into a fresh folder and a tritonserver serving them, started; the
+    repository and the server, stopped at the end."""
+    repository = model_repository(tmp_path_factory.mktemp(f"{label}-models"))
+    server = model_triton(repository, tmp_path_factory.mktemp(f"{label}-triton"))
+    server.start()
+    try:
+        yield repository, server
+    finally:
+        server.stop()
