@@ -11,6 +11,7 @@ from medledger.cli.dev import app as dev_app
 from medledger.cli.models import app as models_app
 from medledger.cli.predict import app as predict_app
 from medledger.cli.record import app as record_app
+from medledger.cli.report import report_app
 from medledger.cli.token import token_command
 from medledger.cli.verify import app as verify_app
 
@@ -29,6 +30,7 @@ app.add_typer(record_app, name="record")
 app.add_typer(demo_app, name="demo")
 app.add_typer(models_app, name="models")
 app.add_typer(predict_app, name="predict")
+app.add_typer(report_app, name="report")
 
 if __name__ == "__main__":
     app()
