@@ -7,7 +7,7 @@ retryable ``Unavailable("ledger")``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -77,36 +77,61 @@ class LedgerClient:
             self.entry(event), idempotency_key=idempotency_key, timeout=timeout
         )
 
+    async def _metadata(self) -> list[tuple[str, str]]:
+        if self._token is None:
+            return []
+        return [("authorization", f"Bearer {await self._token()}")]
+
     async def append_entry(
         self, entry: ledger_pb2.LedgerEntry, *, idempotency_key: str = "", timeout: float = 10.0
     ) -> ledger_pb2.Receipt:
         """Appends an entry built by :meth:`entry` (whose leaf hash the caller may have
         recorded first)."""
-        metadata = []
-        if self._token is not None:
-            metadata.append(("authorization", f"Bearer {await self._token()}"))
         request = ledger_pb2.AppendRequest(entry=entry, idempotency_key=idempotency_key)
         try:
-            response = await self._stub.Append(request, metadata=metadata, timeout=timeout)
+            response = await self._stub.Append(
+                request, metadata=await self._metadata(), timeout=timeout
+            )
         except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise Unavailable("ledger") from error
-            if from_rpc_error(error).reason == IDEMPOTENCY_KEY_REUSED:
-                # A concurrent change (another replica) recorded this event first: the
-                # caller may re-read and retry.
-                raise Aborted(
-                    "a concurrent change was recorded first; retry", reason="CONCURRENT_CHANGE"
-                ) from error
-            if error.code() in (
-                grpc.StatusCode.UNAUTHENTICATED,
-                grpc.StatusCode.PERMISSION_DENIED,
-            ):
-                # This service's own token was refused (a signing key the ledger has not
-                # fetched yet, an expired token, a missing scope): nothing the caller did, and
-                # nothing was recorded; retryable like any dependency that does not answer.
-                raise Unavailable("ledger", reason="LEDGER_REFUSED") from error
-            raise MedledgerError("the ledger refused the event", reason="LEDGER_REFUSED") from error
+            raise _append_error(error) from error
         return response.receipt
+
+    async def append_entries(
+        self,
+        entries: Sequence[tuple[ledger_pb2.LedgerEntry, str]],
+        *,
+        timeout: float = 30.0,
+    ) -> list[ledger_pb2.Receipt]:
+        """Appends ``(entry, idempotency_key)`` pairs in one durable step (AppendBatch: all
+        or none, at most 1,000), returning their receipts in order."""
+        request = ledger_pb2.AppendBatchRequest(
+            entries=[ledger_pb2.AppendRequest(entry=e, idempotency_key=k) for e, k in entries]
+        )
+        try:
+            response = await self._stub.AppendBatch(
+                request, metadata=await self._metadata(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _append_error(error) from error
+        if len(response.receipts) != len(entries):
+            raise MedledgerError("the ledger answered a partial batch", reason="LEDGER_REFUSED")
+        return list(response.receipts)
 
     async def aclose(self) -> None:
         await self._channel.close(None)
+
+
+def _append_error(error: grpc.aio.AioRpcError) -> MedledgerError:
+    """What a refused or failed append means to the service that asked."""
+    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable("ledger")
+    if from_rpc_error(error).reason == IDEMPOTENCY_KEY_REUSED:
+        # A concurrent change (another replica) recorded this event first: the caller may
+        # re-read and retry.
+        return Aborted("a concurrent change was recorded first; retry", reason="CONCURRENT_CHANGE")
+    if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        # This service's own token was refused (a signing key the ledger has not fetched
+        # yet, an expired token, a missing scope): nothing the caller did, and nothing was
+        # recorded; retryable like any dependency that does not answer.
+        return Unavailable("ledger", reason="LEDGER_REFUSED")
+    return MedledgerError("the ledger refused the event", reason="LEDGER_REFUSED")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -25,7 +26,10 @@ from medledger.ledger.domain.log import LogReader
 from medledger.ledger.domain.sequencer import NotLeader, Receipt, Sequencer
 
 Context = grpc.aio.ServicerContext[Any, Any]
+R = TypeVar("R")
 APPEND = "/medledger.api.ledger.v1.LedgerService/Append"
+# Entries one AppendBatch may carry: all of them go into one durable step.
+MAX_BATCH_ENTRIES: Final = 1000
 
 _SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"]
 _METHODS = _SERVICE.methods_by_name
@@ -35,6 +39,7 @@ LEDGER_ACCESS: Final = ServiceAccess(
     _SERVICE,
     {
         _METHODS["Append"]: Scopes(LEDGER_APPEND),
+        _METHODS["AppendBatch"]: Scopes(LEDGER_APPEND),
         _METHODS["GetCheckpoint"]: _READERS,
         _METHODS["ListCheckpoints"]: _READERS,
         _METHODS["GetEntry"]: _READERS,
@@ -76,6 +81,41 @@ def _decoded(data: bytes) -> ledger_pb2.LedgerEntry | None:
     return entry
 
 
+def _batch_items(request: ledger_pb2.AppendBatchRequest, caller: str) -> list[tuple[bytes, str]]:
+    """Each entry's canonical bytes and stored idempotency key; INVALID_ARGUMENT naming
+    every bad entry as ``entries[i].…`` (the whole batch is refused: all or none)."""
+    count = len(request.entries)
+    if not 1 <= count <= MAX_BATCH_ENTRIES:
+        raise InvalidArgument(
+            [FieldViolation("entries", f"must hold 1 to {MAX_BATCH_ENTRIES} entries")]
+        )
+    problems: list[FieldViolation] = []
+    items: list[tuple[bytes, str]] = []
+    seen: set[str] = set()
+    for position, item in enumerate(request.entries):
+        where = f"entries[{position}]"
+        try:
+            if not item.HasField("entry"):
+                raise InvalidArgument([FieldViolation("entry", "is required")])
+            data = validate_entry(item.entry)
+            validate_idempotency_key(item.idempotency_key)
+        except InvalidArgument as error:
+            problems += [
+                FieldViolation(f"{where}.{v.field}", v.description) for v in error.violations
+            ]
+            continue
+        if item.idempotency_key and item.idempotency_key in seen:
+            problems.append(
+                FieldViolation(f"{where}.idempotency_key", "repeats a key of this batch")
+            )
+            continue
+        seen.add(item.idempotency_key)
+        items.append((data, caller_idempotency_key(caller, item.idempotency_key)))
+    if problems:
+        raise InvalidArgument(problems)
+    return items
+
+
 class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def __init__(
         self,
@@ -90,24 +130,32 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self._settings = settings
         self._leader_channel: tuple[str, grpc.aio.Channel] | None = None
 
+    async def _leader_stub(self, address: str) -> ledger_pb2_grpc.LedgerServiceAsyncStub:
+        if self._leader_channel is None or self._leader_channel[0] != address:
+            if self._leader_channel is not None:
+                await self._leader_channel[1].close(None)
+            channel = create_channel(
+                address, self._settings, server_name=self._settings.sequencer_tls_name
+            )
+            self._leader_channel = (address, channel)
+        stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
+            self._leader_channel[1]
+        )
+        return stub
+
     async def _forward(
-        self, request: ledger_pb2.AppendRequest, error: NotLeader, context: Context
-    ) -> ledger_pb2.AppendResponse:
+        self,
+        call: Callable[[ledger_pb2_grpc.LedgerServiceAsyncStub], Callable[..., Awaitable[R]]],
+        request: Any,
+        error: NotLeader,
+        context: Context,
+    ) -> R:
         """Another replica sequences: hand the append to it (once; it does not forward)."""
         if error.address is None or any(
             k == "x-medledger-forwarded" for k, _ in context.invocation_metadata() or ()
         ):
             raise Unavailable("ledger sequencer", reason="NO_SEQUENCER")
-        if self._leader_channel is None or self._leader_channel[0] != error.address:
-            if self._leader_channel is not None:
-                await self._leader_channel[1].close(None)
-            channel = create_channel(
-                error.address, self._settings, server_name=self._settings.sequencer_tls_name
-            )
-            self._leader_channel = (error.address, channel)
-        stub: ledger_pb2_grpc.LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(
-            self._leader_channel[1]
-        )
+        method = call(await self._leader_stub(error.address))
         metadata = [("x-medledger-forwarded", "1")]
         metadata += [
             (key, value)
@@ -115,7 +163,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
             if key == "authorization" and isinstance(value, str)
         ]
         try:
-            return await stub.Append(request, metadata=metadata, timeout=context.time_remaining())
+            return await method(request, metadata=metadata, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as exc:
             raise Unavailable("ledger sequencer", reason="SEQUENCER_UNREACHABLE") from exc
 
@@ -134,8 +182,18 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
         try:
             receipt = await self._sequencer.append(data, key)
         except NotLeader as error:
-            return await self._forward(request, error, context)
+            return await self._forward(lambda stub: stub.Append, request, error, context)
         return ledger_pb2.AppendResponse(receipt=_receipt(receipt))
+
+    async def AppendBatch(
+        self, request: ledger_pb2.AppendBatchRequest, context: Context
+    ) -> ledger_pb2.AppendBatchResponse:
+        items = _batch_items(request, authenticated_principal().subject)
+        try:
+            receipts = await self._sequencer.append_many(items)
+        except NotLeader as error:
+            return await self._forward(lambda stub: stub.AppendBatch, request, error, context)
+        return ledger_pb2.AppendBatchResponse(receipts=[_receipt(r) for r in receipts])
 
     async def GetCheckpoint(
         self, request: ledger_pb2.GetCheckpointRequest, context: Context

@@ -7,6 +7,9 @@ new tree are committed together; only then are the waiters answered, each with a
 (index, leaf hash, checkpoint, inclusion proof). If anything fails before the commit
 (Vault down, Mongo down, lease lost), nothing of the batch is written and every waiter
 gets a retryable error; an idempotency key makes the retry safe.
+
+A bulk append (:meth:`Sequencer.append_many`) queues its entries as one group, which is
+never split across batches: they share one commit and one checkpoint, all or none.
 """
 
 from __future__ import annotations
@@ -142,7 +145,8 @@ class Sequencer:
         self._publisher = publisher
         self._on_checkpoint = on_checkpoint
         self._proofs = ProofReader(storage)
-        self._queue: asyncio.Queue[_Waiter] = asyncio.Queue()
+        # Each item is a group of waiters integrated in the same batch (one for Append).
+        self._queue: asyncio.Queue[list[_Waiter]] = asyncio.Queue()
         self._state: _TreeState | None = None
         self._token: int | None = None
         self._leader_until = 0.0
@@ -165,8 +169,8 @@ class Sequencer:
                 await task
         self._tasks = []
         while not self._queue.empty():
-            waiter = self._queue.get_nowait()
-            _fail(waiter, Unavailable("ledger sequencer"))
+            for waiter in self._queue.get_nowait():
+                _fail(waiter, Unavailable("ledger sequencer"))
         if self._token is not None:
             with contextlib.suppress(MedledgerError):
                 await self._storage.release_lease(self._config.owner)
@@ -210,19 +214,39 @@ class Sequencer:
 
     async def append(self, data: bytes, idempotency_key: str) -> Receipt:
         """Integrates ``data`` (canonical entry bytes) and returns its receipt."""
-        digest = leaf_hash(data)
-        if idempotency_key:
-            existing = await self._storage.idempotent_indices([idempotency_key])
-            if idempotency_key in existing:
-                return await self._existing_receipt(existing[idempotency_key], digest)
+        (receipt,) = await self.append_many([(data, idempotency_key)])
+        return receipt
+
+    async def append_many(self, items: Sequence[tuple[bytes, str]]) -> list[Receipt]:
+        """Integrates every ``(data, idempotency_key)`` in the same batch, hence the same
+        durable step, and returns their receipts in order. Entries whose key was stored
+        before get that first receipt (a retried bulk append adds nothing); a key stored
+        for other bytes fails the whole call before anything is queued."""
+        waiters = [_Waiter(data, leaf_hash(data), key) for data, key in items]
+        keys = [w.key for w in waiters if w.key]
+        existing = await self._storage.idempotent_indices(keys) if keys else {}
+        known = {
+            w.key: await self._existing_receipt(existing[w.key], w.leaf_hash)
+            for w in waiters
+            if w.key in existing
+        }
+        if len(known) == len(waiters):
+            return [known[w.key] for w in waiters]
         if not self.is_leader:
             lease = await self._storage.current_lease()
             raise NotLeader(lease.address if lease else None)
-        waiter = _Waiter(data, digest, idempotency_key)
-        await self._queue.put(waiter)
-        # Shielded: a caller that gives up (its deadline) must not cancel the future the
-        # batch resolves; the entry may be integrated all the same.
-        return await asyncio.shield(waiter.future)
+        await self._queue.put(waiters)
+        # Shielded: a caller that gives up (its deadline) must not cancel the futures the
+        # batch resolves; the entries may be integrated all the same.
+        outcomes = await asyncio.shield(
+            asyncio.gather(*(w.future for w in waiters), return_exceptions=True)
+        )
+        receipts: list[Receipt] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            receipts.append(outcome)
+        return receipts
 
     async def _existing_receipt(self, index: int, digest: bytes) -> Receipt:
         """The receipt an earlier append with the same idempotency key got."""
@@ -243,9 +267,11 @@ class Sequencer:
                 continue
             if self._config.batch_delay:
                 await asyncio.sleep(self._config.batch_delay)
-            batch = [first]
+            # Whole groups only: a bulk append is never split, so a batch may pass
+            # batch_size by at most one group.
+            batch = list(first)
             while len(batch) < self._config.batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                batch.extend(self._queue.get_nowait())
             await self._integrate(batch)
 
     async def _prepare(self) -> None:

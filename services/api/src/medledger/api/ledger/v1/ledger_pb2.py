@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from medledger.api.common.v1 import purpose_pb2 as medledger_dot_api_dot_common_dot_v1_dot_purpose__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$medledger/api/ledger/v1/ledger.proto\x12\x17medledger.api.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%medledger/api/common/v1/purpose.proto\"8\n\x0bResourceRef\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"\xbd\x02\n\x0bLedgerEntry\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".medledger.api.ledger.v1.EventKind\x12\x0f\n\x07subject\x18\x02 \x01(\x0c\x12\x36\n\x08resource\x18\x03 \x01(\x0b\x32$.medledger.api.ledger.v1.ResourceRef\x12\x1a\n\x12\x63ontent_commitment\x18\x04 \x01(\x0c\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x14\n\x0corganization\x18\x06 \x01(\t\x12\x36\n\x07purpose\x18\x07 \x01(\x0e\x32%.medledger.api.common.v1.PurposeOfUse\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\t \x01(\x0c\"]\n\x07Receipt\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\x12\n\ncheckpoint\x18\x03 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x04 \x03(\x0c\"l\n\x0cIndexedEntry\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x13\n\x0b\x65ntry_bytes\x18\x02 \x01(\x0c\x12\x33\n\x05\x65ntry\x18\x03 \x01(\x0b\x32$.medledger.api.ledger.v1.LedgerEntry\"]\n\rAppendRequest\x12\x33\n\x05\x65ntry\x18\x01 \x01(\x0b\x32$.medledger.api.ledger.v1.LedgerEntry\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"C\n\x0e\x41ppendResponse\x12\x31\n\x07receipt\x18\x01 \x01(\x0b\x32 .medledger.api.ledger.v1.Receipt\"\x16\n\x14GetCheckpointRequest\"+\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\"S\n\x16ListCheckpointsRequest\x12\x12\n\nafter_size\x18\x01 \x01(\x04\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"9\n\x10IssuedCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x12\n\ncheckpoint\x18\x02 \x01(\x0c\"r\n\x17ListCheckpointsResponse\x12>\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32).medledger.api.ledger.v1.IssuedCheckpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x0fGetEntryRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\"\\\n\x10GetEntryResponse\x12\x13\n\x0b\x65ntry_bytes\x18\x01 \x01(\x0c\x12\x33\n\x05\x65ntry\x18\x02 \x01(\x0b\x32$.medledger.api.ledger.v1.LedgerEntry\"P\n\x12ListEntriesRequest\x12\x13\n\x0bstart_index\x18\x01 \x01(\x04\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x13ListEntriesResponse\x12\x36\n\x07\x65ntries\x18\x01 \x03(\x0b\x32%.medledger.api.ledger.v1.IndexedEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x18GetInclusionProofRequest\x12\x14\n\nleaf_index\x18\x01 \x01(\x04H\x00\x12\x13\n\tleaf_hash\x18\x02 \x01(\x0cH\x00\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x42\x06\n\x04leaf\"f\n\x19GetInclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\x0c\"E\n\x1aGetConsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"A\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x02 \x01(\x0c\"\x17\n\x15GetVerifierKeyRequest\">\n\x16GetVerifierKeyResponse\x12\x0c\n\x04vkey\x18\x01 \x01(\t\x12\x16\n\x0eprevious_vkeys\x18\x02 \x03(\t*\xaf\x03\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VENT_KIND_RECORD_CREATED\x10\x01\x12\x1d\n\x19\x45VENT_KIND_RECORD_UPDATED\x10\x02\x12\x1a\n\x16\x45VENT_KIND_RECORD_READ\x10\x03\x12\x1e\n\x1a\x45VENT_KIND_RECORD_EXPORTED\x10\x04\x12\x1c\n\x18\x45VENT_KIND_RECORD_ERASED\x10\x05\x12\x1e\n\x1a\x45VENT_KIND_CONSENT_GRANTED\x10\x06\x12\x1e\n\x1a\x45VENT_KIND_CONSENT_REVOKED\x10\x07\x12\x1a\n\x16\x45VENT_KIND_BREAK_GLASS\x10\x08\x12\x1b\n\x17\x45VENT_KIND_TOKEN_ISSUED\x10\t\x12\x1d\n\x19\x45VENT_KIND_INFERENCE_MADE\x10\n\x12\x1f\n\x1b\x45VENT_KIND_MODEL_REGISTERED\x10\x0b\x12\x1a\n\x16\x45VENT_KIND_KEY_ROTATED\x10\x0c\x12\x19\n\x15\x45VENT_KIND_USER_LOGIN\x10\r2\x8d\x07\n\rLedgerService\x12Y\n\x06\x41ppend\x12&.medledger.api.ledger.v1.AppendRequest\x1a\'.medledger.api.ledger.v1.AppendResponse\x12n\n\rGetCheckpoint\x12-.medledger.api.ledger.v1.GetCheckpointRequest\x1a..medledger.api.ledger.v1.GetCheckpointResponse\x12t\n\x0fListCheckpoints\x12/.medledger.api.ledger.v1.ListCheckpointsRequest\x1a\x30.medledger.api.ledger.v1.ListCheckpointsResponse\x12_\n\x08GetEntry\x12(.medledger.api.ledger.v1.GetEntryRequest\x1a).medledger.api.ledger.v1.GetEntryResponse\x12h\n\x0bListEntries\x12+.medledger.api.ledger.v1.ListEntriesRequest\x1a,.medledger.api.ledger.v1.ListEntriesResponse\x12z\n\x11GetInclusionProof\x12\x31.medledger.api.ledger.v1.GetInclusionProofRequest\x1a\x32.medledger.api.ledger.v1.GetInclusionProofResponse\x12\x80\x01\n\x13GetConsistencyProof\x12\x33.medledger.api.ledger.v1.GetConsistencyProofRequest\x1a\x34.medledger.api.ledger.v1.GetConsistencyProofResponse\x12q\n\x0eGetVerifierKey\x12..medledger.api.ledger.v1.GetVerifierKeyRequest\x1a/.medledger.api.ledger.v1.GetVerifierKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$medledger/api/ledger/v1/ledger.proto\x12\x17medledger.api.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%medledger/api/common/v1/purpose.proto\"8\n\x0bResourceRef\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"\xbd\x02\n\x0bLedgerEntry\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".medledger.api.ledger.v1.EventKind\x12\x0f\n\x07subject\x18\x02 \x01(\x0c\x12\x36\n\x08resource\x18\x03 \x01(\x0b\x32$.medledger.api.ledger.v1.ResourceRef\x12\x1a\n\x12\x63ontent_commitment\x18\x04 \x01(\x0c\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x14\n\x0corganization\x18\x06 \x01(\t\x12\x36\n\x07purpose\x18\x07 \x01(\x0e\x32%.medledger.api.common.v1.PurposeOfUse\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\t \x01(\x0c\"]\n\x07Receipt\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\x12\n\ncheckpoint\x18\x03 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x04 \x03(\x0c\"l\n\x0cIndexedEntry\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x13\n\x0b\x65ntry_bytes\x18\x02 \x01(\x0c\x12\x33\n\x05\x65ntry\x18\x03 \x01(\x0b\x32$.medledger.api.ledger.v1.LedgerEntry\"]\n\rAppendRequest\x12\x33\n\x05\x65ntry\x18\x01 \x01(\x0b\x32$.medledger.api.ledger.v1.LedgerEntry\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"C\n\x0e\x41ppendResponse\x12\x31\n\x07receipt\x18\x01 \x01(\x0b\x32 .medledger.api.ledger.v1.Receipt\"M\n\x12\x41ppendBatchRequest\x12\x37\n\x07\x65ntries\x18\x01 \x03(\x0b\x32&.medledger.api.ledger.v1.AppendRequest\"I\n\x13\x41ppendBatchResponse\x12\x32\n\x08receipts\x18\x01 \x03(\x0b\x32 .medledger.api.ledger.v1.Receipt\"\x16\n\x14GetCheckpointRequest\"+\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\"S\n\x16ListCheckpointsRequest\x12\x12\n\nafter_size\x18\x01 \x01(\x04\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"9\n\x10IssuedCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x12\n\ncheckpoint\x18\x02 \x01(\x0c\"r\n\x17ListCheckpointsResponse\x12>\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32).medledger.api.ledger.v1.IssuedCheckpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x0fGetEntryRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\"\\\n\x10GetEntryResponse\x12\x13\n\x0b\x65ntry_bytes\x18\x01 \x01(\x0c\x12\x33\n\x05\x65ntry\x18\x02 \x01(\x0b\x32$.medledger.api.ledger.v1.LedgerEntry\"P\n\x12ListEntriesRequest\x12\x13\n\x0bstart_index\x18\x01 \x01(\x04\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x13ListEntriesResponse\x12\x36\n\x07\x65ntries\x18\x01 \x03(\x0b\x32%.medledger.api.ledger.v1.IndexedEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x18GetInclusionProofRequest\x12\x14\n\nleaf_index\x18\x01 \x01(\x04H\x00\x12\x13\n\tleaf_hash\x18\x02 \x01(\x0cH\x00\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x42\x06\n\x04leaf\"f\n\x19GetInclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\x0c\"E\n\x1aGetConsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"A\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x02 \x01(\x0c\"\x17\n\x15GetVerifierKeyRequest\">\n\x16GetVerifierKeyResponse\x12\x0c\n\x04vkey\x18\x01 \x01(\t\x12\x16\n\x0eprevious_vkeys\x18\x02 \x03(\t*\xaf\x03\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VENT_KIND_RECORD_CREATED\x10\x01\x12\x1d\n\x19\x45VENT_KIND_RECORD_UPDATED\x10\x02\x12\x1a\n\x16\x45VENT_KIND_RECORD_READ\x10\x03\x12\x1e\n\x1a\x45VENT_KIND_RECORD_EXPORTED\x10\x04\x12\x1c\n\x18\x45VENT_KIND_RECORD_ERASED\x10\x05\x12\x1e\n\x1a\x45VENT_KIND_CONSENT_GRANTED\x10\x06\x12\x1e\n\x1a\x45VENT_KIND_CONSENT_REVOKED\x10\x07\x12\x1a\n\x16\x45VENT_KIND_BREAK_GLASS\x10\x08\x12\x1b\n\x17\x45VENT_KIND_TOKEN_ISSUED\x10\t\x12\x1d\n\x19\x45VENT_KIND_INFERENCE_MADE\x10\n\x12\x1f\n\x1b\x45VENT_KIND_MODEL_REGISTERED\x10\x0b\x12\x1a\n\x16\x45VENT_KIND_KEY_ROTATED\x10\x0c\x12\x19\n\x15\x45VENT_KIND_USER_LOGIN\x10\r2\xf7\x07\n\rLedgerService\x12Y\n\x06\x41ppend\x12&.medledger.api.ledger.v1.AppendRequest\x1a\'.medledger.api.ledger.v1.AppendResponse\x12h\n\x0b\x41ppendBatch\x12+.medledger.api.ledger.v1.AppendBatchRequest\x1a,.medledger.api.ledger.v1.AppendBatchResponse\x12n\n\rGetCheckpoint\x12-.medledger.api.ledger.v1.GetCheckpointRequest\x1a..medledger.api.ledger.v1.GetCheckpointResponse\x12t\n\x0fListCheckpoints\x12/.medledger.api.ledger.v1.ListCheckpointsRequest\x1a\x30.medledger.api.ledger.v1.ListCheckpointsResponse\x12_\n\x08GetEntry\x12(.medledger.api.ledger.v1.GetEntryRequest\x1a).medledger.api.ledger.v1.GetEntryResponse\x12h\n\x0bListEntries\x12+.medledger.api.ledger.v1.ListEntriesRequest\x1a,.medledger.api.ledger.v1.ListEntriesResponse\x12z\n\x11GetInclusionProof\x12\x31.medledger.api.ledger.v1.GetInclusionProofRequest\x1a\x32.medledger.api.ledger.v1.GetInclusionProofResponse\x12\x80\x01\n\x13GetConsistencyProof\x12\x33.medledger.api.ledger.v1.GetConsistencyProofRequest\x1a\x34.medledger.api.ledger.v1.GetConsistencyProofResponse\x12q\n\x0eGetVerifierKey\x12..medledger.api.ledger.v1.GetVerifierKeyRequest\x1a/.medledger.api.ledger.v1.GetVerifierKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medledger.api.ledger.v1.ledger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=1962
-  _globals['_EVENTKIND']._serialized_end=2393
+  _globals['_EVENTKIND']._serialized_start=2116
+  _globals['_EVENTKIND']._serialized_end=2547
   _globals['_RESOURCEREF']._serialized_start=137
   _globals['_RESOURCEREF']._serialized_end=193
   _globals['_LEDGERENTRY']._serialized_start=196
@@ -47,36 +47,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDREQUEST']._serialized_end=813
   _globals['_APPENDRESPONSE']._serialized_start=815
   _globals['_APPENDRESPONSE']._serialized_end=882
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=884
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=906
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=908
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=951
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=953
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1036
-  _globals['_ISSUEDCHECKPOINT']._serialized_start=1038
-  _globals['_ISSUEDCHECKPOINT']._serialized_end=1095
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1097
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1211
-  _globals['_GETENTRYREQUEST']._serialized_start=1213
-  _globals['_GETENTRYREQUEST']._serialized_end=1250
-  _globals['_GETENTRYRESPONSE']._serialized_start=1252
-  _globals['_GETENTRYRESPONSE']._serialized_end=1344
-  _globals['_LISTENTRIESREQUEST']._serialized_start=1346
-  _globals['_LISTENTRIESREQUEST']._serialized_end=1426
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=1428
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=1530
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1532
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1628
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=1630
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1732
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1734
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1803
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1805
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1870
-  _globals['_GETVERIFIERKEYREQUEST']._serialized_start=1872
-  _globals['_GETVERIFIERKEYREQUEST']._serialized_end=1895
-  _globals['_GETVERIFIERKEYRESPONSE']._serialized_start=1897
-  _globals['_GETVERIFIERKEYRESPONSE']._serialized_end=1959
-  _globals['_LEDGERSERVICE']._serialized_start=2396
-  _globals['_LEDGERSERVICE']._serialized_end=3305
+  _globals['_APPENDBATCHREQUEST']._serialized_start=884
+  _globals['_APPENDBATCHREQUEST']._serialized_end=961
+  _globals['_APPENDBATCHRESPONSE']._serialized_start=963
+  _globals['_APPENDBATCHRESPONSE']._serialized_end=1036
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1038
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1060
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=1062
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1105
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1107
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1190
+  _globals['_ISSUEDCHECKPOINT']._serialized_start=1192
+  _globals['_ISSUEDCHECKPOINT']._serialized_end=1249
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1251
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1365
+  _globals['_GETENTRYREQUEST']._serialized_start=1367
+  _globals['_GETENTRYREQUEST']._serialized_end=1404
+  _globals['_GETENTRYRESPONSE']._serialized_start=1406
+  _globals['_GETENTRYRESPONSE']._serialized_end=1498
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1500
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1580
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=1582
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=1684
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1686
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1782
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=1784
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1886
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1888
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1957
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1959
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=2024
+  _globals['_GETVERIFIERKEYREQUEST']._serialized_start=2026
+  _globals['_GETVERIFIERKEYREQUEST']._serialized_end=2049
+  _globals['_GETVERIFIERKEYRESPONSE']._serialized_start=2051
+  _globals['_GETVERIFIERKEYRESPONSE']._serialized_end=2113
+  _globals['_LEDGERSERVICE']._serialized_start=2550
+  _globals['_LEDGERSERVICE']._serialized_end=3565
 # @@protoc_insertion_point(module_scope)

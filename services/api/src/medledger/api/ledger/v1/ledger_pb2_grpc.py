@@ -42,6 +42,11 @@ class LedgerServiceStub:
                 request_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendResponse.FromString,
                 _registered_method=True)
+        self.AppendBatch = channel.unary_unary(
+                '/medledger.api.ledger.v1.LedgerService/AppendBatch',
+                request_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendBatchRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendBatchResponse.FromString,
+                _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/medledger.api.ledger.v1.LedgerService/GetCheckpoint',
                 request_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.GetCheckpointRequest.SerializeToString,
@@ -87,6 +92,15 @@ class LedgerServiceServicer:
 
     def Append(self, request, context):
         """Append adds an entry and answers only once it is integrated in the tree, with its receipt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendBatch(self, request, context):
+        """AppendBatch adds up to 1,000 entries in ONE durable step: all of them are integrated in
+        the same checkpoint, or none is. Receipts come in request order. For bulk writers (HL7 v2
+        and CSV ingestion), so that N entries are not N round trips.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +163,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.Append,
                     request_deserializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendRequest.FromString,
                     response_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendResponse.SerializeToString,
+            ),
+            'AppendBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendBatch,
+                    request_deserializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendBatchRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendBatchResponse.SerializeToString,
             ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
@@ -216,6 +235,33 @@ class LedgerService:
             '/medledger.api.ledger.v1.LedgerService/Append',
             medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendRequest.SerializeToString,
             medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.ledger.v1.LedgerService/AppendBatch',
+            medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendBatchRequest.SerializeToString,
+            medledger_dot_api_dot_ledger_dot_v1_dot_ledger__pb2.AppendBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

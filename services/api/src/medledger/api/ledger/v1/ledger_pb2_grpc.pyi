@@ -38,6 +38,11 @@ class LedgerServiceStub:
     def __new__(cls, channel: _aio.Channel) -> LedgerServiceAsyncStub: ...
     Append: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.AppendRequest, _ledger_pb2.AppendResponse]
     """Append adds an entry and answers only once it is integrated in the tree, with its receipt."""
+    AppendBatch: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.AppendBatchRequest, _ledger_pb2.AppendBatchResponse]
+    """AppendBatch adds up to 1,000 entries in ONE durable step: all of them are integrated in
+    the same checkpoint, or none is. Receipts come in request order. For bulk writers (HL7 v2
+    and CSV ingestion), so that N entries are not N round trips.
+    """
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetCheckpointRequest, _ledger_pb2.GetCheckpointResponse]
     """GetCheckpoint returns the latest signed checkpoint."""
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListCheckpointsRequest, _ledger_pb2.ListCheckpointsResponse]
@@ -65,6 +70,11 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Append: _aio.UnaryUnaryMultiCallable[_ledger_pb2.AppendRequest, _ledger_pb2.AppendResponse]  # type: ignore[assignment]
     """Append adds an entry and answers only once it is integrated in the tree, with its receipt."""
+    AppendBatch: _aio.UnaryUnaryMultiCallable[_ledger_pb2.AppendBatchRequest, _ledger_pb2.AppendBatchResponse]  # type: ignore[assignment]
+    """AppendBatch adds up to 1,000 entries in ONE durable step: all of them are integrated in
+    the same checkpoint, or none is. Receipts come in request order. For bulk writers (HL7 v2
+    and CSV ingestion), so that N entries are not N round trips.
+    """
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetCheckpointRequest, _ledger_pb2.GetCheckpointResponse]  # type: ignore[assignment]
     """GetCheckpoint returns the latest signed checkpoint."""
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListCheckpointsRequest, _ledger_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
@@ -95,6 +105,17 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.AppendResponse, _abc.Awaitable[_ledger_pb2.AppendResponse]]:
         """Append adds an entry and answers only once it is integrated in the tree, with its receipt."""
+
+    @_abc_1.abstractmethod
+    def AppendBatch(
+        self,
+        request: _ledger_pb2.AppendBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.AppendBatchResponse, _abc.Awaitable[_ledger_pb2.AppendBatchResponse]]:
+        """AppendBatch adds up to 1,000 entries in ONE durable step: all of them are integrated in
+        the same checkpoint, or none is. Receipts come in request order. For bulk writers (HL7 v2
+        and CSV ingestion), so that N entries are not N round trips.
+        """
 
     @_abc_1.abstractmethod
     def GetCheckpoint(
