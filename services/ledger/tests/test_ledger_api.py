@@ -217,6 +217,9 @@ async def test_same_key_in_one_batch_gives_one_leaf(ledger: Any) -> None:
             {"content_commitment": b"x" * 31, "trace_id": b"x"},
             ["entry.content_commitment", "entry.trace_id"],
         ),
+        ({"nonce": b"n" * 15}, ["entry.nonce"]),
+        ({"nonce": b"n" * 33}, ["entry.nonce"]),
+        ({"subject": b"", "nonce": b"n" * 16}, ["entry.nonce"]),
         (
             {"resource": ledger_pb2.ResourceRef(type="observation", id="a b", version=-1)},
             ["entry.resource.type", "entry.resource.id", "entry.resource.version"],

@@ -20,6 +20,8 @@ from medledger.common.timestamps import timestamp_to_datetime, timestamp_violati
 SUBJECT_SIZE = 32
 COMMITMENT_SIZE = 32
 TRACE_ID_SIZE = 16
+# A nonce lets whoever holds a patient's pseudonym find the entry (docs/access-report.md).
+NONCE_SIZES = range(16, 33)
 # Identifiers: FHIR ids, client ids, organisation ids, user ids, key names.
 IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
@@ -68,6 +70,10 @@ def validate_entry(entry: ledger_pb2.LedgerEntry, *, now: datetime | None = None
         optional=True,
     )
     _check_size(problems, "entry.trace_id", entry.trace_id, TRACE_ID_SIZE, optional=True)
+    if entry.nonce and len(entry.nonce) not in NONCE_SIZES:
+        problems.append(FieldViolation("entry.nonce", "must be 16 to 32 bytes or empty"))
+    if entry.nonce and not entry.subject:
+        problems.append(FieldViolation("entry.nonce", "must be empty in an entry without subject"))
     if entry.HasField("resource"):
         _check_identifier(problems, "entry.resource.type", entry.resource.type, RESOURCE_TYPE)
         _check_identifier(problems, "entry.resource.id", entry.resource.id, RESOURCE_ID)

@@ -127,12 +127,14 @@ class LedgerEntry(_message.Message):
     PURPOSE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
     kind: Global___EventKind.ValueType
     subject: _builtins.bytes
-    """The patient, blinded per entry (32 bytes): HMAC-SHA-256 keyed by a fresh salt over the
-    patient's pseudonym (the patient id under the deployment's subject key). The service
-    owning the patient keeps the salt, encrypted, and proves the entry is about the patient
-    by revealing salt and pseudonym. Empty for events about no patient.
+    """The patient, blinded per entry (32 bytes): HMAC-SHA-256 over the patient's pseudonym
+    (the patient id under the deployment's subject key), keyed by a salt derived from the
+    pseudonym and the entry's nonce (see nonce; before nonces, by the entry's own salt, which
+    the owning service keeps and reveals to prove the entry is the patient's). Empty for
+    events about no patient.
     """
     content_commitment: _builtins.bytes
     """Salted SHA-256 commitment to the content the event is about (32 bytes); for
@@ -147,6 +149,13 @@ class LedgerEntry(_message.Message):
     purpose: _purpose_pb2.PurposeOfUse.ValueType
     trace_id: _builtins.bytes
     """W3C trace id of the request that caused the event (16 bytes)."""
+    nonce: _builtins.bytes
+    """Public per-entry nonce (16 to 32 bytes) of an entry about a patient; empty otherwise (and
+    in entries from before nonces). The subject is then HMAC-SHA-256 keyed by
+    HMAC-SHA-256(scan key, "medledger.salt" 0x00 || nonce), where scan key =
+    HMAC-SHA-256(pseudonym, "medledger.scan" 0x00): whoever holds the patient's pseudonym
+    tests every entry and finds exactly the patient's (docs/access-report.md).
+    """
     @_builtins.property
     def resource(self) -> Global___ResourceRef: ...
     @_builtins.property
@@ -163,10 +172,11 @@ class LedgerEntry(_message.Message):
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         trace_id: _builtins.bytes = ...,
+        nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "content_commitment", b"content_commitment", "kind", b"kind", "organization", b"organization", "purpose", b"purpose", "resource", b"resource", "subject", b"subject", "time", b"time", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "content_commitment", b"content_commitment", "kind", b"kind", "nonce", b"nonce", "organization", b"organization", "purpose", b"purpose", "resource", b"resource", "subject", b"subject", "time", b"time", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
