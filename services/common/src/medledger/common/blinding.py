@@ -15,12 +15,29 @@ across that patient's entries is replaced by an HMAC keyed by that salt:
   when the patient acts on their own record (a clinician or client stays in clear: it is
   accountable, and names no patient).
 
-Without the salt these values are uniformly random to a reader. The service that owns the
-patient keeps each salt, encrypted, in the patient's leaf index (:mod:`medledger.common.
-patient_log`): it can list the patient's entries, and prove one is about the patient by
-revealing its :class:`Opening`, which anyone checks with :func:`opens` against the public
-entry. Destroying the index (erasure) destroys the salts: nobody, not even the holder of the
-deployment key, can link those entries to the patient again.
+The subject is keyed differently, so that completeness can be checked (docs/access-report.md):
+each entry about a patient also carries a public 16-byte ``nonce`` = SHA-256("medledger.nonce"
+0x00 || salt)[:16] (a function of the secret salt, so a retried write appends the very same
+bytes), and
+
+- ``scan key``     = HMAC-SHA-256(key = pseudonym, "medledger.scan" 0x00);
+- ``subject salt`` = HMAC-SHA-256(key = scan key, "medledger.salt" 0x00 || nonce);
+- ``subject``      = HMAC-SHA-256(subject salt, "medledger.subject" 0x00 || pseudonym).
+
+Whoever holds a patient's pseudonym (the patient, through their access report; an auditor
+given it) tests every entry of the ledger and finds exactly that patient's entries; nobody
+without it can. Entries appended before nonces existed have none: their subject is keyed by
+the salt itself, and only their opening shows whose they are.
+
+Without the salt (or, for the subject, the pseudonym) these values are uniformly random to a
+reader. The service that owns the patient keeps each salt, encrypted, in the patient's leaf
+index (:mod:`medledger.common.patient_log`): it can list the patient's entries, and prove one
+is about the patient by revealing its :class:`Opening`, which anyone checks with :func:`opens`
+against the public entry. Destroying the index (erasure) destroys the salts and the stored
+pseudonyms: the resources and the patient's actor ids can no longer be opened by anyone. The
+subject of an entry with a nonce stays findable by whoever holds the patient's pseudonym: one
+to whom it was given (a report) or who holds both the deployment's subject key and the
+patient's id (docs/access-report.md says what that costs erasure).
 """
 
 from __future__ import annotations
@@ -33,16 +50,36 @@ from typing import Final
 from medledger.api.ledger.v1 import ledger_pb2
 
 SALT_SIZE: Final = 32
+NONCE_SIZE: Final = 16
 PATIENT_ACTOR_PREFIX: Final = "patient:"
 
 _SUBJECT: Final = b"medledger.subject\x00"
 _RESOURCE: Final = b"medledger.resource\x00"
 _ACTOR: Final = b"medledger.actor\x00"
+_NONCE: Final = b"medledger.nonce\x00"
+_SCAN: Final = b"medledger.scan\x00"
+_SCAN_SALT: Final = b"medledger.salt\x00"
 
 
 def _mac(salt: bytes, label: bytes, *parts: str | bytes) -> bytes:
     message = label + b"\x00".join(p.encode() if isinstance(p, str) else p for p in parts)
     return hmac.new(salt, message, hashlib.sha256).digest()
+
+
+def entry_nonce(salt: bytes) -> bytes:
+    """The public nonce of the entry blinded with ``salt``: one-way, so it reveals nothing of
+    the salt, and fixed by it, so the same salt makes the same entry."""
+    return hashlib.sha256(_NONCE + salt).digest()[:NONCE_SIZE]
+
+
+def scan_key(pseudonym: bytes) -> bytes:
+    """What tests an entry for the patient: whoever holds it finds all their entries."""
+    return hmac.new(pseudonym, _SCAN, hashlib.sha256).digest()
+
+
+def subject_salt(pseudonym: bytes, nonce: bytes) -> bytes:
+    """The key of the subject of the entry with ``nonce`` about the patient ``pseudonym``."""
+    return hmac.new(scan_key(pseudonym), _SCAN_SALT + nonce, hashlib.sha256).digest()
 
 
 @dataclass(frozen=True)
@@ -57,9 +94,35 @@ class Opening:
     resource_version: int = 0
     # The patient's own user id when the patient acted; "" otherwise.
     patient_actor: str = ""
+    # The entry's public nonce (:func:`entry_nonce` of the salt); b"" for an entry appended
+    # before nonces, whose subject is keyed by the salt.
+    nonce: bytes = b""
+
+    @classmethod
+    def derived(
+        cls,
+        salt: bytes,
+        pseudonym: bytes,
+        resource_type: str = "",
+        resource_id: str = "",
+        resource_version: int = 0,
+        patient_actor: str = "",
+    ) -> Opening:
+        """The opening of a new entry: its nonce from its salt, its subject from the
+        pseudonym and the nonce (findable by whoever holds the pseudonym)."""
+        return cls(
+            salt,
+            pseudonym,
+            resource_type,
+            resource_id,
+            resource_version,
+            patient_actor,
+            entry_nonce(salt),
+        )
 
     def subject(self) -> bytes:
-        return _mac(self.salt, _SUBJECT, self.pseudonym)
+        key = subject_salt(self.pseudonym, self.nonce) if self.nonce else self.salt
+        return _mac(key, _SUBJECT, self.pseudonym)
 
     def resource(self) -> ledger_pb2.ResourceRef | None:
         if not self.resource_type:
@@ -80,12 +143,23 @@ class Opening:
         return PATIENT_ACTOR_PREFIX + _mac(self.salt, _ACTOR, self.patient_actor).hex()
 
 
+def finds(entry: ledger_pb2.LedgerEntry, pseudonym: bytes) -> bool:
+    """Whether ``entry`` is about the patient with ``pseudonym``, by its nonce alone (False for
+    an entry without one: only its opening tells)."""
+    if not entry.nonce or not entry.subject:
+        return False
+    expected = _mac(subject_salt(pseudonym, entry.nonce), _SUBJECT, pseudonym)
+    return hmac.compare_digest(entry.subject, expected)
+
+
 def opens(entry: ledger_pb2.LedgerEntry, opening: Opening) -> bool:
     """Whether ``opening`` shows that ``entry`` is about the patient with its pseudonym (and
     about its resource, and by the patient when it says so). Constant-time comparisons."""
     if len(opening.salt) != SALT_SIZE:
         return False
-    if not hmac.compare_digest(entry.subject, opening.subject()):
+    # An opening with another nonce (or one for an entry from before nonces) is not this one's.
+    same_nonce = hmac.compare_digest(entry.nonce, opening.nonce)
+    if not same_nonce or not hmac.compare_digest(entry.subject, opening.subject()):
         return False
     resource = opening.resource()
     if resource is not None:

@@ -120,6 +120,7 @@ def _leaf_document(leaf: PatientLeaf) -> bytes:
             "pseudonym": _b64(opening.pseudonym),
             "resource": [opening.resource_type, opening.resource_id, opening.resource_version],
             "patient_actor": opening.patient_actor,
+            "nonce": _b64(opening.nonce),
         },
         separators=(",", ":"),
     ).encode()
@@ -141,6 +142,8 @@ def _leaf(leaf_id: str, data: bytes) -> PatientLeaf:
             resource_id=str(resource_id),
             resource_version=int(resource_version),
             patient_actor=str(doc["patient_actor"]),
+            # Rows written before entries had nonces have none.
+            nonce=_unb64(doc.get("nonce", "")),
         ),
     )
 
@@ -234,7 +237,8 @@ class PatientLog:
         ``patient_actor`` is the patient's own user id when the patient acts (the entry's
         actor is then blinded too). ``event.subject`` is ignored.
 
-        By default the entry gets a fresh blinding ``salt``, the time now and the current
+        By default the entry gets a fresh blinding ``salt`` (and the nonce derived from it,
+        :meth:`~medledger.common.blinding.Opening.derived`), the time now and the current
         trace id. A caller that must append the very same entry again (a retry of a write
         whose answer was lost, under the same ``idempotency_key``) gives all three, the salt
         as secret as a fresh one: the ledger then answers with the first entry's receipt."""
@@ -242,7 +246,7 @@ class PatientLog:
             raise ValueError(f"a blinding salt is {SALT_SIZE} bytes")
         pseudonym = await self._subjects.subject(patient_id)
         patient_key = self._patient_key(pseudonym)
-        opening = Opening(
+        opening = Opening.derived(
             salt=salt if salt is not None else os.urandom(SALT_SIZE),
             pseudonym=pseudonym,
             resource_type=event.resource_type,
@@ -251,6 +255,8 @@ class PatientLog:
             patient_actor=patient_actor,
         )
         entry = self._ledger.entry(blinded_event(event, opening))
+        # Public, and fixed by the salt: whoever holds the pseudonym finds the entry with it.
+        entry.nonce = opening.nonce
         if entry_time is not None:
             entry.time.FromDatetime(entry_time)
         if trace_id is not None:

@@ -18,6 +18,18 @@ The inference service blinds its INFERENCE_MADE entries the same way, with its o
 (:func:`prediction_blinding_salt`): the entry's ``resource`` is ``RiskAssessment`` and the
 prediction's id blinded with a salt derived from the prediction's commitment salt
 (docs/prediction-format.md).
+
+The subject of an entry about a patient is found, not opened (docs/access-report.md): the entry
+carries a public ``nonce``, and whoever holds the patient's 32-byte pseudonym computes
+
+- ``scan key``     = HMAC-SHA-256(key = pseudonym, ``"medledger.scan"`` 0x00);
+- ``subject salt`` = HMAC-SHA-256(key = scan key, ``"medledger.salt"`` 0x00 || nonce);
+- ``subject``      = HMAC-SHA-256(key = subject salt, ``"medledger.subject"`` 0x00 ||
+  pseudonym),
+
+so testing every entry of the log finds exactly the patient's entries. An entry from before
+nonces has none; its subject is HMAC-SHA-256(key = the entry's salt, ``"medledger.subject"``
+0x00 || pseudonym), and only whoever holds that salt can tell it is the patient's.
 """
 
 from __future__ import annotations
@@ -29,7 +41,12 @@ from typing import Final
 BLINDING_SALT_LABEL: Final = b"medledger.record ledger blinding salt v1\x00"
 PREDICTION_BLINDING_SALT_LABEL: Final = b"medledger.inference ledger blinding salt v1\x00"
 RESOURCE_LABEL: Final = b"medledger.resource\x00"
+SUBJECT_LABEL: Final = b"medledger.subject\x00"
+ACTOR_LABEL: Final = b"medledger.actor\x00"
+SCAN_LABEL: Final = b"medledger.scan\x00"
+SCAN_SALT_LABEL: Final = b"medledger.salt\x00"
 BLINDING_SALT_SIZE: Final = 32
+PATIENT_ACTOR_PREFIX: Final = "patient:"
 
 
 def record_blinding_salt(commitment_salt: bytes) -> bytes:
@@ -54,3 +71,26 @@ def blinded_resource_id(salt: bytes, resource_type: str, resource_id: str, versi
         part.encode() for part in (resource_type, resource_id, str(version))
     )
     return hmac.new(salt, message, hashlib.sha256).hexdigest()
+
+
+def scan_key(pseudonym: bytes) -> bytes:
+    """The key that tests entries for the patient with ``pseudonym``."""
+    return hmac.new(pseudonym, SCAN_LABEL, hashlib.sha256).digest()
+
+
+def scanned_subject(key: bytes, pseudonym: bytes, nonce: bytes) -> bytes:
+    """The subject of the entry with ``nonce`` about the patient whose pseudonym is
+    ``pseudonym`` and whose scan key is ``key`` (:func:`scan_key`, computed once per scan)."""
+    salt = hmac.new(key, SCAN_SALT_LABEL + nonce, hashlib.sha256).digest()
+    return hmac.new(salt, SUBJECT_LABEL + pseudonym, hashlib.sha256).digest()
+
+
+def salted_subject(salt: bytes, pseudonym: bytes) -> bytes:
+    """The subject of an entry without a nonce, blinded with its own ``salt``."""
+    return hmac.new(salt, SUBJECT_LABEL + pseudonym, hashlib.sha256).digest()
+
+
+def blinded_actor(salt: bytes, user_id: str) -> str:
+    """The ``actor`` of an entry blinded with ``salt`` when the patient (``user_id``) acted."""
+    digest = hmac.new(salt, ACTOR_LABEL + user_id.encode(), hashlib.sha256).hexdigest()
+    return PATIENT_ACTOR_PREFIX + digest
