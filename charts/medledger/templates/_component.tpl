@@ -129,6 +129,10 @@ spec:
             matchLabels:
               {{- include "medledger.selectorLabels" . | nindent 14 }}
       {{- end }}
+      {{- if and (eq .name "inference") (include "medledger.modelRepositoryFromImage" .root) }}
+      initContainers:
+        {{- include "medledger.modelRepositoryInit" (dict "root" .root "securityContext" $config.securityContext) | nindent 8 }}
+      {{- end }}
       containers:
         - name: {{ .name }}
           image: {{ include "medledger.image" . }}
@@ -198,8 +202,7 @@ spec:
                 path: jwks.json
         {{- end }}
         {{- if eq .name "inference" }}
-        - name: model-repository
-          {{- toYaml (required "inference.modelRepository.volume is required" .root.Values.inference.modelRepository.volume) | nindent 10 }}
+        {{- include "medledger.modelRepositoryVolume" .root | nindent 8 }}
         {{- end }}
         {{- if $usesVault }}
         - name: vault-token
@@ -335,7 +338,15 @@ spec:
     {{- if has "vault" $backends }}
     {{- include "medledger.egressRule" (dict "to" $root.Values.vault.egressTo "ports" (list (include "medledger.urlPort" $root.Values.vault.address))) | nindent 4 }}
     {{- end }}
-    {{- if has "triton" $backends }}
+    {{- if and (has "triton" $backends) $root.Values.triton.enabled }}
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "medledger.selectorLabels" (dict "root" $root "name" "triton") | nindent 14 }}
+      ports:
+        - port: {{ int $root.Values.triton.ports.grpc }}
+          protocol: TCP
+    {{- else if has "triton" $backends }}
     {{- include "medledger.egressRule" (dict "to" $root.Values.triton.egressTo "ports" (list (include "medledger.addressPort" $root.Values.triton.url))) | nindent 4 }}
     {{- end }}
     {{- if and (eq .name "ledger") $root.Values.ledger.witnesses }}

@@ -214,7 +214,9 @@ same name in its place.
 {{- $env = append $env (dict "name" "VAULT_K8S_ROLE" "value" (required (printf "components.%s.vaultRole is required: it uses vault" .name) $config.vaultRole)) -}}
 {{- $env = append $env (dict "name" "VAULT_TRANSIT_MOUNT" "value" ($config.vaultTransitMount | default $root.Values.vault.transitMount)) -}}
 {{- end -}}
-{{- if has "triton" $backends -}}
+{{- if and (has "triton" $backends) $root.Values.triton.enabled -}}
+{{- $env = append $env (dict "name" "TRITON_URL" "value" (printf "%s:%v" (include "medledger.fullname" (dict "root" $root "name" "triton")) (int $root.Values.triton.ports.grpc))) -}}
+{{- else if has "triton" $backends -}}
 {{- $env = append $env (dict "name" "TRITON_URL" "value" (required "triton.url is required" $root.Values.triton.url)) -}}
 {{- end -}}
 {{- if eq .name "identity" -}}
