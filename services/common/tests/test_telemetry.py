@@ -1,4 +1,5 @@
-"""One trace id across two services: the caller's context crosses the gRPC hop."""
+"""One trace id across two services: the caller's context crosses the gRPC hop; spans are
+named by RPC and say which service made them; each call is measured by RPC and status."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import json
 import logging
 from typing import Any
 
+import grpc
+import pytest
+from opentelemetry.sdk.resources import SERVICE_NAME
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
 
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.api.ledger.v1.ledger_pb2_grpc import LedgerServiceServicer
@@ -61,15 +66,21 @@ async def _run_two_services(exporter: InMemorySpanExporter, capfd: Any) -> None:
     async with running(ledger_servicer(downstream), name="downstream") as b:
         async with running(ledger_servicer(Upstream(b.port)), name="upstream") as a:
             async with create_channel(f"127.0.0.1:{a.port}", ServiceSettings()) as ch:
-                response = await ledger_pb2_grpc.LedgerServiceStub(ch).GetCheckpoint(
+                stub = ledger_pb2_grpc.LedgerServiceStub(ch)
+                response = await stub.GetCheckpoint(
                     ledger_pb2.GetCheckpointRequest(), metadata=TEST_TOKENS.metadata()
                 )
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.GetEntry(
+                        ledger_pb2.GetEntryRequest(), metadata=TEST_TOKENS.metadata()
+                    )
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert response.checkpoint == b"downstream"
 
     spans = exporter.get_finished_spans()
     by_name = {(s.name, s.kind): s for s in spans}
-    get_checkpoint = "/medledger.api.ledger.v1.LedgerService/GetCheckpoint"
-    get_key = "/medledger.api.ledger.v1.LedgerService/GetVerifierKey"
+    get_checkpoint = "medledger.api.ledger.v1.LedgerService/GetCheckpoint"
+    get_key = "medledger.api.ledger.v1.LedgerService/GetVerifierKey"
     upstream_server = by_name[(get_checkpoint, SpanKind.SERVER)]
     downstream_client = by_name[(get_key, SpanKind.CLIENT)]
     downstream_server = by_name[(get_key, SpanKind.SERVER)]
@@ -81,6 +92,22 @@ async def _run_two_services(exporter: InMemorySpanExporter, capfd: Any) -> None:
     assert downstream_server.parent.span_id == downstream_client.context.span_id
     assert downstream_client.parent is not None
     assert downstream_client.parent.span_id == upstream_server.context.span_id
+    # Each span says which service made it, on its attributes as on its resource; health
+    # checks (the servers' readiness) are not traced.
+    for span in spans:
+        assert span.attributes is not None
+        assert span.attributes[SERVICE_NAME] == span.resource.attributes[SERVICE_NAME]
+        assert "grpc.health" not in span.name
+    # Both calls were measured, by service, method and status (OK is 0).
+    measured = {
+        (sample.labels["rpc_method"], sample.labels["rpc_grpc_status_code"])
+        for family in REGISTRY.collect()
+        if family.name == "medledger_rpc_server_duration_milliseconds"
+        for sample in family.samples
+        if sample.name.endswith("_count") and sample.value > 0
+    }
+    # The status is the one the caller saw: UNIMPLEMENTED (12) from the error mapping.
+    assert {("GetCheckpoint", "0"), ("GetVerifierKey", "0"), ("GetEntry", "12")} <= measured
     # The handler sees the same trace id (what ledger entries will carry) ...
     assert downstream.trace_ids == [trace_id.to_bytes(16, "big")]
     # ... and so do the JSON logs.

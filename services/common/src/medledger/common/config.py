@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     # A plaintext port serving only grpc.health.v1, for kubelet probes when the main port
     # requires mTLS (kubelet's gRPC probes cannot present a client certificate). 0: none.
     health_port: Port = 0
+    # Serves the Prometheus text exposition of the service's metrics (GET /metrics) on the
+    # gRPC host; the Helm chart sets 9464 (its container port named ``metrics``). 0: none.
+    metrics_port: Port = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
     health_interval_seconds: float = Field(default=2.0, gt=0, le=60)

@@ -1,7 +1,8 @@
 """The one server bootstrap every medledger service runs.
 
-``grpc.aio`` server with: tracing, error mapping, authentication and request decoding
-interceptors (in that order, outermost first), ``grpc.health.v1`` driven by dependency probes,
+``grpc.aio`` server with: tracing, RPC metrics, error mapping, authentication and request
+decoding interceptors (in that order, outermost first), ``grpc.health.v1`` driven by
+dependency probes, a Prometheus ``/metrics`` endpoint on ``MEDLEDGER_METRICS_PORT``,
 reflection (v1 and v1alpha), message size limits, keepalive, TLS/mTLS when certificates
 are set, and a graceful stop on SIGTERM/SIGINT that lets in-flight calls finish within the
 grace period.
@@ -18,9 +19,11 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
+from prometheus_client import start_http_server
 
 from medledger.common.config import ConfigError, ServiceSettings
 from medledger.common.health import (
@@ -103,6 +106,7 @@ class ServiceServer:
         self.settings = service.settings
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
+        self._metrics_server: WSGIServer | None = None
         self._monitor: HealthMonitor | None = None
         self._monitor_task: asyncio.Task[None] | None = None
         self.port = 0
@@ -156,6 +160,11 @@ class ServiceServer:
         self._server = server
         if settings.health_port:
             self._health_server = await self._start_health_port(health_servicer)
+        if settings.metrics_port:
+            # A thread of prometheus_client's: a scrape never waits on the event loop.
+            self._metrics_server, _ = start_http_server(
+                settings.metrics_port, addr=settings.grpc_host
+            )
         self._monitor = HealthMonitor(
             health_servicer,
             names,
@@ -193,6 +202,10 @@ class ServiceServer:
         if self._health_server is not None:
             await self._health_server.stop(0)
             self._health_server = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         await self.service.aclose()
         log.info("stopped")
 

@@ -14,6 +14,7 @@ import base64
 import contextvars
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,12 +26,29 @@ import requests
 
 from medledger.common.config import VaultSettings
 from medledger.common.errors import FailedPrecondition, NotFound, Unavailable
+from medledger.common.metric_catalog import VAULT_REQUEST_DURATION, VAULT_REQUEST_ERRORS
+from medledger.common.metrics import counter, elapsed_ms, histogram
 
 T = TypeVar("T")
 DEPENDENCY = "vault"
 # Each VaultTransit runs one call at a time (its client is behind a lock); a few threads
 # serve the process's few VaultTransit objects.
 _VAULT_CALLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vault")
+_duration = histogram(VAULT_REQUEST_DURATION)
+_errors = counter(VAULT_REQUEST_ERRORS)
+
+
+def _outcome(error: BaseException | None) -> str:
+    """The catalogue's outcome of a call that ended with ``error``."""
+    if error is None:
+        return "ok"
+    if isinstance(error, NotFound):
+        return "not_found"
+    if isinstance(error, FailedPrecondition):
+        return "refused"
+    if isinstance(error, Unavailable):
+        return "unavailable"
+    return "error"
 
 
 @dataclass(frozen=True)
@@ -113,10 +131,23 @@ class VaultTransit:
                 self._client = None
                 raise Unavailable(DEPENDENCY) from exc
 
-    async def _run(self, operation: Callable[[hvac.Client], T]) -> T:
+    async def _run(self, name: str, operation: Callable[[hvac.Client], T]) -> T:
+        """Runs ``operation`` in a Vault thread, measured as transit call ``name`` (the wait
+        for a thread and the client's lock included: callers wait for them too)."""
         # As asyncio.to_thread does, the call sees the caller's context (its trace).
         call = functools.partial(contextvars.copy_context().run, self._call, operation)
-        return await asyncio.get_running_loop().run_in_executor(_VAULT_CALLS, call)
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(_VAULT_CALLS, call)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            attributes = {"operation": name, "outcome": _outcome(error)}
+            _duration.record(elapsed_ms(started), attributes)
+            if error is not None and not isinstance(error, asyncio.CancelledError):
+                _errors.add(1, attributes)
 
     async def check(self) -> None:
         """Health probe: Vault answers, is initialised and unsealed, and our token works."""
@@ -127,7 +158,7 @@ class VaultTransit:
                 raise hvac.exceptions.VaultDown("sealed")
             client.auth.token.lookup_self()
 
-        await self._run(probe)
+        await self._run("health_check", probe)
 
     name = DEPENDENCY
 
@@ -141,7 +172,7 @@ class VaultTransit:
             )
             return str(response["data"]["ciphertext"])
 
-        return await self._run(op)
+        return await self._run("encrypt", op)
 
     async def decrypt(self, key: str, ciphertext: str, *, context: bytes | None = None) -> bytes:
         def op(c: hvac.Client) -> bytes:
@@ -153,7 +184,7 @@ class VaultTransit:
             )
             return base64.b64decode(response["data"]["plaintext"])
 
-        return await self._run(op)
+        return await self._run("decrypt", op)
 
     async def generate_data_key(self, key: str, *, bits: int = 256) -> DataKey:
         def op(c: hvac.Client) -> DataKey:
@@ -163,7 +194,7 @@ class VaultTransit:
             data = response["data"]
             return DataKey(base64.b64decode(data["plaintext"]), str(data["ciphertext"]))
 
-        return await self._run(op)
+        return await self._run("generate_data_key", op)
 
     async def sign(self, key: str, data: bytes) -> Signature:
         """Signs ``data`` itself (Ed25519 signs the message, not a pre-hash)."""
@@ -175,7 +206,7 @@ class VaultTransit:
             version, raw = _unprefix(str(response["data"]["signature"]))
             return Signature(version, raw)
 
-        return await self._run(op)
+        return await self._run("sign", op)
 
     async def verify(self, key: str, data: bytes, signature: Signature) -> bool:
         def op(c: hvac.Client) -> bool:
@@ -187,7 +218,7 @@ class VaultTransit:
             )
             return bool(response["data"]["valid"])
 
-        return await self._run(op)
+        return await self._run("verify", op)
 
     async def rotate(self, key: str) -> int:
         """Rotates ``key``; returns the new latest version. Old versions keep verifying."""
@@ -197,7 +228,7 @@ class VaultTransit:
             response = c.secrets.transit.read_key(name=key, mount_point=self._mount)
             return int(response["data"]["latest_version"])
 
-        return await self._run(op)
+        return await self._run("rotate", op)
 
     async def public_keys(self, key: str) -> dict[int, bytes]:
         """Raw public keys by version (Ed25519: 32 bytes each)."""
@@ -211,7 +242,7 @@ class VaultTransit:
                 if isinstance(entry, dict) and entry.get("public_key")
             }
 
-        return await self._run(op)
+        return await self._run("public_keys", op)
 
     async def read_secret(self, path: str, *, mount: str = "secret") -> dict[str, Any] | None:
         """A KV v2 secret's data, or None when it does not exist."""
@@ -225,7 +256,7 @@ class VaultTransit:
                 return None
             return dict(response["data"]["data"])
 
-        return await self._run(op)
+        return await self._run("read_secret", op)
 
     async def create_secret(
         self, path: str, data: dict[str, Any], *, mount: str = "secret"
@@ -242,7 +273,7 @@ class VaultTransit:
                 return False  # check-and-set failed: it exists
             return True
 
-        return await self._run(op)
+        return await self._run("create_secret", op)
 
     def close(self) -> None:
         with self._lock:

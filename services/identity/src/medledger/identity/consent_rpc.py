@@ -21,6 +21,8 @@ from medledger.api.identity.v1 import identity_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.errors import FieldViolation, InvalidArgument
 from medledger.common.interceptors import authenticated_principal
+from medledger.common.metric_catalog import ACCESS_DECISIONS
+from medledger.common.metrics import counter
 from medledger.common.timestamps import timestamp_to_datetime
 from medledger.identity.domain.access import (
     AccessControl,
@@ -49,6 +51,7 @@ from medledger.identity.domain.purposes import CODE_BY_PURPOSE, PURPOSE_BY_CODE
 from medledger.identity.fhir_consent import consent_json
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_decisions = counter(ACCESS_DECISIONS)
 
 ACTIONS: Final[Mapping[int, Action]] = MappingProxyType(
     {
@@ -305,6 +308,7 @@ class ConsentRpcs:
         self, request: identity_pb2.CheckAccessRequest, context: Context | None
     ) -> identity_pb2.CheckAccessResponse:
         decision = await self._access.check_for(_caller(), access_request(request))
+        _decisions.add(1, {"decision": decision.decision.value, "reason": decision.reason.value})
         return identity_pb2.CheckAccessResponse(
             decision=DECISIONS[decision.decision],
             reason=decision.reason.value,

@@ -22,7 +22,9 @@ from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.adapters.witnesses import WitnessPublisher
 from medledger.ledger.config import LedgerConfig, LedgerSettings
 from medledger.ledger.domain.log import LogReader
+from medledger.ledger.domain.ports import StoredCheckpoint
 from medledger.ledger.domain.sequencer import Sequencer, SequencerConfig
+from medledger.ledger.gauges import CheckpointGauges
 from medledger.ledger.server import LEDGER_ACCESS, LedgerServiceServicer
 
 
@@ -50,6 +52,12 @@ def ledger_runtime(
         token=witness_token,
     )
     reader = LogReader(store)
+    gauges = CheckpointGauges()
+
+    def on_checkpoint(checkpoint: StoredCheckpoint) -> None:
+        reader.observe(checkpoint)
+        gauges.observe(checkpoint)
+
     sequencer = Sequencer(
         store,
         signer,
@@ -62,7 +70,7 @@ def ledger_runtime(
             lease_ttl=config.lease_ttl_seconds,
         ),
         publisher,
-        on_checkpoint=reader.observe,
+        on_checkpoint=on_checkpoint,
     )
     servicer = LedgerServiceServicer(sequencer, reader, signer, settings)
     return ServiceRuntime(

@@ -3,22 +3,67 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from medledger.common.errors import FailedPrecondition, Unavailable
+from medledger.common.metric_catalog import TRITON_REQUEST_DURATION
+from medledger.common.metrics import elapsed_ms, histogram
 from medledger.inference.domain.registration import ModelTensors, Tensor
 
 # Triton's answers that mean it did not answer (as tritonclient words gRPC's codes).
 _UNREACHABLE: Final = frozenset(
     {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED", None}
 )
+
+
+# tritonclient opens its own gRPC channel, which the OpenTelemetry interceptors never see: its
+# calls are traced here, as client spans named by Triton's RPC (KServe v2's gRPC service).
+TRITON_SERVICE: Final = "inference.GRPCInferenceService"
+_tracer = trace.get_tracer("medledger.inference.triton")
+_infer_duration = histogram(TRITON_REQUEST_DURATION)
+
+
+@contextmanager
+def triton_call(method: str, url: str, model: str, version: int) -> Iterator[dict[str, str]]:
+    """A CLIENT span around one Triton RPC, carrying the model's name and version only (never
+    its inputs); yields the headers that carry the trace context to Triton."""
+    host, _, port = url.rpartition(":")
+    attributes: dict[str, str | int] = {
+        "rpc.system": "grpc",
+        "rpc.service": TRITON_SERVICE,
+        "rpc.method": method,
+        "server.address": host,
+        "medledger.model.name": model,
+        "medledger.model.version": version,
+    }
+    if port.isdigit():
+        attributes["server.port"] = int(port)
+    with _tracer.start_as_current_span(
+        f"{TRITON_SERVICE}/{method}",
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        record_exception=False,  # tritonclient's messages may quote the request
+    ) as span:
+        headers: dict[str, str] = {}
+        inject(headers)
+        try:
+            yield headers
+        except InferenceServerException as error:
+            span.set_status(StatusCode.ERROR, str(error.status() or "UNAVAILABLE"))
+            raise
 
 
 class TritonSettings(BaseSettings):
@@ -75,14 +120,23 @@ class TritonModels:
     def timeout(self) -> float:
         return self._timeout
 
+    @property
+    def url(self) -> str:
+        return self._url
+
     async def served_tensors(self, name: str, version: int) -> ModelTensors | None:
         client = self._open()
         try:
-            if not await client.is_model_ready(name, str(version), client_timeout=self._timeout):
+            with triton_call("ModelReady", self._url, name, version) as headers:
+                ready = await client.is_model_ready(
+                    name, str(version), headers=headers, client_timeout=self._timeout
+                )
+            if not ready:
                 return None
-            metadata = await client.get_model_metadata(
-                name, str(version), client_timeout=self._timeout
-            )
+            with triton_call("ModelMetadata", self._url, name, version) as headers:
+                metadata = await client.get_model_metadata(
+                    name, str(version), headers=headers, client_timeout=self._timeout
+                )
         except InferenceServerException as error:
             if error.status() in _UNREACHABLE:
                 raise Unavailable("triton") from error
@@ -138,14 +192,19 @@ class TritonInference:
         given = InferInput(input_name, list(rows.shape), "FP32")
         given.set_data_from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
         async with self._limit:
+            started = time.perf_counter()
+            outcome = "error"
             try:
-                answer = await self._models.client().infer(
-                    name,
-                    [given],
-                    model_version=str(version),
-                    outputs=[InferRequestedOutput(output_name)],
-                    client_timeout=self._models.timeout,
-                )
+                with triton_call("ModelInfer", self._models.url, name, version) as headers:
+                    answer = await self._models.client().infer(
+                        name,
+                        [given],
+                        model_version=str(version),
+                        outputs=[InferRequestedOutput(output_name)],
+                        headers=headers,
+                        client_timeout=self._models.timeout,
+                    )
+                outcome = "ok"
             except InferenceServerException as error:
                 if error.status() in _UNREACHABLE:
                     raise Unavailable("triton") from error
@@ -153,6 +212,8 @@ class TritonInference:
                     "Triton does not serve this model version as registered",
                     reason="MODEL_NOT_SERVED",
                 ) from error
+            finally:
+                _infer_duration.record(elapsed_ms(started), {"model": name, "outcome": outcome})
         result: NDArray[Any] | None = answer.as_numpy(output_name)
         if result is None or len(result) != len(rows):
             raise Unavailable("triton", reason="TRITON_BAD_ANSWER")

@@ -12,15 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from medledger.api.witness.v1 import witness_pb2, witness_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import from_rpc_error
 from medledger.common.ledger_client import TokenSource
+from medledger.common.metric_catalog import LEDGER_WITNESS_LAG
+from medledger.common.metrics import Attributes, observable_gauge
 from medledger.ledger.adapters.vault_signer import VaultNoteSigner
 from medledger.ledger.domain.ports import LedgerStorage, StoredCheckpoint
 from medledger.ledger.domain.proofs import ProofReader
@@ -29,6 +36,7 @@ from medledger.tlog.errors import TlogError
 
 log = logging.getLogger("medledger.ledger.witnesses")
 WITNESS_TIMEOUT_SECONDS = 5.0
+_tracer = trace.get_tracer("medledger.ledger.witnesses")
 
 
 @dataclass
@@ -37,6 +45,17 @@ class _Witness:
     stub: witness_pb2_grpc.WitnessServiceAsyncStub
     channel: grpc.aio.Channel
     known_size: int = 0
+    # When the newest checkpoint it cosigned was made (monotonic); None: none yet.
+    cosigned_made: float | None = None
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A checkpoint to publish, when it was made, and the trace of the batch that made it."""
+
+    checkpoint: StoredCheckpoint
+    made: float
+    trace_context: otel_context.Context
 
 
 def _witness_size(error: grpc.aio.AioRpcError) -> int | None:
@@ -71,17 +90,37 @@ class WitnessPublisher:
                 channel
             )
             self._witnesses.append(_Witness(address, stub, channel))
-        self._latest: StoredCheckpoint | None = None
+        self._latest: _Made | None = None
+        self._first_made: float | None = None
         self._published_size = -1
         self._task: asyncio.Task[None] | None = None
+        _publishers.add(self)
 
     def publish(self, checkpoint: StoredCheckpoint) -> None:
+        """Sends ``checkpoint`` to the witnesses soon; their calls are traced under the
+        current span (the batch that made it)."""
         if not self._witnesses:
             return
-        if self._latest is None or checkpoint.size > self._latest.size:
-            self._latest = checkpoint
+        if self._latest is None or checkpoint.size > self._latest.checkpoint.size:
+            self._latest = _Made(checkpoint, time.monotonic(), otel_context.get_current())
+            if self._first_made is None:
+                self._first_made = self._latest.made
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="ledger-witnesses")
+
+    def witness_lags(self) -> list[tuple[float, Attributes]]:
+        """Each witness's lag (the catalogue's LEDGER_WITNESS_LAG), once a checkpoint was
+        made: how much older the newest checkpoint it cosigned is than the newest one."""
+        if self._latest is None or self._first_made is None:
+            return []
+        newest = self._latest.made
+        return [
+            (
+                max(newest - (w.cosigned_made or self._first_made), 0.0),
+                {"witness": w.address},
+            )
+            for w in self._witnesses
+        ]
 
     async def _drain(self) -> None:
         try:
@@ -90,16 +129,28 @@ class WitnessPublisher:
             log.warning("publishing to the witnesses failed", exc_info=True)
 
     async def _drain_or_raise(self) -> None:
-        while self._latest is not None and self._latest.size > self._published_size:
-            checkpoint = self._latest
-            self._log_vkeys = await self._signer.verifier_keys()
-            lines = await asyncio.gather(*(self._cosign(w, checkpoint) for w in self._witnesses))
-            accepted = [line for line in lines if line]
-            if accepted:
-                await self._storage.store_cosigned(
-                    checkpoint.size, checkpoint.note + b"".join(accepted)
-                )
-            self._published_size = checkpoint.size
+        while self._latest is not None and self._latest.checkpoint.size > self._published_size:
+            made = self._latest
+            with _tracer.start_as_current_span(
+                "ledger.witnesses.publish",
+                context=made.trace_context,
+                attributes={"medledger.ledger.tree_size": made.checkpoint.size},
+            ):
+                await self._publish(made)
+
+    async def _publish(self, made: _Made) -> None:
+        checkpoint = made.checkpoint
+        self._log_vkeys = await self._signer.verifier_keys()
+        lines = await asyncio.gather(*(self._cosign(w, checkpoint) for w in self._witnesses))
+        for witness, line in zip(self._witnesses, lines, strict=True):
+            if line:
+                witness.cosigned_made = max(witness.cosigned_made or 0.0, made.made)
+        accepted = [line for line in lines if line]
+        if accepted:
+            await self._storage.store_cosigned(
+                checkpoint.size, checkpoint.note + b"".join(accepted)
+            )
+        self._published_size = checkpoint.size
 
     def _valid(self, checkpoint: StoredCheckpoint, line: bytes) -> bool:
         try:
@@ -148,3 +199,14 @@ class WitnessPublisher:
                 await self._task
         for witness in self._witnesses:
             await witness.channel.close(None)
+
+
+# Every live publisher of the process (one, except in tests): one callback reads them all.
+_publishers: weakref.WeakSet[WitnessPublisher] = weakref.WeakSet()
+
+
+def _witness_lags() -> Iterable[tuple[float, Attributes]]:
+    return [lag for publisher in list(_publishers) for lag in publisher.witness_lags()]
+
+
+observable_gauge(LEDGER_WITNESS_LAG, _witness_lags)

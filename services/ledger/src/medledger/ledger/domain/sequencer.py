@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
+
 from medledger.common.errors import FailedPrecondition, MedledgerError, Unavailable
+from medledger.common.metric_catalog import LEDGER_APPEND_DURATION, LEDGER_BATCH_SIZE
+from medledger.common.metrics import elapsed_ms, histogram
 from medledger.ledger.domain.ports import (
     Batch,
     Fenced,
@@ -41,6 +46,13 @@ from medledger.tlog.note import NoteSigner, sign_note
 from medledger.tlog.tiles import TILE_HEIGHT, TILE_WIDTH
 
 log = logging.getLogger("medledger.ledger.sequencer")
+_tracer = trace.get_tracer("medledger.ledger.sequencer")
+_append_duration = histogram(LEDGER_APPEND_DURATION)
+_batch_size = histogram(LEDGER_BATCH_SIZE)
+
+
+def _caller_span() -> SpanContext:
+    return trace.get_current_span().get_span_context()
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,8 @@ class _Waiter:
     future: asyncio.Future[Receipt] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # The appending call's span: the batch that integrates the entry is traced under it.
+    caller: SpanContext = field(default_factory=_caller_span)
 
 
 @dataclass
@@ -221,7 +235,24 @@ class Sequencer:
         """Integrates every ``(data, idempotency_key)`` in the same batch, hence the same
         durable step, and returns their receipts in order. Entries whose key was stored
         before get that first receipt (a retried bulk append adds nothing); a key stored
-        for other bytes fails the whole call before anything is queued."""
+        for other bytes fails the whole call before anything is queued.
+
+        Timed as medledger.ledger.append.duration, except when another replica sequences
+        (the append is handed to it, which times it)."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            receipts = await self._append_many(items)
+            outcome = "ok"
+            return receipts
+        except NotLeader:
+            outcome = ""
+            raise
+        finally:
+            if outcome:
+                _append_duration.record(elapsed_ms(started), {"outcome": outcome})
+
+    async def _append_many(self, items: Sequence[tuple[bytes, str]]) -> list[Receipt]:
         waiters = [_Waiter(data, leaf_hash(data), key) for data, key in items]
         keys = [w.key for w in waiters if w.key]
         existing = await self._storage.idempotent_indices(keys) if keys else {}
@@ -319,6 +350,20 @@ class Sequencer:
         return StoredCheckpoint(compact.size, root, note, compact.hashes)
 
     async def _integrate(self, waiters: Sequence[_Waiter]) -> None:
+        """One durable step, traced as a child of the first appending call's span and linked
+        to the others' (a batch serves several traces; the first one's shows it whole, with
+        the witnesses' cosigning of the checkpoint it makes)."""
+        callers = list({w.caller: None for w in waiters if w.caller.is_valid})
+        parent = trace.set_span_in_context(NonRecordingSpan(callers[0])) if callers else None
+        with _tracer.start_as_current_span(
+            "ledger.sequencer.integrate",
+            context=parent,
+            links=[Link(caller) for caller in callers[1:]],
+            attributes={"medledger.ledger.batch.entries": len(waiters)},
+        ):
+            await self._integrate_traced(waiters)
+
+    async def _integrate_traced(self, waiters: Sequence[_Waiter]) -> None:
         try:
             await self._integrate_or_raise(waiters)
         except Exception as exc:
@@ -375,6 +420,8 @@ class Sequencer:
         await self._storage.commit(
             Batch(first_index, entries, touched, checkpoint), token=self._token
         )
+        if fresh:
+            _batch_size.record(len(fresh))
         edge = dict(state.edge_tiles)
         edge.update(touched)
         rightmost: dict[int, int] = {}
