@@ -56,7 +56,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medledger.common.errors import FailedPrecondition, FieldViolation
-from medledger.inference.domain.ucum import conversion_factor, is_ucum
+from medledger.common.ucum import conversion_factor, is_ucum
 
 LOINC: Final = "http://loinc.org"
 UCUM: Final = "http://unitsofmeasure.org"

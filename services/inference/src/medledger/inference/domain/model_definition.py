@@ -35,9 +35,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medledger.common.bounded_json import parse_json
+from medledger.common.ucum import is_ucum
 from medledger.inference.domain.explain import MAX_EXACT_FEATURES
 from medledger.inference.domain.features import Coding, Feature
-from medledger.inference.domain.ucum import is_ucum
 
 CARD_SCHEMA: Final = "https://medledger.dev/schemas/model-card/v1"
 MODEL_IDENTIFIER_SYSTEM: Final = "https://medledger.dev/fhir/NamingSystem/model"

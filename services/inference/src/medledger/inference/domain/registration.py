@@ -25,8 +25,8 @@ from typing import Any, Final
 
 from medledger.common.bounded_json import MAX_DEPTH, parse_json
 from medledger.common.errors import FieldViolation, InvalidArgument
+from medledger.common.ucum import is_ucum
 from medledger.inference.domain.explain import MAX_EXACT_FEATURES
-from medledger.inference.domain.ucum import is_ucum
 
 LOINC: Final = "http://loinc.org"
 # A Triton model folder name that is also a FHIR id, so that the ledger entry can name the

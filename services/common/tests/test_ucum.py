@@ -1,4 +1,4 @@
-"""UCUM codes (medledger.inference.domain.ucum): parsing and exact conversions."""
+"""UCUM codes (medledger.common.ucum): parsing and exact conversions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medledger.inference.domain.ucum import (
+from medledger.common.ucum import (
     ATOMS,
     PREFIXES,
     UcumSyntaxError,
@@ -80,6 +80,8 @@ def test_conversions_that_ucum_allows_are_exact(source: str, target: str, factor
         ("{image-length}", "{image-area}"),
         ("mL{rbc}", "L"),
         ("10*3{cells}/uL", "10*9/L"),
+        ("mosm/kg", "mmol/kg"),  # osmoles count particles, not the analyte
+        ("[arb'U]/mL", "/mL"),
     ],
 )
 def test_conversions_ucum_does_not_allow_are_refused(source: str, target: str) -> None:
@@ -99,7 +101,13 @@ def test_molar_mass_converts_amount_and_mass_both_ways() -> None:
 
 @pytest.mark.parametrize(
     "code",
-    ["mg/dL", "kg/m2", "kg.m-2", "mm[Hg]", "10*9/L", "/min", "{score}", "1", "%", "m2", "s-1"],
+    [
+        *("mg/dL", "kg/m2", "kg.m-2", "mm[Hg]", "10*9/L", "/min", "{score}", "1", "%", "m2"),
+        "s-1",
+        # Laboratory results.
+        *("mosm/kg", "[arb'U]/mL", "/[HPF]", "[ppb]", "m[IU]/mL", "fL", "10*3/uL", "U/L"),
+        "mL/min/{1.73_m2}",
+    ],
 )
 def test_ucum_codes_parse(code: str) -> None:
     assert is_ucum(code)

@@ -9,15 +9,18 @@ Two codes convert when their dimensions agree; the factor is exact (a
 needs the analyte's molar mass, which the caller passes (UCUM makes ``mol`` a pure number; here
 it is a dimension of its own, which only refuses conversions, never allows a wrong one).
 
-The atom table holds the units clinical data uses for the quantities our models read (SI base
-and derived units, litre, mole, equivalents, enzyme units, pressure including ``mm[Hg]``,
-time, percent, parts per thousand/million, ``10*n``, avoirdupois pound and ounce, inch and
-foot, international units). A code using any other atom is not recognised: it converts to
-nothing but its own spelling. UCUM counts an annotation as 1, so that ``{score}``, ``{ratio}``
-and ``1`` would all convert to each other: here an annotation is a dimension of its own, and
-``mL{rbc}`` converts to ``L{rbc}`` but not to ``L`` (an annotation says what is counted, and
-two counts of different things are not one quantity). Non-ratio units (``Cel``, ``[degF]``,
-``[pH]``) never convert, not even scaled, except to exactly their own spelling.
+Shared by the inference service (feature units) and the record service (the units of
+ingested lab results). The atom table holds the units clinical data uses for the quantities
+the models read and for common laboratory results (SI base and derived units, litre, mole,
+equivalents, osmoles, enzyme units, pressure including ``mm[Hg]``, time, percent, parts per
+thousand/million/billion, ``10*n``, avoirdupois pound and ounce, inch and foot, international
+and arbitrary units, per high/low power field). A code using any other atom is not
+recognised: it converts to nothing but its own spelling. UCUM counts an annotation as 1, so
+that ``{score}``, ``{ratio}`` and ``1`` would all convert to each other: here an annotation is
+a dimension of its own, and ``mL{rbc}`` converts to ``L{rbc}`` but not to ``L`` (an
+annotation says what is counted, and two counts of different things are not one quantity).
+Non-ratio units (``Cel``, ``[degF]``, ``[pH]``) never convert, not even scaled, except to
+exactly their own spelling.
 """
 
 from __future__ import annotations
@@ -129,6 +132,12 @@ def _atoms() -> dict[str, _Atom]:
         "U": (_unit(Fraction(1, 60_000_000), _MOL, ("s", -1)), True),  # umol/min
         "[IU]": (_unit(1, ("[IU]", 1)), True),
         "[iU]": (_unit(1, ("[IU]", 1)), True),
+        # Counted things UCUM makes pure numbers or moles, each a dimension of its own here
+        # (see above: two counts of different things are not one quantity).
+        "osm": (_unit(1, ("osm", 1)), True),
+        "[arb'U]": (_unit(1, ("[arb'U]", 1)), False),
+        "[HPF]": (_unit(1, ("[HPF]", 1)), False),
+        "[LPF]": (_unit(1, ("[LPF]", 1)), False),
         # Time beyond the second (the Julian year and month, as UCUM's "a" and "mo").
         "min": (_unit(60, _S), False),
         "h": (_unit(3600, _S), False),
@@ -140,6 +149,7 @@ def _atoms() -> dict[str, _Atom]:
         "%": (_unit(Fraction(1, 100)), False),
         "[ppth]": (_unit(Fraction(1, 1000)), False),
         "[ppm]": (_unit(Fraction(1, 1_000_000)), False),
+        "[ppb]": (_unit(Fraction(1, 1_000_000_000)), False),
         "10*": (_unit(10), False),
         "10^": (_unit(10), False),
         # Customary units.
