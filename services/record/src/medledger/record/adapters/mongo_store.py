@@ -18,7 +18,9 @@ resource's type and id, ``patient`` the patient's keyed pseudonym):
 - ``record_current``   ``{_id: resource, patient, version, tag}``: the latest committed
   version; ``{_id, erased: true}`` once its patient is erased. Index ``(patient, _id)``.
 - ``record_index``     ``{token, resource, patient}``: one entry per search token of a
-  resource's current version. Indexes ``(token, resource)``, ``resource``, ``patient``.
+  resource's current version; a Patient's blocking tokens (duplicate detection) also carry
+  ``block: true``. Indexes ``(token, resource)``, ``resource``, ``patient``,
+  ``(block, token)``.
 - ``record_idempotency`` ``{_id: key id, fingerprint, resource, version, patient, tag,
   expires_at}``; TTL index on ``expires_at``.
 
@@ -204,6 +206,7 @@ class RecordStore:
         await self._index.create_index([("token", ASCENDING), ("resource", ASCENDING)])
         await self._index.create_index([("resource", ASCENDING)])
         await self._index.create_index([("patient", ASCENDING)])
+        await self._index.create_index([("block", ASCENDING), ("token", ASCENDING)], sparse=True)
         await self._idempotency.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
     # -- patient keys --------------------------------------------------------------------
@@ -391,11 +394,20 @@ class RecordStore:
                 raise PendingLost
             await self._move_pointer(commit, session)
             await self._index.delete_many({"resource": resource}, session=session)
-            if commit.index_tokens:
+            if commit.index_tokens or commit.blocking_tokens:
                 await self._index.insert_many(
                     [
                         {"token": Binary(t), "resource": resource, "patient": patient}
                         for t in commit.index_tokens
+                    ]
+                    + [
+                        {
+                            "token": Binary(t),
+                            "resource": resource,
+                            "patient": patient,
+                            "block": True,
+                        }
+                        for t in commit.blocking_tokens
                     ],
                     session=session,
                 )
@@ -542,6 +554,24 @@ class RecordStore:
     async def idempotent(self, key_id: bytes) -> IdempotentWrite | None:
         doc = await self._idempotency.find_one({"_id": Binary(key_id)})
         return _idempotent(doc) if doc else None
+
+    @mongo_errors
+    async def blocks(self, max_block: int) -> tuple[list[list[bytes]], int]:
+        pipeline: list[Document] = [
+            {"$match": {"block": True}},
+            {"$group": {"_id": "$token", "resources": {"$addToSet": "$resource"}}},
+            {"$project": {"resources": 1, "size": {"$size": "$resources"}}},
+            {"$match": {"size": {"$gt": 1}}},
+        ]
+        groups, oversized = [], 0
+        async for doc in await self._index.aggregate(pipeline):
+            with _parsing():
+                resources = [_bytes(r) for r in doc["resources"]]
+            if len(resources) > max_block:
+                oversized += 1
+            else:
+                groups.append(sorted(resources))
+        return groups, oversized
 
     # -- erasure -------------------------------------------------------------------------
 

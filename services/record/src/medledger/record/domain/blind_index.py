@@ -14,7 +14,10 @@ made for one purpose never equals one made for another:
   rather than an older answer, and that of a patient's record holder, so a changed holder
   (which decides who reads as the patient's own organisation) is damage too;
 - the ids of **idempotency keys** and the request fingerprints, which clients choose and
-  which may carry anything, and the tag binding a key to the version it produced.
+  which may carry anything, and the tag binding a key to the version it produced;
+- **blocking tokens** of a Patient (phonetic codes of its names, its birth date, its
+  identifiers: :mod:`patient_matching`), which nominate the pairs duplicate detection scores:
+  equal keys are found, and the clear codes, which would narrow a name down, are never stored.
 
 Without the key, none of these can be recomputed from a guess (a dictionary of names or
 patient ids gets an attacker with the database nothing). The key is not rotated: every
@@ -38,6 +41,7 @@ _IDEMPOTENCY: Final = b"medledger.record idempotency key v1"
 _FINGERPRINT: Final = b"medledger.record request fingerprint v1"
 _IDEMPOTENT_RESULT: Final = b"medledger.record idempotent result v1"
 _HOLDER: Final = b"medledger.record record holder v1"
+_BLOCKING: Final = b"medledger.record patient blocking key v1"
 
 
 def _encode(*parts: str | int) -> bytes:
@@ -89,3 +93,6 @@ class BlindIndex:
 
     def holder_is_authentic(self, patient: bytes, holder: str, tag: bytes) -> bool:
         return hmac.compare_digest(self.holder_tag(patient, holder), tag)
+
+    def blocking_token(self, key: str) -> bytes:
+        return self._mac(_BLOCKING, key.encode())

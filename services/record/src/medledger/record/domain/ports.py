@@ -130,6 +130,8 @@ class PendingWrite:
     idempotency: IdempotencyEntry | None = field(repr=False, compare=False)
     data_key: bytes = field(repr=False, compare=False)
     trace_id: bytes = field(default=b"", repr=False, compare=False)
+    # A Patient's blocking tokens (duplicate detection), indexed with the version.
+    blocking_tokens: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,17 @@ class AuditedVersion:
 
     storage_id: str
     opened: StoredVersion | None
+
+
+@dataclass(frozen=True)
+class PatientBlocks:
+    """Patients that share blocking keys (duplicate detection's candidates): each group of
+    patient ids sharing a key, and those patients' latest Patient versions, opened."""
+
+    blocks: Sequence[Sequence[str]]
+    patients: Mapping[str, StoredVersion]
+    # Groups left out for being larger than asked (a very common name's code).
+    oversized: int = 0
 
 
 class RecordStorage(Protocol):
@@ -218,6 +231,11 @@ class RecordStorage(Protocol):
         ...
 
     async def erase_patient(self, patient_id: str) -> int: ...
+
+    async def duplicate_blocks(self, max_block: int) -> PatientBlocks:
+        """The latest version of every Patient sharing a blocking key with another, and the
+        groups sharing one (groups larger than ``max_block`` left out)."""
+        ...
 
     async def audit_page(self, *, page_size: int, page_token: str) -> Page[AuditedVersion]:
         """Committed versions in storage order, each opened on its own (audits)."""
@@ -289,6 +307,7 @@ class VersionCommit:
     tag: bytes
     index_tokens: tuple[bytes, ...]
     idempotency: IdempotencyEntry | None
+    blocking_tokens: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -411,6 +430,11 @@ class RecordDocuments(Protocol):
     ) -> list[CurrentPointer]: ...
 
     async def idempotent(self, key_id: bytes) -> IdempotentWrite | None: ...
+
+    async def blocks(self, max_block: int) -> tuple[list[list[bytes]], int]:
+        """The resources (digests) sharing each blocking token, groups of 2 to ``max_block``,
+        and how many larger groups were left out."""
+        ...
 
     async def erase(self, patient: bytes, when: datetime) -> int:
         """Shreds the patient's key and leaves a tombstone (one atomic step), then removes

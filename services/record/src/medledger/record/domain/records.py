@@ -60,11 +60,13 @@ from medledger.record.domain.envelope import (
     seal,
     unseal,
 )
+from medledger.record.domain.patient_matching import patient_blocking_keys
 from medledger.record.domain.ports import (
     AuditedVersion,
     CurrentPointer,
     IdempotencyEntry,
     IdempotencyTaken,
+    PatientBlocks,
     PatientErased,
     PatientKey,
     PatientKeyService,
@@ -254,6 +256,7 @@ class EncryptedRecords:
             idempotency=idempotency,
             data_key=data_key,
             trace_id=write.trace_id,
+            blocking_tokens=_blocking_tokens(index, write.resource_type, write.resource_json),
         )
 
     def _idempotency_entry(
@@ -303,6 +306,7 @@ class EncryptedRecords:
             idempotency=self._idempotency_entry(index, key_id, keyed, patient, slot),
             data_key=data_key,
             trace_id=attempt.trace_id,
+            blocking_tokens=_blocking_tokens(index, content.resource_type, content.resource_json),
         )
 
     async def commit_write(self, pending: PendingWrite, receipt: bytes) -> StoredVersion:
@@ -318,6 +322,7 @@ class EncryptedRecords:
             tag=index.pointer_tag(slot, pending.patient),
             index_tokens=pending.index_tokens,
             idempotency=pending.idempotency,
+            blocking_tokens=pending.blocking_tokens,
         )
         try:
             await self._documents.commit(commit)
@@ -516,6 +521,29 @@ class EncryptedRecords:
             )
         return opened
 
+    async def duplicate_blocks(self, max_block: int) -> PatientBlocks:
+        """Patients sharing a blocking token, their latest versions opened. The blocking
+        entries are not authenticated (they only nominate pairs, which are then judged on
+        the opened, authenticated versions): an entry naming anything but a live Patient is
+        passed over."""
+        index = await self._blind_index()
+        groups, oversized = await self._documents.blocks(max_block)
+        currents = await self._documents.currents({r for group in groups for r in group})
+        live = {r: c for r, c in currents.items() if not c.erased}
+        for current in live.values():
+            live_pointer(current, index)
+        opened = await self._open(
+            [(c, VersionSlot(r, c.version)) for r, c in sorted(live.items())], skip_erased=True
+        )
+        patients = {v.patient_id: v for v in opened if v.ref.resource_type == "Patient"}
+        by_resource = {index.resource_digest(ResourceKey("Patient", p)): p for p in patients}
+        blocks = [
+            members
+            for group in groups
+            if len(members := sorted({by_resource[r] for r in group if r in by_resource})) > 1
+        ]
+        return PatientBlocks(blocks, patients, oversized)
+
     # -- audits ----------------------------------------------------------------------------
 
     async def audit_page(self, *, page_size: int, page_token: str) -> Page[AuditedVersion]:
@@ -551,3 +579,12 @@ class EncryptedRecords:
             return await self._documents.erase(patient, self._clock())
         finally:
             self._cache.evict(patient)
+
+
+def _blocking_tokens(
+    index: BlindIndex, resource_type: str, resource_json: str
+) -> tuple[bytes, ...]:
+    """A Patient's blocking tokens, computed from its JSON (so a resumed write has the same)."""
+    if resource_type != "Patient":
+        return ()
+    return tuple(sorted({index.blocking_token(k) for k in patient_blocking_keys(resource_json)}))
