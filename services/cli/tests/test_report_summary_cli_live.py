@@ -237,6 +237,13 @@ async def test_the_document_is_valid_and_each_line_verifies_against_the_ledger(
     verified = verify_export(proven_entries(document), policy)
     proven = {f"{e.resource_type}/{e.resource_id}" for e in verified.entries}
     assert shown | {f"Patient/{summarised.patient_id}"} <= proven
+    # And as a reader checks it, with the CLI and the log's key.
+    done = await cli(
+        "verify", "summary", str(summarised.bundle), "--vkey", summarised.vkey,
+        "--origin", "platform.test/ledger",
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "resource(s) behind its lines" in flat(done.stdout)
 
 
 async def test_an_unknown_patient_exits_1_saying_so(summarised: Summarised) -> None:

@@ -8,12 +8,20 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from typer.testing import CliRunner
 
-from medledger.cli.report_fixtures import fixture_export, fixture_policy
+from medledger.cli.main import app
+from medledger.cli.report_fixtures import (
+    FIXTURE_ORIGIN,
+    fixture_export,
+    fixture_policy,
+    fixture_signer,
+)
 from medledger.cli.summary_document import (
     LIST_EMPTY_REASON,
     SummaryError,
@@ -316,3 +324,54 @@ def test_what_cannot_be_summarised_is_refused(
 def test_fhir_times_compare_in_utc(text: str, expected: str | None) -> None:
     parsed = parse_time(text)
     assert (parsed.isoformat() if parsed else None) == expected
+
+
+runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1"})
+
+
+def verify_summary_cli(document: Mapping[str, Any], folder: Path) -> tuple[int, str]:
+    path = folder / "summary.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    vkey = str(fixture_signer().verifier_key)
+    done = runner.invoke(app, ["verify", "summary", str(path), "--vkey", vkey])
+    return done.exit_code, " ".join(done.output.split())
+
+
+def test_verify_summary_checks_every_line_offline(export: dict[str, Any], tmp_path: Path) -> None:
+    document = summary_bundle(build_summary(export))
+    code, output = verify_summary_cli(document, tmp_path)
+    assert code == 0, output
+    # Every exported resource but the earlier glucose, which no line shows.
+    assert len(export["entry"]) == 25
+    assert "verifies: 24 resource(s) behind its lines" in output
+    assert f"checkpoint {FIXTURE_ORIGIN}, tree size 26" in output
+
+    changed = copy.deepcopy(document)
+    glucose = next(
+        e
+        for e in changed["entry"]
+        if e["resource"]["resourceType"] == "Observation" and loinc(e["resource"]) == GLUCOSE
+    )
+    glucose["resource"]["valueQuantity"]["value"] = 99
+    code, output = verify_summary_cli(changed, tmp_path)
+    assert code == 1, output
+    assert (
+        f"does NOT verify: Observation/{glucose['resource']['id']} version 1 "
+        "(commitment check failed)"
+    ) in output
+
+    unproven = copy.deepcopy(document)
+    allergy = next(
+        e for e in unproven["entry"] if e["resource"]["resourceType"] == "AllergyIntolerance"
+    )
+    del allergy["extension"]
+    code, output = verify_summary_cli(unproven, tmp_path)
+    assert code == 1, output
+    assert (
+        f"section 'Allergies and intolerances': the line {allergy['fullUrl']} has no ledger proof"
+    ) in output
+
+    not_a_document = {**document, "type": "collection"}
+    code, output = verify_summary_cli(not_a_document, tmp_path)
+    assert code == 1, output
+    assert "not a well-formed summary document: not a Bundle of type document" in output

@@ -1013,3 +1013,54 @@ def _composition_problems(
         if bool(section.get("entry")) == ("emptyReason" in section):
             problems.append(f"cmp-2: section[{index}] needs entries or an emptyReason, not both")
     return problems
+
+
+# --- checking a summary offline -----------------------------------------------------------------
+
+
+class SummaryInvalid(ValueError):
+    """A file that is not a well-formed summary document, or a line without a ledger proof."""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            # Parsers disagree on which of two equal names wins: a viewer could show one
+            # value while the verifier checked the other.
+            raise SummaryInvalid(f"member name {name!r} appears twice in one object")
+        document[name] = value
+    return document
+
+
+def parse_document(data: bytes) -> dict[str, Any]:
+    """The summary document in ``data`` (UTF-8 JSON, no member name twice in an object)."""
+    try:
+        document = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
+    except SummaryInvalid:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise SummaryInvalid(f"not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise SummaryInvalid("not a FHIR Bundle: the JSON is not an object")
+    return document
+
+
+def check_summary_lines(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The collection Bundle of the summary's proven entries for
+    :func:`medledger.verify.export.verify_export`, once the document is well formed and every
+    line of every section lands on an entry that carries a ledger proof (else
+    :class:`SummaryInvalid` naming what is wrong)."""
+    problems = document_problems(document)
+    if problems:
+        raise SummaryInvalid("not a well-formed summary document: " + "; ".join(problems))
+    proven = proven_entries(document)
+    by_url = {e["fullUrl"]: e for e in proven.get("entry", [])}
+    for section in document["entry"][0]["resource"].get("section", []):
+        for line in section.get("entry", []):
+            if line.get("reference") not in by_url:
+                raise SummaryInvalid(
+                    f"section {section.get('title', '?')!r}: the line {line.get('reference')} "
+                    "has no ledger proof"
+                )
+    return proven

@@ -1,6 +1,6 @@
-"""``medledger verify receipt|export|prediction``: check a ledger receipt, a patient export
-and the ledger proof of each of its resources, or a prediction and its INFERENCE_MADE entry,
-offline, with public keys only."""
+"""``medledger verify receipt|export|summary|prediction``: check a ledger receipt, a patient
+export and the ledger proof of each of its resources, a patient summary's lines, or a
+prediction and its INFERENCE_MADE entry, offline, with public keys only."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medledger.api.ledger.v1 import ledger_pb2
+from medledger.cli.summary_document import SummaryInvalid, check_summary_lines, parse_document
 from medledger.verify.export import (
     EntryInvalid,
     ExportFormatError,
@@ -272,6 +273,59 @@ def export_command(
     console.print(
         f"[green bold]✓ export {file} verifies: {len(result.entries)} resource(s), each "
         "exactly as the ledger committed to it[/green bold]",
+        highlight=False,
+    )
+    console.print(_entries_table(result))
+    console.print(_export_summary(result, policy))
+
+
+@app.command("summary")
+def summary_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="BUNDLE",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="The summary (FHIR document Bundle, JSON; medledger report summary --bundle).",
+        ),
+    ],
+    *,
+    vkey: VkeyOption,
+    witness_vkey: WitnessOption = None,
+    quorum: QuorumOption = 0,
+    origin: OriginOption = None,
+) -> None:
+    """Check a patient summary: a well-formed FHIR document whose every line is a resource
+    carrying its ledger proof, each checked as an export's entries are (verify export).
+
+    Exit status: 0 every line verifies; 1 the file is not a summary document, a line has no
+    proof, or a proof fails (the entry and the check are named); 2 a usage error.
+    """
+    policy = trust_policy(vkey, witness_vkey, quorum, origin)
+    try:
+        document = parse_document(file.read_bytes())
+        result = verify_export(check_summary_lines(document), policy)
+    except (SummaryInvalid, ExportFormatError, ExportNotVerifiable) as reason:
+        errors.print(
+            f"[red bold]✗ summary {file} cannot be verified:[/red bold] {reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    except EntryInvalid as failure:
+        errors.print(
+            f"[red bold]✗ summary {file} does NOT verify[/red bold]: {failure.reference} "
+            f"([bold]{failure.check}[/bold] check failed)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        errors.print(f"  {failure.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(
+        f"[green bold]✓ summary {file} verifies: {len(result.entries)} resource(s) behind its "
+        "lines, each exactly as the ledger committed to it[/green bold]",
         highlight=False,
     )
     console.print(_entries_table(result))
