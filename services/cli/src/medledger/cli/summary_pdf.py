@@ -111,7 +111,7 @@ def _patient_block(summary: Summary) -> list[Flowable]:
                 f"{summary.export_id}). Each line names the version of the resource it comes "
                 "from and the ledger leaf where that version was recorded; the FHIR document "
                 f"of this summary (Bundle {summary.bundle_id}) carries each one's ledger proof, "
-                "checked as an export's entries are (docs/export-format.md)."
+                "which medledger verify summary checks with the ledger's public key."
             ),
             _STYLES["note"],
         )
