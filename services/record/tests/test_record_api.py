@@ -684,6 +684,7 @@ async def test_the_access_log_lists_each_entry_with_its_opening(api: RecordApi) 
     assert len(log.openings) == len(log.entries)
     pseudonyms = set()
     for indexed, opening in zip(log.entries, log.openings, strict=True):
+        entry = ledger_pb2.LedgerEntry.FromString(indexed.entry_bytes)
         opened = Opening(
             salt=opening.salt,
             pseudonym=opening.subject_pseudonym,
@@ -691,8 +692,9 @@ async def test_the_access_log_lists_each_entry_with_its_opening(api: RecordApi) 
             resource_id=opening.resource_id,
             resource_version=opening.resource_version,
             patient_actor=opening.patient_actor,
+            # The subject's key derives from the pseudonym and the entry's public nonce.
+            nonce=entry.nonce,
         )
-        entry = ledger_pb2.LedgerEntry.FromString(indexed.entry_bytes)
         assert entry.subject == opened.subject()
         assert entry.resource == opened.resource()
         pseudonyms.add(opening.subject_pseudonym)

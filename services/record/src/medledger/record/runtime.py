@@ -34,12 +34,15 @@ from medledger.record.adapters.ledger_reads import GrpcLedgerReads
 from medledger.record.adapters.mongo_store import RecordStore
 from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.config import RecordConfig, RecordSettings
+from medledger.record.domain.access_report import AccessReports
+from medledger.record.domain.bulk_writes import BulkWrites
+from medledger.record.domain.hl7_ingest import Hl7Ingestion
 from medledger.record.domain.patient_rights import PatientRights
 from medledger.record.domain.record_audit import RecordAudit
 from medledger.record.domain.records import EncryptedRecords
 from medledger.record.domain.resources import ResourceService
 from medledger.record.domain.sweeper import PendingSweeper
-from medledger.record.server import RECORD_ACCESS, RecordServiceServicer
+from medledger.record.server import RECORD_ACCESS, Ingestion, RecordServiceServicer
 
 # What the record's own token asks identity for: appends and reads of the ledger (proofs for
 # exports and access logs), access decisions it may ask about any principal (identity then
@@ -86,7 +89,8 @@ def record_runtime(
     )
     ledger = LedgerClient(peers.ledger_addr, settings, token=service_token)
     leaves = MongoPatientLeafStore(mongo, mongo_settings.mongodb_database, "record")
-    patient_log = PatientLog(ledger, SubjectHasher(vault), leaves, vault, RECORD_PATIENT_KEK)
+    subjects = SubjectHasher(vault)
+    patient_log = PatientLog(ledger, subjects, leaves, vault, RECORD_PATIENT_KEK)
     access = IdentityAccessChecks(
         peers.identity_addr, settings, service_token, timeout=config.access_timeout_seconds
     )
@@ -98,14 +102,22 @@ def record_runtime(
         peers.ledger_addr, settings, service_token, timeout=config.ledger_timeout_seconds
     )
     resources = ResourceService(records, access, record_ledger, directory=directory)
+    bulk = BulkWrites(records, access, record_ledger, directory=directory)
     rights = PatientRights(records, access, record_ledger, ledger_reads, record_ledger, directory)
+    reports = AccessReports(records, access, record_ledger, ledger_reads, record_ledger, subjects)
     sweeper = PendingSweeper(records, config.sweep_interval_seconds)
     return ServiceRuntime(
         name="record",
         settings=settings,
         servicers=[
             Servicer(
-                RecordServiceServicer(resources, rights, RecordAudit(records, ledger_reads)),
+                RecordServiceServicer(
+                    resources,
+                    rights,
+                    RecordAudit(records, ledger_reads),
+                    reports,
+                    ingestion=Ingestion(bulk, Hl7Ingestion(bulk)),
+                ),
                 record_pb2_grpc.add_RecordServiceServicer_to_server,
                 RECORD_ACCESS,
             )

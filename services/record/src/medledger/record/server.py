@@ -7,6 +7,8 @@ duplicates) are filled by later issues.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
@@ -19,8 +21,17 @@ from medledger.common.errors import FieldViolation, InvalidArgument, Unimplement
 from medledger.common.interceptors import authenticated_principal
 from medledger.common.policy import ResourceAccess, Scopes, ServiceAccess
 from medledger.common.scopes import ADMIN, AUDIT_READ
+from medledger.record.domain.access_report import (
+    AccessReports,
+    ReportEntries,
+    ReportHeader,
+    ReportPart,
+)
+from medledger.record.domain.bulk_writes import BulkWrites
+from medledger.record.domain.hl7_ingest import Hl7Ingestion
+from medledger.record.domain.hl7_v2 import Hl7Issue
 from medledger.record.domain.patient_rights import PatientRights
-from medledger.record.domain.peers import Requester
+from medledger.record.domain.peers import LoggedEntry, Requester
 from medledger.record.domain.ports import StoredVersion
 from medledger.record.domain.record_audit import RecordAudit
 from medledger.record.domain.resources import ResourceService
@@ -45,6 +56,8 @@ RECORD_ACCESS: Final = ServiceAccess(
         _METHODS["ErasePatient"]: ResourceAccess("Patient", "d"),
         # The patient's access log is FHIR's AuditEvent.
         _METHODS["GetAccessLog"]: ResourceAccess("AuditEvent", "rs"),
+        # The same log, complete up to a checkpoint (docs/access-report.md).
+        _METHODS["GetAccessReport"]: ResourceAccess("AuditEvent", "rs"),
         # ADT messages create and update Patients and Encounters, ORU ones Observations.
         _METHODS["IngestHl7V2"]: ResourceAccess("*", "cu"),
         _METHODS["IngestCsvLabResults"]: ResourceAccess("Observation", "c"),
@@ -79,13 +92,92 @@ def _stored(version: StoredVersion) -> record_pb2.StoredResource:
     )
 
 
+def _opening(opening: LoggedEntry) -> record_pb2.EntryOpening:
+    return record_pb2.EntryOpening(
+        salt=opening.salt,
+        subject_pseudonym=opening.pseudonym,
+        resource_type=opening.resource_type,
+        resource_id=opening.resource_id,
+        resource_version=opening.resource_version,
+        patient_actor=opening.patient_actor,
+    )
+
+
+def _report_part(part: ReportPart) -> record_pb2.GetAccessReportResponse:
+    if isinstance(part, ReportHeader):
+        return record_pb2.GetAccessReportResponse(
+            header=record_pb2.AccessReportHeader(
+                checkpoint=part.checkpoint,
+                subject_pseudonym=part.pseudonym,
+                first_index=part.first_index,
+                base_checkpoint=part.base_checkpoint,
+                base_border=list(part.base_border),
+            )
+        )
+    if isinstance(part, ReportEntries):
+        entries = record_pb2.AccessReportEntries()
+        for found in part.entries:
+            listed = entries.entries.add(
+                leaf_index=found.leaf_index, found_by_opening=found.found_by_opening
+            )
+            if found.opening is not None:
+                listed.opening.CopyFrom(_opening(found.opening))
+        return record_pb2.GetAccessReportResponse(entries=entries)
+    return record_pb2.GetAccessReportResponse(
+        leaves=record_pb2.AccessReportLeaves(
+            start_index=part.start_index, entry_bytes=list(part.leaves)
+        )
+    )
+
+
+_SEVERITY: Final = {
+    "fatal": record_pb2.ISSUE_SEVERITY_FATAL,
+    "error": record_pb2.ISSUE_SEVERITY_ERROR,
+    "warning": record_pb2.ISSUE_SEVERITY_WARNING,
+}
+
+
+def _hl7_issue(issue: Hl7Issue) -> record_pb2.Issue:
+    return record_pb2.Issue(
+        severity=_SEVERITY[issue.severity],
+        code=issue.code,
+        location=issue.location,
+        diagnostics=issue.diagnostics,
+    )
+
+
+def _written(version: StoredVersion) -> record_pb2.WrittenResource:
+    return record_pb2.WrittenResource(
+        resource_type=version.ref.resource_type,
+        id=version.ref.resource_id,
+        version=version.ref.version,
+        receipt=ledger_pb2.Receipt.FromString(version.receipt),
+    )
+
+
+@dataclass(frozen=True)
+class Ingestion:
+    """The bulk, one-ledger-step writers behind the ingestion RPCs."""
+
+    writes: BulkWrites
+    hl7: Hl7Ingestion
+
+
 class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
     def __init__(
-        self, resources: ResourceService, rights: PatientRights, audit: RecordAudit
+        self,
+        resources: ResourceService,
+        rights: PatientRights,
+        audit: RecordAudit,
+        reports: AccessReports,
+        *,
+        ingestion: Ingestion,
     ) -> None:
         self._resources = resources
         self._rights = rights
         self._audit = audit
+        self._reports = reports
+        self._ingestion = ingestion
 
     async def CreateResource(
         self, request: record_pb2.CreateResourceRequest, context: Context
@@ -205,10 +297,26 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
             )
         return response
 
+    async def GetAccessReport(
+        self, request: record_pb2.GetAccessReportRequest, context: Context
+    ) -> AsyncIterator[record_pb2.GetAccessReportResponse]:
+        parts = self._reports.report(
+            _requester(request.purpose, ""), request.patient_id, request.from_size
+        )
+        async for part in parts:
+            yield _report_part(part)
+
     async def IngestHl7V2(
         self, request: record_pb2.IngestHl7V2Request, context: Context
     ) -> record_pb2.IngestHl7V2Response:
-        raise Unimplemented(PENDING)
+        outcome = await self._ingestion.hl7.ingest(
+            _requester(request.purpose, ""), request.message, request.idempotency_key
+        )
+        return record_pb2.IngestHl7V2Response(
+            message_type=outcome.message_type,
+            issues=[_hl7_issue(i) for i in outcome.issues],
+            written=[_written(v) for v in outcome.written],
+        )
 
     async def IngestCsvLabResults(
         self, request: record_pb2.IngestCsvLabResultsRequest, context: Context

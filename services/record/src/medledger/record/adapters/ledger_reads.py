@@ -9,7 +9,7 @@ log or an audit fails closed rather than answering with less than it should.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Final, TypeVar
 
 import grpc
@@ -19,12 +19,15 @@ from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import Unavailable
 from medledger.common.ledger_client import TokenSource
+from medledger.verify.access_report import border_from_last_leaf
 
 DEPENDENCY: Final = "ledger"
 # Reads one export or page of an access log makes at once.
 READS_AT_ONCE: Final = 16
 # Pages of 1,000 checkpoints an export looks through for the best-cosigned one.
 CHECKPOINT_PAGES: Final = 4
+# Leaves per ListEntries page (the ledger's most).
+LEAVES_PER_PAGE: Final = 1000
 # A signature line of a C2SP signed note: an em dash, a space, the key name.
 _SIGNATURE_LINE: Final = "\u2014 ".encode()
 T = TypeVar("T")
@@ -122,15 +125,70 @@ class GrpcLedgerReads:
             if not token:
                 break
         if best is None:
-            latest = await self._call(
-                self._stub.GetCheckpoint(
-                    ledger_pb2.GetCheckpointRequest(),
+            latest = await self._latest()
+            return _size(latest), latest
+        return best[1], best[2]
+
+    async def _latest(self) -> bytes:
+        reply = await self._call(
+            self._stub.GetCheckpoint(
+                ledger_pb2.GetCheckpointRequest(),
+                metadata=await self._metadata(),
+                timeout=self._timeout,
+            )
+        )
+        return reply.checkpoint
+
+    async def report_checkpoint(self, least_size: int, recent: int) -> tuple[int, bytes]:
+        latest = _size(await self._latest())
+        return await self._best_checkpoint(max(least_size, latest - recent, 1))
+
+    async def checkpoint_of_size(self, size: int) -> bytes | None:
+        reply = await self._call(
+            self._stub.ListCheckpoints(
+                ledger_pb2.ListCheckpointsRequest(after_size=size - 1, page_size=1),
+                metadata=await self._metadata(),
+                timeout=self._timeout,
+            )
+        )
+        for issued in reply.checkpoints:
+            if issued.tree_size == size:
+                return issued.checkpoint
+        return None
+
+    async def border(self, size: int) -> list[bytes]:
+        # The audit path of the last leaf holds every other border node: RFC 9162 places the
+        # largest perfect subtrees first, so the last leaf's path climbs the right edge.
+        last = size - 1
+        async with self._limit:
+            proof = await self._call(
+                self._stub.GetInclusionProof(
+                    ledger_pb2.GetInclusionProofRequest(leaf_index=last, tree_size=size),
                     metadata=await self._metadata(),
                     timeout=self._timeout,
                 )
             )
-            return _size(latest.checkpoint), latest.checkpoint
-        return best[1], best[2]
+        entry = (await self.entries([last]))[last]
+        return border_from_last_leaf(size, entry, list(proof.hashes))
+
+    async def leaves(self, start: int, end: int) -> AsyncIterator[Sequence[bytes]]:
+        index = start
+        while index < end:
+            reply = await self._call(
+                self._stub.ListEntries(
+                    ledger_pb2.ListEntriesRequest(
+                        start_index=index, page_size=min(LEAVES_PER_PAGE, end - index)
+                    ),
+                    metadata=await self._metadata(),
+                    timeout=self._timeout,
+                )
+            )
+            page = [found.entry_bytes for found in reply.entries if found.leaf_index < end]
+            if not page or reply.entries[0].leaf_index != index:
+                # The ledger holds fewer leaves than its checkpoint says: it cannot answer.
+                raise Unavailable(DEPENDENCY, reason="LEDGER_INCOMPLETE")
+            yield page
+            index += len(page)
 
     async def leaf_index(self, leaf_hash: bytes) -> int | None:
         async with self._limit:

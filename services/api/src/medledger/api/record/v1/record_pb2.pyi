@@ -683,7 +683,9 @@ Global___GetAccessLogResponse: _TypeAlias = GetAccessLogResponse  # noqa: Y015
 @_typing.final
 class EntryOpening(_message.Message):
     """EntryOpening proves a blinded ledger entry is about the patient, and says what it is about:
-    subject = HMAC-SHA-256(salt, "medledger.subject" 0x00 || subject_pseudonym);
+    subject = HMAC-SHA-256(salt, "medledger.subject" 0x00 || subject_pseudonym) for an entry
+    without a nonce; with one, the salt there is derived from the pseudonym and the nonce
+    (ledger LedgerEntry.nonce);
     resource.id = hex HMAC-SHA-256(salt, "medledger.resource" 0x00 || resource_type 0x00 ||
     resource_id 0x00 || decimal resource_version); actor (when the patient acted) =
     "patient:" + hex HMAC-SHA-256(salt, "medledger.actor" 0x00 || patient_actor).
@@ -721,6 +723,187 @@ class EntryOpening(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EntryOpening: _TypeAlias = EntryOpening  # noqa: Y015
+
+@_typing.final
+class GetAccessReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    FROM_SIZE_FIELD_NUMBER: _builtins.int
+    patient_id: _builtins.str
+    purpose: _purpose_pb2.PurposeOfUse.ValueType
+    from_size: _builtins.int
+    """0: the whole ledger. Otherwise the size of the checkpoint of an earlier report of this
+    patient: the report then carries only the leaves from that index on, with that checkpoint
+    and its tree's border, so it continues the earlier one (FAILED_PRECONDITION, reason
+    CHECKPOINT_NOT_FOUND, when the ledger issued no checkpoint of exactly that size).
+    """
+    def __init__(
+        self,
+        *,
+        patient_id: _builtins.str = ...,
+        purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        from_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_size", b"from_size", "patient_id", b"patient_id", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccessReportRequest: _TypeAlias = GetAccessReportRequest  # noqa: Y015
+
+@_typing.final
+class GetAccessReportResponse(_message.Message):
+    """GetAccessReportResponse is one part of the report: the header first, then the leaves in
+    index order (in chunks), then the patient's entries (in chunks).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    LEAVES_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___AccessReportHeader: ...
+    @_builtins.property
+    def leaves(self) -> Global___AccessReportLeaves: ...
+    @_builtins.property
+    def entries(self) -> Global___AccessReportEntries: ...
+    def __init__(
+        self,
+        *,
+        header: Global___AccessReportHeader | None = ...,
+        leaves: Global___AccessReportLeaves | None = ...,
+        entries: Global___AccessReportEntries | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "header", b"header", "leaves", b"leaves", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "header", b"header", "leaves", b"leaves", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "leaves", "entries"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___GetAccessReportResponse: _TypeAlias = GetAccessReportResponse  # noqa: Y015
+
+@_typing.final
+class AccessReportHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    SUBJECT_PSEUDONYM_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    BASE_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    BASE_BORDER_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.bytes
+    """The C2SP signed note (with witness cosignatures) the report is complete up to."""
+    subject_pseudonym: _builtins.bytes
+    """The patient's pseudonym (32 bytes): whoever holds it finds the patient's entries."""
+    first_index: _builtins.int
+    """The first leaf index the report carries: from_size (0 for the whole ledger)."""
+    base_checkpoint: _builtins.bytes
+    """When first_index > 0: the checkpoint of that size, and the hashes of the perfect
+    subtrees covering leaves [0, first_index), largest first (its root is that checkpoint's).
+    """
+    @_builtins.property
+    def base_border(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.bytes = ...,
+        subject_pseudonym: _builtins.bytes = ...,
+        first_index: _builtins.int = ...,
+        base_checkpoint: _builtins.bytes = ...,
+        base_border: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_border", b"base_border", "base_checkpoint", b"base_checkpoint", "checkpoint", b"checkpoint", "first_index", b"first_index", "subject_pseudonym", b"subject_pseudonym"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessReportHeader: _TypeAlias = AccessReportHeader  # noqa: Y015
+
+@_typing.final
+class AccessReportLeaves(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_INDEX_FIELD_NUMBER: _builtins.int
+    ENTRY_BYTES_FIELD_NUMBER: _builtins.int
+    start_index: _builtins.int
+    """The index of entry_bytes[0]; the chunks follow each other without gaps."""
+    @_builtins.property
+    def entry_bytes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The exact leaf data, as hashed into the tree."""
+
+    def __init__(
+        self,
+        *,
+        start_index: _builtins.int = ...,
+        entry_bytes: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_bytes", b"entry_bytes", "start_index", b"start_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessReportLeaves: _TypeAlias = AccessReportLeaves  # noqa: Y015
+
+@_typing.final
+class AccessReportEntries(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessReportEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AccessReportEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessReportEntries: _TypeAlias = AccessReportEntries  # noqa: Y015
+
+@_typing.final
+class AccessReportEntry(_message.Message):
+    """AccessReportEntry is one ledger entry about the patient."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    OPENING_FIELD_NUMBER: _builtins.int
+    FOUND_BY_OPENING_FIELD_NUMBER: _builtins.int
+    leaf_index: _builtins.int
+    found_by_opening: _builtins.bool
+    """True for an entry without a nonce (from before nonces), listed by its opening alone."""
+    @_builtins.property
+    def opening(self) -> Global___EntryOpening:
+        """Present when this service holds the entry's opening (its own entries); absent for
+        another service's entries (identity's consents, break-glass, logins), found by the nonce.
+        """
+
+    def __init__(
+        self,
+        *,
+        leaf_index: _builtins.int = ...,
+        opening: Global___EntryOpening | None = ...,
+        found_by_opening: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opening", b"opening"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found_by_opening", b"found_by_opening", "leaf_index", b"leaf_index", "opening", b"opening"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessReportEntry: _TypeAlias = AccessReportEntry  # noqa: Y015
 
 @_typing.final
 class AuditRecordsRequest(_message.Message):

@@ -77,6 +77,11 @@ class RecordServiceStub:
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessLogRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessLogResponse.FromString,
                 _registered_method=True)
+        self.GetAccessReport = channel.unary_stream(
+                '/medledger.api.record.v1.RecordService/GetAccessReport',
+                request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessReportRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessReportResponse.FromString,
+                _registered_method=True)
         self.IngestHl7V2 = channel.unary_unary(
                 '/medledger.api.record.v1.RecordService/IngestHl7V2',
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2Request.SerializeToString,
@@ -164,6 +169,17 @@ class RecordServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAccessReport(self, request, context):
+        """GetAccessReport streams a patient's access report, checkable offline as complete up to a
+        signed checkpoint (docs/access-report.md): the checkpoint, EVERY leaf of the ledger up to
+        its size, the patient's pseudonym (which finds each of the patient's entries by its
+        nonce) and the patient's entries with what this service can open. Who may ask: as for
+        GetAccessLog (AuditEvent, read); ledgered as a read of the patient's AuditEvent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IngestHl7V2(self, request, context):
         """IngestHl7V2 turns one HL7 v2 message (ADT, ORU) into FHIR resources. The message is
         atomic: nothing is written when any issue is an ERROR or FATAL.
@@ -239,6 +255,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.GetAccessLog,
                     request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessLogRequest.FromString,
                     response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessLogResponse.SerializeToString,
+            ),
+            'GetAccessReport': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetAccessReport,
+                    request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessReportRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessReportResponse.SerializeToString,
             ),
             'IngestHl7V2': grpc.unary_unary_rpc_method_handler(
                     servicer.IngestHl7V2,
@@ -480,6 +501,33 @@ class RecordService:
             '/medledger.api.record.v1.RecordService/GetAccessLog',
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessLogRequest.SerializeToString,
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccessReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/medledger.api.record.v1.RecordService/GetAccessReport',
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessReportRequest.SerializeToString,
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.GetAccessReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,13 @@ class RecordServiceStub:
     """
     GetAccessLog: _grpc.UnaryUnaryMultiCallable[_record_pb2.GetAccessLogRequest, _record_pb2.GetAccessLogResponse]
     """GetAccessLog lists the ledger entries about a patient, oldest first."""
+    GetAccessReport: _grpc.UnaryStreamMultiCallable[_record_pb2.GetAccessReportRequest, _record_pb2.GetAccessReportResponse]
+    """GetAccessReport streams a patient's access report, checkable offline as complete up to a
+    signed checkpoint (docs/access-report.md): the checkpoint, EVERY leaf of the ledger up to
+    its size, the patient's pseudonym (which finds each of the patient's entries by its
+    nonce) and the patient's entries with what this service can open. Who may ask: as for
+    GetAccessLog (AuditEvent, read); ledgered as a read of the patient's AuditEvent.
+    """
     IngestHl7V2: _grpc.UnaryUnaryMultiCallable[_record_pb2.IngestHl7V2Request, _record_pb2.IngestHl7V2Response]
     """IngestHl7V2 turns one HL7 v2 message (ADT, ORU) into FHIR resources. The message is
     atomic: nothing is written when any issue is an ERROR or FATAL.
@@ -105,6 +112,13 @@ class RecordServiceAsyncStub(RecordServiceStub):
     """
     GetAccessLog: _aio.UnaryUnaryMultiCallable[_record_pb2.GetAccessLogRequest, _record_pb2.GetAccessLogResponse]  # type: ignore[assignment]
     """GetAccessLog lists the ledger entries about a patient, oldest first."""
+    GetAccessReport: _aio.UnaryStreamMultiCallable[_record_pb2.GetAccessReportRequest, _record_pb2.GetAccessReportResponse]  # type: ignore[assignment]
+    """GetAccessReport streams a patient's access report, checkable offline as complete up to a
+    signed checkpoint (docs/access-report.md): the checkpoint, EVERY leaf of the ledger up to
+    its size, the patient's pseudonym (which finds each of the patient's entries by its
+    nonce) and the patient's entries with what this service can open. Who may ask: as for
+    GetAccessLog (AuditEvent, read); ledgered as a read of the patient's AuditEvent.
+    """
     IngestHl7V2: _aio.UnaryUnaryMultiCallable[_record_pb2.IngestHl7V2Request, _record_pb2.IngestHl7V2Response]  # type: ignore[assignment]
     """IngestHl7V2 turns one HL7 v2 message (ADT, ORU) into FHIR resources. The message is
     atomic: nothing is written when any issue is an ERROR or FATAL.
@@ -197,6 +211,19 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_record_pb2.GetAccessLogResponse, _abc.Awaitable[_record_pb2.GetAccessLogResponse]]:
         """GetAccessLog lists the ledger entries about a patient, oldest first."""
+
+    @_abc_1.abstractmethod
+    def GetAccessReport(
+        self,
+        request: _record_pb2.GetAccessReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_record_pb2.GetAccessReportResponse], _abc.AsyncIterator[_record_pb2.GetAccessReportResponse]]:
+        """GetAccessReport streams a patient's access report, checkable offline as complete up to a
+        signed checkpoint (docs/access-report.md): the checkpoint, EVERY leaf of the ledger up to
+        its size, the patient's pseudonym (which finds each of the patient's entries by its
+        nonce) and the patient's entries with what this service can open. Who may ask: as for
+        GetAccessLog (AuditEvent, read); ledgered as a read of the patient's AuditEvent.
+        """
 
     @_abc_1.abstractmethod
     def IngestHl7V2(
