@@ -28,7 +28,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
 
@@ -165,6 +165,27 @@ def blinded_event(event: LedgerEvent, opening: Opening) -> LedgerEvent:
     )
 
 
+@dataclass(frozen=True)
+class PatientAppend:
+    """One entry of :meth:`PatientLog.append_many` (the arguments of :meth:`PatientLog.append`)."""
+
+    patient_id: str
+    event: LedgerEvent
+    patient_actor: str = ""
+    idempotency_key: str = ""
+    salt: bytes | None = None
+    entry_time: datetime | None = None
+    trace_id: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _PreparedLeaf:
+    patient_key: str
+    data_key: bytes = field(repr=False)
+    leaf: PatientLeaf
+    entry: ledger_pb2.LedgerEntry
+
+
 class PatientLog:
     """Blinded ledger appends about patients, and each patient's encrypted leaf index."""
 
@@ -242,35 +263,70 @@ class PatientLog:
         trace id. A caller that must append the very same entry again (a retry of a write
         whose answer was lost, under the same ``idempotency_key``) gives all three, the salt
         as secret as a fresh one: the ledger then answers with the first entry's receipt."""
-        if salt is not None and len(salt) != SALT_SIZE:
+        item = PatientAppend(
+            patient_id, event, patient_actor, idempotency_key, salt, entry_time, trace_id
+        )
+        prepared = await self._prepare(item, {})
+        receipt = await self._ledger.append_entry(
+            prepared.entry, idempotency_key=idempotency_key, timeout=timeout
+        )
+        await self._indexed(prepared, receipt)
+        return receipt
+
+    async def append_many(
+        self, items: Sequence[PatientAppend], *, timeout: float = 30.0
+    ) -> list[ledger_pb2.Receipt]:
+        """Appends every item in ONE ledger step (AppendBatch: all or none, at most 1,000),
+        each blinded and indexed first as :meth:`append` does; receipts in order."""
+        pseudonyms: dict[str, bytes] = {}
+        prepared = [await self._prepare(item, pseudonyms) for item in items]
+        receipts = await self._ledger.append_entries(
+            [(p.entry, item.idempotency_key) for p, item in zip(prepared, items, strict=True)],
+            timeout=timeout,
+        )
+        for done, receipt in zip(prepared, receipts, strict=True):
+            await self._indexed(done, receipt)
+        return receipts
+
+    async def _prepare(self, item: PatientAppend, pseudonyms: dict[str, bytes]) -> _PreparedLeaf:
+        """The blinded entry of ``item``, its index row written (without a leaf index)."""
+        if item.salt is not None and len(item.salt) != SALT_SIZE:
             raise ValueError(f"a blinding salt is {SALT_SIZE} bytes")
-        pseudonym = await self._subjects.subject(patient_id)
+        pseudonym = pseudonyms.get(item.patient_id)
+        if pseudonym is None:
+            pseudonym = pseudonyms[item.patient_id] = await self._subjects.subject(item.patient_id)
         patient_key = self._patient_key(pseudonym)
+        event = item.event
         opening = Opening.derived(
-            salt=salt if salt is not None else os.urandom(SALT_SIZE),
+            salt=item.salt if item.salt is not None else os.urandom(SALT_SIZE),
             pseudonym=pseudonym,
             resource_type=event.resource_type,
             resource_id=event.resource_id,
             resource_version=event.resource_version,
-            patient_actor=patient_actor,
+            patient_actor=item.patient_actor,
         )
         entry = self._ledger.entry(blinded_event(event, opening))
         # Public, and fixed by the salt: whoever holds the pseudonym finds the entry with it.
         entry.nonce = opening.nonce
-        if entry_time is not None:
-            entry.time.FromDatetime(entry_time)
-        if trace_id is not None:
-            entry.trace_id = trace_id
+        if item.entry_time is not None:
+            entry.time.FromDatetime(item.entry_time)
+        if item.trace_id is not None:
+            entry.trace_id = item.trace_id
         leaf_hash = hashlib.sha256(b"\x00" + entry.SerializeToString(deterministic=True)).digest()
         key = await self._data_key(patient_key)
         pending = PatientLeaf(_new_leaf_id(), leaf_hash, None, event.kind, opening)
         await self._store.add_leaf(patient_key, self._seal(key, patient_key, pending))
-        receipt = await self._ledger.append_entry(
-            entry, idempotency_key=idempotency_key, timeout=timeout
+        return _PreparedLeaf(patient_key, key, pending, entry)
+
+    async def _indexed(self, prepared: _PreparedLeaf, receipt: ledger_pb2.Receipt) -> None:
+        """Records the leaf index the ledger gave the entry in its index row."""
+        leaf = prepared.leaf
+        done = PatientLeaf(
+            leaf.leaf_id, leaf.leaf_hash, int(receipt.leaf_index), leaf.kind, leaf.opening
         )
-        done = PatientLeaf(pending.leaf_id, leaf_hash, int(receipt.leaf_index), event.kind, opening)
-        await self._store.replace_leaf(patient_key, self._seal(key, patient_key, done))
-        return receipt
+        await self._store.replace_leaf(
+            prepared.patient_key, self._seal(prepared.data_key, prepared.patient_key, done)
+        )
 
     async def leaves(
         self, patient_id: str, *, requested_size: int = 0, page_token: str = ""

@@ -10,13 +10,37 @@ credentials) is UNAVAILABLE: the caller's write or read fails closed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
+from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.errors import MedledgerError, Unavailable
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.paging import Page
-from medledger.common.patient_log import PatientLog
+from medledger.common.patient_log import PatientAppend, PatientLog
 from medledger.record.domain.peers import LoggedEntry, RecordEvent
+
+
+def _patient_append(patient_id: str, event: RecordEvent, idempotency_key: str) -> PatientAppend:
+    return PatientAppend(
+        patient_id=patient_id,
+        event=LedgerEvent(
+            kind=event.kind,
+            actor=event.actor,
+            organization=event.organization,
+            resource_type=event.resource_type,
+            resource_id=event.resource_id,
+            resource_version=event.resource_version,
+            content_commitment=event.content_commitment,
+            purpose=event.purpose,
+        ),
+        patient_actor=event.patient_actor,
+        idempotency_key=idempotency_key,
+        salt=event.blinding_salt,
+        entry_time=event.time,
+        trace_id=event.trace_id,
+    )
 
 
 class PatientLogLedger:
@@ -27,31 +51,33 @@ class PatientLogLedger:
     async def append(
         self, patient_id: str, event: RecordEvent, *, idempotency_key: str = ""
     ) -> bytes:
+        (receipt,) = await self.append_many([(patient_id, event, idempotency_key)])
+        return receipt
+
+    async def append_many(self, events: Sequence[tuple[str, RecordEvent, str]]) -> list[bytes]:
+        items = [_patient_append(*each) for each in events]
         try:
-            receipt = await self._patients.append(
-                patient_id,
-                LedgerEvent(
-                    kind=event.kind,
-                    actor=event.actor,
-                    organization=event.organization,
-                    resource_type=event.resource_type,
-                    resource_id=event.resource_id,
-                    resource_version=event.resource_version,
-                    content_commitment=event.content_commitment,
-                    purpose=event.purpose,
-                ),
-                patient_actor=event.patient_actor,
-                idempotency_key=idempotency_key,
-                timeout=self._timeout,
-                salt=event.blinding_salt,
-                entry_time=event.time,
-                trace_id=event.trace_id,
-            )
+            if len(items) == 1:
+                receipts = [await self._append_one(items[0])]
+            else:
+                receipts = await self._patients.append_many(items, timeout=self._timeout * 3)
         except MedledgerError as error:
             if error.code is grpc.StatusCode.INTERNAL:  # refused: no answer a client can use
                 raise Unavailable("ledger", reason=error.reason) from error
             raise
-        return receipt.SerializeToString()
+        return [r.SerializeToString() for r in receipts]
+
+    async def _append_one(self, item: PatientAppend) -> ledger_pb2.Receipt:
+        return await self._patients.append(
+            item.patient_id,
+            item.event,
+            patient_actor=item.patient_actor,
+            idempotency_key=item.idempotency_key,
+            timeout=self._timeout,
+            salt=item.salt,
+            entry_time=item.entry_time,
+            trace_id=item.trace_id,
+        )
 
     async def logged(
         self, patient_id: str, *, page_size: int, page_token: str

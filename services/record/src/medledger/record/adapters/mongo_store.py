@@ -23,6 +23,9 @@ resource's type and id, ``patient`` the patient's keyed pseudonym):
   ``(block, token)``.
 - ``record_idempotency`` ``{_id: key id, fingerprint, resource, version, patient, tag,
   expires_at}``; TTL index on ``expires_at``.
+- ``record_batches``   ``{_id: key id, fingerprint, attempt, count, expires_at}``: the attempt
+  of an idempotent bulk write (HL7 v2 message, CSV chunk) that prepared all its versions, so
+  a retry finishes those; no patient in it. TTL index on ``expires_at``.
 
 A commit is ONE transaction: the patient is not erased, the pending version is still this
 writer's, the pointer moves from the expected version, the index entries are replaced and
@@ -47,6 +50,7 @@ from medledger.common.errors import DataLoss
 from medledger.common.mongo import RunOnce, mongo_errors
 from medledger.record.domain.envelope import damaged
 from medledger.record.domain.ports import (
+    BatchAttempt,
     CurrentPointer,
     IdempotencyTaken,
     IdempotentWrite,
@@ -151,6 +155,17 @@ def _sealed_version(doc: Document) -> SealedVersion:
         )
 
 
+def _batch_attempt(doc: Document) -> BatchAttempt:
+    with _parsing():
+        return BatchAttempt(
+            key_id=_bytes(doc["_id"]),
+            fingerprint=_bytes(doc["fingerprint"]),
+            attempt=_str(doc["attempt"]),
+            count=_int(doc["count"]),
+            expires=doc["expires_at"],
+        )
+
+
 def _idempotent(doc: Document) -> IdempotentWrite:
     with _parsing():
         return IdempotentWrite(
@@ -177,6 +192,7 @@ class RecordStore:
         self._current = db["record_current"]
         self._index = db["record_index"]
         self._idempotency = db["record_idempotency"]
+        self._batches = db["record_batches"]
         self._ready = RunOnce(self._create_indexes)
 
     @property
@@ -190,6 +206,7 @@ class RecordStore:
                 self._current,
                 self._index,
                 self._idempotency,
+                self._batches,
             )
         )
 
@@ -208,6 +225,7 @@ class RecordStore:
         await self._index.create_index([("patient", ASCENDING)])
         await self._index.create_index([("block", ASCENDING), ("token", ASCENDING)], sparse=True)
         await self._idempotency.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
+        await self._batches.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
     # -- patient keys --------------------------------------------------------------------
 
@@ -554,6 +572,33 @@ class RecordStore:
     async def idempotent(self, key_id: bytes) -> IdempotentWrite | None:
         doc = await self._idempotency.find_one({"_id": Binary(key_id)})
         return _idempotent(doc) if doc else None
+
+    # -- bulk writes ---------------------------------------------------------------------
+
+    @mongo_errors
+    async def batch_attempt(self, key_id: bytes) -> BatchAttempt | None:
+        doc = await self._batches.find_one({"_id": Binary(key_id)})
+        return _batch_attempt(doc) if doc else None
+
+    @mongo_errors
+    async def insert_batch_attempt(self, attempt: BatchAttempt) -> BatchAttempt:
+        await self._ready()
+        try:
+            await self._batches.insert_one(
+                {
+                    "_id": Binary(attempt.key_id),
+                    "fingerprint": Binary(attempt.fingerprint),
+                    "attempt": attempt.attempt,
+                    "count": attempt.count,
+                    "expires_at": attempt.expires,
+                }
+            )
+        except DuplicateKeyError:
+            stored = await self._batches.find_one({"_id": Binary(attempt.key_id)})
+            if stored is None:  # expired meanwhile: the next retry starts afresh
+                raise
+            return _batch_attempt(stored)
+        return attempt
 
     @mongo_errors
     async def blocks(self, max_block: int) -> tuple[list[list[bytes]], int]:

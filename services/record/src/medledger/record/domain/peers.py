@@ -104,6 +104,11 @@ class RecordLedger(Protocol):
         returns the serialised ``Receipt``; Unavailable when the ledger does not answer."""
         ...
 
+    async def append_many(self, events: Sequence[tuple[str, RecordEvent, str]]) -> list[bytes]:
+        """Appends each ``(patient_id, event, idempotency_key)`` in ONE durable ledger step
+        (all or none, at most 1,000) and returns their serialised receipts in order."""
+        ...
+
 
 class LedgerReads(Protocol):
     """What the record service reads back from the ledger (exports, access logs, audits).

@@ -243,6 +243,18 @@ class RecordStorage(Protocol):
 
     async def sweep_pending(self) -> int: ...
 
+    async def batch_attempt(self, key: str, fingerprint: bytes) -> BatchAttempt | None:
+        """The recorded attempt of a bulk write under ``key``; None when there is none;
+        ABORTED (IDEMPOTENCY_KEY_REUSED) when it was for another request."""
+        ...
+
+    async def record_batch_attempt(
+        self, key: str, fingerprint: bytes, attempt: str, count: int
+    ) -> BatchAttempt:
+        """Records that ``attempt`` prepared all ``count`` versions of the bulk write under
+        ``key``; returns the attempt stored first (another one's, when it raced)."""
+        ...
+
 
 # -- what the adapters store and answer ---------------------------------------------------
 
@@ -316,6 +328,18 @@ class IdempotentWrite:
     slot: VersionSlot
     fingerprint: bytes
     tag: bytes
+
+
+@dataclass(frozen=True)
+class BatchAttempt:
+    """The one attempt at an idempotent bulk write whose versions were all prepared: a
+    retry with the same key finishes exactly these (``count`` writes, keyed by ``attempt``)."""
+
+    key_id: bytes
+    fingerprint: bytes  # keyed
+    attempt: str
+    count: int
+    expires: datetime
 
 
 @dataclass(frozen=True)
@@ -443,6 +467,12 @@ class RecordDocuments(Protocol):
         ...
 
     async def sweep_pending(self, prepared_before: datetime) -> int: ...
+
+    async def batch_attempt(self, key_id: bytes) -> BatchAttempt | None: ...
+
+    async def insert_batch_attempt(self, attempt: BatchAttempt) -> BatchAttempt:
+        """Stores ``attempt`` unless one with its key exists; returns the stored one."""
+        ...
 
     async def committed_versions(
         self, after: str, limit: int

@@ -63,6 +63,7 @@ from medledger.record.domain.envelope import (
 from medledger.record.domain.patient_matching import patient_blocking_keys
 from medledger.record.domain.ports import (
     AuditedVersion,
+    BatchAttempt,
     CurrentPointer,
     IdempotencyEntry,
     IdempotencyTaken,
@@ -361,6 +362,32 @@ class EncryptedRecords:
         if first is None:
             return None
         return await self._read_slot(first_result(index, first, index.fingerprint(fingerprint)))
+
+    async def batch_attempt(self, key: str, fingerprint: bytes) -> BatchAttempt | None:
+        index = await self._blind_index()
+        found = await self._documents.batch_attempt(index.idempotency_id(key))
+        if found is not None and not hmac.compare_digest(
+            found.fingerprint, index.fingerprint(fingerprint)
+        ):
+            raise key_reused()
+        return found
+
+    async def record_batch_attempt(
+        self, key: str, fingerprint: bytes, attempt: str, count: int
+    ) -> BatchAttempt:
+        index = await self._blind_index()
+        stored = await self._documents.insert_batch_attempt(
+            BatchAttempt(
+                key_id=index.idempotency_id(key),
+                fingerprint=index.fingerprint(fingerprint),
+                attempt=attempt,
+                count=count,
+                expires=self._clock() + self._idempotency_retention,
+            )
+        )
+        if not hmac.compare_digest(stored.fingerprint, index.fingerprint(fingerprint)):
+            raise key_reused()
+        return stored
 
     async def patient_holder(self, patient_id: str) -> str:
         index = await self._blind_index()

@@ -109,11 +109,11 @@ def _instant(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _denied(verdict: AccessVerdict) -> PermissionDenied:
+def denied(verdict: AccessVerdict) -> PermissionDenied:
     return PermissionDenied(f"access denied ({verdict.reason})", reason=verdict.reason)
 
 
-def _scoped_key(requester: Requester, operation: str, key: str) -> str:
+def scoped_key(requester: Requester, operation: str, key: str) -> str:
     """The idempotency key as stored: the caller's own (another caller's equal key is
     another key)."""
     if not key:
@@ -131,7 +131,9 @@ def _scoped_key(requester: Requester, operation: str, key: str) -> str:
     return json.dumps([who.organization, who.subject, operation, key], separators=(",", ":"))
 
 
-def _fingerprint(operation: str, resource_json: str, expected_version: int, purpose: int) -> bytes:
+def request_fingerprint(
+    operation: str, resource_json: str, expected_version: int, purpose: int
+) -> bytes:
     request = json.dumps(
         [operation, resource_json, expected_version, purpose], separators=(",", ":")
     )
@@ -187,7 +189,7 @@ def _member_paths(valid: ValidResource) -> dict[ResourceKey, str]:
     return paths
 
 
-def _stored_document(
+def stored_document(
     valid: ValidResource, resource_id: str, version: int, when: datetime
 ) -> tuple[bytes, dict[str, set[str]]]:
     """The canonical JSON to store (the server's id, versionId and lastUpdated) and its
@@ -207,6 +209,29 @@ def _stored_document(
             [ResourceIssue("value", DOCUMENT, "holds a value JSON's canonical form cannot carry")]
         ) from None
     return canonical, search_values(valid)
+
+
+def write_event(requester: Requester, verdict: AccessVerdict, pending: PendingWrite) -> RecordEvent:
+    """The ledger entry of a prepared version: the same for every attempt at ``pending``
+    (salts, time and trace id all come from it)."""
+    who = requester.principal
+    ref = pending.ref
+    return RecordEvent(
+        kind=ledger_pb2.EVENT_KIND_RECORD_CREATED
+        if ref.version == 1
+        else ledger_pb2.EVENT_KIND_RECORD_UPDATED,
+        actor=who.subject,
+        organization=who.organization,
+        purpose=requester.purpose,
+        resource_type=ref.resource_type,
+        resource_id=ref.resource_id,
+        resource_version=ref.version,
+        content_commitment=commit(pending.salt, pending.resource_json.encode()),
+        patient_actor=who.subject if verdict.patient_self else "",
+        blinding_salt=record_blinding_salt(pending.salt),
+        time=pending.updated_time,
+        trace_id=pending.trace_id,
+    )
 
 
 class ResourceService:
@@ -252,7 +277,7 @@ class ResourceService:
     ) -> AccessVerdict:
         verdict = await self._decide(requester, patient_id, resource_type, action)
         if not verdict.permitted:
-            raise _denied(verdict)
+            raise denied(verdict)
         return verdict
 
     async def _ledger_read(
@@ -286,8 +311,8 @@ class ResourceService:
     ) -> StoredVersion:
         """Stores a new resource (version 1) under a server-assigned id."""
         valid = await asyncio.to_thread(validate_resource, resource_json)
-        key = _scoped_key(requester, "create", idempotency_key)
-        fingerprint = _fingerprint("create", resource_json, 0, requester.purpose)
+        key = scoped_key(requester, "create", idempotency_key)
+        fingerprint = request_fingerprint("create", resource_json, 0, requester.purpose)
         if (first := await self._replay(requester, key, fingerprint)) is not None:
             return first
         resource_id = self._new_id()
@@ -301,7 +326,7 @@ class ResourceService:
             requester, patient_id, holder, valid.resource_type, Action.WRITE
         )
         if not verdict.permitted:
-            raise _denied(verdict)
+            raise denied(verdict)
         await self._check_members(valid, patient_id)
         if valid.resource_type == "Patient":
             # identity learns who holds the new patient (consents, break-glass) first: a
@@ -330,8 +355,10 @@ class ResourceService:
                 [ResourceIssue("required", "id", "the id of the resource to update is required")]
             )
         assert valid.patient_id is not None  # a Patient with an id is its own patient
-        key = _scoped_key(requester, "update", idempotency_key)
-        fingerprint = _fingerprint("update", resource_json, expected_version, requester.purpose)
+        key = scoped_key(requester, "update", idempotency_key)
+        fingerprint = request_fingerprint(
+            "update", resource_json, expected_version, requester.purpose
+        )
         if (first := await self._replay(requester, key, fingerprint)) is not None:
             return first
         if valid.resource_type == "Patient":
@@ -347,7 +374,7 @@ class ResourceService:
             requester, valid.patient_id, holder, valid.resource_type, Action.WRITE
         )
         if not verdict.permitted:
-            raise _denied(verdict)
+            raise denied(verdict)
         await self._check_members(valid, valid.patient_id)
         return await self._write(
             requester,
@@ -433,7 +460,7 @@ class ResourceService:
         when = self._clock().astimezone(UTC)
         when = when.replace(microsecond=when.microsecond // 1000 * 1000)
         canonical, search = await asyncio.to_thread(
-            _stored_document, valid, resource_id, version, when
+            stored_document, valid, resource_id, version, when
         )
         pending = await self._storage.prepare_write(
             ResourceWrite(
@@ -463,24 +490,7 @@ class ResourceService:
         """Appends the version's entry (the same entry for every attempt at ``pending``:
         key, salts, time and trace id all come from it), then commits the version with its
         receipt."""
-        who = requester.principal
-        ref = pending.ref
-        event = RecordEvent(
-            kind=ledger_pb2.EVENT_KIND_RECORD_CREATED
-            if ref.version == 1
-            else ledger_pb2.EVENT_KIND_RECORD_UPDATED,
-            actor=who.subject,
-            organization=who.organization,
-            purpose=requester.purpose,
-            resource_type=ref.resource_type,
-            resource_id=ref.resource_id,
-            resource_version=ref.version,
-            content_commitment=commit(pending.salt, pending.resource_json.encode()),
-            patient_actor=who.subject if verdict.patient_self else "",
-            blinding_salt=record_blinding_salt(pending.salt),
-            time=pending.updated_time,
-            trace_id=pending.trace_id,
-        )
+        event = write_event(requester, verdict, pending)
         try:
             receipt = await self._ledger.append(
                 pending.patient_id, event, idempotency_key=ledger_idempotency_key(pending.salt)
@@ -559,7 +569,7 @@ class ResourceService:
         if not overall.permitted and not (
             overall.reason == SCOPE_MISSING and _holds_patient_scopes(requester)
         ):
-            raise _denied(overall)
+            raise denied(overall)
         verdicts: dict[str, AccessVerdict] = {}
         found: list[StoredVersion] = []
         token = page_token

@@ -1,0 +1,339 @@
+"""Bulk writes: the resources of one request (an HL7 v2 message, a chunk of CSV rows) stored
+in ONE durable ledger step, all or none.
+
+Each write goes the way a single create or update goes (CheckAccess for its patient and
+type, a pending version sealed under the patient's key, a RECORD_CREATED or RECORD_UPDATED
+entry, the commit with its receipt), except that every version is prepared first and all
+entries are appended together (ledger AppendBatch). If the ledger refuses or does not
+answer, nothing is visible.
+
+Idempotency works per request, not per resource, because planning a request depends on
+what is stored (an ADT message creates its Patient only when no Patient has the identifier;
+a retry would find the one the first attempt created and plan differently). So once an
+attempt has prepared all its versions it records itself (key, keyed request fingerprint,
+attempt id, count): a retry with the same key finishes exactly that attempt's versions
+(committed ones are returned as they are, pending ones appended again with the same
+entries, then committed) and plans nothing. An attempt that stopped before recording
+itself left only pending versions nobody sees; they expire and are swept, and the retry
+plans afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from medledger.common.errors import Aborted, MedledgerError, NotFound
+from medledger.common.telemetry import current_trace_id
+from medledger.record.domain.fhir_validation import ValidResource
+from medledger.record.domain.peers import (
+    AccessChecks,
+    AccessQuery,
+    AccessVerdict,
+    Action,
+    PatientDirectory,
+    RecordLedger,
+    Requester,
+)
+from medledger.record.domain.ports import PendingWrite, RecordStorage, ResourceWrite, StoredVersion
+from medledger.record.domain.resources import (
+    denied,
+    ledger_idempotency_key,
+    request_fingerprint,
+    scoped_key,
+    stored_document,
+    write_event,
+)
+from medledger.record.domain.search_params import parse_search
+
+# One ledger AppendBatch carries at most this many entries.
+MAX_BULK_WRITES: Final = 1000
+
+
+@dataclass(frozen=True)
+class NewResource:
+    """A resource to create under ``resource_id`` (from :meth:`BulkWrites.new_ids`, so that
+    resources of the same request can name each other)."""
+
+    valid: ValidResource
+    resource_id: str
+
+
+@dataclass(frozen=True)
+class ChangedResource:
+    """The next version of a stored resource (``valid.id``), if ``expected_version`` is
+    still its latest."""
+
+    valid: ValidResource
+    expected_version: int
+
+
+BulkWrite = NewResource | ChangedResource
+
+
+@dataclass(frozen=True)
+class _Planned:
+    write: BulkWrite
+    resource_id: str
+    patient_id: str
+    holder: str
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BulkWrites:
+    def __init__(
+        self,
+        storage: RecordStorage,
+        access: AccessChecks,
+        ledger: RecordLedger,
+        *,
+        directory: PatientDirectory,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._storage = storage
+        self._access = access
+        self._ledger = ledger
+        self._directory = directory
+        self._clock = clock
+
+    @staticmethod
+    def new_ids(count: int) -> list[str]:
+        return [str(uuid.uuid4()) for _ in range(count)]
+
+    async def patient_by_identifier(self, system: str, value: str) -> StoredVersion | None:
+        """The latest version of the one Patient with this identifier; None when there is
+        none; FAILED_PRECONDITION (AMBIGUOUS_IDENTIFIER) when several share it. A lookup
+        for a write: the write that follows is checked and ledgered, not the lookup."""
+        params = parse_search("Patient", {"identifier": f"{system}|{value}"})
+        page = await self._storage.search("Patient", params, page_size=2, page_token="")
+        if len(page.items) > 1:
+            raise Aborted(
+                "more than one Patient has this identifier", reason="AMBIGUOUS_IDENTIFIER"
+            )
+        return page.items[0] if page.items else None
+
+    async def write_all(
+        self,
+        requester: Requester,
+        writes: Sequence[BulkWrite],
+        *,
+        idempotency_key: str = "",
+        request_digest: bytes = b"",
+    ) -> list[StoredVersion]:
+        """Stores every write, all or none, in one ledger step; the stored versions in
+        order. With ``idempotency_key``, a retry (same key, same ``request_digest``: a
+        digest of the request as the client sent it) returns the first attempt's versions."""
+        key, fingerprint = _request_key(requester, idempotency_key, request_digest)
+        if (first := await self._replay(requester, key, fingerprint)) is not None:
+            return first
+        if not 1 <= len(writes) <= MAX_BULK_WRITES:
+            raise ValueError(f"a bulk write holds 1 to {MAX_BULK_WRITES} resources")
+        planned = await self._plan(requester, writes)
+        verdicts = await self._verdicts(
+            requester, {(p.patient_id, p.write.valid.resource_type, p.holder) for p in planned}
+        )
+        for each in planned:
+            if isinstance(each.write, NewResource) and each.write.valid.resource_type == "Patient":
+                # As for a single create: identity learns the holder first.
+                await self._directory.register_holder(each.patient_id, each.holder)
+        attempt_id = secrets.token_hex(8)
+        pending: list[PendingWrite] = []
+        try:
+            for position, each in enumerate(planned):
+                pending.append(
+                    await self._prepare(each, _write_key(key, attempt_id, position), fingerprint)
+                )
+            if key:
+                recorded = await self._storage.record_batch_attempt(
+                    key, fingerprint, attempt_id, len(planned)
+                )
+                if recorded.attempt != attempt_id:  # a concurrent attempt recorded first
+                    await self._abort(pending)
+                    return await self._resume(
+                        requester, key, fingerprint, recorded.attempt, recorded.count
+                    )
+        except BaseException:
+            await self._abort(pending)
+            raise
+        return await self._ledger_and_commit(requester, verdicts, pending, keep=bool(key))
+
+    async def replay(
+        self, requester: Requester, idempotency_key: str, request_digest: bytes
+    ) -> list[StoredVersion] | None:
+        """The first attempt's versions when a request with this key was written (or all
+        its versions prepared) before; None otherwise. Callers that plan from what is
+        stored ask this first: a retry must not be planned again."""
+        key, fingerprint = _request_key(requester, idempotency_key, request_digest)
+        return await self._replay(requester, key, fingerprint)
+
+    async def _replay(
+        self, requester: Requester, key: str, fingerprint: bytes
+    ) -> list[StoredVersion] | None:
+        if not key:
+            return None
+        attempt = await self._storage.batch_attempt(key, fingerprint)
+        if attempt is None:
+            return None
+        return await self._resume(requester, key, fingerprint, attempt.attempt, attempt.count)
+
+    async def _plan(self, requester: Requester, writes: Sequence[BulkWrite]) -> list[_Planned]:
+        """Each write's id, patient and the organisation holding that patient (the
+        requester's for a Patient this request creates)."""
+        holders: dict[str, str] = {}
+        for write in writes:
+            if isinstance(write, NewResource) and write.valid.resource_type == "Patient":
+                holders[write.resource_id] = requester.principal.organization
+        planned: list[_Planned] = []
+        for write in writes:
+            valid = write.valid
+            if valid.compartment_members:
+                raise ValueError("bulk writes do not check compartment members (Provenance)")
+            if isinstance(write, NewResource):
+                resource_id = write.resource_id
+                patient_id = resource_id if valid.resource_type == "Patient" else valid.patient_id
+            else:
+                resource_id, patient_id = valid.id or "", valid.patient_id
+            if not resource_id or patient_id is None:
+                raise ValueError("a bulk write names its resource and its patient")
+            if patient_id not in holders:
+                holders[patient_id] = await self._storage.patient_holder(patient_id)
+            planned.append(_Planned(write, resource_id, patient_id, holders[patient_id]))
+        return planned
+
+    async def _verdicts(
+        self, requester: Requester, wanted: set[tuple[str, str, str]]
+    ) -> dict[tuple[str, str], AccessVerdict]:
+        """CheckAccess once per (patient, type, holder): every one must permit the write."""
+        ordered = sorted(wanted)
+        verdicts = await asyncio.gather(
+            *(
+                self._access.check(AccessQuery(requester, patient, holder, kind, Action.WRITE))
+                for patient, kind, holder in ordered
+            )
+        )
+        decided: dict[tuple[str, str], AccessVerdict] = {}
+        for (patient, kind, _), verdict in zip(ordered, verdicts, strict=True):
+            if not verdict.permitted:
+                raise denied(verdict)
+            decided[(patient, kind)] = verdict
+        return decided
+
+    async def _prepare(self, planned: _Planned, key: str, fingerprint: bytes) -> PendingWrite:
+        write = planned.write
+        expected = write.expected_version if isinstance(write, ChangedResource) else 0
+        when = self._clock().astimezone(UTC)
+        when = when.replace(microsecond=when.microsecond // 1000 * 1000)
+        canonical, search = await asyncio.to_thread(
+            stored_document, write.valid, planned.resource_id, expected + 1, when
+        )
+        return await self._storage.prepare_write(
+            ResourceWrite(
+                resource_type=write.valid.resource_type,
+                resource_id=planned.resource_id,
+                patient_id=planned.patient_id,
+                resource_json=canonical.decode(),
+                search_values=search,
+                expected_version=expected,
+                idempotency_key=key,
+                request_fingerprint=fingerprint,
+                holder_organization=planned.holder,
+                updated_time=when,
+                trace_id=current_trace_id(),
+            )
+        )
+
+    async def _abort(self, pending: Sequence[PendingWrite]) -> None:
+        for each in pending:
+            with contextlib.suppress(MedledgerError):
+                await self._storage.abort_write(each)
+
+    async def _ledger_and_commit(
+        self,
+        requester: Requester,
+        verdicts: dict[tuple[str, str], AccessVerdict],
+        pending: Sequence[PendingWrite],
+        *,
+        keep: bool,
+    ) -> list[StoredVersion]:
+        events = [
+            (
+                p.patient_id,
+                write_event(requester, verdicts[(p.patient_id, p.ref.resource_type)], p),
+                ledger_idempotency_key(p.salt),
+            )
+            for p in pending
+        ]
+        try:
+            receipts = await self._ledger.append_many(events)
+        except BaseException:
+            # Not acknowledged, so never visible. A keyed attempt keeps its versions for the
+            # retry to finish (the ledger may hold the entries after all); others are dropped.
+            if not keep:
+                await self._abort(pending)
+            raise
+        return [
+            await self._storage.commit_write(p, receipt)
+            for p, receipt in zip(pending, receipts, strict=True)
+        ]
+
+    async def _resume(
+        self, requester: Requester, key: str, fingerprint: bytes, attempt: str, count: int
+    ) -> list[StoredVersion]:
+        """Finishes a recorded attempt: its committed versions as they are, its pending ones
+        ledgered (again) and committed."""
+        done: dict[int, StoredVersion] = {}
+        pending: dict[int, PendingWrite] = {}
+        for position in range(count):
+            write_key = _write_key(key, attempt, position)
+            first = await self._storage.idempotent_result(write_key, fingerprint)
+            if first is not None:
+                done[position] = first
+                continue
+            resumed = await self._storage.resume_write(write_key, fingerprint)
+            if resumed is None:  # expired and swept, or its patient erased meanwhile
+                raise Aborted(
+                    "the first attempt with this idempotency key expired; send it again "
+                    "under a new key",
+                    reason="WRITE_EXPIRED",
+                )
+            pending[position] = resumed
+        # The caller must still be allowed to write (or to see the answer of) each one.
+        wanted: set[tuple[str, str, str]] = set()
+        targets = [(v.patient_id, v.ref.resource_type) for v in done.values()]
+        targets += [(p.patient_id, p.ref.resource_type) for p in pending.values()]
+        for patient, resource_type in targets:
+            try:
+                holder = await self._storage.patient_holder(patient)
+            except NotFound:
+                holder = requester.principal.organization
+            wanted.add((patient, resource_type, holder))
+        verdicts = await self._verdicts(requester, wanted)
+        if pending:
+            positions = sorted(pending)
+            stored = await self._ledger_and_commit(
+                requester, verdicts, [pending[i] for i in positions], keep=True
+            )
+            done.update(zip(positions, stored, strict=True))
+        return [done[i] for i in range(count)]
+
+
+def _request_key(
+    requester: Requester, idempotency_key: str, request_digest: bytes
+) -> tuple[str, bytes]:
+    """The request's key as stored (the caller's own) and its fingerprint."""
+    key = scoped_key(requester, "bulk", idempotency_key)
+    return key, request_fingerprint("bulk", request_digest.hex(), 0, requester.purpose)
+
+
+def _write_key(key: str, attempt: str, position: int) -> str:
+    """The idempotency key of one write of an attempt ("" without a request key)."""
+    return f"{key}#{attempt}/{position}" if key else ""
