@@ -212,6 +212,9 @@ same name in its place.
 {{- $env = append $env (dict "name" "VAULT_ADDR" "value" (required "vault.address is required" $root.Values.vault.address)) -}}
 {{- $env = append $env (dict "name" "VAULT_AUTH_METHOD" "value" "kubernetes") -}}
 {{- $env = append $env (dict "name" "VAULT_K8S_ROLE" "value" (required (printf "components.%s.vaultRole is required: it uses vault" .name) $config.vaultRole)) -}}
+{{- if ne $root.Values.vault.kubernetesAuthMount "kubernetes" -}}
+{{- $env = append $env (dict "name" "VAULT_K8S_MOUNT" "value" $root.Values.vault.kubernetesAuthMount) -}}
+{{- end -}}
 {{- $env = append $env (dict "name" "VAULT_TRANSIT_MOUNT" "value" ($config.vaultTransitMount | default $root.Values.vault.transitMount)) -}}
 {{- end -}}
 {{- if and (has "triton" $backends) $root.Values.triton.enabled -}}
