@@ -436,7 +436,11 @@ class ReportAssembly:
         offset = item.leaf_index - self._header.first_index
         if not 0 <= offset < len(self._leaves):
             raise ValueError(f"the service listed leaf {item.leaf_index}, which it did not send")
-        entry = ledger_pb2.LedgerEntry.FromString(self._leaves[offset])
+        entry = ledger_pb2.LedgerEntry()
+        try:
+            entry.ParseFromString(self._leaves[offset])
+        except DecodeError:
+            raise ValueError(f"the service listed leaf {item.leaf_index}, not an entry") from None
         opening = item.opening if item.HasField("opening") else None
         return listed_entry(
             item.leaf_index,
