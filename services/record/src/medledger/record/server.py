@@ -62,6 +62,8 @@ RECORD_ACCESS: Final = ServiceAccess(
         _METHODS["IngestHl7V2"]: ResourceAccess("*", "cu"),
         _METHODS["IngestCsvLabResults"]: ResourceAccess("Observation", "c"),
         _METHODS["FindDuplicatePatients"]: ResourceAccess("Patient", "s"),
+        # Two new Patient versions, written as UpdateResource writes them.
+        _METHODS["LinkPatients"]: ResourceAccess("Patient", "u"),
         _METHODS["AuditRecords"]: Scopes(ADMIN, AUDIT_READ),
     },
 )
@@ -326,6 +328,11 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
     async def FindDuplicatePatients(
         self, request: record_pb2.FindDuplicatePatientsRequest, context: Context
     ) -> record_pb2.FindDuplicatePatientsResponse:
+        raise Unimplemented(PENDING)
+
+    async def LinkPatients(
+        self, request: record_pb2.LinkPatientsRequest, context: Context
+    ) -> record_pb2.LinkPatientsResponse:
         raise Unimplemented(PENDING)
 
     async def AuditRecords(

@@ -1171,7 +1171,7 @@ class FindDuplicatePatientsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     min_score: _builtins.float
-    """Only pairs scoring at least this (0..1); 0 means the server's default threshold."""
+    """Only pairs scoring at least this (0..1); 0 means the server's default threshold (0.9)."""
     page_size: _builtins.int
     page_token: _builtins.str
     purpose: _purpose_pb2.PurposeOfUse.ValueType
@@ -1207,7 +1207,10 @@ class DuplicateCandidate(_message.Message):
     """Match probability, 0..1."""
     @_builtins.property
     def matched_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """FHIR element names that matched (e.g. "name", "birthDate", "identifier")."""
+        """FHIR element names that matched (e.g. "name", "birthDate", "identifier"): any of
+        "name.family", "name.given", "birthDate", "gender", "identifier", "telecom",
+        "address.postalCode", "address.line", "address.city".
+        """
 
     def __init__(
         self,
@@ -1249,3 +1252,67 @@ class FindDuplicatePatientsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FindDuplicatePatientsResponse: _TypeAlias = FindDuplicatePatientsResponse  # noqa: Y015
+
+@_typing.final
+class LinkPatientsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_PATIENT_ID_FIELD_NUMBER: _builtins.int
+    TARGET_PATIENT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    TARGET_EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    source_patient_id: _builtins.str
+    """The Patient replaced: the duplicate record, kept (inactive) with a link to the target."""
+    target_patient_id: _builtins.str
+    """The Patient that stays."""
+    source_expected_version: _builtins.int
+    """The version of each last read; any other is ABORTED (STALE_VERSION)."""
+    target_expected_version: _builtins.int
+    purpose: _purpose_pb2.PurposeOfUse.ValueType
+    idempotency_key: _builtins.str
+    """A retry with the same key returns the first result and writes nothing new."""
+    def __init__(
+        self,
+        *,
+        source_patient_id: _builtins.str = ...,
+        target_patient_id: _builtins.str = ...,
+        source_expected_version: _builtins.int = ...,
+        target_expected_version: _builtins.int = ...,
+        purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "purpose", b"purpose", "source_expected_version", b"source_expected_version", "source_patient_id", b"source_patient_id", "target_expected_version", b"target_expected_version", "target_patient_id", b"target_patient_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkPatientsRequest: _TypeAlias = LinkPatientsRequest  # noqa: Y015
+
+@_typing.final
+class LinkPatientsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> Global___StoredResource:
+        """The new versions: the source's, then the target's."""
+
+    @_builtins.property
+    def target(self) -> Global___StoredResource: ...
+    def __init__(
+        self,
+        *,
+        source: Global___StoredResource | None = ...,
+        target: Global___StoredResource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkPatientsResponse: _TypeAlias = LinkPatientsResponse  # noqa: Y015

@@ -97,6 +97,11 @@ class RecordServiceStub:
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsResponse.FromString,
                 _registered_method=True)
+        self.LinkPatients = channel.unary_unary(
+                '/medledger.api.record.v1.RecordService/LinkPatients',
+                request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsResponse.FromString,
+                _registered_method=True)
         self.AuditRecords = channel.unary_unary(
                 '/medledger.api.record.v1.RecordService/AuditRecords',
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.AuditRecordsRequest.SerializeToString,
@@ -197,7 +202,22 @@ class RecordServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FindDuplicatePatients(self, request, context):
-        """FindDuplicatePatients lists pairs of Patient resources that are likely the same person.
+        """FindDuplicatePatients lists pairs of Patient resources that are likely the same person,
+        scored from what they say (names, birth date, identifiers, contacts, address), of the
+        patients the caller may search (Patient, search: CheckAccess on each; the others are left
+        out without a word). Each patient of a page is ledgered as a read (RECORD_READ). It only
+        proposes: nothing is merged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LinkPatients(self, request, context):
+        """LinkPatients records that two Patient resources are one person, as FHIR says with
+        Patient.link: the source (the duplicate) gets a link "replaced-by" the target and
+        active false; the target gets a link "replaces" the source. Each is a new version
+        written as UpdateResource writes it (CheckAccess for update on each patient, a
+        RECORD_UPDATED entry each, the ledger receipts returned). Never automatic.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -275,6 +295,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.FindDuplicatePatients,
                     request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsRequest.FromString,
                     response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsResponse.SerializeToString,
+            ),
+            'LinkPatients': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkPatients,
+                    request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsResponse.SerializeToString,
             ),
             'AuditRecords': grpc.unary_unary_rpc_method_handler(
                     servicer.AuditRecords,
@@ -609,6 +634,33 @@ class RecordService:
             '/medledger.api.record.v1.RecordService/FindDuplicatePatients',
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsRequest.SerializeToString,
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkPatients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.record.v1.RecordService/LinkPatients',
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsRequest.SerializeToString,
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,7 +74,19 @@ class RecordServiceStub:
     are written, invalid rows are reported.
     """
     FindDuplicatePatients: _grpc.UnaryUnaryMultiCallable[_record_pb2.FindDuplicatePatientsRequest, _record_pb2.FindDuplicatePatientsResponse]
-    """FindDuplicatePatients lists pairs of Patient resources that are likely the same person."""
+    """FindDuplicatePatients lists pairs of Patient resources that are likely the same person,
+    scored from what they say (names, birth date, identifiers, contacts, address), of the
+    patients the caller may search (Patient, search: CheckAccess on each; the others are left
+    out without a word). Each patient of a page is ledgered as a read (RECORD_READ). It only
+    proposes: nothing is merged.
+    """
+    LinkPatients: _grpc.UnaryUnaryMultiCallable[_record_pb2.LinkPatientsRequest, _record_pb2.LinkPatientsResponse]
+    """LinkPatients records that two Patient resources are one person, as FHIR says with
+    Patient.link: the source (the duplicate) gets a link "replaced-by" the target and
+    active false; the target gets a link "replaces" the source. Each is a new version
+    written as UpdateResource writes it (CheckAccess for update on each patient, a
+    RECORD_UPDATED entry each, the ledger receipts returned). Never automatic.
+    """
     AuditRecords: _grpc.UnaryUnaryMultiCallable[_record_pb2.AuditRecordsRequest, _record_pb2.AuditRecordsResponse]
     """AuditRecords checks stored versions against their ledger entries (the commitment to the
     content, the blinded resource id, the leaf hash), a page at a time, in store order; for
@@ -128,7 +140,19 @@ class RecordServiceAsyncStub(RecordServiceStub):
     are written, invalid rows are reported.
     """
     FindDuplicatePatients: _aio.UnaryUnaryMultiCallable[_record_pb2.FindDuplicatePatientsRequest, _record_pb2.FindDuplicatePatientsResponse]  # type: ignore[assignment]
-    """FindDuplicatePatients lists pairs of Patient resources that are likely the same person."""
+    """FindDuplicatePatients lists pairs of Patient resources that are likely the same person,
+    scored from what they say (names, birth date, identifiers, contacts, address), of the
+    patients the caller may search (Patient, search: CheckAccess on each; the others are left
+    out without a word). Each patient of a page is ledgered as a read (RECORD_READ). It only
+    proposes: nothing is merged.
+    """
+    LinkPatients: _aio.UnaryUnaryMultiCallable[_record_pb2.LinkPatientsRequest, _record_pb2.LinkPatientsResponse]  # type: ignore[assignment]
+    """LinkPatients records that two Patient resources are one person, as FHIR says with
+    Patient.link: the source (the duplicate) gets a link "replaced-by" the target and
+    active false; the target gets a link "replaces" the source. Each is a new version
+    written as UpdateResource writes it (CheckAccess for update on each patient, a
+    RECORD_UPDATED entry each, the ledger receipts returned). Never automatic.
+    """
     AuditRecords: _aio.UnaryUnaryMultiCallable[_record_pb2.AuditRecordsRequest, _record_pb2.AuditRecordsResponse]  # type: ignore[assignment]
     """AuditRecords checks stored versions against their ledger entries (the commitment to the
     content, the blinded resource id, the leaf hash), a page at a time, in store order; for
@@ -251,7 +275,25 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _record_pb2.FindDuplicatePatientsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_record_pb2.FindDuplicatePatientsResponse, _abc.Awaitable[_record_pb2.FindDuplicatePatientsResponse]]:
-        """FindDuplicatePatients lists pairs of Patient resources that are likely the same person."""
+        """FindDuplicatePatients lists pairs of Patient resources that are likely the same person,
+        scored from what they say (names, birth date, identifiers, contacts, address), of the
+        patients the caller may search (Patient, search: CheckAccess on each; the others are left
+        out without a word). Each patient of a page is ledgered as a read (RECORD_READ). It only
+        proposes: nothing is merged.
+        """
+
+    @_abc_1.abstractmethod
+    def LinkPatients(
+        self,
+        request: _record_pb2.LinkPatientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_record_pb2.LinkPatientsResponse, _abc.Awaitable[_record_pb2.LinkPatientsResponse]]:
+        """LinkPatients records that two Patient resources are one person, as FHIR says with
+        Patient.link: the source (the duplicate) gets a link "replaced-by" the target and
+        active false; the target gets a link "replaces" the source. Each is a new version
+        written as UpdateResource writes it (CheckAccess for update on each patient, a
+        RECORD_UPDATED entry each, the ledger receipts returned). Never automatic.
+        """
 
     @_abc_1.abstractmethod
     def AuditRecords(
