@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image recipe for every medledger service. Build from the workspace root, naming the service:
 #   docker build --build-arg SERVICE=ledger -t medledger-ledger .
-# SERVICE is one of identity, record, ledger, inference, witness; the image runs that service's
-# console script (`medledger-<service>`). Both stages use the same base (its venv points at
+# SERVICE is one of identity, record, ledger, inference, witness, mllp; the image runs that
+# service's console script (`medledger-<service>`). Both stages use the same base (its venv points at
 # /usr/local/bin/python3.11); pin it by digest with --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:...
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -16,8 +16,8 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PYTHON=/usr/local/bin/python3.11 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
-RUN case "${SERVICE}" in identity|record|ledger|inference|witness) ;; \
-      *) echo "build with --build-arg SERVICE=identity|record|ledger|inference|witness" >&2; exit 2;; \
+RUN case "${SERVICE}" in identity|record|ledger|inference|witness|mllp) ;; \
+      *) echo "build with --build-arg SERVICE=identity|record|ledger|inference|witness|mllp" >&2; exit 2;; \
     esac
 WORKDIR /src
 # The whole workspace: uv resolves the lock against every member's pyproject.toml.
@@ -40,6 +40,7 @@ ENV PATH=/app/.venv/bin:$PATH \
 WORKDIR /app
 USER 10001:10001
 # Ports: identity 50051, record 50052, ledger 50053, inference 50054, witness 50055 (the chart
-# sets MEDLEDGER_GRPC_PORT; MEDLEDGER_HEALTH_PORT when the health port is split off for mTLS).
-EXPOSE 50051-50055
+# sets MEDLEDGER_GRPC_PORT; MEDLEDGER_HEALTH_PORT when the health port is split off for mTLS);
+# the MLLP listener 2575 (MEDLEDGER_MLLP_PORT).
+EXPOSE 50051-50055 2575
 ENTRYPOINT ["medledger-service"]

@@ -14,26 +14,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
-import uuid
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 import typer
 from google.protobuf import json_format
-from joserfc import jwt
-from joserfc.errors import SecurityWarning
 from rich.console import Console
 
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.cli.calls import CallFailed, checked, open_channel
 from medledger.common.auth import DEFAULT_AUDIENCE
 from medledger.common.keyfiles import ClientKey, KeyFileError, load_private_key, signing_algorithm
-from medledger.common.service_tokens import ASSERTION_TYPE, DEFAULT_TOKEN_ENDPOINT
+from medledger.common.service_tokens import (
+    ASSERTION_TYPE,
+    DEFAULT_TOKEN_ENDPOINT,
+    client_assertion,
+)
 
 DEFAULT_IDENTITY: Final = "127.0.0.1:50051"
-ASSERTION_LIFETIME_SECONDS: Final = 60
 
 errors = Console(stderr=True)
 
@@ -49,33 +47,6 @@ IdentityOption = Annotated[
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", min=0.1, help="Seconds the call to identity may take.")
 ]
-
-
-def client_assertion(
-    client_id: str,
-    key: ClientKey,
-    *,
-    token_endpoint: str = DEFAULT_TOKEN_ENDPOINT,
-    lifetime_seconds: int = ASSERTION_LIFETIME_SECONDS,
-) -> str:
-    """A signed RFC 7523 client assertion, usable once (its jti is fresh)."""
-    now = int(time.time())
-    claims = {
-        "iss": client_id,
-        "sub": client_id,
-        "aud": token_endpoint,
-        "iat": now,
-        "exp": now + lifetime_seconds,
-        "jti": uuid.uuid4().hex,
-    }
-    algorithm = signing_algorithm(key)
-    header = {"alg": algorithm, "typ": "JWT"}
-    if key.kid:
-        header["kid"] = key.kid
-    with warnings.catch_warnings():
-        # joserfc flags "EdDSA" (RFC 9864 prefers "Ed25519"); it is what partners register.
-        warnings.simplefilter("ignore", SecurityWarning)
-        return jwt.encode(header, claims, key, algorithms=[algorithm])
 
 
 def unverified_claims(token: str) -> dict[str, Any]:
