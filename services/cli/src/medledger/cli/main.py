@@ -12,9 +12,11 @@ from medledger.cli.models import app as models_app
 from medledger.cli.predict import app as predict_app
 from medledger.cli.record import app as record_app
 from medledger.cli.report import report_app
+from medledger.cli.report_access import access_command  # noqa: F401 (registers it)
 from medledger.cli.report_summary import summary_command  # noqa: F401 (registers it)
 from medledger.cli.token import token_command
 from medledger.cli.verify import app as verify_app
+from medledger.cli.verify_access import access_report_command  # noqa: F401 (registers it)
 
 app = typer.Typer(
     name="medledger",

@@ -46,10 +46,12 @@ from google.protobuf.message import DecodeError
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.api.record.v1 import record_pb2
+from medledger.tlog.checkpoint import Checkpoint
 from medledger.tlog.compact import CompactRange
 from medledger.tlog.errors import TlogError
 from medledger.tlog.hashing import leaf_hash, node_hash
 from medledger.tlog.nodes import root_nodes
+from medledger.tlog.note import parse_note
 from medledger.verify.blinding import (
     BLINDING_SALT_SIZE,
     PATIENT_ACTOR_PREFIX,
@@ -661,6 +663,24 @@ def _check_listed(
             f"patient not listed (leaf {shown})",
         )
     return listed
+
+
+def unverified_checkpoint(note: bytes) -> Checkpoint:
+    """The checkpoint a signed note carries, its signatures NOT checked (for display, and
+    for what a report's maker checks before anyone verifies it)."""
+    return Checkpoint.parse(parse_note(note).text)
+
+
+def scan_report(report: AccessReport) -> set[int]:
+    """The indices of the leaves the report's pseudonym finds (by their nonce)."""
+    return _scan(report, _decode_leaves(report))[0]
+
+
+def count_untestable(report: AccessReport) -> int:
+    """Leaves about some patient without a nonce that the report does not list: nobody can
+    tell whose they are."""
+    listed = {e.leaf_index for e in report.entries}
+    return len(_scan(report, _decode_leaves(report))[1] - listed)
 
 
 def verify_access_report(report: AccessReport, policy: TrustPolicy) -> VerifiedAccessReport:
