@@ -353,7 +353,8 @@ class Sequencer:
         """One durable step, traced as a child of the first appending call's span and linked
         to the others' (a batch serves several traces; the first one's shows it whole, with
         the witnesses' cosigning of the checkpoint it makes)."""
-        callers = list({w.caller: None for w in waiters if w.caller.is_valid})
+        distinct = {(w.caller.trace_id, w.caller.span_id): w.caller for w in waiters}
+        callers = [caller for caller in distinct.values() if caller.is_valid]
         parent = trace.set_span_in_context(NonRecordingSpan(callers[0])) if callers else None
         with _tracer.start_as_current_span(
             "ledger.sequencer.integrate",

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from medledger.common.errors import Aborted
+from medledger.common.metrics import ingest_rejected
 from medledger.record.domain.bulk_writes import BulkWrite, BulkWrites, ChangedResource, NewResource
 from medledger.record.domain.fhir_validation import validate_resource
 from medledger.record.domain.hl7_v2 import Hl7Issue, Hl7Message, normalise_segments, parse_message
@@ -51,7 +53,13 @@ def default_key(message: Hl7Message) -> str:
 
 
 def _refused(message: Hl7Message, *issues: Hl7Issue) -> Hl7Outcome:
-    return Hl7Outcome(message.message_type, [*message.issues, *issues], [])
+    """The outcome of a refused message, counted as an ingest reject (medledger.ingest.rejects)
+    under its first error's FHIR issue-type code (``code-invalid`` → ``CODE_INVALID``)."""
+    found = [*message.issues, *issues]
+    errors = [i.code for i in found if i.severity in {"error", "fatal"}]
+    reason = re.sub(r"[^A-Z0-9]+", "_", (errors[0] if errors else "invalid").upper()).strip("_")
+    ingest_rejected("hl7", reason if re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", reason) else "INVALID")
+    return Hl7Outcome(message.message_type, found, [])
 
 
 def _reference(resource_type: str, resource_id: str) -> dict[str, str]:
