@@ -101,8 +101,7 @@ async def test_erasure_removes_the_blocking_entries(records: Any) -> None:
 
     await records.records.erase_patient(erased)
     assert (
-        await records.db["record_index"].count_documents({"patient": pseudonym, "block": True})
-        == 0
+        await records.db["record_index"].count_documents({"patient": pseudonym, "block": True}) == 0
     )
     assert await records.db["record_index"].count_documents({"block": True}) > 0  # kept's
     found = await records.records.duplicate_blocks(max_block=50)

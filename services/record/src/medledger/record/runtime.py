@@ -36,6 +36,7 @@ from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.config import RecordConfig, RecordSettings
 from medledger.record.domain.access_report import AccessReports
 from medledger.record.domain.bulk_writes import BulkWrites
+from medledger.record.domain.duplicates import DuplicateFinder, DuplicatePatients, PatientLinker
 from medledger.record.domain.hl7_ingest import Hl7Ingestion
 from medledger.record.domain.patient_rights import PatientRights
 from medledger.record.domain.record_audit import RecordAudit
@@ -117,6 +118,10 @@ def record_runtime(
                     RecordAudit(records, ledger_reads),
                     reports,
                     ingestion=Ingestion(bulk, Hl7Ingestion(bulk)),
+                    duplicates=DuplicatePatients(
+                        DuplicateFinder(records, access, record_ledger),
+                        PatientLinker(resources, records, access),
+                    ),
                 ),
                 record_pb2_grpc.add_RecordServiceServicer_to_server,
                 RECORD_ACCESS,

@@ -28,6 +28,7 @@ from medledger.record.domain.access_report import (
     ReportPart,
 )
 from medledger.record.domain.bulk_writes import BulkWrites
+from medledger.record.domain.duplicates import DuplicatePatients, LinkRequest
 from medledger.record.domain.hl7_ingest import Hl7Ingestion
 from medledger.record.domain.hl7_v2 import Hl7Issue
 from medledger.record.domain.patient_rights import PatientRights
@@ -174,12 +175,14 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
         reports: AccessReports,
         *,
         ingestion: Ingestion,
+        duplicates: DuplicatePatients,
     ) -> None:
         self._resources = resources
         self._rights = rights
         self._audit = audit
         self._reports = reports
         self._ingestion = ingestion
+        self._duplicates = duplicates
 
     async def CreateResource(
         self, request: record_pb2.CreateResourceRequest, context: Context
@@ -328,12 +331,39 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
     async def FindDuplicatePatients(
         self, request: record_pb2.FindDuplicatePatientsRequest, context: Context
     ) -> record_pb2.FindDuplicatePatientsResponse:
-        raise Unimplemented(PENDING)
+        page = await self._duplicates.finder.find(
+            _requester(request.purpose, ""),
+            request.min_score,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return record_pb2.FindDuplicatePatientsResponse(
+            candidates=[
+                record_pb2.DuplicateCandidate(
+                    first_patient_id=pair.first,
+                    second_patient_id=pair.second,
+                    score=pair.score,
+                    matched_fields=pair.matched_fields,
+                )
+                for pair in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
 
     async def LinkPatients(
         self, request: record_pb2.LinkPatientsRequest, context: Context
     ) -> record_pb2.LinkPatientsResponse:
-        raise Unimplemented(PENDING)
+        source, target = await self._duplicates.linker.link(
+            _requester(request.purpose, ""),
+            LinkRequest(
+                source_id=request.source_patient_id,
+                target_id=request.target_patient_id,
+                source_version=request.source_expected_version,
+                target_version=request.target_expected_version,
+                idempotency_key=request.idempotency_key,
+            ),
+        )
+        return record_pb2.LinkPatientsResponse(source=_stored(source), target=_stored(target))
 
     async def AuditRecords(
         self, request: record_pb2.AuditRecordsRequest, context: Context
