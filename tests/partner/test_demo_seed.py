@@ -25,6 +25,9 @@ from medledger.cli.demo import (
 )
 from medledger.cli.token import request_token
 from medledger.common.keyfiles import ensure_key_pair, new_client_key, write_private
+from medledger.devstack.mllp import DEMO_HL7_FEEDS, HL7_CLIENT_SCOPES
+
+HL7_CLIENTS = [feed.client_id for feed in DEMO_HL7_FEEDS]
 
 
 def _mode(path: Path) -> int:
@@ -34,7 +37,7 @@ def _mode(path: Path) -> int:
 def _secrets(identity: Any) -> list[Path]:
     paths = identity.paths
     return [
-        *(paths.client_key(client) for client in (*PARTNER_CLIENTS, "ops-admin")),
+        *(paths.client_key(client) for client in (*PARTNER_CLIENTS, *HL7_CLIENTS, "ops-admin")),
         paths.password("admin"),
         paths.totp("admin"),
     ]
@@ -43,9 +46,11 @@ def _secrets(identity: Any) -> list[Path]:
 async def test_seeding_twice_creates_once(identity: Any) -> None:
     first = await identity.cli("demo", "seed", "--identity", identity.address)
     assert first.code == 0, first.output
-    for name in (*ORGANIZATIONS, *PARTNER_CLIENTS, "admin", "patient-a"):
+    for name in (*ORGANIZATIONS, *PARTNER_CLIENTS, *HL7_CLIENTS, "admin", "patient-a"):
         assert name in first.output
-    assert first.output.count("created") == len(ORGANIZATIONS) + len(PARTNER_CLIENTS) + 1
+    assert first.output.count("created") == (
+        len(ORGANIZATIONS) + len(PARTNER_CLIENTS) + len(HL7_CLIENTS) + 1
+    )
     assert "skipped" in first.output  # the patient user: no records, no Patient id
     assert not identity.paths.password("patient-a").exists()
     assert ".jwk" in first.output
@@ -88,6 +93,16 @@ async def test_seeding_twice_creates_once(identity: Any) -> None:
             purpose_pb2.PURPOSE_OF_USE_PATRQT,  # to erase a record at the patient's request
         ]
         assert "d" not in json.loads(client.jwks_json)["keys"][0]
+    # The HL7 v2 feed the MLLP listener writes as: ADT and ORU resources, treatment only.
+    for feed in DEMO_HL7_FEEDS:
+        client = (
+            await identity.stub.GetClient(
+                identity_pb2.GetClientRequest(client_id=feed.client_id), metadata=metadata
+            )
+        ).client
+        assert client.organization == feed.organization
+        assert list(client.allowed_scopes) == list(HL7_CLIENT_SCOPES)
+        assert list(client.allowed_purposes) == [purpose_pb2.PURPOSE_OF_USE_TREAT]
     users = await identity.stub.ListUsers(identity_pb2.ListUsersRequest(), metadata=metadata)
     kinds = {u.username: (u.kind, u.organization, u.patient_id) for u in users.users}
     assert kinds == {"admin": (identity_pb2.USER_KIND_ADMIN, "medledger", "")}

@@ -55,6 +55,7 @@ from medledger.common.keyfiles import (
     write_private,
 )
 from medledger.common.scopes import ADMIN, INFERENCE_PREDICT, LEDGER_READ
+from medledger.devstack.mllp import DEMO_HL7_FEEDS, HL7_CLIENT_SCOPES
 from medledger.devstack.paths import StackPaths
 from medledger.devstack.services import BOOTSTRAP_ADMIN_CLIENT
 
@@ -80,6 +81,7 @@ PARTNER_PURPOSES: Final = (
     purpose_pb2.PURPOSE_OF_USE_PATRQT,
 )
 ADMIN_USER: Final = "admin"
+HL7_FEED: Final = "HL7 feed client"
 FRESH_STACK: Final = "`make down && rm -rf .medledger && make up`"
 """How to start over (it deletes the stack's data and keys): what identity cannot change."""
 
@@ -344,6 +346,11 @@ class DemoSeeder:
         md: Metadata,
         client_id: str,
         organization: str,
+        *,
+        kind: str = "partner client",
+        scopes: tuple[str, ...] = PARTNER_SCOPES,
+        purposes: tuple[purpose_pb2.PurposeOfUse.ValueType, ...] = PARTNER_PURPOSES,
+        display_name: str = "",
     ) -> None:
         try:
             pair = ensure_key_pair(
@@ -355,11 +362,11 @@ class DemoSeeder:
             client_id=client_id,
             organization=organization,
             jwks_json=pair.jwks_json,
-            allowed_scopes=PARTNER_SCOPES,
-            allowed_purposes=PARTNER_PURPOSES,
-            display_name=f"{ORGANIZATIONS[organization]} partner app (demo)",
+            allowed_scopes=scopes,
+            allowed_purposes=purposes,
+            display_name=display_name or f"{ORGANIZATIONS[organization]} partner app (demo)",
         )
-        what = f"partner client {client_id}"
+        what = f"{kind} {client_id}"
         created = await self._create(
             what, "RegisterClient", stub.RegisterClient(request, metadata=md)
         )
@@ -376,7 +383,7 @@ class DemoSeeder:
                     f"{pair.private_file} (was the key file replaced?); tokens signed with "
                     "this file will be refused"
                 )
-            lacking = [s for s in PARTNER_SCOPES if s not in found.client.allowed_scopes]
+            lacking = [s for s in scopes if s not in found.client.allowed_scopes]
             if lacking:
                 # Registered by an older demo; identity cannot change a client's scopes.
                 note = (
@@ -386,7 +393,7 @@ class DemoSeeder:
                 )
                 self.say(note)
                 detail += f"; {note}"
-            missing = [p for p in PARTNER_PURPOSES if p not in found.client.allowed_purposes]
+            missing = [p for p in purposes if p not in found.client.allowed_purposes]
             if missing:
                 # Registered by an older demo; identity cannot change a client's purposes.
                 note = (
@@ -396,7 +403,7 @@ class DemoSeeder:
                 )
                 self.say(note)
                 detail += f"; {note}"
-        self.seeded.append(Seeded("partner client", client_id, created is not None, detail))
+        self.seeded.append(Seeded(kind, client_id, created is not None, detail))
 
     async def run(self) -> list[Seeded]:
         self.say("seeding the demo (organisations, partner clients, users, records)")
@@ -421,6 +428,18 @@ class DemoSeeder:
             self.seeded.append(await self.user(stub, metadata, admin, "admin user"))
             for client_id, organization in PARTNER_CLIENTS.items():
                 await self.partner(stub, metadata, client_id, organization)
+            for feed in DEMO_HL7_FEEDS:
+                # The MLLP listener (127.0.0.1:2575) writes each hospital's HL7 v2 feed as it.
+                await self.partner(
+                    stub,
+                    metadata,
+                    feed.client_id,
+                    feed.organization,
+                    kind=HL7_FEED,
+                    scopes=HL7_CLIENT_SCOPES,
+                    purposes=(purpose_pb2.PURPOSE_OF_USE_TREAT,),
+                    display_name=f"{ORGANIZATIONS[feed.organization]} HL7 v2 feed (demo)",
+                )
             patient_ids = None if self.record is None else await self.records(self.record)
             await self.patient_user(stub, metadata, patient_ids)
         return self.seeded
@@ -515,6 +534,9 @@ def seeded_table(seeded: list[Seeded]) -> Table:
         name = item.name
         if item.kind == "partner client":
             name += f" ({PARTNER_CLIENTS[item.name]})"
+        elif item.kind == HL7_FEED:
+            feed = next(f for f in DEMO_HL7_FEEDS if f.client_id == item.name)
+            name += f" ({feed.organization}; MSH-4 {', '.join(feed.sending_facilities)})"
         state = "[green]created[/green]" if item.created else "exists"
         if item.skipped:
             state = "[yellow]skipped[/yellow]"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final
 
 from medledger.common.keyfiles import KeyPair, ensure_key_pair
+from medledger.devstack.mllp import MLLP_PORT, MllpServer
 from medledger.devstack.mongo import MongoServer
 from medledger.devstack.paths import StackPaths, local_model_repository, private_files
 from medledger.devstack.probes import Health
@@ -94,13 +95,27 @@ class DevStack:
             model_control_mode="poll",
         )
         self.services = self._services(vault_tokens={}, keys=None, bootstrap=None)
+        # Hospital interface engines send HL7 v2 here; it calls identity and record.
+        self.mllp = MllpServer(
+            port=MLLP_PORT,
+            paths=paths,
+            identity_addr=f"127.0.0.1:{SERVICE_PORTS['identity']}",
+            record_addr=f"127.0.0.1:{SERVICE_PORTS['record']}",
+            log_file=paths.log("mllp"),
+            pid_file=paths.pid("mllp"),
+        )
 
     @property
     def dependencies(self) -> list[Server]:
         return [self.mongo, self.vault, self.triton]
 
+    @property
+    def frontends(self) -> list[Server]:
+        """What serves outside callers on top of the services (started after them)."""
+        return [self.mllp]
+
     def components(self, *, deps_only: bool = False) -> list[Server]:
-        return [*self.dependencies, *([] if deps_only else self.services)]
+        return [*self.dependencies, *([] if deps_only else [*self.services, *self.frontends])]
 
     def _services(
         self,
@@ -251,33 +266,45 @@ class DevStack:
             self.triton.start()
 
         if not deps_only:
-            assert self.vault.operator_token is not None
-            # The trust between the services: the ledger's and the witnesses' public keys.
-            keys = read_stack_keys(self.vault.addr, self.vault.operator_token)
-            admin = self.admin_key()
-            if admin.created:
-                say(f"generated the {admin.client_id} key pair: {admin.private_file}")
-            bootstrap = IdentityBootstrap(admin.client_id, admin.public_file)
-            self.services = self._services(self.vault.service_tokens, keys, bootstrap)
-            for service in self.services:
-                if service.component in running:
-                    service.adopt()
-                else:
-                    say(f"starting {service.component}")
-                    service.launch()
-            for service in self.services:
-                if service.component not in running:
-                    service.wait_started()
+            self._start_services(running, say)
 
         return [
             self._status(c, "already running" if c.component in running else "started")
             for c in self.components(deps_only=deps_only)
         ]
 
+    def _start_services(self, running: set[str], say: Say) -> None:
+        """Start the services not running yet, then what serves on top of them."""
+        assert self.vault.operator_token is not None
+        # The trust between the services: the ledger's and the witnesses' public keys.
+        keys = read_stack_keys(self.vault.addr, self.vault.operator_token)
+        admin = self.admin_key()
+        if admin.created:
+            say(f"generated the {admin.client_id} key pair: {admin.private_file}")
+        bootstrap = IdentityBootstrap(admin.client_id, admin.public_file)
+        self.services = self._services(self.vault.service_tokens, keys, bootstrap)
+        for service in self.services:
+            if service.component in running:
+                service.adopt()
+            else:
+                say(f"starting {service.component}")
+                service.launch()
+        for service in self.services:
+            if service.component not in running:
+                service.wait_started()
+        for frontend in self.frontends:
+            if frontend.component not in running:
+                say(f"starting {frontend.component}")
+                frontend.start()
+
     def down(self, say: Say = _quiet) -> list[str]:
         """Stop what our pid files name: services first, then the dependencies."""
         stopped = self._stop_retired(say)
-        for component in [*reversed(self.services), *reversed(self.dependencies)]:
+        for component in [
+            *reversed(self.frontends),
+            *reversed(self.services),
+            *reversed(self.dependencies),
+        ]:
             record = PidRecord.read(component.pid_file) if component.pid_file else None
             if record is None:
                 continue

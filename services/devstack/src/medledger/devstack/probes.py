@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import http.client
+import socket
 import urllib.error
 import urllib.request
 
@@ -38,6 +39,16 @@ def http_health(url: str, timeout: float = PROBE_TIMEOUT_S) -> Health:
     if status is None:
         return Health.DOWN
     return Health.SERVING if status == 200 else Health.NOT_SERVING
+
+
+def tcp_health(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> Health:
+    """SERVING when ``host:port`` accepts a TCP connection (a server without a health
+    protocol, such as the MLLP listener)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return Health.SERVING
+    except OSError:
+        return Health.DOWN
 
 
 def mongo_health(uri: str, timeout: float = PROBE_TIMEOUT_S) -> Health:

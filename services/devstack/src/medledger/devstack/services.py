@@ -222,16 +222,10 @@ def _identity_env(endpoints: StackEndpoints) -> dict[str, str]:
     return env
 
 
-def service_env(
-    name: str, endpoints: StackEndpoints, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The environment that runs service ``name`` against ``endpoints``.
-
-    ``base`` (default: our environment) is kept, except that the settings below win and no
-    ``VAULT_*``/``BAO_*`` setting of ``base`` is kept (a shell's root token never reaches a
-    service): the service authenticates with its own token only. The OpenTelemetry exporters
-    are turned off unless the user configured any ``OTEL_*`` variable.
-    """
+def process_env(name: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every medledger process of the stack starts from: ``base`` (default:
+    ours) without any ``VAULT_*``/``BAO_*`` setting or service identity of the shell, the
+    OpenTelemetry exporters off unless the user configured ``OTEL_*``, unbuffered output."""
     env = {
         key: value
         for key, value in (os.environ if base is None else base).items()
@@ -249,10 +243,23 @@ def service_env(
         "IDENTITY_BOOTSTRAP_CLIENT_JWKS_FILE",
     ):
         env.pop(inherited, None)  # who the services are comes from the stack, never the shell
+    env.update({"PYTHONUNBUFFERED": "1", "OTEL_SERVICE_NAME": name})
+    return env
+
+
+def service_env(
+    name: str, endpoints: StackEndpoints, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment that runs service ``name`` against ``endpoints``.
+
+    ``base`` (default: our environment) is kept, except that the settings below win and no
+    ``VAULT_*``/``BAO_*`` setting of ``base`` is kept (a shell's root token never reaches a
+    service): the service authenticates with its own token only. The OpenTelemetry exporters
+    are turned off unless the user configured any ``OTEL_*`` variable.
+    """
+    env = process_env(name, base)
     env.update(
         {
-            "PYTHONUNBUFFERED": "1",
-            "OTEL_SERVICE_NAME": name,
             "MEDLEDGER_GRPC_HOST": endpoints.host,
             "MEDLEDGER_GRPC_PORT": str(endpoints.service_ports[name]),
             "VAULT_ADDR": endpoints.vault_addr,
