@@ -11,6 +11,7 @@ from medledger.cli.dev import app as dev_app
 from medledger.cli.models import app as models_app
 from medledger.cli.predict import app as predict_app
 from medledger.cli.record import app as record_app
+from medledger.cli.record_duplicates import duplicates_command  # noqa: F401 (registers it)
 from medledger.cli.report import report_app
 from medledger.cli.report_access import access_command  # noqa: F401 (registers it)
 from medledger.cli.report_summary import summary_command  # noqa: F401 (registers it)
