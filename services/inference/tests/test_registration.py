@@ -33,8 +33,11 @@ FEATURES = (
 
 def card(**changes: Any) -> dict[str, Any]:
     document: dict[str, Any] = {
+        "schema": "https://medledger.dev/schemas/model-card/v1",
         "model": {
             "name": "risk",
+            "title": "A test risk",
+            "algorithm": "gradient boosting",
             "version": 3,
             "sha256": DIGEST.hex(),
             "file": "model.onnx",
@@ -43,15 +46,40 @@ def card(**changes: Any) -> dict[str, Any]:
         },
         "features": [
             {
+                "index": index,
                 "name": f.name,
+                "transform": "identity",
                 "code": {"system": f.code_system or LOINC, "code": f.code},
                 "unit": f.unit or None,
                 "plausible_range": {"low": f.min_value, "high": f.max_value},
-                **({} if f.unit else {"categories": [{"model_input": 1.0}]}),
+                "reference": {"model_input": f.min_value, "value": f.min_value},
+                **(
+                    {}
+                    if f.unit
+                    else {
+                        "categories": [
+                            {
+                                "coding": {
+                                    "system": "http://hl7.org/fhir/administrative-gender",
+                                    "code": "female",
+                                },
+                                "model_input": 1.0,
+                            }
+                        ]
+                    }
+                ),
             }
-            for f in FEATURES
+            for index, f in enumerate(FEATURES)
         ],
-        "output": {"score": {"kind": "regression"}},
+        "output": {
+            "score": {
+                "tensor": "progression",
+                "column": 0,
+                "kind": "regression",
+                "meaning": "a test score",
+            }
+        },
+        "explanation": {"space": "the score's own units", "base_score": 1.0},
     }
     document.update(changes)
     return document
@@ -181,6 +209,16 @@ def test_each_feature_of_the_card_is_checked_against_the_fields() -> None:
         "features[2].code.system",
         "features[2].plausible_range",
     ]
+
+
+def test_a_card_predict_could_not_read_is_refused_at_registration() -> None:
+    """The registry checks what Predict reads from the card (its schema, each feature's
+    reference input, the label rule) when the model is registered, not at its first use."""
+    unknown_schema = card(schema="https://example.org/other-card")
+    assert problems(registration(unknown_schema)) == [
+        ("model.model_card_json", "schema: must be https://medledger.dev/schemas/model-card/v1")
+    ]
+    parse_model_card(json.dumps(card()))  # the consistent card is one Predict reads
 
 
 def test_the_card_must_be_json_and_not_too_large() -> None:

@@ -175,10 +175,15 @@ def register(model: inference_pb2.Model) -> inference_pb2.RegisterModelRequest:
     return inference_pb2.RegisterModelRequest(model=model)
 
 
-def with_card(model: inference_pb2.Model, **changes: Any) -> inference_pb2.Model:
-    """``model`` whose card's ``model`` section has ``changes``."""
+def with_card(
+    model: inference_pb2.Model, score_tensor: str = "", **changes: Any
+) -> inference_pb2.Model:
+    """``model`` whose card's ``model`` section has ``changes`` (and whose score is read
+    from ``score_tensor``, if given)."""
     card = json.loads(model.model_card_json)
     card["model"].update(changes)
+    if score_tensor:
+        card["output"]["score"]["tensor"] = score_tensor
     changed = inference_pb2.Model()
     changed.CopyFrom(model)
     changed.model_card_json = json.dumps(card)
@@ -273,7 +278,8 @@ async def test_a_model_triton_does_not_serve_is_refused(registry: Registry) -> N
     for model in (
         with_card(diabetes, version=3),  # no such version
         with_card(diabetes, name="no-such-model"),  # no such model
-        with_card(diabetes, version=2, outputs=[{**outputs[0], "name": "score"}]),  # tensors
+        # A consistent card whose tensors are not those Triton serves.
+        with_card(diabetes, "score", version=2, outputs=[{**outputs[0], "name": "score"}]),
     ):
         error = await failure(registry.api.RegisterModel(register(model)))
         assert error.code == grpc.StatusCode.FAILED_PRECONDITION

@@ -27,6 +27,7 @@ from medledger.common.bounded_json import MAX_DEPTH, parse_json
 from medledger.common.errors import FieldViolation, InvalidArgument
 from medledger.common.ucum import is_ucum
 from medledger.inference.domain.explain import MAX_EXACT_FEATURES
+from medledger.inference.domain.model_definition import ModelCardInvalid, parse_model_card
 
 LOINC: Final = "http://loinc.org"
 # A Triton model folder name that is also a FHIR id, so that the ledger entry can name the
@@ -163,6 +164,13 @@ def validate_registration(registration: ModelRegistration) -> ModelTensors:
     problems: list[FieldViolation] = []
     _check_fields(problems, registration)
     tensors = _check_card(problems, registration)
+    if not problems:
+        # What Predict will read from the card (features' references, the label rule):
+        # a card Predict cannot use is refused now, not at the first prediction.
+        try:
+            parse_model_card(registration.card_json)
+        except ModelCardInvalid as error:
+            problems += [FieldViolation(_CARD, problem) for problem in error.problems]
     if problems:
         raise InvalidArgument(problems)
     assert tensors is not None  # a card without tensors is a problem reported above
