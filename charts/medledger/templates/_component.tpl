@@ -15,7 +15,14 @@ metadata:
 automountServiceAccountToken: false
 {{- end -}}
 
+{{/* Whether a component is the MLLP listener (HL7 v2 over TCP), not a gRPC server. */}}
+{{- define "medledger.isMllp" -}}
+{{- if eq (.config.protocol | default "grpc") "mllp" }}true{{ end -}}
+{{- end -}}
+
 {{- define "medledger.service" -}}
+{{- $mllp := include "medledger.isMllp" . -}}
+{{- $port := ternary "mllp" "grpc" (eq $mllp "true") -}}
 apiVersion: v1
 kind: Service
 metadata:
@@ -24,15 +31,20 @@ metadata:
   labels:
     {{- include "medledger.labels" . | nindent 4 }}
 spec:
+  {{- if $mllp }}
+  # How engines outside the cluster reach the listener (mllp.serviceType).
+  type: {{ .root.Values.mllp.serviceType }}
+  {{- else }}
   type: ClusterIP
+  {{- end }}
   selector:
     {{- include "medledger.selectorLabels" . | nindent 4 }}
   ports:
-    - name: grpc
+    - name: {{ $port }}
       port: {{ int .config.port }}
-      targetPort: grpc
+      targetPort: {{ $port }}
       protocol: TCP
-    {{- if .root.Values.metrics.port }}
+    {{- if and .root.Values.metrics.port (not $mllp) }}
     - name: metrics
       port: {{ int .root.Values.metrics.port }}
       targetPort: metrics
@@ -51,12 +63,22 @@ timeoutSeconds: {{ int .probe.timeoutSeconds }}
 failureThreshold: {{ int .probe.failureThreshold }}
 {{- end -}}
 
+{{/* The MLLP listener is ready when its port accepts connections (it has no gRPC health). */}}
+{{- define "medledger.tcpProbe" -}}
+tcpSocket:
+  port: mllp
+periodSeconds: {{ int .probe.periodSeconds }}
+timeoutSeconds: {{ int .probe.timeoutSeconds }}
+failureThreshold: {{ int .probe.failureThreshold }}
+{{- end -}}
+
 {{- define "medledger.deployment" -}}
 {{- $config := .config -}}
+{{- $mllp := include "medledger.isMllp" . -}}
 {{- if le (int $config.terminationGracePeriodSeconds) (int $config.shutdownGraceSeconds) -}}
 {{- fail (printf "components.%s: terminationGracePeriodSeconds (%v) must exceed shutdownGraceSeconds (%v)" .name $config.terminationGracePeriodSeconds $config.shutdownGraceSeconds) -}}
 {{- end -}}
-{{- if and $config.tls.enabled (not $config.healthPort) -}}
+{{- if and $config.tls.enabled (not $config.healthPort) (not $mllp) -}}
 {{- fail (printf "components.%s: tls.enabled needs healthPort (kubelet gRPC probes cannot use TLS)" .name) -}}
 {{- end -}}
 {{- if and $config.healthPort (eq (int $config.healthPort) (int $config.port)) -}}
@@ -144,27 +166,36 @@ spec:
           image: {{ include "medledger.image" . }}
           imagePullPolicy: {{ include "medledger.imagePullPolicy" . }}
           ports:
-            - name: grpc
+            - name: {{ ternary "mllp" "grpc" (eq $mllp "true") }}
               containerPort: {{ int $config.port }}
               protocol: TCP
-            {{- if $config.healthPort }}
+            {{- if and $config.healthPort (not $mllp) }}
             - name: health
               containerPort: {{ int $config.healthPort }}
               protocol: TCP
             {{- end }}
-            {{- if .root.Values.metrics.port }}
+            {{- if and .root.Values.metrics.port (not $mllp) }}
             - name: metrics
               containerPort: {{ int .root.Values.metrics.port }}
               protocol: TCP
             {{- end }}
           env:
             {{- include "medledger.env" . | nindent 12 }}
+          {{- if $mllp }}
+          startupProbe:
+            {{- include "medledger.tcpProbe" (dict "probe" $config.probes.startup) | nindent 12 }}
+          readinessProbe:
+            {{- include "medledger.tcpProbe" (dict "probe" $config.probes.readiness) | nindent 12 }}
+          livenessProbe:
+            {{- include "medledger.tcpProbe" (dict "probe" $config.probes.liveness) | nindent 12 }}
+          {{- else }}
           startupProbe:
             {{- include "medledger.grpcProbe" (dict "port" $probePort "probe" $config.probes.startup) | nindent 12 }}
           readinessProbe:
             {{- include "medledger.grpcProbe" (dict "port" $probePort "probe" $config.probes.readiness) | nindent 12 }}
           livenessProbe:
             {{- include "medledger.grpcProbe" (dict "port" $probePort "probe" $config.probes.liveness) | nindent 12 }}
+          {{- end }}
           resources:
             {{- toYaml $config.resources | nindent 12 }}
           securityContext:
@@ -180,6 +211,16 @@ spec:
             {{- if and (eq .name "identity") .root.Values.identity.bootstrapClient.id }}
             - name: bootstrap
               mountPath: /etc/medledger/bootstrap
+              readOnly: true
+            {{- end }}
+            {{- if $mllp }}
+            # The facilities file and each facility client's private key (docs/hl7-v2.md).
+            - name: mllp-facilities
+              mountPath: /etc/medledger/mllp
+              readOnly: true
+            # The listener's certificate and the CA of the senders' client certificates.
+            - name: mllp-tls
+              mountPath: /etc/medledger/mllp-tls
               readOnly: true
             {{- end }}
             {{- if eq .name "inference" }}
@@ -211,6 +252,16 @@ spec:
             items:
               - key: jwks.json
                 path: jwks.json
+        {{- end }}
+        {{- if $mllp }}
+        - name: mllp-facilities
+          secret:
+            secretName: {{ required "mllp.facilitiesSecret is required when the mllp component is enabled" .root.Values.mllp.facilitiesSecret }}
+            defaultMode: 0440
+        - name: mllp-tls
+          secret:
+            secretName: {{ required "mllp.tlsSecret is required when the mllp component is enabled" .root.Values.mllp.tlsSecret }}
+            defaultMode: 0440
         {{- end }}
         {{- if eq .name "inference" }}
         {{- include "medledger.modelRepositoryVolume" .root | nindent 8 }}
@@ -382,6 +433,16 @@ spec:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   ingress:
+    {{- if include "medledger.isMllp" . }}
+    # Hospital interface engines, from outside the release: mllp.ingressFrom ([]: anywhere).
+    - {{- with .root.Values.mllp.ingressFrom }}
+      from:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      ports:
+        - port: mllp
+          protocol: TCP
+    {{- else }}
     - from:
         - podSelector:
             matchLabels:
@@ -393,7 +454,8 @@ spec:
       ports:
         - port: grpc
           protocol: TCP
-    {{- if .root.Values.metrics.port }}
+    {{- end }}
+    {{- if and .root.Values.metrics.port (not (include "medledger.isMllp" .)) }}
     - {{- with .root.Values.metrics.scrapeFrom }}
       from:
         {{- toYaml . | nindent 8 }}

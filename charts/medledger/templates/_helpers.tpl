@@ -174,10 +174,25 @@ same name in its place.
 {{- $config := .config -}}
 {{- $backends := $config.backends | default list -}}
 {{- $env := list -}}
+{{- if include "medledger.isMllp" . -}}
+{{- /* The MLLP listener (docs/hl7-v2.md): senders over mTLS, facilities from a Secret. */ -}}
+{{- $mllp := $root.Values.mllp -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_HOST" "value" "0.0.0.0") -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_PORT" "value" (printf "%v" (int $config.port))) -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_FACILITIES_FILE" "value" "/etc/medledger/mllp/facilities.json") -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_TLS_CERT_FILE" "value" "/etc/medledger/mllp-tls/tls.crt") -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_TLS_KEY_FILE" "value" "/etc/medledger/mllp-tls/tls.key") -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_TLS_CLIENT_CA_FILE" "value" "/etc/medledger/mllp-tls/ca.crt") -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_MAX_MESSAGE_BYTES" "value" (printf "%v" (int $mllp.maxMessageBytes))) -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_IDLE_TIMEOUT_SECONDS" "value" (printf "%v" (int $mllp.idleTimeoutSeconds))) -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_MAX_CONNECTIONS" "value" (printf "%v" (int $mllp.maxConnections))) -}}
+{{- $env = append $env (dict "name" "MEDLEDGER_MLLP_PURPOSE" "value" $mllp.purpose) -}}
+{{- else -}}
 {{- $env = append $env (dict "name" "MEDLEDGER_GRPC_HOST" "value" "0.0.0.0") -}}
 {{- $env = append $env (dict "name" "MEDLEDGER_GRPC_PORT" "value" (printf "%v" (int $config.port))) -}}
+{{- end -}}
 {{- $env = append $env (dict "name" "MEDLEDGER_LOG_LEVEL" "value" $root.Values.logLevel) -}}
-{{- if $config.healthPort -}}
+{{- if and $config.healthPort (not (include "medledger.isMllp" .)) -}}
 {{- $env = append $env (dict "name" "MEDLEDGER_HEALTH_PORT" "value" (printf "%v" (int $config.healthPort))) -}}
 {{- end -}}
 {{- $env = append $env (dict "name" "MEDLEDGER_SHUTDOWN_GRACE_SECONDS" "value" (printf "%v" (int $config.shutdownGraceSeconds))) -}}
@@ -198,7 +213,7 @@ same name in its place.
 {{- with include "medledger.otlpEndpoint" $root -}}
 {{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_ENDPOINT" "value" .) -}}
 {{- end -}}
-{{- if $root.Values.metrics.port -}}
+{{- if and $root.Values.metrics.port (not (include "medledger.isMllp" .)) -}}
 {{- $env = append $env (dict "name" "MEDLEDGER_METRICS_PORT" "value" (printf "%v" (int $root.Values.metrics.port))) -}}
 {{- end -}}
 {{- if $config.tls.enabled -}}
