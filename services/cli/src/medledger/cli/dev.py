@@ -108,6 +108,11 @@ def up(
         models, model_error = _register_models(stack)
     elapsed = time.monotonic() - started
     _show(stack, _table(statuses, f"medledger local stack (up in {elapsed:.1f}s)"))
+    if stack.trace_ui_enabled and not deps_only:
+        console.print(
+            f"Traces: [bold]{stack.trace_ui.url}[/bold] (Arize Phoenix); "
+            "[bold]./medledger trace TRACE_ID[/bold] prints a trace's page, --open opens it."
+        )
     if seeded is not None:
         console.print(seeded_table(seeded))
         console.print(

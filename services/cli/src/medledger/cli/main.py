@@ -16,6 +16,7 @@ from medledger.cli.report import report_app
 from medledger.cli.report_access import access_command  # noqa: F401 (registers it)
 from medledger.cli.report_summary import summary_command  # noqa: F401 (registers it)
 from medledger.cli.token import token_command
+from medledger.cli.trace import trace_command
 from medledger.cli.verify import app as verify_app
 from medledger.cli.verify_access import access_report_command  # noqa: F401 (registers it)
 
@@ -35,6 +36,7 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(models_app, name="models")
 app.add_typer(predict_app, name="predict")
 app.add_typer(report_app, name="report")
+app.command("trace")(trace_command)
 
 if __name__ == "__main__":
     app()

@@ -5,6 +5,7 @@ Everything it starts is recorded in a pid file; ``down`` stops exactly those pro
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,12 @@ from medledger.devstack.services import (
     StackKeys,
     read_stack_keys,
     service_available,
+)
+from medledger.devstack.trace_ui import (
+    TRACE_UI_HTTP_PORT,
+    TRACE_UI_OTLP_PORT,
+    PhoenixServer,
+    trace_ui_enabled,
 )
 from medledger.devstack.triton import TritonServer
 from medledger.devstack.vault import PersistentVault
@@ -94,6 +101,16 @@ class DevStack:
             model_repository=local_model_repository(),
             model_control_mode="poll",
         )
+        # The local trace UI (Arize Phoenix) the services send spans to; off when the
+        # environment says MEDLEDGER_TRACE_UI=0.
+        self.trace_ui = PhoenixServer(
+            http_port=TRACE_UI_HTTP_PORT,
+            otlp_port=TRACE_UI_OTLP_PORT,
+            state_dir=paths.state("trace-ui"),
+            log_file=paths.log("trace-ui"),
+            pid_file=paths.pid("trace-ui"),
+        )
+        self.trace_ui_enabled = trace_ui_enabled()
         self.services = self._services(vault_tokens={}, keys=None, bootstrap=None)
         # Hospital interface engines send HL7 v2 here; it calls identity and record.
         self.mllp = MllpServer(
@@ -115,7 +132,10 @@ class DevStack:
         return [self.mllp]
 
     def components(self, *, deps_only: bool = False) -> list[Server]:
-        return [*self.dependencies, *([] if deps_only else [*self.services, *self.frontends])]
+        if deps_only:
+            return list(self.dependencies)
+        trace_ui: list[Server] = [self.trace_ui] if self.trace_ui_enabled else []
+        return [*self.dependencies, *trace_ui, *self.services, *self.frontends]
 
     def _services(
         self,
@@ -132,6 +152,7 @@ class DevStack:
             identity_bootstrap=bootstrap,
             mongo_uris=self.mongo.user_uris(),
             model_repository=self.triton.model_repository,
+            otlp_endpoint=self.trace_ui.otlp_endpoint if self.trace_ui_enabled else "",
         )
         return [
             ServiceServer(
@@ -238,9 +259,42 @@ class DevStack:
         with private_files():
             return self._up(deps_only=deps_only, say=say)
 
+    def _launch_trace_ui(self, say: Say) -> Callable[[], None]:
+        """Builds the trace UI's virtualenv (first up only) and launches it in a thread: it
+        takes a while (a cold start ~25 s), and the rest of the stack starts meanwhile.
+        Returns what waits until it serves."""
+        failures: list[BaseException] = []
+
+        def launch() -> None:
+            try:
+                self.trace_ui.ensure_runtime(
+                    on_build=lambda venv: say(
+                        f"building the trace UI's virtualenv in {venv} (first run only; takes "
+                        "a while; MEDLEDGER_TRACE_UI=0 goes without it)"
+                    )
+                )
+                say("starting trace-ui (Arize Phoenix, in the background)")
+                self.trace_ui.launch()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the waiter below
+                failures.append(exc)
+
+        thread = threading.Thread(target=launch, name="trace-ui-launch", daemon=True)
+        thread.start()
+
+        def wait() -> None:
+            thread.join()
+            if failures:
+                raise failures[0]
+            self.trace_ui.wait_started()
+
+        return wait
+
     def _up(self, *, deps_only: bool, say: Say) -> list[ComponentStatus]:
         self._stop_retired(say)
         running = self._preflight(self.components(deps_only=deps_only))
+        wait_for_trace_ui = None
+        if not deps_only and self.trace_ui_enabled and "trace-ui" not in running:
+            wait_for_trace_ui = self._launch_trace_ui(say)
 
         self._start_mongo(running, say)
         if "vault" not in running:
@@ -267,6 +321,8 @@ class DevStack:
 
         if not deps_only:
             self._start_services(running, say)
+        if wait_for_trace_ui is not None:
+            wait_for_trace_ui()
 
         return [
             self._status(c, "already running" if c.component in running else "started")
@@ -303,6 +359,8 @@ class DevStack:
         for component in [
             *reversed(self.frontends),
             *reversed(self.services),
+            # Even with MEDLEDGER_TRACE_UI=0 now: an earlier up may have started it.
+            self.trace_ui,
             *reversed(self.dependencies),
         ]:
             record = PidRecord.read(component.pid_file) if component.pid_file else None

@@ -174,6 +174,8 @@ class StackEndpoints:
     # The model repository Triton serves, which the inference service reads to hash the
     # model files (INFERENCE_MODEL_REPOSITORY); None: not set.
     model_repository: Path | None = None
+    # Where the services send their spans (OTLP/gRPC: the local trace UI); "": nowhere.
+    otlp_endpoint: str = ""
 
     def service_addr(self, name: str) -> str:
         return f"{self.host}:{self.service_ports[name]}"
@@ -254,10 +256,16 @@ def service_env(
 
     ``base`` (default: our environment) is kept, except that the settings below win and no
     ``VAULT_*``/``BAO_*`` setting of ``base`` is kept (a shell's root token never reaches a
-    service): the service authenticates with its own token only. The OpenTelemetry exporters
-    are turned off unless the user configured any ``OTEL_*`` variable.
+    service): the service authenticates with its own token only. The user's own ``OTEL_*``
+    variables are kept as they are; without any, the services' spans go to
+    ``endpoints.otlp_endpoint`` when set (the local trace UI, which takes no metrics), and
+    nothing is exported otherwise.
     """
     env = process_env(name, base)
+    configured = any(key.startswith("OTEL_") for key in (os.environ if base is None else base))
+    if endpoints.otlp_endpoint and not configured:
+        env["OTEL_TRACES_EXPORTER"] = "otlp"
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoints.otlp_endpoint
     env.update(
         {
             "MEDLEDGER_GRPC_HOST": endpoints.host,

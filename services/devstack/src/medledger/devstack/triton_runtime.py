@@ -7,25 +7,20 @@ It is rebuilt only when ``triton-requirements.txt`` (or the Python it is built f
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from medledger.devstack.paths import cache_dir
-from medledger.devstack.process import ComponentStartError, StackError
+from medledger.devstack.pinned_venv import PinnedVenv
+from medledger.devstack.process import StackError
 
 REQUIREMENTS_FILE = Path(__file__).with_name("triton-requirements.txt")
 VENV_ENV_VAR = "MEDLEDGER_TRITON_VENV"
-_STAMP_NAME = ".medledger-requirements.sha256"
 # numpy<2 has no wheels past Python 3.12; the stubs exist for 3.8-3.13.
 _NEWEST_PYTHON = (3, 12)
-BUILD_TIMEOUT_S = 900
 
 
 def default_venv_dir() -> Path:
@@ -41,19 +36,6 @@ def _python_request() -> str:
         base = Path(sys.base_prefix) / "bin" / f"python{version}"
         return str(base) if base.is_file() else version
     return "{}.{}".format(*_NEWEST_PYTHON)
-
-
-def _fingerprint(python: str) -> str:
-    digest = hashlib.sha256(REQUIREMENTS_FILE.read_bytes())
-    digest.update(python.encode())
-    return digest.hexdigest()
-
-
-def _find_uv() -> str:
-    for candidate in (os.environ.get("UV"), shutil.which("uv"), "~/.local/bin/uv"):
-        if candidate and Path(candidate).expanduser().is_file():
-            return str(Path(candidate).expanduser())
-    raise StackError("triton: `uv` is needed to build Triton's virtualenv; run `make bootstrap`")
 
 
 @dataclass(frozen=True)
@@ -109,14 +91,17 @@ class TritonRuntime:
             / "triton_python_backend_stub"
         )
 
+    def pinned(self) -> PinnedVenv:
+        """The virtualenv as built from ``triton-requirements.txt``."""
+        return PinnedVenv("triton", self.venv, REQUIREMENTS_FILE, _python_request(), self._served)
+
+    def _served(self) -> bool:
+        # Asked late: the binary's path reads the venv's pyvenv.cfg, absent before a build.
+        return self.binary.is_file()
+
     def is_current(self) -> bool:
         """Built from the present requirements file and complete."""
-        stamp = self.venv / _STAMP_NAME
-        try:
-            recorded = stamp.read_text(encoding="utf-8").strip()
-        except OSError:
-            return False
-        return recorded == _fingerprint(_python_request()) and self.binary.is_file()
+        return self.pinned().is_current()
 
 
 def ensure_triton_runtime(
@@ -131,60 +116,5 @@ def ensure_triton_runtime(
     ``log_file``. Concurrent callers (tests in parallel, ``dev up``) wait for one build.
     """
     runtime = TritonRuntime((venv or default_venv_dir()).resolve())
-    if runtime.is_current():
-        return runtime
-    runtime.venv.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = runtime.venv.with_name(runtime.venv.name + ".lock")
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if runtime.is_current():  # another process built it while we waited
-            return runtime
-        if on_build is not None:
-            on_build(runtime.venv)
-        _build(runtime, log_file)
+    runtime.pinned().ensure(log_file=log_file, on_build=on_build)
     return runtime
-
-
-def _build(runtime: TritonRuntime, log_file: Path) -> None:
-    uv = _find_uv()
-    python = _python_request()
-    shutil.rmtree(runtime.venv, ignore_errors=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    outer = {"VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT"}  # the workspace's, not the one we build
-    env = {k: v for k, v in os.environ.items() if k not in outer}
-    steps = [
-        [uv, "venv", "--no-config", "--python", python, str(runtime.venv)],
-        [
-            uv,
-            "pip",
-            "install",
-            "--no-config",
-            "--python",
-            str(runtime.venv / "bin" / "python"),
-            "-r",
-            str(REQUIREMENTS_FILE),
-        ],
-    ]
-    with log_file.open("ab") as log:
-        for argv in steps:
-            log.write(f"--- building Triton's virtualenv: {' '.join(argv)}\n".encode())
-            log.flush()
-            try:
-                done = subprocess.run(
-                    argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=runtime.venv.parent,
-                    timeout=BUILD_TIMEOUT_S,
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise ComponentStartError("triton", log_file, f"virtualenv build: {exc}") from exc
-            if done.returncode != 0:
-                raise ComponentStartError(
-                    "triton", log_file, f"building its virtualenv failed ({argv[1]} {argv[2]})"
-                )
-    if not runtime.binary.is_file():
-        raise ComponentStartError("triton", log_file, f"no tritonserver at {runtime.binary}")
-    (runtime.venv / _STAMP_NAME).write_text(_fingerprint(python) + "\n", encoding="utf-8")

@@ -9,6 +9,7 @@ Override ``triton_model_repository`` in a conftest.py to serve real models.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -19,6 +20,12 @@ from medledger.devstack.process import free_port, free_ports
 from medledger.devstack.services import SERVICE_PORTS, StackEndpoints, service_env
 from medledger.devstack.triton import TritonServer
 from medledger.devstack.vault import DevVault, VaultServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A stack a test starts (``DevStack``, the CLI's ``dev up``) never starts the local trace
+    UI: Phoenix is heavy, and the trace tests use an in-process OTLP receiver instead."""
+    os.environ["MEDLEDGER_TRACE_UI"] = "0"
 
 
 @pytest.fixture(scope="session")
