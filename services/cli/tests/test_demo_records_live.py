@@ -43,14 +43,11 @@ from medledger.cli.demo_records import (
 )
 from medledger.cli.main import app
 from medledger.cli.token import request_token
-from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.keyfiles import load_private_key, public_jwks, write_private, write_public
-from medledger.common.server import ServiceServer
 from medledger.devstack.paths import StackPaths
 from medledger.devstack.services import BOOTSTRAP_ADMIN_CLIENT
-from medledger.record.config import RecordSettings
-from medledger.record.runtime import from_settings
 from medledger.testkit.platform import Platform
+from medledger.testkit.record_server import start_record_server
 
 TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
 PATRQT = purpose_pb2.PURPOSE_OF_USE_PATRQT
@@ -105,21 +102,9 @@ class Demo:
 async def demo(
     auth_platform: Platform, mongo_server: Any, vault_server: Any, tmp_path_factory: Any
 ) -> AsyncIterator[Demo]:
-    server = ServiceServer(
-        from_settings(
-            RecordSettings(grpc_port=0),
-            MongoSettings(
-                MONGODB_URI=mongo_server.uri,
-                MEDLEDGER_MONGODB_DATABASE=f"demorecords{uuid.uuid4().hex[:8]}",
-            ),
-            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record")),
-            PeerSettings(
-                identity_addr=auth_platform.identity_address,
-                ledger_addr=auth_platform.ledger_address,
-            ),
-        )
+    server = await start_record_server(
+        auth_platform, mongo_server, vault_server, f"demorecords{uuid.uuid4().hex[:8]}"
     )
-    await server.start()
     # The stack's home as `dev up` leaves it: the bootstrap admin client's key pair.
     paths = StackPaths(tmp_path_factory.mktemp("demo") / "home")
     admin = auth_platform.admin_key

@@ -22,12 +22,9 @@ from typer.testing import CliRunner
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.cli.main import app
-from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
-from medledger.common.server import ServiceServer
-from medledger.record.config import RecordSettings
-from medledger.record.runtime import from_settings
 from medledger.testkit.fhir_samples import sample
 from medledger.testkit.platform import Platform
+from medledger.testkit.record_server import start_record_server
 from medledger.tlog import Cosigner
 from medledger.verify.receipts import read_receipt
 
@@ -66,21 +63,9 @@ async def exported(
     vault_server: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Exported]:
-    server = ServiceServer(
-        from_settings(
-            RecordSettings(grpc_port=0),
-            MongoSettings(
-                MONGODB_URI=mongo_server.uri,
-                MEDLEDGER_MONGODB_DATABASE=f"exportcli{uuid.uuid4().hex[:8]}",
-            ),
-            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record")),
-            PeerSettings(
-                identity_addr=auth_platform.identity_address,
-                ledger_addr=auth_platform.ledger_address,
-            ),
-        )
+    server = await start_record_server(
+        auth_platform, mongo_server, vault_server, f"exportcli{uuid.uuid4().hex[:8]}"
     )
-    await server.start()
     address = f"127.0.0.1:{server.port}"
     writer = await auth_platform.token(
         "system/*.cruds", "hospital-a", [purpose_pb2.PURPOSE_OF_USE_TREAT]

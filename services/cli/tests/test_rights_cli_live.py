@@ -19,12 +19,9 @@ from typer.testing import CliRunner
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.cli.main import app
-from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
-from medledger.common.server import ServiceServer
-from medledger.record.config import RecordSettings
-from medledger.record.runtime import from_settings
 from medledger.testkit.fhir_samples import sample
 from medledger.testkit.platform import Platform
+from medledger.testkit.record_server import start_record_server
 
 runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1", "MEDLEDGER_TOKEN": None})
 
@@ -51,18 +48,7 @@ async def served(
     auth_platform: Platform, mongo_server: Any, vault_server: Any
 ) -> AsyncIterator[Served]:
     database = f"rightscli{uuid.uuid4().hex[:8]}"
-    server = ServiceServer(
-        from_settings(
-            RecordSettings(grpc_port=0),
-            MongoSettings(MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=database),
-            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record")),
-            PeerSettings(
-                identity_addr=auth_platform.identity_address,
-                ledger_addr=auth_platform.ledger_address,
-            ),
-        )
-    )
-    await server.start()
+    server = await start_record_server(auth_platform, mongo_server, vault_server, database)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         mongo_server.uri, directConnection=True
     )

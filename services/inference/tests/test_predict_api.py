@@ -32,11 +32,10 @@ from medledger.devstack.triton import TritonServer
 from medledger.inference.adapters.triton import TritonSettings
 from medledger.inference.config import InferenceConfig, InferenceSettings
 from medledger.inference.runtime import from_settings as inference_from_settings
-from medledger.record.config import RecordSettings
-from medledger.record.runtime import from_settings as record_from_settings
 from medledger.testkit.inprocess import eventually
 from medledger.testkit.models import serving_models
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
+from medledger.testkit.record_server import start_record_server
 from medledger.testkit.tokens import authed_channel
 from medledger.verify.prediction import parse_opening, verify_prediction
 from medledger.verify.trust import TrustPolicy
@@ -84,19 +83,7 @@ async def served(
     repository, tritonserver = triton
     platform = auth_platform
     suffix = uuid.uuid4().hex[:8]
-    record = ServiceServer(
-        record_from_settings(
-            RecordSettings(grpc_port=0),
-            MongoSettings(
-                MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=f"predrec{suffix}"
-            ),
-            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record")),
-            PeerSettings(
-                identity_addr=platform.identity_address, ledger_addr=platform.ledger_address
-            ),
-        )
-    )
-    await record.start()
+    record = await start_record_server(platform, mongo_server, vault_server, f"predrec{suffix}")
 
     def inference_server(ledger: str) -> ServiceServer:
         return ServiceServer(
