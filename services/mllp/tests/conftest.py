@@ -84,21 +84,25 @@ async def admin_metadata(platform: Platform) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {admin}")]
 
 
-async def register_hl7_client(
-    platform: Platform, keys: Path, organization: str = ORG, scope: str = DEFAULT_SCOPE
-) -> Hl7Client:
-    """A client of ``organization`` as a hospital's HL7 feed is registered, with its key."""
-    metadata = await admin_metadata(platform)
+async def ensure_organization(platform: Platform, organization: str) -> None:
     try:
         await platform.stub.CreateOrganization(
             identity_pb2.CreateOrganizationRequest(
                 organization_id=organization, display_name=organization
             ),
-            metadata=metadata,
+            metadata=await admin_metadata(platform),
         )
     except grpc.aio.AioRpcError as error:
         if error.code() != grpc.StatusCode.ALREADY_EXISTS:  # made by an earlier module
             raise
+
+
+async def register_hl7_client(
+    platform: Platform, keys: Path, organization: str = ORG, scope: str = DEFAULT_SCOPE
+) -> Hl7Client:
+    """A client of ``organization`` as a hospital's HL7 feed is registered, with its key."""
+    metadata = await admin_metadata(platform)
+    await ensure_organization(platform, organization)
     client_id = f"{organization}-hl7-{uuid.uuid4().hex[:6]}"
     pair = ensure_key_pair(client_id, keys / f"{client_id}.jwk", keys / f"{client_id}.jwks")
     await platform.stub.RegisterClient(
