@@ -169,3 +169,20 @@ async def test_the_record_service_down_is_ar_and_nothing_is_written(
             assert await database[name].count_documents({}) == 0, name
     finally:
         await mongo.close()
+
+
+async def test_stopping_closes_open_connections_quietly(
+    auth_platform: Platform, hl7_client: Hl7Client, tmp_path: Path, caplog: Any
+) -> None:
+    async with listening(
+        facilities_file(tmp_path, hl7_client), dead_address(), auth_platform.identity_address
+    ) as runtime:
+        client = await MllpClient.connect(runtime.port)
+        one = control()
+        assert msa(await client.request(adt_a01(one, sender="NOBODY"))) == ("AR", one)
+        with caplog.at_level("ERROR"):
+            await runtime.stop(0.1)  # the engine keeps its connection open
+            assert await client.closed_by_listener()
+            await asyncio.sleep(0.1)
+        assert runtime.listener.connections == 0
+        assert [r for r in caplog.records if r.levelname == "ERROR"] == []

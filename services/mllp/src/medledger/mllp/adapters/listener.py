@@ -122,6 +122,10 @@ class MllpListener:
             await self._converse(reader, writer)
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as error:
             log.info("connection dropped", extra={"error": type(error).__name__})
+        except asyncio.CancelledError:
+            # stop() after its grace. The handler ends instead of passing the cancellation
+            # on: Python 3.11's stream server reports a cancelled handler as an error.
+            log.info("connection closed: the listener is stopping")
         finally:
             self._connections.discard(task)
             writer.close()
