@@ -11,9 +11,10 @@ Prometheus exporter apply them: dots become underscores, the unit is appended as
 (``ms`` → ``_milliseconds``, ``s`` → ``_seconds``; a ``{annotation}`` unit adds nothing), a
 counter ends in ``_total``, and a histogram is three series, ``_bucket`` (with ``le``),
 ``_sum`` and ``_count``. Attribute keys become labels the same way (``rpc.grpc.status_code``
-→ ``rpc_grpc_status_code``). Which service a series came from is the scrape target's
-(``job``/``pod`` labels, or ``target_info{service_name=...}``); ``rpc_service`` also names it
-for the RPC metric.
+→ ``rpc_grpc_status_code``). Every series also carries ``service_name`` (the process's
+``service.name``: identity, record, ledger, inference, witness-a, ...), besides the scrape's
+own ``job``/``pod`` labels and the ``otel_scope_*`` labels the exporter adds. Each process
+serves them on ``MEDLEDGER_METRICS_PORT`` (the chart: 9464, container port ``metrics``).
 
 Attribute values are bounded sets (RPC names, status codes, outcomes, reason codes, model
 names, witness names): never a patient, a caller or a record id.
