@@ -58,6 +58,7 @@ bench: bootstrap
 	$(UV) run --frozen python -m bench.identity
 	$(UV) run --frozen python -m bench.record
 	$(UV) run --frozen python -m bench.inference
+	$(UV) run --frozen python -m bench.duplicates
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
