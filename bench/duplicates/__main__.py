@@ -99,6 +99,7 @@ class Found:
     pairs: list[record_pb2.DuplicateCandidate]
     seconds: float
     pages: int
+    retried: int = 0
 
 
 async def write_population(stub: Stub, generated: Population) -> tuple[list[str], float]:
@@ -106,8 +107,10 @@ async def write_population(stub: Stub, generated: Population) -> tuple[list[str]
     ids: list[str] = [""] * len(generated.patients)
     queue = list(enumerate(generated.patients))
     started = time.perf_counter()
+    done = 0
 
     async def worker() -> None:
+        nonlocal done
         while queue:
             index, patient = queue.pop()
             for attempt in range(4):
@@ -126,7 +129,7 @@ async def write_population(stub: Stub, generated: Population) -> tuple[list[str]
                     if attempt == 3 or error.code() != grpc.StatusCode.UNAVAILABLE:
                         raise
                     await asyncio.sleep(0.5 * (attempt + 1))
-            done = len(generated.patients) - len(queue)
+            done += 1
             if done % 250 == 0:
                 spent = time.perf_counter() - started
                 console.print(f"    {done:,} patients in {spent:.0f} s ({done / spent:.1f}/s)")
@@ -136,21 +139,28 @@ async def write_population(stub: Stub, generated: Population) -> tuple[list[str]
 
 
 async def find_all(stub: Stub, min_score: float = 0.0) -> Found:
+    """Every page; a page the service could not ledger (UNAVAILABLE: the ledger, on this
+    machine's two cores, did not answer in time) is asked again, and counted."""
     pairs: list[record_pb2.DuplicateCandidate] = []
-    token, pages = "", 0
+    token, pages, retried = "", 0, 0
     started = time.perf_counter()
     while True:
-        reply = await stub.FindDuplicatePatients(
-            record_pb2.FindDuplicatePatientsRequest(
-                min_score=min_score, page_size=PAGE_SIZE, page_token=token, purpose=TREAT
-            ),
-            timeout=300,
+        request = record_pb2.FindDuplicatePatientsRequest(
+            min_score=min_score, page_size=PAGE_SIZE, page_token=token, purpose=TREAT
         )
+        try:
+            reply = await stub.FindDuplicatePatients(request, timeout=300)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or retried >= 3:
+                raise
+            retried += 1
+            console.print(f"    (UNAVAILABLE: {error.details()}; asked again)")
+            continue
         pages += 1
         pairs += reply.candidates
         token = reply.next_page_token
         if not token:
-            return Found(pairs, time.perf_counter() - started, pages)
+            return Found(pairs, time.perf_counter() - started, pages, retried)
 
 
 def in_process(generated: Population) -> tuple[float, int, float]:
@@ -272,7 +282,8 @@ def report(
     console.print(timing)
     console.print(
         f"pages per listing: {default.pages}; pairs listed at the default threshold: "
-        f"{len(default.pairs)}"
+        f"{len(default.pairs)}; pages asked again after UNAVAILABLE: "
+        f"{sum(run.retried for run in runs)}"
     )
 
 
