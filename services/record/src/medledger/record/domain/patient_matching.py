@@ -7,7 +7,8 @@ faults still shares at least one with its original: a phonetic code (Soundex, Me
 of family and given name, in either order (a typo or a spelling variant keeps the code; a
 swapped first and last name keeps the pair); the birth date with day and month in sorted
 order (a transposed date keeps the key); the birth year with the family name's NYSIIS code (a
-mistyped day or month keeps it); each identifier; each phone number and e-mail address.
+mistyped day or month keeps it), and that code with the sorted day and month (a mistyped year
+keeps it); each identifier; each phone number and e-mail address.
 A nickname ("Bill" for "William") changes the given name's codes, so such a pair is found
 through the birth date, the year and family name, or a contact. The keys are clear text
 here; the storage keeps only their keyed digests (:mod:`blind_index`), so the database never
