@@ -90,6 +90,10 @@ async def test_no_phi_in_clear_in_any_collection(records: Any) -> None:
     await records.prepare(
         "Observation", obs_id, patient_id, json.dumps(observation), expected_version=2
     )
+    # A bulk write's recorded attempt (HL7 v2, CSV): its key holds whatever the client put in.
+    await records.records.record_batch_attempt(
+        f"client-x:bulk {family} {mrn}", f"sha of batch {family}".encode(), "a1b2c3", 2
+    )
     # The storage works, so the markers went in ...
     found = await records.records.search(
         "Patient", [("family", family.lower())], page_size=5, page_token=""
