@@ -20,7 +20,7 @@ import time
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.cli.access_report_pdf import render_pdf
-from medledger.common.blinding import Opening
+from medledger.common.blinding import Opening, scan_key
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.patient_log import blinded_event
 from medledger.tlog import Checkpoint, CompactRange, Ed25519Signer, leaf_hash
@@ -80,12 +80,15 @@ def entry(opening: Opening, kind: int, n: int) -> bytes:
 async def run(size: int, patient_entries: int, signer: Ed25519Signer) -> None:
     chooser = random.Random(size)
     ours = os.urandom(32)
+    our_key = scan_key(os.urandom(32))  # the patient's scan key, from their scan secret
     mine = set(chooser.sample(range(size), min(patient_entries, size)))
     leaves: list[bytes] = []
     listed = []
     for n in range(size):
-        pseudonym = ours if n in mine else os.urandom(32)
-        opening = Opening.derived(os.urandom(32), pseudonym, "Observation", f"obs-{n}", 1)
+        pseudonym, key = (ours, our_key) if n in mine else (os.urandom(32), os.urandom(32))
+        opening = Opening.derived(
+            os.urandom(32), pseudonym, "Observation", f"obs-{n}", 1, scan_key=key
+        )
         data = entry(opening, chooser.choice(KINDS), n)
         leaves.append(data)
         if n in mine:
@@ -106,7 +109,7 @@ async def run(size: int, patient_entries: int, signer: Ed25519Signer) -> None:
     note = await sign_note(Checkpoint(ORIGIN, size, tree.root()).body(), [signer])
     policy = TrustPolicy.parse([str(signer.verifier_key)], origin=ORIGIN)
     report = AccessReport("p-1", "2026-11-29T12:00:00.000Z", note, ours, 0, tuple(leaves),
-                          tuple(listed))  # fmt: skip
+                          tuple(listed), scan_key=our_key)  # fmt: skip
 
     started = time.perf_counter()
     text = report.to_json()
@@ -127,7 +130,7 @@ async def run(size: int, patient_entries: int, signer: Ed25519Signer) -> None:
     border = border_from_last_leaf(first, leaves[first - 1], proof)
     later = AccessReport("p-1", report.generated_at, note, ours, first, tuple(leaves[first:]),
                          tuple(e for e in listed if e.leaf_index >= first),
-                         Base(base_note, tuple(border)))  # fmt: skip
+                         Base(base_note, tuple(border)), our_key)  # fmt: skip
     later_text = later.to_json()
     started = time.perf_counter()
     verify_access_report(parse_access_report(later_text), policy)

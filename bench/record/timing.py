@@ -154,6 +154,9 @@ class TimedLedger:
         finally:
             _in_ledger.reset(inside)
 
+    async def new_scan_secret(self, patient_id: str) -> bytes:
+        return await self.inner.new_scan_secret(patient_id)
+
 
 @dataclass
 class InstrumentedRecord:

@@ -204,6 +204,10 @@ def test_the_json_is_the_ledger_and_lists_the_patients_entries(reported: Reporte
     by_index = {e.leaf_index: e for e in report.entries}
     assert by_index[glass[0]].break_glass
     assert document["patient_id"] == reported.patient_id
+    # The patient's scan key finds every entry (the record's and identity's); none is left
+    # to the legacy key of the pseudonym.
+    assert len(base64.b64decode(document["scan_key"])) == 32
+    assert {e["found_by"] for e in document["entries"]} == {"nonce"}
     assert stat.S_IMODE(reported.json.stat().st_mode) == 0o600
     assert stat.S_IMODE(reported.pdf.stat().st_mode) == 0o600
     assert (
@@ -256,6 +260,7 @@ async def test_the_report_verifies_and_each_tampering_fails(reported: Reported) 
     report = parse_access_report(reported.json.read_bytes())
     assert f"verifies: {len(report.entries)} entries about the patient (1 break-glass)" in output
     assert "none left out" in output
+    assert "0 of the entries found by the pseudonym's legacy scan key" in output
 
     def drop(document: dict[str, Any]) -> None:
         document["entries"].pop(0)
@@ -289,6 +294,9 @@ async def test_the_report_verifies_and_each_tampering_fails(reported: Reported) 
     def drop_leaf(document: dict[str, Any]) -> None:
         document["leaves"].pop()
 
+    def drop_scan_key(document: dict[str, Any]) -> None:
+        document["scan_key"] = None
+
     for change, text in (
         (drop, "scan check failed) missing: 1 entry about the patient not listed"),
         (duplicate, "scan check failed) leaf"),
@@ -297,6 +305,7 @@ async def test_the_report_verifies_and_each_tampering_fails(reported: Reported) 
         (hide_glass, "break_glass is False, the entry says True"),
         (change_leaf, "root check failed)"),
         (drop_leaf, "leaves check failed)"),
+        (drop_scan_key, "scan check failed) extra: leaf"),
     ):
         code, output = await verify(reported, tampered(reported, change))
         assert code == 1, (change.__name__, output)

@@ -2,10 +2,15 @@
 identity issued): the record service registers which organisation holds a patient identity
 has no account for, and that organisation then manages the patient's consents; conflicts
 and bad input change nothing; erasing a patient leaves no consent in force, no leaf index
-and no holder, once and then nothing; only the record service's scope may do either."""
+and no holder, once and then nothing; only the record service's scope may do either. The
+patient's scan secret, handed over with the registration, keys identity's entries about the
+patient (found with it, not with the pseudonym alone), is kept sealed, stays the first one
+given, and is gone after erasure."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +20,12 @@ from pymongo import AsyncMongoClient
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2
+from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.common.blinding import finds, legacy_scan_key, scan_key
+from medledger.common.config import VaultSettings
 from medledger.common.scopes import AUDIT_READ, CHECK_ACCESS, PATIENT_DIRECTORY
+from medledger.common.subject import SubjectHasher
+from medledger.common.vault import VaultTransit
 
 TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
 ETREAT = purpose_pb2.PURPOSE_OF_USE_ETREAT
@@ -61,10 +71,10 @@ async def world(identity: Any) -> World:
 
 
 def register(
-    patient_id: str = PATIENT_ID, organization: str = "hospital-a"
+    patient_id: str = PATIENT_ID, organization: str = "hospital-a", scan_secret: bytes = b""
 ) -> identity_pb2.RegisterPatientHolderRequest:
     return identity_pb2.RegisterPatientHolderRequest(
-        patient_id=patient_id, organization=organization
+        patient_id=patient_id, organization=organization, scan_secret=scan_secret
     )
 
 
@@ -386,3 +396,54 @@ async def test_erasure_leaves_no_consent_in_force_once(
     for patient_id in (PATIENT_ID, "pat-never-seen"):
         again = await stub.ErasePatientData(erase(patient_id), metadata=world.record)
         assert again == identity_pb2.ErasePatientDataResponse()
+
+
+async def test_the_scan_secret_keys_identitys_entries_until_erasure(
+    identity: Any,
+    world: World,
+    mongo_server: Any,
+    vault_server: Any,
+    identity_vault_token: str,
+    ledger_stub: ledger_pb2_grpc.LedgerServiceAsyncStub,
+) -> None:
+    stub = identity.stub
+    secret = os.urandom(32)
+    code, reason = await refused(
+        identity, stub.RegisterPatientHolder(register(scan_secret=b"short"), metadata=world.record)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    await stub.RegisterPatientHolder(register(scan_secret=secret), metadata=world.record)
+    # The same again (a retry) is fine; another secret changes nothing.
+    await stub.RegisterPatientHolder(register(scan_secret=secret), metadata=world.record)
+    code, reason = await refused(
+        identity,
+        stub.RegisterPatientHolder(register(scan_secret=os.urandom(32)), metadata=world.record),
+    )
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SCAN_SECRET_CONFLICT")
+
+    granted = await stub.GrantConsent(grant(), metadata=world.a_app)
+    entries = await identity.ledger_entries(ledger_stub)
+    index = int(granted.receipt.leaf_index)
+    entry = next(e.entry for e in entries if e.leaf_index == index)
+    hasher = SubjectHasher(
+        VaultTransit(VaultSettings(addr=vault_server.addr, token=identity_vault_token))
+    )
+    pseudonym = await hasher.subject(PATIENT_ID)
+    # Keyed by the scan secret: found with it, not with what the pseudonym alone makes.
+    assert finds(entry, pseudonym, scan_key(secret))
+    assert not finds(entry, pseudonym, legacy_scan_key(pseudonym))
+    assert [e.leaf_index for e in entries if finds(e.entry, pseudonym, scan_key(secret))] == [index]
+
+    # Kept sealed in the patient's key row, never in clear.
+    patient_key = hashlib.sha256(b"medledger.patient-leaf-index\x00" + pseudonym).hexdigest()
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.uri)
+    try:
+        keys = mongo[identity.database]["identity_patient_keys"]
+        row = await keys.find_one({"_id": patient_key})
+        assert row is not None
+        assert secret not in bytes(row["scan_secret"])
+        await stub.ErasePatientData(erase(), metadata=world.record)
+        assert await keys.find_one({"_id": patient_key}) is None
+    finally:
+        await mongo.close()
+    assert entry == ledger_pb2.LedgerEntry.FromString(entry.SerializeToString())

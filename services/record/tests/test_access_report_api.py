@@ -4,12 +4,19 @@ under consent, the patient logging in, another patient's entries in between. The
 report, assembled as the CLI assembles it, verifies offline with the ledger's key, and lists
 exactly the patient's entries, which the test knows from its own receipts (the record's access
 log, the consent's receipt, the ledger entries each step added): identity's entries included,
-found by their nonce. A report continuing the first from its checkpoint verifies too; the
-refusals are those of the access log."""
+found by their nonce with the scan key of the patient's scan secret. A report continuing the
+first from its checkpoint verifies too; the refusals are those of the access log.
+
+Erasure: before it, the report finds every entry about the patient (the record's and
+identity's, with one scan key); after it, whoever holds the deployment's subject key and the
+patient's id (and so recomputes the pseudonym) finds NONE of them in the ledger, while a
+patient whose services knew no scan secret (every patient before scan secrets) is found again
+entry by entry that way, erasure or not."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -18,14 +25,18 @@ from typing import Any
 
 import grpc
 import pytest
+from pymongo import AsyncMongoClient
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2, identity_pb2_grpc
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
+from medledger.common.blinding import finds, legacy_scan_key
 from medledger.common.config import MongoSettings, PeerSettings, VaultSettings
 from medledger.common.errors import MedledgerError, from_rpc_error
 from medledger.common.server import ServiceServer
+from medledger.common.subject import SubjectHasher
+from medledger.common.vault import VaultTransit
 from medledger.record.config import RecordConfig, RecordSettings
 from medledger.record.runtime import from_settings
 from medledger.testkit.fhir_samples import sample
@@ -57,6 +68,8 @@ class Stack:
     ledger: ledger_pb2_grpc.LedgerServiceAsyncStub
     policy: TrustPolicy
     admin: str
+    database: str  # the record service's
+    vault: VaultSettings  # the record service's: it computes pseudonyms
 
     async def size(self) -> int:
         reply = await self.ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest())
@@ -80,11 +93,12 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     platform = auth_platform
     database = f"accessreport{uuid.uuid4().hex[:8]}"
+    vault = VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record"))
     server = ServiceServer(
         from_settings(
             RecordSettings(grpc_port=0),
             MongoSettings(MONGODB_URI=mongo_server.uri, MEDLEDGER_MONGODB_DATABASE=database),
-            VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record")),
+            vault,
             PeerSettings(
                 identity_addr=platform.identity_address, ledger_addr=platform.ledger_address
             ),
@@ -115,6 +129,8 @@ async def stack(
             ledger,
             TrustPolicy.parse([vkey]),
             admin,
+            database,
+            vault,
         )
     finally:
         for channel in channels:
@@ -310,3 +326,128 @@ async def test_the_report_is_refused_as_the_access_log_is(stack: Stack) -> None:
         "CHECKPOINT_NOT_FOUND",
     )
     assert "not an id" not in (bad.message or "")
+
+
+async def _grant(stack: Stack, patient_id: str) -> identity_pb2.GrantConsentResponse:
+    async with authed_channel(
+        stack.platform.identity_address,
+        await stack.platform.token("system/*.cruds", ORG_A, [TREAT]),
+    ) as channel:
+        response: identity_pb2.GrantConsentResponse = await identity_pb2_grpc.IdentityServiceStub(
+            channel
+        ).GrantConsent(
+            identity_pb2.GrantConsentRequest(
+                patient_id=patient_id,
+                grantee=identity_pb2.Grantee(organization=ORG_B),
+                resource_types=["Observation"],
+                purposes=[TREAT],
+            )
+        )
+        return response
+
+
+async def _ledger(stack: Stack) -> list[ledger_pb2.IndexedEntry]:
+    """Every entry of the ledger up to its checkpoint."""
+    size, entries = await stack.size(), []
+    while len(entries) < size:
+        entries += await stack.since(len(entries))
+    return entries[:size]
+
+
+def _patient_key(pseudonym: bytes) -> str:
+    """Where both services keep the patient's key row (a digest of the pseudonym)."""
+    return hashlib.sha256(b"medledger.patient-leaf-index\x00" + pseudonym).hexdigest()
+
+
+async def _key_rows(stack: Stack, mongo: Any, pseudonym: bytes) -> dict[str, Any]:
+    """The patient's key row in the record's and in identity's database (None: none)."""
+    identity_db = stack.platform.database
+    return {
+        "record": await mongo[stack.database]["record_patient_keys"].find_one(
+            {"_id": _patient_key(pseudonym)}
+        ),
+        "identity": await mongo[identity_db]["identity_patient_keys"].find_one(
+            {"_id": _patient_key(pseudonym)}
+        ),
+    }
+
+
+async def test_after_erasure_the_pseudonym_finds_none_of_the_patients_entries(
+    stack: Stack, mongo_server: Any
+) -> None:
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.uri)
+    try:
+        await _erasure_unlinks(stack, mongo)
+    finally:
+        await mongo.close()
+
+
+async def _erasure_unlinks(stack: Stack, mongo: Any) -> None:
+    # Whoever holds the deployment's subject key (here: the record's Vault token) and an
+    # erased patient's id recomputes the pseudonym.
+    hasher = SubjectHasher(VaultTransit(stack.vault))
+
+    patient = await _create(stack.a, _json("Patient"))
+    observation = await _create(stack.a, _json("Observation", patient.id))
+    await _read(stack.a, observation.id)
+    granted = int((await _grant(stack, patient.id)).receipt.leaf_index)
+    await _read(stack.b, observation.id)  # under the consent
+    first = await report(stack.a, patient.id)
+    verified = verify_access_report(parse_access_report(first.to_json()), stack.policy)
+    theirs = {e.leaf_index for e in first.entries}
+    # The record's and identity's entries, all found with the one scan key.
+    assert first.scan_key is not None
+    assert {e.found_by for e in first.entries} == {FOUND_BY_NONCE}
+    assert granted in theirs
+    assert {e.event for e in first.entries} >= {"RECORD_CREATED", "RECORD_READ", "CONSENT_GRANTED"}
+    assert len(theirs) >= 5
+    assert verified.legacy == 0
+    pseudonym = await hasher.subject(patient.id)
+    assert pseudonym == first.pseudonym
+    rows = await _key_rows(stack, mongo, pseudonym)
+    # Both services keep the scan secret, sealed in the patient's key row.
+    assert rows["record"]["scan_secret"]
+    assert rows["identity"]["scan_secret"]
+
+    # As every patient was before scan secrets: a patient whose services know none (taken
+    # out of both key rows once the Patient exists), then entries about them.
+    old = await _create(stack.a, _json("Patient"))
+    old_pseudonym = await hasher.subject(old.id)
+    identity_db = stack.platform.database
+    for database, collection in (
+        (stack.database, "record_patient_keys"),
+        (identity_db, "identity_patient_keys"),
+    ):
+        unset = await mongo[database][collection].update_one(
+            {"_id": _patient_key(old_pseudonym)}, {"$unset": {"scan_secret": ""}}
+        )
+        assert unset.modified_count == 1
+    before = await stack.size()
+    old_observation = await _create(stack.a, _json("Observation", old.id))
+    await _read(stack.a, old_observation.id)
+    await _grant(stack, old.id)
+    written_old_way = {int(e.leaf_index) for e in await stack.since(before) if e.entry.subject}
+    assert len(written_old_way) == 3
+
+    eraser = await stack.platform.token("system/*.cruds", ORG_A, [PATRQT])
+    async with authed_channel(stack.address, eraser) as channel:
+        for erased in (patient.id, old.id):
+            await record_pb2_grpc.RecordServiceStub(channel).ErasePatient(
+                record_pb2.ErasePatientRequest(patient_id=erased, reason=1, purpose=PATRQT)
+            )
+    # Neither service keeps anything of the patient's keys.
+    assert await _key_rows(stack, mongo, pseudonym) == {"record": None, "identity": None}
+
+    ledger = await _ledger(stack)
+
+    def found(key: bytes, who: bytes) -> set[int]:
+        return {int(e.leaf_index) for e in ledger if finds(e.entry, who, key)}
+
+    # After erasure, the recomputed pseudonym finds NONE of the patient's entries...
+    assert found(legacy_scan_key(pseudonym), pseudonym) == set()
+    # ...though they are all still in the ledger: the scan key the report carried (and only
+    # it, which nobody keeps after erasure) finds them, and the erasure's own entry.
+    assert theirs < found(first.scan_key, pseudonym)
+    # The patient without a scan secret is found again, every entry written for them, by
+    # the same recomputation after erasure: the flaw scan secrets close.
+    assert written_old_way <= found(legacy_scan_key(old_pseudonym), old_pseudonym)

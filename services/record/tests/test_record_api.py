@@ -37,6 +37,7 @@ from medledger.testkit.fhir_samples import sample
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
 from medledger.testkit.tokens import authed_channel
 from medledger.verify.audit import LedgerAuditor
+from medledger.verify.blinding import salted_subject
 from medledger.verify.commitment import canonical_json, commit
 from medledger.verify.ledger_client import LedgerApi
 from medledger.verify.receipt import verify_receipt
@@ -692,10 +693,13 @@ async def test_the_access_log_lists_each_entry_with_its_opening(api: RecordApi) 
             resource_id=opening.resource_id,
             resource_version=opening.resource_version,
             patient_actor=opening.patient_actor,
-            # The subject's key derives from the pseudonym and the entry's public nonce.
-            nonce=entry.nonce,
         )
-        assert entry.subject == opened.subject()
+        # The subject's key derives from the patient's scan key and the entry's public
+        # nonce: the log reveals that key for this entry alone, not the scan key.
+        assert entry.nonce
+        assert len(opening.subject_salt) == 32
+        assert opening.subject_salt != opening.salt
+        assert entry.subject == salted_subject(opening.subject_salt, opening.subject_pseudonym)
         assert entry.resource == opened.resource()
         pseudonyms.add(opening.subject_pseudonym)
         proof = await api.ledger.GetInclusionProof(

@@ -1,14 +1,17 @@
 """The access report's offline check (docs/access-report.md) on a log built here: entries about
-four patients blinded as the services blind them (with nonces), entries about nobody, and
-entries from before nonces, under a checkpoint signed with a key of the test's own. The honest
-report verifies through its JSON form; each tampering (a listed entry dropped or added, a
-field changed, a leaf changed, dropped or added, another key's checkpoint, another patient's
-pseudonym) fails with the check that catches it; a report continuing an earlier one verifies
+four patients blinded as the services blind them (with nonces, keyed by each patient's scan
+secret, a few by the legacy scan key of the pseudonym; one patient has no scan secret at all),
+entries about nobody, and entries from before nonces, under a checkpoint signed with a key of
+the test's own. The honest report verifies through its JSON form; each tampering (a listed
+entry dropped or added, a field changed, a leaf changed, dropped or added, another key's
+checkpoint, another patient's pseudonym or scan key, a legacy entry passed off as found by the
+scan key) fails with the check that catches it; a report continuing an earlier one verifies
 from that one's checkpoint and border."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -17,13 +20,14 @@ import pytest
 
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.common.blinding import Opening
+from medledger.common.blinding import Opening, legacy_scan_key, scan_key
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.patient_log import blinded_event
 from medledger.tlog import Checkpoint, CompactRange, Ed25519Signer, leaf_hash
 from medledger.tlog.note import sign_note
 from medledger.tlog.reference import inclusion_proof
 from medledger.verify.access_report import (
+    FOUND_BY_LEGACY,
     FOUND_BY_NONCE,
     FOUND_BY_OPENING,
     AccessReport,
@@ -51,6 +55,7 @@ class Leaf:
     data: bytes
     owner: bytes | None  # the pseudonym of the patient it is about
     opening: Opening | None  # what the record service would hold (None: another service's)
+    found_by: str = FOUND_BY_OPENING  # how the patient's report finds it
 
 
 @dataclass
@@ -58,6 +63,8 @@ class Log:
     leaves: list[Leaf]
     signer: Ed25519Signer
     patients: list[bytes]
+    # Each patient's scan key (None: the last patient has no scan secret).
+    scan_keys: dict[bytes, bytes | None]
 
     def policy(self) -> TrustPolicy:
         return TrustPolicy.parse([str(self.signer.verifier_key)], origin=ORIGIN)
@@ -77,13 +84,12 @@ class Log:
             if leaf.owner != pseudonym:
                 continue
             entry = ledger_pb2.LedgerEntry.FromString(leaf.data)
-            legacy = not entry.nonce
             opening = leaf.opening
             found.append(
                 listed_entry(
                     index,
                     entry,
-                    found_by=FOUND_BY_OPENING if legacy else FOUND_BY_NONCE,
+                    found_by=leaf.found_by,
                     salt=opening.salt if opening else b"",
                     resource_id=opening.resource_id if opening else "",
                     resource_version=opening.resource_version if opening else 0,
@@ -101,6 +107,7 @@ class Log:
             first_index=0,
             leaves=tuple(leaf.data for leaf in self.leaves),
             entries=tuple(self.listed(pseudonym)),
+            scan_key=self.scan_keys[pseudonym],
         )
 
 
@@ -136,6 +143,8 @@ def _entry(opening: Opening, kind: int, actor: str) -> bytes:
 def log() -> Log:
     chooser = random.Random(1414)
     patients = [os.urandom(32) for _ in range(4)]
+    keys: dict[bytes, bytes | None] = {p: scan_key(os.urandom(32)) for p in patients[:3]}
+    keys[patients[3]] = None  # created before scan secrets
     leaves: list[Leaf] = []
     for n in range(300):
         pseudonym = chooser.choice(patients)
@@ -149,21 +158,23 @@ def log() -> Log:
             token.time.FromSeconds(1_800_000_000)
             leaves.append(Leaf(token.SerializeToString(deterministic=True), None, None))
             continue
-        legacy = roll < 0.15
-        make = Opening if legacy else Opening.derived
-        opening = make(
-            os.urandom(32),
-            pseudonym,
-            "Observation",
-            f"obs-{n}",
-            1 + n % 3,
-            "u-patient" if actor == "u-patient" else "",
-        )
+        salt = os.urandom(32)
+        args = (salt, pseudonym, "Observation", f"obs-{n}", 1 + n % 3)
+        patient_actor = "u-patient" if actor == "u-patient" else ""
+        key = keys[pseudonym]
+        if roll < 0.15:  # from before nonces
+            opening, found_by = Opening(*args, patient_actor), FOUND_BY_OPENING
+        elif key is None or roll < 0.2:  # written while no scan secret was known
+            key = legacy_scan_key(pseudonym)
+            opening = Opening.derived(*args, patient_actor, scan_key=key)
+            found_by = FOUND_BY_LEGACY
+        else:
+            opening, found_by = Opening.derived(*args, patient_actor, scan_key=key), FOUND_BY_NONCE
         data = _entry(opening, kind, actor)
         # identity's entries (consents, break-glass) come without the record's opening.
-        held = None if kind in KINDS[2:] and not legacy else opening
-        leaves.append(Leaf(data, pseudonym, held))
-    return Log(leaves, Ed25519Signer.generate(ORIGIN), patients)
+        held = None if kind in KINDS[2:] and found_by != FOUND_BY_OPENING else opening
+        leaves.append(Leaf(data, pseudonym, held, found_by))
+    return Log(leaves, Ed25519Signer.generate(ORIGIN), patients, keys)
 
 
 def replace_entry(report: AccessReport, index: int, **changes: object) -> AccessReport:
@@ -192,6 +203,12 @@ async def test_the_honest_report_verifies_through_its_json(log: Log) -> None:
         assert verified.untestable == legacy_others
         assert any(e.break_glass for e in parsed.entries)
         assert any(e.actor == "patient" and e.patient_actor for e in parsed.entries)
+        legacy = [e for e in parsed.entries if e.found_by == FOUND_BY_LEGACY]
+        assert verified.legacy == len(legacy) > 0
+        if report.scan_key is None:  # no scan secret: everything with a nonce is legacy
+            assert not any(e.found_by == FOUND_BY_NONCE for e in parsed.entries)
+        else:
+            assert any(e.found_by == FOUND_BY_NONCE for e in parsed.entries)
 
 
 async def fails(report: AccessReport, log: Log, check: str, text: str) -> None:
@@ -299,6 +316,33 @@ async def test_another_pseudonym_finds_other_entries(log: Log) -> None:
     await fails(wrong, log, "scan", "extra")
 
 
+async def test_the_scan_key_and_the_legacy_key_are_told_apart(log: Log) -> None:
+    report = await log.report(log.patients[0])
+    # Another patient's scan key finds none of this patient's entries.
+    other = dataclasses.replace(report, scan_key=log.scan_keys[log.patients[1]])
+    await fails(other, log, "scan", "extra: leaf")
+    # Without the scan key, the legacy key alone does not find them.
+    await fails(dataclasses.replace(report, scan_key=None), log, "scan", "extra: leaf")
+    # A legacy entry may not pass for one erasure unlinks, nor the reverse.
+    legacy = next(e for e in report.entries if e.found_by == FOUND_BY_LEGACY)
+    await fails(
+        replace_entry(report, legacy.leaf_index, found_by=FOUND_BY_NONCE),
+        log,
+        "scan",
+        f"leaf {legacy.leaf_index} is found by legacy-nonce, not by nonce",
+    )
+    keyed = next(e for e in report.entries if e.found_by == FOUND_BY_NONCE)
+    await fails(
+        replace_entry(report, keyed.leaf_index, found_by=FOUND_BY_LEGACY),
+        log,
+        "scan",
+        "is found by nonce, not by legacy-nonce",
+    )
+    # The legacy key given as the scan key would present legacy entries as unlinkable.
+    disguised = dataclasses.replace(report, scan_key=legacy_scan_key(log.patients[0]))
+    await fails(disguised, log, "scan", "legacy scan key")
+
+
 async def test_a_report_continues_an_earlier_one(log: Log) -> None:
     pseudonym = log.patients[2]
     first = 137
@@ -315,6 +359,7 @@ async def test_a_report_continues_an_earlier_one(log: Log) -> None:
         leaves=tuple(leaf.data for leaf in log.leaves[first:]),
         entries=tuple(log.listed(pseudonym, first)),
         base=Base(await log.checkpoint(first), tuple(border)),
+        scan_key=log.scan_keys[pseudonym],
     )
     parsed = parse_access_report(report.to_json())
     verified = verify_access_report(parsed, log.policy())
@@ -338,8 +383,24 @@ def test_a_report_that_is_not_one_is_refused() -> None:
         (b'{"format": "x"}', "format is 'x'"),
         (b"\xff", "not UTF-8"),
         (b'{"format": 1, "format": 2}', "appears twice"),
+        # Made before scan secrets: its "nonce" entries were found by the legacy key.
+        (b'{"format": "medledger.access-report/1"}', "not 'medledger.access-report/2'"),
     ):
         with pytest.raises(AccessReportInvalid) as failed:
             parse_access_report(data)
+        assert failed.value.check == "format"
+        assert text in failed.value.message
+
+
+async def test_the_scan_key_must_be_given_and_32_bytes(log: Log) -> None:
+    document = json.loads((await log.report(log.patients[0])).to_json())
+    for value, text in ((None, "missing"), ("AAAA", "3 bytes, not 32")):
+        changed = dict(document)
+        if value is None:
+            del changed["scan_key"]
+        else:
+            changed["scan_key"] = value
+        with pytest.raises(AccessReportInvalid) as failed:
+            parse_access_report(json.dumps(changed).encode())
         assert failed.value.check == "format"
         assert text in failed.value.message

@@ -29,6 +29,7 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 from reportlab.platypus.flowables import Flowable
 
 from medledger.verify.access_report import (
+    FOUND_BY_LEGACY,
     PATIENT_ACTOR,
     AccessReport,
     ListedEntry,
@@ -178,6 +179,18 @@ def render_pdf(report: AccessReport, *, untestable: int, verify_hint: str) -> by
         _table(report.entries, width),
         Spacer(1, 3 * mm),
     ]
+    legacy = sum(1 for e in report.entries if e.found_by == FOUND_BY_LEGACY)
+    if legacy:
+        story.append(
+            Paragraph(
+                _text(
+                    f"{legacy} of these entries were written before this patient had a scan "
+                    "secret: whoever holds the deployment's subject key and the patient's id "
+                    "can find them in the ledger, even after the patient's erasure."
+                ),
+                _STYLES["muted"],
+            )
+        )
     if untestable:
         story.append(
             Paragraph(

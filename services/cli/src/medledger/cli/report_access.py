@@ -3,12 +3,12 @@ as JSON that ``medledger verify access-report`` proves complete up to a signed c
 (docs/access-report.md).
 
 The record service streams the report (``GetAccessReport``: the checkpoint, every ledger leaf
-up to it, the patient's pseudonym and entries); this command assembles it, checks that it
-hangs together (its leaves hash to the checkpoint's root, and the listed entries are exactly
-those the pseudonym finds), and writes it. The signature is checked by whoever verifies the
-JSON with the ledger's key: this command need not be trusted. Both files name the patient's
-id and hold their pseudonym (which finds their entries in the ledger): they are written
-readable by their owner only.
+up to it, the patient's pseudonym, scan key and entries); this command assembles it, checks
+that it hangs together (its leaves hash to the checkpoint's root, and the listed entries are
+exactly those the scan key and pseudonym find), and writes it. The signature is checked by
+whoever verifies the JSON with the ledger's key: this command need not be trusted. Both files
+name the patient's id, and the JSON holds their pseudonym and scan key (which find their
+entries in the ledger): they are written readable by their owner only.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def fetch_report(
 
 def self_check(report: AccessReport) -> None:
     """What this command can check without the ledger's key: the leaves hash to the
-    checkpoint's root, and the entries listed are the ones the pseudonym finds. ValueError
+    checkpoint's root, and the entries listed are the ones the scan keys find. ValueError
     saying what differs."""
     checkpoint = unverified_checkpoint(report.checkpoint)
     if checkpoint.size - report.first_index != len(report.leaves):
@@ -88,10 +88,10 @@ def self_check(report: AccessReport) -> None:
     if tree.root() != checkpoint.root_hash:
         raise ValueError("the leaves do not hash to the checkpoint's root")
     found = scan_report(report)
-    listed = {e.leaf_index for e in report.entries if e.found_by == "nonce"}
+    listed = {e.leaf_index: e.found_by for e in report.entries if e.found_by != "opening"}
     if found != listed:
         raise ValueError(
-            f"the service listed {len(listed)} entries found by nonce; the pseudonym finds "
+            f"the service listed {len(listed)} entries found by nonce; the scan keys find "
             f"{len(found)}"
         )
 

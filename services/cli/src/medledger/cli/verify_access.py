@@ -79,6 +79,11 @@ def _summary(result: VerifiedAccessReport, witnesses: str) -> Table:
         "not checkable",
         f"{result.untestable} entries from before nonces, about patients nobody can tell",
     )
+    table.add_row(
+        "legacy key",
+        f"{result.legacy} of the entries found by the pseudonym's legacy scan key (written "
+        "before the patient had a scan secret): erasure does not unlink these",
+    )
     return table
 
 
@@ -169,5 +174,9 @@ def _check_continues(result: VerifiedAccessReport, earlier: VerifiedAccessReport
             f"this report starts from the tree of size {result.base.size}, the earlier one "
             f"ends at size {earlier.size} (or another root)",
         )
-    if result.report.pseudonym != earlier.report.pseudonym:
+    same = (result.report.pseudonym, result.report.scan_key) == (
+        earlier.report.pseudonym,
+        earlier.report.scan_key,
+    )
+    if not same:
         raise AccessReportInvalid("previous", "the earlier report is another patient's")

@@ -20,24 +20,31 @@ each entry about a patient also carries a public 16-byte ``nonce`` = SHA-256("me
 0x00 || salt)[:16] (a function of the secret salt, so a retried write appends the very same
 bytes), and
 
-- ``scan key``     = HMAC-SHA-256(key = pseudonym, "medledger.scan" 0x00);
+- ``scan key``     = HMAC-SHA-256(key = the patient's scan secret, "medledger.scan" 0x00);
 - ``subject salt`` = HMAC-SHA-256(key = scan key, "medledger.salt" 0x00 || nonce);
 - ``subject``      = HMAC-SHA-256(subject salt, "medledger.subject" 0x00 || pseudonym).
 
-Whoever holds a patient's pseudonym (the patient, through their access report; an auditor
+The **scan secret** is 32 random bytes of the patient's own, made by the record service with
+the patient's Patient and handed to identity (RegisterPatientHolder); each keeps it only in the
+patient's leaf index (:mod:`medledger.common.patient_log`), which erasure destroys. Whoever
+holds the scan key and the pseudonym (the patient, through their access report; an auditor
 given it) tests every entry of the ledger and finds exactly that patient's entries; nobody
-without it can. Entries appended before nonces existed have none: their subject is keyed by
-the salt itself, and only their opening shows whose they are.
+without the scan key can, not even one who can recompute the pseudonym (the deployment's
+subject key and the patient's id), once erasure destroyed the secret.
 
-Without the salt (or, for the subject, the pseudonym) these values are uniformly random to a
+Entries written for a patient with no scan secret known (a patient created before scan secrets;
+identity's entries about a patient the record service has not registered) are keyed by the
+**legacy** scan key, :func:`legacy_scan_key` = the same HMAC keyed by the pseudonym itself: they
+stay findable by whoever can recompute the pseudonym, erasure or not. Entries appended before
+nonces existed have none: their subject is keyed by the salt itself, and only their opening
+shows whose they are.
+
+Without the salt (or, for the subject, the scan key) these values are uniformly random to a
 reader. The service that owns the patient keeps each salt, encrypted, in the patient's leaf
-index (:mod:`medledger.common.patient_log`): it can list the patient's entries, and prove one
-is about the patient by revealing its :class:`Opening`, which anyone checks with :func:`opens`
-against the public entry. Destroying the index (erasure) destroys the salts and the stored
-pseudonyms: the resources and the patient's actor ids can no longer be opened by anyone. The
-subject of an entry with a nonce stays findable by whoever holds the patient's pseudonym: one
-to whom it was given (a report) or who holds both the deployment's subject key and the
-patient's id (docs/access-report.md says what that costs erasure).
+index: it can list the patient's entries, and prove one is about the patient by revealing its
+:class:`Opening`, which anyone checks with :func:`opens` against the public entry. Destroying
+the index (erasure) destroys the salts, the stored pseudonyms and the scan secret: the
+resources, the patient's actor ids and the subjects can no longer be opened or found by anyone.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from medledger.api.ledger.v1 import ledger_pb2
 
 SALT_SIZE: Final = 32
 NONCE_SIZE: Final = 16
+SCAN_SECRET_SIZE: Final = 32
 PATIENT_ACTOR_PREFIX: Final = "patient:"
 
 _SUBJECT: Final = b"medledger.subject\x00"
@@ -72,20 +80,29 @@ def entry_nonce(salt: bytes) -> bytes:
     return hashlib.sha256(_NONCE + salt).digest()[:NONCE_SIZE]
 
 
-def scan_key(pseudonym: bytes) -> bytes:
-    """What tests an entry for the patient: whoever holds it finds all their entries."""
-    return hmac.new(pseudonym, _SCAN, hashlib.sha256).digest()
+def scan_key(scan_secret: bytes) -> bytes:
+    """What tests entries for the patient whose scan secret is ``scan_secret``: whoever holds
+    it (and the pseudonym) finds all their entries."""
+    return hmac.new(scan_secret, _SCAN, hashlib.sha256).digest()
 
 
-def subject_salt(pseudonym: bytes, nonce: bytes) -> bytes:
-    """The key of the subject of the entry with ``nonce`` about the patient ``pseudonym``."""
-    return hmac.new(scan_key(pseudonym), _SCAN_SALT + nonce, hashlib.sha256).digest()
+def legacy_scan_key(pseudonym: bytes) -> bytes:
+    """The scan key of entries written for a patient with no scan secret known: keyed by the
+    pseudonym, so recomputable by whoever holds the deployment's subject key and the patient
+    id, even after erasure."""
+    return scan_key(pseudonym)
+
+
+def subject_salt(key: bytes, nonce: bytes) -> bytes:
+    """The key of the subject of the entry with ``nonce``, about the patient whose scan key
+    is ``key``."""
+    return hmac.new(key, _SCAN_SALT + nonce, hashlib.sha256).digest()
 
 
 @dataclass(frozen=True)
 class Opening:
-    """What proves one entry is about a patient: its salt, the patient's pseudonym, and the
-    clear values of the fields blinded in it."""
+    """What proves one entry is about a patient: its salt, the patient's pseudonym and scan
+    key, and the clear values of the fields blinded in it."""
 
     salt: bytes
     pseudonym: bytes
@@ -97,6 +114,9 @@ class Opening:
     # The entry's public nonce (:func:`entry_nonce` of the salt); b"" for an entry appended
     # before nonces, whose subject is keyed by the salt.
     nonce: bytes = b""
+    # The scan key the subject salt was derived with (the patient's, or the legacy one of
+    # the pseudonym); b"" for an entry without a nonce.
+    scan_key: bytes = b""
 
     @classmethod
     def derived(
@@ -107,9 +127,11 @@ class Opening:
         resource_id: str = "",
         resource_version: int = 0,
         patient_actor: str = "",
+        *,
+        scan_key: bytes,
     ) -> Opening:
-        """The opening of a new entry: its nonce from its salt, its subject from the
-        pseudonym and the nonce (findable by whoever holds the pseudonym)."""
+        """The opening of a new entry: its nonce from its salt, its subject from the scan key,
+        the nonce and the pseudonym (findable by whoever holds the scan key and pseudonym)."""
         return cls(
             salt,
             pseudonym,
@@ -118,11 +140,21 @@ class Opening:
             resource_version,
             patient_actor,
             entry_nonce(salt),
+            scan_key,
         )
 
+    def subject_salt(self) -> bytes:
+        """The key of the entry's subject: derived from the scan key and the nonce, or (an
+        entry from before nonces) the salt itself. Revealing it opens this entry's subject
+        and no other's."""
+        if not self.nonce:
+            return self.salt
+        if not self.scan_key:
+            raise ValueError("an opening with a nonce needs the scan key its subject used")
+        return subject_salt(self.scan_key, self.nonce)
+
     def subject(self) -> bytes:
-        key = subject_salt(self.pseudonym, self.nonce) if self.nonce else self.salt
-        return _mac(key, _SUBJECT, self.pseudonym)
+        return _mac(self.subject_salt(), _SUBJECT, self.pseudonym)
 
     def resource(self) -> ledger_pb2.ResourceRef | None:
         if not self.resource_type:
@@ -143,19 +175,19 @@ class Opening:
         return PATIENT_ACTOR_PREFIX + _mac(self.salt, _ACTOR, self.patient_actor).hex()
 
 
-def finds(entry: ledger_pb2.LedgerEntry, pseudonym: bytes) -> bool:
-    """Whether ``entry`` is about the patient with ``pseudonym``, by its nonce alone (False for
-    an entry without one: only its opening tells)."""
+def finds(entry: ledger_pb2.LedgerEntry, pseudonym: bytes, key: bytes) -> bool:
+    """Whether ``entry`` is about the patient with ``pseudonym`` whose scan key is ``key``, by
+    its nonce alone (False for an entry without one: only its opening tells)."""
     if not entry.nonce or not entry.subject:
         return False
-    expected = _mac(subject_salt(pseudonym, entry.nonce), _SUBJECT, pseudonym)
+    expected = _mac(subject_salt(key, entry.nonce), _SUBJECT, pseudonym)
     return hmac.compare_digest(entry.subject, expected)
 
 
 def opens(entry: ledger_pb2.LedgerEntry, opening: Opening) -> bool:
     """Whether ``opening`` shows that ``entry`` is about the patient with its pseudonym (and
     about its resource, and by the patient when it says so). Constant-time comparisons."""
-    if len(opening.salt) != SALT_SIZE:
+    if len(opening.salt) != SALT_SIZE or (opening.nonce and len(opening.scan_key) != SALT_SIZE):
         return False
     # An opening with another nonce (or one for an entry from before nonces) is not this one's.
     same_nonce = hmac.compare_digest(entry.nonce, opening.nonce)

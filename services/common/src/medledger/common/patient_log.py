@@ -15,6 +15,17 @@ owning service may use (identity: ``identity-secrets``; record: ``record-patient
 with them every link from the ledger to the patient (once backups holding them have
 expired).
 
+Next to the wrapped data key the patient's key row keeps their **scan secret** (32 random
+bytes, sealed under the data key), from which the subjects of their entries are keyed
+(:mod:`medledger.common.blinding`): the record service makes it with the patient's Patient
+(:meth:`PatientLog.new_scan_secret`) and hands it to identity, which keeps it the same way
+(:meth:`PatientLog.keep_scan_secret`). Erasure deletes it with the key row: from then on not
+even whoever recomputes the patient's pseudonym (the deployment's subject key and the
+patient's id) can find the patient's entries in the ledger. A patient without one (created
+before scan secrets; in identity, one the record service has not registered) gets entries
+keyed by the legacy scan key of their pseudonym, which erasure does not protect; each row
+keeps the scan key its entry used.
+
 A row is written before its entry is appended, with the leaf hash of the exact bytes sent,
 so an entry in the ledger is never missing from the index: if the ledger's answer is lost,
 the row keeps no leaf index and the leaf is found by its hash (ledger GetInclusionProof).
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -32,10 +44,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from medledger.api.ledger.v1 import ledger_pb2
-from medledger.common.blinding import SALT_SIZE, Opening
+from medledger.common.blinding import (
+    SALT_SIZE,
+    SCAN_SECRET_SIZE,
+    Opening,
+    legacy_scan_key,
+    scan_key,
+)
 from medledger.common.errors import FailedPrecondition
 from medledger.common.key_cache import DataKeyCache
 from medledger.common.ledger_client import LedgerClient, LedgerEvent
@@ -45,6 +64,8 @@ from medledger.common.subject import SubjectHasher
 _NONCE_SIZE: Final = 12
 _DATA_KEY_SIZE: Final = 32
 _INDEX_LABEL: Final = b"medledger.patient-leaf-index\x00"
+# The associated data of a sealed scan secret, after the patient key (a leaf id is hex).
+_SCAN_SECRET_AAD: Final = "\x00scan-secret"  # noqa: S105 (a label, not a secret)
 
 
 @dataclass(frozen=True)
@@ -65,15 +86,29 @@ class SealedLeaf:
     sealed: bytes
 
 
+@dataclass(frozen=True)
+class StoredKeys:
+    """A patient's key row."""
+
+    # The patient's data key, wrapped by Vault transit.
+    wrapped_key: str
+    # The patient's scan secret sealed under the data key; None when none is known.
+    sealed_scan_secret: bytes | None = None
+
+
 class PatientLeafStore(Protocol):
     """Where the owning service keeps its patients' leaf indexes; ``patient_key`` is a
     keyed digest of the patient id, never the id itself."""
 
-    async def wrapped_key(self, patient_key: str) -> str | None:
-        """The patient's data key, wrapped by Vault transit; None before the first row."""
+    async def keys(self, patient_key: str) -> StoredKeys | None:
+        """The patient's key row; None before the first row (or after erasure)."""
 
     async def add_wrapped_key(self, patient_key: str, wrapped: str) -> str:
         """Stores ``wrapped`` unless the patient already has a key; returns the stored one."""
+
+    async def add_scan_secret(self, patient_key: str, sealed: bytes) -> bytes | None:
+        """Stores ``sealed`` in the patient's key row unless it holds a scan secret already;
+        returns the stored one (None when the patient has no key row)."""
 
     async def add_leaf(self, patient_key: str, leaf: SealedLeaf) -> None: ...
 
@@ -121,6 +156,7 @@ def _leaf_document(leaf: PatientLeaf) -> bytes:
             "resource": [opening.resource_type, opening.resource_id, opening.resource_version],
             "patient_actor": opening.patient_actor,
             "nonce": _b64(opening.nonce),
+            "scan_key": _b64(opening.scan_key),
         },
         separators=(",", ":"),
     ).encode()
@@ -130,6 +166,14 @@ def _leaf(leaf_id: str, data: bytes) -> PatientLeaf:
     doc = json.loads(data)
     resource_type, resource_id, resource_version = doc["resource"]
     index = doc["leaf_index"]
+    pseudonym = _unb64(doc["pseudonym"])
+    # Rows written before entries had nonces have none.
+    nonce = _unb64(doc.get("nonce", ""))
+    # Rows written before scan secrets have no scan key: their entries used the legacy one.
+    if "scan_key" in doc:
+        key = _unb64(doc["scan_key"])
+    else:
+        key = legacy_scan_key(pseudonym) if nonce else b""
     return PatientLeaf(
         leaf_id=leaf_id,
         leaf_hash=_unb64(doc["leaf_hash"]),
@@ -137,13 +181,13 @@ def _leaf(leaf_id: str, data: bytes) -> PatientLeaf:
         kind=ledger_pb2.EventKind.ValueType(int(doc["kind"])),
         opening=Opening(
             salt=_unb64(doc["salt"]),
-            pseudonym=_unb64(doc["pseudonym"]),
+            pseudonym=pseudonym,
             resource_type=str(resource_type),
             resource_id=str(resource_id),
             resource_version=int(resource_version),
             patient_actor=str(doc["patient_actor"]),
-            # Rows written before entries had nonces have none.
-            nonce=_unb64(doc.get("nonce", "")),
+            nonce=nonce,
+            scan_key=key,
         ),
     )
 
@@ -179,6 +223,17 @@ class PatientAppend:
 
 
 @dataclass(frozen=True)
+class _PatientKeys:
+    """What blinding and indexing a patient's entry needs."""
+
+    pseudonym: bytes
+    patient_key: str
+    data_key: bytes = field(repr=False)
+    # The patient's scan key, or the legacy one of the pseudonym when no secret is known.
+    scan_key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class _PreparedLeaf:
     patient_key: str
     data_key: bytes = field(repr=False)
@@ -210,13 +265,78 @@ class PatientLog:
     def _patient_key(pseudonym: bytes) -> str:
         return hashlib.sha256(_INDEX_LABEL + pseudonym).hexdigest()
 
-    async def _data_key(self, patient_key: str) -> bytes:
-        """The patient's data key, created with their first row."""
-        wrapped = await self._store.wrapped_key(patient_key)
-        if wrapped is None:
+    async def _patient_keys(self, patient_id: str) -> _PatientKeys:
+        """The patient's pseudonym, data key (created with their first row) and scan key."""
+        pseudonym = await self._subjects.subject(patient_id)
+        patient_key = self._patient_key(pseudonym)
+        stored = await self._store.keys(patient_key)
+        if stored is None:
             fresh = await self._transit.encrypt(self._wrapping_key, os.urandom(_DATA_KEY_SIZE))
             wrapped = await self._store.add_wrapped_key(patient_key, fresh)
-        return await self._unwrap(wrapped)
+            # Another call made the row first: it may hold a scan secret already.
+            stored = (
+                StoredKeys(wrapped) if wrapped == fresh else await self._store.keys(patient_key)
+            )
+            if stored is None:
+                raise FailedPrecondition("the patient was erased", reason="PATIENT_ERASED")
+        data_key = await self._unwrap(stored.wrapped_key)
+        key = legacy_scan_key(pseudonym)
+        if stored.sealed_scan_secret is not None:
+            secret = self._open_secret(data_key, patient_key, stored.sealed_scan_secret)
+            key = scan_key(secret)
+        return _PatientKeys(pseudonym, patient_key, data_key, key)
+
+    @staticmethod
+    def _seal_secret(key: bytes, patient_key: str, secret: bytes) -> bytes:
+        nonce = os.urandom(_NONCE_SIZE)
+        aad = (patient_key + _SCAN_SECRET_AAD).encode()
+        return nonce + AESGCM(key).encrypt(nonce, secret, aad)
+
+    @staticmethod
+    def _open_secret(key: bytes, patient_key: str, sealed: bytes) -> bytes:
+        aad = (patient_key + _SCAN_SECRET_AAD).encode()
+        try:
+            secret = AESGCM(key).decrypt(sealed[:_NONCE_SIZE], sealed[_NONCE_SIZE:], aad)
+        except InvalidTag:
+            secret = b""
+        if len(secret) != SCAN_SECRET_SIZE:
+            raise FailedPrecondition(
+                "a patient's scan secret is damaged", reason="PATIENT_SCAN_SECRET"
+            )
+        return secret
+
+    async def _store_scan_secret(self, patient_id: str, secret: bytes) -> bytes:
+        """Keeps ``secret`` as the patient's scan secret unless they have one; the one kept."""
+        keys = await self._patient_keys(patient_id)
+        sealed = self._seal_secret(keys.data_key, keys.patient_key, secret)
+        stored = await self._store.add_scan_secret(keys.patient_key, sealed)
+        if stored is None:  # erased in between
+            raise FailedPrecondition("the patient was erased", reason="PATIENT_ERASED")
+        return self._open_secret(keys.data_key, keys.patient_key, stored)
+
+    async def new_scan_secret(self, patient_id: str) -> bytes:
+        """The patient's scan secret, made now (32 random bytes) unless they have one: the
+        record service's, with the patient's Patient, before any entry about them."""
+        return await self._store_scan_secret(patient_id, os.urandom(SCAN_SECRET_SIZE))
+
+    async def keep_scan_secret(self, patient_id: str, secret: bytes) -> bool:
+        """Keeps the scan secret another service made for the patient (identity, told by the
+        record service); False, keeping nothing new, when the patient already has another."""
+        if len(secret) != SCAN_SECRET_SIZE:
+            raise ValueError(f"a scan secret is {SCAN_SECRET_SIZE} bytes")
+        kept = await self._store_scan_secret(patient_id, secret)
+        return hmac.compare_digest(kept, secret)
+
+    async def scan_key(self, patient_id: str) -> bytes | None:
+        """The patient's scan key (from their scan secret); None when they have no secret
+        (their entries use the legacy scan key of their pseudonym)."""
+        pseudonym = await self._subjects.subject(patient_id)
+        patient_key = self._patient_key(pseudonym)
+        stored = await self._store.keys(patient_key)
+        if stored is None or stored.sealed_scan_secret is None:
+            return None
+        data_key = await self._unwrap(stored.wrapped_key)
+        return scan_key(self._open_secret(data_key, patient_key, stored.sealed_scan_secret))
 
     async def _unwrap(self, wrapped: str) -> bytes:
         cache_key = wrapped.encode()
@@ -278,8 +398,8 @@ class PatientLog:
     ) -> list[ledger_pb2.Receipt]:
         """Appends every item in ONE ledger step (AppendBatch: all or none, at most 1,000),
         each blinded and indexed first as :meth:`append` does; receipts in order."""
-        pseudonyms: dict[str, bytes] = {}
-        prepared = [await self._prepare(item, pseudonyms) for item in items]
+        patients: dict[str, _PatientKeys] = {}
+        prepared = [await self._prepare(item, patients) for item in items]
         receipts = await self._ledger.append_entries(
             [(p.entry, item.idempotency_key) for p, item in zip(prepared, items, strict=True)],
             timeout=timeout,
@@ -288,32 +408,36 @@ class PatientLog:
             await self._indexed(done, receipt)
         return receipts
 
-    async def _prepare(self, item: PatientAppend, pseudonyms: dict[str, bytes]) -> _PreparedLeaf:
+    async def _prepare(
+        self, item: PatientAppend, patients: dict[str, _PatientKeys]
+    ) -> _PreparedLeaf:
         """The blinded entry of ``item``, its index row written (without a leaf index)."""
         if item.salt is not None and len(item.salt) != SALT_SIZE:
             raise ValueError(f"a blinding salt is {SALT_SIZE} bytes")
-        pseudonym = pseudonyms.get(item.patient_id)
-        if pseudonym is None:
-            pseudonym = pseudonyms[item.patient_id] = await self._subjects.subject(item.patient_id)
-        patient_key = self._patient_key(pseudonym)
+        keys = patients.get(item.patient_id)
+        if keys is None:
+            keys = patients[item.patient_id] = await self._patient_keys(item.patient_id)
+        patient_key = keys.patient_key
         event = item.event
         opening = Opening.derived(
             salt=item.salt if item.salt is not None else os.urandom(SALT_SIZE),
-            pseudonym=pseudonym,
+            pseudonym=keys.pseudonym,
             resource_type=event.resource_type,
             resource_id=event.resource_id,
             resource_version=event.resource_version,
             patient_actor=item.patient_actor,
+            scan_key=keys.scan_key,
         )
         entry = self._ledger.entry(blinded_event(event, opening))
-        # Public, and fixed by the salt: whoever holds the pseudonym finds the entry with it.
+        # Public, and fixed by the salt: whoever holds the scan key (and the pseudonym) finds
+        # the entry with it. Only the subject's key depends on the patient's scan secret.
         entry.nonce = opening.nonce
         if item.entry_time is not None:
             entry.time.FromDatetime(item.entry_time)
         if item.trace_id is not None:
             entry.trace_id = item.trace_id
         leaf_hash = hashlib.sha256(b"\x00" + entry.SerializeToString(deterministic=True)).digest()
-        key = await self._data_key(patient_key)
+        key = keys.data_key
         pending = PatientLeaf(_new_leaf_id(), leaf_hash, None, event.kind, opening)
         await self._store.add_leaf(patient_key, self._seal(key, patient_key, pending))
         return _PreparedLeaf(patient_key, key, pending, entry)
@@ -336,21 +460,22 @@ class PatientLog:
         listing = Listing("PatientLog.leaves", (patient_key,))
         size = page_size(requested_size)
         after = listing.cursor(page_token) or ""
-        wrapped = await self._store.wrapped_key(patient_key)
-        if wrapped is None:
+        stored = await self._store.keys(patient_key)
+        if stored is None:
             return Page((), "")
-        key = await self._unwrap(wrapped)
+        key = await self._unwrap(stored.wrapped_key)
         rows = await self._store.leaves(patient_key, after=after, limit=size + 1)
         found = [self._open(key, patient_key, row) for row in rows]
         return page(found, size, lambda leaf: leaf.leaf_id, listing)
 
     async def erase(self, patient_id: str) -> int:
-        """Destroys the patient's leaf index: rows, salts and data key (the erasure hook).
-        Call it once the patient's last event is ledgered; returns the rows destroyed."""
+        """Destroys the patient's leaf index: rows, salts, scan secret and data key (the
+        erasure hook). Call it once the patient's last event is ledgered; returns the rows
+        destroyed."""
         patient_key = self._patient_key(await self._subjects.subject(patient_id))
-        wrapped = await self._store.wrapped_key(patient_key)
+        stored = await self._store.keys(patient_key)
         try:
             return await self._store.erase(patient_key)
         finally:
-            if wrapped is not None:
-                self._keys.evict(wrapped.encode())
+            if stored is not None:
+                self._keys.evict(stored.wrapped_key.encode())

@@ -1,8 +1,9 @@
 """MongoDB storage of the owning service's patient leaf indexes (the ``PatientLeafStore`` port
 of :mod:`medledger.common.patient_log`), in that service's own database:
 
-- ``<prefix>_patient_keys``   ``{_id: patient key, wrapped_key}``: the patient's data key,
-  wrapped by Vault transit;
+- ``<prefix>_patient_keys``   ``{_id: patient key, wrapped_key, scan_secret?}``: the
+  patient's data key, wrapped by Vault transit, and their scan secret sealed under it (once
+  known);
 - ``<prefix>_patient_leaves`` ``{_id: leaf id, patient: patient key, sealed}``: one sealed
   row per ledger entry about the patient; index ``(patient, _id)``.
 
@@ -19,7 +20,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
 from medledger.common.mongo import RunOnce, mongo_errors
-from medledger.common.patient_log import SealedLeaf
+from medledger.common.patient_log import SealedLeaf, StoredKeys
 
 Document = dict[str, Any]
 
@@ -41,20 +42,33 @@ class MongoPatientLeafStore:
         )
 
     @mongo_errors
-    async def wrapped_key(self, patient_key: str) -> str | None:
+    async def keys(self, patient_key: str) -> StoredKeys | None:
         doc = await self._keys.find_one({"_id": patient_key})
-        return str(doc["wrapped_key"]) if doc else None
+        if doc is None:
+            return None
+        secret = doc.get("scan_secret")
+        return StoredKeys(str(doc["wrapped_key"]), None if secret is None else bytes(secret))
 
     @mongo_errors
     async def add_wrapped_key(self, patient_key: str, wrapped: str) -> str:
         try:
             await self._keys.insert_one({"_id": patient_key, "wrapped_key": wrapped})
         except DuplicateKeyError:  # another append created it first: use that one
-            stored = await self.wrapped_key(patient_key)
+            stored = await self.keys(patient_key)
             if stored is not None:
-                return stored
+                return stored.wrapped_key
             raise
         return wrapped
+
+    @mongo_errors
+    async def add_scan_secret(self, patient_key: str, sealed: bytes) -> bytes | None:
+        # Set once: a second secret (a retry, a race) leaves the first in place.
+        await self._keys.update_one(
+            {"_id": patient_key, "scan_secret": {"$exists": False}},
+            {"$set": {"scan_secret": Binary(sealed)}},
+        )
+        stored = await self.keys(patient_key)
+        return None if stored is None else stored.sealed_scan_secret
 
     @mongo_errors
     async def add_leaf(self, patient_key: str, leaf: SealedLeaf) -> None:

@@ -343,7 +343,10 @@ class IdentityServiceServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.RegisterPatientHolderRequest, context: Context
     ) -> identity_pb2.RegisterPatientHolderResponse:
         registered = await self._patients.register_holder(
-            authenticated_principal(), request.patient_id, request.organization
+            authenticated_principal(),
+            request.patient_id,
+            request.organization,
+            request.scan_secret,
         )
         holder = registered.holder
         return identity_pb2.RegisterPatientHolderResponse(

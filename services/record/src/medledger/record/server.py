@@ -103,6 +103,7 @@ def _opening(opening: LoggedEntry) -> record_pb2.EntryOpening:
         resource_id=opening.resource_id,
         resource_version=opening.resource_version,
         patient_actor=opening.patient_actor,
+        subject_salt=opening.subject_salt,
     )
 
 
@@ -115,6 +116,7 @@ def _report_part(part: ReportPart) -> record_pb2.GetAccessReportResponse:
                 first_index=part.first_index,
                 base_checkpoint=part.base_checkpoint,
                 base_border=list(part.base_border),
+                scan_key=part.scan_key,
             )
         )
     if isinstance(part, ReportEntries):
@@ -298,6 +300,7 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
                     resource_id=opening.resource_id,
                     resource_version=opening.resource_version,
                     patient_actor=opening.patient_actor,
+                    subject_salt=opening.subject_salt,
                 )
             )
         return response

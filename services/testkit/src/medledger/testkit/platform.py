@@ -43,6 +43,8 @@ class Platform:
     stub: identity_pb2_grpc.IdentityServiceAsyncStub
     config: IdentityConfig
     admin_key: OKPKey
+    # The MongoDB database identity and the ledger keep their collections in.
+    database: str = ""
     _clients: dict[tuple[str, str, tuple[int, ...]], tuple[str, OKPKey]] = field(
         default_factory=dict
     )
@@ -159,6 +161,7 @@ async def start_platform(
         stub=identity_pb2_grpc.IdentityServiceStub(channel),
         config=config,
         admin_key=admin_key,
+        database=database,
     )
 
     async def stop() -> None:

@@ -3,9 +3,10 @@ a signed checkpoint, proven complete (docs/access-report.md).
 
 The report carries the signed checkpoint, the exact bytes of EVERY leaf of the log up to its
 size (or, for a report continuing an earlier one, every leaf after that one's checkpoint, with
-the border of the earlier tree), the patient's pseudonym, and the list of the patient's
-entries with their clear values. With the log's (and the witnesses') public keys only,
-:func:`verify_access_report` runs these checks, in order; the first that fails names itself:
+the border of the earlier tree), the patient's pseudonym and scan key (null for a patient
+without a scan secret), and the list of the patient's entries with their clear values. With
+the log's (and the witnesses') public keys only, :func:`verify_access_report` runs these
+checks, in order; the first that fails names itself:
 
 1. ``checkpoint``: the checkpoint is signed by the log (and cosigned by a quorum of witnesses);
    a continuing report's earlier checkpoint too, and the border of its tree hashes to its root;
@@ -13,21 +14,23 @@ entries with their clear values. With the log's (and the witnesses') public keys
    ``LedgerEntry``;
 3. ``root``: the RFC 9162 root computed from those leaves (after the earlier border) is the
    checkpoint's root hash, so not one leaf was left out, added, reordered or changed;
-4. ``scan``: every leaf with a nonce is tested with the pseudonym
-   (:func:`medledger.verify.blinding.scanned_subject`); the listed entries must be exactly
-   those found, plus any entry without a nonce that the listed opening's salt shows is the
-   patient's (``missing``: one found and not listed; ``extra``: one listed that is not the
-   patient's);
+4. ``scan``: every leaf with a nonce is tested with the scan key and the pseudonym, and with
+   the pseudonym's legacy scan key (:func:`medledger.verify.blinding.scanned_subject`); the
+   listed entries must be exactly those found, each saying which key found it (``nonce``:
+   the patient's scan key; ``legacy-nonce``: the legacy one), plus any entry without a nonce
+   that the listed opening's salt shows is the patient's (``missing``: one found and not
+   listed; ``extra``: one listed that is not the patient's);
 5. ``fields``: each listed entry's clear values (event, time, actor, organisation, purpose,
    resource type, and with an opening the resource id and version and the patient's user id)
    are what the entry says or what its blinded fields hide; ``break_glass`` is exactly the
    BREAK_GLASS entries.
 
 What it proves: the listed entries are all and only the entries about the patient whose
-pseudonym the report carries, among the leaves up to the checkpoint's size. It does not prove
-the pseudonym is the patient's (only the deployment's subject key makes it from the patient
-id); entries without a nonce (appended before nonces existed) cannot be tested and are
-counted as such.
+pseudonym and scan key the report carries, among the leaves up to the checkpoint's size. It
+does not prove the pseudonym is the patient's (only the deployment's subject key makes it from
+the patient id); entries without a nonce (appended before nonces existed) cannot be tested and
+are counted as such; entries found by the legacy scan key (written while no scan secret of the
+patient was known) are counted, since erasure does not unlink them.
 """
 
 from __future__ import annotations
@@ -57,17 +60,23 @@ from medledger.verify.blinding import (
     PATIENT_ACTOR_PREFIX,
     blinded_actor,
     blinded_resource_id,
+    legacy_scan_key,
     salted_subject,
-    scan_key,
     scanned_subject,
 )
 from medledger.verify.trust import TrustPolicy, VerifiedCheckpoint
 
-FORMAT: Final = "medledger.access-report/1"
+# /2: the report carries the patient's scan key (/1 reports, made before scan secrets, are
+# refused: ask for a new report).
+FORMAT: Final = "medledger.access-report/2"
 PSEUDONYM_SIZE: Final = 32
+SCAN_KEY_SIZE: Final = 32
 # The ``actor`` a listed entry shows when the patient acted (the entry blinds their user id).
 PATIENT_ACTOR: Final = "patient"
+# How the report's reader finds a listed entry: by its nonce with the patient's scan key, by
+# its nonce with the pseudonym's legacy scan key, or (no nonce) by the listed opening.
 FOUND_BY_NONCE: Final = "nonce"
+FOUND_BY_LEGACY: Final = "legacy-nonce"
 FOUND_BY_OPENING: Final = "opening"
 
 CHECK_FORMAT: Final = "format"
@@ -174,6 +183,9 @@ class AccessReport:
     leaves: tuple[bytes, ...]
     entries: tuple[ListedEntry, ...]
     base: Base | None = None
+    # The patient's scan key (from their scan secret); None for a patient without one, whose
+    # entries only the legacy scan key of the pseudonym finds.
+    scan_key: bytes | None = None
 
     def document(self) -> dict[str, Any]:
         base = None
@@ -188,6 +200,7 @@ class AccessReport:
             "generated_at": self.generated_at,
             "checkpoint": self.checkpoint.decode(),
             "pseudonym": _b64(self.pseudonym),
+            "scan_key": None if self.scan_key is None else _b64(self.scan_key),
             "first_index": self.first_index,
             "base": base,
             "entries": [entry.document() for entry in self.entries],
@@ -205,6 +218,9 @@ class VerifiedAccessReport:
     base: VerifiedCheckpoint | None
     # Entries about some patient without a nonce, not listed: nobody can tell whose they are.
     untestable: int
+    # Listed entries found by the legacy scan key: whoever recomputes the pseudonym finds
+    # them, even after the patient's erasure.
+    legacy: int = 0
 
     @property
     def size(self) -> int:
@@ -297,6 +313,13 @@ def parse_access_report(data: bytes) -> AccessReport:
     pseudonym = _unb64("pseudonym", document.get("pseudonym"))
     if len(pseudonym) != PSEUDONYM_SIZE:
         _format(f"pseudonym is {len(pseudonym)} bytes, not {PSEUDONYM_SIZE}")
+    if "scan_key" not in document:
+        _format("scan_key is missing (null for a patient without a scan secret)")
+    key = document["scan_key"]
+    if key is not None:
+        key = _unb64("scan_key", key)
+        if len(key) != SCAN_KEY_SIZE:
+            _format(f"scan_key is {len(key)} bytes, not {SCAN_KEY_SIZE}")
     first_index = _member(document, "first_index", int)
     if first_index < 0:
         _format("first_index is negative")
@@ -321,6 +344,7 @@ def parse_access_report(data: bytes) -> AccessReport:
         leaves=tuple(_unb64(f"leaves[{i}]", leaf) for i, leaf in enumerate(leaves)),
         entries=tuple(_listed(i, item) for i, item in enumerate(entries)),
         base=base,
+        scan_key=key,
     )
 
 
@@ -444,10 +468,17 @@ class ReportAssembly:
         except DecodeError:
             raise ValueError(f"the service listed leaf {item.leaf_index}, not an entry") from None
         opening = item.opening if item.HasField("opening") else None
+        if item.found_by_opening:
+            found_by = FOUND_BY_OPENING
+        else:
+            # Which key finds it is the reader's to see; one neither finds, the verifier names.
+            key = self._header.scan_key
+            found = bool(key) and finds_with(entry, key, self._header.subject_pseudonym)
+            found_by = FOUND_BY_NONCE if found else FOUND_BY_LEGACY
         return listed_entry(
             item.leaf_index,
             entry,
-            found_by=FOUND_BY_OPENING if item.found_by_opening else FOUND_BY_NONCE,
+            found_by=found_by,
             salt=opening.salt if opening is not None else b"",
             resource_id=opening.resource_id if opening is not None else "",
             resource_version=opening.resource_version if opening is not None else 0,
@@ -470,6 +501,7 @@ class ReportAssembly:
             leaves=tuple(self._leaves),
             entries=tuple(sorted(self._entries, key=lambda e: e.leaf_index)),
             base=base,
+            scan_key=header.scan_key or None,
         )
 
 
@@ -595,12 +627,25 @@ def _check_base(
     return base
 
 
+def finds_with(entry: ledger_pb2.LedgerEntry, key: bytes, pseudonym: bytes) -> bool:
+    """Whether the scan key ``key`` and ``pseudonym`` find ``entry`` by its nonce."""
+    if not entry.nonce or not entry.subject:
+        return False
+    return hmac.compare_digest(entry.subject, scanned_subject(key, pseudonym, entry.nonce))
+
+
 def _scan(
     report: AccessReport, entries: Sequence[ledger_pb2.LedgerEntry]
-) -> tuple[set[int], set[int]]:
-    """The leaves the pseudonym finds, and those about some patient that have no nonce."""
-    key = scan_key(report.pseudonym)
-    found: set[int] = set()
+) -> tuple[dict[int, str], set[int]]:
+    """The leaves the report's keys find (with the key that found each: ``nonce`` or
+    ``legacy-nonce``), and those about some patient that have no nonce."""
+    legacy = legacy_scan_key(report.pseudonym)
+    if report.scan_key is not None and hmac.compare_digest(report.scan_key, legacy):
+        # It would present entries erasure does not unlink as ones it does.
+        raise AccessReportInvalid(
+            CHECK_SCAN, "the scan key is the pseudonym's legacy scan key (null says so)"
+        )
+    found: dict[int, str] = {}
     untestable: set[int] = set()
     for offset, entry in enumerate(entries):
         if not entry.subject:
@@ -608,10 +653,10 @@ def _scan(
         index = report.first_index + offset
         if not entry.nonce:
             untestable.add(index)
-        elif hmac.compare_digest(
-            entry.subject, scanned_subject(key, report.pseudonym, entry.nonce)
-        ):
-            found.add(index)
+        elif report.scan_key is not None and finds_with(entry, report.scan_key, report.pseudonym):
+            found[index] = FOUND_BY_NONCE
+        elif finds_with(entry, legacy, report.pseudonym):
+            found[index] = FOUND_BY_LEGACY
     return found, untestable
 
 
@@ -619,7 +664,7 @@ def _check_listed(
     report: AccessReport,
     size: int,
     entries: Sequence[ledger_pb2.LedgerEntry],
-    found: set[int],
+    found: dict[int, str],
     untestable: set[int],
 ) -> dict[int, ListedEntry]:
     """The listed entries, once they are exactly the patient's (check ``scan``)."""
@@ -636,9 +681,10 @@ def _check_listed(
                 f"{report.first_index}..{size - 1}",
             )
         if index in found:
-            if item.found_by != FOUND_BY_NONCE:
+            if item.found_by != found[index]:
                 raise AccessReportInvalid(
-                    CHECK_SCAN, f"leaf {index} is found by its nonce, not by an opening"
+                    CHECK_SCAN,
+                    f"leaf {index} is found by {found[index]}, not by {item.found_by}",
                 )
             continue
         entry = entries[index - report.first_index]
@@ -652,9 +698,9 @@ def _check_listed(
             raise AccessReportInvalid(
                 CHECK_SCAN,
                 f"extra: leaf {index} is listed but is not about the patient whose pseudonym "
-                "the report carries",
+                "and scan key the report carries",
             )
-    missing = sorted(found - listed.keys())
+    missing = sorted(found.keys() - listed.keys())
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise AccessReportInvalid(
@@ -671,8 +717,9 @@ def unverified_checkpoint(note: bytes) -> Checkpoint:
     return Checkpoint.parse(parse_note(note).text)
 
 
-def scan_report(report: AccessReport) -> set[int]:
-    """The indices of the leaves the report's pseudonym finds (by their nonce)."""
+def scan_report(report: AccessReport) -> dict[int, str]:
+    """The leaves the report's keys find by their nonce: index, and ``nonce`` (the patient's
+    scan key) or ``legacy-nonce`` (the pseudonym's legacy one)."""
     return _scan(report, _decode_leaves(report))[0]
 
 
@@ -703,5 +750,9 @@ def verify_access_report(report: AccessReport, policy: TrustPolicy) -> VerifiedA
     for index, item in sorted(listed.items()):
         _check_fields(item, entries[index - report.first_index])
     return VerifiedAccessReport(
-        report, checkpoint, base, untestable=len(untestable - listed.keys())
+        report,
+        checkpoint,
+        base,
+        untestable=len(untestable - listed.keys()),
+        legacy=sum(1 for how in found.values() if how == FOUND_BY_LEGACY),
     )

@@ -20,16 +20,21 @@ prediction's id blinded with a salt derived from the prediction's commitment sal
 (docs/prediction-format.md).
 
 The subject of an entry about a patient is found, not opened (docs/access-report.md): the entry
-carries a public ``nonce``, and whoever holds the patient's 32-byte pseudonym computes
+carries a public ``nonce``, and whoever holds the patient's 32-byte pseudonym and scan key
+(an access report carries both) computes
 
-- ``scan key``     = HMAC-SHA-256(key = pseudonym, ``"medledger.scan"`` 0x00);
+- ``scan key``     = HMAC-SHA-256(key = the patient's scan secret, ``"medledger.scan"`` 0x00)
+  (the secret is 32 random bytes the services keep until erasure; a report carries the key);
 - ``subject salt`` = HMAC-SHA-256(key = scan key, ``"medledger.salt"`` 0x00 || nonce);
 - ``subject``      = HMAC-SHA-256(key = subject salt, ``"medledger.subject"`` 0x00 ||
   pseudonym),
 
-so testing every entry of the log finds exactly the patient's entries. An entry from before
-nonces has none; its subject is HMAC-SHA-256(key = the entry's salt, ``"medledger.subject"``
-0x00 || pseudonym), and only whoever holds that salt can tell it is the patient's.
+so testing every entry of the log finds exactly the patient's entries. Entries written for a
+patient with no scan secret known use the **legacy** scan key, the same HMAC keyed by the
+pseudonym itself (:func:`legacy_scan_key`): anyone who can recompute the pseudonym finds
+those, even after erasure. An entry from before nonces has none; its subject is
+HMAC-SHA-256(key = the entry's salt, ``"medledger.subject"`` 0x00 || pseudonym), and only
+whoever holds that salt can tell it is the patient's.
 """
 
 from __future__ import annotations
@@ -73,9 +78,15 @@ def blinded_resource_id(salt: bytes, resource_type: str, resource_id: str, versi
     return hmac.new(salt, message, hashlib.sha256).hexdigest()
 
 
-def scan_key(pseudonym: bytes) -> bytes:
-    """The key that tests entries for the patient with ``pseudonym``."""
-    return hmac.new(pseudonym, SCAN_LABEL, hashlib.sha256).digest()
+def scan_key(scan_secret: bytes) -> bytes:
+    """The key that tests entries for the patient whose scan secret is ``scan_secret``."""
+    return hmac.new(scan_secret, SCAN_LABEL, hashlib.sha256).digest()
+
+
+def legacy_scan_key(pseudonym: bytes) -> bytes:
+    """The key that tests the entries written for the patient with ``pseudonym`` while no
+    scan secret of theirs was known."""
+    return scan_key(pseudonym)
 
 
 def scanned_subject(key: bytes, pseudonym: bytes, nonce: bytes) -> bytes:

@@ -5,9 +5,17 @@
   every rule that needs one (managing consents, CheckAccess when the caller does not say,
   break-glass). One holder per patient: another organisation, or a user account of the
   patient in another organisation, is a conflict and changes nothing.
+- With it, the patient's scan secret (docs/access-report.md): the record service makes it with
+  the Patient, and identity keys the subjects of its own ledger entries about the patient with
+  it (consents, break-glass, the patient's logins), so that one access report finds both
+  services' entries with one key. identity keeps it sealed in the patient's ledger leaf index
+  (:meth:`~medledger.common.patient_log.PatientLog.keep_scan_secret`); the first one stays,
+  another is a conflict. Without one (an older record service), identity's entries use the
+  legacy scan key of the patient's pseudonym.
 - Identity's part of erasing a patient (ErasePatientData): their consents are deleted, the
   break-glass audit stops naming them, identity's ledger leaf index for them is destroyed
-  (the salts that link identity's ledger entries to the patient) and the holder forgotten.
+  (the salts and the scan secret that link identity's ledger entries to the patient) and the
+  holder forgotten.
   Consents first, so that from the first step on they permit nothing; each step is
   idempotent, so a call that failed half-way is finished by the next.
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medledger.common.blinding import SCAN_SECRET_SIZE
 from medledger.common.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -89,12 +98,20 @@ class PatientDirectory:
         self._leaves = leaves
 
     async def register_holder(
-        self, principal: Principal | None, patient_id: str, organization: str
+        self,
+        principal: Principal | None,
+        patient_id: str,
+        organization: str,
+        scan_secret: bytes = b"",
     ) -> Registration:
         _record_service(principal)
         problems: list[FieldViolation] = []
         require_match(problems, "patient_id", patient_id, PATIENT_ID)
         require_match(problems, "organization", organization, ORGANIZATION_ID)
+        if scan_secret and len(scan_secret) != SCAN_SECRET_SIZE:
+            problems.append(
+                FieldViolation("scan_secret", f"empty or {SCAN_SECRET_SIZE} random bytes")
+            )
         if problems:
             raise InvalidArgument(problems)
         if await self._holders.organization(organization) is None:
@@ -107,6 +124,10 @@ class PatientDirectory:
         )
         if stored.organization != organization:
             raise _conflict()
+        if scan_secret and not await self._leaves.keep_scan_secret(patient_id, scan_secret):
+            raise FailedPrecondition(
+                "the patient has another scan secret", reason="SCAN_SECRET_CONFLICT"
+            )
         return Registration(stored, created)
 
     async def erase(self, principal: Principal | None, patient_id: str) -> Erasure:

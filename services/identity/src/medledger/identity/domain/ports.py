@@ -247,8 +247,12 @@ class PatientLeafIndex(Protocol):
     """identity's per-patient ledger leaf index
     (:class:`~medledger.common.patient_log.PatientLog`)."""
 
+    async def keep_scan_secret(self, patient_id: str, secret: bytes) -> bool:
+        """Keeps the patient's scan secret (32 bytes) with their index, unless they have one;
+        False when the one they have is another."""
+
     async def erase(self, patient_id: str) -> int:
-        """Destroys the patient's rows, salts and data key; the rows destroyed."""
+        """Destroys the patient's rows, salts, scan secret and data key; the rows destroyed."""
 
 
 class Parties(Protocol):

@@ -134,9 +134,11 @@ class IdentityPatientDirectory(_IdentityPeer):
         except MedledgerError as error:
             raise Unavailable(DEPENDENCY, reason="PATIENT_DIRECTORY_FAILED") from error
 
-    async def register_holder(self, patient_id: str, organization: str) -> None:
+    async def register_holder(
+        self, patient_id: str, organization: str, scan_secret: bytes = b""
+    ) -> None:
         request = identity_pb2.RegisterPatientHolderRequest(
-            patient_id=patient_id, organization=organization
+            patient_id=patient_id, organization=organization, scan_secret=scan_secret
         )
         try:
             await self._stub.RegisterPatientHolder(

@@ -2,7 +2,8 @@
 entry about a patient is blinded with its own salt (subject, resource id and version, and
 the actor when the patient acts) and indexed first, sealed, under the patient in the record's
 database (``record_patient_keys``/``record_patient_leaves``, data keys wrapped by
-``record-patient-kek``). Ids and salted commitments only: never PHI.
+``record-patient-kek``), the subject keyed by the patient's scan secret, kept in the same key
+row. Ids and salted commitments only: never PHI.
 
 Whatever keeps the entry from being appended (the ledger down, or refusing this service's
 credentials) is UNAVAILABLE: the caller's write or read fails closed.
@@ -96,11 +97,18 @@ class PatientLogLedger:
                     resource_id=leaf.opening.resource_id,
                     resource_version=leaf.opening.resource_version,
                     patient_actor=leaf.opening.patient_actor,
+                    subject_salt=leaf.opening.subject_salt(),
                 )
                 for leaf in found.items
             ],
             found.next_page_token,
         )
+
+    async def new_scan_secret(self, patient_id: str) -> bytes:
+        return await self._patients.new_scan_secret(patient_id)
+
+    async def scan_key(self, patient_id: str) -> bytes | None:
+        return await self._patients.scan_key(patient_id)
 
     async def forget(self, patient_id: str) -> int:
         return await self._patients.erase(patient_id)

@@ -7,13 +7,16 @@ patient with purpose PATRQT, the record's holder, a grantee the patient's consen
 report is built as it streams, in bounded memory:
 
 1. the header: a checkpoint (the best-cosigned of the recent ones covering every entry this
-   service indexed for the patient, as an export picks one), the patient's pseudonym, and for
-   a report continuing an earlier one the checkpoint of ``from_size`` and its tree's border;
+   service indexed for the patient, as an export picks one), the patient's pseudonym and scan
+   key (none for a patient without a scan secret), and for a report continuing an earlier one
+   the checkpoint of ``from_size`` and its tree's border;
 2. every leaf from ``from_size`` to the checkpoint's size, in pages, each tested with the
-   pseudonym as it passes (:func:`medledger.verify.blinding.scanned_subject`): the hits are the
-   patient's entries, whichever service appended them. This service's own entries come with
-   their openings (salt, resource, the patient's user id), matched by leaf hash in its leaf
-   index; an entry without a nonce (from before nonces) is listed when that index has it;
+   scan key and pseudonym as it passes (:func:`medledger.verify.blinding.scanned_subject`),
+   and with the pseudonym's legacy scan key (entries written while no scan secret was known):
+   the hits are the patient's entries, whichever service appended them. This service's own
+   entries come with their openings (salt, resource, the patient's user id), matched by leaf
+   hash in its leaf index; an entry without a nonce (from before nonces) is listed when that
+   index has it;
 3. one RECORD_READ of the patient's ``AuditEvent`` is ledgered (after the checkpoint: the
    report never lists its own read), then the patient's entries.
 """
@@ -47,7 +50,7 @@ from medledger.record.domain.peers import (
     Requester,
 )
 from medledger.record.domain.ports import RecordStorage
-from medledger.verify.blinding import scan_key, scanned_subject
+from medledger.verify.blinding import legacy_scan_key, scanned_subject
 
 ACCESS_LOG_TYPE: Final = "AuditEvent"
 # The patient's entries per streamed message, and index rows read per page.
@@ -94,6 +97,8 @@ class ReportHeader:
     first_index: int
     base_checkpoint: bytes = b""
     base_border: tuple[bytes, ...] = ()
+    # The patient's scan key; b"" for a patient without a scan secret.
+    scan_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,9 @@ class AccessReports:
             raise FailedPrecondition(
                 "from_size is beyond the ledger's checkpoints", reason="CHECKPOINT_NOT_FOUND"
             )
-        header = ReportHeader(checkpoint, await self._pseudonyms.subject(patient_id), from_size)
+        scan_key = await self._entries.scan_key(patient_id) or b""
+        pseudonym = await self._pseudonyms.subject(patient_id)
+        header = ReportHeader(checkpoint, pseudonym, from_size, scan_key=scan_key)
         if from_size:
             base = await self._leaves.checkpoint_of_size(from_size)
             if base is None:
@@ -188,16 +195,16 @@ class AccessReports:
                     reason="CHECKPOINT_NOT_FOUND",
                 )
             border = tuple(await self._leaves.border(from_size))
-            header = ReportHeader(checkpoint, header.pseudonym, from_size, base, border)
+            header = ReportHeader(checkpoint, pseudonym, from_size, base, border, scan_key)
         yield header
 
-        key = scan_key(header.pseudonym)
+        keys = tuple(k for k in (scan_key, legacy_scan_key(pseudonym)) if k)
         found: list[ReportEntry] = []
         index = from_size
         async for page in self._leaves.leaves(from_size, size):
             yield ReportLeaves(index, page)
             for data in page:
-                hit = self._scan(key, header.pseudonym, index, data, rows)
+                hit = self._scan(keys, pseudonym, index, data, rows)
                 if hit is not None:
                     found.append(hit)
                 index += 1
@@ -221,7 +228,11 @@ class AccessReports:
 
     @staticmethod
     def _scan(
-        key: bytes, pseudonym: bytes, index: int, data: bytes, rows: dict[bytes, LoggedEntry]
+        keys: tuple[bytes, ...],
+        pseudonym: bytes,
+        index: int,
+        data: bytes,
+        rows: dict[bytes, LoggedEntry],
     ) -> ReportEntry | None:
         """The listing of leaf ``index`` when it is about the patient; None otherwise."""
         entry = ledger_pb2.LedgerEntry()
@@ -232,8 +243,9 @@ class AccessReports:
         if not entry.subject:
             return None
         if entry.nonce:
-            if not hmac.compare_digest(entry.subject, scanned_subject(key, pseudonym, entry.nonce)):
-                return None
-            return ReportEntry(index, rows.get(_leaf_hash(data)))
+            for key in keys:
+                if hmac.compare_digest(entry.subject, scanned_subject(key, pseudonym, entry.nonce)):
+                    return ReportEntry(index, rows.get(_leaf_hash(data)))
+            return None
         row = rows.get(_leaf_hash(data))
         return None if row is None else ReportEntry(index, row, found_by_opening=True)

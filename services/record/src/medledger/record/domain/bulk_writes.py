@@ -143,8 +143,10 @@ class BulkWrites:
         )
         for each in planned:
             if isinstance(each.write, NewResource) and each.write.valid.resource_type == "Patient":
-                # As for a single create: identity learns the holder first.
-                await self._directory.register_holder(each.patient_id, each.holder)
+                # As for a single create: identity learns the holder (and the patient's
+                # scan secret) first.
+                secret = await self._ledger.new_scan_secret(each.patient_id)
+                await self._directory.register_holder(each.patient_id, each.holder, secret)
         attempt_id = secrets.token_hex(8)
         pending: list[PendingWrite] = []
         try:

@@ -109,6 +109,12 @@ class RecordLedger(Protocol):
         (all or none, at most 1,000) and returns their serialised receipts in order."""
         ...
 
+    async def new_scan_secret(self, patient_id: str) -> bytes:
+        """The new patient's scan secret (32 random bytes, kept with their leaf index until
+        erasure), made unless they have one: every later entry about them is keyed by it,
+        and identity is handed it (``PatientDirectory.register_holder``)."""
+        ...
+
 
 class LedgerReads(Protocol):
     """What the record service reads back from the ledger (exports, access logs, audits).
@@ -134,7 +140,12 @@ class PatientDirectory(Protocol):
     """identity's side of a patient: who holds their record, and erasure of what identity
     keeps about them (consents, its ledger leaf index)."""
 
-    async def register_holder(self, patient_id: str, organization: str) -> None: ...
+    async def register_holder(
+        self, patient_id: str, organization: str, scan_secret: bytes = b""
+    ) -> None:
+        """Tells identity who holds the patient's record, and the patient's scan secret
+        (b"": none; identity's entries then use the legacy scan key)."""
+        ...
 
     async def erase_patient(self, patient_id: str) -> None: ...
 
@@ -154,6 +165,9 @@ class LoggedEntry:
     resource_version: int
     # The patient's own user id when the patient acted; "" otherwise.
     patient_actor: str
+    # The key of the entry's subject (from the scan key and the entry's nonce; the salt for
+    # an entry without a nonce): it opens this entry's subject only.
+    subject_salt: bytes = b""
 
 
 class PatientEntries(Protocol):
@@ -165,6 +179,11 @@ class PatientEntries(Protocol):
         """The patient's entries, oldest first."""
         ...
 
+    async def scan_key(self, patient_id: str) -> bytes | None:
+        """The patient's scan key; None for a patient without a scan secret (their entries
+        are keyed by the legacy scan key of their pseudonym)."""
+        ...
+
     async def forget(self, patient_id: str) -> int:
-        """Destroys the patient's index (salts and data key): erasure."""
+        """Destroys the patient's index (salts, scan secret and data key): erasure."""
         ...

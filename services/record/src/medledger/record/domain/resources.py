@@ -330,8 +330,11 @@ class ResourceService:
         await self._check_members(valid, patient_id)
         if valid.resource_type == "Patient":
             # identity learns who holds the new patient (consents, break-glass) first: a
-            # registration whose write then fails names an id nobody will ever use.
-            await self._directory.register_holder(patient_id, holder)
+            # registration whose write then fails names an id nobody will ever use. With it
+            # the patient's scan secret, made before any entry about them, so that every
+            # entry (the record's and identity's) is keyed by it.
+            secret = await self._ledger.new_scan_secret(patient_id)
+            await self._directory.register_holder(patient_id, holder, secret)
         return await self._write(
             requester, verdict, valid, resource_id, patient_id, holder, 0, key, fingerprint
         )

@@ -1720,19 +1720,28 @@ class RegisterPatientHolderRequest(_message.Message):
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     ORGANIZATION_FIELD_NUMBER: _builtins.int
+    SCAN_SECRET_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
     """Id of the FHIR Patient resource (a FHIR id: [A-Za-z0-9\\-.]{1,64})."""
     organization: _builtins.str
     """Organization id of the organization whose principal created the Patient."""
+    scan_secret: _builtins.bytes
+    """The patient's scan secret (32 random bytes the record service made with the Patient):
+    identity keys the subjects of its ledger entries about the patient with it, keeps it
+    encrypted with the patient's ledger leaf index and destroys it at ErasePatientData.
+    Empty: none (identity's entries then use the legacy scan key of the patient's pseudonym).
+    A patient's first secret stays: another is FAILED_PRECONDITION SCAN_SECRET_CONFLICT.
+    """
     def __init__(
         self,
         *,
         patient_id: _builtins.str = ...,
         organization: _builtins.str = ...,
+        scan_secret: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "patient_id", b"patient_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "patient_id", b"patient_id", "scan_secret", b"scan_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

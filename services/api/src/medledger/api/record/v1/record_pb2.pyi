@@ -699,6 +699,7 @@ class EntryOpening(_message.Message):
     RESOURCE_ID_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     PATIENT_ACTOR_FIELD_NUMBER: _builtins.int
+    SUBJECT_SALT_FIELD_NUMBER: _builtins.int
     salt: _builtins.bytes
     subject_pseudonym: _builtins.bytes
     resource_type: _builtins.str
@@ -706,6 +707,12 @@ class EntryOpening(_message.Message):
     resource_version: _builtins.int
     patient_actor: _builtins.str
     """The patient's own user id when the patient acted; empty otherwise."""
+    subject_salt: _builtins.bytes
+    """The key of the entry's subject: HMAC-SHA-256(the patient's scan key, "medledger.salt"
+    0x00 || the entry's nonce), or the salt for an entry without a nonce. It opens this
+    entry's subject (HMAC-SHA-256(subject_salt, "medledger.subject" 0x00 || pseudonym)) and
+    finds no other entry.
+    """
     def __init__(
         self,
         *,
@@ -715,10 +722,11 @@ class EntryOpening(_message.Message):
         resource_id: _builtins.str = ...,
         resource_version: _builtins.int = ...,
         patient_actor: _builtins.str = ...,
+        subject_salt: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["patient_actor", b"patient_actor", "resource_id", b"resource_id", "resource_type", b"resource_type", "resource_version", b"resource_version", "salt", b"salt", "subject_pseudonym", b"subject_pseudonym"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["patient_actor", b"patient_actor", "resource_id", b"resource_id", "resource_type", b"resource_type", "resource_version", b"resource_version", "salt", b"salt", "subject_pseudonym", b"subject_pseudonym", "subject_salt", b"subject_salt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -797,15 +805,21 @@ class AccessReportHeader(_message.Message):
     FIRST_INDEX_FIELD_NUMBER: _builtins.int
     BASE_CHECKPOINT_FIELD_NUMBER: _builtins.int
     BASE_BORDER_FIELD_NUMBER: _builtins.int
+    SCAN_KEY_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.bytes
     """The C2SP signed note (with witness cosignatures) the report is complete up to."""
     subject_pseudonym: _builtins.bytes
-    """The patient's pseudonym (32 bytes): whoever holds it finds the patient's entries."""
+    """The patient's pseudonym (32 bytes): with the scan key it finds the patient's entries."""
     first_index: _builtins.int
     """The first leaf index the report carries: from_size (0 for the whole ledger)."""
     base_checkpoint: _builtins.bytes
     """When first_index > 0: the checkpoint of that size, and the hashes of the perfect
     subtrees covering leaves [0, first_index), largest first (its root is that checkpoint's).
+    """
+    scan_key: _builtins.bytes
+    """The patient's scan key (32 bytes, from the patient's scan secret): with the pseudonym it
+    finds the patient's entries. Empty for a patient without a scan secret: their entries are
+    found by the legacy scan key of the pseudonym (docs/access-report.md).
     """
     @_builtins.property
     def base_border(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
@@ -817,10 +831,11 @@ class AccessReportHeader(_message.Message):
         first_index: _builtins.int = ...,
         base_checkpoint: _builtins.bytes = ...,
         base_border: _abc.Iterable[_builtins.bytes] | None = ...,
+        scan_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_border", b"base_border", "base_checkpoint", b"base_checkpoint", "checkpoint", b"checkpoint", "first_index", b"first_index", "subject_pseudonym", b"subject_pseudonym"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_border", b"base_border", "base_checkpoint", b"base_checkpoint", "checkpoint", b"checkpoint", "first_index", b"first_index", "scan_key", b"scan_key", "subject_pseudonym", b"subject_pseudonym"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
