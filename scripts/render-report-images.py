@@ -19,9 +19,12 @@ from typing import Final
 
 import pypdfium2
 
+from medledger.cli.access_report_fixture import fixture_access_report
+from medledger.cli.access_report_pdf import render_pdf as render_access_pdf
 from medledger.cli.report_fixtures import fixture_export
 from medledger.cli.summary_document import build_summary
 from medledger.cli.summary_pdf import render_pdf
+from medledger.verify.access_report import count_untestable
 
 IMAGES: Final = Path(__file__).resolve().parent.parent / "docs" / "images"
 # Pixels per PDF point: 1.5 gives an A4 page 893 pixels wide, legible on GitHub.
@@ -32,7 +35,13 @@ def summary_pdf() -> bytes:
     return render_pdf(build_summary(fixture_export()))
 
 
-REPORTS: Final[dict[str, Callable[[], bytes]]] = {"summary": summary_pdf}
+def access_pdf() -> bytes:
+    report = fixture_access_report()
+    hint = "medledger verify access-report access.json --vkey LEDGER_VKEY"
+    return render_access_pdf(report, untestable=count_untestable(report), verify_hint=hint)
+
+
+REPORTS: Final[dict[str, Callable[[], bytes]]] = {"summary": summary_pdf, "access": access_pdf}
 
 
 def render_first_page(pdf: bytes, path: Path) -> None:
