@@ -134,3 +134,19 @@ def test_an_explicit_triton_url_for_inference_still_wins(chart: Any) -> None:
     )
     inference = manifest.get("Deployment", INFERENCE)
     assert manifest.env(manifest.container(inference))["TRITON_URL"] == "triton.elsewhere:8001"
+
+
+def test_triton_speaks_mutual_tls_with_inference(gpu: Any) -> None:
+    """Feature rows derived from patients' records cross the pod network encrypted: Triton's
+    gRPC demands a client certificate of the release's CA, and inference presents its own."""
+    triton = gpu.get("Deployment", TRITON)
+    args = gpu.container(triton, "triton")["args"]
+    assert "--grpc-use-ssl-mutual=true" in args
+    assert "--grpc-root-cert=/etc/medledger/tls/ca.crt" in args
+    certificate = gpu.get("Certificate", TRITON)
+    assert TRITON in certificate["spec"]["dnsNames"]
+    volumes = {v["name"]: v for v in gpu.pod_spec(triton)["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == certificate["spec"]["secretName"]
+    env = gpu.env(gpu.container(gpu.get("Deployment", INFERENCE)))
+    assert env["TRITON_TLS_CA_FILE"] == "/etc/medledger/tls/ca.crt"
+    assert env["TRITON_TLS_CERT_FILE"] == "/etc/medledger/tls/tls.crt"

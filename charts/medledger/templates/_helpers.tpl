@@ -237,6 +237,12 @@ same name in its place.
 {{- end -}}
 {{- if and (has "triton" $backends) $root.Values.triton.enabled -}}
 {{- $env = append $env (dict "name" "TRITON_URL" "value" (printf "%s:%v" (include "medledger.fullname" (dict "root" $root "name" "triton")) (int $root.Values.triton.ports.grpc))) -}}
+{{- if and $config.tls.enabled $root.Values.default.tls.enabled -}}
+{{- /* The chart's Triton speaks mutual TLS (templates/triton.yaml): the component's own certificate. */ -}}
+{{- $env = append $env (dict "name" "TRITON_TLS_CA_FILE" "value" "/etc/medledger/tls/ca.crt") -}}
+{{- $env = append $env (dict "name" "TRITON_TLS_CERT_FILE" "value" "/etc/medledger/tls/tls.crt") -}}
+{{- $env = append $env (dict "name" "TRITON_TLS_KEY_FILE" "value" "/etc/medledger/tls/tls.key") -}}
+{{- end -}}
 {{- else if has "triton" $backends -}}
 {{- $env = append $env (dict "name" "TRITON_URL" "value" (required "triton.url is required" $root.Values.triton.url)) -}}
 {{- end -}}

@@ -5,11 +5,22 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from medledger.devstack.probes import Health, http_health
 from medledger.devstack.server import Server
 from medledger.devstack.triton_runtime import TritonRuntime, ensure_triton_runtime
+
+
+@dataclass(frozen=True)
+class TritonTls:
+    """Triton's gRPC endpoint over TLS: its certificate and key, and the CA whose client
+    certificates it requires (mutual TLS) when ``ca_file`` is set."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
 
 
 class TritonServer(Server):
@@ -35,9 +46,11 @@ class TritonServer(Server):
         pid_file: Path | None = None,
         die_with_parent: bool = False,
         start_timeout: float = 120.0,
+        tls: TritonTls | None = None,
     ) -> None:
         """model_repository: default an empty ``state_dir/models``; model_control_mode: ``none``
-        (load all at start) or ``poll`` (pick up changes while running)."""
+        (load all at start) or ``poll`` (pick up changes while running); tls: serve gRPC over
+        TLS (HTTP, used for health, stays plain on loopback)."""
         super().__init__(
             log_file=log_file,
             pid_file=pid_file,
@@ -51,6 +64,7 @@ class TritonServer(Server):
         self.model_repository = model_repository or state_dir / "models"
         self.model_control_mode = model_control_mode
         self.venv = venv
+        self.tls = tls
         self._runtime: TritonRuntime | None = None
 
     @property
@@ -110,7 +124,21 @@ class TritonServer(Server):
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--log-verbose=0",
+            *self._tls_args(),
         ]
+
+    def _tls_args(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        args = [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={tls.cert_file.resolve()}",
+            f"--grpc-server-key={tls.key_file.resolve()}",
+        ]
+        if tls.ca_file is not None:
+            args += [f"--grpc-root-cert={tls.ca_file.resolve()}", "--grpc-use-ssl-mutual=true"]
+        return args
 
     def env(self) -> dict[str, str]:
         """As pytriton's own launcher does: bundled libraries on LD_LIBRARY_PATH, the venv's

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.trace import SpanKind, StatusCode
-from pydantic import Field
+from pydantic import Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
@@ -68,12 +68,39 @@ def triton_call(method: str, url: str, model: str, version: int) -> Iterator[dic
 
 class TritonSettings(BaseSettings):
     """``TRITON_URL``: host:port of Triton's gRPC endpoint; ``TRITON_TIMEOUT_SECONDS``: how
-    long one call may take."""
+    long one call may take. ``TRITON_TLS_CA_FILE``: call Triton over TLS, trusting this CA
+    (feature rows are derived from patients' records: across a network they go encrypted);
+    with ``TRITON_TLS_CERT_FILE`` and ``TRITON_TLS_KEY_FILE`` too, present that client
+    certificate (for a Triton started with ``--grpc-use-ssl-mutual``)."""
 
     model_config = SettingsConfigDict(env_prefix="TRITON_", extra="ignore", frozen=True)
 
     url: str = Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    tls_ca_file: FilePath | None = None
+    tls_cert_file: FilePath | None = None
+    tls_key_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _tls_files_come_together(self) -> TritonSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TRITON_TLS_CERT_FILE and TRITON_TLS_KEY_FILE go together")
+        if self.tls_cert_file is not None and self.tls_ca_file is None:
+            raise ValueError("a Triton client certificate needs TRITON_TLS_CA_FILE")
+        return self
+
+
+def triton_client(settings: TritonSettings) -> InferenceServerClient:
+    """A client of Triton's gRPC endpoint: over TLS when a CA is configured."""
+    if settings.tls_ca_file is None:
+        return InferenceServerClient(settings.url)
+    return InferenceServerClient(
+        settings.url,
+        ssl=True,
+        root_certificates=str(settings.tls_ca_file),
+        private_key=None if settings.tls_key_file is None else str(settings.tls_key_file),
+        certificate_chain=None if settings.tls_cert_file is None else str(settings.tls_cert_file),
+    )
 
 
 class TritonProbe:
@@ -82,10 +109,10 @@ class TritonProbe:
     name = "triton"
 
     def __init__(self, settings: TritonSettings) -> None:
-        self._url = settings.url
+        self._settings = settings
 
     async def check(self) -> None:
-        client = InferenceServerClient(self._url)
+        client = triton_client(self._settings)
         try:
             if not await client.is_server_ready():
                 raise ConnectionError("triton is not ready")
@@ -102,6 +129,7 @@ class TritonModels:
     on first use and closed by :meth:`aclose`."""
 
     def __init__(self, settings: TritonSettings) -> None:
+        self._settings = settings
         self._url = settings.url
         self._timeout = settings.timeout_seconds
         self._client: InferenceServerClient | None = None
@@ -109,7 +137,7 @@ class TritonModels:
     def _open(self) -> InferenceServerClient:
         # Opened inside the serving event loop (grpc.aio channels belong to one loop).
         if self._client is None:
-            self._client = InferenceServerClient(self._url)
+            self._client = triton_client(self._settings)
         return self._client
 
     def client(self) -> InferenceServerClient:
