@@ -37,6 +37,8 @@ class RecordConfig(BaseSettings):
     # and the sweep removes it. Longer than any write can take.
     pending_timeout_seconds: float = Field(default=120.0, ge=10, le=86_400)
     sweep_interval_seconds: float = Field(default=60.0, ge=1, le=86_400)
+    # Rows of a CSV lab file written in one ledger step (an AppendBatch holds at most 1,000).
+    csv_chunk_rows: int = Field(default=500, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _pending_outlives_a_write(self) -> Self:

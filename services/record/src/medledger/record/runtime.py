@@ -36,6 +36,7 @@ from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.config import RecordConfig, RecordSettings
 from medledger.record.domain.access_report import AccessReports
 from medledger.record.domain.bulk_writes import BulkWrites
+from medledger.record.domain.csv_ingest import CsvLabIngestion
 from medledger.record.domain.duplicates import DuplicateFinder, DuplicatePatients, PatientLinker
 from medledger.record.domain.hl7_ingest import Hl7Ingestion
 from medledger.record.domain.patient_rights import PatientRights
@@ -117,7 +118,11 @@ def record_runtime(
                     rights,
                     RecordAudit(records, ledger_reads),
                     reports,
-                    ingestion=Ingestion(bulk, Hl7Ingestion(bulk)),
+                    ingestion=Ingestion(
+                        bulk,
+                        Hl7Ingestion(bulk),
+                        CsvLabIngestion(bulk, records, access, chunk_rows=config.csv_chunk_rows),
+                    ),
                     duplicates=DuplicatePatients(
                         DuplicateFinder(records, access, record_ledger),
                         PatientLinker(resources, records, access),

@@ -7,6 +7,8 @@ duplicates) are filled by later issues.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.ledger.v1 import ledger_pb2
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
-from medledger.common.errors import FieldViolation, InvalidArgument, Unimplemented
+from medledger.common.errors import FieldViolation, InvalidArgument
 from medledger.common.interceptors import authenticated_principal
 from medledger.common.policy import ResourceAccess, Scopes, ServiceAccess
 from medledger.common.scopes import ADMIN, AUDIT_READ
@@ -28,6 +30,8 @@ from medledger.record.domain.access_report import (
     ReportPart,
 )
 from medledger.record.domain.bulk_writes import BulkWrites
+from medledger.record.domain.csv_ingest import CsvLabIngestion, CsvProgress
+from medledger.record.domain.csv_labs import LabMapping, RowIssue
 from medledger.record.domain.duplicates import DuplicatePatients, LinkRequest
 from medledger.record.domain.hl7_ingest import Hl7Ingestion
 from medledger.record.domain.hl7_v2 import Hl7Issue
@@ -39,6 +43,7 @@ from medledger.record.domain.resources import ResourceService
 
 Context = grpc.aio.ServicerContext[Any, Any]
 PENDING = "not implemented yet"
+DRAIN_SECONDS: Final = 10.0
 
 _SERVICE = record_pb2.DESCRIPTOR.services_by_name["RecordService"]
 _METHODS = _SERVICE.methods_by_name
@@ -62,6 +67,7 @@ RECORD_ACCESS: Final = ServiceAccess(
         # ADT messages create and update Patients and Encounters, ORU ones Observations.
         _METHODS["IngestHl7V2"]: ResourceAccess("*", "cu"),
         _METHODS["IngestCsvLabResults"]: ResourceAccess("Observation", "c"),
+        _METHODS["IngestCsvLabResultsStream"]: ResourceAccess("Observation", "c"),
         _METHODS["FindDuplicatePatients"]: ResourceAccess("Patient", "s"),
         # Two new Patient versions, written as UpdateResource writes them.
         _METHODS["LinkPatients"]: ResourceAccess("Patient", "u"),
@@ -160,12 +166,77 @@ def _written(version: StoredVersion) -> record_pb2.WrittenResource:
     )
 
 
+def _row_issue(issue: RowIssue) -> record_pb2.Issue:
+    return record_pb2.Issue(
+        severity=record_pb2.ISSUE_SEVERITY_FATAL
+        if issue.fatal
+        else record_pb2.ISSUE_SEVERITY_ERROR,
+        code=issue.code.value,
+        location=issue.location,
+        diagnostics=issue.diagnostics,
+    )
+
+
+def _lab_mapping(mapping: record_pb2.CsvLabMapping) -> LabMapping:
+    return LabMapping.of(
+        patient_column=mapping.patient_column,
+        patient_identifier_system=mapping.patient_identifier_system,
+        code_column=mapping.code_column,
+        value_column=mapping.value_column,
+        unit_column=mapping.unit_column,
+        effective_column=mapping.effective_column,
+    )
+
+
+def _csv_progress(progress: CsvProgress) -> record_pb2.IngestCsvLabResultsStreamResponse:
+    return record_pb2.IngestCsvLabResultsStreamResponse(
+        rows_read=progress.rows_read,
+        rows_accepted=progress.rows_accepted,
+        issues=[_row_issue(i) for i in progress.issues],
+        written=[_written(v) for v in progress.written],
+        done=progress.done,
+    )
+
+
+async def _csv_pieces(
+    first: record_pb2.IngestCsvLabResultsStreamRequest,
+    rest: AsyncIterator[record_pb2.IngestCsvLabResultsStreamRequest],
+) -> AsyncIterator[bytes]:
+    """The CSV bytes of a stream's messages; only the first may name the mapping, key and
+    purpose."""
+    if first.csv:
+        yield first.csv
+    async for message in rest:
+        if message.HasField("mapping") or message.idempotency_key or message.purpose:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "mapping",
+                        "only the stream's first message names the mapping, key and purpose",
+                    )
+                ]
+            )
+        yield message.csv
+
+
+async def _drain(messages: AsyncIterator[Any]) -> None:
+    """Reads and drops what is left of a request stream, for at most
+    :data:`DRAIN_SECONDS`, before the call ends with an error: grpc's asyncio client reports
+    a status sent before it half-closed as INTERNAL "Internal error from Core" instead of
+    what the server said, when its next write fails (grpc/grpc#36066)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in messages:
+                pass
+
+
 @dataclass(frozen=True)
 class Ingestion:
     """The bulk, one-ledger-step writers behind the ingestion RPCs."""
 
     writes: BulkWrites
     hl7: Hl7Ingestion
+    csv: CsvLabIngestion
 
 
 class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
@@ -329,7 +400,40 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
     async def IngestCsvLabResults(
         self, request: record_pb2.IngestCsvLabResultsRequest, context: Context
     ) -> record_pb2.IngestCsvLabResultsResponse:
-        raise Unimplemented(PENDING)
+        outcome = await self._ingestion.csv.ingest_text(
+            _requester(request.purpose, ""),
+            _lab_mapping(request.mapping),
+            request.csv,
+            request.idempotency_key,
+        )
+        return record_pb2.IngestCsvLabResultsResponse(
+            rows_total=outcome.rows_read,
+            rows_accepted=outcome.rows_accepted,
+            issues=[_row_issue(i) for i in outcome.issues],
+            written=[_written(v) for v in outcome.written],
+        )
+
+    async def IngestCsvLabResultsStream(
+        self,
+        request_iterator: AsyncIterator[record_pb2.IngestCsvLabResultsStreamRequest],
+        context: Context,
+    ) -> AsyncIterator[record_pb2.IngestCsvLabResultsStreamResponse]:
+        messages = aiter(request_iterator)
+        try:
+            first = await anext(messages, None)
+            if first is None:
+                raise InvalidArgument([FieldViolation("purpose", "the stream sent no message")])
+            progress = self._ingestion.csv.ingest_stream(
+                _requester(first.purpose, ""),
+                _lab_mapping(first.mapping),
+                _csv_pieces(first, messages),
+                first.idempotency_key,
+            )
+            async for each in progress:
+                yield _csv_progress(each)
+        except Exception:
+            await _drain(messages)
+            raise
 
     async def FindDuplicatePatients(
         self, request: record_pb2.FindDuplicatePatientsRequest, context: Context

@@ -31,11 +31,13 @@ import asyncio
 import hashlib
 import json
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from medledger.common.errors import Aborted, FieldViolation, InvalidArgument, NotFound
+from medledger.common.metrics import ingest_rejected
 from medledger.record.domain.bulk_writes import BulkWrites, NewResource
 from medledger.record.domain.csv_labs import (
     IssueCode,
@@ -55,6 +57,9 @@ from medledger.record.domain.resources import scoped_key
 
 CHUNK_ROWS: Final = 500
 """Rows a chunk (one ledger AppendBatch, at most 1,000 entries) holds."""
+CHUNKS_AT_ONCE: Final = 4
+"""Chunks of one request being written, or written and not yet answered, at once: their
+writes overlap (each waits on MongoDB most of its time), and no more are held."""
 MAX_UNARY_CSV_CHARS: Final = 4 * 1024 * 1024
 MAX_UNARY_ROWS: Final = 2000
 MAX_PIECE_BYTES: Final = 1024 * 1024
@@ -77,6 +82,8 @@ class CsvProgress:
     rows_accepted: int
     issues: Sequence[RowIssue] = ()
     written: Sequence[StoredVersion] = ()
+    # The last progress of a file: everything read and settled.
+    done: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,11 +109,13 @@ class CsvLabIngestion:
         access: AccessChecks,
         *,
         chunk_rows: int = CHUNK_ROWS,
+        chunks_at_once: int = CHUNKS_AT_ONCE,
     ) -> None:
         self._writes = writes
         self._storage = storage
         self._access = access
         self._chunk_rows = chunk_rows
+        self._chunks_at_once = chunks_at_once
 
     def _run(self, requester: Requester, mapping: LabMapping, idempotency_key: str) -> _Run:
         return _Run(
@@ -114,6 +123,7 @@ class CsvLabIngestion:
             self._storage,
             self._access,
             self._chunk_rows,
+            self._chunks_at_once,
             requester,
             mapping,
             idempotency_key,
@@ -126,7 +136,6 @@ class CsvLabIngestion:
         anything is written (too many rows: INVALID_ARGUMENT, nothing written)."""
         if len(text) > MAX_UNARY_CSV_CHARS:
             raise _too_large(f"more than {MAX_UNARY_CSV_CHARS // (1024 * 1024)} MiB of CSV")
-        run = self._run(requester, mapping, idempotency_key)
         reader = LabCsvReader(mapping)
 
         def read_all() -> list[ReadRow]:
@@ -135,12 +144,17 @@ class CsvLabIngestion:
         rows = await asyncio.to_thread(read_all)
         if reader.rows_read > MAX_UNARY_ROWS:
             raise _too_large(f"more than {MAX_UNARY_ROWS} rows")
+
+        async def once() -> AsyncIterator[list[ReadRow]]:
+            yield rows
+
         issues: list[RowIssue] = []
         written: list[StoredVersion] = []
-        async for progress in run.take(rows, reader, last=True):
-            issues += progress.issues
-            written += progress.written
-        return CsvProgress(reader.rows_read, run.accepted, issues, written)
+        last = CsvProgress(reader.rows_read, 0)
+        async for last in self._run(requester, mapping, idempotency_key).progress(once(), reader):
+            issues += last.issues
+            written += last.written
+        return CsvProgress(reader.rows_read, last.rows_accepted, issues, written, done=True)
 
     async def ingest_stream(
         self,
@@ -151,24 +165,48 @@ class CsvLabIngestion:
     ) -> AsyncIterator[CsvProgress]:
         """The stream form: the file's bytes in pieces cut anywhere; a progress after each
         chunk written (and when issues pile up), the last one once the file is read."""
-        run = self._run(requester, mapping, idempotency_key)
         reader = LabCsvReader(mapping)
-        async for piece in pieces:
-            if len(piece) > MAX_PIECE_BYTES:
-                raise InvalidArgument(
-                    [FieldViolation("csv", f"at most {MAX_PIECE_BYTES} bytes a message")],
-                    reason="CSV_PIECE_TOO_LARGE",
-                )
-            rows = await asyncio.to_thread(reader.feed, piece)
-            async for progress in run.take(rows, reader, last=False):
-                yield progress
-        rows = reader.finish()
-        async for progress in run.take(rows, reader, last=True):
+
+        async def rows() -> AsyncIterator[list[ReadRow]]:
+            async for piece in pieces:
+                if len(piece) > MAX_PIECE_BYTES:
+                    raise InvalidArgument(
+                        [FieldViolation("csv", f"at most {MAX_PIECE_BYTES} bytes a message")],
+                        reason="CSV_PIECE_TOO_LARGE",
+                    )
+                yield await asyncio.to_thread(reader.feed, piece)
+            yield reader.finish()
+
+        async for progress in self._run(requester, mapping, idempotency_key).progress(
+            rows(), reader
+        ):
             yield progress
 
 
+@dataclass(frozen=True)
+class _Settled:
+    """A chunk written (or an issues-only step): its issues and versions."""
+
+    issues: list[RowIssue]
+    written: list[StoredVersion]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What the reader hands the answering side, in file order: a chunk being written
+    (``chunk``), issues to report now (neither), or the end (``final``, with the last chunk
+    if there is one); ``error`` when reading failed."""
+
+    chunk: asyncio.Task[_Settled] | None = None
+    final: bool = False
+    error: BaseException | None = None
+
+
 class _Run:
-    """One request's chunks: the rows gathered, the issues held, what was written."""
+    """One request: a reader task cuts the rows into chunks and starts each chunk's write
+    (at most ``chunks_at_once`` written or waiting to be answered: a client that reads its
+    answers slowly holds the reading back), and :meth:`progress` answers them in file order
+    as each finishes, whether or not more of the file has come."""
 
     def __init__(
         self,
@@ -176,6 +214,7 @@ class _Run:
         storage: RecordStorage,
         access: AccessChecks,
         chunk_rows: int,
+        chunks_at_once: int,
         requester: Requester,
         mapping: LabMapping,
         idempotency_key: str,
@@ -184,48 +223,89 @@ class _Run:
         self._storage = storage
         self._access = access
         self._chunk_rows = chunk_rows
+        self._slots = asyncio.Semaphore(chunks_at_once)
         self._requester = requester
         self._mapping = mapping
         scoped = scoped_key(requester, "csv", idempotency_key) or secrets.token_hex(16)
         self._key_base = "csv-" + hashlib.sha256(scoped.encode()).hexdigest()[:40]
-        self._chunk: list[LabRow] = []
-        self._chunks_written = 0
+        self._chunks_started = 0
         self._held: list[RowIssue] = []
         self._patients: dict[str, _Patient] = {}
-        self.accepted = 0
+        self._steps: asyncio.Queue[_Step] = asyncio.Queue()
+        self._accepted = 0
 
-    async def take(
-        self, rows: Iterable[ReadRow], reader: LabCsvReader, *, last: bool
+    async def progress(
+        self, batches: AsyncIterator[list[ReadRow]], reader: LabCsvReader
     ) -> AsyncIterator[CsvProgress]:
-        """Gathers ``rows``; a progress for each full chunk written (and for held issues
-        past :data:`MAX_HELD_ISSUES`); with ``last``, the rest written and a final
-        progress, always."""
-        for row in rows:
-            if isinstance(row, RejectedRow):
-                self._held += row.issues
-            else:
-                self._chunk.append(row)
-            if len(self._chunk) >= self._chunk_rows:
-                yield await self._write_chunk(reader)
-            elif len(self._held) >= MAX_HELD_ISSUES:
-                yield self._progress(reader, [], [])
-        if last:
-            if self._chunk:
-                yield await self._write_chunk(reader)
-            else:
-                yield self._progress(reader, [], [])
+        """A progress per chunk written and per pile of issues, in file order; the last one
+        ``done``. A failed chunk or read ends it with that error, once the chunks already
+        started have finished (each is all or nothing)."""
+        reading = asyncio.create_task(self._read(batches))
+        try:
+            while True:
+                step = await self._steps.get()
+                if step.error is not None:
+                    raise step.error
+                written: list[StoredVersion] = []
+                issues: list[RowIssue] = []
+                if step.chunk is not None:
+                    try:
+                        settled = await step.chunk
+                    finally:
+                        self._slots.release()
+                    written, issues = settled.written, settled.issues
+                self._accepted += len(written)
+                reported = sorted([*self._held, *issues], key=lambda i: i.row)
+                self._held = []
+                _count_rejects(reported)
+                yield CsvProgress(reader.rows_read, self._accepted, reported, written, step.final)
+                if step.final:
+                    return
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            await self._finish_started()
 
-    def _progress(
-        self, reader: LabCsvReader, issues: list[RowIssue], written: list[StoredVersion]
-    ) -> CsvProgress:
-        reported = sorted([*self._held, *issues], key=lambda i: i.row)
-        self._held = []
-        return CsvProgress(reader.rows_read, self.accepted, reported, written)
+    async def _finish_started(self) -> None:
+        """Lets the chunks already started finish (none is left half done either way)."""
+        started = []
+        while not self._steps.empty():
+            step = self._steps.get_nowait()
+            if step.chunk is not None:
+                started.append(step.chunk)
+        await asyncio.gather(*started, return_exceptions=True)
 
-    async def _write_chunk(self, reader: LabCsvReader) -> CsvProgress:
-        chunk, self._chunk = self._chunk, []
-        index = self._chunks_written
-        self._chunks_written += 1
+    async def _read(self, batches: AsyncIterator[list[ReadRow]]) -> None:
+        chunk: list[LabRow] = []
+        try:
+            async for rows in batches:
+                for row in rows:
+                    if isinstance(row, RejectedRow):
+                        self._held += row.issues
+                    else:
+                        chunk.append(row)
+                    if len(chunk) >= self._chunk_rows:
+                        await self._start(chunk, final=False)
+                        chunk = []
+                    elif len(self._held) >= MAX_HELD_ISSUES:
+                        self._steps.put_nowait(_Step())
+            if chunk:
+                await self._start(chunk, final=True)
+            else:
+                self._steps.put_nowait(_Step(final=True))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - answered in turn, after the chunks before it
+            self._steps.put_nowait(_Step(error=error))
+
+    async def _start(self, chunk: list[LabRow], *, final: bool) -> None:
+        await self._slots.acquire()
+        index = self._chunks_started
+        self._chunks_started += 1
+        task = asyncio.create_task(self._write_chunk(chunk, index))
+        self._steps.put_nowait(_Step(chunk=task, final=final))
+
+    async def _write_chunk(self, chunk: list[LabRow], index: int) -> _Settled:
         digest = _chunk_digest(self._mapping, chunk)
         await self._resolve({row.patient for row in chunk})
         issues: list[RowIssue] = []
@@ -247,8 +327,7 @@ class _Run:
                 idempotency_key=f"{self._key_base}-{index}",
                 request_digest=digest,
             )
-        self.accepted += len(written)
-        return self._progress(reader, issues, written)
+        return _Settled(issues, written)
 
     def _validated(
         self, accepted: list[tuple[LabRow, str]]
@@ -315,6 +394,16 @@ class _Run:
                 )
             )
         return _Patient(patient_id)
+
+
+def _count_rejects(issues: Sequence[RowIssue]) -> None:
+    """Counts each refused row once (medledger.ingest.rejects, source csv) under its first
+    issue's type (``code-invalid`` → ``CODE_INVALID``)."""
+    first: dict[int, IssueCode] = {}
+    for issue in issues:
+        first.setdefault(issue.row, issue.code)
+    for code, count in Counter(first.values()).items():
+        ingest_rejected("csv", code.name, count)
 
 
 def _chunk_digest(mapping: LabMapping, chunk: Sequence[LabRow]) -> bytes:

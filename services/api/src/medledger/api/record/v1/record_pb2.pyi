@@ -1178,6 +1178,88 @@ class IngestCsvLabResultsResponse(_message.Message):
 Global___IngestCsvLabResultsResponse: _TypeAlias = IngestCsvLabResultsResponse  # noqa: Y015
 
 @_typing.final
+class IngestCsvLabResultsStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAPPING_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    CSV_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    purpose: _purpose_pb2.PurposeOfUse.ValueType
+    csv: _builtins.bytes
+    """The file's next bytes (RFC 4180, UTF-8, with or without a byte order mark), cut
+    anywhere, even inside a character or a row; at most 1 MiB a message.
+    """
+    @_builtins.property
+    def mapping(self) -> Global___CsvLabMapping:
+        """First message only: the columns, the key and the purpose (as in
+        IngestCsvLabResultsRequest). A retry with the same key and file writes nothing new.
+        """
+
+    def __init__(
+        self,
+        *,
+        mapping: Global___CsvLabMapping | None = ...,
+        idempotency_key: _builtins.str = ...,
+        purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        csv: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mapping", b"mapping"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "idempotency_key", b"idempotency_key", "mapping", b"mapping", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestCsvLabResultsStreamRequest: _TypeAlias = IngestCsvLabResultsStreamRequest  # noqa: Y015
+
+@_typing.final
+class IngestCsvLabResultsStreamResponse(_message.Message):
+    """IngestCsvLabResultsStreamResponse reports the rows settled since the previous response;
+    together the responses report the whole file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_READ_FIELD_NUMBER: _builtins.int
+    ROWS_ACCEPTED_FIELD_NUMBER: _builtins.int
+    ISSUES_FIELD_NUMBER: _builtins.int
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    rows_read: _builtins.int
+    """Data rows read so far (header excluded)."""
+    rows_accepted: _builtins.int
+    """Rows written so far."""
+    done: _builtins.bool
+    """Set on the last response: the whole file was read and every row settled."""
+    @_builtins.property
+    def issues(self) -> _containers.RepeatedCompositeFieldContainer[Global___Issue]:
+        """The issues of the rows settled since the previous response, located as "row N"
+        (1 = first data row) with the column when known.
+        """
+
+    @_builtins.property
+    def written(self) -> _containers.RepeatedCompositeFieldContainer[Global___WrittenResource]:
+        """The versions written since the previous response (one ledger step)."""
+
+    def __init__(
+        self,
+        *,
+        rows_read: _builtins.int = ...,
+        rows_accepted: _builtins.int = ...,
+        issues: _abc.Iterable[Global___Issue] | None = ...,
+        written: _abc.Iterable[Global___WrittenResource] | None = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "issues", b"issues", "rows_accepted", b"rows_accepted", "rows_read", b"rows_read", "written", b"written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestCsvLabResultsStreamResponse: _TypeAlias = IngestCsvLabResultsStreamResponse  # noqa: Y015
+
+@_typing.final
 class FindDuplicatePatientsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

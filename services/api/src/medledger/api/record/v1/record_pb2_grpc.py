@@ -92,6 +92,11 @@ class RecordServiceStub:
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsResponse.FromString,
                 _registered_method=True)
+        self.IngestCsvLabResultsStream = channel.stream_stream(
+                '/medledger.api.record.v1.RecordService/IngestCsvLabResultsStream',
+                request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsStreamRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsStreamResponse.FromString,
+                _registered_method=True)
         self.FindDuplicatePatients = channel.unary_unary(
                 '/medledger.api.record.v1.RecordService/FindDuplicatePatients',
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.FindDuplicatePatientsRequest.SerializeToString,
@@ -195,7 +200,18 @@ class RecordServiceServicer:
 
     def IngestCsvLabResults(self, request, context):
         """IngestCsvLabResults turns CSV lab results into FHIR Observations, row by row: valid rows
-        are written, invalid rows are reported.
+        are written, invalid rows are reported. At most 4 MiB and 2,000 rows; larger files go
+        through IngestCsvLabResultsStream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IngestCsvLabResultsStream(self, request_iterator, context):
+        """IngestCsvLabResultsStream is IngestCsvLabResults for a file of any size, sent in pieces
+        and read as they arrive (the server holds one chunk of rows, never the file). Valid rows
+        are written in chunks of up to 500, each chunk in one ledger step; a response follows
+        each chunk written, the last one once the whole file is read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -290,6 +306,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.IngestCsvLabResults,
                     request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsRequest.FromString,
                     response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsResponse.SerializeToString,
+            ),
+            'IngestCsvLabResultsStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.IngestCsvLabResultsStream,
+                    request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsStreamRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsStreamResponse.SerializeToString,
             ),
             'FindDuplicatePatients': grpc.unary_unary_rpc_method_handler(
                     servicer.FindDuplicatePatients,
@@ -607,6 +628,33 @@ class RecordService:
             '/medledger.api.record.v1.RecordService/IngestCsvLabResults',
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsRequest.SerializeToString,
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestCsvLabResultsStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/medledger.api.record.v1.RecordService/IngestCsvLabResultsStream',
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsStreamRequest.SerializeToString,
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

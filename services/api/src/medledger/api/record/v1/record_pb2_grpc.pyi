@@ -71,7 +71,14 @@ class RecordServiceStub:
     """
     IngestCsvLabResults: _grpc.UnaryUnaryMultiCallable[_record_pb2.IngestCsvLabResultsRequest, _record_pb2.IngestCsvLabResultsResponse]
     """IngestCsvLabResults turns CSV lab results into FHIR Observations, row by row: valid rows
-    are written, invalid rows are reported.
+    are written, invalid rows are reported. At most 4 MiB and 2,000 rows; larger files go
+    through IngestCsvLabResultsStream.
+    """
+    IngestCsvLabResultsStream: _grpc.StreamStreamMultiCallable[_record_pb2.IngestCsvLabResultsStreamRequest, _record_pb2.IngestCsvLabResultsStreamResponse]
+    """IngestCsvLabResultsStream is IngestCsvLabResults for a file of any size, sent in pieces
+    and read as they arrive (the server holds one chunk of rows, never the file). Valid rows
+    are written in chunks of up to 500, each chunk in one ledger step; a response follows
+    each chunk written, the last one once the whole file is read.
     """
     FindDuplicatePatients: _grpc.UnaryUnaryMultiCallable[_record_pb2.FindDuplicatePatientsRequest, _record_pb2.FindDuplicatePatientsResponse]
     """FindDuplicatePatients lists pairs of Patient resources that are likely the same person,
@@ -137,7 +144,14 @@ class RecordServiceAsyncStub(RecordServiceStub):
     """
     IngestCsvLabResults: _aio.UnaryUnaryMultiCallable[_record_pb2.IngestCsvLabResultsRequest, _record_pb2.IngestCsvLabResultsResponse]  # type: ignore[assignment]
     """IngestCsvLabResults turns CSV lab results into FHIR Observations, row by row: valid rows
-    are written, invalid rows are reported.
+    are written, invalid rows are reported. At most 4 MiB and 2,000 rows; larger files go
+    through IngestCsvLabResultsStream.
+    """
+    IngestCsvLabResultsStream: _aio.StreamStreamMultiCallable[_record_pb2.IngestCsvLabResultsStreamRequest, _record_pb2.IngestCsvLabResultsStreamResponse]  # type: ignore[assignment]
+    """IngestCsvLabResultsStream is IngestCsvLabResults for a file of any size, sent in pieces
+    and read as they arrive (the server holds one chunk of rows, never the file). Valid rows
+    are written in chunks of up to 500, each chunk in one ledger step; a response follows
+    each chunk written, the last one once the whole file is read.
     """
     FindDuplicatePatients: _aio.UnaryUnaryMultiCallable[_record_pb2.FindDuplicatePatientsRequest, _record_pb2.FindDuplicatePatientsResponse]  # type: ignore[assignment]
     """FindDuplicatePatients lists pairs of Patient resources that are likely the same person,
@@ -266,7 +280,20 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_record_pb2.IngestCsvLabResultsResponse, _abc.Awaitable[_record_pb2.IngestCsvLabResultsResponse]]:
         """IngestCsvLabResults turns CSV lab results into FHIR Observations, row by row: valid rows
-        are written, invalid rows are reported.
+        are written, invalid rows are reported. At most 4 MiB and 2,000 rows; larger files go
+        through IngestCsvLabResultsStream.
+        """
+
+    @_abc_1.abstractmethod
+    def IngestCsvLabResultsStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_record_pb2.IngestCsvLabResultsStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_record_pb2.IngestCsvLabResultsStreamResponse], _abc.AsyncIterator[_record_pb2.IngestCsvLabResultsStreamResponse]]:
+        """IngestCsvLabResultsStream is IngestCsvLabResults for a file of any size, sent in pieces
+        and read as they arrive (the server holds one chunk of rows, never the file). Valid rows
+        are written in chunks of up to 500, each chunk in one ledger step; a response follows
+        each chunk written, the last one once the whole file is read.
         """
 
     @_abc_1.abstractmethod
