@@ -8,6 +8,7 @@ from medledger.cli.audit import app as ledger_app
 from medledger.cli.consent import app as consent_app
 from medledger.cli.demo import app as demo_app
 from medledger.cli.dev import app as dev_app
+from medledger.cli.ingest import app as ingest_app
 from medledger.cli.models import app as models_app
 from medledger.cli.predict import app as predict_app
 from medledger.cli.record import app as record_app
@@ -36,6 +37,7 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(models_app, name="models")
 app.add_typer(predict_app, name="predict")
 app.add_typer(report_app, name="report")
+app.add_typer(ingest_app, name="ingest")
 app.command("trace")(trace_command)
 
 if __name__ == "__main__":
