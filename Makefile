@@ -58,6 +58,7 @@ bench: bootstrap
 	$(UV) run --frozen python -m bench.identity
 	$(UV) run --frozen python -m bench.record
 	$(UV) run --frozen python -m bench.inference
+	$(UV) run --frozen python -m bench.ingest
 	$(UV) run --frozen python -m bench.duplicates
 
 clean:
