@@ -18,8 +18,10 @@ chunk; the issues it reports are those found again.
 
 A request without a key gets a random one: nothing of it can be replayed.
 
-Memory. The stream form holds one chunk of rows, the record being read, and at most
-:data:`MAX_HELD_ISSUES` issues before it reports them; the unary form holds its text (at most
+Memory. The stream form holds at most :data:`CHUNKS_AT_ONCE` chunks (being written, or
+written and not yet answered: a client that reads its answers slowly holds the reading back),
+the rows of one message, the record being read, and at most :data:`MAX_HELD_ISSUES` issues
+before it reports them; the unary form holds its text (at most
 :data:`MAX_UNARY_CSV_CHARS`) and answers for at most :data:`MAX_UNARY_ROWS` rows, so that its
 single answer (a receipt of about a kilobyte per row written) stays well within a gRPC
 message.
