@@ -21,16 +21,12 @@ from medledger.testkit.tokens import TEST_TOKENS
 from medledger.tlog.checkpoint import Checkpoint
 from medledger.tlog.cosignature import verify_checkpoint
 
-from .test_ledger_api import (  # noqa: F401 - fixtures
-    ORIGIN,
-    bad_fields,
-    check_receipt,
-    entry,
-    ledger,
-    ledger_server,
-    start_ledger,
-    vkey_of,
-)
+from . import test_ledger_api
+from .test_ledger_api import ORIGIN, bad_fields, check_receipt, entry, start_ledger, vkey_of
+
+# The module's own instances of the ledger fixtures (a fresh ledger for this module).
+ledger = test_ledger_api.ledger
+ledger_server = test_ledger_api.ledger_server
 
 
 def batch(entries: list[ledger_pb2.LedgerEntry], keys: list[str] | None = None) -> Any:
@@ -127,9 +123,7 @@ def own_vault(tmp_path: Path) -> Iterator[DevVault]:
 async def ledger_on_own_vault(
     mongo_server: Any, own_vault: DevVault
 ) -> AsyncIterator[tuple[Any, DevVault]]:
-    server: ServiceServer = await start_ledger(
-        mongo_server, own_vault, f"t{uuid.uuid4().hex[:12]}"
-    )
+    server: ServiceServer = await start_ledger(mongo_server, own_vault, f"t{uuid.uuid4().hex[:12]}")
     channel = TEST_TOKENS.channel(f"127.0.0.1:{server.port}")
     stub = ledger_pb2_grpc.LedgerServiceStub(channel)
     for _ in range(100):

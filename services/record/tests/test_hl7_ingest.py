@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +13,10 @@ import pytest
 from medledger.api.record.v1 import record_pb2
 from medledger.common.errors import from_rpc_error
 
-from .test_record_api import TREAT, Caller, RecordApi, api, get  # noqa: F401 - fixture
+from . import test_record_api
+from .test_record_api import TREAT, Caller, RecordApi, get
+
+api = test_record_api.api  # the module-scoped fixture: its servers, started for this module
 
 STAMP = "20261129101500+0100"
 
@@ -25,7 +27,8 @@ def adt(
     segments = [
         f"MSH|^~\\&|ADT1|HOSP-A|MEDLEDGER|ML|{STAMP}||ADT^{event}^ADT_{event}|{control}|P|{version}",
         "EVN|" + event + "|" + STAMP,
-        f"PID|1||{mrn}^^^HOSP-A^MR||{family}^Adaeze^N||19790412|F|||12 Elm Rd^^Leeds^^LS1 4AB||0113 496 0000",
+        f"PID|1||{mrn}^^^HOSP-A^MR||{family}^Adaeze^N||19790412|F"
+        "|||12 Elm Rd^^Leeds^^LS1 4AB||0113 496 0000",
         "PV1|1|I|WARD1^101^A||||||||||||||||V" + control + "|||||||||||||||||||||||||" + STAMP,
     ]
     return "\r".join(segments)

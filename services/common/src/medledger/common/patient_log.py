@@ -114,6 +114,12 @@ class PatientLeafStore(Protocol):
 
     async def replace_leaf(self, patient_key: str, leaf: SealedLeaf) -> None: ...
 
+    async def add_leaves(self, rows: Sequence[tuple[str, SealedLeaf]]) -> None:
+        """``add_leaf`` for each ``(patient_key, leaf)``, in one step (bulk appends)."""
+
+    async def replace_leaves(self, rows: Sequence[tuple[str, SealedLeaf]]) -> None:
+        """``replace_leaf`` for each ``(patient_key, leaf)``, in one step."""
+
     async def leaves(self, patient_key: str, *, after: str, limit: int) -> Sequence[SealedLeaf]:
         """Up to ``limit`` rows after id ``after``, in id order."""
 
@@ -387,10 +393,11 @@ class PatientLog:
             patient_id, event, patient_actor, idempotency_key, salt, entry_time, trace_id
         )
         prepared = await self._prepare(item, {})
+        await self._store.add_leaf(prepared.patient_key, self._pending_row(prepared))
         receipt = await self._ledger.append_entry(
             prepared.entry, idempotency_key=idempotency_key, timeout=timeout
         )
-        await self._indexed(prepared, receipt)
+        await self._store.replace_leaf(prepared.patient_key, self._indexed_row(prepared, receipt))
         return receipt
 
     async def append_many(
@@ -400,18 +407,24 @@ class PatientLog:
         each blinded and indexed first as :meth:`append` does; receipts in order."""
         patients: dict[str, _PatientKeys] = {}
         prepared = [await self._prepare(item, patients) for item in items]
+        # The index rows first, all in one step, as append writes its one.
+        await self._store.add_leaves([(p.patient_key, self._pending_row(p)) for p in prepared])
         receipts = await self._ledger.append_entries(
             [(p.entry, item.idempotency_key) for p, item in zip(prepared, items, strict=True)],
             timeout=timeout,
         )
-        for done, receipt in zip(prepared, receipts, strict=True):
-            await self._indexed(done, receipt)
+        await self._store.replace_leaves(
+            [
+                (p.patient_key, self._indexed_row(p, receipt))
+                for p, receipt in zip(prepared, receipts, strict=True)
+            ]
+        )
         return receipts
 
     async def _prepare(
         self, item: PatientAppend, patients: dict[str, _PatientKeys]
     ) -> _PreparedLeaf:
-        """The blinded entry of ``item``, its index row written (without a leaf index)."""
+        """The blinded entry of ``item`` and its index row (not stored yet)."""
         if item.salt is not None and len(item.salt) != SALT_SIZE:
             raise ValueError(f"a blinding salt is {SALT_SIZE} bytes")
         keys = patients.get(item.patient_id)
@@ -437,20 +450,20 @@ class PatientLog:
         if item.trace_id is not None:
             entry.trace_id = item.trace_id
         leaf_hash = hashlib.sha256(b"\x00" + entry.SerializeToString(deterministic=True)).digest()
-        key = keys.data_key
         pending = PatientLeaf(_new_leaf_id(), leaf_hash, None, event.kind, opening)
-        await self._store.add_leaf(patient_key, self._seal(key, patient_key, pending))
-        return _PreparedLeaf(patient_key, key, pending, entry)
+        return _PreparedLeaf(patient_key, keys.data_key, pending, entry)
 
-    async def _indexed(self, prepared: _PreparedLeaf, receipt: ledger_pb2.Receipt) -> None:
-        """Records the leaf index the ledger gave the entry in its index row."""
+    def _pending_row(self, prepared: _PreparedLeaf) -> SealedLeaf:
+        """The index row written before the entry is appended (no leaf index yet)."""
+        return self._seal(prepared.data_key, prepared.patient_key, prepared.leaf)
+
+    def _indexed_row(self, prepared: _PreparedLeaf, receipt: ledger_pb2.Receipt) -> SealedLeaf:
+        """The index row with the leaf index the ledger gave the entry."""
         leaf = prepared.leaf
         done = PatientLeaf(
             leaf.leaf_id, leaf.leaf_hash, int(receipt.leaf_index), leaf.kind, leaf.opening
         )
-        await self._store.replace_leaf(
-            prepared.patient_key, self._seal(prepared.data_key, prepared.patient_key, done)
-        )
+        return self._seal(prepared.data_key, prepared.patient_key, done)
 
     async def leaves(
         self, patient_id: str, *, requested_size: int = 0, page_token: str = ""

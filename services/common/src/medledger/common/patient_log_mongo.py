@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bson.binary import Binary
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from medledger.common.mongo import RunOnce, mongo_errors
@@ -82,6 +82,28 @@ class MongoPatientLeafStore:
         await self._leaves.update_one(
             {"_id": leaf.leaf_id, "patient": patient_key},
             {"$set": {"sealed": Binary(leaf.sealed)}},
+        )
+
+    @mongo_errors
+    async def add_leaves(self, rows: Sequence[tuple[str, SealedLeaf]]) -> None:
+        await self.ensure_indexes()
+        await self._leaves.insert_many(
+            [
+                {"_id": leaf.leaf_id, "patient": patient_key, "sealed": Binary(leaf.sealed)}
+                for patient_key, leaf in rows
+            ]
+        )
+
+    @mongo_errors
+    async def replace_leaves(self, rows: Sequence[tuple[str, SealedLeaf]]) -> None:
+        await self._leaves.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": leaf.leaf_id, "patient": patient_key},
+                    {"$set": {"sealed": Binary(leaf.sealed)}},
+                )
+                for patient_key, leaf in rows
+            ]
         )
 
     @mongo_errors

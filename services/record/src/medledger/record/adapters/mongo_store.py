@@ -42,9 +42,9 @@ from typing import Any, Final
 
 import pymongo
 from bson.binary import Binary
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from medledger.common.errors import DataLoss
 from medledger.common.mongo import RunOnce, mongo_errors
@@ -57,6 +57,7 @@ from medledger.record.domain.ports import (
     PatientErased,
     PatientKey,
     PendingAttempt,
+    PendingInsert,
     PendingLost,
     Sealed,
     SealedVersion,
@@ -72,6 +73,8 @@ COMMITTED: Final = "committed"
 # with_transaction retries transient errors (a WriteConflict, a lost server) for up to 120 s;
 # a client should hear UNAVAILABLE sooner.
 DEFAULT_TRANSACTION_SECONDS: Final = 10.0
+BULK_SECONDS_PER_COMMIT: Final = 0.1
+MAX_BULK_TRANSACTION_SECONDS: Final = 120.0
 # A search walks its rarest token's index entries this many at a time.
 CANDIDATE_CHUNK: Final = 256
 # Counting a token's entries stops here (the count is only to rank tokens: past it, a
@@ -153,6 +156,44 @@ def _sealed_version(doc: Document) -> SealedVersion:
             content=Sealed(_bytes(doc["nonce"]), _bytes(doc["content"])),
             receipt=receipt,
         )
+
+
+def _pending_document(pending: PendingInsert) -> Document:
+    version = pending.version
+    slot = version.slot
+    retry: Document = {}
+    if pending.retry_of is not None:
+        retry = {
+            "retry_of": Binary(pending.retry_of),
+            "retry_fingerprint": Binary(pending.retry_fingerprint),
+            "trace": Binary(pending.trace_id),
+        }
+    return {
+        "_id": _slot_id(slot),
+        "resource": Binary(slot.resource),
+        "version": slot.version,
+        "patient": Binary(version.patient),
+        "state": PENDING,
+        "write": Binary(pending.write_id),
+        "prepared_at": pending.prepared_at,
+        "nonce": Binary(version.content.nonce),
+        "content": Binary(version.content.ciphertext),
+        **retry,
+    }
+
+
+def _idempotency_document(commit: VersionCommit) -> Document:
+    entry = commit.idempotency
+    assert entry is not None
+    return {
+        "_id": Binary(entry.key_id),
+        "fingerprint": Binary(entry.fingerprint),
+        "resource": Binary(commit.slot.resource),
+        "version": commit.slot.version,
+        "patient": Binary(commit.patient),
+        "expires_at": entry.expires,
+        "tag": Binary(entry.tag),
+    }
 
 
 def _batch_attempt(doc: Document) -> BatchAttempt:
@@ -333,29 +374,41 @@ class RecordStore:
         await self._versions.delete_one({**pending, "prepared_at": {"$lt": stale_before}})
         if retry_of is not None:
             await self._versions.delete_one({**pending, "retry_of": Binary(retry_of)})
-        retry: Document = {}
-        if retry_of is not None:
-            retry = {
-                "retry_of": Binary(retry_of),
-                "retry_fingerprint": Binary(retry_fingerprint),
-                "trace": Binary(trace_id),
-            }
         try:
             await self._versions.insert_one(
-                {
-                    "_id": _slot_id(slot),
-                    "resource": Binary(slot.resource),
-                    "version": slot.version,
-                    "patient": Binary(version.patient),
-                    "state": PENDING,
-                    "write": Binary(write_id),
-                    "prepared_at": prepared_at,
-                    "nonce": Binary(version.content.nonce),
-                    "content": Binary(version.content.ciphertext),
-                    **retry,
-                }
+                _pending_document(
+                    PendingInsert(
+                        version,
+                        write_id,
+                        prepared_at,
+                        stale_before,
+                        retry_of,
+                        retry_fingerprint,
+                        trace_id,
+                    )
+                )
             )
         except DuplicateKeyError:
+            raise VersionTaken from None
+
+    @mongo_errors
+    async def insert_pendings(self, pendings: Sequence[PendingInsert]) -> None:
+        await self._ready()
+        ids = [_slot_id(p.version.slot) for p in pendings]
+        # As insert_pending, for all slots at once: stale versions and earlier attempts of
+        # the same keyed writes give their slots up (by _id: the index, never a scan).
+        stale_before = min(p.stale_before for p in pendings)
+        await self._versions.delete_many(
+            {"_id": {"$in": ids}, "state": PENDING, "prepared_at": {"$lt": stale_before}}
+        )
+        retried = [Binary(p.retry_of) for p in pendings if p.retry_of is not None]
+        if retried:
+            await self._versions.delete_many(
+                {"_id": {"$in": ids}, "state": PENDING, "retry_of": {"$in": retried}}
+            )
+        try:
+            await self._versions.insert_many([_pending_document(p) for p in pendings])
+        except BulkWriteError:
             raise VersionTaken from None
 
     @mongo_errors
@@ -380,109 +433,133 @@ class RecordStore:
 
     @mongo_errors
     async def commit(self, commit: VersionCommit) -> None:
-        slot = commit.slot
-        resource = Binary(slot.resource)
-        patient = Binary(commit.patient)
-
-        async def write(session: AsyncClientSession) -> None:
-            # Bumping the patient's row makes a concurrent erasure and this commit conflict:
-            # one of them goes first, and the other sees it.
-            touched = await self._patients.update_one(
-                {"_id": patient, "wrapped": {"$exists": True}},
-                {"$inc": {"writes": 1}},
-                session=session,
-            )
-            if touched.matched_count != 1:
-                raise PatientErased
-            done = await self._versions.update_one(
-                {"_id": _slot_id(slot), "state": PENDING, "write": Binary(commit.write_id)},
-                {
-                    "$set": {
-                        "state": COMMITTED,
-                        "receipt_nonce": Binary(commit.receipt.nonce),
-                        "receipt": Binary(commit.receipt.ciphertext),
-                    },
-                    "$unset": dict.fromkeys(
-                        ("write", "prepared_at", "retry_of", "retry_fingerprint", "trace"), ""
-                    ),
-                },
-                session=session,
-            )
-            if done.matched_count != 1:
-                raise PendingLost
-            await self._move_pointer(commit, session)
-            await self._index.delete_many({"resource": resource}, session=session)
-            if commit.index_tokens or commit.blocking_tokens:
-                await self._index.insert_many(
-                    [
-                        {"token": Binary(t), "resource": resource, "patient": patient}
-                        for t in commit.index_tokens
-                    ]
-                    + [
-                        {
-                            "token": Binary(t),
-                            "resource": resource,
-                            "patient": patient,
-                            "block": True,
-                        }
-                        for t in commit.blocking_tokens
-                    ],
-                    session=session,
-                )
-            if commit.idempotency is not None:
-                entry = commit.idempotency
-                try:
-                    await self._idempotency.insert_one(
-                        {
-                            "_id": Binary(entry.key_id),
-                            "fingerprint": Binary(entry.fingerprint),
-                            "resource": resource,
-                            "version": slot.version,
-                            "patient": patient,
-                            "expires_at": entry.expires,
-                            "tag": Binary(entry.tag),
-                        },
-                        session=session,
-                    )
-                except DuplicateKeyError:
-                    raise IdempotencyTaken(None) from None
-
-        await self._ready()
         try:
-            with pymongo.timeout(self._transaction_seconds):
-                async with self._client.start_session() as session:
-                    await session.with_transaction(write)
+            await self._commit_all([commit])
         except IdempotencyTaken:
             assert commit.idempotency is not None
             raise IdempotencyTaken(await self.idempotent(commit.idempotency.key_id)) from None
 
-    async def _move_pointer(self, commit: VersionCommit, session: AsyncClientSession) -> None:
-        slot = commit.slot
-        if slot.version == 1:
+    @mongo_errors
+    async def commit_many(self, commits: Sequence[VersionCommit]) -> None:
+        await self._commit_all(commits)
+
+    async def _commit_all(self, commits: Sequence[VersionCommit]) -> None:
+        """The commits in ONE transaction: each patient's row bumped (so a concurrent
+        erasure and this commit conflict: one goes first, the other sees it), each pending
+        version this writer's turned committed, the pointers moved from the expected
+        versions, the index entries replaced and the idempotency keys recorded; a few
+        statements for all of them."""
+
+        async def write(session: AsyncClientSession) -> None:
+            patients = sorted({c.patient for c in commits})
+            touched = await self._patients.update_many(
+                {"_id": {"$in": [Binary(p) for p in patients]}, "wrapped": {"$exists": True}},
+                {"$inc": {"writes": 1}},
+                session=session,
+            )
+            if touched.matched_count != len(patients):
+                raise PatientErased
+            done = await self._versions.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": _slot_id(c.slot), "state": PENDING, "write": Binary(c.write_id)},
+                        {
+                            "$set": {
+                                "state": COMMITTED,
+                                "receipt_nonce": Binary(c.receipt.nonce),
+                                "receipt": Binary(c.receipt.ciphertext),
+                            },
+                            "$unset": dict.fromkeys(
+                                ("write", "prepared_at", "retry_of", "retry_fingerprint", "trace"),
+                                "",
+                            ),
+                        },
+                    )
+                    for c in commits
+                ],
+                session=session,
+            )
+            if done.matched_count != len(commits):
+                raise PendingLost
+            await self._move_pointers(commits, session)
+            await self._replace_index_entries(commits, session)
+            keyed = [c for c in commits if c.idempotency is not None]
+            if keyed:
+                try:
+                    await self._idempotency.insert_many(
+                        [_idempotency_document(c) for c in keyed], session=session
+                    )
+                except BulkWriteError:
+                    raise IdempotencyTaken(None) from None
+
+        await self._ready()
+        # A bulk commit (up to 1,000 versions) takes longer than one version's: its budget
+        # grows with its size, up to MAX_BULK_TRANSACTION_SECONDS.
+        budget = min(
+            max(self._transaction_seconds, len(commits) * BULK_SECONDS_PER_COMMIT),
+            MAX_BULK_TRANSACTION_SECONDS,
+        )
+        with pymongo.timeout(budget):
+            async with self._client.start_session() as session:
+                await session.with_transaction(write)
+
+    async def _move_pointers(
+        self, commits: Sequence[VersionCommit], session: AsyncClientSession
+    ) -> None:
+        created = [c for c in commits if c.slot.version == 1]
+        if created:
             try:
-                await self._current.insert_one(
-                    {
-                        "_id": Binary(slot.resource),
-                        "patient": Binary(commit.patient),
-                        "version": 1,
-                        "tag": Binary(commit.tag),
-                    },
+                await self._current.insert_many(
+                    [
+                        {
+                            "_id": Binary(c.slot.resource),
+                            "patient": Binary(c.patient),
+                            "version": 1,
+                            "tag": Binary(c.tag),
+                        }
+                        for c in created
+                    ],
                     session=session,
                 )
-            except DuplicateKeyError:
+            except BulkWriteError:
                 raise StaleCurrent from None
-            return
-        moved = await self._current.update_one(
-            {
-                "_id": Binary(slot.resource),
-                "version": slot.version - 1,
-                "patient": Binary(commit.patient),
-            },
-            {"$set": {"version": slot.version, "tag": Binary(commit.tag)}},
-            session=session,
-        )
-        if moved.matched_count != 1:
-            raise StaleCurrent
+        updated = [c for c in commits if c.slot.version > 1]
+        if updated:
+            moved = await self._current.bulk_write(
+                [
+                    UpdateOne(
+                        {
+                            "_id": Binary(c.slot.resource),
+                            "version": c.slot.version - 1,
+                            "patient": Binary(c.patient),
+                        },
+                        {"$set": {"version": c.slot.version, "tag": Binary(c.tag)}},
+                    )
+                    for c in updated
+                ],
+                session=session,
+            )
+            if moved.matched_count != len(updated):
+                raise StaleCurrent
+
+    async def _replace_index_entries(
+        self, commits: Sequence[VersionCommit], session: AsyncClientSession
+    ) -> None:
+        resources = [Binary(c.slot.resource) for c in commits]
+        await self._index.delete_many({"resource": {"$in": resources}}, session=session)
+        entries: list[Document] = []
+        for c in commits:
+            resource, patient = Binary(c.slot.resource), Binary(c.patient)
+            entries += [
+                {"token": Binary(t), "resource": resource, "patient": patient}
+                for t in c.index_tokens
+            ]
+            entries += [
+                {"token": Binary(t), "resource": resource, "patient": patient, "block": True}
+                for t in c.blocking_tokens
+            ]
+        if entries:
+            await self._index.insert_many(entries, session=session)
 
     @mongo_errors
     async def abort(self, slot: VersionSlot, write_id: bytes) -> None:

@@ -148,12 +148,12 @@ class BulkWrites:
                 secret = await self._ledger.new_scan_secret(each.patient_id)
                 await self._directory.register_holder(each.patient_id, each.holder, secret)
         attempt_id = secrets.token_hex(8)
-        pending: list[PendingWrite] = []
+        resource_writes = await asyncio.to_thread(
+            self._resource_writes, planned, key, attempt_id, fingerprint
+        )
+        # Every version prepared in a few storage steps; on a failure none stays.
+        pending = await self._storage.prepare_writes(resource_writes)
         try:
-            for position, each in enumerate(planned):
-                pending.append(
-                    await self._prepare(each, _write_key(key, attempt_id, position), fingerprint)
-                )
             if key:
                 recorded = await self._storage.record_batch_attempt(
                     key, fingerprint, attempt_id, len(planned)
@@ -229,29 +229,35 @@ class BulkWrites:
             decided[(patient, kind)] = verdict
         return decided
 
-    async def _prepare(self, planned: _Planned, key: str, fingerprint: bytes) -> PendingWrite:
-        write = planned.write
-        expected = write.expected_version if isinstance(write, ChangedResource) else 0
+    def _resource_writes(
+        self, planned: Sequence[_Planned], key: str, attempt: str, fingerprint: bytes
+    ) -> list[ResourceWrite]:
+        """What to store of each planned write (its canonical JSON and search values:
+        CPU-bound, for a worker thread)."""
         when = self._clock().astimezone(UTC)
         when = when.replace(microsecond=when.microsecond // 1000 * 1000)
-        canonical, search = await asyncio.to_thread(
-            stored_document, write.valid, planned.resource_id, expected + 1, when
-        )
-        return await self._storage.prepare_write(
-            ResourceWrite(
-                resource_type=write.valid.resource_type,
-                resource_id=planned.resource_id,
-                patient_id=planned.patient_id,
-                resource_json=canonical.decode(),
-                search_values=search,
-                expected_version=expected,
-                idempotency_key=key,
-                request_fingerprint=fingerprint,
-                holder_organization=planned.holder,
-                updated_time=when,
-                trace_id=current_trace_id(),
+        trace_id = current_trace_id()
+        writes: list[ResourceWrite] = []
+        for position, each in enumerate(planned):
+            write = each.write
+            expected = write.expected_version if isinstance(write, ChangedResource) else 0
+            canonical, search = stored_document(write.valid, each.resource_id, expected + 1, when)
+            writes.append(
+                ResourceWrite(
+                    resource_type=write.valid.resource_type,
+                    resource_id=each.resource_id,
+                    patient_id=each.patient_id,
+                    resource_json=canonical.decode(),
+                    search_values=search,
+                    expected_version=expected,
+                    idempotency_key=_write_key(key, attempt, position),
+                    request_fingerprint=fingerprint,
+                    holder_organization=each.holder,
+                    updated_time=when,
+                    trace_id=trace_id,
+                )
             )
-        )
+        return writes
 
     async def _abort(self, pending: Sequence[PendingWrite]) -> None:
         for each in pending:
@@ -282,10 +288,7 @@ class BulkWrites:
             if not keep:
                 await self._abort(pending)
             raise
-        return [
-            await self._storage.commit_write(p, receipt)
-            for p, receipt in zip(pending, receipts, strict=True)
-        ]
+        return await self._storage.commit_writes(pending, receipts)
 
     async def _resume(
         self, requester: Requester, key: str, fingerprint: bytes, attempt: str, count: int

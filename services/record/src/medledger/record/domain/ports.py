@@ -182,6 +182,18 @@ class RecordStorage(Protocol):
         the same idempotency key committed first (this one is then dropped)."""
         ...
 
+    async def prepare_writes(self, writes: Sequence[ResourceWrite]) -> list[PendingWrite]:
+        """``prepare_write`` for each, with a few storage steps for all (bulk writes); on a
+        failure the versions already prepared are aborted."""
+        ...
+
+    async def commit_writes(
+        self, pending: Sequence[PendingWrite], receipts: Sequence[bytes]
+    ) -> list[StoredVersion]:
+        """``commit_write`` for each: in one transaction when none conflicts, else one by
+        one (each as commit_write decides)."""
+        ...
+
     async def abort_write(self, pending: PendingWrite) -> None: ...
 
     async def resume_write(self, key: str, fingerprint: bytes) -> PendingWrite | None:
@@ -323,6 +335,19 @@ class VersionCommit:
 
 
 @dataclass(frozen=True)
+class PendingInsert:
+    """One pending version to store (the arguments of ``RecordDocuments.insert_pending``)."""
+
+    version: SealedVersion
+    write_id: bytes
+    prepared_at: datetime
+    stale_before: datetime
+    retry_of: bytes | None
+    retry_fingerprint: bytes = b""
+    trace_id: bytes = b""
+
+
+@dataclass(frozen=True)
 class IdempotentWrite:
     key_id: bytes
     slot: VersionSlot
@@ -434,6 +459,16 @@ class RecordDocuments(Protocol):
     async def commit(self, commit: VersionCommit) -> None:
         """One transaction; raises PatientErased, PendingLost, StaleCurrent or
         IdempotencyTaken and then writes nothing."""
+        ...
+
+    async def insert_pendings(self, pendings: Sequence[PendingInsert]) -> None:
+        """``insert_pending`` for each, in a few steps for all; VersionTaken when a slot is
+        taken (the versions inserted before it stay pending: abort them)."""
+        ...
+
+    async def commit_many(self, commits: Sequence[VersionCommit]) -> None:
+        """Every commit in ONE transaction, or none of them: raises as ``commit`` does
+        (IdempotencyTaken without the first write) and then writes nothing."""
         ...
 
     async def abort(self, slot: VersionSlot, write_id: bytes) -> None: ...

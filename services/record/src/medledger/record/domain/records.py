@@ -45,6 +45,7 @@ from medledger.common.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    MedledgerError,
     NotFound,
 )
 from medledger.common.key_cache import DataKeyCache
@@ -71,6 +72,7 @@ from medledger.record.domain.ports import (
     PatientErased,
     PatientKey,
     PatientKeyService,
+    PendingInsert,
     PendingLost,
     PendingWrite,
     RecordDocuments,
@@ -141,6 +143,7 @@ class EncryptedRecords:
         self._clock = clock
         self._index: BlindIndex | None = None
         self._index_lock = asyncio.Lock()
+        self._bulk = asyncio.Lock()
 
     async def _blind_index(self) -> BlindIndex:
         if self._index is None:
@@ -180,12 +183,62 @@ class EncryptedRecords:
     # -- writes ----------------------------------------------------------------------------
 
     async def prepare_write(self, write: ResourceWrite) -> PendingWrite:
+        index = await self._blind_index()
+        resource = index.resource_digest(ResourceKey(write.resource_type, write.resource_id))
+        pending, insert = await self._sealed_write(
+            index, write, await self._documents.current(resource)
+        )
+        try:
+            await self._documents.insert_pending(
+                insert.version,
+                write_id=insert.write_id,
+                prepared_at=insert.prepared_at,
+                stale_before=insert.stale_before,
+                retry_of=insert.retry_of,
+                retry_fingerprint=insert.retry_fingerprint,
+                trace_id=insert.trace_id,
+            )
+        except VersionTaken:
+            raise concurrent_write() from None
+        return pending
+
+    async def prepare_writes(self, writes: Sequence[ResourceWrite]) -> list[PendingWrite]:
+        index = await self._blind_index()
+        resources = [
+            index.resource_digest(ResourceKey(w.resource_type, w.resource_id)) for w in writes
+        ]
+        currents = await self._documents.currents(resources)
+        sealed = [
+            await self._sealed_write(index, write, currents.get(resource))
+            for write, resource in zip(writes, resources, strict=True)
+        ]
+        try:
+            # Not while a bulk commit runs: its transaction would conflict with these
+            # writes to the same collection and start again.
+            async with self._bulk:
+                await self._documents.insert_pendings([insert for _, insert in sealed])
+        except VersionTaken:
+            await self._abort_all([pending for pending, _ in sealed])
+            raise concurrent_write() from None
+        except BaseException:
+            await self._abort_all([pending for pending, _ in sealed])
+            raise
+        return [pending for pending, _ in sealed]
+
+    async def _abort_all(self, pending: Sequence[PendingWrite]) -> None:
+        for each in pending:
+            with contextlib.suppress(MedledgerError):
+                await self._documents.abort(each.slot, each.write_id)
+
+    async def _sealed_write(
+        self, index: BlindIndex, write: ResourceWrite, current: CurrentPointer | None
+    ) -> tuple[PendingWrite, PendingInsert]:
+        """The pending version of ``write`` (checked against the resource's ``current``
+        pointer), sealed under its patient's key, and the document to store."""
         if write.expected_version < 0:
             raise InvalidArgument([FieldViolation("expected_version", "must not be negative")])
-        index = await self._blind_index()
         patient = index.pseudonym(write.patient_id)
         resource = index.resource_digest(ResourceKey(write.resource_type, write.resource_id))
-        current = await self._documents.current(resource)
         if write.expected_version == 0:
             if current is not None and current.erased:
                 raise erased()
@@ -231,20 +284,17 @@ class EncryptedRecords:
             fingerprint = index.fingerprint(write.request_fingerprint)
             idempotency = self._idempotency_entry(index, key_id, fingerprint, patient, slot)
         prepared_at = self._clock()
-        try:
-            await self._documents.insert_pending(
-                SealedVersion(slot, patient, sealed, None),
-                write_id=write_id,
-                prepared_at=prepared_at,
-                stale_before=prepared_at - self._pending_timeout,
-                # A retry of a write whose commit failed takes its place at once.
-                retry_of=idempotency.key_id if idempotency else None,
-                retry_fingerprint=idempotency.fingerprint if idempotency else b"",
-                trace_id=write.trace_id,
-            )
-        except VersionTaken:
-            raise concurrent_write() from None
-        return PendingWrite(
+        insert = PendingInsert(
+            SealedVersion(slot, patient, sealed, None),
+            write_id=write_id,
+            prepared_at=prepared_at,
+            stale_before=prepared_at - self._pending_timeout,
+            # A retry of a write whose commit failed takes its place at once.
+            retry_of=idempotency.key_id if idempotency else None,
+            retry_fingerprint=idempotency.fingerprint if idempotency else b"",
+            trace_id=write.trace_id,
+        )
+        pending = PendingWrite(
             ref=ref,
             patient_id=write.patient_id,
             resource_json=write.resource_json,
@@ -259,6 +309,7 @@ class EncryptedRecords:
             trace_id=write.trace_id,
             blocking_tokens=_blocking_tokens(index, write.resource_type, write.resource_json),
         )
+        return pending, insert
 
     def _idempotency_entry(
         self,
@@ -310,10 +361,10 @@ class EncryptedRecords:
             blocking_tokens=_blocking_tokens(index, content.resource_type, content.resource_json),
         )
 
-    async def commit_write(self, pending: PendingWrite, receipt: bytes) -> StoredVersion:
-        index = await self._blind_index()
+    @staticmethod
+    def _version_commit(index: BlindIndex, pending: PendingWrite, receipt: bytes) -> VersionCommit:
         slot = pending.slot
-        commit = VersionCommit(
+        return VersionCommit(
             slot=slot,
             patient=pending.patient,
             write_id=pending.write_id,
@@ -325,6 +376,39 @@ class EncryptedRecords:
             idempotency=pending.idempotency,
             blocking_tokens=pending.blocking_tokens,
         )
+
+    @staticmethod
+    def _stored(pending: PendingWrite, receipt: bytes) -> StoredVersion:
+        return StoredVersion(
+            ref=pending.ref,
+            patient_id=pending.patient_id,
+            resource_json=pending.resource_json,
+            updated_time=pending.updated_time,
+            receipt=receipt,
+            salt=pending.salt,
+        )
+
+    async def commit_writes(
+        self, pending: Sequence[PendingWrite], receipts: Sequence[bytes]
+    ) -> list[StoredVersion]:
+        index = await self._blind_index()
+        commits = [
+            self._version_commit(index, p, r) for p, r in zip(pending, receipts, strict=True)
+        ]
+        try:
+            # One bulk transaction at a time in this process: they bump the rows of the same
+            # patients, and concurrent ones would abort each other over and over.
+            async with self._bulk:
+                await self._documents.commit_many(commits)
+        except (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken):
+            # Nothing of the transaction is written: each one alone, as commit_write decides.
+            return [await self.commit_write(p, r) for p, r in zip(pending, receipts, strict=True)]
+        return [self._stored(p, r) for p, r in zip(pending, receipts, strict=True)]
+
+    async def commit_write(self, pending: PendingWrite, receipt: bytes) -> StoredVersion:
+        index = await self._blind_index()
+        slot = pending.slot
+        commit = self._version_commit(index, pending, receipt)
         try:
             await self._documents.commit(commit)
         except PatientErased:
@@ -344,14 +428,7 @@ class EncryptedRecords:
             return await self._read_slot(
                 first_result(index, taken.first, pending.idempotency.fingerprint)
             )
-        return StoredVersion(
-            ref=pending.ref,
-            patient_id=pending.patient_id,
-            resource_json=pending.resource_json,
-            updated_time=pending.updated_time,
-            receipt=receipt,
-            salt=pending.salt,
-        )
+        return self._stored(pending, receipt)
 
     async def abort_write(self, pending: PendingWrite) -> None:
         await self._documents.abort(pending.slot, pending.write_id)
