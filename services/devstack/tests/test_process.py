@@ -13,6 +13,7 @@ from medledger.devstack.process import (
     ComponentStartError,
     ManagedProcess,
     PidRecord,
+    PortReservations,
     free_port,
     free_ports,
     is_port_free,
@@ -108,3 +109,14 @@ def test_port_checks() -> None:
     assert len(set(ports)) == 3
     pair = free_port(with_next=True)
     assert is_port_free(pair + 1)
+
+
+def test_a_reserved_port_is_held_until_released() -> None:
+    """`up` reserves the services' fixed ports (in the ephemeral range) so that no outbound
+    connection takes one as its local port before its service listens."""
+    port = free_port()
+    reservations = PortReservations([port])
+    assert not is_port_free(port)  # bound: neither a server nor the kernel may take it
+    reservations.release(port)
+    assert is_port_free(port)
+    reservations.release(port)  # releasing twice is harmless

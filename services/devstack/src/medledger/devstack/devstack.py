@@ -20,8 +20,10 @@ from medledger.devstack.process import (
     ManagedProcess,
     PidRecord,
     PortBusyError,
+    PortReservations,
     StackError,
     is_port_free,
+    wait_listening,
 )
 from medledger.devstack.server import Server
 from medledger.devstack.services import (
@@ -75,6 +77,7 @@ class DevStack:
 
     def __init__(self, paths: StackPaths) -> None:
         self.paths = paths
+        self._reserved = PortReservations([])
         self.mongo = MongoServer(
             port=MONGO_PORT,
             storage_path=paths.state("mongo"),
@@ -292,6 +295,18 @@ class DevStack:
     def _up(self, *, deps_only: bool, say: Say) -> list[ComponentStatus]:
         self._stop_retired(say)
         running = self._preflight(self.components(deps_only=deps_only))
+        # Held from now until each service starts: see PortReservations.
+        self._reserved = PortReservations(
+            [] if deps_only else [s.port for s in self.services if s.component not in running]
+        )
+        try:
+            return self._up_reserved(deps_only=deps_only, running=running, say=say)
+        finally:
+            self._reserved.release_all()
+
+    def _up_reserved(
+        self, *, deps_only: bool, running: set[str], say: Say
+    ) -> list[ComponentStatus]:
         wait_for_trace_ui = None
         if not deps_only and self.trace_ui_enabled and "trace-ui" not in running:
             wait_for_trace_ui = self._launch_trace_ui(say)
@@ -344,7 +359,13 @@ class DevStack:
                 service.adopt()
             else:
                 say(f"starting {service.component}")
+                self._reserved.release(service.port)
                 service.launch()
+                # Listening before the next one starts (and connects anywhere): the next
+                # port stays reserved meanwhile.
+                wait_listening(
+                    service.port, service.host, service.start_timeout, service.is_running
+                )
         for service in self.services:
             if service.component not in running:
                 service.wait_started()

@@ -87,6 +87,52 @@ def is_port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+class PortReservations:
+    """Holds ports (bound, not listening) until their servers are about to take them.
+
+    The stack's gRPC ports (50051-50056) lie in Linux's ephemeral range (32768-60999): an
+    outbound connection of any process, e.g. a service's first one to Vault, may get one as
+    its local port, and the service meant to listen there then fails to bind. The kernel
+    never picks a port that a socket has bound, so ``up`` reserves them first and releases
+    each just before its service starts.
+    """
+
+    def __init__(self, ports: Sequence[int], host: str = "127.0.0.1") -> None:
+        self._held: dict[int, socket.socket] = {}
+        for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()  # busy already: the server's own check reports it
+                continue
+            self._held[port] = sock
+
+    def release(self, port: int) -> None:
+        held = self._held.pop(port, None)
+        if held is not None:
+            held.close()
+
+    def release_all(self) -> None:
+        for port in list(self._held):
+            self.release(port)
+
+
+def wait_listening(
+    port: int, host: str, within: float, alive: Callable[[], bool] = lambda: True
+) -> bool:
+    """Whether something listens on host:port within ``within`` seconds (False at once when
+    ``alive`` says the process meant to listen there has gone)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and alive():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.2)
+            if probe.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct ports that are free now (held together while chosen)."""
     with contextlib.ExitStack() as stack:
