@@ -13,7 +13,8 @@ import pytest
 
 from medledger.api.identity.v1 import identity_pb2
 from medledger.common.keyfiles import load_private_key, public_jwks
-from medledger.devstack.mllp import DEMO_HL7_FEEDS, HL7_CLIENT_SCOPES, MllpServer
+from medledger.devstack import mllp as devstack_mllp
+from medledger.devstack.mllp import DEMO_HL7_FEEDS, HL7_CLIENT_SCOPES, Hl7Feed, MllpServer
 from medledger.devstack.paths import StackPaths
 from medledger.devstack.probes import Health
 from medledger.devstack.process import free_port
@@ -39,9 +40,18 @@ def paths(tmp_path: Path) -> StackPaths:
 
 
 async def test_the_stack_component_serves_the_demo_feed(
-    auth_platform: Platform, record_service: RecordService, paths: StackPaths
+    auth_platform: Platform,
+    record_service: RecordService,
+    paths: StackPaths,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    (feed,) = DEMO_HL7_FEEDS
+    # The demo feed under a client id of its own: this session's identity is shared, and a
+    # module that runs `demo seed` against it registers the demo's id with another key.
+    (demo,) = DEMO_HL7_FEEDS
+    feed = Hl7Feed(
+        f"{demo.client_id}-{uuid.uuid4().hex[:6]}", demo.organization, demo.sending_facilities
+    )
+    monkeypatch.setattr(devstack_mllp, "DEMO_HL7_FEEDS", (feed,))
     server = MllpServer(
         port=free_port(),
         paths=paths,
