@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from medledger.devstack.process import free_ports
 from medledger.devstack.triton import TritonServer, TritonTls
 from medledger.inference.adapters.triton import TritonProbe, TritonSettings
+from medledger.testkit.models import model_triton
 from medledger.testkit.pki import make_pki
 
 
@@ -26,16 +26,8 @@ def tls_triton(
     pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonServer]:
     state = tmp_path_factory.mktemp("triton-tls")
-    grpc_port, http_port, metrics_port = free_ports(3)
-    server = TritonServer(
-        grpc_port=grpc_port,
-        http_port=http_port,
-        metrics_port=metrics_port,
-        state_dir=state,
-        log_file=state / "triton.log",
-        die_with_parent=True,
-        start_timeout=300,
-        tls=TritonTls(pki["triton_cert"], pki["triton_key"], pki["ca"]),
+    server = model_triton(
+        state / "models", state, TritonTls(pki["triton_cert"], pki["triton_key"], pki["ca"])
     )
     server.start()
     yield server

@@ -20,7 +20,7 @@ from typing import Final
 import pytest
 
 from medledger.devstack.process import free_ports
-from medledger.devstack.triton import TritonServer
+from medledger.devstack.triton import TritonServer, TritonTls
 
 SECOND_VERSION_OF: Final = "diabetes-progression"
 CARD: Final = "model-card.json"
@@ -47,8 +47,9 @@ def model_repository(out: Path) -> Path:
     return local
 
 
-def model_triton(repository: Path, state: Path) -> TritonServer:
-    """A tritonserver serving ``repository`` on free loopback ports (not started)."""
+def model_triton(repository: Path, state: Path, tls: TritonTls | None = None) -> TritonServer:
+    """A tritonserver serving ``repository`` on free loopback ports (not started); its gRPC
+    over TLS with ``tls``."""
     grpc_port, http_port, metrics_port = free_ports(3)
     return TritonServer(
         grpc_port=grpc_port,
@@ -60,6 +61,7 @@ def model_triton(repository: Path, state: Path) -> TritonServer:
         die_with_parent=True,
         # The first start on a machine builds Triton's virtualenv.
         start_timeout=300,
+        tls=tls,
     )
 
 
