@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from medledger.common.errors import MedledgerError
+from medledger.common.errors import MedledgerError, Unavailable
+from medledger.common.key_cache import DataKeyCache
+from medledger.record.adapters.mongo_store import RecordStore
 from medledger.record.domain.ports import ResourceWrite
+from medledger.record.domain.records import EncryptedRecords
 
 
 def write(resource_id: str, patient_id: str, expected_version: int = 0, **search: str) -> Any:
@@ -78,3 +81,23 @@ async def test_a_conflict_at_commit_decides_each_version_alone(records: Any) -> 
         await records.records.commit_writes(pending, [records.receipt_for(p.ref) for p in pending])
     assert refused.value.reason == "ERASED"
     assert await records.db["record_versions"].count_documents({"state": "committed"}) == 0
+
+
+class _BulkTransactionsGiveUp(RecordStore):
+    """The real store, whose bulk transaction gives up (as one whose time runs out on a
+    loaded server does); every single commit works."""
+
+    async def commit_many(self, commits: Any) -> None:
+        raise Unavailable("mongodb")
+
+
+async def test_a_bulk_transaction_that_gives_up_commits_one_by_one(records: Any) -> None:
+    """The entries are ledgered before the commit: the versions must become visible."""
+    patient = f"p-{uuid.uuid4().hex[:8]}"
+    await records.write("Patient", patient, patient)
+    store = _BulkTransactionsGiveUp(records.store._client, records.db.name)
+    flaky = EncryptedRecords(store, records.keys, cache=DataKeyCache())
+    pending = await flaky.prepare_writes([write(f"x-{n}", patient) for n in range(5)])
+    stored = await flaky.commit_writes(pending, [records.receipt_for(p.ref) for p in pending])
+    assert [s.ref.resource_id for s in stored] == [f"x-{n}" for n in range(5)]
+    assert (await records.records.read("Observation", "x-4")).ref.version == 1

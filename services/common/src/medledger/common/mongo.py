@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
@@ -12,6 +13,8 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from medledger.common.config import MongoSettings
 from medledger.common.errors import Unavailable
+
+log = logging.getLogger("medledger.mongo")
 
 
 def create_mongo_client(
@@ -60,6 +63,16 @@ def mongo_errors(
         except DuplicateKeyError:
             raise
         except PyMongoError as exc:
+            # The kind of failure and the server's code only: messages may quote documents.
+            log.warning(
+                "mongodb call failed",
+                extra={
+                    "call": method.__qualname__,
+                    "error": type(exc).__name__,
+                    "code": getattr(exc, "code", None),
+                    "labels": sorted(getattr(exc, "_error_labels", ()) or ()),
+                },
+            )
             raise Unavailable("mongodb") from exc
 
     return wrapped

@@ -47,6 +47,7 @@ from medledger.common.errors import (
     InvalidArgument,
     MedledgerError,
     NotFound,
+    Unavailable,
 )
 from medledger.common.key_cache import DataKeyCache
 from medledger.common.paging import Listing, Page
@@ -400,8 +401,10 @@ class EncryptedRecords:
             # patients, and concurrent ones would abort each other over and over.
             async with self._bulk:
                 await self._documents.commit_many(commits)
-        except (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken):
-            # Nothing of the transaction is written: each one alone, as commit_write decides.
+        except (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken, Unavailable):
+            # Nothing of the transaction is written (a conflict, or the transaction gave up,
+            # e.g. its time ran out on a loaded server): each one alone, as commit_write
+            # decides. The entries are ledgered already: the versions must become visible.
             return [await self.commit_write(p, r) for p, r in zip(pending, receipts, strict=True)]
         return [self._stored(p, r) for p, r in zip(pending, receipts, strict=True)]
 
