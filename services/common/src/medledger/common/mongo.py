@@ -65,7 +65,10 @@ def mongo_errors(
         except PyMongoError as exc:
             # The kind of failure and the server's code only: messages may quote documents.
             log.warning(
-                "mongodb call failed",
+                "mongodb call failed: %s raised %s (code %s)",
+                method.__qualname__,
+                type(exc).__name__,
+                getattr(exc, "code", None),
                 extra={
                     "call": method.__qualname__,
                     "error": type(exc).__name__,

@@ -288,7 +288,10 @@ class BulkWrites:
             if not keep:
                 await self._abort(pending)
             raise
-        return await self._storage.commit_writes(pending, receipts)
+        # Shielded: the entries are ledgered, so the versions must become visible even if
+        # the caller goes away (a cancelled stream); a transaction abandoned midway would also
+        # hold its locks until the server expires it, stalling every later commit.
+        return await asyncio.shield(self._storage.commit_writes(pending, receipts))
 
     async def _resume(
         self, requester: Requester, key: str, fingerprint: bytes, attempt: str, count: int
