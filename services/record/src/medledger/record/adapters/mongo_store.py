@@ -74,6 +74,7 @@ COMMITTED: Final = "committed"
 # a client should hear UNAVAILABLE sooner.
 DEFAULT_TRANSACTION_SECONDS: Final = 10.0
 BULK_SECONDS_PER_COMMIT: Final = 0.1
+MIN_BULK_TRANSACTION_SECONDS: Final = 60.0
 MAX_BULK_TRANSACTION_SECONDS: Final = 120.0
 # A search walks its rarest token's index entries this many at a time.
 CANDIDATE_CHUNK: Final = 256
@@ -493,12 +494,16 @@ class RecordStore:
                     raise IdempotencyTaken(None) from None
 
         await self._ready()
-        # A bulk commit (up to 1,000 versions) takes longer than one version's: its budget
-        # grows with its size, up to MAX_BULK_TRANSACTION_SECONDS.
-        budget = min(
-            max(self._transaction_seconds, len(commits) * BULK_SECONDS_PER_COMMIT),
-            MAX_BULK_TRANSACTION_SECONDS,
-        )
+        # A bulk commit (up to 1,000 versions) takes longer than one version's, and much
+        # longer on a loaded server; one that runs out of time leaves its transaction to the
+        # server's reaper (60 s), whose held writes then make later commits conflict until
+        # then. So its budget is generous: at least MIN_BULK_TRANSACTION_SECONDS.
+        budget = self._transaction_seconds
+        if len(commits) > 1:
+            budget = min(
+                max(MIN_BULK_TRANSACTION_SECONDS, len(commits) * BULK_SECONDS_PER_COMMIT),
+                MAX_BULK_TRANSACTION_SECONDS,
+            )
         with pymongo.timeout(budget):
             async with self._client.start_session() as session:
                 await session.with_transaction(write)
