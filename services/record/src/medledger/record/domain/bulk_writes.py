@@ -315,16 +315,17 @@ class BulkWrites:
                 )
             pending[position] = resumed
         # The caller must still be allowed to write (or to see the answer of) each one.
-        wanted: set[tuple[str, str, str]] = set()
-        targets = [(v.patient_id, v.ref.resource_type) for v in done.values()]
-        targets += [(p.patient_id, p.ref.resource_type) for p in pending.values()]
-        for patient, resource_type in targets:
+        targets = {(v.patient_id, v.ref.resource_type) for v in done.values()}
+        targets |= {(p.patient_id, p.ref.resource_type) for p in pending.values()}
+        holders: dict[str, str] = {}
+        for patient in sorted({patient for patient, _ in targets}):  # once per patient
             try:
-                holder = await self._storage.patient_holder(patient)
+                holders[patient] = await self._storage.patient_holder(patient)
             except NotFound:
-                holder = requester.principal.organization
-            wanted.add((patient, resource_type, holder))
-        verdicts = await self._verdicts(requester, wanted)
+                holders[patient] = requester.principal.organization
+        verdicts = await self._verdicts(
+            requester, {(patient, kind, holders[patient]) for patient, kind in targets}
+        )
         if pending:
             positions = sorted(pending)
             stored = await self._ledger_and_commit(
