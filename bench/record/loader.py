@@ -39,7 +39,7 @@ from pymongo import AsyncMongoClient, UpdateOne
 from bench.record import corpus
 from medledger.common.errors import MedledgerError
 from medledger.common.key_cache import DataKeyCache
-from medledger.record.adapters.mongo_store import COMMITTED, RecordStore, _slot_id
+from medledger.record.adapters.mongo_store import COMMITTED, RecordStore, _slot_id, index_document
 from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.domain.fhir_validation import validate_resource
 from medledger.record.domain.peers import PatientDirectory
@@ -154,10 +154,9 @@ class BulkRecordStore(RecordStore):
                 "tag": Binary(commit.tag),
             }
         )
-        self._buffer["index"] += [
-            {"token": Binary(t), "resource": resource, "patient": patient}
-            for t in commit.index_tokens
-        ]
+        self._buffer["index"].append(
+            index_document(slot.resource, commit.patient, commit.index_tokens)
+        )
         self._staged.add(slot.resource)
         self.writes[commit.patient] += 1
 

@@ -120,9 +120,9 @@ async def test_an_index_entry_pointing_elsewhere_is_data_loss(records: Any) -> N
     await three_versions(records)
     await records.write("Observation", new_id(), new_id(), search={"code": {"d"}})
     first, second = await records.db["record_index"].find({}).to_list()
-    # Each entry now names the other's resource: "c" finds the resource indexed under "d".
-    await set_field(records, "record_index", first["_id"], "resource", second["resource"])
-    await set_field(records, "record_index", second["_id"], "resource", first["resource"])
+    # Each resource now holds the other's tokens: "c" finds the resource indexed under "d".
+    await set_field(records, "record_index", first["_id"], "tokens", second["tokens"])
+    await set_field(records, "record_index", second["_id"], "tokens", first["tokens"])
     await assert_damaged(
         lambda: records.records.search("Observation", [("code", "c")], page_size=5, page_token="")
     )

@@ -17,10 +17,14 @@ resource's type and id, ``patient`` the patient's keyed pseudonym):
   ``patient``; ``(state, prepared_at)`` for the sweep; ``retry_of`` for retries.
 - ``record_current``   ``{_id: resource, patient, version, tag}``: the latest committed
   version; ``{_id, erased: true}`` once its patient is erased. Index ``(patient, _id)``.
-- ``record_index``     ``{token, resource, patient}``: one entry per search token of a
-  resource's current version; a Patient's blocking tokens (duplicate detection) also carry
-  ``block: true``. Indexes ``(token, resource)``, ``resource``, ``patient``,
-  ``(block, token)``.
+- ``record_index``     ``{_id: resource, patient, tokens: [...], blocks: [...]}``: the search
+  tokens of a resource's current version, and a Patient's blocking tokens (duplicate
+  detection; absent on other types), ONE document per resource. Indexes ``(tokens, _id)``
+  (multikey: a search walks one token's resources in order), ``patient``, ``blocks``
+  (multikey, sparse). One document rather than one per token: a commit writes a document
+  per resource, not ten (on secantusdb, 60 one-token rows cost 40 ms a commit, 6 documents
+  6 ms). Rows of the earlier layout (``{token, resource, patient, block}``) are converted
+  when the service starts.
 - ``record_idempotency`` ``{_id: key id, fingerprint, resource, version, patient, tag,
   expires_at}``; TTL index on ``expires_at``.
 - ``record_batches``   ``{_id: key id, fingerprint, attempt, count, expires_at}``: the attempt
@@ -35,6 +39,7 @@ the idempotency key is recorded, or nothing is. A document that does not parse i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -81,6 +86,7 @@ CANDIDATE_CHUNK: Final = 256
 # Counting a token's entries stops here (the count is only to rank tokens: past it, a
 # token is "common", and counting further would cost what the search avoids).
 TOKEN_COUNT_CAP: Final = 512
+CONVERT_CHUNK: Final = 5000  # rows of the earlier index layout converted at a time
 
 
 @contextmanager
@@ -157,6 +163,21 @@ def _sealed_version(doc: Document) -> SealedVersion:
             content=Sealed(_bytes(doc["nonce"]), _bytes(doc["content"])),
             receipt=receipt,
         )
+
+
+def index_document(
+    resource: bytes, patient: bytes, tokens: Iterable[bytes], blocks: Iterable[bytes] = ()
+) -> Document:
+    """A resource's ``record_index`` document: its search tokens, and its blocking tokens
+    when it has any (a Patient)."""
+    document: Document = {
+        "_id": Binary(resource),
+        "patient": Binary(patient),
+        "tokens": [Binary(t) for t in dict.fromkeys(tokens)],
+    }
+    if blocked := [Binary(t) for t in dict.fromkeys(blocks)]:
+        document["blocks"] = blocked
+    return document
 
 
 def _pending_document(pending: PendingInsert) -> Document:
@@ -262,10 +283,10 @@ class RecordStore:
         await self._versions.create_index([("state", ASCENDING), ("prepared_at", ASCENDING)])
         await self._versions.create_index([("retry_of", ASCENDING)], sparse=True)
         await self._current.create_index([("patient", ASCENDING), ("_id", ASCENDING)])
-        await self._index.create_index([("token", ASCENDING), ("resource", ASCENDING)])
-        await self._index.create_index([("resource", ASCENDING)])
+        await self._index.create_index([("tokens", ASCENDING), ("_id", ASCENDING)])
         await self._index.create_index([("patient", ASCENDING)])
-        await self._index.create_index([("block", ASCENDING), ("token", ASCENDING)], sparse=True)
+        await self._index.create_index([("blocks", ASCENDING)], sparse=True)
+        await self._convert_token_rows()
         await self._idempotency.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
         await self._batches.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
@@ -551,20 +572,34 @@ class RecordStore:
         self, commits: Sequence[VersionCommit], session: AsyncClientSession
     ) -> None:
         resources = [Binary(c.slot.resource) for c in commits]
-        await self._index.delete_many({"resource": {"$in": resources}}, session=session)
-        entries: list[Document] = []
-        for c in commits:
-            resource, patient = Binary(c.slot.resource), Binary(c.patient)
-            entries += [
-                {"token": Binary(t), "resource": resource, "patient": patient}
-                for t in c.index_tokens
-            ]
-            entries += [
-                {"token": Binary(t), "resource": resource, "patient": patient, "block": True}
-                for t in c.blocking_tokens
-            ]
-        if entries:
-            await self._index.insert_many(entries, session=session)
+        await self._index.delete_many({"_id": {"$in": resources}}, session=session)
+        await self._index.insert_many(
+            [
+                index_document(c.slot.resource, c.patient, c.index_tokens, c.blocking_tokens)
+                for c in commits
+            ],
+            session=session,
+        )
+
+    async def _convert_token_rows(self) -> None:
+        """Rows of the earlier index layout (one per token) become one document per
+        resource. A resource that already has its document was committed since, under the
+        new layout: its old rows are stale and only dropped. Safe to run on several
+        replicas at once, and again after a crash (a search checks every result against
+        the tokens sealed in its version, so a stale token never shows a resource)."""
+        old = {"token": {"$exists": True}}
+        while rows := await self._index.find(old).limit(CONVERT_CHUNK).to_list():
+            by_resource: dict[bytes, list[Document]] = {}
+            for row in rows:
+                by_resource.setdefault(bytes(row["resource"]), []).append(row)
+            for resource, group in by_resource.items():
+                tokens = [bytes(r["token"]) for r in group if not r.get("block")]
+                blocks = [bytes(r["token"]) for r in group if r.get("block")]
+                with contextlib.suppress(DuplicateKeyError):
+                    await self._index.insert_one(
+                        index_document(resource, bytes(group[0]["patient"]), tokens, blocks)
+                    )
+            await self._index.delete_many({"_id": {"$in": [r["_id"] for r in rows]}})
 
     @mongo_errors
     async def abort(self, slot: VersionSlot, write_id: bytes) -> None:
@@ -593,7 +628,7 @@ class RecordStore:
         if not wanted:
             return []
         counts = [
-            await self._index.count_documents({"token": Binary(t)}, limit=TOKEN_COUNT_CAP)
+            await self._index.count_documents({"tokens": Binary(t)}, limit=TOKEN_COUNT_CAP)
             for t in wanted
         ]
         ranked = [token for _, token in sorted(zip(counts, wanted, strict=True))]
@@ -603,14 +638,14 @@ class RecordStore:
         found: list[bytes] = []
         position = after
         while len(found) < limit:
-            query: Document = {"token": Binary(driver)}
+            query: Document = {"tokens": Binary(driver)}
             if position is not None:
-                query["resource"] = {"$gt": Binary(position)}
-            cursor = self._index.find(query, {"resource": 1}).sort("resource", 1)
+                query["_id"] = {"$gt": Binary(position)}
+            cursor = self._index.find(query, {"_id": 1}).sort("_id", 1)
             chunk: list[bytes] = []
             async for doc in cursor.limit(CANDIDATE_CHUNK):
                 with _parsing():
-                    chunk.append(_bytes(doc["resource"]))
+                    chunk.append(_bytes(doc["_id"]))
             if not chunk:
                 break
             holding = await self._holding_all(list(dict.fromkeys(chunk)), others)
@@ -624,18 +659,12 @@ class RecordStore:
         """Those of ``resources`` with an index entry for every one of ``tokens``."""
         if not tokens:
             return set(resources)
-        pipeline: list[Document] = [
-            {
-                "$match": {
-                    "token": {"$in": [Binary(t) for t in tokens]},
-                    "resource": {"$in": [Binary(r) for r in resources]},
-                }
-            },
-            {"$group": {"_id": "$resource", "tokens": {"$addToSet": "$token"}}},
-            {"$match": {"tokens": {"$size": len(tokens)}}},
-        ]
+        query = {
+            "_id": {"$in": [Binary(r) for r in resources]},
+            "tokens": {"$all": [Binary(t) for t in tokens]},
+        }
         holding = set()
-        async for doc in await self._index.aggregate(pipeline):
+        async for doc in self._index.find(query, {"_id": 1}):
             with _parsing():
                 holding.add(_bytes(doc["_id"]))
         return holding
@@ -685,8 +714,9 @@ class RecordStore:
     @mongo_errors
     async def blocks(self, max_block: int) -> tuple[list[list[bytes]], int]:
         pipeline: list[Document] = [
-            {"$match": {"block": True}},
-            {"$group": {"_id": "$token", "resources": {"$addToSet": "$resource"}}},
+            {"$match": {"blocks": {"$exists": True}}},
+            {"$unwind": "$blocks"},
+            {"$group": {"_id": "$blocks", "resources": {"$addToSet": "$_id"}}},
             {"$project": {"resources": 1, "size": {"$size": "$resources"}}},
             {"$match": {"size": {"$gt": 1}}},
         ]
