@@ -209,8 +209,9 @@ class EncryptedRecords:
             index.resource_digest(ResourceKey(w.resource_type, w.resource_id)) for w in writes
         ]
         currents = await self._documents.currents(resources)
+        keys: dict[bytes, bytes] = {}  # each patient's data key, looked up once
         sealed = [
-            await self._sealed_write(index, write, currents.get(resource))
+            await self._sealed_write(index, write, currents.get(resource), keys)
             for write, resource in zip(writes, resources, strict=True)
         ]
         try:
@@ -232,10 +233,15 @@ class EncryptedRecords:
                 await self._documents.abort(each.slot, each.write_id)
 
     async def _sealed_write(
-        self, index: BlindIndex, write: ResourceWrite, current: CurrentPointer | None
+        self,
+        index: BlindIndex,
+        write: ResourceWrite,
+        current: CurrentPointer | None,
+        keys: dict[bytes, bytes] | None = None,
     ) -> tuple[PendingWrite, PendingInsert]:
         """The pending version of ``write`` (checked against the resource's ``current``
-        pointer), sealed under its patient's key, and the document to store."""
+        pointer), sealed under its patient's key (taken from, or added to, ``keys``), and
+        the document to store."""
         if write.expected_version < 0:
             raise InvalidArgument([FieldViolation("expected_version", "must not be negative")])
         patient = index.pseudonym(write.patient_id)
@@ -254,7 +260,11 @@ class EncryptedRecords:
                 )
             if live.version != write.expected_version:
                 raise stale(live.version)
-        data_key = await self._key_for_writing(patient, write.holder_organization)
+        data_key = keys.get(patient) if keys is not None else None
+        if data_key is None:
+            data_key = await self._key_for_writing(patient, write.holder_organization)
+            if keys is not None:
+                keys[patient] = data_key
         ref = VersionRef(write.resource_type, write.resource_id, write.expected_version + 1)
         slot = VersionSlot(resource, ref.version)
         now = write.updated_time or self._clock()
