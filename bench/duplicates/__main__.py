@@ -1,4 +1,4 @@
-"""``python -m bench.duplicates [--patients N] [--calls K] [--seed S]``
+"""``python -m bench.duplicates [--patients N] [--calls K] [--seed S] [--one M]``
 
 Duplicate patients, measured end to end. In one run, against one MongoDB-compatible server
 (secantusdb), OpenBao, identity with its ledger (the testkit platform, in this process) and the
@@ -15,6 +15,9 @@ settings):
     pairs found against the known ones (precision and recall; targets precision >= 0.95 and
     recall >= 0.90), the recall of each fault, and the time per call (the first, with the
     record's key cache cold, apart);
+(d) ``FindDuplicatePatients`` for one patient (``patient_id``, what FHIR's Patient/$match asks)
+    for ``--one`` patients (half of them in a listed pair): the time per call against a whole
+    listing's, and whether each answer is exactly that patient's pairs in the listing;
 (c) the same work on the clear population in this process (blocking in memory, scoring):
     the baseline the service's time is compared with, as a ratio (the service adds the
     blocking index, decryption, CheckAccess per patient and the ledgered reads); and scoring
@@ -163,6 +166,37 @@ async def find_all(stub: Stub, min_score: float = 0.0) -> Found:
             return Found(pairs, time.perf_counter() - started, pages, retried)
 
 
+@dataclass(frozen=True)
+class OnePatient:
+    seconds: list[float]
+    agreeing: int  # answers that were exactly the patient's pairs in the full listing
+
+
+def _pair(candidate: record_pb2.DuplicateCandidate) -> frozenset[str]:
+    return frozenset((candidate.first_patient_id, candidate.second_patient_id))
+
+
+async def one_patient_calls(stub: Stub, ids: list[str], listed: Found, count: int) -> OnePatient:
+    rng = random.Random(7)
+    paired = sorted({p for c in listed.pairs for p in _pair(c)})
+    chosen = rng.sample(paired, min(count // 2, len(paired)))
+    chosen += rng.sample(sorted(set(ids) - set(chosen)), min(count - len(chosen), len(ids)))
+    expected: dict[str, set[frozenset[str]]] = {p: set() for p in chosen}
+    for candidate in listed.pairs:
+        for patient in _pair(candidate) & expected.keys():
+            expected[patient].add(_pair(candidate))
+    seconds, agreeing = [], 0
+    for patient in chosen:
+        request = record_pb2.FindDuplicatePatientsRequest(
+            patient_id=patient, page_size=PAGE_SIZE, purpose=TREAT
+        )
+        started = time.perf_counter()
+        reply = await stub.FindDuplicatePatients(request, timeout=60)
+        seconds.append(time.perf_counter() - started)
+        agreeing += {_pair(c) for c in reply.candidates} == expected[patient]
+    return OnePatient(seconds, agreeing)
+
+
 def in_process(generated: Population) -> tuple[float, int, float]:
     """The scoring on the clear population: (seconds for blocking + scoring, blocked
     pairs, estimated seconds to score every pair)."""
@@ -202,6 +236,7 @@ def report(
     runs: list[Found],
     wide: Found,
     baseline: tuple[float, int, float],
+    one: OnePatient,
 ) -> None:
     index = {patient_id: n for n, patient_id in enumerate(ids)}
     default = runs[0]
@@ -271,6 +306,14 @@ def report(
         f"next {len(warm)} calls, median", f"{statistics.median(warm):.3f}",
         f"{statistics.median(warm) / seconds:.1f}x",
     )  # fmt: skip
+    ordered = sorted(one.seconds)
+    one_median = statistics.median(ordered)
+    timing.add_row(
+        f"one patient's pairs (patient_id), median of {len(ordered)} "
+        f"(p99 {ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]:.3f} s)",
+        f"{one_median:.3f}",
+        f"{one_median / seconds:.2f}x",
+    )
     timing.add_row(
         f"in process, clear data: blocking, scoring {blocked:,} blocked pairs",
         f"{seconds:.3f}",
@@ -285,9 +328,14 @@ def report(
         f"{len(default.pairs)}; pages asked again after UNAVAILABLE: "
         f"{sum(run.retried for run in runs)}"
     )
+    console.print(
+        f"one patient's pairs: {statistics.median(warm) / one_median:.0f}x faster than a whole "
+        f"listing; {one.agreeing} of {len(one.seconds)} answers exactly that patient's pairs "
+        f"in the listing {verdict(one.agreeing == len(one.seconds))}"
+    )
 
 
-async def main(count: int, calls: int, seed: int) -> None:
+async def main(count: int, calls: int, seed: int, one_count: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-duplicates-"))
     console.print(
         f"# duplicates benchmark — cores: {os.cpu_count()}, patients: {count:,}, seed {seed}, "
@@ -332,6 +380,8 @@ async def main(count: int, calls: int, seed: int) -> None:
             runs.append(await find_all(stub))
             console.print(f"    {len(runs[-1].pairs)} pairs in {runs[-1].seconds:.3f} s")
         wide = await find_all(stub, 0.5)
+        console.print(f"(d) FindDuplicatePatients for one patient, {one_count} patients")
+        one = await one_patient_calls(stub, ids, runs[0], one_count)
     finally:
         await channel.close(None)
         record.stop()
@@ -341,7 +391,7 @@ async def main(count: int, calls: int, seed: int) -> None:
     console.print("(c) the same on the clear population, in this process")
     baseline = await asyncio.to_thread(in_process, generated)
     console.print()
-    report(generated, ids, runs, wide, baseline)
+    report(generated, ids, runs, wide, baseline, one)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -349,8 +399,9 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--patients", type=int, default=1000, help="population size")
     parser.add_argument("--calls", type=int, default=5, help="listings timed")
     parser.add_argument("--seed", type=int, default=14, help="the population's seed")
+    parser.add_argument("--one", type=int, default=50, help="patients asked about one by one")
     args = parser.parse_args(argv)
-    asyncio.run(main(args.patients, max(1, args.calls), args.seed))
+    asyncio.run(main(args.patients, max(1, args.calls), args.seed, max(1, args.one)))
 
 
 if __name__ == "__main__":

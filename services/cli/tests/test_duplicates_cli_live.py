@@ -112,6 +112,12 @@ async def test_a_pair_is_listed_then_linked(live: LiveRecord, tmp_path: Path) ->
     assert bill in row
     assert re.search(r"0\.9\d\d|1\.000", row)
     assert "name.given" in row
+    # One patient's pairs alone (its blocks only), and a Patient/ reference taken too.
+    own = await live.record("duplicates", "--patient", f"Patient/{william}", "--json")
+    assert own.exit_code == 0, own.output
+    assert [
+        {c["firstPatientId"], c["secondPatientId"]} for c in json.loads(own.stdout)["candidates"]
+    ] == [{william, bill}]
     refused = await live.record("duplicates", "--min-score", "1.5")
     assert refused.exit_code == 2  # the CLI refuses it before asking
 

@@ -256,9 +256,59 @@ async def test_pages_follow_each_other_in_score_order(api: DuplicatesApi) -> Non
     assert [v.field for v in refused.violations] == ["page_token"]
 
 
+async def test_one_patients_pairs_come_from_its_own_blocks(api: DuplicatesApi) -> None:
+    family, other = family_name(), family_name()
+    anne = await create(api, patient_json(family, "Anne", "1961-07-08"))
+    ann = await create(api, patient_json(family, "Ann", "1961-07-08"))
+    annie = await create(api, patient_json(family, "Annie", "1961-08-07"))
+    # A pair of others that shares none of Anne's keys.
+    await create(api, patient_json(other, "Boris", "1944-02-03"))
+    await create(api, patient_json(other, "Borys", "1944-02-03"))
+    everything = await find(api.a, page_size=1000)
+    of_anne = [
+        c for c in everything.candidates if anne.id in (c.first_patient_id, c.second_patient_id)
+    ]
+    assert len(of_anne) == 2  # with Ann and with Annie; Ann and Annie pair too, elsewhere
+    assert pairs_among(everything, ann.id, annie.id)
+
+    before = await api.size()
+    reply = await find(api.a, page_size=1000, patient_id=anne.id)
+    assert list(reply.candidates) == of_anne  # the same pairs, scores and order
+    assert reply.next_page_token == ""
+    reads = [
+        e
+        for e in await api.entries_since(before)
+        if e.entry.kind == ledger_pb2.EVENT_KIND_RECORD_READ
+    ]
+    assert len(reads) == 3  # Anne and the two patients shown with her
+    paged = await find(api.a, page_size=1, patient_id=anne.id)
+    assert list(paged.candidates) == of_anne[:1]
+    rest = await find(api.a, page_size=1, patient_id=anne.id, page_token=paged.next_page_token)
+    assert list(rest.candidates) == of_anne[1:]
+    # A token is bound to its patient.
+    refused = await failure(
+        find(api.a, page_size=1, patient_id=ann.id, page_token=paged.next_page_token)
+    )
+    assert [v.field for v in refused.violations] == ["page_token"]
+
+    alone = await create(api, patient_json(family_name(), "Zelda", "2001-12-13"))
+    assert list((await find(api.a, patient_id=alone.id)).candidates) == []
+
+
+async def test_one_patients_pairs_are_refused_when_it_is_unknown_or_not_shown(
+    api: DuplicatesApi,
+) -> None:
+    missing = await failure(find(api.a, patient_id=str(uuid.uuid4())))
+    assert missing.code == grpc.StatusCode.NOT_FOUND
+    held = await create(api, patient_json(family_name(), "Olga", "1950-05-06"))
+    denied = await failure(find(api.b, patient_id=held.id))  # no consent for B
+    assert denied.code == grpc.StatusCode.PERMISSION_DENIED
+
+
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
+        ({"patient_id": "not an id!"}, "patient_id"),
         ({"min_score": 1.5}, "min_score"),
         ({"min_score": -0.1}, "min_score"),
         ({"min_score": math.nan}, "min_score"),

@@ -443,6 +443,7 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
             request.min_score,
             page_size=request.page_size,
             page_token=request.page_token,
+            patient_id=request.patient_id,
         )
         return record_pb2.FindDuplicatePatientsResponse(
             candidates=[

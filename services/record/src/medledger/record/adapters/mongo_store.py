@@ -712,10 +712,22 @@ class RecordStore:
         return attempt
 
     @mongo_errors
-    async def blocks(self, max_block: int) -> tuple[list[list[bytes]], int]:
+    async def blocks(
+        self, max_block: int, member: bytes | None = None
+    ) -> tuple[list[list[bytes]], int]:
+        match: Document = {"blocks": {"$exists": True}}
+        if member is not None:
+            own = await self._index.find_one({"_id": Binary(member)}, {"blocks": 1})
+            tokens = [] if own is None else list(own.get("blocks", []))
+            if not tokens:
+                return [], 0
+            # The member's tokens only: its documents through the multikey index, then
+            # the other tokens of those documents dropped before grouping.
+            match = {"blocks": {"$in": tokens}}
         pipeline: list[Document] = [
-            {"$match": {"blocks": {"$exists": True}}},
+            {"$match": match},
             {"$unwind": "$blocks"},
+            {"$match": match},
             {"$group": {"_id": "$blocks", "resources": {"$addToSet": "$_id"}}},
             {"$project": {"resources": 1, "size": {"$size": "$resources"}}},
             {"$match": {"size": {"$gt": 1}}},

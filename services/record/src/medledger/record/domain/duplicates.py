@@ -114,8 +114,8 @@ def min_score_rule(min_score: float) -> float:
     return min_score or DEFAULT_MIN_SCORE
 
 
-def _listing(min_score: float) -> Listing:
-    return Listing(LISTING, (repr(min_score),))
+def _listing(min_score: float, patient_id: str) -> Listing:
+    return Listing(LISTING, (repr(min_score), patient_id))
 
 
 def _position(listing: Listing, token: str) -> tuple[float, str, str] | None:
@@ -154,22 +154,43 @@ class DuplicateFinder:
         self._ledger = ledger
 
     async def find(
-        self, requester: Requester, min_score: float, *, page_size: int, page_token: str
+        self,
+        requester: Requester,
+        min_score: float,
+        *,
+        page_size: int,
+        page_token: str,
+        patient_id: str = "",
     ) -> Page[ScoredPair]:
-        """A page of likely duplicate pairs among the patients the requester may search."""
+        """A page of likely duplicate pairs among the patients the requester may search;
+        with ``patient_id``, only the pairs of that Patient (its blocks alone are read)."""
         threshold = min_score_rule(min_score)
         size = page_size_rule(page_size)
-        listing = _listing(threshold)
+        if patient_id and not is_fhir_id(patient_id):
+            raise InvalidArgument(
+                [FieldViolation("patient_id", "a Patient id: 1 to 64 of A-Z a-z 0-9 - .")]
+            )
+        listing = _listing(threshold, patient_id)
         after = _position(listing, page_token)
         overall = await self._access.check(AccessQuery(requester, "", "", "Patient", Action.SEARCH))
         if not overall.permitted and not (
             overall.reason == SCOPE_MISSING and _holds_patient_scopes(requester)
         ):
             raise _denied(overall)
-        blocks = await self._storage.duplicate_blocks(MAX_BLOCK)
-        scored = await asyncio.to_thread(_scored, blocks, threshold)
-        start = 0 if after is None else bisect.bisect_right([p.rank for p in scored], after)
         verdicts: dict[str, AccessVerdict] = {}
+        if patient_id:
+            # Named, so answered as a read of it is: missing (NOT_FOUND) or denied, said so.
+            holder = await self._storage.patient_holder(patient_id)
+            named = verdicts[patient_id] = await self._access.check(
+                AccessQuery(requester, patient_id, holder, "Patient", Action.SEARCH)
+            )
+            if not named.permitted:
+                raise _denied(named)
+        blocks = await self._storage.duplicate_blocks(MAX_BLOCK, patient_id)
+        scored = await asyncio.to_thread(_scored, blocks, threshold)
+        if patient_id:
+            scored = [pair for pair in scored if patient_id in (pair.first, pair.second)]
+        start = 0 if after is None else bisect.bisect_right([p.rank for p in scored], after)
         found: list[ScoredPair] = []
         # One pair beyond the page says whether there is another page.
         while start < len(scored) and len(found) <= size:

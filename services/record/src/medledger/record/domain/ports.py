@@ -244,9 +244,10 @@ class RecordStorage(Protocol):
 
     async def erase_patient(self, patient_id: str) -> int: ...
 
-    async def duplicate_blocks(self, max_block: int) -> PatientBlocks:
+    async def duplicate_blocks(self, max_block: int, patient_id: str = "") -> PatientBlocks:
         """The latest version of every Patient sharing a blocking key with another, and the
-        groups sharing one (groups larger than ``max_block`` left out)."""
+        groups sharing one (groups larger than ``max_block`` left out); with ``patient_id``,
+        only the groups holding that Patient."""
         ...
 
     async def audit_page(self, *, page_size: int, page_token: str) -> Page[AuditedVersion]:
@@ -490,9 +491,12 @@ class RecordDocuments(Protocol):
 
     async def idempotent(self, key_id: bytes) -> IdempotentWrite | None: ...
 
-    async def blocks(self, max_block: int) -> tuple[list[list[bytes]], int]:
+    async def blocks(
+        self, max_block: int, member: bytes | None = None
+    ) -> tuple[list[list[bytes]], int]:
         """The resources (digests) sharing each blocking token, groups of 2 to ``max_block``,
-        and how many larger groups were left out."""
+        and how many larger groups were left out; with ``member``, only the tokens of that
+        resource."""
         ...
 
     async def erase(self, patient: bytes, when: datetime) -> int:

@@ -638,13 +638,14 @@ class EncryptedRecords:
             )
         return opened
 
-    async def duplicate_blocks(self, max_block: int) -> PatientBlocks:
+    async def duplicate_blocks(self, max_block: int, patient_id: str = "") -> PatientBlocks:
         """Patients sharing a blocking token, their latest versions opened. The blocking
         entries are not authenticated (they only nominate pairs, which are then judged on
         the opened, authenticated versions): an entry naming anything but a live Patient is
         passed over."""
         index = await self._blind_index()
-        groups, oversized = await self._documents.blocks(max_block)
+        member = index.resource_digest(ResourceKey("Patient", patient_id)) if patient_id else None
+        groups, oversized = await self._documents.blocks(max_block, member)
         currents = await self._documents.currents({r for group in groups for r in group})
         live = {r: c for r, c in currents.items() if not c.erased}
         for current in live.values():

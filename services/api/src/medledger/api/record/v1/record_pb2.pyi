@@ -1267,11 +1267,18 @@ class FindDuplicatePatientsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
     min_score: _builtins.float
     """Only pairs scoring at least this (0..1); 0 means the server's default threshold (0.9)."""
     page_size: _builtins.int
     page_token: _builtins.str
     purpose: _purpose_pb2.PurposeOfUse.ValueType
+    patient_id: _builtins.str
+    """Only pairs that include this Patient (what FHIR's Patient/$match asks for one record):
+    only the blocks it belongs to are compared, so the call costs what they hold, not the
+    whole population. Empty: every pair. The Patient must exist (else NOT_FOUND) and the
+    caller may search it (else PERMISSION_DENIED).
+    """
     def __init__(
         self,
         *,
@@ -1279,10 +1286,11 @@ class FindDuplicatePatientsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        patient_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_score", b"min_score", "page_size", b"page_size", "page_token", b"page_token", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_score", b"min_score", "page_size", b"page_size", "page_token", b"page_token", "patient_id", b"patient_id", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
