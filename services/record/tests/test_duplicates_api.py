@@ -341,6 +341,7 @@ async def test_a_link_writes_both_patients_as_ledgered_versions(api: DuplicatesA
         "target_expected_version": 1,
         "idempotency_key": "merge-1",
     }
+    assert pairs_among(await find(api.a, patient_id=source.id), source.id, target.id)
     before = await api.size()
     linked = await link(api, **request)
     assert (linked.source.id, linked.source.version) == (source.id, 2)
@@ -353,6 +354,10 @@ async def test_a_link_writes_both_patients_as_ledgered_versions(api: DuplicatesA
     assert retired["active"] is False
     assert kept["link"] == [{"other": {"reference": f"Patient/{source.id}"}, "type": "replaces"}]
     assert retired["name"] == json.loads(source.resource_json)["name"]  # nothing else changed
+    # Judged and linked: no longer a candidate, from either side or in a whole listing.
+    for one in (source.id, target.id):
+        assert pairs_among(await find(api.a, patient_id=one), source.id, target.id) == []
+    assert pairs_among(await find(api.a, page_size=1000), source.id, target.id) == []
 
     updates = [
         e

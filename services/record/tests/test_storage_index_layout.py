@@ -20,8 +20,12 @@ def new_id() -> str:
 
 
 async def as_token_rows(records: Records) -> int:
-    """Rewrites every index document as the earlier layout stored it; the rows written."""
+    """Rewrites every index document as the earlier layout stored it, with its indexes;
+    the rows written."""
     index = records.db["record_index"]
+    await index.create_index([("token", 1), ("resource", 1)])
+    await index.create_index([("resource", 1)])
+    await index.create_index([("block", 1), ("token", 1)], sparse=True)
     rows: list[dict[str, Any]] = []
     async for doc in index.find({}):
         common = {"resource": doc["_id"], "patient": doc["patient"]}
@@ -67,6 +71,12 @@ async def test_token_rows_become_one_document_per_resource_at_start(records: Rec
     index = records.db["record_index"]
     assert await index.count_documents({"token": {"$exists": True}}) == 0
     assert await layout(records) == before  # one document per resource, as written
+    assert set(await index.index_information()) == {
+        "_id_",
+        "tokens_1__id_1",
+        "patient_1",
+        "blocks_1",
+    }
     assert await search(records, ("code", GLUCOSE)) == glucose
     assert await search(records, ("code", BMI), ("status", "final")) == {bmi}
 

@@ -49,7 +49,7 @@ import pymongo
 from bson.binary import Binary
 from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from medledger.common.errors import DataLoss
 from medledger.common.mongo import RunOnce, mongo_errors
@@ -87,6 +87,7 @@ CANDIDATE_CHUNK: Final = 256
 # token is "common", and counting further would cost what the search avoids).
 TOKEN_COUNT_CAP: Final = 512
 CONVERT_CHUNK: Final = 5000  # rows of the earlier index layout converted at a time
+LEGACY_INDEX_NAMES: Final = frozenset({"token_1_resource_1", "resource_1", "block_1_token_1"})
 
 
 @contextmanager
@@ -600,6 +601,10 @@ class RecordStore:
                         index_document(resource, bytes(group[0]["patient"]), tokens, blocks)
                     )
             await self._index.delete_many({"_id": {"$in": [r["_id"] for r in rows]}})
+        # The earlier layout's indexes would otherwise be kept up on every commit.
+        for name in (await self._index.index_information()).keys() & LEGACY_INDEX_NAMES:
+            with contextlib.suppress(OperationFailure):  # a replica dropped it first
+                await self._index.drop_index(name)
 
     @mongo_errors
     async def abort(self, slot: VersionSlot, write_id: bytes) -> None:

@@ -137,14 +137,22 @@ def _token(listing: Listing, pair: ScoredPair) -> str:
 
 
 def _scored(blocks: PatientBlocks, min_score: float) -> list[ScoredPair]:
-    """Every candidate pair at or above ``min_score``, highest first (CPU: a worker thread)."""
+    """Every candidate pair at or above ``min_score``, highest first (CPU: a worker thread).
+    A pair already linked (either one's Patient.link names the other: judged and merged,
+    or judged distinct) is not a candidate any more."""
     facts: dict[str, PatientFacts] = {}
+    linked: set[tuple[str, str]] = set()
     for patient_id, version in blocks.patients.items():
         try:
-            facts[patient_id] = patient_facts(json.loads(version.resource_json))
+            resource = json.loads(version.resource_json)
+            facts[patient_id] = patient_facts(resource)
         except ValueError:  # stored JSON always parses; nothing to compare otherwise
             continue
-    return score_pairs(candidate_pairs(blocks.blocks), facts, min_score)
+        for _, reference in _links(resource if isinstance(resource, dict) else {}):
+            other = reference.removeprefix("Patient/")
+            linked.add((min(patient_id, other), max(patient_id, other)))
+    scored = score_pairs(candidate_pairs(blocks.blocks), facts, min_score)
+    return [pair for pair in scored if (pair.first, pair.second) not in linked]
 
 
 class DuplicateFinder:
