@@ -292,6 +292,44 @@ async def test_create_read_update_history_and_search(api: RecordApi) -> None:
     assert stale.reason == "STALE_VERSION"
 
 
+async def test_date_ranges_find_what_overlaps(api: RecordApi) -> None:
+    patient = await new_patient(api)
+    dated = {
+        when: await create(api.a, resource("Observation", patient.id, effectiveDateTime=when))
+        for when in ("2023-06-01T08:00:00Z", "2024-03-05T09:30:00+01:00", "2025-01-10")
+    }
+    spanning = json.loads(resource("Observation", patient.id))
+    del spanning["effectiveDateTime"]
+    spanning["effectivePeriod"] = {"start": "2023-12-30", "end": "2024-01-02"}
+    period = await create(api.a, json.dumps(spanning))
+    del (found := dict(dated))["2023-06-01T08:00:00Z"]
+
+    async def ids(*params: tuple[str, str]) -> set[str]:
+        reply = await api.a.stub.SearchResources(
+            record_pb2.SearchResourcesRequest(
+                resource_type="Observation",
+                params=[
+                    record_pb2.SearchParam(name=n, value=v)
+                    for n, v in (("patient", patient.id), *params)
+                ],
+                page_size=50,
+                purpose=TREAT,
+            )
+        )
+        return {r.id for r in reply.resources}
+
+    assert await ids(("date", "ge2024-01-01")) == {r.id for r in found.values()} | {period.id}
+    # Two bounds (each must match): 2024 alone, and the Period that reaches into it.
+    assert await ids(("date", "ge2024-01-01"), ("date", "lt2025")) == {
+        dated["2024-03-05T09:30:00+01:00"].id,
+        period.id,
+    }
+    assert await ids(("date", "gt2025-01-10")) == set()
+    assert await ids(("date", "le2023")) == {dated["2023-06-01T08:00:00Z"].id, period.id}
+    assert await ids(("date", "2024-03")) == {dated["2024-03-05T09:30:00+01:00"].id}
+    assert await ids(("date", "2024")) == {dated["2024-03-05T09:30:00+01:00"].id}  # not the Period
+
+
 async def _patient_user(api: RecordApi, patient_id: str) -> tuple[str, str]:
     """A patient account of hospital A for ``patient_id`` (so identity knows the patient is
     A's, and A's staff may record the patient's consents); its username and password."""
@@ -450,7 +488,7 @@ async def test_bad_input_is_invalid_argument_naming_fhir_paths(api: RecordApi) -
             api.a.stub.GetResource(record_pb2.GetResourceRequest(resource_type="Patient", id="x")),
             "purpose",
         ),
-        (search(api.a, "Observation", date="ge2020"), "params.date"),
+        (search(api.a, "Observation", date="ne2020"), "params.date"),
     ]:
         refused = await failure(call)
         assert refused.code == grpc.StatusCode.INVALID_ARGUMENT, field

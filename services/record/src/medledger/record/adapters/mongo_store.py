@@ -166,6 +166,13 @@ def _sealed_version(doc: Document) -> SealedVersion:
         )
 
 
+def _any_token(group: Sequence[bytes]) -> Document:
+    """The ``record_index`` filter of resources holding one of ``group``'s tokens."""
+    if len(group) == 1:
+        return {"tokens": Binary(group[0])}
+    return {"tokens": {"$in": [Binary(t) for t in group]}}
+
+
 def index_document(
     resource: bytes, patient: bytes, tokens: Iterable[bytes], blocks: Iterable[bytes] = ()
 ) -> Document:
@@ -623,27 +630,28 @@ class RecordStore:
 
     @mongo_errors
     async def matching(
-        self, tokens: Sequence[bytes], after: bytes | None, limit: int
+        self, groups: Sequence[Sequence[bytes]], after: bytes | None, limit: int
     ) -> list[bytes]:
-        """Resources holding every token, in resource order. The rarest token drives: its
-        entries are walked in resource order, a chunk at a time, and each chunk is checked
-        against the other tokens, so a search costs what its most selective parameter
-        matches, not what its most common one does (a LOINC code every patient has)."""
-        wanted = sorted(set(tokens))
-        if not wanted:
-            return []
+        """Resources holding a token of every group, in resource order. The rarest group
+        drives: its resources are walked in order, a chunk at a time, and each chunk is
+        checked against the other groups, so a search costs what its most selective
+        parameter matches, not what its most common one does (a LOINC code every patient
+        has)."""
+        wanted = sorted({tuple(sorted(set(group))) for group in groups})
+        if not wanted or not all(wanted):
+            return []  # no parameter, or one nothing can match (a date range past the end)
         counts = [
-            await self._index.count_documents({"tokens": Binary(t)}, limit=TOKEN_COUNT_CAP)
-            for t in wanted
+            await self._index.count_documents(_any_token(group), limit=TOKEN_COUNT_CAP)
+            for group in wanted
         ]
-        ranked = [token for _, token in sorted(zip(counts, wanted, strict=True))]
         if min(counts) == 0:
             return []
+        ranked = [group for _, group in sorted(zip(counts, wanted, strict=True))]
         driver, others = ranked[0], ranked[1:]
         found: list[bytes] = []
         position = after
         while len(found) < limit:
-            query: Document = {"tokens": Binary(driver)}
+            query = _any_token(driver)
             if position is not None:
                 query["_id"] = {"$gt": Binary(position)}
             cursor = self._index.find(query, {"_id": 1}).sort("_id", 1)
@@ -653,20 +661,22 @@ class RecordStore:
                     chunk.append(_bytes(doc["_id"]))
             if not chunk:
                 break
-            holding = await self._holding_all(list(dict.fromkeys(chunk)), others)
-            found += [r for r in dict.fromkeys(chunk) if r in holding][: limit - len(found)]
+            holding = await self._holding_all(chunk, others)
+            found += [r for r in chunk if r in holding][: limit - len(found)]
             position = chunk[-1]
             if len(chunk) < CANDIDATE_CHUNK:
                 break
         return found
 
-    async def _holding_all(self, resources: list[bytes], tokens: list[bytes]) -> set[bytes]:
-        """Those of ``resources`` with an index entry for every one of ``tokens``."""
-        if not tokens:
+    async def _holding_all(
+        self, resources: list[bytes], groups: Sequence[Sequence[bytes]]
+    ) -> set[bytes]:
+        """Those of ``resources`` holding a token of every one of ``groups``."""
+        if not groups:
             return set(resources)
         query = {
             "_id": {"$in": [Binary(r) for r in resources]},
-            "tokens": {"$all": [Binary(t) for t in tokens]},
+            "$and": [_any_token(group) for group in groups],
         }
         holding = set()
         async for doc in self._index.find(query, {"_id": 1}):

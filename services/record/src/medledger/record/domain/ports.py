@@ -480,9 +480,10 @@ class RecordDocuments(Protocol):
         ...
 
     async def matching(
-        self, tokens: Sequence[bytes], after: bytes | None, limit: int
+        self, groups: Sequence[Sequence[bytes]], after: bytes | None, limit: int
     ) -> list[bytes]:
-        """Resources (digests, ascending) indexed under every token, after ``after``."""
+        """Resources (digests, ascending) indexed under a token of every group (a group
+        with no token matches nothing), after ``after``."""
         ...
 
     async def patient_resources(

@@ -87,6 +87,7 @@ from medledger.record.domain.ports import (
     VersionSlot,
     VersionTaken,
 )
+from medledger.record.domain.search_params import alternatives
 from medledger.record.domain.versions import (
     concurrent_write,
     erased,
@@ -573,8 +574,14 @@ class EncryptedRecords:
         listing = Listing(SEARCH_LISTING, (resource_type, *(part for p in pairs for part in p)))
         after = _digest_cursor(listing, page_token)
         index = await self._blind_index()
-        tokens = sorted({index.search_token(resource_type, n, v) for n, v in pairs})
-        found = await self._documents.matching(tokens, after, size + 1)
+        # Each parameter a group of tokens (a date range: several), any one of which matches.
+        groups = sorted(
+            {
+                tuple(sorted({index.search_token(resource_type, n, t) for t in alternatives(n, v)}))
+                for n, v in pairs
+            }
+        )
+        found = await self._documents.matching(groups, after, size + 1)
         currents = await self._documents.currents(found[:size])
         wanted = []
         for resource in found[:size]:
@@ -585,7 +592,7 @@ class EncryptedRecords:
                 live_pointer(current, index)
                 wanted.append((current, VersionSlot(resource, current.version)))
         # The index collection is not authenticated; each version's sealed tokens are.
-        opened = await self._open(wanted, skip_erased=True, indexed_under=tokens)
+        opened = await self._open(wanted, skip_erased=True, indexed_under=groups)
         more = len(found) > size
         return Page(opened, listing.token(found[size - 1].hex()) if more else "")
 
@@ -616,7 +623,7 @@ class EncryptedRecords:
         wanted: Sequence[tuple[CurrentPointer, VersionSlot]],
         *,
         skip_erased: bool = False,
-        indexed_under: Collection[bytes] = (),
+        indexed_under: Collection[Collection[bytes]] = (),
     ) -> list[StoredVersion]:
         """Opens committed versions covered by checked pointers, in ``wanted``'s order,
         with one query for the patients' rows and one for the versions."""

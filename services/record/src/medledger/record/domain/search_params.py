@@ -12,12 +12,13 @@ of match a query may ask for is a token written at write time:
 - **status**, ``gender``: the code alone.
 - **string** parameters (``family``, ``given``): each name part case-folded, accents removed,
   spaces collapsed (``"  Müller "`` and ``"muller"`` match); whole parts, not prefixes.
-- **date** parameters (``birthdate``, ``date``): one token a granularity the value has:
-  ``1815-12-10`` gives ``1815``, ``1815-12`` and ``1815-12-10``; a query at any of the three
-  finds it. That is FHIR's ``eq`` (the query's range contains the value's), so ``eq`` is the
-  one prefix accepted; ranges (``ge``, ``le``, ...) would need a union of tokens, which an
-  exact-match AND of parameters cannot express, and are refused. Dates are taken as written
-  (the local date of a dateTime, before any offset); a Period gives its start and its end.
+- **date** parameters (``birthdate``, ``date``): FHIR's ``eq`` (no prefix: the searched day,
+  month or year contains the value, or the whole Period) and the ranges ``ge``, ``gt``,
+  ``le``, ``lt`` (the value or Period overlaps the days asked about), exactly, through
+  calendar-unit tokens; see :mod:`~medledger.record.domain.date_search`. A range query is a
+  union of tokens (:func:`alternatives`): a resource matches with any one of them. ``ne``,
+  ``sa``, ``eb`` and ``ap`` are refused. Dates are taken as written (the local date of a
+  dateTime, before any offset).
 - **patient**: the compartment's patient id (``Patient/<id>`` or ``<id>`` in a query).
 
 Which element each parameter reads per type is in :data:`CLINICAL_PARAMETERS`.
@@ -25,13 +26,21 @@ Which element each parameter reads per type is in :data:`CLINICAL_PARAMETERS`.
 
 from __future__ import annotations
 
-import datetime
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
+from medledger.record.domain.date_search import (
+    FIRST_DAY,
+    LAST_DAY,
+    RANGE_PREFIXES,
+    interval_tokens,
+    parse_date,
+    range_interval,
+    range_tokens,
+)
 from medledger.record.domain.fhir_references import is_fhir_id
 from medledger.record.domain.fhir_validation import ValidResource
 from medledger.record.domain.resource_issues import (
@@ -224,27 +233,24 @@ def _status_tokens(document: Mapping[str, Any], spec: ClinicalParameters) -> Ite
                 yield escape(code)
 
 
-_DATE_PREFIX: Final = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
-
-
 def _date_tokens(value: object) -> Iterator[str]:
-    """``YYYY``, ``YYYY-MM`` and ``YYYY-MM-DD`` as far as the date, dateTime or instant
-    (or each bound of a Period) goes."""
+    """The tokens of a date, dateTime or instant (the days it names), or of a Period (its
+    start's first day to its end's last; an open end reaches FHIR's first or last day)."""
     if isinstance(value, Mapping):
-        for bound in ("start", "end"):
-            yield from _date_tokens(value.get(bound))
+        start = parse_date(s) if isinstance(s := value.get("start"), str) else None
+        end = parse_date(e) if isinstance(e := value.get("end"), str) else None
+        if start is None and end is None:
+            return
+        first = start.first if start is not None else FIRST_DAY
+        last = end.last if end is not None else LAST_DAY
+        if first <= last:
+            yield from interval_tokens(first, last)
+        else:  # backwards: each bound as a date of its own
+            yield from interval_tokens(first, start.last if start is not None else first)
+            yield from interval_tokens(end.first if end is not None else last, last)
         return
-    if not isinstance(value, str):
-        return
-    match = _DATE_PREFIX.match(value)
-    if match is None:
-        return
-    year, month, day = match.groups()
-    yield year
-    if month:
-        yield f"{year}-{month}"
-        if day:
-            yield f"{year}-{month}-{day}"
+    if isinstance(value, str) and (unit := parse_date(value)) is not None:
+        yield from interval_tokens(unit.first, unit.last)
 
 
 # -- normalisation ------------------------------------------------------------------------------
@@ -362,21 +368,30 @@ def _split_escaped(value: str) -> list[str]:
 
 
 def _parse_date(value: str) -> str:
+    """``YYYY[-MM[-DD]]`` for ``eq``; ``geYYYY[-MM[-DD]]`` (and ``gt``, ``le``, ``lt``) for
+    a range, whose tokens :func:`alternatives` gives."""
     match = _DATE_QUERY.fullmatch(value)
     if match is None:
-        raise _BadValue("a date search is YYYY, YYYY-MM or YYYY-MM-DD (no time)")
+        raise _BadValue("a date search is [prefix]YYYY, YYYY-MM or YYYY-MM-DD (no time)")
     prefix, date = match.groups()
-    if prefix not in {None, "eq"}:
+    if prefix not in {None, "eq", *RANGE_PREFIXES}:
         raise _BadValue(
-            "only exact dates (no prefix, or eq) are supported: ranges such as ge and le are not"
+            "a date prefix is eq, ge, gt, le or lt (ne, sa, eb and ap are not supported)"
         )
-    year, _, rest = date.partition("-")
-    month, _, day = rest.partition("-")
-    try:
-        datetime.date(int(year), int(month or 1), int(day or 1))
-    except ValueError:
-        raise _BadValue("not a calendar date") from None
-    return date
+    if parse_date(date) is None:
+        raise _BadValue("not a calendar date")
+    return date if prefix in {None, "eq"} else prefix + date
+
+
+def alternatives(name: str, value: str) -> tuple[str, ...]:
+    """The tokens of a parsed query value (:func:`parse_search`) any ONE of which a resource
+    must have: the value itself, or a date range's union (empty: a range before FHIR's first
+    day or after its last, which nothing matches)."""
+    if name in {"birthdate", "date"} and value[:2] in RANGE_PREFIXES:
+        unit = parse_date(value[2:])
+        days = range_interval(value[:2], unit) if unit is not None else None
+        return range_tokens(*days) if days is not None else ()
+    return (value,)
 
 
 def _refuse(location: str, code: str, diagnostics: str) -> NoReturn:

@@ -79,7 +79,7 @@ def open_version(
     slot: VersionSlot,
     stored: SealedVersion | None,
     *,
-    indexed_under: Collection[bytes] = (),
+    indexed_under: Collection[Collection[bytes]] = (),
 ) -> StoredVersion:
     """A committed version the checked ``current`` pointer covers, opened and checked."""
     # Missing, pending, or claiming another slot or patient: damaged.
@@ -93,7 +93,8 @@ def open_version(
     resource = ResourceKey(content.resource_type, content.resource_id)
     if not hmac.compare_digest(index.resource_digest(resource), slot.resource):
         raise damaged()
-    if not set(indexed_under) <= set(content.index_tokens):
+    sealed_tokens = set(content.index_tokens)
+    if not all(sealed_tokens.intersection(group) for group in indexed_under):
         raise damaged()  # an index entry that names the wrong resource
     receipt = unseal(key, stored.receipt, associated_data("receipt", slot, current.patient))
     return StoredVersion(

@@ -415,7 +415,9 @@ Global___ListResourceHistoryResponse: _TypeAlias = ListResourceHistoryResponse  
 @_typing.final
 class SearchParam(_message.Message):
     """SearchParam is one FHIR search parameter (e.g. name "patient", value "Patient/123";
-    name "code", value "http://loinc.org|2345-7").
+    name "code", value "http://loinc.org|2345-7"; name "date", value "2024-03" for values
+    within that month, or "ge2024-03-01" (also gt, le, lt) for values and Periods that overlap
+    the days asked about: give "date" twice for a closed range).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
