@@ -21,7 +21,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from joserfc import jwt
@@ -148,7 +148,8 @@ async def bench_verify(calls: int) -> None:
 
     async def intercepted() -> object:
         wrapped = await interceptor.intercept_service(continuation, details)
-        return await wrapped.unary_unary(None, context)
+        assert wrapped.unary_unary is not None
+        return await wrapped.unary_unary(None, cast(grpc.ServicerContext, context))
 
     async def verifier_only() -> object:
         return await verifier.verify(token, METHOD)

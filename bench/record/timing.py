@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -94,10 +94,10 @@ class TimedVault(VaultTransit):
         super().__init__(settings)
         self._times = times
 
-    async def _run(self, operation: Callable[[hvac.Client], T]) -> T:
+    async def _run(self, name: str, operation: Callable[[hvac.Client], T]) -> T:
         # Every public call goes through here (and waits here for the client's lock).
         with self._times.timing("Vault"):
-            return await super()._run(operation)
+            return await super()._run(name, operation)
 
 
 class MongoTimes(monitoring.CommandListener):
@@ -151,6 +151,14 @@ class TimedLedger:
         try:
             with self.times.timing("ledger"):
                 return await self.inner.append(patient_id, event, idempotency_key=idempotency_key)
+        finally:
+            _in_ledger.reset(inside)
+
+    async def append_many(self, events: Sequence[tuple[str, RecordEvent, str]]) -> list[bytes]:
+        inside = _in_ledger.set(True)
+        try:
+            with self.times.timing("ledger"):
+                return await self.inner.append_many(events)
         finally:
             _in_ledger.reset(inside)
 

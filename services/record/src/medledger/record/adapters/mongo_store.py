@@ -671,17 +671,19 @@ class RecordStore:
     async def _holding_all(
         self, resources: list[bytes], groups: Sequence[Sequence[bytes]]
     ) -> set[bytes]:
-        """Those of ``resources`` holding a token of every one of ``groups``."""
+        """Those of ``resources`` holding a token of every one of ``groups``: their index
+        documents fetched by id and checked here (a filter with ``$and`` made secantusdb
+        scan the collection: 0.5 s a chunk at 5,000 resources)."""
         if not groups:
             return set(resources)
-        query = {
-            "_id": {"$in": [Binary(r) for r in resources]},
-            "$and": [_any_token(group) for group in groups],
-        }
+        wanted = [{bytes(t) for t in group} for group in groups]
         holding = set()
-        async for doc in self._index.find(query, {"_id": 1}):
+        query = {"_id": {"$in": [Binary(r) for r in resources]}}
+        async for doc in self._index.find(query, {"tokens": 1}):
             with _parsing():
-                holding.add(_bytes(doc["_id"]))
+                tokens = {bytes(t) for t in doc["tokens"]}
+                if all(tokens & group for group in wanted):
+                    holding.add(_bytes(doc["_id"]))
         return holding
 
     @mongo_errors
