@@ -7,11 +7,24 @@ row. Ids and salted commitments only: never PHI.
 
 Whatever keeps the entry from being appended (the ledger down, or refusing this service's
 credentials) is UNAVAILABLE: the caller's write or read fails closed.
+
+Reads are appended together: a read's entry (it has no idempotency key) that arrives while
+another batch of reads is being appended waits for it, then goes with every read that came
+meanwhile in ONE step (their index rows in one insert and one update, one AppendBatch), so
+many concurrent reads cost a few round trips, and a lone read goes at once. Each entry keeps
+its own caller's trace id and time. A batch the ledger refuses for a reason other than being
+unavailable (a patient erased meanwhile) is appended again one read at a time, so each read
+gets its own answer. Writes are appended one call at a time, with their idempotency keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Final
 
 import grpc
 
@@ -20,7 +33,11 @@ from medledger.common.errors import MedledgerError, Unavailable
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.paging import Page
 from medledger.common.patient_log import PatientAppend, PatientLog
+from medledger.common.telemetry import current_trace_id
 from medledger.record.domain.peers import LoggedEntry, RecordEvent
+
+# Reads appended in one step at most (one AppendBatch, one insert of their index rows).
+MAX_READ_BATCH: Final = 256
 
 
 def _patient_append(patient_id: str, event: RecordEvent, idempotency_key: str) -> PatientAppend:
@@ -44,28 +61,128 @@ def _patient_append(patient_id: str, event: RecordEvent, idempotency_key: str) -
     )
 
 
+@contextlib.contextmanager
+def _unavailable_when_refused() -> Iterator[None]:
+    try:
+        yield
+    except MedledgerError as error:
+        if error.code is grpc.StatusCode.INTERNAL:  # refused: no answer a client can use
+            raise Unavailable("ledger", reason=error.reason) from error
+        raise
+
+
+class _Batcher:
+    """Items submitted while a batch is in flight go together in the next one; a lone item
+    goes at once (no waiting for company)."""
+
+    def __init__(
+        self,
+        flush: Callable[[list[PatientAppend]], Awaitable[list[bytes]]],
+        single: Callable[[PatientAppend], Awaitable[bytes]],
+    ) -> None:
+        self._flush = flush
+        self._single = single
+        self._waiting: list[tuple[PatientAppend, asyncio.Future[bytes]]] = []
+        self._drain: asyncio.Task[None] | None = None
+
+    async def submit(self, item: PatientAppend) -> bytes:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[:MAX_READ_BATCH]
+                del self._waiting[:MAX_READ_BATCH]
+                await self._settle(batch)
+        finally:
+            self._drain = None
+            for _, future in self._waiting:  # only if this task was cancelled (shutdown)
+                if not future.done():
+                    future.set_exception(Unavailable("ledger", reason="SHUTTING_DOWN"))
+
+    async def _settle(self, batch: list[tuple[PatientAppend, asyncio.Future[bytes]]]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            receipts = await (self._flush(items) if len(items) > 1 else self._one(items[0]))
+        except Unavailable as error:
+            for _, future in batch:
+                _fail(future, error)
+            return
+        except MedledgerError:
+            # One read's trouble (its patient erased meanwhile) must not fail the others.
+            for item, future in batch:
+                try:
+                    _succeed(future, await self._single(item))
+                except MedledgerError as error:
+                    _fail(future, error)
+            return
+        except Exception as error:  # noqa: BLE001 - handed to every waiting caller
+            for _, future in batch:
+                _fail(future, error)
+            return
+        except asyncio.CancelledError:  # shutting down: nobody waits forever
+            for _, future in batch:
+                _fail(future, Unavailable("ledger", reason="SHUTTING_DOWN"))
+            raise
+        for (_, future), receipt in zip(batch, receipts, strict=True):
+            _succeed(future, receipt)
+
+    async def _one(self, item: PatientAppend) -> list[bytes]:
+        return [await self._single(item)]
+
+
+def _succeed(future: asyncio.Future[bytes], receipt: bytes) -> None:
+    if not future.done():
+        future.set_result(receipt)
+
+
+def _fail(future: asyncio.Future[bytes], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 class PatientLogLedger:
     def __init__(self, patients: PatientLog, *, timeout: float = 10.0) -> None:
         self._patients = patients
         self._timeout = timeout
+        self._reads = _Batcher(self._append_reads, self._append_single)
 
     async def append(
         self, patient_id: str, event: RecordEvent, *, idempotency_key: str = ""
     ) -> bytes:
-        (receipt,) = await self.append_many([(patient_id, event, idempotency_key)])
-        return receipt
+        if idempotency_key:
+            (receipt,) = await self.append_many([(patient_id, event, idempotency_key)])
+            return receipt
+        item = _patient_append(patient_id, event, "")
+        # Fixed now, in the caller's context: the batch is appended from another task.
+        item = dataclasses.replace(
+            item,
+            trace_id=item.trace_id or current_trace_id(),
+            entry_time=item.entry_time or datetime.now(UTC),
+        )
+        return await self._reads.submit(item)
+
+    async def _append_reads(self, items: list[PatientAppend]) -> list[bytes]:
+        with _unavailable_when_refused():
+            receipts = await self._patients.append_many(items, timeout=self._timeout)
+        return [r.SerializeToString() for r in receipts]
+
+    async def _append_single(self, item: PatientAppend) -> bytes:
+        with _unavailable_when_refused():
+            receipt = await self._append_one(item)
+        return receipt.SerializeToString()
 
     async def append_many(self, events: Sequence[tuple[str, RecordEvent, str]]) -> list[bytes]:
         items = [_patient_append(*each) for each in events]
-        try:
+        with _unavailable_when_refused():
             if len(items) == 1:
                 receipts = [await self._append_one(items[0])]
             else:
                 receipts = await self._patients.append_many(items, timeout=self._timeout * 3)
-        except MedledgerError as error:
-            if error.code is grpc.StatusCode.INTERNAL:  # refused: no answer a client can use
-                raise Unavailable("ledger", reason=error.reason) from error
-            raise
         return [r.SerializeToString() for r in receipts]
 
     async def _append_one(self, item: PatientAppend) -> ledger_pb2.Receipt:

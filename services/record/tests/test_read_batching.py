@@ -1,0 +1,133 @@
+"""Reads' ledger entries are appended together when they arrive together: a lone read goes at
+once; reads arriving while a batch is in flight go in the next one; one read's trouble never
+fails another's; and through the service, every concurrent read is ledgered, once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from medledger.common.errors import FailedPrecondition, Unavailable
+from medledger.common.ledger_client import LedgerEvent
+from medledger.common.patient_log import PatientAppend
+from medledger.record.adapters.ledger_events import _Batcher
+
+from . import test_record_api
+from .test_record_api import RecordApi, get, new_patient, resource
+
+api = test_record_api.api
+
+
+def item(patient: str) -> PatientAppend:
+    return PatientAppend(patient, LedgerEvent(kind=1, actor="app", organization="org"))
+
+
+class Ledger:
+    """Appends by patient id; a patient named "erased-*" is refused, as PatientLog refuses
+    an erased patient, and "down" makes the ledger unavailable."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    def _answer(self, patient: str) -> bytes:
+        if patient.startswith("erased"):
+            raise FailedPrecondition("the patient was erased", reason="PATIENT_ERASED")
+        if patient == "down":
+            raise Unavailable("ledger")
+        return f"receipt of {patient}".encode()
+
+    async def flush(self, items: list[PatientAppend]) -> list[bytes]:
+        self.batches.append([i.patient_id for i in items])
+        await self.release.wait()
+        return [self._answer(i.patient_id) for i in items]
+
+    async def single(self, one: PatientAppend) -> bytes:
+        (receipt,) = await self.flush([one])
+        return receipt
+
+
+async def test_a_lone_read_goes_at_once_and_the_next_ones_together() -> None:
+    ledger = Ledger()
+    batcher = _Batcher(ledger.flush, ledger.single)
+    assert await batcher.submit(item("p0")) == b"receipt of p0"
+    ledger.release.clear()
+    first = asyncio.create_task(batcher.submit(item("p1")))
+    await asyncio.sleep(0.01)  # p1's batch is in flight
+    rest = [asyncio.create_task(batcher.submit(item(f"q{n}"))) for n in range(9)]
+    await asyncio.sleep(0.01)
+    ledger.release.set()
+    assert await first == b"receipt of p1"
+    assert await asyncio.gather(*rest) == [f"receipt of q{n}".encode() for n in range(9)]
+    assert ledger.batches == [["p0"], ["p1"], [f"q{n}" for n in range(9)]]
+
+
+async def test_one_reads_refusal_is_its_own_and_an_outage_is_everyones() -> None:
+    ledger = Ledger()
+    batcher = _Batcher(ledger.flush, ledger.single)
+    ledger.release.clear()
+    blocker = asyncio.create_task(batcher.submit(item("p")))
+    await asyncio.sleep(0.01)
+    mixed = [asyncio.create_task(batcher.submit(item(name))) for name in ("a", "erased-1", "b")]
+    await asyncio.sleep(0.01)
+    ledger.release.set()
+    await blocker
+    a, erased, b = await asyncio.gather(*mixed, return_exceptions=True)
+    assert (a, b) == (b"receipt of a", b"receipt of b")
+    assert isinstance(erased, FailedPrecondition)
+    # The batch, then each read again on its own.
+    assert ledger.batches[1:] == [["a", "erased-1", "b"], ["a"], ["erased-1"], ["b"]]
+
+    ledger.batches.clear()
+    ledger.release.clear()
+    blocker = asyncio.create_task(batcher.submit(item("p")))
+    await asyncio.sleep(0.01)
+    together = [asyncio.create_task(batcher.submit(item(n))) for n in ("c", "down")]
+    await asyncio.sleep(0.01)
+    ledger.release.set()
+    await blocker
+    outcomes = await asyncio.gather(*together, return_exceptions=True)
+    assert all(isinstance(o, Unavailable) for o in outcomes)
+    assert ledger.batches[1:] == [["c", "down"]]  # not retried one by one
+
+
+async def test_a_cancelled_caller_leaves_the_others_answered() -> None:
+    ledger = Ledger()
+    batcher = _Batcher(ledger.flush, ledger.single)
+    ledger.release.clear()
+    blocker = asyncio.create_task(batcher.submit(item("p")))
+    await asyncio.sleep(0.01)
+    gone = asyncio.create_task(batcher.submit(item("gone")))
+    stays = asyncio.create_task(batcher.submit(item("stays")))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    ledger.release.set()
+    await blocker
+    assert await stays == b"receipt of stays"
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+
+
+async def test_concurrent_reads_are_each_ledgered_once(api: RecordApi) -> None:
+    patients = [await new_patient(api) for _ in range(3)]
+    stored: list[Any] = []
+    for patient in patients:
+        for _ in range(4):
+            reply = await api.a.stub.CreateResource(
+                test_record_api.record_pb2.CreateResourceRequest(
+                    resource_json=resource("Observation", patient.id),
+                    purpose=test_record_api.TREAT,
+                )
+            )
+            stored.append(reply.resource)
+    before = await api.size()
+    read = await asyncio.gather(*(get(api.a, "Observation", s.id) for s in stored))
+    assert [r.id for r in read] == [s.id for s in stored]
+    reads = await api.reads_since(before, api.a)
+    # One entry per read (their resource ids are blinded: each its own digest).
+    assert len(reads) == len(stored)
+    assert {e.resource.type for e in reads} == {"Observation"}
+    assert len({e.resource.id for e in reads}) == len(stored)
