@@ -50,6 +50,19 @@ class Ledger:
         return receipt
 
 
+async def behind_a_batch(
+    ledger: Ledger, batcher: _Batcher, names: tuple[str, ...]
+) -> tuple[asyncio.Task[bytes], list[asyncio.Task[bytes]]]:
+    """A read ("p") in flight, held by the ledger, and ``names`` submitted behind it; the
+    ledger not yet released."""
+    ledger.release.clear()
+    blocker = asyncio.create_task(batcher.submit(item("p")))
+    await asyncio.sleep(0.01)
+    behind = [asyncio.create_task(batcher.submit(item(name))) for name in names]
+    await asyncio.sleep(0.01)
+    return blocker, behind
+
+
 async def test_a_lone_read_goes_at_once_and_the_next_ones_together() -> None:
     ledger = Ledger()
     batcher = _Batcher(ledger.flush, ledger.single)
@@ -68,11 +81,7 @@ async def test_a_lone_read_goes_at_once_and_the_next_ones_together() -> None:
 async def test_one_reads_refusal_is_its_own_and_an_outage_is_everyones() -> None:
     ledger = Ledger()
     batcher = _Batcher(ledger.flush, ledger.single)
-    ledger.release.clear()
-    blocker = asyncio.create_task(batcher.submit(item("p")))
-    await asyncio.sleep(0.01)
-    mixed = [asyncio.create_task(batcher.submit(item(name))) for name in ("a", "erased-1", "b")]
-    await asyncio.sleep(0.01)
+    blocker, mixed = await behind_a_batch(ledger, batcher, ("a", "erased-1", "b"))
     ledger.release.set()
     await blocker
     a, erased, b = await asyncio.gather(*mixed, return_exceptions=True)
@@ -82,11 +91,7 @@ async def test_one_reads_refusal_is_its_own_and_an_outage_is_everyones() -> None
     assert ledger.batches[1:] == [["a", "erased-1", "b"], ["a"], ["erased-1"], ["b"]]
 
     ledger.batches.clear()
-    ledger.release.clear()
-    blocker = asyncio.create_task(batcher.submit(item("p")))
-    await asyncio.sleep(0.01)
-    together = [asyncio.create_task(batcher.submit(item(n))) for n in ("c", "down")]
-    await asyncio.sleep(0.01)
+    blocker, together = await behind_a_batch(ledger, batcher, ("c", "down"))
     ledger.release.set()
     await blocker
     outcomes = await asyncio.gather(*together, return_exceptions=True)
@@ -97,12 +102,7 @@ async def test_one_reads_refusal_is_its_own_and_an_outage_is_everyones() -> None
 async def test_a_cancelled_caller_leaves_the_others_answered() -> None:
     ledger = Ledger()
     batcher = _Batcher(ledger.flush, ledger.single)
-    ledger.release.clear()
-    blocker = asyncio.create_task(batcher.submit(item("p")))
-    await asyncio.sleep(0.01)
-    gone = asyncio.create_task(batcher.submit(item("gone")))
-    stays = asyncio.create_task(batcher.submit(item("stays")))
-    await asyncio.sleep(0.01)
+    blocker, (gone, stays) = await behind_a_batch(ledger, batcher, ("gone", "stays"))
     gone.cancel()
     ledger.release.set()
     await blocker
