@@ -21,7 +21,6 @@ plans afresh.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from medledger.common.errors import Aborted, MedledgerError, NotFound
+from medledger.common.errors import Aborted, NotFound
 from medledger.common.telemetry import current_trace_id
 from medledger.record.domain.fhir_validation import ValidResource
 from medledger.record.domain.peers import (
@@ -159,12 +158,12 @@ class BulkWrites:
                     key, fingerprint, attempt_id, len(planned)
                 )
                 if recorded.attempt != attempt_id:  # a concurrent attempt recorded first
-                    await self._abort(pending)
+                    await self._storage.abort_writes(pending)
                     return await self._resume(
                         requester, key, fingerprint, recorded.attempt, recorded.count
                     )
         except BaseException:
-            await self._abort(pending)
+            await self._storage.abort_writes(pending)
             raise
         return await self._ledger_and_commit(requester, verdicts, pending, keep=bool(key))
 
@@ -259,11 +258,6 @@ class BulkWrites:
             )
         return writes
 
-    async def _abort(self, pending: Sequence[PendingWrite]) -> None:
-        for each in pending:
-            with contextlib.suppress(MedledgerError):
-                await self._storage.abort_write(each)
-
     async def _ledger_and_commit(
         self,
         requester: Requester,
@@ -286,7 +280,7 @@ class BulkWrites:
             # Not acknowledged, so never visible. A keyed attempt keeps its versions for the
             # retry to finish (the ledger may hold the entries after all); others are dropped.
             if not keep:
-                await self._abort(pending)
+                await self._storage.abort_writes(pending)
             raise
         # Shielded: the entries are ledgered, so the versions must become visible even if
         # the caller goes away (a cancelled stream); a transaction abandoned midway would also

@@ -196,6 +196,10 @@ class RecordStorage(Protocol):
 
     async def abort_write(self, pending: PendingWrite) -> None: ...
 
+    async def abort_writes(self, pending: Sequence[PendingWrite]) -> None:
+        """``abort_write`` for each, as far as storage answers (never raises it)."""
+        ...
+
     async def resume_write(self, key: str, fingerprint: bytes) -> PendingWrite | None:
         """The pending version an earlier attempt with this idempotency key prepared and did
         not commit (its ledger answer lost, or the ledger down), younger than the pending

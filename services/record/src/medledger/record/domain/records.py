@@ -221,14 +221,16 @@ class EncryptedRecords:
             async with self._bulk:
                 await self._documents.insert_pendings([insert for _, insert in sealed])
         except VersionTaken:
-            await self._abort_all([pending for pending, _ in sealed])
+            await self.abort_writes([pending for pending, _ in sealed])
             raise concurrent_write() from None
         except BaseException:
-            await self._abort_all([pending for pending, _ in sealed])
+            await self.abort_writes([pending for pending, _ in sealed])
             raise
         return [pending for pending, _ in sealed]
 
-    async def _abort_all(self, pending: Sequence[PendingWrite]) -> None:
+    async def abort_writes(self, pending: Sequence[PendingWrite]) -> None:
+        """Drops each pending version, as far as storage answers (best effort: one left
+        behind is swept once stale, and never visible)."""
         for each in pending:
             with contextlib.suppress(MedledgerError):
                 await self._documents.abort(each.slot, each.write_id)
