@@ -1,6 +1,7 @@
-"""Reads' ledger entries are appended together when they arrive together: a lone read goes at
-once; reads arriving while a batch is in flight go in the next one; one read's trouble never
-fails another's; and through the service, every concurrent read is ledgered, once."""
+"""Ledger entries are appended together when they arrive together: a lone one goes at once;
+those arriving while a batch is in flight go in the next one; one call's trouble never fails
+another's; and through the service, every concurrent read and write is ledgered once, a
+resent write included."""
 
 from __future__ import annotations
 
@@ -131,3 +132,34 @@ async def test_concurrent_reads_are_each_ledgered_once(api: RecordApi) -> None:
     assert len(reads) == len(stored)
     assert {e.resource.type for e in reads} == {"Observation"}
     assert len({e.resource.id for e in reads}) == len(stored)
+
+
+async def test_concurrent_writes_and_their_resends_are_each_ledgered_once(
+    api: RecordApi,
+) -> None:
+    patient = await new_patient(api)
+    texts = [resource("Observation", patient.id) for _ in range(10)]
+    keys = [f"batch-{n}-{patient.id}" for n in range(10)]
+
+    async def create(text: str, key: str) -> Any:
+        reply = await api.a.stub.CreateResource(
+            test_record_api.record_pb2.CreateResourceRequest(
+                resource_json=text, purpose=test_record_api.TREAT, idempotency_key=key
+            )
+        )
+        return reply.resource
+
+    before = await api.size()
+    first = await asyncio.gather(*(create(t, k) for t, k in zip(texts, keys, strict=True)))
+    assert len({c.id for c in first}) == 10
+    # Resent together (answers lost): the first results, and nothing new in the ledger.
+    middle = await api.size()
+    again = await asyncio.gather(*(create(t, k) for t, k in zip(texts, keys, strict=True)))
+    assert list(again) == list(first)
+    entries = [
+        e
+        for e in await api.entries_since(before)
+        if e.entry.kind == test_record_api.ledger_pb2.EVENT_KIND_RECORD_CREATED
+    ]
+    assert sorted(e.leaf_index for e in entries) == sorted(c.receipt.leaf_index for c in first)
+    assert all(e.leaf_index < middle for e in entries)

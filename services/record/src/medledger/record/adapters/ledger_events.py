@@ -8,13 +8,14 @@ row. Ids and salted commitments only: never PHI.
 Whatever keeps the entry from being appended (the ledger down, or refusing this service's
 credentials) is UNAVAILABLE: the caller's write or read fails closed.
 
-Reads are appended together: a read's entry (it has no idempotency key) that arrives while
-another batch of reads is being appended waits for it, then goes with every read that came
-meanwhile in ONE step (their index rows in one insert and one update, one AppendBatch), so
-many concurrent reads cost a few round trips, and a lone read goes at once. Each entry keeps
-its own caller's trace id and time. A batch the ledger refuses for a reason other than being
-unavailable (a patient erased meanwhile) is appended again one read at a time, so each read
-gets its own answer. Writes are appended one call at a time, with their idempotency keys.
+Concurrent calls' entries are appended together: an entry that arrives while a batch is
+being appended waits for it, then goes with every entry that came meanwhile in ONE step (their
+index rows in one insert and one update, one AppendBatch), so many concurrent reads and writes
+cost a few round trips, and a lone one goes at once. Each entry keeps its own caller's trace
+id and time, and a write's its idempotency key and salt (the ledger answers a key it holds
+with its first receipt, within a batch too). A batch the ledger refuses for a reason other
+than being unavailable (a patient erased meanwhile, a key reused) is appended again one entry
+at a time, so each call gets its own answer.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from medledger.common.patient_log import PatientAppend, PatientLog
 from medledger.common.telemetry import current_trace_id
 from medledger.record.domain.peers import LoggedEntry, RecordEvent
 
-# Reads appended in one step at most (one AppendBatch, one insert of their index rows).
-MAX_READ_BATCH: Final = 256
+# Entries appended in one step at most (one AppendBatch, one insert of their index rows).
+MAX_BATCH: Final = 256
 
 
 def _patient_append(patient_id: str, event: RecordEvent, idempotency_key: str) -> PatientAppend:
@@ -95,8 +96,8 @@ class _Batcher:
     async def _run(self) -> None:
         try:
             while self._waiting:
-                batch = self._waiting[:MAX_READ_BATCH]
-                del self._waiting[:MAX_READ_BATCH]
+                batch = self._waiting[:MAX_BATCH]
+                del self._waiting[:MAX_BATCH]
                 await self._settle(batch)
         finally:
             self._drain = None
@@ -113,7 +114,7 @@ class _Batcher:
                 _fail(future, error)
             return
         except MedledgerError:
-            # One read's trouble (its patient erased meanwhile) must not fail the others.
+            # One entry's trouble (its patient erased meanwhile) must not fail the others.
             for item, future in batch:
                 try:
                     _succeed(future, await self._single(item))
@@ -149,24 +150,21 @@ class PatientLogLedger:
     def __init__(self, patients: PatientLog, *, timeout: float = 10.0) -> None:
         self._patients = patients
         self._timeout = timeout
-        self._reads = _Batcher(self._append_reads, self._append_single)
+        self._batches = _Batcher(self._append_batch, self._append_single)
 
     async def append(
         self, patient_id: str, event: RecordEvent, *, idempotency_key: str = ""
     ) -> bytes:
-        if idempotency_key:
-            (receipt,) = await self.append_many([(patient_id, event, idempotency_key)])
-            return receipt
-        item = _patient_append(patient_id, event, "")
+        item = _patient_append(patient_id, event, idempotency_key)
         # Fixed now, in the caller's context: the batch is appended from another task.
         item = dataclasses.replace(
             item,
             trace_id=item.trace_id or current_trace_id(),
             entry_time=item.entry_time or datetime.now(UTC),
         )
-        return await self._reads.submit(item)
+        return await self._batches.submit(item)
 
-    async def _append_reads(self, items: list[PatientAppend]) -> list[bytes]:
+    async def _append_batch(self, items: list[PatientAppend]) -> list[bytes]:
         with _unavailable_when_refused():
             receipts = await self._patients.append_many(items, timeout=self._timeout)
         return [r.SerializeToString() for r in receipts]
