@@ -13,6 +13,7 @@ from medledger.mllp.domain.ack import (
     AckError,
     Acknowledgement,
     ErrorLocation,
+    accept_acknowledgement,
     rejected,
     render_ack,
 )
@@ -261,3 +262,30 @@ def test_a_control_id_reused_for_another_message_is_ae_at_msh_10() -> None:
     assert ack.errors[0].location == ErrorLocation("MSH", 1, 10)
     # Any other ABORTED is a write interrupted: resend.
     assert acknowledgement_for(Refused("ABORTED", "STALE")).code is AckCode.REJECT
+
+
+@pytest.mark.parametrize(
+    ("code", "accept_ack_type", "sent"),
+    [
+        (AckCode.ACCEPT, "AL", AckCode.COMMIT_ACCEPT),
+        (AckCode.ERROR, "AL", AckCode.COMMIT_ERROR),
+        (AckCode.REJECT, "AL", AckCode.COMMIT_REJECT),
+        (AckCode.ACCEPT, "", AckCode.COMMIT_ACCEPT),  # MSH-16 alone: accept acks always
+        (AckCode.ACCEPT, "ER", None),
+        (AckCode.ERROR, "ER", AckCode.COMMIT_ERROR),
+        (AckCode.REJECT, "ER", AckCode.COMMIT_REJECT),
+        (AckCode.ACCEPT, "SU", AckCode.COMMIT_ACCEPT),
+        (AckCode.ERROR, "SU", None),
+        (AckCode.REJECT, "SU", None),
+        (AckCode.ACCEPT, "NE", None),
+        (AckCode.REJECT, "NE", None),
+    ],
+)
+def test_enhanced_mode_sends_the_commit_ack_msh_15_asks_for(
+    code: AckCode, accept_ack_type: str, sent: AckCode | None
+) -> None:
+    ack = Acknowledgement(code, text="why")
+    answer = accept_acknowledgement(ack, accept_ack_type)
+    assert (answer.code if answer else None) == sent
+    if answer is not None:
+        assert answer.text == "why"

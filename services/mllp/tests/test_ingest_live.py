@@ -178,3 +178,41 @@ async def test_several_messages_on_one_connection_are_answered_in_order(
         await client.send(adt_a01(i, sender=SENDER))
     assert [msa(await client.ack()) for _ in ids] == [("AA", i) for i in ids]
     await client.close()
+
+
+def enhanced(message: str, accept: str, application: str = "NE") -> str:
+    """The message in enhanced acknowledgement mode (MSH-15, MSH-16)."""
+    msh, rest = message.split("\r", 1)
+    return f"{msh}|||{accept}|{application}\r{rest}"
+
+
+async def test_enhanced_mode_commit_acks_are_sent_as_msh_15_asks(
+    listener: MllpRuntime, ledger: Ledger
+) -> None:
+    client = await MllpClient.connect(listener.port)
+    # AL: CA once stored and ledgered.
+    sent, size = control(), await ledger.size()
+    ack = await client.request(enhanced(adt_a01(sent), "AL"))
+    assert msa(ack) == ("CA", sent)
+    assert len([e for e in await ledger.entries_since(size) if e.kind in WRITES]) == 2
+    # ER: nothing for a message stored; CE (with its ERR) for one with errors.
+    quiet, size = control(), await ledger.size()
+    await client.send(enhanced(adt_a01(quiet), "ER"))
+    bad = control()
+    ack = await client.request(enhanced(adt_a01(bad, birth_date="19801399"), "ER"))
+    assert msa(ack) == ("CE", bad)  # the first acknowledgement back: the stored one sent none
+    assert "PID^1^7" in {str(e(2)) for e in errs(ack)}
+    assert len([e for e in await ledger.entries_since(size) if e.kind in WRITES]) == 2
+    # SU: nothing for a message with errors; NE: never; then an original-mode message on the
+    # same connection is answered: nothing was left unanswered in between.
+    await client.send(enhanced(adt_a01(control(), birth_date="19801399"), "SU"))
+    size = await ledger.size()
+    await client.send(enhanced(adt_a01(control()), "NE"))
+    last = control()
+    assert msa(await client.request(adt_a01(last))) == ("AA", last)
+    assert len([e for e in await ledger.entries_since(size) if e.kind in WRITES]) == 4
+    # A value outside table 0155: rejected at MSH-15, in original mode.
+    odd = await client.request(enhanced(adt_a01(control()), "XX"))
+    assert msa(odd)[0] == "AR"
+    assert str(errs(odd)[0](2)) == "MSH^1^15"
+    await client.close()

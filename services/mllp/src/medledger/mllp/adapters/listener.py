@@ -156,8 +156,9 @@ class MllpListener:
                     assert isinstance(event, Oversize)
                     answer = self._exchange.refuse(Condition.INTERNAL_ERROR, TOO_LARGE)
                     log.warning("message too large: AR and closed", extra={"limit": event.limit})
-                writer.write(encode_frame(answer.wire))
-                await writer.drain()
+                if answer.wire:  # enhanced mode may ask for no acknowledgement
+                    writer.write(encode_frame(answer.wire))
+                    await writer.drain()
                 if isinstance(event, Oversize):
                     return
             if decoder.discarded > discarded:
@@ -183,6 +184,7 @@ class MllpListener:
                 "message_type": header.message_type if header else "",
                 "control_id": header.control_id if header else "",
                 "errors": len(answer.ack.errors),
+                "sent": bool(answer.wire),
                 "seconds": round(time.monotonic() - started, 4),
             },
         )

@@ -1,5 +1,4 @@
-"""HL7 v2 acknowledgements in original mode: an ACK message of MSH, MSA and one ERR segment
-per problem.
+"""HL7 v2 acknowledgements: an ACK message of MSH, MSA and one ERR segment per problem.
 
 MSA-1 is AA (accepted), AE (an error in the message: resending it unchanged will fail
 again) or AR (rejected without being processed: an unknown sender, a header we cannot
@@ -10,10 +9,19 @@ ERR-3 (table 0357) and ERR-4 (severity), carries the record service's issue code
 and a fixed explanation in ERR-8. Nothing of the message's content but its header's routing
 fields is ever written back: the diagnostics come from the record service, which never
 repeats values, and the listener's own are fixed strings.
+
+Enhanced mode (the message values MSH-15 or MSH-16): the listener stores a message before it
+answers, so its accept acknowledgement is sent when the message is stored and ledgered and
+says what the application acknowledgement would: CA (committed: written), CE (an error in the
+message: nothing written, as AE) or CR (not processed, as AR), with the same ERR segments; it
+is sent as MSH-15 asks (AL always, NE never, ER on CE or CR only, SU on CA only; empty: AL).
+No separate application acknowledgement is sent (MSH-16 is read as NE): the listener has no
+route back to the sender, and the accept acknowledgement already follows the write.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass, field
@@ -41,11 +49,22 @@ ACK_CODE_TABLE: Final = "HL70357"
 
 
 class AckCode(enum.StrEnum):
-    """HL7 table 0008, original mode."""
+    """HL7 table 0008: original mode's application acknowledgements, and enhanced mode's
+    accept acknowledgements (commit accept, error, reject)."""
 
     ACCEPT = "AA"
     ERROR = "AE"
     REJECT = "AR"
+    COMMIT_ACCEPT = "CA"
+    COMMIT_ERROR = "CE"
+    COMMIT_REJECT = "CR"
+
+
+_COMMIT: Final = {
+    AckCode.ACCEPT: AckCode.COMMIT_ACCEPT,
+    AckCode.ERROR: AckCode.COMMIT_ERROR,
+    AckCode.REJECT: AckCode.COMMIT_REJECT,
+}
 
 
 @dataclass(frozen=True)
@@ -112,7 +131,21 @@ class Acknowledgement:
 
     @property
     def accepted(self) -> bool:
-        return self.code is AckCode.ACCEPT
+        return self.code in {AckCode.ACCEPT, AckCode.COMMIT_ACCEPT}
+
+
+def accept_acknowledgement(ack: Acknowledgement, accept_ack_type: str) -> Acknowledgement | None:
+    """Enhanced mode: the accept acknowledgement of a message answered ``ack`` in original
+    mode, or None when MSH-15 (``accept_ack_type``) says not to send it."""
+    commit = dataclasses.replace(ack, code=_COMMIT.get(ack.code, ack.code))
+    wanted = accept_ack_type or "AL"
+    if wanted == "AL":
+        return commit
+    if wanted == "ER":
+        return None if commit.accepted else commit
+    if wanted == "SU":
+        return commit if commit.accepted else None
+    return None  # NE
 
 
 def rejected(

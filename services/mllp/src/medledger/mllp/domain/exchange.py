@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from medledger.mllp.domain.ack import (
     Acknowledgement,
     ErrorLocation,
+    accept_acknowledgement,
     rejected,
     render_ack,
 )
@@ -36,7 +37,8 @@ UNKNOWN_FACILITY = "the sending facility is not known to this listener"
 
 @dataclass(frozen=True)
 class Answer:
-    """The acknowledgement and what it answered, for logs and tests."""
+    """The acknowledgement and what it answered, for logs and tests. ``wire`` is empty when
+    nothing is sent back (enhanced mode, as MSH-15 asks)."""
 
     ack: Acknowledgement
     wire: bytes
@@ -72,6 +74,13 @@ class Exchange:
     def _answer(
         self, ack: Acknowledgement, header: MessageHeader | None, facility_id: str = ""
     ) -> Answer:
+        if header is not None and header.enhanced_mode:
+            sent = accept_acknowledgement(ack, header.accept_ack_type)
+            if sent is None:
+                committed = accept_acknowledgement(ack, "AL")
+                assert committed is not None
+                return Answer(committed, b"", header, facility_id)
+            ack = sent
         wire = render_ack(ack, header, control_id=self._control_ids(), now=self._clock())
         return Answer(ack, wire, header, facility_id)
 

@@ -27,6 +27,10 @@ CHARACTER_SETS: Final = {
 }
 
 
+# HL7 table 0155 (accept/application acknowledgement conditions), "" when not valued.
+ACK_CONDITIONS: Final = frozenset({"", "AL", "NE", "ER", "SU"})
+
+
 @dataclass(frozen=True)
 class HeaderError(Exception):
     """The header cannot be read: which field (MSH-``field``; 0 the segment) and why."""
@@ -54,6 +58,13 @@ class MessageHeader:
     processing_id: str
     version: str
     character_set: str
+    accept_ack_type: str = ""  # MSH-15 (table 0155: AL, NE, ER, SU), upper case
+    application_ack_type: str = ""  # MSH-16
+
+    @property
+    def enhanced_mode(self) -> bool:
+        """HL7 enhanced acknowledgement mode: MSH-15 or MSH-16 valued (both empty: original)."""
+        return bool(self.accept_ack_type or self.application_ack_type)
 
     @property
     def component_separator(self) -> str:
@@ -190,7 +201,16 @@ def read_header(payload: bytes) -> MessageHeader:
         processing_id=field(11),
         version=field(12).split(characters[0])[0],
         character_set=field(18).split(characters[1])[0].strip(),
+        accept_ack_type=field(15).strip().upper(),
+        application_ack_type=field(16).strip().upper(),
     )
+    for number, value in ((15, header.accept_ack_type), (16, header.application_ack_type)):
+        if value not in ACK_CONDITIONS:
+            raise HeaderError(
+                Condition.TABLE_VALUE_NOT_FOUND,
+                number,
+                f"MSH-{number} is not an acknowledgement condition (AL, NE, ER or SU)",
+            )
     if not header.control_id:
         raise HeaderError(Condition.REQUIRED_FIELD_MISSING, 10, "MSH-10 (control id) is empty")
     if not header.message_type:
