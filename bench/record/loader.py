@@ -28,7 +28,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -46,6 +46,7 @@ from medledger.record.domain.peers import PatientDirectory
 from medledger.record.domain.ports import (
     CurrentPointer,
     PatientKey,
+    PendingInsert,
     ResourceWrite,
     SealedVersion,
     VersionCommit,
@@ -111,21 +112,12 @@ class BulkRecordStore(RecordStore):
             return CurrentPointer(resource, erased=False)  # taken (ids are fresh uuids)
         return None
 
-    async def insert_pending(
-        self,
-        version: SealedVersion,
-        *,
-        write_id: bytes,
-        prepared_at: datetime,
-        stale_before: datetime,
-        retry_of: bytes | None,
-        retry_fingerprint: bytes = b"",
-        trace_id: bytes = b"",
-    ) -> None:
-        slot_id = _slot_id(version.slot)
-        if slot_id in self._pending:
-            raise VersionTaken
-        self._pending[slot_id] = version
+    async def insert_pendings(self, pendings: Sequence[PendingInsert]) -> None:
+        for pending in pendings:
+            slot_id = _slot_id(pending.version.slot)
+            if slot_id in self._pending:
+                raise VersionTaken
+            self._pending[slot_id] = pending.version
 
     async def commit(self, commit: VersionCommit) -> None:
         """The documents ``RecordStore.commit`` leaves for a version 1 without an

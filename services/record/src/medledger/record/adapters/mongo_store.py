@@ -383,50 +383,13 @@ class RecordStore:
         return found
 
     @mongo_errors
-    async def insert_pending(
-        self,
-        version: SealedVersion,
-        *,
-        write_id: bytes,
-        prepared_at: datetime,
-        stale_before: datetime,
-        retry_of: bytes | None,
-        retry_fingerprint: bytes = b"",
-        trace_id: bytes = b"",
-    ) -> None:
-        await self._ready()
-        slot = version.slot
-        # A crashed writer's pending version gives its slot up once stale, or at once to a
-        # retry of the same write.
-        # Two deletes, each by _id: with "$or" the server may scan the whole collection (a
-        # secantusdb delete did: 1.1 s at 60,000 versions, bench/record).
-        pending = {"_id": _slot_id(slot), "state": PENDING}
-        await self._versions.delete_one({**pending, "prepared_at": {"$lt": stale_before}})
-        if retry_of is not None:
-            await self._versions.delete_one({**pending, "retry_of": Binary(retry_of)})
-        try:
-            await self._versions.insert_one(
-                _pending_document(
-                    PendingInsert(
-                        version,
-                        write_id,
-                        prepared_at,
-                        stale_before,
-                        retry_of,
-                        retry_fingerprint,
-                        trace_id,
-                    )
-                )
-            )
-        except DuplicateKeyError:
-            raise VersionTaken from None
-
-    @mongo_errors
     async def insert_pendings(self, pendings: Sequence[PendingInsert]) -> None:
         await self._ready()
         ids = [_slot_id(p.version.slot) for p in pendings]
-        # As insert_pending, for all slots at once: stale versions and earlier attempts of
-        # the same keyed writes give their slots up (by _id: the index, never a scan).
+        # A crashed writer's stale pending version, or an earlier attempt of the same keyed
+        # write, gives its slot up. Two deletes, each by _id (the index): with "$or" the
+        # server may scan the whole collection (a secantusdb delete did: 1.1 s at 60,000
+        # versions, bench/record).
         stale_before = min(p.stale_before for p in pendings)
         await self._versions.delete_many(
             {"_id": {"$in": ids}, "state": PENDING, "prepared_at": {"$lt": stale_before}}

@@ -341,7 +341,7 @@ class VersionCommit:
 
 @dataclass(frozen=True)
 class PendingInsert:
-    """One pending version to store (the arguments of ``RecordDocuments.insert_pending``)."""
+    """One pending version to store (``RecordDocuments.insert_pendings``)."""
 
     version: SealedVersion
     write_id: bytes
@@ -439,23 +439,6 @@ class RecordDocuments(Protocol):
 
     async def currents(self, resources: Iterable[bytes]) -> dict[bytes, CurrentPointer]: ...
 
-    async def insert_pending(
-        self,
-        version: SealedVersion,
-        *,
-        write_id: bytes,
-        prepared_at: datetime,
-        stale_before: datetime,
-        retry_of: bytes | None,
-        retry_fingerprint: bytes = b"",
-        trace_id: bytes = b"",
-    ) -> None:
-        """Raises VersionTaken unless the slot is free or held by a pending version
-        prepared before ``stale_before`` or with the idempotency key id ``retry_of``
-        (which it replaces). A keyed write keeps its request's fingerprint and trace id
-        for :meth:`pending_retry`."""
-        ...
-
     async def pending_retry(self, key_id: bytes, prepared_after: datetime) -> PendingAttempt | None:
         """The newest pending version prepared with this idempotency key id after
         ``prepared_after``."""
@@ -467,8 +450,11 @@ class RecordDocuments(Protocol):
         ...
 
     async def insert_pendings(self, pendings: Sequence[PendingInsert]) -> None:
-        """``insert_pending`` for each, in a few steps for all; VersionTaken when a slot is
-        taken (the versions inserted before it stay pending: abort them)."""
+        """Stores each pending version, in a few steps for all. Raises VersionTaken unless
+        each slot is free or held by a pending version prepared before its ``stale_before``
+        or with its idempotency key id ``retry_of`` (which it replaces); the versions
+        inserted before the taken one stay pending: abort them. A keyed write keeps its
+        request's fingerprint and trace id for :meth:`pending_retry`."""
         ...
 
     async def commit_many(self, commits: Sequence[VersionCommit]) -> None:

@@ -191,15 +191,7 @@ class EncryptedRecords:
             index, write, await self._documents.current(resource)
         )
         try:
-            await self._documents.insert_pending(
-                insert.version,
-                write_id=insert.write_id,
-                prepared_at=insert.prepared_at,
-                stale_before=insert.stale_before,
-                retry_of=insert.retry_of,
-                retry_fingerprint=insert.retry_fingerprint,
-                trace_id=insert.trace_id,
-            )
+            await self._documents.insert_pendings([insert])
         except VersionTaken:
             raise concurrent_write() from None
         return pending
