@@ -163,3 +163,23 @@ async def test_concurrent_writes_and_their_resends_are_each_ledgered_once(
     ]
     assert sorted(e.leaf_index for e in entries) == sorted(c.receipt.leaf_index for c in first)
     assert all(e.leaf_index < middle for e in entries)
+
+
+async def test_every_call_of_a_batch_is_answered_whatever_a_retry_raises() -> None:
+    ledger = Ledger()
+
+    async def single(one: PatientAppend) -> bytes:
+        if one.patient_id == "broken":
+            raise RuntimeError("not a MedledgerError")
+        return await ledger.single(one)
+
+    batcher = _Batcher(ledger.flush, single)
+    blocker, behind = await behind_a_batch(ledger, batcher, ("erased-1", "broken", "c"))
+    ledger.release.set()
+    await blocker
+    erased, broken, c = await asyncio.wait_for(
+        asyncio.gather(*behind, return_exceptions=True), timeout=5
+    )
+    assert isinstance(erased, FailedPrecondition)
+    assert isinstance(broken, RuntimeError)
+    assert c == b"receipt of c"

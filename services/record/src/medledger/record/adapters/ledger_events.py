@@ -106,29 +106,29 @@ class _Batcher:
                     future.set_exception(Unavailable("ledger", reason="SHUTTING_DOWN"))
 
     async def _settle(self, batch: list[tuple[PatientAppend, asyncio.Future[bytes]]]) -> None:
-        items = [item for item, _ in batch]
         try:
-            receipts = await (self._flush(items) if len(items) > 1 else self._one(items[0]))
-        except Unavailable as error:
-            for _, future in batch:
-                _fail(future, error)
-            return
-        except MedledgerError:
-            # One entry's trouble (its patient erased meanwhile) must not fail the others.
-            for item, future in batch:
-                try:
-                    _succeed(future, await self._single(item))
-                except MedledgerError as error:
-                    _fail(future, error)
-            return
-        except Exception as error:  # noqa: BLE001 - handed to every waiting caller
-            for _, future in batch:
-                _fail(future, error)
-            return
+            await self._append(batch)
         except asyncio.CancelledError:  # shutting down: nobody waits forever
             for _, future in batch:
                 _fail(future, Unavailable("ledger", reason="SHUTTING_DOWN"))
             raise
+
+    async def _append(self, batch: list[tuple[PatientAppend, asyncio.Future[bytes]]]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            receipts = await (self._flush(items) if len(items) > 1 else self._one(items[0]))
+        except Exception as error:  # noqa: BLE001 - each waiting caller gets an answer
+            if isinstance(error, Unavailable) or not isinstance(error, MedledgerError):
+                for _, future in batch:
+                    _fail(future, error)
+                return
+            # One entry's trouble (its patient erased meanwhile) must not fail the others.
+            for item, future in batch:
+                try:
+                    _succeed(future, await self._single(item))
+                except Exception as single_error:  # noqa: BLE001 - that caller's answer
+                    _fail(future, single_error)
+            return
         for (_, future), receipt in zip(batch, receipts, strict=True):
             _succeed(future, receipt)
 
