@@ -29,7 +29,6 @@ from typing import Final
 
 import grpc
 
-from medledger.api.ledger.v1 import ledger_pb2
 from medledger.common.errors import MedledgerError, Unavailable
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.paging import Page
@@ -164,36 +163,32 @@ class PatientLogLedger:
         )
         return await self._batches.submit(item)
 
-    async def _append_batch(self, items: list[PatientAppend]) -> list[bytes]:
+    async def append_many(self, events: Sequence[tuple[str, RecordEvent, str]]) -> list[bytes]:
+        items = [_patient_append(*each) for each in events]
+        if len(items) == 1:
+            return [await self._append_single(items[0])]
+        return await self._append_batch(items, timeout=self._timeout * 3)
+
+    async def _append_batch(
+        self, items: list[PatientAppend], *, timeout: float | None = None
+    ) -> list[bytes]:
         with _unavailable_when_refused():
-            receipts = await self._patients.append_many(items, timeout=self._timeout)
+            receipts = await self._patients.append_many(items, timeout=timeout or self._timeout)
         return [r.SerializeToString() for r in receipts]
 
     async def _append_single(self, item: PatientAppend) -> bytes:
         with _unavailable_when_refused():
-            receipt = await self._append_one(item)
+            receipt = await self._patients.append(
+                item.patient_id,
+                item.event,
+                patient_actor=item.patient_actor,
+                idempotency_key=item.idempotency_key,
+                timeout=self._timeout,
+                salt=item.salt,
+                entry_time=item.entry_time,
+                trace_id=item.trace_id,
+            )
         return receipt.SerializeToString()
-
-    async def append_many(self, events: Sequence[tuple[str, RecordEvent, str]]) -> list[bytes]:
-        items = [_patient_append(*each) for each in events]
-        with _unavailable_when_refused():
-            if len(items) == 1:
-                receipts = [await self._append_one(items[0])]
-            else:
-                receipts = await self._patients.append_many(items, timeout=self._timeout * 3)
-        return [r.SerializeToString() for r in receipts]
-
-    async def _append_one(self, item: PatientAppend) -> ledger_pb2.Receipt:
-        return await self._patients.append(
-            item.patient_id,
-            item.event,
-            patient_actor=item.patient_actor,
-            idempotency_key=item.idempotency_key,
-            timeout=self._timeout,
-            salt=item.salt,
-            entry_time=item.entry_time,
-            trace_id=item.trace_id,
-        )
 
     async def logged(
         self, patient_id: str, *, page_size: int, page_token: str
