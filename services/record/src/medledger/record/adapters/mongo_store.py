@@ -557,7 +557,16 @@ class RecordStore:
         resource. A resource that already has its document was committed since, under the
         new layout: its old rows are stale and only dropped. Safe to run on several
         replicas at once, and again after a crash (a search checks every result against
-        the tokens sealed in its version, so a stale token never shows a resource)."""
+        the tokens sealed in its version, so a stale token never shows a resource).
+
+        It runs while the earlier layout's indexes exist, and drops them last: looking for
+        old rows in a collection without them is a full scan (0.7 s at 20,000 resources on
+        secantusdb) that every start would pay. Replicas of the earlier version still
+        writing after the upgrade's first start (a rolling upgrade) write rows no one
+        converts: upgrade by replacing all of them."""
+        legacy = (await self._index.index_information()).keys() & LEGACY_INDEX_NAMES
+        if not legacy:
+            return  # never held the earlier layout, or converted already
         old = {"token": {"$exists": True}}
         while rows := await self._index.find(old).limit(CONVERT_CHUNK).to_list():
             by_resource: dict[bytes, list[Document]] = {}
@@ -572,7 +581,7 @@ class RecordStore:
                     )
             await self._index.delete_many({"_id": {"$in": [r["_id"] for r in rows]}})
         # The earlier layout's indexes would otherwise be kept up on every commit.
-        for name in (await self._index.index_information()).keys() & LEGACY_INDEX_NAMES:
+        for name in legacy:
             with contextlib.suppress(OperationFailure):  # a replica dropped it first
                 await self._index.drop_index(name)
 
