@@ -13,7 +13,8 @@ from medledger.mllp.domain.ack import (
     AckError,
     Acknowledgement,
     ErrorLocation,
-    accept_acknowledgement,
+    accept_ack_sent,
+    commit_acknowledgement,
     rejected,
     render_ack,
 )
@@ -284,8 +285,8 @@ def test_a_control_id_reused_for_another_message_is_ae_at_msh_10() -> None:
 def test_enhanced_mode_sends_the_commit_ack_msh_15_asks_for(
     code: AckCode, accept_ack_type: str, sent: AckCode | None
 ) -> None:
-    ack = Acknowledgement(code, text="why")
-    answer = accept_acknowledgement(ack, accept_ack_type)
+    commit = commit_acknowledgement(Acknowledgement(code, text="why"))
+    answer = commit if accept_ack_sent(accept_ack_type, commit) else None
     assert (answer.code if answer else None) == sent
     if answer is not None:
         assert answer.text == "why"

@@ -134,18 +134,21 @@ class Acknowledgement:
         return self.code in {AckCode.ACCEPT, AckCode.COMMIT_ACCEPT}
 
 
-def accept_acknowledgement(ack: Acknowledgement, accept_ack_type: str) -> Acknowledgement | None:
+def commit_acknowledgement(ack: Acknowledgement) -> Acknowledgement:
     """Enhanced mode: the accept acknowledgement of a message answered ``ack`` in original
-    mode, or None when MSH-15 (``accept_ack_type``) says not to send it."""
-    commit = dataclasses.replace(ack, code=_COMMIT.get(ack.code, ack.code))
+    mode (CA, CE or CR for AA, AE or AR; the same ERR segments)."""
+    return dataclasses.replace(ack, code=_COMMIT.get(ack.code, ack.code))
+
+
+def accept_ack_sent(accept_ack_type: str, ack: Acknowledgement) -> bool:
+    """Whether MSH-15 (``accept_ack_type``; empty: AL) asks for the accept
+    acknowledgement ``ack``."""
     wanted = accept_ack_type or "AL"
-    if wanted == "AL":
-        return commit
     if wanted == "ER":
-        return None if commit.accepted else commit
+        return not ack.accepted
     if wanted == "SU":
-        return commit if commit.accepted else None
-    return None  # NE
+        return ack.accepted
+    return wanted == "AL"
 
 
 def rejected(

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from medledger.mllp.domain.ack import (
     Acknowledgement,
     ErrorLocation,
-    accept_acknowledgement,
+    accept_ack_sent,
+    commit_acknowledgement,
     rejected,
     render_ack,
 )
@@ -75,12 +76,9 @@ class Exchange:
         self, ack: Acknowledgement, header: MessageHeader | None, facility_id: str = ""
     ) -> Answer:
         if header is not None and header.enhanced_mode:
-            sent = accept_acknowledgement(ack, header.accept_ack_type)
-            if sent is None:
-                committed = accept_acknowledgement(ack, "AL")
-                assert committed is not None
-                return Answer(committed, b"", header, facility_id)
-            ack = sent
+            ack = commit_acknowledgement(ack)
+            if not accept_ack_sent(header.accept_ack_type, ack):
+                return Answer(ack, b"", header, facility_id)
         wire = render_ack(ack, header, control_id=self._control_ids(), now=self._clock())
         return Answer(ack, wire, header, facility_id)
 

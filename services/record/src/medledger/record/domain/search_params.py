@@ -245,9 +245,9 @@ def _date_tokens(value: object) -> Iterator[str]:
         last = end.last if end is not None else LAST_DAY
         if first <= last:
             yield from interval_tokens(first, last)
-        else:  # backwards: each bound as a date of its own
-            yield from interval_tokens(first, start.last if start is not None else first)
-            yield from interval_tokens(end.first if end is not None else last, last)
+        elif start is not None and end is not None:  # backwards: each bound a date of its own
+            yield from interval_tokens(start.first, start.last)
+            yield from interval_tokens(end.first, end.last)
         return
     if isinstance(value, str) and (unit := parse_date(value)) is not None:
         yield from interval_tokens(unit.first, unit.last)
