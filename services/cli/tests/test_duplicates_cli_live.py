@@ -112,7 +112,11 @@ async def test_a_pair_is_listed_then_linked(live: LiveRecord, tmp_path: Path) ->
     assert bill in row
     assert re.search(r"0\.9\d\d|1\.000", row)
     assert "name.given" in row
-    # One patient's pairs alone (its blocks only), and a Patient/ reference taken too.
+    # One patient's pairs alone (its blocks only), and a Patient/ reference taken too: not
+    # another pair's.
+    others = "Q" + "".join(random.choices(string.ascii_lowercase, k=7))
+    await create_patient(live, others, "Margaret", "1951-06-07")
+    await create_patient(live, others, "Maggie", "1951-06-07")
     own = await live.record("duplicates", "--patient", f"Patient/{william}", "--json")
     assert own.exit_code == 0, own.output
     assert [
