@@ -6,14 +6,16 @@ resent write included."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from medledger.common.batching import Batcher
 from medledger.common.errors import FailedPrecondition, Unavailable
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.patient_log import PatientAppend
-from medledger.record.adapters.ledger_events import _Batcher
+from medledger.record.adapters.ledger_events import _one_entrys_trouble
 
 from . import test_record_api
 from .test_record_api import RecordApi, get, new_patient, resource
@@ -51,8 +53,16 @@ class Ledger:
         return receipt
 
 
+def ledger_batcher(
+    flush: Callable[[list[PatientAppend]], Awaitable[list[bytes]]],
+    single: Callable[[PatientAppend], Awaitable[bytes]],
+) -> Batcher[PatientAppend, bytes]:
+    """As the record's ledger adapter batches its appends."""
+    return Batcher(flush, single, alone=_one_entrys_trouble, dependency="ledger")
+
+
 async def behind_a_batch(
-    ledger: Ledger, batcher: _Batcher, names: tuple[str, ...]
+    ledger: Ledger, batcher: Batcher[PatientAppend, bytes], names: tuple[str, ...]
 ) -> tuple[asyncio.Task[bytes], list[asyncio.Task[bytes]]]:
     """A read ("p") in flight, held by the ledger, and ``names`` submitted behind it; the
     ledger not yet released."""
@@ -66,7 +76,7 @@ async def behind_a_batch(
 
 async def test_a_lone_read_goes_at_once_and_the_next_ones_together() -> None:
     ledger = Ledger()
-    batcher = _Batcher(ledger.flush, ledger.single)
+    batcher = ledger_batcher(ledger.flush, ledger.single)
     assert await batcher.submit(item("p0")) == b"receipt of p0"
     ledger.release.clear()
     first = asyncio.create_task(batcher.submit(item("p1")))
@@ -79,9 +89,17 @@ async def test_a_lone_read_goes_at_once_and_the_next_ones_together() -> None:
     assert ledger.batches == [["p0"], ["p1"], [f"q{n}" for n in range(9)]]
 
 
+async def test_a_lone_refused_read_is_not_appended_twice() -> None:
+    ledger = Ledger()
+    batcher = ledger_batcher(ledger.flush, ledger.single)
+    with pytest.raises(FailedPrecondition):
+        await batcher.submit(item("erased-1"))
+    assert ledger.batches == [["erased-1"]]
+
+
 async def test_one_reads_refusal_is_its_own_and_an_outage_is_everyones() -> None:
     ledger = Ledger()
-    batcher = _Batcher(ledger.flush, ledger.single)
+    batcher = ledger_batcher(ledger.flush, ledger.single)
     blocker, mixed = await behind_a_batch(ledger, batcher, ("a", "erased-1", "b"))
     ledger.release.set()
     await blocker
@@ -102,7 +120,7 @@ async def test_one_reads_refusal_is_its_own_and_an_outage_is_everyones() -> None
 
 async def test_a_cancelled_caller_leaves_the_others_answered() -> None:
     ledger = Ledger()
-    batcher = _Batcher(ledger.flush, ledger.single)
+    batcher = ledger_batcher(ledger.flush, ledger.single)
     blocker, (gone, stays) = await behind_a_batch(ledger, batcher, ("gone", "stays"))
     gone.cancel()
     ledger.release.set()
@@ -173,7 +191,7 @@ async def test_every_call_of_a_batch_is_answered_whatever_a_retry_raises() -> No
             raise RuntimeError("not a MedledgerError")
         return await ledger.single(one)
 
-    batcher = _Batcher(ledger.flush, single)
+    batcher = ledger_batcher(ledger.flush, single)
     blocker, behind = await behind_a_batch(ledger, batcher, ("erased-1", "broken", "c"))
     ledger.release.set()
     await blocker

@@ -365,3 +365,23 @@ async def test_a_keyed_write_left_pending_is_resumed_as_it_was(records: Any) -> 
     assert (stored.ref, stored.salt) == (first.ref, first.salt)
     assert await records.records.resume_write(key, b"f") is None
     assert await records.records.idempotent_result(key, b"f") == stored
+
+
+async def test_a_keyed_write_prepared_again_takes_its_earlier_attempts_slot(records: Any) -> None:
+    """The earlier attempt's commit failed and was not resumed: its pending version gives
+    the slot up to the same key at once, not only once stale; another key still waits."""
+    rid, patient, key = new_id(), new_id(), new_id()
+    await records.prepare(
+        "Observation", rid, patient, observation(1), idempotency_key=key, fingerprint=b"f"
+    )
+    with pytest.raises(Aborted) as held:
+        await records.prepare(
+            "Observation", rid, patient, observation(1), idempotency_key=new_id(), fingerprint=b"f"
+        )
+    assert held.value.reason == "CONCURRENT_WRITE"
+    again = await records.prepare(
+        "Observation", rid, patient, observation(1), idempotency_key=key, fingerprint=b"f"
+    )
+    assert await records.db["record_versions"].count_documents({"state": "pending"}) == 1
+    await records.records.commit_write(again, records.receipt_for(again.ref))
+    assert (await records.records.read("Observation", rid)).resource_json == observation(1)

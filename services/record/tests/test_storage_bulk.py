@@ -87,7 +87,7 @@ class _BulkTransactionsGiveUp(RecordStore):
     """The real store, whose bulk transaction gives up (as one whose time runs out on a
     loaded server does); every single commit works."""
 
-    async def commit_many(self, commits: Any) -> None:
+    async def commit_many(self, commits: Any, *, grouped: bool = False) -> None:
         raise Unavailable("mongodb")
 
 

@@ -20,24 +20,20 @@ at a time, so each call gets its own answer.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Final
 
 import grpc
 
+from medledger.common.batching import Batcher
 from medledger.common.errors import MedledgerError, Unavailable
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.paging import Page
 from medledger.common.patient_log import PatientAppend, PatientLog
 from medledger.common.telemetry import current_trace_id
 from medledger.record.domain.peers import LoggedEntry, RecordEvent
-
-# Entries appended in one step at most (one AppendBatch, one insert of their index rows).
-MAX_BATCH: Final = 256
 
 
 def _patient_append(patient_id: str, event: RecordEvent, idempotency_key: str) -> PatientAppend:
@@ -71,85 +67,22 @@ def _unavailable_when_refused() -> Iterator[None]:
         raise
 
 
-class _Batcher:
-    """Items submitted while a batch is in flight go together in the next one; a lone item
-    goes at once (no waiting for company)."""
-
-    def __init__(
-        self,
-        flush: Callable[[list[PatientAppend]], Awaitable[list[bytes]]],
-        single: Callable[[PatientAppend], Awaitable[bytes]],
-    ) -> None:
-        self._flush = flush
-        self._single = single
-        self._waiting: list[tuple[PatientAppend, asyncio.Future[bytes]]] = []
-        self._drain: asyncio.Task[None] | None = None
-
-    async def submit(self, item: PatientAppend) -> bytes:
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._drain is None:
-            self._drain = asyncio.create_task(self._run())
-        return await future
-
-    async def _run(self) -> None:
-        try:
-            while self._waiting:
-                batch = self._waiting[:MAX_BATCH]
-                del self._waiting[:MAX_BATCH]
-                await self._settle(batch)
-        finally:
-            self._drain = None
-            for _, future in self._waiting:  # only if this task was cancelled (shutdown)
-                if not future.done():
-                    future.set_exception(Unavailable("ledger", reason="SHUTTING_DOWN"))
-
-    async def _settle(self, batch: list[tuple[PatientAppend, asyncio.Future[bytes]]]) -> None:
-        try:
-            await self._append(batch)
-        except asyncio.CancelledError:  # shutting down: nobody waits forever
-            for _, future in batch:
-                _fail(future, Unavailable("ledger", reason="SHUTTING_DOWN"))
-            raise
-
-    async def _append(self, batch: list[tuple[PatientAppend, asyncio.Future[bytes]]]) -> None:
-        items = [item for item, _ in batch]
-        try:
-            receipts = await (self._flush(items) if len(items) > 1 else self._one(items[0]))
-        except Exception as error:  # noqa: BLE001 - each waiting caller gets an answer
-            if isinstance(error, Unavailable) or not isinstance(error, MedledgerError):
-                for _, future in batch:
-                    _fail(future, error)
-                return
-            # One entry's trouble (its patient erased meanwhile) must not fail the others.
-            for item, future in batch:
-                try:
-                    _succeed(future, await self._single(item))
-                except Exception as single_error:  # noqa: BLE001 - that caller's answer
-                    _fail(future, single_error)
-            return
-        for (_, future), receipt in zip(batch, receipts, strict=True):
-            _succeed(future, receipt)
-
-    async def _one(self, item: PatientAppend) -> list[bytes]:
-        return [await self._single(item)]
-
-
-def _succeed(future: asyncio.Future[bytes], receipt: bytes) -> None:
-    if not future.done():
-        future.set_result(receipt)
-
-
-def _fail(future: asyncio.Future[bytes], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+def _one_entrys_trouble(error: Exception) -> bool:
+    """A refusal that is not an outage (a patient erased meanwhile, a key reused) may be one
+    entry's: the batch's entries are appended again one at a time."""
+    return isinstance(error, MedledgerError) and not isinstance(error, Unavailable)
 
 
 class PatientLogLedger:
     def __init__(self, patients: PatientLog, *, timeout: float = 10.0) -> None:
         self._patients = patients
         self._timeout = timeout
-        self._batches = _Batcher(self._append_batch, self._append_single)
+        self._batches: Batcher[PatientAppend, bytes] = Batcher(
+            self._append_batch,
+            self._append_single,
+            alone=_one_entrys_trouble,
+            dependency="ledger",
+        )
 
     async def append(
         self, patient_id: str, event: RecordEvent, *, idempotency_key: str = ""

@@ -87,6 +87,7 @@ CANDIDATE_CHUNK: Final = 256
 # token is "common", and counting further would cost what the search avoids).
 TOKEN_COUNT_CAP: Final = 512
 CONVERT_CHUNK: Final = 5000  # rows of the earlier index layout converted at a time
+DUPLICATE_KEY: Final = 11000
 LEGACY_INDEX_NAMES: Final = frozenset({"token_1_resource_1", "resource_1", "block_1_token_1"})
 
 
@@ -186,6 +187,15 @@ def index_document(
     if blocked := [Binary(t) for t in dict.fromkeys(blocks)]:
         document["blocks"] = blocked
     return document
+
+
+def _duplicates(error: BulkWriteError) -> list[int]:
+    """The positions of an unordered insert's documents refused for a taken _id; any other
+    refusal is raised as it is."""
+    refused = error.details.get("writeErrors", [])
+    if not refused or any(e.get("code") != DUPLICATE_KEY for e in refused):
+        raise error
+    return [e["index"] for e in refused]
 
 
 def _pending_document(pending: PendingInsert) -> Document:
@@ -385,22 +395,30 @@ class RecordStore:
     @mongo_errors
     async def insert_pendings(self, pendings: Sequence[PendingInsert]) -> None:
         await self._ready()
-        ids = [_slot_id(p.version.slot) for p in pendings]
-        # A crashed writer's stale pending version, or an earlier attempt of the same keyed
-        # write, gives its slot up. Two deletes, each by _id (the index): with "$or" the
-        # server may scan the whole collection (a secantusdb delete did: 1.1 s at 60,000
-        # versions, bench/record).
-        stale_before = min(p.stale_before for p in pendings)
+        try:
+            await self._versions.insert_many(
+                [_pending_document(p) for p in pendings], ordered=False
+            )
+            return
+        except BulkWriteError as error:
+            taken = _duplicates(error)
+        # Only for slots found taken: a crashed writer's stale pending version, or an
+        # earlier attempt of the same keyed write, gives its slot up; then those are tried
+        # once more. Two deletes, each by _id (the index): with "$or" the server may scan
+        # the whole collection (a secantusdb delete did: 1.1 s at 60,000 versions).
+        again = [pendings[i] for i in taken]
+        ids = [_slot_id(p.version.slot) for p in again]
+        stale_before = min(p.stale_before for p in again)
         await self._versions.delete_many(
             {"_id": {"$in": ids}, "state": PENDING, "prepared_at": {"$lt": stale_before}}
         )
-        retried = [Binary(p.retry_of) for p in pendings if p.retry_of is not None]
+        retried = [Binary(p.retry_of) for p in again if p.retry_of is not None]
         if retried:
             await self._versions.delete_many(
                 {"_id": {"$in": ids}, "state": PENDING, "retry_of": {"$in": retried}}
             )
         try:
-            await self._versions.insert_many([_pending_document(p) for p in pendings])
+            await self._versions.insert_many([_pending_document(p) for p in again], ordered=False)
         except BulkWriteError:
             raise VersionTaken from None
 
@@ -433,10 +451,10 @@ class RecordStore:
             raise IdempotencyTaken(await self.idempotent(commit.idempotency.key_id)) from None
 
     @mongo_errors
-    async def commit_many(self, commits: Sequence[VersionCommit]) -> None:
-        await self._commit_all(commits)
+    async def commit_many(self, commits: Sequence[VersionCommit], *, grouped: bool = False) -> None:
+        await self._commit_all(commits, bulk=not grouped)
 
-    async def _commit_all(self, commits: Sequence[VersionCommit]) -> None:
+    async def _commit_all(self, commits: Sequence[VersionCommit], *, bulk: bool = False) -> None:
         """The commits in ONE transaction: each patient's row bumped (so a concurrent
         erasure and this commit conflict: one goes first, the other sees it), each pending
         version this writer's turned committed, the pointers moved from the expected
@@ -491,7 +509,7 @@ class RecordStore:
         # server's reaper (60 s), whose held writes then make later commits conflict until
         # then. So its budget is generous: at least MIN_BULK_TRANSACTION_SECONDS.
         budget = self._transaction_seconds
-        if len(commits) > 1:
+        if bulk:
             budget = min(
                 max(MIN_BULK_TRANSACTION_SECONDS, len(commits) * BULK_SECONDS_PER_COMMIT),
                 MAX_BULK_TRANSACTION_SECONDS,

@@ -452,14 +452,16 @@ class RecordDocuments(Protocol):
     async def insert_pendings(self, pendings: Sequence[PendingInsert]) -> None:
         """Stores each pending version, in a few steps for all. Raises VersionTaken unless
         each slot is free or held by a pending version prepared before its ``stale_before``
-        or with its idempotency key id ``retry_of`` (which it replaces); the versions
-        inserted before the taken one stay pending: abort them. A keyed write keeps its
+        or with its idempotency key id ``retry_of`` (which it replaces); the versions of
+        the free slots may then be stored, pending: abort them. A keyed write keeps its
         request's fingerprint and trace id for :meth:`pending_retry`."""
         ...
 
-    async def commit_many(self, commits: Sequence[VersionCommit]) -> None:
+    async def commit_many(self, commits: Sequence[VersionCommit], *, grouped: bool = False) -> None:
         """Every commit in ONE transaction, or none of them: raises as ``commit`` does
-        (IdempotencyTaken without the first write) and then writes nothing."""
+        (IdempotencyTaken without the first write) and then writes nothing. ``grouped``:
+        the commits of concurrent single writes, given a single commit's time, not a bulk
+        write's."""
         ...
 
     async def abort(self, slot: VersionSlot, write_id: bytes) -> None: ...

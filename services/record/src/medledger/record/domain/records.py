@@ -26,6 +26,11 @@ from its resources' pointers, which stay as per-resource tombstones so a read by
 ERASED. Every resource in the patient's compartment is covered, RiskAssessments and
 Provenance included: the compartment chooses the key. Writes to an erased patient are
 refused (NOT_FOUND, ERASED).
+
+A write is prepared (its version stored pending), ledgered, then committed in a transaction.
+Commits are one transaction at a time in a process; single writes' commits that arrive while
+one is in flight go together in the next (group commit, :mod:`medledger.common.batching`),
+and a group that fails is done again one commit at a time, so each write gets its own answer.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from medledger.common.batching import Batcher
 from medledger.common.errors import (
     Aborted,
     AlreadyExists,
@@ -114,6 +120,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _one_commits_trouble(error: Exception) -> bool:
+    """Nothing of a failed group commit is written. A conflict, a stale pointer or an
+    erased patient may be one write's: each commit is then done alone and answered as its
+    own transaction is. An outage is everyone's (done alone, each would wait for it again)."""
+    return isinstance(error, (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken))
+
+
 def _digest_cursor(listing: Listing, token: str) -> bytes | None:
     cursor = listing.cursor(token)
     if cursor is None:
@@ -145,7 +158,16 @@ class EncryptedRecords:
         self._clock = clock
         self._index: BlindIndex | None = None
         self._index_lock = asyncio.Lock()
+        # One commit transaction at a time in this process: they bump the rows of the same
+        # patients, and concurrent ones would abort each other over and over. Concurrent
+        # single writes' commits go together in one transaction (group commit).
         self._bulk = asyncio.Lock()
+        self._commits: Batcher[VersionCommit, None] = Batcher(
+            self._commit_together,
+            self._commit_alone,
+            alone=_one_commits_trouble,
+            dependency="mongodb",
+        )
 
     async def _blind_index(self) -> BlindIndex:
         if self._index is None:
@@ -402,8 +424,6 @@ class EncryptedRecords:
             self._version_commit(index, p, r) for p, r in zip(pending, receipts, strict=True)
         ]
         try:
-            # One bulk transaction at a time in this process: they bump the rows of the same
-            # patients, and concurrent ones would abort each other over and over.
             async with self._bulk:
                 await self._documents.commit_many(commits)
         except (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken, Unavailable):
@@ -418,7 +438,7 @@ class EncryptedRecords:
         slot = pending.slot
         commit = self._version_commit(index, pending, receipt)
         try:
-            await self._documents.commit(commit)
+            await self._commits.submit(commit)
         except PatientErased:
             await self._documents.abort(slot, pending.write_id)
             raise erased() from None
@@ -437,6 +457,15 @@ class EncryptedRecords:
                 first_result(index, taken.first, pending.idempotency.fingerprint)
             )
         return self._stored(pending, receipt)
+
+    async def _commit_together(self, commits: Sequence[VersionCommit]) -> list[None]:
+        async with self._bulk:
+            await self._documents.commit_many(commits, grouped=True)
+        return [None] * len(commits)
+
+    async def _commit_alone(self, commit: VersionCommit) -> None:
+        async with self._bulk:
+            await self._documents.commit(commit)
 
     async def abort_write(self, pending: PendingWrite) -> None:
         await self._documents.abort(pending.slot, pending.write_id)
