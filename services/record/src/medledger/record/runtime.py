@@ -44,6 +44,7 @@ from medledger.record.domain.record_audit import RecordAudit
 from medledger.record.domain.records import EncryptedRecords
 from medledger.record.domain.resources import ResourceService
 from medledger.record.domain.sweeper import PendingSweeper
+from medledger.record.domain.transaction_bundles import TransactionBundles
 from medledger.record.server import RECORD_ACCESS, Ingestion, RecordServiceServicer
 
 # What the record's own token asks identity for: appends and reads of the ledger (proofs for
@@ -122,6 +123,7 @@ def record_runtime(
                         bulk,
                         Hl7Ingestion(bulk),
                         CsvLabIngestion(bulk, records, access, chunk_rows=config.csv_chunk_rows),
+                        TransactionBundles(bulk, records),
                     ),
                     duplicates=DuplicatePatients(
                         DuplicateFinder(records, access, record_ledger),

@@ -40,6 +40,7 @@ from medledger.record.domain.peers import LoggedEntry, Requester
 from medledger.record.domain.ports import StoredVersion
 from medledger.record.domain.record_audit import RecordAudit
 from medledger.record.domain.resources import ResourceService
+from medledger.record.domain.transaction_bundles import TransactionBundles
 
 Context = grpc.aio.ServicerContext[Any, Any]
 PENDING = "not implemented yet"
@@ -71,6 +72,8 @@ RECORD_ACCESS: Final = ServiceAccess(
         _METHODS["FindDuplicatePatients"]: ResourceAccess("Patient", "s"),
         # Two new Patient versions, written as UpdateResource writes them.
         _METHODS["LinkPatients"]: ResourceAccess("Patient", "u"),
+        # Creates only (POST entries); each resource's type is checked by CheckAccess.
+        _METHODS["ExecuteBundle"]: ResourceAccess("*", "c"),
         _METHODS["AuditRecords"]: Scopes(ADMIN, AUDIT_READ),
     },
 )
@@ -237,6 +240,7 @@ class Ingestion:
     writes: BulkWrites
     hl7: Hl7Ingestion
     csv: CsvLabIngestion
+    bundles: TransactionBundles
 
 
 class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
@@ -384,6 +388,16 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
         )
         async for part in parts:
             yield _report_part(part)
+
+    async def ExecuteBundle(
+        self, request: record_pb2.ExecuteBundleRequest, context: Context
+    ) -> record_pb2.ExecuteBundleResponse:
+        stored = await self._ingestion.bundles.execute(
+            _requester(request.purpose, request.break_glass_reason),
+            request.bundle_json,
+            request.idempotency_key,
+        )
+        return record_pb2.ExecuteBundleResponse(resources=[_stored(v) for v in stored])
 
     async def IngestHl7V2(
         self, request: record_pb2.IngestHl7V2Request, context: Context

@@ -127,16 +127,19 @@ class BulkWrites:
         *,
         idempotency_key: str = "",
         request_digest: bytes = b"",
+        members_checked: bool = False,
     ) -> list[StoredVersion]:
         """Stores every write, all or none, in one ledger step; the stored versions in
         order. With ``idempotency_key``, a retry (same key, same ``request_digest``: a
-        digest of the request as the client sent it) returns the first attempt's versions."""
+        digest of the request as the client sent it) returns the first attempt's versions.
+        Writes with compartment members (a Provenance's other targets) only when the caller
+        checked them (``members_checked``): they may lie in this very request."""
         key, fingerprint = _request_key(requester, idempotency_key, request_digest)
         if (first := await self._replay(requester, key, fingerprint)) is not None:
             return first
         if not 1 <= len(writes) <= MAX_BULK_WRITES:
             raise ValueError(f"a bulk write holds 1 to {MAX_BULK_WRITES} resources")
-        planned = await self._plan(requester, writes)
+        planned = await self._plan(requester, writes, members_checked=members_checked)
         verdicts = await self._verdicts(
             requester, {(p.patient_id, p.write.valid.resource_type, p.holder) for p in planned}
         )
@@ -186,7 +189,9 @@ class BulkWrites:
             return None
         return await self._resume(requester, key, fingerprint, attempt.attempt, attempt.count)
 
-    async def _plan(self, requester: Requester, writes: Sequence[BulkWrite]) -> list[_Planned]:
+    async def _plan(
+        self, requester: Requester, writes: Sequence[BulkWrite], *, members_checked: bool
+    ) -> list[_Planned]:
         """Each write's id, patient and the organisation holding that patient (the
         requester's for a Patient this request creates)."""
         holders: dict[str, str] = {}
@@ -196,7 +201,7 @@ class BulkWrites:
         planned: list[_Planned] = []
         for write in writes:
             valid = write.valid
-            if valid.compartment_members:
+            if valid.compartment_members and not members_checked:
                 raise ValueError("bulk writes do not check compartment members (Provenance)")
             if isinstance(write, NewResource):
                 resource_id = write.resource_id

@@ -164,7 +164,7 @@ def _check_names(resource_type: str, resource_id: str, version: int = 0) -> None
         raise InvalidArgument(problems)
 
 
-def _patient_reference(valid: ValidResource) -> str:
+def patient_reference(valid: ValidResource) -> str:
     """The FHIR path of the reference naming the resource's patient."""
     element = PATIENT_ELEMENT.get(valid.resource_type)
     if element is not None:
@@ -177,7 +177,7 @@ def _patient_reference(valid: ValidResource) -> str:
     return "target"
 
 
-def _member_paths(valid: ValidResource) -> dict[ResourceKey, str]:
+def member_paths(valid: ValidResource) -> dict[ResourceKey, str]:
     """A Provenance's targets other than its patient, with the path of the first naming each."""
     paths: dict[ResourceKey, str] = {}
     targets = valid.resource.get("target")
@@ -423,7 +423,7 @@ class ResourceService:
             [
                 ResourceIssue(
                     "not-found",
-                    _patient_reference(valid),
+                    patient_reference(valid),
                     "names a Patient that is not stored here (create the Patient first)",
                 )
             ]
@@ -431,7 +431,7 @@ class ResourceService:
 
     async def _check_members(self, valid: ValidResource, patient_id: str) -> None:
         """A Provenance's other targets must lie in its patient's compartment."""
-        paths = _member_paths(valid) if valid.compartment_members else {}
+        paths = member_paths(valid) if valid.compartment_members else {}
         if not paths:
             return
         outside = await self._storage.outside_compartment(patient_id, list(paths))

@@ -241,6 +241,59 @@ class CreateResourceResponse(_message.Message):
 Global___CreateResourceResponse: _TypeAlias = CreateResourceResponse  # noqa: Y015
 
 @_typing.final
+class ExecuteBundleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_JSON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
+    bundle_json: _builtins.str
+    """A FHIR R4 Bundle of type "transaction", JSON, 1 to 100 POST entries, at most 1 MiB."""
+    idempotency_key: _builtins.str
+    """A retry with the same key returns the first result."""
+    purpose: _purpose_pb2.PurposeOfUse.ValueType
+    break_glass_reason: _builtins.str
+    """With purpose ETREAT, why the access is an emergency (as for CreateResource)."""
+    def __init__(
+        self,
+        *,
+        bundle_json: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+        break_glass_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_reason", b"break_glass_reason", "bundle_json", b"bundle_json", "idempotency_key", b"idempotency_key", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteBundleRequest: _TypeAlias = ExecuteBundleRequest  # noqa: Y015
+
+@_typing.final
+class ExecuteBundleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredResource]:
+        """The stored resources (version 1 each), in the order of the bundle's entries."""
+
+    def __init__(
+        self,
+        *,
+        resources: _abc.Iterable[Global___StoredResource] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteBundleResponse: _TypeAlias = ExecuteBundleResponse  # noqa: Y015
+
+@_typing.final
 class GetResourceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

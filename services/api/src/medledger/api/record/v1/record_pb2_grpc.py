@@ -107,6 +107,11 @@ class RecordServiceStub:
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsRequest.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsResponse.FromString,
                 _registered_method=True)
+        self.ExecuteBundle = channel.unary_unary(
+                '/medledger.api.record.v1.RecordService/ExecuteBundle',
+                request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.ExecuteBundleRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.ExecuteBundleResponse.FromString,
+                _registered_method=True)
         self.AuditRecords = channel.unary_unary(
                 '/medledger.api.record.v1.RecordService/AuditRecords',
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.AuditRecordsRequest.SerializeToString,
@@ -239,6 +244,20 @@ class RecordServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteBundle(self, request, context):
+        """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (entries with request
+        method POST), all or none, in one ledger step: every id is assigned by the server, and an
+        entry's fullUrl (urn:uuid:...) named in another entry's references is rewritten to the
+        resource it creates, so a Patient and its first resources, or a RiskAssessment and the
+        Provenance targeting it, go in one call. Each resource is validated and checked
+        (CheckAccess per patient and type) as CreateResource does it; problems are located under
+        their entry (entry[2].resource.status). A retry with the same key returns the first
+        result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AuditRecords(self, request, context):
         """AuditRecords checks stored versions against their ledger entries (the commitment to the
         content, the blinded resource id, the leaf hash), a page at a time, in store order; for
@@ -321,6 +340,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.LinkPatients,
                     request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsRequest.FromString,
                     response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsResponse.SerializeToString,
+            ),
+            'ExecuteBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecuteBundle,
+                    request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.ExecuteBundleRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.ExecuteBundleResponse.SerializeToString,
             ),
             'AuditRecords': grpc.unary_unary_rpc_method_handler(
                     servicer.AuditRecords,
@@ -709,6 +733,33 @@ class RecordService:
             '/medledger.api.record.v1.RecordService/LinkPatients',
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsRequest.SerializeToString,
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.LinkPatientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.record.v1.RecordService/ExecuteBundle',
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.ExecuteBundleRequest.SerializeToString,
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.ExecuteBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,6 +94,16 @@ class RecordServiceStub:
     written as UpdateResource writes it (CheckAccess for update on each patient, a
     RECORD_UPDATED entry each, the ledger receipts returned). Never automatic.
     """
+    ExecuteBundle: _grpc.UnaryUnaryMultiCallable[_record_pb2.ExecuteBundleRequest, _record_pb2.ExecuteBundleResponse]
+    """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (entries with request
+    method POST), all or none, in one ledger step: every id is assigned by the server, and an
+    entry's fullUrl (urn:uuid:...) named in another entry's references is rewritten to the
+    resource it creates, so a Patient and its first resources, or a RiskAssessment and the
+    Provenance targeting it, go in one call. Each resource is validated and checked
+    (CheckAccess per patient and type) as CreateResource does it; problems are located under
+    their entry (entry[2].resource.status). A retry with the same key returns the first
+    result.
+    """
     AuditRecords: _grpc.UnaryUnaryMultiCallable[_record_pb2.AuditRecordsRequest, _record_pb2.AuditRecordsResponse]
     """AuditRecords checks stored versions against their ledger entries (the commitment to the
     content, the blinded resource id, the leaf hash), a page at a time, in store order; for
@@ -166,6 +176,16 @@ class RecordServiceAsyncStub(RecordServiceStub):
     active false; the target gets a link "replaces" the source. Each is a new version
     written as UpdateResource writes it (CheckAccess for update on each patient, a
     RECORD_UPDATED entry each, the ledger receipts returned). Never automatic.
+    """
+    ExecuteBundle: _aio.UnaryUnaryMultiCallable[_record_pb2.ExecuteBundleRequest, _record_pb2.ExecuteBundleResponse]  # type: ignore[assignment]
+    """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (entries with request
+    method POST), all or none, in one ledger step: every id is assigned by the server, and an
+    entry's fullUrl (urn:uuid:...) named in another entry's references is rewritten to the
+    resource it creates, so a Patient and its first resources, or a RiskAssessment and the
+    Provenance targeting it, go in one call. Each resource is validated and checked
+    (CheckAccess per patient and type) as CreateResource does it; problems are located under
+    their entry (entry[2].resource.status). A retry with the same key returns the first
+    result.
     """
     AuditRecords: _aio.UnaryUnaryMultiCallable[_record_pb2.AuditRecordsRequest, _record_pb2.AuditRecordsResponse]  # type: ignore[assignment]
     """AuditRecords checks stored versions against their ledger entries (the commitment to the
@@ -320,6 +340,22 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         active false; the target gets a link "replaces" the source. Each is a new version
         written as UpdateResource writes it (CheckAccess for update on each patient, a
         RECORD_UPDATED entry each, the ledger receipts returned). Never automatic.
+        """
+
+    @_abc_1.abstractmethod
+    def ExecuteBundle(
+        self,
+        request: _record_pb2.ExecuteBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_record_pb2.ExecuteBundleResponse, _abc.Awaitable[_record_pb2.ExecuteBundleResponse]]:
+        """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (entries with request
+        method POST), all or none, in one ledger step: every id is assigned by the server, and an
+        entry's fullUrl (urn:uuid:...) named in another entry's references is rewritten to the
+        resource it creates, so a Patient and its first resources, or a RiskAssessment and the
+        Provenance targeting it, go in one call. Each resource is validated and checked
+        (CheckAccess per patient and type) as CreateResource does it; problems are located under
+        their entry (entry[2].resource.status). A retry with the same key returns the first
+        result.
         """
 
     @_abc_1.abstractmethod
