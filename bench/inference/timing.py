@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -45,7 +45,13 @@ from medledger.inference.adapters.patient_records import RecordClient
 from medledger.inference.adapters.triton import TritonInference, TritonModels, TritonSettings
 from medledger.inference.config import InferenceConfig, InferenceSettings
 from medledger.inference.domain.prediction_ledger import SealedPrediction
-from medledger.inference.domain.predictor import Caller, Predictor, RecordRead, WrittenResource
+from medledger.inference.domain.predictor import (
+    Caller,
+    NewEntry,
+    Predictor,
+    RecordRead,
+    WrittenResource,
+)
 from medledger.inference.domain.registry import LATEST, ModelRegistry, RegisteredModel
 from medledger.inference.runtime import SERVICE_SCOPES
 
@@ -142,11 +148,11 @@ class TimedRecords:
         with self.times.timing("record read"):
             return await self.inner.read(caller, patient_id, with_patient=with_patient)
 
-    async def create(
-        self, caller: Caller, resource: dict[str, Any], idempotency_key: str
-    ) -> WrittenResource:
+    async def create_all(
+        self, caller: Caller, entries: Sequence[NewEntry], idempotency_key: str
+    ) -> list[WrittenResource]:
         with self.times.timing("record writes"):
-            return await self.inner.create(caller, resource, idempotency_key)
+            return await self.inner.create_all(caller, entries, idempotency_key)
 
 
 @dataclass

@@ -112,12 +112,13 @@ async def test_inference_reads_the_patient_through_record(
     spans = await _trace(traced_stack, predicted, _hop("inference", "record", RECORD))
     hops = _hops(spans, "inference", "record", RECORD)
     assert f"{RECORD}/GetResource" in hops or f"{RECORD}/SearchResources" in hops
-    # The RiskAssessment and its Provenance are written back in the same trace.
+    # The RiskAssessment and its Provenance are written back in the same trace, together.
     spans = await _trace(
         traced_stack,
         predicted,
-        lambda spans: f"{RECORD}/CreateResource" in _hops(spans, "inference", "record", RECORD),
+        lambda spans: f"{RECORD}/ExecuteBundle" in _hops(spans, "inference", "record", RECORD),
     )
+    assert f"{RECORD}/CreateResource" not in _hops(spans, "inference", "record", RECORD)
 
 
 async def test_record_asks_identity_whether_the_caller_may_read(
@@ -137,12 +138,14 @@ async def test_the_reads_and_the_prediction_are_appended_to_the_ledger(
 
     spans = await _trace(traced_stack, predicted, appended)
     assert f"{LEDGER}/Append" in _hops(spans, "inference", "ledger", LEDGER)
-    # The durable step is in the trace, under an Append the ledger served.
+    # The durable step is in the trace, under an Append or AppendBatch the ledger served
+    # (the record writes the RiskAssessment and Provenance in one AppendBatch).
     steps = [s for s in spans if s.name == "ledger.sequencer.integrate"]
     assert steps
     for step in steps:
         assert step.service == "ledger"
-        assert f"{LEDGER}/Append" in [s.name for s in _ancestors(step, spans)]
+        served = {s.name for s in _ancestors(step, spans)}
+        assert served & {f"{LEDGER}/Append", f"{LEDGER}/AppendBatch"}
 
 
 async def test_the_ledger_has_the_witnesses_cosign_its_new_checkpoint(

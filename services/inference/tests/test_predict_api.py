@@ -232,6 +232,15 @@ async def test_a_prediction_adds_up_verifies_offline_and_is_in_the_record(
         )
     )
     assert len(provenance.resources) == 1
+    # Written together with the RiskAssessment (one transaction Bundle, one ledger step),
+    # targeting exactly its first version.
+    (written,) = provenance.resources
+    targets = [t["reference"] for t in json.loads(written.resource_json)["target"]]
+    assert targets == [
+        f"RiskAssessment/{reply.risk_assessment_id}/_history/1",
+        f"Patient/{patient_id}",
+    ]
+    assert written.receipt.checkpoint == risk.resource.receipt.checkpoint
 
 
 async def test_without_consent_or_features_nothing_is_predicted(served: Served) -> None:

@@ -371,8 +371,7 @@ def test_the_ai_provenance(regression: tuple[ModelDefinition, PredictionDocument
     provenance = build_ai_provenance(
         model,
         document,
-        risk_assessment_id="ra-1",
-        risk_assessment_version=1,
+        risk_assessment="RiskAssessment/ra-1/_history/1",
         recorded=recorded,
         organization="hospital-a",
     )
@@ -394,11 +393,15 @@ def test_the_ai_provenance(regression: tuple[ModelDefinition, PredictionDocument
     assert sources == list(document.basis)
     (card,) = [e for e in provenance["entity"] if e["role"] == "derivation"]
     assert card["what"]["identifier"]["value"] == "diabetes-progression|1"
-    without = build_ai_provenance(
-        model, document, risk_assessment_id="ra-1", risk_assessment_version=2, recorded=recorded
-    )
+    # In a transaction Bundle: the RiskAssessment entry's fullUrl.
+    entry = "urn:uuid:0b6f6b59-5d43-4a47-9d4c-3c1f2b9e8a10"
+    without = build_ai_provenance(model, document, risk_assessment=entry, recorded=recorded)
     assert "onBehalfOf" not in without["agent"][0]
-    with pytest.raises(ValueError, match="numbered from 1"):
-        build_ai_provenance(
-            model, document, risk_assessment_id="ra-1", risk_assessment_version=0, recorded=recorded
-        )
+    assert without["target"][0] == {"reference": entry}
+    for wrong in (
+        "RiskAssessment/ra-1",
+        "RiskAssessment/ra-1/_history/0",
+        "Observation/x/_history/1",
+    ):
+        with pytest.raises(ValueError, match="version-specific"):
+            build_ai_provenance(model, document, risk_assessment=wrong, recorded=recorded)

@@ -77,9 +77,10 @@ async def test_a_patient_and_its_resources_are_created_in_one_step(api: RecordAp
     patient, made, prov = stored
     # References to entries now name the created resources.
     assert json.loads(made.resource_json)["subject"] == {"reference": f"Patient/{patient.id}"}
+    # A Provenance's targets, version-specific.
     assert [t["reference"] for t in json.loads(prov.resource_json)["target"]] == [
-        f"Observation/{made.id}",
-        f"Patient/{patient.id}",
+        f"Observation/{made.id}/_history/1",
+        f"Patient/{patient.id}/_history/1",
     ]
     for each in stored:
         entry_ = await check_receipt(api, each, CREATED)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -20,7 +20,7 @@ from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import MedledgerError, Unavailable, from_rpc_error
-from medledger.inference.domain.predictor import Caller, RecordRead, WrittenResource
+from medledger.inference.domain.predictor import Caller, NewEntry, RecordRead, WrittenResource
 
 DEPENDENCY: Final = "record"
 PAGE_SIZE: Final = 1000
@@ -100,13 +100,25 @@ class RecordClient:
                 break
         return observations
 
-    async def create(
-        self, caller: Caller, resource: dict[str, Any], idempotency_key: str
-    ) -> WrittenResource:
+    async def create_all(
+        self, caller: Caller, entries: Sequence[NewEntry], idempotency_key: str
+    ) -> list[WrittenResource]:
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    **({"fullUrl": e.full_url} if e.full_url is not None else {}),
+                    "resource": e.resource,
+                    "request": {"method": "POST", "url": e.resource["resourceType"]},
+                }
+                for e in entries
+            ],
+        }
         reply = await self._call(
-            self._stub.CreateResource(
-                record_pb2.CreateResourceRequest(
-                    resource_json=json.dumps(resource, separators=(",", ":")),
+            self._stub.ExecuteBundle(
+                record_pb2.ExecuteBundleRequest(
+                    bundle_json=json.dumps(bundle, separators=(",", ":")),
                     purpose=caller.purpose,
                     idempotency_key=idempotency_key,
                     break_glass_reason=caller.break_glass_reason,
@@ -115,7 +127,7 @@ class RecordClient:
                 timeout=self._timeout,
             )
         )
-        return WrittenResource(reply.resource.id, reply.resource.version)
+        return [WrittenResource(r.id, r.version) for r in reply.resources]
 
     async def aclose(self) -> None:
         await self._channel.close(None)

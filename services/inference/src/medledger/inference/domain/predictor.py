@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -95,12 +96,23 @@ class WrittenResource:
     version: int
 
 
+@dataclass(frozen=True)
+class NewEntry:
+    """A resource to create in a transaction Bundle; ``full_url`` (``urn:uuid:...``), when
+    given, is how the other entries name it."""
+
+    resource: dict[str, Any]
+    full_url: str | None = None
+
+
 class PatientRecords(Protocol):
     async def read(self, caller: Caller, patient_id: str, *, with_patient: bool) -> RecordRead: ...
 
-    async def create(
-        self, caller: Caller, resource: dict[str, Any], idempotency_key: str
-    ) -> WrittenResource: ...
+    async def create_all(
+        self, caller: Caller, entries: Sequence[NewEntry], idempotency_key: str
+    ) -> list[WrittenResource]:
+        """Creates every entry, all or none, in one step (the record's ExecuteBundle)."""
+        ...
 
 
 class ModelRunner(Protocol):
@@ -261,7 +273,8 @@ class Predictor:
         inputs: PatientInputs,
         explanation: Explanation,
     ) -> Prediction:
-        """Ledgers the prediction, then writes its RiskAssessment and Provenance."""
+        """Ledgers the prediction, then writes its RiskAssessment and Provenance together
+        (one transaction Bundle: one record step)."""
         document = prediction_document(definition, inputs, explanation)
         sealed = seal_prediction(document)
         entry, receipt = await self._ledger.append_prediction(sealed, caller)
@@ -271,21 +284,21 @@ class Predictor:
                 reason="LEDGER_RECEIPT_MISMATCH",
             )
         leaf = LedgerLeaf.from_receipt(receipt.leaf_index, receipt.leaf_hash, receipt.checkpoint)
-        risk = await self._records.create(
-            caller,
-            build_risk_assessment(definition, document, leaf),
-            f"prediction-{document.prediction_id}-risk",
-        )
+        risk_entry = f"urn:uuid:{uuid.UUID(document.prediction_id)}"
         provenance = build_ai_provenance(
             definition,
             document,
-            risk_assessment_id=risk.resource_id,
-            risk_assessment_version=risk.version,
+            risk_assessment=risk_entry,
             recorded=self._clock(),
             organization=caller.organization or None,
         )
-        await self._records.create(
-            caller, provenance, f"prediction-{document.prediction_id}-provenance"
+        risk, _ = await self._records.create_all(
+            caller,
+            [
+                NewEntry(build_risk_assessment(definition, document, leaf), risk_entry),
+                NewEntry(provenance),
+            ],
+            f"prediction-{document.prediction_id}",
         )
         return Prediction(
             model=registered,

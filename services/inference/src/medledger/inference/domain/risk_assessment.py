@@ -28,8 +28,9 @@ appended:
 - ``note``: the model, the explanation's space and base score and the largest contributions
   by feature name; no name, identifier or value of the patient.
 
-**AI Provenance** (:func:`build_ai_provenance`), once the RiskAssessment is stored (its target
-is ``RiskAssessment/<id>/_history/<version>``, version-specific as FHIR recommends; the
+**AI Provenance** (:func:`build_ai_provenance`), written with the RiskAssessment in one
+transaction Bundle (its target is ``RiskAssessment/<id>/_history/<version>``, version-specific
+as FHIR recommends, which the record makes of the RiskAssessment's entry fullUrl; the
 Patient is a target too, which is how the record files a Provenance in the patient's
 compartment): ``reason`` AIAST, ``activity`` CREATE, one agent, the model's AI Device (type
 ``performer``, as the RiskAssessment names it, role ``Artificial-Intelligence`` as the
@@ -41,6 +42,7 @@ reference to the card's DocumentReference by the model's identifier).
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,6 +77,10 @@ LEDGER_ENTRY_URL: Final = "https://medledger.dev/fhir/StructureDefinition/ledger
 PREDICTED_VALUE_URL: Final = "https://medledger.dev/fhir/StructureDefinition/predicted-value"
 INFERENCE_MADE: Final = "INFERENCE_MADE"
 NOTED_CONTRIBUTIONS: Final = 3
+_RISK_ASSESSMENT_TARGET: Final = re.compile(
+    r"RiskAssessment/[A-Za-z0-9\-.]{1,64}/_history/[1-9][0-9]*"
+    r"|urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
 """How many of the largest contributions the note names."""
 
 
@@ -146,17 +152,18 @@ def build_ai_provenance(
     model: ModelDefinition,
     document: PredictionDocument,
     *,
-    risk_assessment_id: str,
-    risk_assessment_version: int,
+    risk_assessment: str,
     recorded: datetime,
     organization: str | None = None,
 ) -> dict[str, Any]:
-    """The AI Provenance of the stored RiskAssessment ``risk_assessment_id`` at
-    ``risk_assessment_version`` (FHIR R4 JSON, without an id); ``recorded`` is when it is
-    written, ``organization`` the requester's organisation id, if any."""
+    """The AI Provenance of the RiskAssessment ``risk_assessment`` names (FHIR R4 JSON,
+    without an id): ``RiskAssessment/<id>/_history/<version>`` when stored, or the ``urn:uuid:``
+    fullUrl of its entry in the same transaction Bundle (the record makes that reference
+    version-specific). ``recorded`` is when it is written, ``organization`` the requester's
+    organisation id, if any."""
     _check_model(model, document)
-    if risk_assessment_version < 1:
-        raise ValueError("a stored version is numbered from 1")
+    if not _RISK_ASSESSMENT_TARGET.fullmatch(risk_assessment):
+        raise ValueError("a version-specific RiskAssessment reference or a urn:uuid: fullUrl")
     agent: dict[str, Any] = {
         "type": {
             "coding": [
@@ -198,11 +205,7 @@ def build_ai_provenance(
         "resourceType": "Provenance",
         "meta": {"profile": [AI_PROVENANCE_PROFILE], "security": [dict(AIAST)]},
         "target": [
-            {
-                "reference": (
-                    f"RiskAssessment/{risk_assessment_id}/_history/{risk_assessment_version}"
-                )
-            },
+            {"reference": risk_assessment},
             {"reference": document.subject},
         ],
         "occurredDateTime": document.made_at,

@@ -7,7 +7,9 @@ As FHIR's transaction interaction says for POST entries:
   "<resourceType>"}}``; the server assigns every id;
 - an entry's ``fullUrl`` (``urn:uuid:<uuid>``) may be named by other entries' references,
   which are rewritten to ``<type>/<assigned id>`` before validation; a ``urn:uuid:``
-  reference that names no entry is an error;
+  reference that names no entry is an error. A Provenance's targets become version-specific
+  (``<type>/<id>/_history/1``), as FHIR recommends for Provenance.target (HAPI FHIR's
+  auto-versioned reference paths do the same);
 - the answer lists the stored resources in the entries' order.
 
 So a Patient and its first resources, or a RiskAssessment and the Provenance targeting it,
@@ -162,6 +164,21 @@ def _rewrite(value: Any, names: dict[str, str], path: str, unknown: list[str]) -
     return value
 
 
+def _versioned_targets(resource: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """A Provenance's targets that name entries, rewritten to their first version."""
+    targets = resource.get("target")
+    if resource.get("resourceType") != "Provenance" or not isinstance(targets, list):
+        return resource
+    rewritten = []
+    for target in targets:
+        named = target.get("reference") if isinstance(target, dict) else None
+        if isinstance(named, str) and named in names:
+            rewritten.append({**target, "reference": f"{names[named]}/_history/1"})
+        else:
+            rewritten.append(target)
+    return {**resource, "target": rewritten}
+
+
 def _validated(entries: Sequence[_Entry]) -> list[ValidResource]:
     """Each entry's resource, its references to other entries rewritten, validated as
     CreateResource validates it; every problem located under its entry. CPU-bound."""
@@ -174,7 +191,7 @@ def _validated(entries: Sequence[_Entry]) -> list[ValidResource]:
     valid: list[ValidResource] = []
     for entry in entries:
         unknown: list[str] = []
-        resource = _rewrite(entry.resource, names, "", unknown)
+        resource = _rewrite(_versioned_targets(entry.resource, names), names, "", unknown)
         issues.extend(
             ResourceIssue("not-found", _at(entry.position, path), "names no entry of this bundle")
             for path in unknown
