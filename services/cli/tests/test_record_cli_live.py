@@ -126,3 +126,46 @@ async def test_create_get_update_history_search_and_verify(
     assert vkey.exit_code == 0, vkey.output
     verified = await live.cli("verify", "receipt", str(receipt), "--vkey", vkey.stdout.strip())
     assert verified.exit_code == 0, verified.output
+
+
+async def test_a_bundle_creates_a_patient_and_its_observation_together(
+    live: LiveRecord, tmp_path: Path
+) -> None:
+    patient = sample("Patient")
+    del patient["id"]
+    observation = sample("Observation")
+    del observation["id"]
+    patient_url = f"urn:uuid:{uuid.uuid4()}"
+    observation["subject"] = {"reference": patient_url}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": patient_url,
+                "resource": patient,
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"resource": observation, "request": {"method": "POST", "url": "Observation"}},
+        ],
+    }
+    source = tmp_path / "bundle.json"
+    source.write_text(json.dumps(bundle))
+    done = await live.record("bundle", str(source), "--json")
+    assert done.exit_code == 0, done.output
+    made = json.loads(done.stdout)["resources"]
+    assert [r["resourceType"] for r in made] == ["Patient", "Observation"]
+    stored = json.loads(made[1]["resourceJson"])
+    assert stored["subject"] == {"reference": f"Patient/{made[0]['id']}"}
+    table = await live.record("bundle", str(source))
+    assert table.exit_code == 0, table.output
+    assert "created in one transaction" in table.stdout
+    assert re.search(r"Patient/[0-9a-f-]{36} +│ 1 ", table.stdout), table.stdout
+    assert re.search(r"Observation/[0-9a-f-]{36} +│ 1 ", table.stdout), table.stdout
+    # A bad entry: nothing written, the field named.
+    observation["status"] = "nonsense"
+    source.write_text(json.dumps(bundle))
+    refused = await live.record("bundle", str(source))
+    assert refused.exit_code == 1, refused.output
+    assert "INVALID_ARGUMENT" in refused.stderr
+    assert "entry[1].resource.status" in refused.stderr

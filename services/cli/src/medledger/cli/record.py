@@ -318,6 +318,47 @@ def create_command(
     _answer(_run(record, bearer_token, create), receipt_out, as_json)
 
 
+@app.command("bundle")
+def bundle_command(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE", help="A FHIR R4 transaction Bundle of POST entries, JSON ('-': stdin)."
+        ),
+    ],
+    *,
+    purpose: PurposeOption = "TREAT",
+    idempotency_key: IdempotencyKeyOption = None,
+    break_glass_reason: BreakGlassOption = None,
+    token: TokenOption = None,
+    record: RecordOption = DEFAULT_RECORD,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Create every resource of a transaction Bundle, all or none, in one ledger step (entries
+    may name each other by their urn:uuid fullUrls), and list what was stored."""
+    bearer_token = require_token(token)
+    request = record_pb2.ExecuteBundleRequest(
+        bundle_json=read_resource(source),
+        purpose=purpose_value(purpose),
+        break_glass_reason=break_glass_reason or "",
+    )
+    request.idempotency_key = _idempotency_key(idempotency_key)
+
+    async def execute(stub: Stub, metadata: Metadata) -> record_pb2.ExecuteBundleResponse:
+        return await checked(
+            "ExecuteBundle",
+            record,
+            stub.ExecuteBundle(request, metadata=metadata, timeout=timeout),
+        )
+
+    reply = _run(record, bearer_token, execute)
+    if as_json:
+        print_json(reply)
+        return
+    console.print(versions_table("created in one transaction", list(reply.resources)))
+
+
 @app.command("get")
 def get_command(
     reference: Annotated[
