@@ -67,29 +67,23 @@ class _Entry:
 
 
 def _at(position: int, path: str = "") -> str:
-    return (
-        child(child(item("entry", position), "resource"), path)
-        if path
-        else child(item("entry", position), "resource")
-    )
-
-
-def _bundle_issue(code: str, location: str, diagnostics: str) -> ResourceIssue:
-    return ResourceIssue(code, location, diagnostics)
+    """The location of ``path`` in the resource of entry ``position``."""
+    resource = child(item("entry", position), "resource")
+    return child(resource, path) if path else resource
 
 
 def _entries(document: object) -> list[tuple[int, str | None, dict[str, Any]]]:
     """Each entry's position, fullUrl and resource, once the Bundle's shape is right."""
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
-        raise ResourceInvalid([_bundle_issue("structure", "resourceType", "must be Bundle")])
+        raise ResourceInvalid([ResourceIssue("structure", "resourceType", "must be Bundle")])
     if document.get("type") != "transaction":
         raise ResourceInvalid(
-            [_bundle_issue("not-supported", "type", "only transaction bundles are executed")]
+            [ResourceIssue("not-supported", "type", "only transaction bundles are executed")]
         )
     entries = document.get("entry")
     if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_ENTRIES:
         raise ResourceInvalid(
-            [_bundle_issue("required", "entry", f"a transaction holds 1 to {MAX_ENTRIES} entries")]
+            [ResourceIssue("required", "entry", f"a transaction holds 1 to {MAX_ENTRIES} entries")]
         )
     issues: list[ResourceIssue] = []
     found: list[tuple[int, str | None, dict[str, Any]]] = []
@@ -97,12 +91,12 @@ def _entries(document: object) -> list[tuple[int, str | None, dict[str, Any]]]:
     for position, entry in enumerate(entries):
         where = item("entry", position)
         if not isinstance(entry, dict):
-            issues.append(_bundle_issue("structure", where, "an entry is a JSON object"))
+            issues.append(ResourceIssue("structure", where, "an entry is a JSON object"))
             continue
         request = entry.get("request")
         if not isinstance(request, dict) or request.get("method") != "POST":
             issues.append(
-                _bundle_issue(
+                ResourceIssue(
                     "not-supported",
                     child(child(where, "request"), "method"),
                     "only POST (create) entries are executed",
@@ -112,12 +106,12 @@ def _entries(document: object) -> list[tuple[int, str | None, dict[str, Any]]]:
         resource = entry.get("resource")
         if not isinstance(resource, dict):
             issues.append(
-                _bundle_issue("required", child(where, "resource"), "a resource to create")
+                ResourceIssue("required", child(where, "resource"), "a resource to create")
             )
             continue
         if request.get("url") != resource.get("resourceType"):
             issues.append(
-                _bundle_issue(
+                ResourceIssue(
                     "invalid",
                     child(child(where, "request"), "url"),
                     "a create's url is the resource's type",
@@ -127,14 +121,14 @@ def _entries(document: object) -> list[tuple[int, str | None, dict[str, Any]]]:
         if full_url is not None:
             if not isinstance(full_url, str) or not _URN_UUID.fullmatch(full_url):
                 issues.append(
-                    _bundle_issue(
+                    ResourceIssue(
                         "invalid", child(where, "fullUrl"), "a urn:uuid: with a lower-case UUID"
                     )
                 )
                 continue
             if full_url in seen:
                 issues.append(
-                    _bundle_issue("duplicate", child(where, "fullUrl"), "names another entry too")
+                    ResourceIssue("duplicate", child(where, "fullUrl"), "names another entry too")
                 )
                 continue
             seen.add(full_url)

@@ -1,0 +1,105 @@
+"""A transaction Bundle's bad input is only ever INVALID_ARGUMENT located in the bundle, and
+never repeats the client's values. Fuzzed: random JSON as a bundle, and valid bundles damaged
+at a random element (the bundle's own or an entry's resource)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from medledger.common.errors import to_rpc_status
+from medledger.record.domain.resource_issues import ResourceInvalid
+from medledger.record.domain.transaction_bundles import _entries, _Entry, _validated
+from medledger.testkit.fhir_samples import sample
+
+from .test_fhir_fuzz import MARKER, MARKER_NUMBER, leaves, replaced
+
+PATIENT_URL = "urn:uuid:6d0c2f0e-3b7a-4c55-9a51-1f2e3d4c5b6a"
+TOP_LEVEL = {"resourceType", "type", "entry"}
+
+
+def valid_bundle() -> dict[str, Any]:
+    patient = sample("Patient")
+    patient.pop("id", None)
+    observation = sample("Observation")
+    observation.pop("id", None)
+    observation["subject"] = {"reference": PATIENT_URL}
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": PATIENT_URL,
+                "resource": patient,
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"resource": observation, "request": {"method": "POST", "url": "Observation"}},
+        ],
+    }
+
+
+def execute(document: object) -> None:
+    """What ExecuteBundle does with a parsed bundle before it touches storage."""
+    found = _entries(document)
+    entries = [
+        _Entry(position, full_url, resource, str(uuid.uuid4()))
+        for position, full_url, resource in found
+    ]
+    _validated(entries)
+
+
+def check_refusal(invalid: ResourceInvalid) -> None:
+    status = to_rpc_status(invalid, service="record")
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    text = status.SerializeToString()
+    assert MARKER.encode() not in text
+    assert repr(MARKER_NUMBER).encode() not in text
+    for issue in invalid.issues:
+        assert issue.location in TOP_LEVEL or issue.location.startswith("entry"), issue
+
+
+def test_the_valid_bundle_passes() -> None:
+    execute(valid_bundle())
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.just(MARKER),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_random_json_is_refused_in_the_bundle(value: object) -> None:
+    for document in (value, {"resourceType": "Bundle", "type": "transaction", "entry": value}):
+        try:
+            execute(document)
+        except ResourceInvalid as invalid:
+            check_refusal(invalid)
+
+
+BUNDLE_LEAVES = list(leaves(valid_bundle()))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(BUNDLE_LEAVES),
+    st.sampled_from([MARKER, MARKER_NUMBER, None, [], {}, True, f"urn:uuid:{uuid.UUID(int=7)}"]),
+)
+def test_a_damaged_bundle_is_refused_at_its_entry(
+    path: tuple[str | int, ...], value: object
+) -> None:
+    try:
+        execute(replaced(valid_bundle(), path, value))
+    except ResourceInvalid as invalid:
+        check_refusal(invalid)
+        return
+    # Accepted: the damage was harmless, and what is stored holds no dangling entry name.
+    assert value != f"urn:uuid:{uuid.UUID(int=7)}" or path[-1] != "reference"
