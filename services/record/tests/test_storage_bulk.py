@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -101,3 +102,21 @@ async def test_a_bulk_transaction_that_gives_up_commits_one_by_one(records: Any)
     stored = await flaky.commit_writes(pending, [records.receipt_for(p.ref) for p in pending])
     assert [s.ref.resource_id for s in stored] == [f"x-{n}" for n in range(5)]
     assert (await records.records.read("Observation", "x-4")).ref.version == 1
+
+
+async def test_one_version_failing_alone_leaves_the_others_committed(records: Any) -> None:
+    """The fallback commits every version it can (each is ledgered), then answers with the
+    first failure."""
+    patient = f"p-{uuid.uuid4().hex[:8]}"
+    await records.write("Patient", patient, patient)
+    pending = await records.records.prepare_writes([write(f"v-{n}", patient) for n in range(3)])
+    # Meanwhile another writer takes v-1's slot (this writer's pending version counts as a
+    # crashed one's for a replica with no patience): v-1's commit fails, alone.
+    hasty = records.replica(pending_timeout=timedelta(0))
+    await records.write("Observation", "v-1", patient, records=hasty)
+    with pytest.raises(MedledgerError) as expired:
+        await records.records.commit_writes(pending, [records.receipt_for(p.ref) for p in pending])
+    assert expired.value.reason == "WRITE_EXPIRED"
+    for n in (0, 2):
+        read = await records.records.read("Observation", f"v-{n}")
+        assert read.receipt == records.receipt_for(read.ref)

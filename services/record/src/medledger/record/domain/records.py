@@ -429,8 +429,18 @@ class EncryptedRecords:
         except (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken, Unavailable):
             # Nothing of the transaction is written (a conflict, or the transaction gave up,
             # e.g. its time ran out on a loaded server): each one alone, as commit_write
-            # decides. The entries are ledgered already: the versions must become visible.
-            return [await self.commit_write(p, r) for p, r in zip(pending, receipts, strict=True)]
+            # decides. The entries are ledgered already: every version that can become
+            # visible must, even after one fails; then the first failure is the answer.
+            stored: list[StoredVersion] = []
+            failure: MedledgerError | None = None
+            for p, r in zip(pending, receipts, strict=True):
+                try:
+                    stored.append(await self.commit_write(p, r))
+                except MedledgerError as error:
+                    failure = failure or error
+            if failure is not None:
+                raise failure from None
+            return stored
         return [self._stored(p, r) for p, r in zip(pending, receipts, strict=True)]
 
     async def commit_write(self, pending: PendingWrite, receipt: bytes) -> StoredVersion:
