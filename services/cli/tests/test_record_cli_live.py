@@ -159,7 +159,7 @@ async def test_a_bundle_creates_a_patient_and_its_observation_together(
     assert stored["subject"] == {"reference": f"Patient/{made[0]['id']}"}
     table = await live.record("bundle", str(source))
     assert table.exit_code == 0, table.output
-    assert "created in one transaction" in table.stdout
+    assert "written in one transaction" in table.stdout
     assert re.search(r"Patient/[0-9a-f-]{36} +│ 1 ", table.stdout), table.stdout
     assert re.search(r"Observation/[0-9a-f-]{36} +│ 1 ", table.stdout), table.stdout
     # A bad entry: nothing written, the field named.

@@ -133,7 +133,7 @@ async def test_a_bad_entry_writes_nothing_and_is_located(api: RecordApi) -> None
         ("[1]", ["resourceType"]),
         ("not json", ["bundle_json"]),
         (
-            bundle({**good, "request": {"method": "PUT", "url": "Observation/x"}}),
+            bundle({**good, "request": {"method": "DELETE", "url": "Observation/x"}}),
             ["entry[0].request.method"],
         ),
         (
@@ -149,6 +149,64 @@ async def test_a_bad_entry_writes_nothing_and_is_located(api: RecordApi) -> None
         (bundle(entry(resource("Patient"), "urn:uuid:x"), good), ["entry[0].fullUrl"]),
     ]
     for text, fields in cases:
+        refused = await failure(execute(api.a, text))
+        assert refused.code == grpc.StatusCode.INVALID_ARGUMENT, fields
+        assert [v.field for v in refused.violations] == fields
+    assert await api.entries_since(before) == []
+
+
+def put(document: dict[str, Any], version: int | None) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "method": "PUT",
+        "url": f"{document['resourceType']}/{document['id']}",
+    }
+    if version is not None:
+        request["ifMatch"] = f'W/"{version}"'
+    return {"resource": document, "request": request}
+
+
+async def test_updates_go_with_creates_and_a_stale_one_writes_nothing(api: RecordApi) -> None:
+    patient = await new_patient(api)
+    stored = json.loads(patient.resource_json)
+    changed = {**stored, "active": False}
+    observation = entry(resource("Observation", patient.id))
+    provenance = json.loads(resource("Provenance"))
+    patient_url = urn()
+    provenance["target"] = [{"reference": patient_url}]
+    written = await execute(
+        api.a,
+        bundle({**put(changed, 1), "fullUrl": patient_url}, observation, entry(provenance)),
+    )
+    assert [(w.resource_type, w.version) for w in written] == [
+        ("Patient", 2),
+        ("Observation", 1),
+        ("Provenance", 1),
+    ]
+    assert written[0].id == patient.id
+    assert json.loads((await get(api.a, "Patient", patient.id)).resource_json)["active"] is False
+    # The Provenance names the version this bundle wrote.
+    targets = json.loads(written[2].resource_json)["target"]
+    assert targets == [{"reference": f"Patient/{patient.id}/_history/2"}]
+
+    before = await api.size()
+    stale = await failure(execute(api.a, bundle(put(changed, 1), observation)))
+    assert (stale.code, stale.reason) == (grpc.StatusCode.ABORTED, "STALE_VERSION")
+    assert await api.entries_since(before) == []
+    assert (await get(api.a, "Patient", patient.id)).version == 2
+    before = await api.size()
+    for text, fields in [
+        (bundle(put(changed, None)), ["entry[0].request.ifMatch"]),
+        (
+            bundle(
+                {
+                    **put(changed, 2),
+                    "request": {"method": "PUT", "url": "Patient/other", "ifMatch": 'W/"2"'},
+                }
+            ),
+            ["entry[0].resource.id"],
+        ),
+        (bundle(put(changed, 2), put(changed, 2)), ["entry[1].request.url"]),
+    ]:
         refused = await failure(execute(api.a, text))
         assert refused.code == grpc.StatusCode.INVALID_ARGUMENT, fields
         assert [v.field for v in refused.violations] == fields

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from medledger.common.errors import to_rpc_status
 from medledger.record.domain.resource_issues import ResourceInvalid
-from medledger.record.domain.transaction_bundles import _entries, _Entry, _validated
+from medledger.record.domain.transaction_bundles import MAX_ENTRIES, _entries, _validated
 from medledger.testkit.fhir_samples import sample
 
 from .test_fhir_fuzz import MARKER, MARKER_NUMBER, leaves, replaced
@@ -38,18 +38,17 @@ def valid_bundle() -> dict[str, Any]:
                 "request": {"method": "POST", "url": "Patient"},
             },
             {"resource": observation, "request": {"method": "POST", "url": "Observation"}},
+            {
+                "resource": {**observation, "id": "obs-1"},
+                "request": {"method": "PUT", "url": "Observation/obs-1", "ifMatch": 'W/"1"'},
+            },
         ],
     }
 
 
 def execute(document: object) -> None:
     """What ExecuteBundle does with a parsed bundle before it touches storage."""
-    found = _entries(document)
-    entries = [
-        _Entry(position, full_url, resource, str(uuid.uuid4()))
-        for position, full_url, resource in found
-    ]
-    _validated(entries)
+    _validated(_entries(document, [str(uuid.uuid4()) for _ in range(MAX_ENTRIES)]))
 
 
 def check_refusal(invalid: ResourceInvalid) -> None:

@@ -323,7 +323,8 @@ def bundle_command(
     source: Annotated[
         str,
         typer.Argument(
-            metavar="FILE", help="A FHIR R4 transaction Bundle of POST entries, JSON ('-': stdin)."
+            metavar="FILE",
+            help="A FHIR R4 transaction Bundle of POST and PUT entries, JSON ('-': stdin).",
         ),
     ],
     *,
@@ -335,8 +336,9 @@ def bundle_command(
     as_json: JsonOption = False,
     timeout: TimeoutOption = 30.0,
 ) -> None:
-    """Create every resource of a transaction Bundle, all or none, in one ledger step (entries
-    may name each other by their urn:uuid fullUrls), and list what was stored."""
+    """Write every resource of a transaction Bundle (creates and If-Match updates), all or none,
+    in one ledger step (entries may name each other by their urn:uuid fullUrls), and list what
+    was stored."""
     bearer_token = require_token(token)
     request = record_pb2.ExecuteBundleRequest(
         bundle_json=read_resource(source),
@@ -356,7 +358,7 @@ def bundle_command(
     if as_json:
         print_json(reply)
         return
-    console.print(versions_table("created in one transaction", list(reply.resources)))
+    console.print(versions_table("written in one transaction", list(reply.resources)))
 
 
 @app.command("get")

@@ -72,8 +72,8 @@ RECORD_ACCESS: Final = ServiceAccess(
         _METHODS["FindDuplicatePatients"]: ResourceAccess("Patient", "s"),
         # Two new Patient versions, written as UpdateResource writes them.
         _METHODS["LinkPatients"]: ResourceAccess("Patient", "u"),
-        # Creates only (POST entries); each resource's type is checked by CheckAccess.
-        _METHODS["ExecuteBundle"]: ResourceAccess("*", "c"),
+        # Creates and updates (POST and PUT entries); each type is checked by CheckAccess.
+        _METHODS["ExecuteBundle"]: ResourceAccess("*", "cu"),
         _METHODS["AuditRecords"]: Scopes(ADMIN, AUDIT_READ),
     },
 )

@@ -1,22 +1,26 @@
-"""ExecuteBundle: a FHIR R4 ``transaction`` Bundle of creates, stored all or none in one
-ledger step (the bulk-write path: one CheckAccess per patient and type, every version
+"""ExecuteBundle: a FHIR R4 ``transaction`` Bundle of creates and updates, stored all or none
+in one ledger step (the bulk-write path: one CheckAccess per patient and type, every version
 prepared, one ledger AppendBatch, one commit transaction).
 
-As FHIR's transaction interaction says for POST entries:
-- each entry is ``{"fullUrl": ..., "resource": {...}, "request": {"method": "POST", "url":
-  "<resourceType>"}}``; the server assigns every id;
+As FHIR's transaction interaction says:
+- a create is ``{"fullUrl": ..., "resource": {...}, "request": {"method": "POST", "url":
+  "<resourceType>"}}``; the server assigns its id;
+- an update is ``{"resource": {... "id": "<id>"}, "request": {"method": "PUT", "url":
+  "<resourceType>/<id>", "ifMatch": "W/\"<version>\""}}``: the next version of a stored
+  resource, if ``<version>`` is still its latest (else ABORTED STALE_VERSION, nothing
+  written); If-Match is required, as UpdateResource requires ``expected_version``;
 - an entry's ``fullUrl`` (``urn:uuid:<uuid>``) may be named by other entries' references,
-  which are rewritten to ``<type>/<assigned id>`` before validation; a ``urn:uuid:``
-  reference that names no entry is an error. A Provenance's targets become version-specific
-  (``<type>/<id>/_history/1``), as FHIR recommends for Provenance.target (HAPI FHIR's
-  auto-versioned reference paths do the same);
-- the answer lists the stored resources in the entries' order.
+  which are rewritten to ``<type>/<id>`` before validation; a ``urn:uuid:`` reference that
+  names no entry is an error. A Provenance's targets that name entries become
+  version-specific (``<type>/<id>/_history/<the version written>``), as FHIR recommends for
+  Provenance.target (HAPI FHIR's auto-versioned reference paths do the same);
+- the answer lists the stored versions in the entries' order.
 
 So a Patient and its first resources, or a RiskAssessment and the Provenance targeting it,
-go in one request. Every resource is validated as CreateResource validates it, and each
-problem is located under its entry (``entry[2].resource.status``). A Provenance's other
-targets must lie in its patient's compartment: created in this bundle for that patient, or
-already stored there. Other methods (PUT, DELETE, conditional creates) and ``batch`` bundles
+go in one request. Every resource is validated as CreateResource and UpdateResource validate
+it, and each problem is located under its entry (``entry[2].resource.status``). A
+Provenance's other targets must lie in its patient's compartment: written in this bundle for
+that patient, or already stored there. DELETE, conditional operations and ``batch`` bundles
 are refused (INVALID_ARGUMENT naming the field). A retry with the same idempotency key
 returns the first result and writes nothing new.
 """
@@ -31,7 +35,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from medledger.common.errors import MedledgerError
-from medledger.record.domain.bulk_writes import MAX_BULK_WRITES, BulkWrites, NewResource
+from medledger.record.domain.bulk_writes import (
+    MAX_BULK_WRITES,
+    BulkWrite,
+    BulkWrites,
+    ChangedResource,
+    NewResource,
+)
 from medledger.record.domain.fhir_validation import (
     ValidResource,
     parse_resource_json,
@@ -55,6 +65,8 @@ MAX_ENTRIES: Final = 100
 _URN_UUID: Final = re.compile(
     r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 )
+_UPDATE_URL: Final = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")
+_IF_MATCH: Final = re.compile(r'W/"([1-9][0-9]{0,17})"')
 assert MAX_ENTRIES <= MAX_BULK_WRITES
 
 
@@ -63,7 +75,12 @@ class _Entry:
     position: int
     full_url: str | None
     resource: dict[str, Any]
-    resource_id: str
+    resource_id: str  # the server's, for a create; the stored resource's, for an update
+    expected_version: int = 0  # an update's If-Match version; 0 for a create
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource['resourceType']}/{self.resource_id}"
 
 
 def _at(position: int, path: str = "") -> str:
@@ -72,8 +89,8 @@ def _at(position: int, path: str = "") -> str:
     return child(resource, path) if path else resource
 
 
-def _entries(document: object) -> list[tuple[int, str | None, dict[str, Any]]]:
-    """Each entry's position, fullUrl and resource, once the Bundle's shape is right."""
+def _entry_list(document: object) -> list[Any]:
+    """The Bundle's entries, once it is a transaction of 1 to MAX_ENTRIES entries."""
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         raise ResourceInvalid([ResourceIssue("structure", "resourceType", "must be Bundle")])
     if document.get("type") != "transaction":
@@ -85,56 +102,130 @@ def _entries(document: object) -> list[tuple[int, str | None, dict[str, Any]]]:
         raise ResourceInvalid(
             [ResourceIssue("required", "entry", f"a transaction holds 1 to {MAX_ENTRIES} entries")]
         )
+    return entries
+
+
+def _entries(document: object, new_ids: Sequence[str]) -> list[_Entry]:
+    """Each entry, once the Bundle's shape is right: a create gets the next of ``new_ids``."""
     issues: list[ResourceIssue] = []
-    found: list[tuple[int, str | None, dict[str, Any]]] = []
-    seen: set[str] = set()
-    for position, entry in enumerate(entries):
+    found: list[_Entry] = []
+    full_urls: set[str] = set()
+    updated: set[str] = set()
+    ids = iter(new_ids)
+    for position, entry in enumerate(_entry_list(document)):
+        parsed, problems = _entry(item("entry", position), entry)
+        if parsed is None:
+            issues.extend(problems)
+            continue
+        full_url, resource, update = parsed
         where = item("entry", position)
-        if not isinstance(entry, dict):
-            issues.append(ResourceIssue("structure", where, "an entry is a JSON object"))
-            continue
-        request = entry.get("request")
-        if not isinstance(request, dict) or request.get("method") != "POST":
+        if full_url is not None and full_url in full_urls:
             issues.append(
-                ResourceIssue(
-                    "not-supported",
-                    child(child(where, "request"), "method"),
-                    "only POST (create) entries are executed",
-                )
+                ResourceIssue("duplicate", child(where, "fullUrl"), "names another entry too")
             )
             continue
-        resource = entry.get("resource")
-        if not isinstance(resource, dict):
-            issues.append(
-                ResourceIssue("required", child(where, "resource"), "a resource to create")
-            )
-            continue
-        if request.get("url") != resource.get("resourceType"):
+        if update is not None and update[0] in updated:
             issues.append(
                 ResourceIssue(
-                    "invalid",
+                    "duplicate",
                     child(child(where, "request"), "url"),
-                    "a create's url is the resource's type",
+                    "another entry updates this resource too",
                 )
             )
-        full_url = entry.get("fullUrl")
+            continue
         if full_url is not None:
-            if not isinstance(full_url, str) or not _URN_UUID.fullmatch(full_url):
-                issues.append(
-                    ResourceIssue(
-                        "invalid", child(where, "fullUrl"), "a urn:uuid: with a lower-case UUID"
-                    )
-                )
-                continue
-            if full_url in seen:
-                issues.append(
-                    ResourceIssue("duplicate", child(where, "fullUrl"), "names another entry too")
-                )
-                continue
-            seen.add(full_url)
-        found.append((position, full_url, resource))
+            full_urls.add(full_url)
+        if update is None:
+            found.append(_Entry(position, full_url, resource, next(ids)))
+        else:
+            updated.add(update[0])
+            resource_id = update[0].partition("/")[2]
+            found.append(_Entry(position, full_url, resource, resource_id, update[1]))
     raise_if_any(issues)
     return found
+
+
+_Parsed = tuple[str | None, dict[str, Any], tuple[str, int] | None]
+
+
+def _entry(where: str, entry: object) -> tuple[_Parsed | None, list[ResourceIssue]]:
+    """One entry's fullUrl, resource and (for an update) ``<type>/<id>`` and If-Match
+    version; or what is wrong with it."""
+    if not isinstance(entry, dict):
+        return None, [ResourceIssue("structure", where, "an entry is a JSON object")]
+    request = entry.get("request")
+    method = request.get("method") if isinstance(request, dict) else None
+    if not isinstance(request, dict) or method not in ("POST", "PUT"):
+        return None, [
+            ResourceIssue(
+                "not-supported",
+                child(child(where, "request"), "method"),
+                "only POST (create) and PUT (update) entries are executed",
+            )
+        ]
+    resource = entry.get("resource")
+    if not isinstance(resource, dict):
+        return None, [ResourceIssue("required", child(where, "resource"), "a resource")]
+    full_url = entry.get("fullUrl")
+    if full_url is not None and (
+        not isinstance(full_url, str) or not _URN_UUID.fullmatch(full_url)
+    ):
+        return None, [
+            ResourceIssue("invalid", child(where, "fullUrl"), "a urn:uuid: with a lower-case UUID")
+        ]
+    if method == "PUT":
+        update, problems = _update(where, request, resource)
+    else:
+        update, problems = None, _create_problems(where, request, resource)
+    if problems:
+        return None, problems
+    return (full_url, resource, update), []
+
+
+def _create_problems(
+    where: str, request: dict[str, Any], resource: dict[str, Any]
+) -> list[ResourceIssue]:
+    if request.get("url") == resource.get("resourceType"):
+        return []
+    return [
+        ResourceIssue(
+            "invalid",
+            child(child(where, "request"), "url"),
+            "a create's url is the resource's type",
+        )
+    ]
+
+
+def _update(
+    where: str, request: dict[str, Any], resource: dict[str, Any]
+) -> tuple[tuple[str, int] | None, list[ResourceIssue]]:
+    """A PUT entry's ``<type>/<id>`` and If-Match version, or what is wrong with it."""
+    url, tag = request.get("url"), request.get("ifMatch")
+    own = f"{resource.get('resourceType')}/{resource.get('id')}"
+    if not isinstance(url, str) or not _UPDATE_URL.fullmatch(url):
+        return None, [
+            ResourceIssue(
+                "invalid", child(child(where, "request"), "url"), "an update's url is <type>/<id>"
+            )
+        ]
+    if url != own:
+        return None, [
+            ResourceIssue(
+                "invalid",
+                child(child(where, "resource"), "id"),
+                "must be the id and type the request's url names",
+            )
+        ]
+    matched = _IF_MATCH.fullmatch(tag) if isinstance(tag, str) else None
+    if matched is None:
+        return None, [
+            ResourceIssue(
+                "required",
+                child(child(where, "request"), "ifMatch"),
+                'the version the update replaces, W/"<version>"',
+            )
+        ]
+    return (url, int(matched[1])), []
 
 
 def _rewrite(value: Any, names: dict[str, str], path: str, unknown: list[str]) -> Any:
@@ -158,8 +249,10 @@ def _rewrite(value: Any, names: dict[str, str], path: str, unknown: list[str]) -
     return value
 
 
-def _versioned_targets(resource: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    """A Provenance's targets that name entries, rewritten to their first version."""
+def _versioned_targets(
+    resource: dict[str, Any], names: dict[str, str], versions: dict[str, int]
+) -> dict[str, Any]:
+    """A Provenance's targets that name entries, rewritten to the versions written here."""
     targets = resource.get("target")
     if resource.get("resourceType") != "Provenance" or not isinstance(targets, list):
         return resource
@@ -167,7 +260,8 @@ def _versioned_targets(resource: dict[str, Any], names: dict[str, str]) -> dict[
     for target in targets:
         named = target.get("reference") if isinstance(target, dict) else None
         if isinstance(named, str) and named in names:
-            rewritten.append({**target, "reference": f"{names[named]}/_history/1"})
+            versioned = f"{names[named]}/_history/{versions[named]}"
+            rewritten.append({**target, "reference": versioned})
         else:
             rewritten.append(target)
     return {**resource, "target": rewritten}
@@ -176,16 +270,13 @@ def _versioned_targets(resource: dict[str, Any], names: dict[str, str]) -> dict[
 def _validated(entries: Sequence[_Entry]) -> list[ValidResource]:
     """Each entry's resource, its references to other entries rewritten, validated as
     CreateResource validates it; every problem located under its entry. CPU-bound."""
-    names = {
-        e.full_url: f"{e.resource['resourceType']}/{e.resource_id}"
-        for e in entries
-        if e.full_url is not None
-    }
+    names = {e.full_url: e.reference for e in entries if e.full_url is not None}
+    versions = {e.full_url: e.expected_version + 1 for e in entries if e.full_url is not None}
     issues: list[ResourceIssue] = []
     valid: list[ValidResource] = []
     for entry in entries:
         unknown: list[str] = []
-        resource = _rewrite(_versioned_targets(entry.resource, names), names, "", unknown)
+        resource = _rewrite(_versioned_targets(entry.resource, names, versions), names, "", unknown)
         issues.extend(
             ResourceIssue("not-found", _at(entry.position, path), "names no entry of this bundle")
             for path in unknown
@@ -226,17 +317,18 @@ class TransactionBundles:
             raise ResourceInvalid(
                 [ResourceIssue(i.code, BUNDLE_FIELD, i.diagnostics) for i in invalid.issues]
             ) from None
-        found = _entries(document)
-        ids = self._writes.new_ids(len(found))
-        entries = [
-            _Entry(position, full_url, resource, resource_id)
-            for (position, full_url, resource), resource_id in zip(found, ids, strict=True)
-        ]
+        entries = _entries(document, self._writes.new_ids(MAX_ENTRIES))
         valid = await asyncio.to_thread(_validated, entries)
         await self._check_patients(entries, valid)
+        writes: list[BulkWrite] = [
+            ChangedResource(v, e.expected_version)
+            if e.expected_version
+            else NewResource(v, e.resource_id)
+            for e, v in zip(entries, valid, strict=True)
+        ]
         return await self._writes.write_all(
             requester,
-            [NewResource(v, e.resource_id) for e, v in zip(entries, valid, strict=True)],
+            writes,
             idempotency_key=idempotency_key,
             request_digest=digest,
             members_checked=True,
@@ -250,17 +342,17 @@ class TransactionBundles:
         created = {
             e.resource_id
             for e, v in zip(entries, valid, strict=True)
-            if v.resource_type == "Patient"
+            if v.resource_type == "Patient" and not e.expected_version
         }
         patients: dict[str, str] = {}  # each resource's patient, by its key
         for entry, each in zip(entries, valid, strict=True):
             patient = entry.resource_id if each.resource_type == "Patient" else each.patient_id
             assert patient is not None  # validated: every other type names one
-            patients[f"{each.resource_type}/{entry.resource_id}"] = patient
+            patients[entry.reference] = patient
         issues: list[ResourceIssue] = []
         stored: dict[str, bool] = {patient: True for patient in created}
         for entry, each in zip(entries, valid, strict=True):
-            patient = patients[f"{each.resource_type}/{entry.resource_id}"]
+            patient = patients[entry.reference]
             if patient not in stored:
                 stored[patient] = await self._patient_stored(patient)
             if not stored[patient]:

@@ -249,7 +249,7 @@ class ExecuteBundleRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _builtins.int
     BREAK_GLASS_REASON_FIELD_NUMBER: _builtins.int
     bundle_json: _builtins.str
-    """A FHIR R4 Bundle of type "transaction", JSON, 1 to 100 POST entries, at most 1 MiB."""
+    """A FHIR R4 Bundle of type "transaction", JSON, 1 to 100 POST or PUT entries, at most 1 MiB."""
     idempotency_key: _builtins.str
     """A retry with the same key returns the first result."""
     purpose: _purpose_pb2.PurposeOfUse.ValueType
@@ -278,7 +278,7 @@ class ExecuteBundleResponse(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredResource]:
-        """The stored resources (version 1 each), in the order of the bundle's entries."""
+        """The stored versions, in the order of the bundle's entries."""
 
     def __init__(
         self,

@@ -245,14 +245,14 @@ class RecordServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteBundle(self, request, context):
-        """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (entries with request
-        method POST), all or none, in one ledger step: every id is assigned by the server, and an
-        entry's fullUrl (urn:uuid:...) named in another entry's references is rewritten to the
-        resource it creates, so a Patient and its first resources, or a RiskAssessment and the
-        Provenance targeting it, go in one call. Each resource is validated and checked
-        (CheckAccess per patient and type) as CreateResource does it; problems are located under
-        their entry (entry[2].resource.status). A retry with the same key returns the first
-        result.
+        """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (request method POST:
+        the server assigns the id) and updates (PUT Type/id with ifMatch W/"<version>", ABORTED
+        when stale), all or none, in one ledger step. An entry's fullUrl (urn:uuid:...) named in
+        another entry's references is rewritten to the resource it writes, so a Patient and its
+        first resources, or a RiskAssessment and the Provenance targeting it, go in one call.
+        Each resource is validated and checked (CheckAccess per patient and type) as
+        CreateResource and UpdateResource do it; problems are located under their entry
+        (entry[2].resource.status). A retry with the same key returns the first result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -95,14 +95,14 @@ class RecordServiceStub:
     RECORD_UPDATED entry each, the ledger receipts returned). Never automatic.
     """
     ExecuteBundle: _grpc.UnaryUnaryMultiCallable[_record_pb2.ExecuteBundleRequest, _record_pb2.ExecuteBundleResponse]
-    """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (entries with request
-    method POST), all or none, in one ledger step: every id is assigned by the server, and an
-    entry's fullUrl (urn:uuid:...) named in another entry's references is rewritten to the
-    resource it creates, so a Patient and its first resources, or a RiskAssessment and the
-    Provenance targeting it, go in one call. Each resource is validated and checked
-    (CheckAccess per patient and type) as CreateResource does it; problems are located under
-    their entry (entry[2].resource.status). A retry with the same key returns the first
-    result.
+    """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (request method POST:
+    the server assigns the id) and updates (PUT Type/id with ifMatch W/"<version>", ABORTED
+    when stale), all or none, in one ledger step. An entry's fullUrl (urn:uuid:...) named in
+    another entry's references is rewritten to the resource it writes, so a Patient and its
+    first resources, or a RiskAssessment and the Provenance targeting it, go in one call.
+    Each resource is validated and checked (CheckAccess per patient and type) as
+    CreateResource and UpdateResource do it; problems are located under their entry
+    (entry[2].resource.status). A retry with the same key returns the first result.
     """
     AuditRecords: _grpc.UnaryUnaryMultiCallable[_record_pb2.AuditRecordsRequest, _record_pb2.AuditRecordsResponse]
     """AuditRecords checks stored versions against their ledger entries (the commitment to the
@@ -178,14 +178,14 @@ class RecordServiceAsyncStub(RecordServiceStub):
     RECORD_UPDATED entry each, the ledger receipts returned). Never automatic.
     """
     ExecuteBundle: _aio.UnaryUnaryMultiCallable[_record_pb2.ExecuteBundleRequest, _record_pb2.ExecuteBundleResponse]  # type: ignore[assignment]
-    """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (entries with request
-    method POST), all or none, in one ledger step: every id is assigned by the server, and an
-    entry's fullUrl (urn:uuid:...) named in another entry's references is rewritten to the
-    resource it creates, so a Patient and its first resources, or a RiskAssessment and the
-    Provenance targeting it, go in one call. Each resource is validated and checked
-    (CheckAccess per patient and type) as CreateResource does it; problems are located under
-    their entry (entry[2].resource.status). A retry with the same key returns the first
-    result.
+    """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (request method POST:
+    the server assigns the id) and updates (PUT Type/id with ifMatch W/"<version>", ABORTED
+    when stale), all or none, in one ledger step. An entry's fullUrl (urn:uuid:...) named in
+    another entry's references is rewritten to the resource it writes, so a Patient and its
+    first resources, or a RiskAssessment and the Provenance targeting it, go in one call.
+    Each resource is validated and checked (CheckAccess per patient and type) as
+    CreateResource and UpdateResource do it; problems are located under their entry
+    (entry[2].resource.status). A retry with the same key returns the first result.
     """
     AuditRecords: _aio.UnaryUnaryMultiCallable[_record_pb2.AuditRecordsRequest, _record_pb2.AuditRecordsResponse]  # type: ignore[assignment]
     """AuditRecords checks stored versions against their ledger entries (the commitment to the
@@ -348,14 +348,14 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _record_pb2.ExecuteBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_record_pb2.ExecuteBundleResponse, _abc.Awaitable[_record_pb2.ExecuteBundleResponse]]:
-        """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (entries with request
-        method POST), all or none, in one ledger step: every id is assigned by the server, and an
-        entry's fullUrl (urn:uuid:...) named in another entry's references is rewritten to the
-        resource it creates, so a Patient and its first resources, or a RiskAssessment and the
-        Provenance targeting it, go in one call. Each resource is validated and checked
-        (CheckAccess per patient and type) as CreateResource does it; problems are located under
-        their entry (entry[2].resource.status). A retry with the same key returns the first
-        result.
+        """ExecuteBundle executes a FHIR R4 transaction Bundle of creates (request method POST:
+        the server assigns the id) and updates (PUT Type/id with ifMatch W/"<version>", ABORTED
+        when stale), all or none, in one ledger step. An entry's fullUrl (urn:uuid:...) named in
+        another entry's references is rewritten to the resource it writes, so a Patient and its
+        first resources, or a RiskAssessment and the Provenance targeting it, go in one call.
+        Each resource is validated and checked (CheckAccess per patient and type) as
+        CreateResource and UpdateResource do it; problems are located under their entry
+        (entry[2].resource.status). A retry with the same key returns the first result.
         """
 
     @_abc_1.abstractmethod
