@@ -185,7 +185,8 @@ def _entry(where: str, entry: object) -> tuple[_Parsed | None, list[ResourceIssu
 def _create_problems(
     where: str, request: dict[str, Any], resource: dict[str, Any]
 ) -> list[ResourceIssue]:
-    if request.get("url") == resource.get("resourceType"):
+    url = request.get("url")
+    if isinstance(url, str) and url == resource.get("resourceType"):
         return []
     return [
         ResourceIssue(
