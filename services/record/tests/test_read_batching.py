@@ -15,7 +15,8 @@ from medledger.common.batching import Batcher
 from medledger.common.errors import FailedPrecondition, Unavailable
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.patient_log import PatientAppend
-from medledger.record.adapters.ledger_events import _one_entrys_trouble
+from medledger.record.adapters.ledger_events import PatientLogLedger, _one_entrys_trouble
+from medledger.record.domain.peers import RecordEvent
 
 from . import test_record_api
 from .test_record_api import RecordApi, get, new_patient, resource
@@ -201,3 +202,57 @@ async def test_every_call_of_a_batch_is_answered_whatever_a_retry_raises() -> No
     assert isinstance(erased, FailedPrecondition)
     assert isinstance(broken, RuntimeError)
     assert c == b"receipt of c"
+
+
+class GroupLog:
+    """Stands for PatientLog.append_many: notes each AppendBatch's patients; the first waits
+    for ``release``; a patient named "erased-*" makes the whole batch refused."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def append_many(self, items: list[PatientAppend], *, timeout: float) -> list[Any]:
+        self.batches.append([i.patient_id for i in items])
+        self.held.set()
+        await self.release.wait()
+        if any(i.patient_id.startswith("erased") for i in items):
+            raise FailedPrecondition("the patient was erased", reason="PATIENT_ERASED")
+        return [test_record_api.ledger_pb2.Receipt(leaf_index=n) for n in range(len(items))]
+
+
+def _events(*patients: str) -> list[tuple[str, RecordEvent, str]]:
+    event = RecordEvent(
+        kind=1, actor="app", organization="org", purpose=1, resource_type="Observation"
+    )
+    return [(p, event, "") for p in patients]
+
+
+async def test_bulk_writes_entries_go_together_never_split() -> None:
+    log = GroupLog()
+    ledger = PatientLogLedger(log)  # type: ignore[arg-type]
+    first = asyncio.create_task(ledger.append_many(_events("a", "a")))
+    await asyncio.wait_for(log.held.wait(), timeout=5)
+    rest = [
+        asyncio.create_task(ledger.append_many(_events(*group)))
+        for group in (("b", "b", "b"), ("erased-1", "e"), ("c", "c"))
+    ]
+    await asyncio.sleep(0.01)
+    log.release.set()
+    a = await first
+    b, erased, c = await asyncio.gather(*rest, return_exceptions=True)
+    assert len(a) == 2
+    assert isinstance(b, list)
+    assert len(b) == 3
+    assert isinstance(c, list)
+    assert len(c) == 2
+    assert isinstance(erased, FailedPrecondition)
+    # Together in one AppendBatch, then (one refused) each request's alone, whole.
+    assert log.batches == [
+        ["a", "a"],
+        ["b", "b", "b", "erased-1", "e", "c", "c"],
+        ["b", "b", "b"],
+        ["erased-1", "e"],
+        ["c", "c"],
+    ]

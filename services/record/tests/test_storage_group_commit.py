@@ -14,7 +14,7 @@ import pytest
 from medledger.common.errors import MedledgerError, Unavailable
 from medledger.common.key_cache import DataKeyCache
 from medledger.record.adapters.mongo_store import RecordStore
-from medledger.record.domain.ports import PendingWrite, VersionCommit
+from medledger.record.domain.ports import PendingWrite, ResourceWrite, VersionCommit
 from medledger.record.domain.records import EncryptedRecords
 
 
@@ -125,3 +125,77 @@ async def test_an_outage_fails_the_whole_group_at_once(records: Any) -> None:
     with pytest.raises(MedledgerError) as hidden:
         await records.records.read("Observation", "u-1")
     assert hidden.value.reason == "RESOURCE_NOT_FOUND"
+
+
+def _observations(patient: str, prefix: str, count: int) -> list[ResourceWrite]:
+    return [
+        ResourceWrite(
+            resource_type="Observation",
+            resource_id=f"{prefix}-{n}",
+            patient_id=patient,
+            resource_json="{}",
+            search_values={},
+        )
+        for n in range(count)
+    ]
+
+
+async def _bulk_behind_one(
+    records: Any, store: _WatchedStore, writer: EncryptedRecords, requests: list[list[Any]]
+) -> list[Any]:
+    """The first request's commit held in flight, the others' submitted meanwhile."""
+
+    async def commit(pending: list[Any]) -> Any:
+        return await writer.commit_writes(pending, [records.receipt_for(p.ref) for p in pending])
+
+    store.release.clear()
+    store.held.clear()
+    first = asyncio.create_task(commit(requests[0]))
+    await asyncio.wait_for(store.held.wait(), timeout=10)
+    rest = [asyncio.create_task(commit(r)) for r in requests[1:]]
+    await asyncio.sleep(0.05)
+    store.release.set()
+    return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+async def test_concurrent_bulk_writes_commit_together_each_whole(records: Any) -> None:
+    patient = f"p-{uuid.uuid4().hex[:8]}"
+    await records.write("Patient", patient, patient)
+    store, writer = await _watched(records)
+    requests = [
+        await writer.prepare_writes(_observations(patient, name, count))
+        for name, count in (("a", 2), ("b", 3), ("c", 1))
+    ]
+    outcomes = await _bulk_behind_one(records, store, writer, requests)
+    assert [[v.ref.resource_id for v in o] for o in outcomes] == [
+        ["a-0", "a-1"],
+        ["b-0", "b-1", "b-2"],
+        ["c-0"],
+    ]
+    assert store.transactions == [("bulk", 2), ("bulk", 4)]
+    assert (await records.records.read("Observation", "b-2")).ref.version == 1
+
+
+async def test_one_bulk_writes_conflict_leaves_the_others_committed(records: Any) -> None:
+    kept, erased = (f"p-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for patient in (kept, erased):
+        await records.write("Patient", patient, patient)
+    store, writer = await _watched(records)
+    requests = [
+        await writer.prepare_writes(_observations(patient, name, 2))
+        for patient, name in ((kept, "k"), (erased, "e"), (kept, "l"))
+    ]
+    await records.records.erase_patient(erased)
+    first, gone, last = await _bulk_behind_one(records, store, writer, requests)
+    assert [v.ref.resource_id for v in (*first, *last)] == ["k-0", "k-1", "l-0", "l-1"]
+    assert isinstance(gone, MedledgerError)
+    assert gone.reason == "ERASED"
+    # Together, then each request alone; the erased one then version by version.
+    assert store.transactions == [
+        ("bulk", 2),
+        ("bulk", 4),
+        ("bulk", 2),
+        ("bulk", 2),
+        ("alone", 1),
+        ("alone", 1),
+    ]

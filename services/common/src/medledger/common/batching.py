@@ -1,5 +1,7 @@
 """Group commit for concurrent calls: items submitted while a batch is in flight go together
-in the next one; a lone item goes at once (no waiting for company).
+in the next one; a lone item goes at once (no waiting for company). An item may itself be a
+group (a bulk write's entries) that must not be split: give its ``size``, and a batch takes
+whole items up to ``max_batch`` of weight.
 
 A batch that fails with an error ``alone`` accepts (one item's trouble: a conflict, a refusal
 that names one entry) is done again one item at a time, so each caller gets its own answer;
@@ -32,12 +34,16 @@ class Batcher(Generic[T, R]):
         alone: Callable[[Exception], bool],
         dependency: str,
         max_batch: int = MAX_BATCH,
+        size: Callable[[T], int] = lambda _: 1,
     ) -> None:
+        """``size``: an item's weight (a group's length, when the items are groups); a batch
+        weighs at most ``max_batch``, unless it is one item alone."""
         self._flush = flush
         self._single = single
         self._alone = alone
         self._dependency = dependency
         self._max_batch = max_batch
+        self._size = size
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._drain: asyncio.Task[None] | None = None
 
@@ -51,13 +57,22 @@ class Batcher(Generic[T, R]):
     async def _run(self) -> None:
         try:
             while self._waiting:
-                batch = self._waiting[: self._max_batch]
-                del self._waiting[: self._max_batch]
-                await self._settle(batch)
+                await self._settle(self._next_batch())
         finally:
             self._drain = None
             for _, future in self._waiting:  # only if this task was cancelled (shutdown)
                 _fail(future, self._shutting_down())
+
+    def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:
+        taken, weight = 0, 0
+        for item, _ in self._waiting:
+            weight += self._size(item)
+            if taken and weight > self._max_batch:
+                break
+            taken += 1
+        batch = self._waiting[:taken]
+        del self._waiting[:taken]
+        return batch
 
     def _shutting_down(self) -> Unavailable:
         return Unavailable(self._dependency, reason="SHUTTING_DOWN")

@@ -11,7 +11,9 @@ credentials) is UNAVAILABLE: the caller's write or read fails closed.
 Concurrent calls' entries are appended together: an entry that arrives while a batch is
 being appended waits for it, then goes with every entry that came meanwhile in ONE step (their
 index rows in one insert and one update, one AppendBatch), so many concurrent reads and writes
-cost a few round trips, and a lone one goes at once. Each entry keeps its own caller's trace
+cost a few round trips, and a lone one goes at once. A bulk write's entries (an HL7 message, a
+CSV chunk, a transaction Bundle) stay together in one step, joined by other bulk writes' that
+arrive meanwhile. Each entry keeps its own caller's trace
 id and time, and a write's its idempotency key and salt (the ledger answers a key it holds
 with its first receipt, within a batch too). A batch the ledger refuses for a reason other
 than being unavailable (a patient erased meanwhile, a key reused) is appended again one entry
@@ -24,6 +26,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Final
 
 import grpc
 
@@ -73,6 +76,20 @@ def _one_entrys_trouble(error: Exception) -> bool:
     return isinstance(error, MedledgerError) and not isinstance(error, Unavailable)
 
 
+# The ledger's AppendBatch takes at most this many entries.
+MAX_APPEND_BATCH: Final = 1000
+
+
+def _fixed_now(item: PatientAppend) -> PatientAppend:
+    """The item's trace id and time fixed in the caller's context (a batch is appended from
+    another task)."""
+    return dataclasses.replace(
+        item,
+        trace_id=item.trace_id or current_trace_id(),
+        entry_time=item.entry_time or datetime.now(UTC),
+    )
+
+
 class PatientLogLedger:
     def __init__(self, patients: PatientLog, *, timeout: float = 10.0) -> None:
         self._patients = patients
@@ -83,24 +100,40 @@ class PatientLogLedger:
             alone=_one_entrys_trouble,
             dependency="ledger",
         )
+        # Bulk writes' entries: each request's in one step, never split; concurrent requests'
+        # together in one AppendBatch.
+        self._groups: Batcher[list[PatientAppend], list[bytes]] = Batcher(
+            self._append_groups,
+            self._append_group,
+            alone=_one_entrys_trouble,
+            dependency="ledger",
+            max_batch=MAX_APPEND_BATCH,
+            size=len,
+        )
 
     async def append(
         self, patient_id: str, event: RecordEvent, *, idempotency_key: str = ""
     ) -> bytes:
-        item = _patient_append(patient_id, event, idempotency_key)
-        # Fixed now, in the caller's context: the batch is appended from another task.
-        item = dataclasses.replace(
-            item,
-            trace_id=item.trace_id or current_trace_id(),
-            entry_time=item.entry_time or datetime.now(UTC),
+        return await self._batches.submit(
+            _fixed_now(_patient_append(patient_id, event, idempotency_key))
         )
-        return await self._batches.submit(item)
 
     async def append_many(self, events: Sequence[tuple[str, RecordEvent, str]]) -> list[bytes]:
-        items = [_patient_append(*each) for each in events]
+        items = [_fixed_now(_patient_append(*each)) for each in events]
         if len(items) == 1:
             return [await self._append_single(items[0])]
+        return await self._groups.submit(items)
+
+    async def _append_group(self, items: list[PatientAppend]) -> list[bytes]:
         return await self._append_batch(items, timeout=self._timeout * 3)
+
+    async def _append_groups(self, groups: list[list[PatientAppend]]) -> list[list[bytes]]:
+        receipts = await self._append_group([item for group in groups for item in group])
+        answers, start = [], 0
+        for group in groups:
+            answers.append(receipts[start : start + len(group)])
+            start += len(group)
+        return answers
 
     async def _append_batch(
         self, items: list[PatientAppend], *, timeout: float | None = None

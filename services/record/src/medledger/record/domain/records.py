@@ -110,6 +110,8 @@ from medledger.verify.commitment import SALT_SIZE
 # version is ever replaced.
 DEFAULT_PENDING_TIMEOUT: Final = timedelta(minutes=2)
 DEFAULT_IDEMPOTENCY_RETENTION: Final = timedelta(hours=24)
+# Versions committed in one transaction at most, when bulk writes' commits go together.
+MAX_BULK_COMMIT: Final = 1000
 HISTORY_LISTING: Final = "record.ListResourceHistory"
 SEARCH_LISTING: Final = "record.SearchResources"
 PATIENT_LISTING: Final = "record.PatientResources"
@@ -125,6 +127,13 @@ def _one_commits_trouble(error: Exception) -> bool:
     erased patient may be one write's: each commit is then done alone and answered as its
     own transaction is. An outage is everyone's (done alone, each would wait for it again)."""
     return isinstance(error, (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken))
+
+
+def _one_groups_trouble(error: Exception) -> bool:
+    """A failed transaction of several bulk writes' commits: each write's is tried alone
+    (and then, if it fails, one version at a time), a transaction that gave up too (alone,
+    it is smaller)."""
+    return _one_commits_trouble(error) or isinstance(error, Unavailable)
 
 
 def _digest_cursor(listing: Listing, token: str) -> bytes | None:
@@ -167,6 +176,16 @@ class EncryptedRecords:
             self._commit_alone,
             alone=_one_commits_trouble,
             dependency="mongodb",
+        )
+        # Bulk writes' commits: each request's in one transaction, never split; concurrent
+        # requests' together (a group that fails is tried alone, then one by one).
+        self._bulk_commits: Batcher[list[VersionCommit], None] = Batcher(
+            self._commit_groups,
+            self._commit_group,
+            alone=_one_groups_trouble,
+            dependency="mongodb",
+            max_batch=MAX_BULK_COMMIT,
+            size=len,
         )
 
     async def _blind_index(self) -> BlindIndex:
@@ -424,8 +443,7 @@ class EncryptedRecords:
             self._version_commit(index, p, r) for p, r in zip(pending, receipts, strict=True)
         ]
         try:
-            async with self._bulk:
-                await self._documents.commit_many(commits)
+            await self._bulk_commits.submit(commits)
         except (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken, Unavailable):
             # Nothing of the transaction is written (a conflict, or the transaction gave up,
             # e.g. its time ran out on a loaded server): each one alone, as commit_write
@@ -472,6 +490,14 @@ class EncryptedRecords:
         async with self._bulk:
             await self._documents.commit_many(commits, grouped=True)
         return [None] * len(commits)
+
+    async def _commit_group(self, commits: list[VersionCommit]) -> None:
+        async with self._bulk:
+            await self._documents.commit_many(commits)
+
+    async def _commit_groups(self, groups: list[list[VersionCommit]]) -> list[None]:
+        await self._commit_group([commit for group in groups for commit in group])
+        return [None] * len(groups)
 
     async def _commit_alone(self, commit: VersionCommit) -> None:
         async with self._bulk:
