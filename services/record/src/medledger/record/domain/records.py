@@ -170,7 +170,7 @@ class EncryptedRecords:
         # One commit transaction at a time in this process: they bump the rows of the same
         # patients, and concurrent ones would abort each other over and over. Concurrent
         # single writes' commits go together in one transaction (group commit).
-        self._bulk = asyncio.Lock()
+        self._one_transaction = asyncio.Lock()
         self._commits: Batcher[VersionCommit, None] = Batcher(
             self._commit_together,
             self._commit_alone,
@@ -249,9 +249,9 @@ class EncryptedRecords:
             for write, resource in zip(writes, resources, strict=True)
         ]
         try:
-            # Not while a bulk commit runs: its transaction would conflict with these
+            # Not while a commit transaction runs: it would conflict with these
             # writes to the same collection and start again.
-            async with self._bulk:
+            async with self._one_transaction:
                 await self._documents.insert_pendings([insert for _, insert in sealed])
         except VersionTaken:
             await self.abort_writes([pending for pending, _ in sealed])
@@ -487,12 +487,12 @@ class EncryptedRecords:
         return self._stored(pending, receipt)
 
     async def _commit_together(self, commits: Sequence[VersionCommit]) -> list[None]:
-        async with self._bulk:
+        async with self._one_transaction:
             await self._documents.commit_many(commits, grouped=True)
         return [None] * len(commits)
 
     async def _commit_group(self, commits: list[VersionCommit]) -> None:
-        async with self._bulk:
+        async with self._one_transaction:
             await self._documents.commit_many(commits)
 
     async def _commit_groups(self, groups: list[list[VersionCommit]]) -> list[None]:
@@ -500,7 +500,7 @@ class EncryptedRecords:
         return [None] * len(groups)
 
     async def _commit_alone(self, commit: VersionCommit) -> None:
-        async with self._bulk:
+        async with self._one_transaction:
             await self._documents.commit(commit)
 
     async def abort_write(self, pending: PendingWrite) -> None:
