@@ -77,11 +77,11 @@ LEDGER_ENTRY_URL: Final = "https://medledger.dev/fhir/StructureDefinition/ledger
 PREDICTED_VALUE_URL: Final = "https://medledger.dev/fhir/StructureDefinition/predicted-value"
 INFERENCE_MADE: Final = "INFERENCE_MADE"
 NOTED_CONTRIBUTIONS: Final = 3
+"""How many of the largest contributions the note names."""
 _RISK_ASSESSMENT_TARGET: Final = re.compile(
     r"RiskAssessment/[A-Za-z0-9\-.]{1,64}/_history/[1-9][0-9]*"
     r"|urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 )
-"""How many of the largest contributions the note names."""
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ being appended waits for it, then goes with every entry that came meanwhile in O
 index rows in one insert and one update, one AppendBatch), so many concurrent reads and writes
 cost a few round trips, and a lone one goes at once. A bulk write's entries (an HL7 message, a
 CSV chunk, a transaction Bundle) stay together in one step, joined by other bulk writes' that
-arrive meanwhile. Each entry keeps its own caller's trace
-id and time, and a write's its idempotency key and salt (the ledger answers a key it holds
-with its first receipt, within a batch too). A batch the ledger refuses for a reason other
-than being unavailable (a patient erased meanwhile, a key reused) is appended again one entry
-at a time, so each call gets its own answer.
+arrive meanwhile. Each entry keeps its own caller's trace id and time, and a write's its
+idempotency key and salt (the ledger answers a key it holds with its first receipt, within a
+batch too). A batch the ledger refuses for a reason other than being unavailable (a patient
+erased meanwhile, a key reused) is appended again one entry (or one bulk write) at a time, so
+each call gets its own answer.
 """
 
 from __future__ import annotations

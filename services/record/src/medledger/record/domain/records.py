@@ -28,9 +28,10 @@ Provenance included: the compartment chooses the key. Writes to an erased patien
 refused (NOT_FOUND, ERASED).
 
 A write is prepared (its version stored pending), ledgered, then committed in a transaction.
-Commits are one transaction at a time in a process; single writes' commits that arrive while
-one is in flight go together in the next (group commit, :mod:`medledger.common.batching`),
-and a group that fails is done again one commit at a time, so each write gets its own answer.
+Commits are one transaction at a time in a process; commits that arrive while one is in
+flight go together in the next (group commit, :mod:`medledger.common.batching`): single
+writes' with single writes', bulk writes' (each whole) with bulk writes'. A group that fails
+is done again one write at a time, so each write gets its own answer.
 """
 
 from __future__ import annotations
@@ -122,18 +123,25 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# What a commit transaction raises when one of its commits conflicts (nothing is written):
+# a stale pointer, a lost pending version, an erased patient, a taken idempotency key.
+_CONFLICTS: Final = (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken)
+# ... and, for bulk commits, a transaction that gave up (its time ran out on a loaded
+# server): smaller, it may go through.
+_BULK_TROUBLE: Final = (*_CONFLICTS, Unavailable)
+
+
 def _one_commits_trouble(error: Exception) -> bool:
-    """Nothing of a failed group commit is written. A conflict, a stale pointer or an
-    erased patient may be one write's: each commit is then done alone and answered as its
-    own transaction is. An outage is everyone's (done alone, each would wait for it again)."""
-    return isinstance(error, (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken))
+    """Nothing of a failed group commit is written. A conflict may be one write's: each
+    commit is then done alone and answered as its own transaction is. An outage is
+    everyone's (done alone, each would wait for it again)."""
+    return isinstance(error, _CONFLICTS)
 
 
 def _one_groups_trouble(error: Exception) -> bool:
     """A failed transaction of several bulk writes' commits: each write's is tried alone
-    (and then, if it fails, one version at a time), a transaction that gave up too (alone,
-    it is smaller)."""
-    return _one_commits_trouble(error) or isinstance(error, Unavailable)
+    (and then, if it fails, one version at a time)."""
+    return isinstance(error, _BULK_TROUBLE)
 
 
 def _digest_cursor(listing: Listing, token: str) -> bytes | None:
@@ -444,7 +452,7 @@ class EncryptedRecords:
         ]
         try:
             await self._bulk_commits.submit(commits)
-        except (PatientErased, PendingLost, StaleCurrent, IdempotencyTaken, Unavailable):
+        except _BULK_TROUBLE:
             # Nothing of the transaction is written (a conflict, or the transaction gave up,
             # e.g. its time ran out on a loaded server): each one alone, as commit_write
             # decides. The entries are ledgered already: every version that can become
