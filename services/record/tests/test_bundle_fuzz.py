@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 
 from medledger.common.errors import to_rpc_status
 from medledger.record.domain.resource_issues import ResourceInvalid
-from medledger.record.domain.transaction_bundles import MAX_ENTRIES, _entries, _validated
+from medledger.record.domain.transaction_bundles import _entries, _validated
 from medledger.testkit.fhir_samples import sample
 
 from .test_fhir_fuzz import MARKER, MARKER_NUMBER, leaves, replaced
 
 PATIENT_URL = "urn:uuid:6d0c2f0e-3b7a-4c55-9a51-1f2e3d4c5b6a"
+OBSERVATION_URL = "urn:uuid:1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 TOP_LEVEL = {"resourceType", "type", "entry"}
 
 
@@ -37,7 +38,18 @@ def valid_bundle() -> dict[str, Any]:
                 "resource": patient,
                 "request": {"method": "POST", "url": "Patient"},
             },
-            {"resource": observation, "request": {"method": "POST", "url": "Observation"}},
+            {
+                "fullUrl": OBSERVATION_URL,
+                "resource": observation,
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {
+                "resource": {
+                    **sample("Provenance"),
+                    "target": [{"reference": OBSERVATION_URL}, {"reference": PATIENT_URL}],
+                },
+                "request": {"method": "POST", "url": "Provenance"},
+            },
             {
                 "resource": {**observation, "id": "obs-1"},
                 "request": {"method": "PUT", "url": "Observation/obs-1", "ifMatch": 'W/"1"'},
@@ -48,7 +60,7 @@ def valid_bundle() -> dict[str, Any]:
 
 def execute(document: object) -> None:
     """What ExecuteBundle does with a parsed bundle before it touches storage."""
-    _validated(_entries(document, [str(uuid.uuid4()) for _ in range(MAX_ENTRIES)]))
+    _validated(_entries(document, lambda count: [str(uuid.uuid4()) for _ in range(count)]))
 
 
 def check_refusal(invalid: ResourceInvalid) -> None:

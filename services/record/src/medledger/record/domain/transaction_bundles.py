@@ -28,9 +28,10 @@ returns the first result and writes nothing new.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -105,26 +106,24 @@ def _entry_list(document: object) -> list[Any]:
     return entries
 
 
-def _entries(document: object, new_ids: Sequence[str]) -> list[_Entry]:
-    """Each entry, once the Bundle's shape is right: a create gets the next of ``new_ids``."""
+def _entries(document: object, new_ids: Callable[[int], Sequence[str]]) -> list[_Entry]:
+    """Each entry, once the Bundle's shape is right; the creates get ids from ``new_ids``."""
     issues: list[ResourceIssue] = []
     found: list[_Entry] = []
     full_urls: set[str] = set()
     updated: set[str] = set()
-    ids = iter(new_ids)
-    for position, entry in enumerate(_entry_list(document)):
-        parsed, problems = _entry(item("entry", position), entry)
-        if parsed is None:
+    for position, raw in enumerate(_entry_list(document)):
+        entry, problems = _entry(position, raw)
+        if entry is None:
             issues.extend(problems)
             continue
-        full_url, resource, update = parsed
         where = item("entry", position)
-        if full_url is not None and full_url in full_urls:
+        if entry.full_url is not None and entry.full_url in full_urls:
             issues.append(
                 ResourceIssue("duplicate", child(where, "fullUrl"), "names another entry too")
             )
             continue
-        if update is not None and update[0] in updated:
+        if entry.expected_version and entry.reference in updated:
             issues.append(
                 ResourceIssue(
                     "duplicate",
@@ -133,27 +132,24 @@ def _entries(document: object, new_ids: Sequence[str]) -> list[_Entry]:
                 )
             )
             continue
-        if full_url is not None:
-            full_urls.add(full_url)
-        if update is None:
-            found.append(_Entry(position, full_url, resource, next(ids)))
-        else:
-            updated.add(update[0])
-            resource_id = update[0].partition("/")[2]
-            found.append(_Entry(position, full_url, resource, resource_id, update[1]))
+        if entry.full_url is not None:
+            full_urls.add(entry.full_url)
+        if entry.expected_version:
+            updated.add(entry.reference)
+        found.append(entry)
     raise_if_any(issues)
-    return found
+    ids = iter(new_ids(sum(1 for e in found if not e.expected_version)))
+    return [
+        e if e.expected_version else dataclasses.replace(e, resource_id=next(ids)) for e in found
+    ]
 
 
-_Parsed = tuple[str | None, dict[str, Any], tuple[str, int] | None]
-
-
-def _entry(where: str, entry: object) -> tuple[_Parsed | None, list[ResourceIssue]]:
-    """One entry's fullUrl, resource and (for an update) ``<type>/<id>`` and If-Match
-    version; or what is wrong with it."""
-    if not isinstance(entry, dict):
+def _entry(position: int, raw: object) -> tuple[_Entry | None, list[ResourceIssue]]:
+    """One entry (a create's id still to assign), or what is wrong with it."""
+    where = item("entry", position)
+    if not isinstance(raw, dict):
         return None, [ResourceIssue("structure", where, "an entry is a JSON object")]
-    request = entry.get("request")
+    request = raw.get("request")
     method = request.get("method") if isinstance(request, dict) else None
     if not isinstance(request, dict) or method not in ("POST", "PUT"):
         return None, [
@@ -163,10 +159,10 @@ def _entry(where: str, entry: object) -> tuple[_Parsed | None, list[ResourceIssu
                 "only POST (create) and PUT (update) entries are executed",
             )
         ]
-    resource = entry.get("resource")
+    resource = raw.get("resource")
     if not isinstance(resource, dict):
         return None, [ResourceIssue("required", child(where, "resource"), "a resource")]
-    full_url = entry.get("fullUrl")
+    full_url = raw.get("fullUrl")
     if full_url is not None and (
         not isinstance(full_url, str) or not _URN_UUID.fullmatch(full_url)
     ):
@@ -174,12 +170,14 @@ def _entry(where: str, entry: object) -> tuple[_Parsed | None, list[ResourceIssu
             ResourceIssue("invalid", child(where, "fullUrl"), "a urn:uuid: with a lower-case UUID")
         ]
     if method == "PUT":
-        update, problems = _update(where, request, resource)
+        version, problems = _update(where, request, resource)
+        resource_id = str(resource.get("id"))  # the url's, once _update found no problem
     else:
-        update, problems = None, _create_problems(where, request, resource)
+        version, problems = 0, _create_problems(where, request, resource)
+        resource_id = ""
     if problems:
         return None, problems
-    return (full_url, resource, update), []
+    return _Entry(position, full_url, resource, resource_id, version), []
 
 
 def _create_problems(
@@ -199,18 +197,18 @@ def _create_problems(
 
 def _update(
     where: str, request: dict[str, Any], resource: dict[str, Any]
-) -> tuple[tuple[str, int] | None, list[ResourceIssue]]:
-    """A PUT entry's ``<type>/<id>`` and If-Match version, or what is wrong with it."""
+) -> tuple[int, list[ResourceIssue]]:
+    """A PUT entry's If-Match version, or what is wrong with it."""
     url, tag = request.get("url"), request.get("ifMatch")
     own = f"{resource.get('resourceType')}/{resource.get('id')}"
     if not isinstance(url, str) or not _UPDATE_URL.fullmatch(url):
-        return None, [
+        return 0, [
             ResourceIssue(
                 "invalid", child(child(where, "request"), "url"), "an update's url is <type>/<id>"
             )
         ]
     if url != own:
-        return None, [
+        return 0, [
             ResourceIssue(
                 "invalid",
                 child(child(where, "resource"), "id"),
@@ -219,14 +217,14 @@ def _update(
         ]
     matched = _IF_MATCH.fullmatch(tag) if isinstance(tag, str) else None
     if matched is None:
-        return None, [
+        return 0, [
             ResourceIssue(
                 "required",
                 child(child(where, "request"), "ifMatch"),
                 'the version the update replaces, W/"<version>"',
             )
         ]
-    return (url, int(matched[1])), []
+    return int(matched[1]), []
 
 
 def _rewrite(value: Any, names: dict[str, str], path: str, unknown: list[str]) -> Any:
@@ -250,18 +248,17 @@ def _rewrite(value: Any, names: dict[str, str], path: str, unknown: list[str]) -
     return value
 
 
-def _versioned_targets(
-    resource: dict[str, Any], names: dict[str, str], versions: dict[str, int]
-) -> dict[str, Any]:
+def _versioned_targets(resource: dict[str, Any], entries: dict[str, _Entry]) -> dict[str, Any]:
     """A Provenance's targets that name entries, rewritten to the versions written here."""
     targets = resource.get("target")
     if resource.get("resourceType") != "Provenance" or not isinstance(targets, list):
         return resource
     rewritten = []
     for target in targets:
-        named = target.get("reference") if isinstance(target, dict) else None
-        if isinstance(named, str) and named in names:
-            versioned = f"{names[named]}/_history/{versions[named]}"
+        reference = target.get("reference") if isinstance(target, dict) else None
+        named = entries.get(reference) if isinstance(reference, str) else None
+        if named is not None:
+            versioned = f"{named.reference}/_history/{named.expected_version + 1}"
             rewritten.append({**target, "reference": versioned})
         else:
             rewritten.append(target)
@@ -271,13 +268,13 @@ def _versioned_targets(
 def _validated(entries: Sequence[_Entry]) -> list[ValidResource]:
     """Each entry's resource, its references to other entries rewritten, validated as
     CreateResource validates it; every problem located under its entry. CPU-bound."""
-    names = {e.full_url: e.reference for e in entries if e.full_url is not None}
-    versions = {e.full_url: e.expected_version + 1 for e in entries if e.full_url is not None}
+    by_url = {e.full_url: e for e in entries if e.full_url is not None}
+    names = {url: e.reference for url, e in by_url.items()}
     issues: list[ResourceIssue] = []
     valid: list[ValidResource] = []
     for entry in entries:
         unknown: list[str] = []
-        resource = _rewrite(_versioned_targets(entry.resource, names, versions), names, "", unknown)
+        resource = _rewrite(_versioned_targets(entry.resource, by_url), names, "", unknown)
         issues.extend(
             ResourceIssue("not-found", _at(entry.position, path), "names no entry of this bundle")
             for path in unknown
@@ -290,9 +287,7 @@ def _validated(entries: Sequence[_Entry]) -> list[ValidResource]:
             issues.extend(
                 ResourceIssue(
                     i.code,
-                    _at(entry.position)
-                    if i.location == DOCUMENT
-                    else _at(entry.position, i.location),
+                    _at(entry.position, "" if i.location == DOCUMENT else i.location),
                     i.diagnostics,
                 )
                 for i in invalid.issues
@@ -318,7 +313,7 @@ class TransactionBundles:
             raise ResourceInvalid(
                 [ResourceIssue(i.code, BUNDLE_FIELD, i.diagnostics) for i in invalid.issues]
             ) from None
-        entries = _entries(document, self._writes.new_ids(MAX_ENTRIES))
+        entries = _entries(document, self._writes.new_ids)
         valid = await asyncio.to_thread(_validated, entries)
         await self._check_patients(entries, valid)
         writes: list[BulkWrite] = [
