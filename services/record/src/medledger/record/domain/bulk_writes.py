@@ -134,9 +134,29 @@ class BulkWrites:
         digest of the request as the client sent it) returns the first attempt's versions.
         Writes with compartment members (a Provenance's other targets) only when the caller
         checked them (``members_checked``): they may lie in this very request."""
-        key, fingerprint = _request_key(requester, idempotency_key, request_digest)
-        if (first := await self._replay(requester, key, fingerprint)) is not None:
+        if (first := await self.replay(requester, idempotency_key, request_digest)) is not None:
             return first
+        return await self.write_unreplayed(
+            requester,
+            writes,
+            idempotency_key=idempotency_key,
+            request_digest=request_digest,
+            members_checked=members_checked,
+        )
+
+    async def write_unreplayed(
+        self,
+        requester: Requester,
+        writes: Sequence[BulkWrite],
+        *,
+        idempotency_key: str = "",
+        request_digest: bytes = b"",
+        members_checked: bool = False,
+    ) -> list[StoredVersion]:
+        """:meth:`write_all` for a caller that asked :meth:`replay` already (and got None):
+        the first attempt is not looked up again. A concurrent attempt with the same key is
+        still found (its versions are returned, as they are recorded first)."""
+        key, fingerprint = _request_key(requester, idempotency_key, request_digest)
         if not 1 <= len(writes) <= MAX_BULK_WRITES:
             raise ValueError(f"a bulk write holds 1 to {MAX_BULK_WRITES} resources")
         planned = await self._plan(requester, writes, members_checked=members_checked)
@@ -175,7 +195,8 @@ class BulkWrites:
     ) -> list[StoredVersion] | None:
         """The first attempt's versions when a request with this key was written (or all
         its versions prepared) before; None otherwise. Callers that plan from what is
-        stored ask this first: a retry must not be planned again."""
+        stored ask this first (a retry must not be planned again), then write with
+        :meth:`write_unreplayed`."""
         key, fingerprint = _request_key(requester, idempotency_key, request_digest)
         return await self._replay(requester, key, fingerprint)
 

@@ -124,7 +124,7 @@ class Hl7Ingestion:
                 ]
         if problems:
             return _refused(message, *problems)
-        written = await self._writes.write_all(
+        written = await self._writes.write_unreplayed(
             requester, writes, idempotency_key=key, request_digest=digest
         )
         return Hl7Outcome(message.message_type, message.issues, written)

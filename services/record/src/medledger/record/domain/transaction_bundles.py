@@ -322,7 +322,7 @@ class TransactionBundles:
             else NewResource(v, e.resource_id)
             for e, v in zip(entries, valid, strict=True)
         ]
-        return await self._writes.write_all(
+        return await self._writes.write_unreplayed(
             requester,
             writes,
             idempotency_key=idempotency_key,
