@@ -5,8 +5,9 @@ each write alone (one erased patient fails only its own write); an outage is eve
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -52,23 +53,29 @@ async def _watched(records: Any, **options: Any) -> tuple[_WatchedStore, Encrypt
     return store, EncryptedRecords(store, records.keys, cache=DataKeyCache())
 
 
-async def _behind_one(
-    records: Any, store: _WatchedStore, writer: EncryptedRecords, pending: list[PendingWrite]
+async def _behind_the_first(
+    store: _WatchedStore, commits: Sequence[Callable[[], Awaitable[Any]]]
 ) -> list[Any]:
-    """The first write's commit held in flight, the others' submitted meanwhile; then all
-    released. Each write's outcome, in order."""
+    """The first commit held in flight, the others submitted meanwhile; then all released.
+    Each one's outcome, in order."""
     store.release.clear()
     store.held.clear()
-    first = asyncio.create_task(
-        writer.commit_write(pending[0], records.receipt_for(pending[0].ref))
-    )
+    first = asyncio.create_task(commits[0]())
     await asyncio.wait_for(store.held.wait(), timeout=10)
-    rest = [
-        asyncio.create_task(writer.commit_write(p, records.receipt_for(p.ref))) for p in pending[1:]
-    ]
+    rest = [asyncio.create_task(commit()) for commit in commits[1:]]
     await asyncio.sleep(0.05)
     store.release.set()
     return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+async def _behind_one(
+    records: Any, store: _WatchedStore, writer: EncryptedRecords, pending: list[PendingWrite]
+) -> list[Any]:
+    """Single writes' commits, the first held in flight."""
+    return await _behind_the_first(
+        store,
+        [functools.partial(writer.commit_write, p, records.receipt_for(p.ref)) for p in pending],
+    )
 
 
 async def test_concurrent_single_commits_go_in_one_transaction(records: Any) -> None:
@@ -143,19 +150,16 @@ def _observations(patient: str, prefix: str, count: int) -> list[ResourceWrite]:
 async def _bulk_behind_one(
     records: Any, store: _WatchedStore, writer: EncryptedRecords, requests: list[list[Any]]
 ) -> list[Any]:
-    """The first request's commit held in flight, the others' submitted meanwhile."""
-
-    async def commit(pending: list[Any]) -> Any:
-        return await writer.commit_writes(pending, [records.receipt_for(p.ref) for p in pending])
-
-    store.release.clear()
-    store.held.clear()
-    first = asyncio.create_task(commit(requests[0]))
-    await asyncio.wait_for(store.held.wait(), timeout=10)
-    rest = [asyncio.create_task(commit(r)) for r in requests[1:]]
-    await asyncio.sleep(0.05)
-    store.release.set()
-    return await asyncio.gather(first, *rest, return_exceptions=True)
+    """Bulk writes' commits, the first request's held in flight."""
+    return await _behind_the_first(
+        store,
+        [
+            functools.partial(
+                writer.commit_writes, pending, [records.receipt_for(p.ref) for p in pending]
+            )
+            for pending in requests
+        ],
+    )
 
 
 async def test_concurrent_bulk_writes_commit_together_each_whole(records: Any) -> None:
