@@ -78,6 +78,10 @@ ORGANIZATION: Final = "bench-hospital"
 DATABASE: Final = "bench_record"
 SCOPE: Final = "system/*.cruds"
 TREAT: Final = purpose_pb2.PURPOSE_OF_USE_TREAT
+# Oplog room per stored resource: the load writes a few entries for each (its version,
+# pointer, index and log documents), the measurements more.
+OPLOG_ENTRIES_PER_RESOURCE: Final = 20
+CACHE_SIZE: Final = "6G"
 CLIENTS: Final = (1, 8, 32)
 BREAKDOWN_CLIENTS: Final = 8
 WARM_UP: Final = 8  # calls at once after the first, before each measured section
@@ -489,6 +493,14 @@ async def main(resources: int, seconds: float) -> None:
         storage_path=workdir / "mongo",
         log_file=workdir / "mongo.log",
         die_with_parent=True,
+        # Past its entry cap (100,000 by default), the server prunes its oplog every 1,000
+        # writes, and each prune walks the rows the earlier ones deleted: a
+        # 100,000-resource load stalled there. mongod sizes its oplog by disk (5% of it);
+        # this gives the run room for everything it writes.
+        oplog_max_entries=max(OPLOG_ENTRIES_PER_RESOURCE * resources, 100_000),
+        # Its default cache (1 GiB) holds about 60,000 loaded resources; past that, every
+        # call evicts pages and the load crawled. mongod's default is half the memory.
+        cache_size=CACHE_SIZE,
     )
     vault = DevVault(
         port=free_port(with_next=True), log_file=workdir / "vault.log", die_with_parent=True

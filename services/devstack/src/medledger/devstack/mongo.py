@@ -11,6 +11,7 @@ kept in files readable by their owner only (0600).
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,9 +56,18 @@ class MongoServer(Server):
         start_timeout: float = 60.0,
         users: Mapping[str, str] | None = None,
         credentials_dir: Path | None = None,
+        oplog_max_entries: int | None = None,
+        cache_size: str | None = None,
     ) -> None:
         """sync_on_commit: fsync the log on each commit, so an acknowledged write survives a
-        crash (the local stack); tests may turn it off for speed since they stop cleanly."""
+        crash (the local stack); tests may turn it off for speed since they stop cleanly.
+        oplog_max_entries: the oplog's entry cap (the server's default, 100,000, when None),
+        as one sizes mongod's oplog; entries past an hour are pruned whatever the cap. A
+        benchmark that loads more than the cap raises it: past the cap, the server prunes
+        every thousand writes, and each prune walks the rows the previous ones deleted.
+        cache_size: the storage engine's cache (``"4G"``; the server's default, 1 GiB, when
+        None), as mongod sizes it (half the memory less 1 GiB by default). Once the data
+        outgrows the cache, every call also evicts pages, and a large load crawls."""
         super().__init__(
             log_file=log_file,
             pid_file=pid_file,
@@ -71,6 +81,12 @@ class MongoServer(Server):
         self.port = port
         self.storage_path = storage_path
         self.sync_on_commit = sync_on_commit
+        if oplog_max_entries is not None and oplog_max_entries < 1:
+            raise ValueError("oplog_max_entries is at least 1")
+        self.oplog_max_entries = oplog_max_entries
+        if cache_size is not None and not re.fullmatch(r"[1-9][0-9]*[MG]", cache_size):
+            raise ValueError("cache_size is a size such as 512M or 4G")
+        self.cache_size = cache_size
         self.users: Mapping[str, str] = MappingProxyType(dict(users or {}))
         self.credentials_dir = credentials_dir
         self._without_auth = False
@@ -136,6 +152,10 @@ class MongoServer(Server):
         ]
         if self.sync_on_commit:
             argv.append("--sync-on-commit")
+        if self.oplog_max_entries is not None:
+            argv += ["--oplog-max-entries", str(self.oplog_max_entries)]
+        if self.cache_size is not None:
+            argv += ["--cache-size", self.cache_size]
         if self.auth and not self._without_auth:
             argv.append("--auth")
         return argv

@@ -1,0 +1,59 @@
+"""MongoServer's options reach the real server: it starts with them and answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from medledger.devstack.mongo import MongoServer
+from medledger.devstack.process import free_port
+
+
+def _server(
+    tmp_path: Path, oplog_max_entries: int | None = None, cache_size: str | None = None
+) -> MongoServer:
+    return MongoServer(
+        port=free_port(),
+        storage_path=tmp_path / "mongo",
+        log_file=tmp_path / "mongo.log",
+        sync_on_commit=False,
+        die_with_parent=True,
+        oplog_max_entries=oplog_max_entries,
+        cache_size=cache_size,
+    )
+
+
+def test_a_raised_oplog_cap_and_cache_reach_the_server_which_takes_them(tmp_path: Path) -> None:
+    server = _server(tmp_path, oplog_max_entries=2_000_000, cache_size="1536M")
+    argv = server.argv()
+    assert argv[argv.index("--oplog-max-entries") + 1] == "2000000"
+    assert argv[argv.index("--cache-size") + 1] == "1536M"
+    server.start()
+    try:
+        client: MongoClient[dict[str, object]] = MongoClient(server.uri)
+        try:
+            client.bench.t.insert_many([{"n": n} for n in range(1500)])
+            assert client.bench.t.count_documents({}) == 1500
+        finally:
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_without_options_the_server_keeps_its_defaults(tmp_path: Path) -> None:
+    argv = _server(tmp_path).argv()
+    assert "--oplog-max-entries" not in argv
+    assert "--cache-size" not in argv
+
+
+def test_a_cap_below_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="oplog_max_entries"):
+        _server(tmp_path, oplog_max_entries=0)
+
+
+@pytest.mark.parametrize("size", ["", "4", "0G", "4GB", "-1G", "1.5G"])
+def test_a_cache_size_the_server_would_not_read_is_refused(tmp_path: Path, size: str) -> None:
+    with pytest.raises(ValueError, match="cache_size"):
+        _server(tmp_path, cache_size=size)
