@@ -62,7 +62,7 @@ from medledger.common.interceptors import Principal
 from medledger.common.scopes import service_client_id
 from medledger.common.service_tokens import ServiceTokenSource
 from medledger.common.vault import VaultTransit
-from medledger.devstack.mongo import MongoServer
+from medledger.devstack.mongo import MongoServer, mongod_cache_size
 from medledger.devstack.process import free_port, free_ports
 from medledger.devstack.services import SERVICE_PORTS, ServiceServer, StackEndpoints, service_env
 from medledger.devstack.vault import DevVault
@@ -81,7 +81,6 @@ TREAT: Final = purpose_pb2.PURPOSE_OF_USE_TREAT
 # Oplog room per stored resource: the load writes a few entries for each (its version,
 # pointer, index and log documents), the measurements more.
 OPLOG_ENTRIES_PER_RESOURCE: Final = 20
-CACHE_SIZE: Final = "6G"
 CLIENTS: Final = (1, 8, 32)
 BREAKDOWN_CLIENTS: Final = 8
 WARM_UP: Final = 8  # calls at once after the first, before each measured section
@@ -500,7 +499,7 @@ async def main(resources: int, seconds: float) -> None:
         oplog_max_entries=max(OPLOG_ENTRIES_PER_RESOURCE * resources, 100_000),
         # Its default cache (1 GiB) holds about 60,000 loaded resources; past that, every
         # call evicts pages and the load crawled. mongod's default is half the memory.
-        cache_size=CACHE_SIZE,
+        cache_size=mongod_cache_size(),
     )
     vault = DevVault(
         port=free_port(with_next=True), log_file=workdir / "vault.log", die_with_parent=True

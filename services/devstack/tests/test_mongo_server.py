@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from medledger.devstack.mongo import MongoServer
+from medledger.devstack.devstack import DevStack
+from medledger.devstack.mongo import MongoServer, mongod_cache_size
+from medledger.devstack.paths import StackPaths
 from medledger.devstack.process import free_port
 
 
@@ -57,3 +59,21 @@ def test_a_cap_below_one_is_refused(tmp_path: Path) -> None:
 def test_a_cache_size_the_server_would_not_read_is_refused(tmp_path: Path, size: str) -> None:
     with pytest.raises(ValueError, match="cache_size"):
         _server(tmp_path, cache_size=size)
+
+
+@pytest.mark.parametrize(
+    ("memory_gib", "expected"),
+    [(24, "11776M"), (4, "1536M"), (1, "256M"), (0.5, "256M")],
+)
+def test_the_cache_is_sized_as_mongod_sizes_it(memory_gib: float, expected: str) -> None:
+    assert mongod_cache_size(int(memory_gib * 1024**3)) == expected
+
+
+def test_this_machine_s_cache_size_is_one_the_server_reads(tmp_path: Path) -> None:
+    server = _server(tmp_path, cache_size=mongod_cache_size())
+    assert "--cache-size" in server.argv()
+
+
+def test_the_local_stack_sizes_the_cache_for_the_machine(tmp_path: Path) -> None:
+    stack = DevStack(StackPaths(tmp_path))
+    assert stack.mongo.cache_size == mongod_cache_size()

@@ -13,7 +13,7 @@ from typing import Final
 
 from medledger.common.keyfiles import KeyPair, ensure_key_pair
 from medledger.devstack.mllp import MLLP_PORT, MllpServer
-from medledger.devstack.mongo import MongoServer
+from medledger.devstack.mongo import MongoServer, mongod_cache_size
 from medledger.devstack.paths import StackPaths, local_model_repository, private_files
 from medledger.devstack.probes import Health
 from medledger.devstack.process import (
@@ -86,6 +86,7 @@ class DevStack:
             # A user per service, allowed its own database only.
             users=SERVICE_DATABASES,
             credentials_dir=paths.keys,
+            cache_size=mongod_cache_size(),
         )
         self.vault = PersistentVault(
             port=VAULT_PORT,

@@ -11,6 +11,7 @@ kept in files readable by their owner only (0600).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from collections.abc import Mapping
@@ -32,6 +33,16 @@ ADMIN_USER: Final = "medledger-admin"
 ADMIN_DATABASE: Final = "admin"
 _TIMEOUT_MS: Final = 5000
 _USER_NOT_FOUND: Final = 11
+
+
+def mongod_cache_size(memory_bytes: int | None = None) -> str:
+    """The cache mongod would give its storage engine on this machine (half of the memory
+    less 1 GiB, at least 256 MiB), as a ``cache_size``. secantusdb's own default is 1 GiB
+    whatever the machine, and a store that outgrows its cache crawls."""
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mib = max(256, (memory_bytes // (1024 * 1024) - 1024) // 2)
+    return f"{mib}M"
 
 
 class MongoServer(Server):
