@@ -84,7 +84,8 @@ MAX_BULK_TRANSACTION_SECONDS: Final = 120.0
 # A search walks its rarest token's index entries this many at a time.
 CANDIDATE_CHUNK: Final = 256
 # Counting a token's entries stops here (the count is only to rank tokens: past it, a
-# token is "common", and counting further would cost what the search avoids).
+# token is "common", and counting further would cost what the search avoids). A search's
+# first group drives without counting the others when it matches fewer.
 TOKEN_COUNT_CAP: Final = 512
 CONVERT_CHUNK: Final = 5000  # rows of the earlier index layout converted at a time
 DUPLICATE_KEY: Final = 11000
@@ -622,21 +623,32 @@ class RecordStore:
     async def matching(
         self, groups: Sequence[Sequence[bytes]], after: bytes | None, limit: int
     ) -> list[bytes]:
-        """Resources holding a token of every group, in resource order. The rarest group
-        drives: its resources are walked in order, a chunk at a time, and each chunk is
-        checked against the other groups, so a search costs what its most selective
-        parameter matches, not what its most common one does (a LOINC code every patient
-        has)."""
-        wanted = sorted({tuple(sorted(set(group))) for group in groups})
+        """Resources holding a token of every group, in resource order. One group drives:
+        its resources are walked in order, a chunk at a time, and each chunk is checked
+        against the other groups by fetching its index documents. The first group drives
+        when it matches fewer than :data:`TOKEN_COUNT_CAP` resources (callers put the group
+        likely to match fewest first: a patient's); only when it matches more are the others
+        counted, and the rarest drives. A search then costs what its most selective
+        parameter matches, never what a common one does (a LOINC code every patient has):
+        on secantusdb, even a capped count or a limited find of a token reads every entry
+        of it."""
+        wanted = list(dict.fromkeys(tuple(sorted(set(group))) for group in groups))
         if not wanted or not all(wanted):
             return []  # no parameter, or one nothing can match (a date range past the end)
-        counts = [
-            await self._index.count_documents(_any_token(group), limit=TOKEN_COUNT_CAP)
-            for group in wanted
-        ]
-        if min(counts) == 0:
+        first = await self._index.count_documents(_any_token(wanted[0]), limit=TOKEN_COUNT_CAP)
+        if first == 0:
             return []
-        ranked = [group for _, group in sorted(zip(counts, wanted, strict=True))]
+        ranked = wanted
+        if first >= TOKEN_COUNT_CAP and len(wanted) > 1:
+            counts = [first] + [
+                await self._index.count_documents(_any_token(group), limit=TOKEN_COUNT_CAP)
+                for group in wanted[1:]
+            ]
+            if min(counts) == 0:
+                return []
+            # Stable: among equally common groups, the caller's order stands.
+            order = sorted(range(len(wanted)), key=counts.__getitem__)
+            ranked = [wanted[i] for i in order]
         driver, others = ranked[0], ranked[1:]
         found: list[bytes] = []
         position = after

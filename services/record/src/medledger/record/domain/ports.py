@@ -475,7 +475,9 @@ class RecordDocuments(Protocol):
         self, groups: Sequence[Sequence[bytes]], after: bytes | None, limit: int
     ) -> list[bytes]:
         """Resources (digests, ascending) indexed under a token of every group (a group
-        with no token matches nothing), after ``after``."""
+        with no token matches nothing), after ``after``. The groups come in the order of
+        how few resources they are likely to match, fewest first: a hint the store may use
+        to pick which group to walk."""
         ...
 
     async def patient_resources(

@@ -94,7 +94,7 @@ from medledger.record.domain.ports import (
     VersionSlot,
     VersionTaken,
 )
-from medledger.record.domain.search_params import alternatives
+from medledger.record.domain.search_params import alternatives, selectivity_rank
 from medledger.record.domain.versions import (
     concurrent_write,
     erased,
@@ -641,13 +641,18 @@ class EncryptedRecords:
         listing = Listing(SEARCH_LISTING, (resource_type, *(part for p in pairs for part in p)))
         after = _digest_cursor(listing, page_token)
         index = await self._blind_index()
-        # Each parameter a group of tokens (a date range: several), any one of which matches.
-        groups = sorted(
-            {
-                tuple(sorted({index.search_token(resource_type, n, t) for t in alternatives(n, v)}))
-                for n, v in pairs
-            }
-        )
+
+        # Each parameter a group of tokens (a date range: several), any one of which matches;
+        # the groups of the parameters that usually match fewest resources first.
+        def tokens(name: str, value: str) -> tuple[bytes, ...]:
+            return tuple(
+                sorted(
+                    {index.search_token(resource_type, name, t) for t in alternatives(name, value)}
+                )
+            )
+
+        ranked = sorted({(selectivity_rank(n), tokens(n, v)) for n, v in pairs})
+        groups = [group for _, group in ranked]
         found = await self._documents.matching(groups, after, size + 1)
         currents = await self._documents.currents(found[:size])
         wanted = []

@@ -137,6 +137,29 @@ SEARCH_PARAMETERS: Final[Mapping[str, frozenset[str]]] = {
 }
 """The parameters each stored type can be searched by."""
 
+# How few resources a parameter's value usually matches, fewest first: one patient's
+# identifier or compartment, then names and birth dates, then a code, a date, and last the
+# values every other resource shares (a category, a status, a gender).
+_SELECTIVITY: Final[tuple[frozenset[str], ...]] = (
+    frozenset({"identifier"}),
+    frozenset({"patient"}),
+    frozenset({"family", "birthdate"}),
+    frozenset({"given"}),
+    frozenset({"code"}),
+    frozenset({"date"}),
+    frozenset({"category", "status", "gender"}),
+)
+
+
+def selectivity_rank(name: str) -> int:
+    """Where parameter ``name`` stands in :data:`_SELECTIVITY` (0: it usually matches the
+    fewest resources). A search lets its best-ranked parameter drive when it matches few, so
+    that a parameter most resources share (a LOINC code) is never looked up whole."""
+    for rank, names in enumerate(_SELECTIVITY):
+        if name in names:
+            return rank
+    return len(_SELECTIVITY)
+
 
 # -- tokens of a resource -----------------------------------------------------------------------
 
