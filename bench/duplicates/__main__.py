@@ -35,7 +35,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from bench import add_keep_state, bench_state
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.common.config import VaultSettings
@@ -335,8 +335,7 @@ def report(
     )
 
 
-async def main(count: int, calls: int, seed: int, one_count: int) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-duplicates-"))
+async def main(workdir: Path, count: int, calls: int, seed: int, one_count: int) -> None:
     console.print(
         f"# duplicates benchmark — cores: {os.cpu_count()}, patients: {count:,}, seed {seed}, "
         f"state: {workdir}"
@@ -400,8 +399,10 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=5, help="listings timed")
     parser.add_argument("--seed", type=int, default=14, help="the population's seed")
     parser.add_argument("--one", type=int, default=50, help="patients asked about one by one")
+    add_keep_state(parser)
     args = parser.parse_args(argv)
-    asyncio.run(main(args.patients, max(1, args.calls), args.seed, max(1, args.one)))
+    with bench_state("bench-duplicates-", keep=args.keep_state) as workdir:
+        asyncio.run(main(workdir, args.patients, max(1, args.calls), args.seed, max(1, args.one)))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 from joserfc.jwt import JWTClaimsRegistry
 
+from bench import bench_state
 from bench.identity import checkaccess
 from medledger.common.auth import JwksTokenVerifier
 from medledger.common.interceptors import AuthInterceptor, current_principal
@@ -177,7 +178,8 @@ async def bench_verify(calls: int) -> None:
 
 
 async def bench_check_access(_calls: int) -> None:
-    await checkaccess.main(consents=10_000, patients=1_000, decisions=2_000)
+    with bench_state("bench-identity-", keep=False) as workdir:
+        await checkaccess.main(workdir, consents=10_000, patients=1_000, decisions=2_000)
 
 
 SECTIONS: dict[str, Callable[[int], Awaitable[None]]] = {

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import random
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from bench import add_keep_state, bench_state
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.identity.v1 import identity_pb2
 from medledger.common.config import ServiceSettings, VaultSettings
@@ -191,8 +191,7 @@ async def bench_checkaccess(
     return figures
 
 
-async def main(consents: int, patients: int, decisions: int) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-identity-"))
+async def main(workdir: Path, consents: int, patients: int, decisions: int) -> None:
     mongo = MongoServer(
         port=free_port(),
         storage_path=workdir / "mongo",
@@ -227,5 +226,7 @@ if __name__ == "__main__":
     parser.add_argument("--consents", type=int, default=10_000)
     parser.add_argument("--patients", type=int, default=1_000)
     parser.add_argument("--decisions", type=int, default=2_000)
+    add_keep_state(parser)
     args = parser.parse_args()
-    asyncio.run(main(args.consents, args.patients, args.decisions))
+    with bench_state("bench-identity-", keep=args.keep_state) as workdir:
+        asyncio.run(main(workdir, args.consents, args.patients, args.decisions))

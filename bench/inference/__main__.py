@@ -39,7 +39,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -54,6 +53,7 @@ from rich.console import Console
 from rich.table import Table
 from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput
 
+from bench import add_keep_state, bench_state
 from bench.inference.patients import Stub, create_patients
 from bench.inference.timing import PARTS, InstrumentedPredictor, instrumented_predictor
 from medledger.api.common.v1 import purpose_pb2
@@ -419,8 +419,7 @@ def report_breakdown(results: dict[int, Breakdown]) -> None:
 # -- the run ----------------------------------------------------------------------------------
 
 
-async def main(count: int, seconds: float) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+async def main(workdir: Path, count: int, seconds: float) -> None:
     console.print(
         f"# inference benchmark — cores: {os.cpu_count()}, patients: {count:,}, "
         f"{seconds:g} s per measurement, state: {workdir}"
@@ -657,7 +656,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__)
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    add_keep_state(parser)
     args = parser.parse_args()
     if args.patients < 1:
         parser.error("--patients must be at least 1")
-    asyncio.run(main(args.patients, args.seconds))
+    with bench_state("bench-inference-", keep=args.keep_state) as workdir:
+        asyncio.run(main(workdir, args.patients, args.seconds))

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +43,7 @@ from pymongo import AsyncMongoClient
 from rich.console import Console
 from rich.table import Table
 
+from bench import add_keep_state, bench_state
 from bench.record.__main__ import WARM_UP, BenchRecord, Run, closed_loop, verdict, warm_up
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
@@ -343,8 +343,9 @@ def report(singles: dict[int, Run], single_ops: float | None, bulks: list[Bulk])
 # -- the run ----------------------------------------------------------------------------------
 
 
-async def main(rows: int, messages: int, patients_count: int, seconds: float) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+async def main(
+    workdir: Path, rows: int, messages: int, patients_count: int, seconds: float
+) -> None:
     mongo = MongoServer(
         port=free_port(),
         storage_path=workdir / "mongo",
@@ -410,7 +411,9 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--patients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
+    add_keep_state(parser)
     args = parser.parse_args()
     if min(args.rows, args.messages, args.patients) < 1:
         parser.error("--rows, --messages and --patients must be at least 1")
-    asyncio.run(main(args.rows, args.messages, args.patients, args.seconds))
+    with bench_state("bench-ingest-", keep=args.keep_state) as workdir:
+        asyncio.run(main(workdir, args.rows, args.messages, args.patients, args.seconds))

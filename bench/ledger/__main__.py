@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import random
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from bson.binary import Binary
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient, MongoClient, monitoring
 
+from bench import add_keep_state, bench_state
 from medledger.api.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.common.config import VaultSettings
 from medledger.common.vault import VaultTransit
@@ -261,8 +261,7 @@ async def proofs(
     }
 
 
-async def main(leaves: int, seconds: float, sections: str) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
+async def main(workdir: Path, leaves: int, seconds: float, sections: str) -> None:
     mongo = MongoServer(
         port=free_port(),
         storage_path=workdir / "mongo",
@@ -337,5 +336,7 @@ if __name__ == "__main__":
     parser.add_argument("--leaves", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--sections", default="appends,proofs", help="appends, proofs or both")
+    add_keep_state(parser)
     args = parser.parse_args()
-    asyncio.run(main(args.leaves, args.seconds, args.sections))
+    with bench_state("bench-ledger-", keep=args.keep_state) as workdir:
+        asyncio.run(main(workdir, args.leaves, args.seconds, args.sections))

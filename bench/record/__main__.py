@@ -36,7 +36,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -52,6 +51,7 @@ from pymongo import AsyncMongoClient
 from rich.console import Console
 from rich.table import Table
 
+from bench import add_keep_state, bench_state
 from bench.record import corpus, loader
 from bench.record.timing import LEDGER_PARTS, PORTS, InstrumentedRecord, instrumented_record
 from medledger.api.common.v1 import purpose_pb2
@@ -485,8 +485,7 @@ def report_breakdown(results: dict[str, Breakdown]) -> None:
 # -- the run ---------------------------------------------------------------------------------
 
 
-async def main(resources: int, seconds: float) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-record-"))
+async def main(workdir: Path, resources: int, seconds: float) -> None:
     mongo = MongoServer(
         port=free_port(),
         storage_path=workdir / "mongo",
@@ -635,7 +634,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.record", description=__doc__)
     parser.add_argument("--resources", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    add_keep_state(parser)
     args = parser.parse_args()
     if args.resources < 2 * corpus.PER_PATIENT:
         parser.error(f"--resources must be at least {2 * corpus.PER_PATIENT}")
-    asyncio.run(main(args.resources, args.seconds))
+    with bench_state("bench-record-", keep=args.keep_state) as workdir:
+        asyncio.run(main(workdir, args.resources, args.seconds))
