@@ -59,9 +59,14 @@ from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.common.config import VaultSettings
 from medledger.common.errors import MedledgerError
 from medledger.common.interceptors import Principal
+from medledger.common.ledger_client import LedgerClient
+from medledger.common.patient_log import PatientLog
+from medledger.common.patient_log_mongo import MongoPatientLeafStore
 from medledger.common.scopes import service_client_id
 from medledger.common.service_tokens import ServiceTokenSource
+from medledger.common.subject import SubjectHasher
 from medledger.common.vault import VaultTransit
+from medledger.common.vault_layout import RECORD_PATIENT_KEK
 from medledger.devstack.mongo import MongoServer, mongod_cache_size
 from medledger.devstack.process import free_port, free_ports
 from medledger.devstack.services import SERVICE_PORTS, ServiceServer, StackEndpoints, service_env
@@ -552,18 +557,30 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
             scope=SERVICE_SCOPES,
         )
         directory = IdentityPatientDirectory(platform.identity_address, RecordSettings(), tokens)
+        # The record's patient log, for the patients' key rows and scan secrets (the loader
+        # appends nothing to the ledger).
+        ledger = LedgerClient(platform.ledger_address, RecordSettings(), token=tokens)
+        patient_log = PatientLog(
+            ledger,
+            SubjectHasher(transit),
+            MongoPatientLeafStore(client, DATABASE, "record"),
+            transit,
+            RECORD_PATIENT_KEK,
+        )
         try:
             loaded = await loader.load(
                 client,
                 DATABASE,
                 VaultPatientKeys(transit),
                 directory,
+                patient_log,
                 count=resources,
                 holder=ORGANIZATION,
                 receipt=receipt,
             )
         finally:
             await directory.aclose()
+            await ledger.aclose()
             await tokens.aclose()
             await client.close()
         console.print(

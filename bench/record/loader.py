@@ -5,7 +5,10 @@ Each resource goes the way a create's does below the RPC layer: validated
 values computed, then ``EncryptedRecords.prepare_write`` and ``commit_write`` with the real
 Vault (one data key per patient, made by transit and stored wrapped; the record's digest
 key) and the record's Mongo layout (``RecordStore``: patient rows written by it). Each
-patient's holder is registered with identity first, as a Patient's create does.
+patient first gets their scan secret in the record's patient log (their key row, as a
+Patient's create makes it) and is registered with identity with it, as a Patient's create
+does: the benchmark's reads then find each patient as a real store has them, instead of
+making their key row on the first read.
 
 What the loader skips, so that 100,000 resources load in minutes on two cores:
 
@@ -39,6 +42,7 @@ from pymongo import AsyncMongoClient, UpdateOne
 from bench.record import corpus
 from medledger.common.errors import MedledgerError
 from medledger.common.key_cache import DataKeyCache
+from medledger.common.patient_log import PatientLog
 from medledger.record.adapters.mongo_store import COMMITTED, RecordStore, _slot_id, index_document
 from medledger.record.adapters.vault_keys import VaultPatientKeys
 from medledger.record.domain.fhir_validation import validate_resource
@@ -217,6 +221,7 @@ async def load(
     database: str,
     keys: VaultPatientKeys,
     directory: PatientDirectory,
+    patient_log: PatientLog,
     *,
     count: int,
     holder: str,
@@ -235,7 +240,8 @@ async def load(
 
     async def register(patient_id: str) -> None:
         async with limit:
-            await directory.register_holder(patient_id, holder)
+            secret = await patient_log.new_scan_secret(patient_id)
+            await directory.register_holder(patient_id, holder, secret)
 
     await asyncio.gather(*(register(p) for p in patients))
     patient_items = (
