@@ -628,10 +628,10 @@ class RecordStore:
         against the other groups by fetching its index documents. The first group drives
         when it matches fewer than :data:`TOKEN_COUNT_CAP` resources (callers put the group
         likely to match fewest first: a patient's); only when it matches more are the others
-        counted, and the rarest drives. A search then costs what its most selective
-        parameter matches, never what a common one does (a LOINC code every patient has):
-        on secantusdb, even a capped count or a limited find of a token reads every entry
-        of it."""
+        counted, and the rarest drives. A search with a selective parameter then costs what
+        that parameter matches, not what a common one does (a LOINC code every patient
+        has), whose entries are never read: on secantusdb, even a capped count or a limited
+        find of a token reads every entry of it."""
         wanted = list(dict.fromkeys(tuple(sorted(set(group))) for group in groups))
         if not wanted or not all(wanted):
             return []  # no parameter, or one nothing can match (a date range past the end)
