@@ -578,9 +578,11 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
                 holder=ORGANIZATION,
                 receipt=receipt,
             )
-            # The load leaves gigabytes of the server's cache dirty; measured before it is
-            # written out, the baseline's inserts wait behind that (39 raw inserts/s in
-            # one run, 305/s in another). fsync writes a checkpoint first, as mongod's does.
+            # The load leaves gigabytes of the server's cache dirty: fsync writes a
+            # checkpoint before anything is measured, as one settles mongod. (It did not
+            # explain why the raw-insert baseline at 100,000 resources ran at 305/s in one
+            # run and 48-61/s in three later ones; compare each run's raw column with the
+            # 20,000-resource run's before reading a ratio.)
             settle = time.perf_counter()
             await client.admin.command("fsync")
             console.print(
