@@ -581,7 +581,7 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
             # The load leaves gigabytes of the server's cache dirty: fsync writes a
             # checkpoint before anything is measured, as one settles mongod. (It did not
             # explain why the raw-insert baseline at 100,000 resources ran at 305/s in one
-            # run and 48-61/s in three later ones; compare each run's raw column with the
+            # run and 39-61/s in three later ones; compare each run's raw column with the
             # 20,000-resource run's before reading a ratio.)
             settle = time.perf_counter()
             await client.admin.command("fsync")
