@@ -101,3 +101,32 @@ async def test_plaintext_health_port_serves_health_only() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=2)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+class CancelsItself:
+    """A dependency whose driver cancels its own pending work once (as a client may when
+    its server goes away) and lets that CancelledError out, then answers."""
+
+    name = "cancels-itself"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def check(self) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise asyncio.CancelledError
+
+
+async def test_a_probe_s_own_cancellation_does_not_stop_the_monitor() -> None:
+    probe = CancelsItself()
+    async with (
+        running(ledger_servicer(LedgerServiceServicer()), probes=[probe]) as server,
+        channel(server.port) as ch,
+    ):
+
+        async def serving() -> bool:
+            return await status(ch) == SERVING
+
+        await eventually(serving, within=5)
+        assert probe.calls >= 2

@@ -67,6 +67,16 @@ class HealthMonitor:
             await asyncio.wait_for(probe.check(), self._timeout)
         except (TimeoutError, MedledgerError, OSError, ConnectionError):
             return False
+        except asyncio.CancelledError:
+            # Only this monitor being cancelled (shutdown) ends it. A driver may cancel its
+            # own pending work (a pool cleared when its server went away) and let that
+            # CancelledError out: had it ended the monitor, health would stay NOT_SERVING
+            # for good after the dependency came back.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.debug("probe cancelled itself", extra={"dependency": probe.name})
+            return False
         except Exception:  # a driver's own error type: still "down", not a crash
             log.debug("probe raised", extra={"dependency": probe.name}, exc_info=True)
             return False
@@ -98,7 +108,10 @@ class HealthMonitor:
 
     async def run(self) -> None:
         while not self._stopping:
-            await self.evaluate()
+            try:
+                await self.evaluate()
+            except Exception:  # never end the monitor: health would freeze where it is
+                log.exception("health evaluation failed")
             await asyncio.sleep(self._interval)
 
     async def shutdown(self) -> None:
