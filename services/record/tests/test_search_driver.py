@@ -23,6 +23,7 @@ from medledger.record.domain.records import EncryptedRecords
 from medledger.record.domain.search_params import selectivity_rank
 
 from .conftest import Records
+from .test_storage_index_layout import search
 
 INDEX = "record_index"
 
@@ -130,11 +131,6 @@ async def many_with(records: Records, token: bytes, count: int) -> None:
             for _ in range(count)
         ]
     )
-
-
-async def search(records: Records, *query: tuple[str, str]) -> set[str]:
-    page = await records.records.search("Observation", list(query), page_size=50, page_token="")
-    return {v.ref.resource_id for v in page.items}
 
 
 async def test_a_patient_s_search_never_reads_a_common_code_whole(
