@@ -497,9 +497,8 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
         log_file=workdir / "mongo.log",
         die_with_parent=True,
         # Past its entry cap (100,000 by default), the server prunes its oplog every 1,000
-        # writes, and each prune walks the rows the earlier ones deleted: a
-        # 100,000-resource load stalled there. mongod sizes its oplog by disk (5% of it);
-        # this gives the run room for everything it writes.
+        # writes, inside the write (profiles of a large load showed it). mongod sizes its
+        # oplog by disk (5% of it); this gives the run room for everything it writes.
         oplog_max_entries=max(OPLOG_ENTRIES_PER_RESOURCE * resources, 100_000),
         # Its default cache (1 GiB) holds about 60,000 loaded resources; past that, every
         # call evicts pages and the load crawled. mongod's default is half the memory.

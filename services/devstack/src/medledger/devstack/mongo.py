@@ -75,7 +75,7 @@ class MongoServer(Server):
         oplog_max_entries: the oplog's entry cap (the server's default, 100,000, when None),
         as one sizes mongod's oplog; entries past an hour are pruned whatever the cap. A
         benchmark that loads more than the cap raises it: past the cap, the server prunes
-        every thousand writes, and each prune walks the rows the previous ones deleted.
+        the oldest entries every thousand writes, inside the write that triggers it.
         cache_size: the storage engine's cache (``"4G"``; the server's default, 1 GiB, when
         None), as mongod sizes it (half the memory less 1 GiB by default). Once the data
         outgrows the cache, every call also evicts pages, and a large load crawls."""
