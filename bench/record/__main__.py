@@ -52,6 +52,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import add_keep_state, bench_state
+from bench.cpu import CpuMeter, ceiling
 from bench.record import corpus, loader
 from bench.record.timing import LEDGER_PARTS, PORTS, InstrumentedRecord, instrumented_record
 from medledger.api.common.v1 import purpose_pb2
@@ -91,6 +92,7 @@ BREAKDOWN_CLIENTS: Final = 8
 WARM_UP: Final = 8  # calls at once after the first, before each measured section
 RAW_TEMPLATES: Final = 1000
 MIB: Final = 1024 * 1024
+PLATFORM_PROCESS: Final = "identity+ledger+clients"
 # The issue's targets.
 CREATE_RATIO_TARGET: Final = 0.25
 GET_P99_TARGET_MS: Final = 50.0
@@ -108,6 +110,8 @@ class Run:
     seconds: float
     latencies: list[float]
     errors: Counter[str] = field(default_factory=Counter)
+    # CPU seconds each metered process spent during the run (empty when not metered).
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -126,12 +130,22 @@ class Run:
     def failures(self) -> str:
         return ", ".join(f"{code} x{n}" for code, n in sorted(self.errors.items())) or "-"
 
+    def cpu_ms(self, process: str | None = None) -> float:
+        """CPU milliseconds per completed call in ``process`` (None: all metered ones)."""
+        if not self.latencies:
+            return float("nan")
+        spent = self.cpu[process] if process is not None else sum(self.cpu.values())
+        return spent * 1000 / len(self.latencies)
+
 
 Operation = Callable[[int], Awaitable[object]]
 
 
-async def closed_loop(clients: int, seconds: float, operation: Operation) -> Run:
-    """``clients`` loops calling ``operation`` for ``seconds`` (each finishes its last call)."""
+async def closed_loop(
+    clients: int, seconds: float, operation: Operation, meter: CpuMeter | None = None
+) -> Run:
+    """``clients`` loops calling ``operation`` for ``seconds`` (each finishes its last call);
+    with a ``meter``, the CPU time its processes spent meanwhile."""
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     counter = iter(range(10**12))
@@ -149,9 +163,12 @@ async def closed_loop(clients: int, seconds: float, operation: Operation) -> Run
             else:
                 latencies.append(time.perf_counter() - started)
 
+    before = meter.read() if meter is not None else {}
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return Run(clients, time.perf_counter() - started, latencies, errors)
+    elapsed = time.perf_counter() - started
+    cpu = CpuMeter.spent(before, meter.read()) if meter is not None else {}
+    return Run(clients, elapsed, latencies, errors, cpu)
 
 
 async def warm_up(operation: Operation) -> None:
@@ -210,7 +227,7 @@ def principal(token: str) -> Principal:
 
 
 async def raw_inserts(
-    uri: str, database: str, skip: int, seconds: float
+    uri: str, database: str, skip: int, seconds: float, meter: CpuMeter
 ) -> tuple[dict[int, Run], float]:
     """Single-document inserts of copies of stored sealed versions; returns the runs and
     the copies' mean BSON size."""
@@ -229,7 +246,7 @@ async def raw_inserts(
     runs = {}
     await warm_up(insert)
     for clients in CLIENTS:
-        runs[clients] = await closed_loop(clients, seconds, insert)
+        runs[clients] = await closed_loop(clients, seconds, insert, meter)
     await client.close()
     return runs, statistics.mean(len(bson.encode(doc)) for doc in templates)
 
@@ -239,7 +256,7 @@ Stubs = Callable[[], AbstractAsyncContextManager[Stub]]
 
 
 async def measure(
-    stubs: Stubs, seconds: float, make: Callable[[Stub], Operation]
+    stubs: Stubs, seconds: float, make: Callable[[Stub], Operation], meter: CpuMeter
 ) -> dict[int, Run]:
     """A warm-up, then a run from each number of clients, each on a channel with a fresh
     token (the platform's tokens live five minutes)."""
@@ -248,11 +265,13 @@ async def measure(
     runs = {}
     for clients in CLIENTS:
         async with stubs() as stub:
-            runs[clients] = await closed_loop(clients, seconds, make(stub))
+            runs[clients] = await closed_loop(clients, seconds, make(stub), meter)
     return runs
 
 
-async def creates(stubs: Stubs, patients: list[str], seconds: float) -> dict[int, Run]:
+async def creates(
+    stubs: Stubs, patients: list[str], seconds: float, meter: CpuMeter
+) -> dict[int, Run]:
     rng = random.Random(7)
 
     def operation(stub: Stub) -> Operation:
@@ -267,7 +286,7 @@ async def creates(stubs: Stubs, patients: list[str], seconds: float) -> dict[int
 
         return create
 
-    return await measure(stubs, seconds, operation)
+    return await measure(stubs, seconds, operation, meter)
 
 
 # -- (b) reads --------------------------------------------------------------------------------
@@ -321,11 +340,11 @@ class ReadOperations:
 
 
 async def reads(
-    stubs: Stubs, operations: ReadOperations, seconds: float
+    stubs: Stubs, operations: ReadOperations, seconds: float, meter: CpuMeter
 ) -> tuple[dict[str, dict[int, Run]], float]:
     """The runs of each call, and the mean number of resources a search found."""
-    gets = await measure(stubs, seconds, operations.get)
-    searches = await measure(stubs, seconds, operations.search)
+    gets = await measure(stubs, seconds, operations.get, meter)
+    searches = await measure(stubs, seconds, operations.search, meter)
     found = operations.found / max(1, operations.searches)
     return {"GetResource": gets, "SearchResources": searches}, found
 
@@ -487,6 +506,34 @@ def report_breakdown(results: dict[str, Breakdown]) -> None:
     )
 
 
+def report_cpu(results: dict[str, dict[int, Run]]) -> None:
+    processes = next(iter(next(iter(results.values())).values())).cpu
+    table = Table(
+        title=f"(e) CPU-ms per call by process, and the most calls/s {os.cpu_count()} cores "
+        "allow at that cost"
+    )
+    for column in ("call", "clients", *processes, "total", "cores busy", "calls/s", "ceiling"):
+        table.add_column(column, justify="right", no_wrap=column == "call")
+    cores = os.cpu_count() or 1
+    for name, runs in results.items():
+        for clients, run in runs.items():
+            busy = sum(run.cpu.values()) / run.seconds / cores
+            table.add_row(
+                name,
+                str(clients),
+                *(f"{run.cpu_ms(process):.1f}" for process in processes),
+                f"{run.cpu_ms():.1f}",
+                f"{busy:.0%}",
+                f"{run.rate:,.1f}",
+                f"{ceiling(run.cpu_ms()):,.0f}",
+            )
+    console.print(table)
+    console.print(
+        f"    {PLATFORM_PROCESS} = this process: identity and the ledger (the testkit "
+        "platform) and the clients; ceiling = cores x 1000 / total CPU-ms per call"
+    )
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -605,13 +652,23 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
         after_load = memory_kib(record_pid)
 
         console.print("(a) raw inserts, then CreateResource")
-        raw, document_bytes = await raw_inserts(
-            mongo.uri, DATABASE, len(loaded.patients) + 1, seconds
+        assert mongo.pid is not None
+        assert vault.pid is not None
+        meter = CpuMeter(
+            {
+                "Mongo": mongo.pid,
+                "Vault": vault.pid,
+                "record": record_pid,
+                PLATFORM_PROCESS: os.getpid(),
+            }
         )
-        api = await creates(stubs, loaded.patients, seconds)
+        raw, document_bytes = await raw_inserts(
+            mongo.uri, DATABASE, len(loaded.patients) + 1, seconds, meter
+        )
+        api = await creates(stubs, loaded.patients, seconds, meter)
         console.print("(b) GetResource and SearchResources")
         operations = ReadOperations(loaded)
-        read_runs, found = await reads(stubs, operations, seconds)
+        read_runs, found = await reads(stubs, operations, seconds, meter)
         peak = memory_kib(record_pid)
         console.print(f"(d) the same calls in-process, {BREAKDOWN_CLIENTS} clients, timed ports")
         instrumented = instrumented_record(
@@ -634,6 +691,7 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
     report_creates(raw, api, document_bytes)
     report_reads(read_runs, resources, found)
     report_breakdown(split)
+    report_cpu({"raw insert_one": raw, "CreateResource": api, **read_runs})
     console.print(
         f"(c) record process (pid {record_pid}, its own process) VmHWM {peak['VmHWM'] / 1024:.0f}"
         f" MiB, VmRSS {peak['VmRSS'] / 1024:.0f} MiB after (a) and (b); after the load "
@@ -649,6 +707,19 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
     console.print(
         f"target GetResource p99 at 8 clients, ledgered read included: {get_p99:.1f} ms "
         f"(target < {GET_P99_TARGET_MS:.0f} ms) {verdict(get_p99 < GET_P99_TARGET_MS)}"
+    )
+    get_cpu = read_runs["GetResource"][8].cpu_ms()
+    console.print(
+        f"    at 8 clients, a p99 under {GET_P99_TARGET_MS:.0f} ms needs at least "
+        f"{8 * 1000 / GET_P99_TARGET_MS:.0f} GetResource/s (8 calls in flight, each under "
+        f"{GET_P99_TARGET_MS:.0f} ms); at the {get_cpu:.1f} CPU-ms each took here, this "
+        f"machine's {os.cpu_count()} cores allow at most {ceiling(get_cpu):.0f}/s"
+    )
+    create_cpu = api[8].cpu_ms()
+    console.print(
+        f"    at the {create_cpu:.1f} CPU-ms each create took here at 8 clients, this machine "
+        f"allows at most {ceiling(create_cpu):.0f} creates/s: "
+        f"{ceiling(create_cpu) / raw[8].rate:.3f}x this run's raw inserts at 8 clients"
     )
     console.print(
         f"target record process peak RSS with {resources:,} resources and 32 clients: "
