@@ -144,6 +144,11 @@ class StoredVersion:
     updated_time: datetime
     receipt: bytes  # the ledger Receipt of the write, serialised
     salt: bytes  # opens the receipt's content commitment (exports)
+    # The organisation holding the patient's record, as the patient's row said (its tag
+    # checked) when the version was read; None where the row was not read with it (a
+    # version just written), or its tag did not check (patient_holder then says DATA_LOSS).
+    # Not part of the version: two readings of it compare equal.
+    holder: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

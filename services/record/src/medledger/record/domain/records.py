@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import secrets
 from collections.abc import Callable, Collection, Sequence
@@ -698,7 +699,8 @@ class EncryptedRecords:
         indexed_under: Collection[Collection[bytes]] = (),
     ) -> list[StoredVersion]:
         """Opens committed versions covered by checked pointers, in ``wanted``'s order,
-        with one query for the patients' rows and one for the versions."""
+        with one query for the patients' rows and one for the versions; each carries the
+        holder its patient's row names (so that a read needs no second look at the row)."""
         if not wanted:
             return []
         index = await self._blind_index()
@@ -710,11 +712,13 @@ class EncryptedRecords:
             if skip_erased and row is not None and row.erased:
                 continue
             key = await self._unwrapped(row)
-            opened.append(
-                open_version(
-                    key, index, current, slot, stored.get(slot), indexed_under=indexed_under
-                )
+            version = open_version(
+                key, index, current, slot, stored.get(slot), indexed_under=indexed_under
             )
+            assert row is not None  # _unwrapped refuses a missing row
+            if index.holder_is_authentic(row.patient, row.holder, row.holder_tag):
+                version = dataclasses.replace(version, holder=row.holder)
+            opened.append(version)
         return opened
 
     async def duplicate_blocks(self, max_block: int, patient_id: str = "") -> PatientBlocks:

@@ -255,9 +255,18 @@ class ResourceService:
     # -- access ----------------------------------------------------------------------------
 
     async def _decide(
-        self, requester: Requester, patient_id: str, resource_type: str, action: Action
+        self,
+        requester: Requester,
+        patient_id: str,
+        resource_type: str,
+        action: Action,
+        *,
+        holder: str | None = None,
     ) -> AccessVerdict:
-        holder = await self._storage.patient_holder(patient_id) if patient_id else ""
+        """``holder``: the patient's record holder when the caller read it already (a
+        version read with the patient's row), else it is looked up."""
+        if holder is None:
+            holder = await self._storage.patient_holder(patient_id) if patient_id else ""
         return await self._decide_for(requester, patient_id, holder, resource_type, action)
 
     async def _decide_for(
@@ -273,9 +282,15 @@ class ResourceService:
         )
 
     async def _permit(
-        self, requester: Requester, patient_id: str, resource_type: str, action: Action
+        self,
+        requester: Requester,
+        patient_id: str,
+        resource_type: str,
+        action: Action,
+        *,
+        holder: str | None = None,
     ) -> AccessVerdict:
-        verdict = await self._decide(requester, patient_id, resource_type, action)
+        verdict = await self._decide(requester, patient_id, resource_type, action, holder=holder)
         if not verdict.permitted:
             raise denied(verdict)
         return verdict
@@ -526,7 +541,9 @@ class ResourceService:
         """One version (0: the latest)."""
         _check_names(resource_type, resource_id, version)
         stored = await self._storage.read(resource_type, resource_id, version)
-        verdict = await self._permit(requester, stored.patient_id, resource_type, Action.READ)
+        verdict = await self._permit(
+            requester, stored.patient_id, resource_type, Action.READ, holder=stored.holder
+        )
         await self._ledger_read(
             requester, verdict, stored.patient_id, resource_type, resource_id, stored.ref.version
         )
@@ -547,8 +564,11 @@ class ResourceService:
             resource_type, resource_id, page_size=page_size, page_token=page_token
         )
         if page.items:  # one patient: versions never move between patients
-            patient_id = page.items[0].patient_id
-            verdict = await self._permit(requester, patient_id, resource_type, Action.READ)
+            first = page.items[0]
+            patient_id = first.patient_id
+            verdict = await self._permit(
+                requester, patient_id, resource_type, Action.READ, holder=first.holder
+            )
             await self._ledger_read(requester, verdict, patient_id, resource_type, resource_id)
         return page
 
