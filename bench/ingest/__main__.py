@@ -19,7 +19,8 @@ Each bulk path's resources/s against the baseline's from 1 client is the ratio t
 target is about (at least 5x faster per resource than single creates: PASS/MISS); the ratio
 against 8 clients is printed too. Every written resource's receipt is counted (one for each,
 all of a chunk or message on one checkpoint). MongoDB operations per resource (the server's
-opcounters, when it reports them) say where the time goes. Timings are printed, never
+opcounters, when it reports them) and the CPU time each process spent per resource
+(Mongo, Vault, the record process, this one) say where the time goes. Timings are printed, never
 asserted: a missed target prints MISS and the run still succeeds.
 """
 
@@ -44,7 +45,16 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import add_keep_state, bench_state
-from bench.record.__main__ import WARM_UP, BenchRecord, Run, closed_loop, verdict, warm_up
+from bench.cpu import CpuMeter
+from bench.record.__main__ import (
+    PLATFORM_PROCESS,
+    WARM_UP,
+    BenchRecord,
+    Run,
+    closed_loop,
+    verdict,
+    warm_up,
+)
 from medledger.api.common.v1 import purpose_pb2
 from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.common.config import VaultSettings
@@ -106,6 +116,12 @@ class Bulk:
     checkpoints: int  # distinct checkpoints among the receipts (one per ledger step)
     receipts: int
     mongo_ops: float | None  # per resource
+    cpu: dict[str, float]  # CPU seconds each process spent on it
+
+    def cpu_ms(self, process: str | None = None) -> float:
+        """CPU milliseconds per resource in ``process`` (None: all metered ones)."""
+        spent = self.cpu[process] if process is not None else sum(self.cpu.values())
+        return spent * 1000 / self.resources
 
     @property
     def rate(self) -> float:
@@ -193,7 +209,7 @@ async def create_patients(callers: Callers, count: int) -> list[Patient]:
 
 
 async def single_creates(
-    callers: Callers, patients: list[Patient], seconds: float
+    callers: Callers, patients: list[Patient], seconds: float, meter: CpuMeter
 ) -> dict[int, Run]:
     rng = random.Random(3)
 
@@ -213,7 +229,7 @@ async def single_creates(
     runs = {}
     for clients in CLIENTS:
         async with callers() as caller:
-            runs[clients] = await closed_loop(clients, seconds, operation(caller.stub))
+            runs[clients] = await closed_loop(clients, seconds, operation(caller.stub), meter)
     return runs
 
 
@@ -226,10 +242,15 @@ async def csv_requests(data: bytes) -> AsyncIterator[record_pb2.IngestCsvLabResu
 
 
 async def csv_load(
-    callers: Callers, mongo: AsyncMongoClient[dict[str, Any]], data: bytes, rows: int
+    callers: Callers,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    data: bytes,
+    rows: int,
+    meter: CpuMeter,
 ) -> Bulk:
     async with callers() as caller:
         before = await mongo_ops(mongo)
+        cpu_before = meter.read()
         started = time.perf_counter()
         written: list[record_pb2.WrittenResource] = []
         last = record_pb2.IngestCsvLabResultsStreamResponse()
@@ -240,6 +261,7 @@ async def csv_load(
             written += reply.written
             last = reply
         seconds = time.perf_counter() - started
+        cpu = CpuMeter.spent(cpu_before, meter.read())
     if not last.done or last.rows_accepted != rows or last.issues:
         raise SystemExit(f"the CSV load wrote {last.rows_accepted} of {rows} rows")
     return Bulk(
@@ -250,17 +272,23 @@ async def csv_load(
         len({w.receipt.checkpoint for w in written}),
         sum(1 for w in written if w.receipt.leaf_hash),
         await per_resource(mongo, before, len(written)),
+        cpu,
     )
 
 
 async def hl7_load(
-    callers: Callers, mongo: AsyncMongoClient[dict[str, Any]], patients: list[Patient], count: int
+    callers: Callers,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    patients: list[Patient],
+    count: int,
+    meter: CpuMeter,
 ) -> Bulk:
     rng = random.Random(5)
     messages = [oru(rng, rng.choice(patients), uuid.uuid4().hex[:16]) for _ in range(count)]
     written: list[record_pb2.WrittenResource] = []
     async with callers() as caller:
         before = await mongo_ops(mongo)
+        cpu_before = meter.read()
         started = time.perf_counter()
         for message in messages:
             reply = await caller.stub.IngestHl7V2(
@@ -270,6 +298,7 @@ async def hl7_load(
                 raise SystemExit("an ORU^R01 message was refused: " + str(list(reply.issues)))
             written += reply.written
         seconds = time.perf_counter() - started
+        cpu = CpuMeter.spent(cpu_before, meter.read())
     return Bulk(
         "HL7 v2 ORU^R01 messages (IngestHl7V2)",
         count,
@@ -278,6 +307,7 @@ async def hl7_load(
         len({w.receipt.checkpoint for w in written}),
         sum(1 for w in written if w.receipt.leaf_hash),
         await per_resource(mongo, before, len(written)),
+        cpu,
     )
 
 
@@ -340,6 +370,32 @@ def report(singles: dict[int, Run], single_ops: float | None, bulks: list[Bulk])
         )
 
 
+def report_cpu(singles: dict[int, Run], bulks: list[Bulk]) -> None:
+    processes = list(singles[1].cpu)
+    table = Table(title="CPU-ms per resource written, by process")
+    for column in ("path", "clients", *processes, "total"):
+        table.add_column(column, justify="right", no_wrap=column == "path")
+    for clients, run in singles.items():
+        table.add_row(
+            "single CreateResource",
+            str(clients),
+            *(f"{run.cpu_ms(process):.1f}" for process in processes),
+            f"{run.cpu_ms():.1f}",
+        )
+    for bulk in bulks:
+        table.add_row(
+            bulk.name,
+            "1",
+            *(f"{bulk.cpu_ms(process):.1f}" for process in processes),
+            f"{bulk.cpu_ms():.1f}",
+        )
+    console.print(table)
+    console.print(
+        f"    {PLATFORM_PROCESS} = this process: identity and the ledger (the testkit "
+        "platform) and the clients"
+    )
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -382,19 +438,30 @@ async def main(
                 (("authorization", f"Bearer {fresh}"),),
             )
 
+    assert mongo.pid is not None
+    assert vault.pid is not None
+    assert record.pid is not None
+    meter = CpuMeter(
+        {
+            "Mongo": mongo.pid,
+            "Vault": vault.pid,
+            "record": record.pid,
+            PLATFORM_PROCESS: os.getpid(),
+        }
+    )
     try:
         console.print(f"(setup) {patients_count} patients admitted by ADT^A01")
         patients = await create_patients(callers, patients_count)
         console.print("(a) single CreateResource, 1 and 8 clients")
         before = await mongo_ops(client)
-        singles = await single_creates(callers, patients, seconds)
+        singles = await single_creates(callers, patients, seconds, meter)
         created = 1 + WARM_UP + sum(len(r.latencies) for r in singles.values())
         single_ops = await per_resource(client, before, created)
         console.print(f"(b) a CSV file of {rows:,} rows, streamed")
         data = csv_file(random.Random(4), patients, rows)
-        csv = await csv_load(callers, client, data, rows)
+        csv = await csv_load(callers, client, data, rows, meter)
         console.print(f"(c) {messages:,} ORU^R01 messages, one at a time")
-        hl7 = await hl7_load(callers, client, patients, messages)
+        hl7 = await hl7_load(callers, client, patients, messages, meter)
     finally:
         await client.close()
         record.stop()
@@ -403,6 +470,7 @@ async def main(
         vault.stop()
     console.print()
     report(singles, single_ops, [csv, hl7])
+    report_cpu(singles, [csv, hl7])
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ CheckAccess and the ledger, default ``RECORD_*`` settings):
 (d) where a call's time goes (CheckAccess, Vault, Mongo, the ledger): the same calls from
     8 clients through the record's domain wired in this process with timed ports
     (``bench/record/timing.py``).
+(e) where the machine's cores go: the CPU time each process (Mongo, Vault, the record
+    process, this one with identity, the ledger and the clients) spent per call in (a) and
+    (b), and the most calls per second the cores allow at that cost (``bench/cpu.py``),
+    against what each target needs (a p99 under 50 ms from 8 clients needs 160 calls/s).
 
 The stored resources are bulk-loaded through the record's storage layer with the real
 Vault and Mongo; ``bench/record/loader.py`` says what the loader skips. Timings are
