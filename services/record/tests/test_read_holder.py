@@ -1,6 +1,6 @@
-"""A read asks CheckAccess with the record holder named by the patient's row it read to open
-the version, instead of reading that row (and the Patient's pointer) a second time; a row
-whose holder fails its tag still makes the read DATA_LOSS."""
+"""A read (get, history, search) asks CheckAccess with the record holder named by the
+patient's row it read to open the versions, instead of reading that row (and the Patient's
+pointer) a second time; a row whose holder fails its tag still makes the read DATA_LOSS."""
 
 from __future__ import annotations
 
@@ -86,7 +86,13 @@ async def stored_observation(records: Records) -> tuple[str, str]:
     patient, observation = uuid.uuid4().hex, uuid.uuid4().hex
     for write in (
         ResourceWrite("Patient", patient, patient, "{}", {}, holder_organization=HOLDER),
-        ResourceWrite("Observation", observation, patient, json.dumps(sample("Observation")), {}),
+        ResourceWrite(
+            "Observation",
+            observation,
+            patient,
+            json.dumps(sample("Observation")),
+            {"patient": {patient}},
+        ),
     ):
         pending = await records.records.prepare_write(write)
         await records.records.commit_write(pending, records.receipt_for(pending.ref))
@@ -147,6 +153,21 @@ async def test_history_asks_with_the_holder_it_read(
     assert len(page.items) == 1
     assert [q.holder for q in access.queries] == [HOLDER]
     assert storage.holder_lookups == 0
+
+
+async def test_search_asks_with_the_holders_it_read(
+    records: Records, service: tuple[ResourceService, Storage, Access, Ledger]
+) -> None:
+    resources, storage, access, ledger = service
+    patient, observation = await stored_observation(records)
+    page = await resources.search(
+        requester(), "Observation", [("patient", patient)], page_size=10, page_token=""
+    )
+    assert [v.ref.resource_id for v in page.items] == [observation]
+    # The search-wide check (no patient), then the patient's, with its holder.
+    assert [(q.patient_id, q.holder) for q in access.queries] == [("", ""), (patient, HOLDER)]
+    assert storage.holder_lookups == 0
+    assert [p for p, _ in ledger.events] == [patient]
 
 
 async def test_a_changed_holder_still_makes_a_get_data_loss(

@@ -601,7 +601,11 @@ class ResourceService:
                 resource_type, pairs, page_size=size - len(found), page_token=token
             )
             new = sorted({v.patient_id for v in page.items} - verdicts.keys())
-            decided = await _bounded(self._search_verdict(requester, p, resource_type) for p in new)
+            # The holders the patients' rows named when their versions were opened.
+            holders = {v.patient_id: v.holder for v in page.items}
+            decided = await _bounded(
+                self._search_verdict(requester, p, resource_type, holders[p]) for p in new
+            )
             verdicts.update(zip(new, decided, strict=True))
             found += [v for v in page.items if verdicts[v.patient_id].permitted]
             token = page.next_page_token
@@ -614,10 +618,12 @@ class ResourceService:
         return Page(found, token)
 
     async def _search_verdict(
-        self, requester: Requester, patient_id: str, resource_type: str
+        self, requester: Requester, patient_id: str, resource_type: str, holder: str | None
     ) -> AccessVerdict:
         try:
-            return await self._decide(requester, patient_id, resource_type, Action.SEARCH)
+            return await self._decide(
+                requester, patient_id, resource_type, Action.SEARCH, holder=holder
+            )
         except NotFound:  # erased meanwhile
             return AccessVerdict(permitted=False, reason="PATIENT_NOT_FOUND")
 
