@@ -719,11 +719,12 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
         f"{GET_P99_TARGET_MS:.0f} ms); at the {get_cpu:.1f} CPU-ms each took here, this "
         f"machine's {os.cpu_count()} cores allow at most {ceiling(get_cpu):.0f}/s"
     )
-    create_cpu = api[8].cpu_ms()
+    create_cpu, raw_cpu = api[8].cpu_ms(), raw[8].cpu_ms()
     console.print(
-        f"    at the {create_cpu:.1f} CPU-ms each create took here at 8 clients, this machine "
-        f"allows at most {ceiling(create_cpu):.0f} creates/s: "
-        f"{ceiling(create_cpu) / raw[8].rate:.3f}x this run's raw inserts at 8 clients"
+        f"    at the CPU-ms each took here at 8 clients ({create_cpu:.1f} a create, "
+        f"{raw_cpu:.1f} a raw insert), this machine allows at most {ceiling(create_cpu):.0f} "
+        f"creates/s and {ceiling(raw_cpu):.0f} raw inserts/s: "
+        f"{ceiling(create_cpu) / ceiling(raw_cpu):.3f}x"
     )
     console.print(
         f"target record process peak RSS with {resources:,} resources and 32 clients: "
