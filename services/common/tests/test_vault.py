@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 from typing import Any
 
+import hvac
 import pytest
+import requests
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -86,3 +90,83 @@ async def test_bad_token_and_unknown_key(vault_server: Any) -> None:
         await transit(vault_server, "not-a-token").check()
     with pytest.raises((NotFound, FailedPrecondition)):
         await transit(vault_server, vault_server.token_for("ledger")).sign("no-such-key", b"x")
+
+
+class CountedLogins(VaultTransit):
+    """Counts the clients it logs in."""
+
+    logins = 0
+
+    def _login(self) -> hvac.Client:
+        self.logins += 1
+        return super()._login()
+
+
+async def test_concurrent_calls_run_at_once_each_on_its_own_client(vault_server: Any) -> None:
+    vault = CountedLogins(
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record"))
+    )
+    # Both calls must be inside Vault together to pass the barrier: one client behind a
+    # lock made the second wait for the first, and the barrier broke.
+    together = threading.Barrier(2, timeout=10)
+    clients: list[int] = []
+
+    def meet(client: hvac.Client) -> bool:
+        clients.append(id(client))
+        together.wait()
+        return bool(client.sys.read_seal_status()["sealed"])
+
+    assert await asyncio.gather(vault._run("test", meet), vault._run("test", meet)) == [
+        False,
+        False,
+    ]
+    assert len(set(clients)) == 2
+    assert vault.logins == 2
+    # Kept for the next calls: one after the other, they log nobody in again.
+    for _ in range(3):
+        ciphertext = await vault.encrypt("record-patient-kek", b"k")
+        assert await vault.decrypt("record-patient-kek", ciphertext) == b"k"
+    assert vault.logins == 2
+    vault.close()
+
+
+async def test_at_most_concurrency_calls_at_once(vault_server: Any) -> None:
+    vault = CountedLogins(
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record")),
+        concurrency=2,
+    )
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def count(client: hvac.Client) -> None:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        client.sys.read_seal_status()
+        with lock:
+            inside -= 1
+
+    await asyncio.gather(*(vault._run("test", count) for _ in range(12)))
+    assert most <= 2
+    assert vault.logins <= 2
+    with pytest.raises(ValueError, match="room for one call"):
+        VaultTransit(VaultSettings(addr=vault_server.addr, token="t"), concurrency=0)
+    vault.close()
+
+
+async def test_a_client_whose_vault_went_away_is_not_used_again(vault_server: Any) -> None:
+    vault = CountedLogins(
+        VaultSettings(addr=vault_server.addr, token=vault_server.token_for("record"))
+    )
+    await vault.check()
+
+    def broken(client: hvac.Client) -> None:
+        raise requests.exceptions.ConnectionError("reset")
+
+    with pytest.raises(Unavailable):
+        await vault._run("test", broken)
+    await vault.check()
+    assert vault.logins == 2  # the broken one was dropped, a new one logged in
+    vault.close()

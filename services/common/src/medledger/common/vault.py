@@ -31,9 +31,13 @@ from medledger.common.metrics import counter, elapsed_ms, histogram
 
 T = TypeVar("T")
 DEPENDENCY = "vault"
-# Each VaultTransit runs one call at a time (its client is behind a lock); a few threads
-# serve the process's few VaultTransit objects.
-_VAULT_CALLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vault")
+# A VaultTransit runs up to this many calls at once, each on a client of its own (an hvac
+# client and its HTTP session serve one thread at a time). One client behind a lock made
+# every Vault call of a process wait for the one before it: concurrent reads of patients
+# whose data keys were not cached queued for Vault one by one.
+MAX_CONCURRENT_CALLS = 4
+# The threads that serve the process's few VaultTransit objects.
+_VAULT_CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="vault")
 _duration = histogram(VAULT_REQUEST_DURATION)
 _errors = counter(VAULT_REQUEST_ERRORS)
 
@@ -76,14 +80,25 @@ def _unprefix(value: str) -> tuple[int, bytes]:
 
 
 class VaultTransit:
-    """One authenticated hvac client, shared by the worker threads behind a lock."""
+    """Authenticated hvac clients, logged in as calls need them (at most ``concurrency``),
+    each used by one worker thread at a time and kept for the next call; one that lost its
+    connection is dropped."""
 
-    def __init__(self, settings: VaultSettings, *, timeout_seconds: int = 5) -> None:
+    def __init__(
+        self,
+        settings: VaultSettings,
+        *,
+        timeout_seconds: int = 5,
+        concurrency: int = MAX_CONCURRENT_CALLS,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("a Vault adapter needs room for one call")
         self._settings = settings
         self._timeout = timeout_seconds
         self._mount = settings.transit_mount
-        self._lock = threading.Lock()
-        self._client: hvac.Client | None = None
+        self._calls = threading.BoundedSemaphore(concurrency)
+        self._lock = threading.Lock()  # guards _idle
+        self._idle: list[hvac.Client] = []
 
     def _login(self) -> hvac.Client:
         s = self._settings
@@ -102,19 +117,31 @@ class VaultTransit:
             client.auth.kubernetes.login(role=s.k8s_role, jwt=jwt, mount_point=s.k8s_mount)
         return client
 
-    def _call(self, operation: Callable[[hvac.Client], T]) -> T:
+    def _checkout(self) -> hvac.Client:
         with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._login()
+
+    def _checkin(self, client: hvac.Client) -> None:
+        with self._lock:
+            self._idle.append(client)
+
+    def _call(self, operation: Callable[[hvac.Client], T]) -> T:
+        with self._calls:
+            client: hvac.Client | None = None
             try:
-                if self._client is None:
-                    self._client = self._login()
+                client = self._checkout()
                 try:
-                    return operation(self._client)
+                    return operation(client)
                 except hvac.exceptions.Forbidden:
                     if self._settings.auth_method == "token":
                         raise
                     # A short-lived login token expired: log in again once.
-                    self._client = self._login()
-                    return operation(self._client)
+                    client.adapter.close()
+                    client = None
+                    client = self._login()
+                    return operation(client)
             except hvac.exceptions.InvalidPath as exc:
                 raise NotFound("vault key not found", reason="VAULT_KEY_NOT_FOUND") from exc
             except hvac.exceptions.Forbidden as exc:
@@ -128,8 +155,13 @@ class VaultTransit:
                 hvac.exceptions.BadGateway,
                 OSError,
             ) as exc:
-                self._client = None
+                if client is not None:  # its connection may be broken: not used again
+                    client.adapter.close()
+                    client = None
                 raise Unavailable(DEPENDENCY) from exc
+            finally:
+                if client is not None:
+                    self._checkin(client)
 
     async def _run(self, name: str, operation: Callable[[hvac.Client], T]) -> T:
         """Runs ``operation`` in a Vault thread, measured as transit call ``name`` (the wait
@@ -276,7 +308,8 @@ class VaultTransit:
         return await self._run("create_secret", op)
 
     def close(self) -> None:
+        """Closes the idle clients' connections (a later call logs in again)."""
         with self._lock:
-            if self._client is not None:
-                self._client.adapter.close()
-                self._client = None
+            idle, self._idle = self._idle, []
+        for client in idle:
+            client.adapter.close()
