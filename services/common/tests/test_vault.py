@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import uuid
 from typing import Any
 
 import hvac
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from medledger.common.config import VaultSettings
 from medledger.common.errors import FailedPrecondition, NotFound, Unavailable
 from medledger.common.vault import Signature, VaultTransit
-from medledger.common.vault_layout import TRANSIT_MOUNT, witness_mount
+from medledger.common.vault_layout import TRANSIT_MOUNT, policy_name, witness_mount
 
 
 def transit(vault_server: Any, token: str, mount: str = TRANSIT_MOUNT) -> VaultTransit:
@@ -169,4 +170,28 @@ async def test_a_client_whose_vault_went_away_is_not_used_again(vault_server: An
         await vault._run("test", broken)
     await vault.check()
     assert vault.logins == 2  # the broken one was dropped, a new one logged in
+    vault.close()
+
+
+async def test_a_login_that_expired_is_made_again_once(vault_server: Any) -> None:
+    # AppRole logins (as Kubernetes ones) expire; the client then logs in again.
+    root = vault_server.client()
+    if "approle/" not in root.sys.list_auth_methods()["data"]:
+        root.sys.enable_auth_method("approle")
+    role = f"relogin-{uuid.uuid4().hex[:8]}"
+    root.auth.approle.create_or_update_approle(
+        role, token_policies=[policy_name("record")], token_ttl="2s", token_max_ttl="2s"
+    )
+    vault = CountedLogins(
+        VaultSettings(
+            addr=vault_server.addr,
+            auth_method="approle",
+            role_id=root.auth.approle.read_role_id(role)["data"]["role_id"],
+            secret_id=root.auth.approle.generate_secret_id(role)["data"]["secret_id"],
+        )
+    )
+    ciphertext = await vault.encrypt("record-patient-kek", b"k")
+    await asyncio.sleep(3)  # the login's token has expired
+    assert await vault.decrypt("record-patient-kek", ciphertext) == b"k"
+    assert vault.logins == 2
     vault.close()
