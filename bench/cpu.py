@@ -11,9 +11,14 @@ measured.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
+
+# The benchmark's own process: the testkit platform (identity and the ledger) and the clients.
+PLATFORM_PROCESS: Final = "identity+ledger+clients"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -39,6 +44,23 @@ class CpuMeter:
     def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
         """CPU seconds each process spent between two readings."""
         return {name: after[name] - before[name] for name in before}
+
+
+def stack_meter(*, mongo: int, vault: int, record: int) -> CpuMeter:
+    """The processes of a benchmark that runs the record service in its own process: Mongo,
+    Vault, the record process, and this one (:data:`PLATFORM_PROCESS`)."""
+    return CpuMeter(
+        {"Mongo": mongo, "Vault": vault, "record": record, PLATFORM_PROCESS: os.getpid()}
+    )
+
+
+def per_call_ms(cpu: Mapping[str, float], calls: int, process: str | None = None) -> float:
+    """CPU milliseconds per call (or resource) that ``process`` spent (None: all of them
+    together), from the CPU seconds of a run of ``calls``; NaN when none completed."""
+    if not calls:
+        return math.nan
+    spent = cpu[process] if process is not None else sum(cpu.values())
+    return spent * 1000 / calls
 
 
 def ceiling(cpu_ms_per_call: float, cores: int | None = None) -> float:

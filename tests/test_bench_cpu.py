@@ -4,6 +4,8 @@ a machine's cores put on a call of a given cost."""
 from __future__ import annotations
 
 import importlib.util
+import math
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ assert _SPEC.loader is not None
 bench_cpu = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench_cpu)
 CpuMeter, ceiling, cpu_seconds = bench_cpu.CpuMeter, bench_cpu.ceiling, bench_cpu.cpu_seconds
+per_call_ms, stack_meter = bench_cpu.per_call_ms, bench_cpu.stack_meter
 
 _SPIN = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
 
@@ -66,3 +69,21 @@ def test_ceiling_is_cores_times_a_second_over_the_cost() -> None:
 def test_a_meter_needs_a_process() -> None:
     with pytest.raises(ValueError, match="at least one process"):
         CpuMeter({})
+
+
+def test_per_call_cost_by_process_and_together() -> None:
+    spent = {"Mongo": 0.5, "record": 0.25}
+    assert per_call_ms(spent, 50, "Mongo") == pytest.approx(10.0)
+    assert per_call_ms(spent, 50, "record") == pytest.approx(5.0)
+    assert per_call_ms(spent, 50) == pytest.approx(15.0)
+    assert math.isnan(per_call_ms(spent, 0))
+
+
+def test_the_stack_meter_names_the_stack_and_this_process() -> None:
+    meter = stack_meter(mongo=11, vault=12, record=13)
+    assert meter.pids == {
+        "Mongo": 11,
+        "Vault": 12,
+        "record": 13,
+        bench_cpu.PLATFORM_PROCESS: os.getpid(),
+    }

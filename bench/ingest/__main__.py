@@ -45,9 +45,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import add_keep_state, bench_state
-from bench.cpu import CpuMeter
+from bench.cpu import PLATFORM_PROCESS, CpuMeter, per_call_ms, stack_meter
 from bench.record.__main__ import (
-    PLATFORM_PROCESS,
     WARM_UP,
     BenchRecord,
     Run,
@@ -120,8 +119,7 @@ class Bulk:
 
     def cpu_ms(self, process: str | None = None) -> float:
         """CPU milliseconds per resource in ``process`` (None: all metered ones)."""
-        spent = self.cpu[process] if process is not None else sum(self.cpu.values())
-        return spent * 1000 / self.resources
+        return per_call_ms(self.cpu, self.resources, process)
 
     @property
     def rate(self) -> float:
@@ -441,14 +439,7 @@ async def main(
     assert mongo.pid is not None
     assert vault.pid is not None
     assert record.pid is not None
-    meter = CpuMeter(
-        {
-            "Mongo": mongo.pid,
-            "Vault": vault.pid,
-            "record": record.pid,
-            PLATFORM_PROCESS: os.getpid(),
-        }
-    )
+    meter = stack_meter(mongo=mongo.pid, vault=vault.pid, record=record.pid)
     try:
         console.print(f"(setup) {patients_count} patients admitted by ADT^A01")
         patients = await create_patients(callers, patients_count)

@@ -56,7 +56,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import add_keep_state, bench_state
-from bench.cpu import CpuMeter, ceiling
+from bench.cpu import PLATFORM_PROCESS, CpuMeter, ceiling, per_call_ms, stack_meter
 from bench.record import corpus, loader
 from bench.record.timing import LEDGER_PARTS, PORTS, InstrumentedRecord, instrumented_record
 from medledger.api.common.v1 import purpose_pb2
@@ -96,7 +96,6 @@ BREAKDOWN_CLIENTS: Final = 8
 WARM_UP: Final = 8  # calls at once after the first, before each measured section
 RAW_TEMPLATES: Final = 1000
 MIB: Final = 1024 * 1024
-PLATFORM_PROCESS: Final = "identity+ledger+clients"
 # The issue's targets.
 CREATE_RATIO_TARGET: Final = 0.25
 GET_P99_TARGET_MS: Final = 50.0
@@ -136,10 +135,7 @@ class Run:
 
     def cpu_ms(self, process: str | None = None) -> float:
         """CPU milliseconds per completed call in ``process`` (None: all metered ones)."""
-        if not self.latencies:
-            return float("nan")
-        spent = self.cpu[process] if process is not None else sum(self.cpu.values())
-        return spent * 1000 / len(self.latencies)
+        return per_call_ms(self.cpu, len(self.latencies), process)
 
 
 Operation = Callable[[int], Awaitable[object]]
@@ -630,9 +626,9 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
             )
             # The load leaves gigabytes of the server's cache dirty: fsync writes a
             # checkpoint before anything is measured, as one settles mongod. (It did not
-            # explain why the raw-insert baseline at 100,000 resources ran at 305/s in one
-            # run and 39-61/s in three later ones; compare each run's raw column with the
-            # 20,000-resource run's before reading a ratio.)
+            # speed up the raw-insert baseline at 100,000 resources: table (e) shows each
+            # insert costing secantusdb about 15 CPU-ms there, against about 2 at 2,000 or
+            # 20,000, so read the create ratio against that.)
             settle = time.perf_counter()
             await client.admin.command("fsync")
             console.print(
@@ -658,14 +654,7 @@ async def main(workdir: Path, resources: int, seconds: float) -> None:
         console.print("(a) raw inserts, then CreateResource")
         assert mongo.pid is not None
         assert vault.pid is not None
-        meter = CpuMeter(
-            {
-                "Mongo": mongo.pid,
-                "Vault": vault.pid,
-                "record": record_pid,
-                PLATFORM_PROCESS: os.getpid(),
-            }
-        )
+        meter = stack_meter(mongo=mongo.pid, vault=vault.pid, record=record_pid)
         raw, document_bytes = await raw_inserts(
             mongo.uri, DATABASE, len(loaded.patients) + 1, seconds, meter
         )
