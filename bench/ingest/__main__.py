@@ -1,4 +1,4 @@
-"""``python -m bench.ingest [--rows N] [--messages M] [--patients P] [--seconds S]``
+"""``python -m bench.ingest [--rows N] [--messages M] [--patients P] [--seconds S] [--per-file F]``
 
 In one run, against one MongoDB-compatible server (secantusdb, fsync on commit, as the local
 stack runs it), OpenBao, and identity with its ledger (the testkit platform, in this
@@ -13,7 +13,11 @@ deployed, default ``RECORD_*`` settings):
     500 rows, one ledger step each);
 (c) ``IngestHl7V2`` of ``--messages`` ORU^R01 messages (one OBR, five NM OBX: five
     Observations and a DiagnosticReport each), one at a time from 1 client: messages/s and
-    resources/s.
+    resources/s;
+(d) ``IngestHl7V2Batch`` of as many other such messages, in HL7 batch files (FHS/BHS ...
+    BTS/FTS) of ``--per-file`` messages, one file at a time from 1 client, as a laboratory
+    sends a day's results: each message still atomic and idempotent on its own, many in one
+    ledger step.
 
 Each bulk path's resources/s against the baseline's from 1 client is the ratio the issue's
 target is about (at least 5x faster per resource than single creates: PASS/MISS); the ratio
@@ -309,6 +313,57 @@ async def hl7_load(
     )
 
 
+def batch_file(messages: list[str]) -> str:
+    """An HL7 batch file of ``messages``: FHS, BHS, the messages, BTS and FTS with counts."""
+    return "\r".join(
+        [
+            "FHS|^~\\&|LAB|BENCH",
+            "BHS|^~\\&|LAB|BENCH",
+            *messages,
+            f"BTS|{len(messages)}",
+            "FTS|1",
+        ]
+    )
+
+
+async def hl7_batch_load(
+    callers: Callers,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    patients: list[Patient],
+    count: int,
+    per_file: int,
+    meter: CpuMeter,
+) -> Bulk:
+    rng = random.Random(6)
+    messages = [oru(rng, rng.choice(patients), uuid.uuid4().hex[:16]) for _ in range(count)]
+    files = [batch_file(messages[i : i + per_file]) for i in range(0, count, per_file)]
+    written: list[record_pb2.WrittenResource] = []
+    async with callers() as caller:
+        before = await mongo_ops(mongo)
+        cpu_before = meter.read()
+        started = time.perf_counter()
+        for batch in files:
+            reply = await caller.stub.IngestHl7V2Batch(
+                record_pb2.IngestHl7V2BatchRequest(batch=batch, purpose=TREAT)
+            )
+            refused = [m for m in reply.messages if not m.written]
+            if reply.issues or refused:
+                raise SystemExit("a batch or its message was refused: " + str(reply)[:400])
+            written += [w for m in reply.messages for w in m.written]
+        seconds = time.perf_counter() - started
+        cpu = CpuMeter.spent(cpu_before, meter.read())
+    return Bulk(
+        f"HL7 v2 ORU^R01 batch files of {per_file} (IngestHl7V2Batch)",
+        count,
+        len(written),
+        seconds,
+        len({w.receipt.checkpoint for w in written}),
+        sum(1 for w in written if w.receipt.leaf_hash),
+        await per_resource(mongo, before, len(written)),
+        cpu,
+    )
+
+
 # -- the report -------------------------------------------------------------------------------
 
 
@@ -398,7 +453,7 @@ def report_cpu(singles: dict[int, Run], bulks: list[Bulk]) -> None:
 
 
 async def main(
-    workdir: Path, rows: int, messages: int, patients_count: int, seconds: float
+    workdir: Path, rows: int, messages: int, patients_count: int, seconds: float, per_file: int
 ) -> None:
     mongo = MongoServer(
         port=free_port(),
@@ -453,6 +508,8 @@ async def main(
         csv = await csv_load(callers, client, data, rows, meter)
         console.print(f"(c) {messages:,} ORU^R01 messages, one at a time")
         hl7 = await hl7_load(callers, client, patients, messages, meter)
+        console.print(f"(d) {messages:,} other ORU^R01 messages, in batch files of {per_file}")
+        batches = await hl7_batch_load(callers, client, patients, messages, per_file, meter)
     finally:
         await client.close()
         record.stop()
@@ -460,8 +517,8 @@ async def main(
         mongo.stop()
         vault.stop()
     console.print()
-    report(singles, single_ops, [csv, hl7])
-    report_cpu(singles, [csv, hl7])
+    report(singles, single_ops, [csv, hl7, batches])
+    report_cpu(singles, [csv, hl7, batches])
 
 
 if __name__ == "__main__":
@@ -470,9 +527,12 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--patients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--per-file", type=int, default=100)
     add_keep_state(parser)
     args = parser.parse_args()
-    if min(args.rows, args.messages, args.patients) < 1:
-        parser.error("--rows, --messages and --patients must be at least 1")
+    if min(args.rows, args.messages, args.patients, args.per_file) < 1:
+        parser.error("--rows, --messages, --patients and --per-file must be at least 1")
     with bench_state("bench-ingest-", keep=args.keep_state) as workdir:
-        asyncio.run(main(workdir, args.rows, args.messages, args.patients, args.seconds))
+        asyncio.run(
+            main(workdir, args.rows, args.messages, args.patients, args.seconds, args.per_file)
+        )

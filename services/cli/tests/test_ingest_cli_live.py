@@ -198,3 +198,29 @@ async def test_hl7_messages_written_in_order_and_a_refused_one_located(
     resent = await live.run("ingest", "hl7", str(feed), "--out", str(again))
     assert resent.exit_code == 1
     assert written_ids(again) == written
+
+
+async def test_a_batch_file_goes_whole_and_a_cut_one_writes_nothing(
+    live: LiveRecord, tmp_path: Path
+) -> None:
+    mrn = f"MRN{uuid.uuid4().hex[:8]}"
+    controls = [uuid.uuid4().hex[:12] for _ in range(2)]
+    messages = [adt(controls[0], mrn), oru(controls[1], mrn, "98")]
+    feed = tmp_path / "day.hl7"
+    feed.write_text(
+        "\n".join(["FHS|^~\\&|LAB|HOSP-A", "BHS|^~\\&|LAB|HOSP-A", *messages, "BTS|2", "FTS|1"]),
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.jsonl"
+    result = await live.run("ingest", "hl7", str(feed), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 message(s) written (4 resources), 0 refused" in result.stdout
+    assert len(written_ids(out)) == 4
+
+    # The same day's file cut after its first message: its trailer's count differs.
+    cut = tmp_path / "cut.hl7"
+    cut.write_text("\n".join(["BHS|^~\\&|LAB|HOSP-A", adt(uuid.uuid4().hex[:12], mrn), "BTS|2"]))
+    refused = await live.run("ingest", "hl7", str(cut), "--out", str(tmp_path / "cut.jsonl"))
+    assert refused.exit_code == 1
+    assert "batch BTS-1" in refused.stdout
+    assert "0 of 1 message(s) written (0 resources), 1 refused" in refused.stdout

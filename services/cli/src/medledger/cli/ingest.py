@@ -11,9 +11,11 @@ Patient ids. The idempotency key defaults to a digest of the mapping and the fil
 the same command again (after a lost connection, say) writes nothing new.
 
 ``hl7`` reads one or more HL7 v2 messages (segments on their own lines, CR, LF or CRLF;
-messages separated by blank lines or starting at each ``MSH``; no MLLP framing) and sends
-each to IngestHl7V2 in file order (an admission before the results that name its patient);
-each message is atomic and its resend (same MSH-3/4/10) writes nothing new.
+messages separated by blank lines or starting at each ``MSH``; no MLLP framing), or an HL7
+batch file (FHS/BHS ... BTS/FTS, sent whole so the server checks its counts), and sends them
+to IngestHl7V2Batch in file order, 100 messages a call (the server writes an admission
+before the results that name its patient); each message is atomic and its resend (same
+MSH-3/4/10) writes nothing new.
 
 Neither prints a patient's data: issues say where (``row 12 / unit``, ``message 3 OBX[2]-5``)
 and what is wrong, as the server does. Both exit 1 when anything was refused.
@@ -330,6 +332,10 @@ def csv_command(
 # --- hl7 ----------------------------------------------------------------------------------------
 
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
+# Segments of an HL7 batch file's envelope, at the start of a line.
+_ENVELOPE: Final = re.compile(r"(?:^|[\r\n])[\x0b]?(?:FHS|BHS|BTS|FTS)\|")
+# Messages of a file without an envelope sent in one IngestHl7V2Batch call.
+MESSAGES_PER_CALL: Final = 100
 
 
 def hl7_messages(text: str) -> Iterator[str]:
@@ -339,6 +345,11 @@ def hl7_messages(text: str) -> Iterator[str]:
     segments: list[str] = []
     for line in _LINE_BREAK.split(text.replace("\x0b", "").replace("\x1c", "")):
         segment = line.strip()
+        if segment[:3] in {"FHS", "BHS", "BTS", "FTS"}:  # a batch file's envelope
+            if segments:
+                yield "\r".join(segments)
+                segments = []
+            continue
         if segment.startswith("MSH") and segments:
             yield "\r".join(segments)
             segments = []
@@ -363,8 +374,9 @@ def hl7_command(
         float, typer.Option("--timeout", min=0.1, help="Seconds each message may take.")
     ] = 30.0,
 ) -> None:
-    """Load a file of HL7 v2 messages (ADT^A01/A04/A08, ORU^R01), one call each, in file
-    order; a message with an error writes nothing. Exits 1 when a message was refused."""
+    """Load a file of HL7 v2 messages (ADT^A01/A04/A08, ORU^R01) or an HL7 batch file, in
+    file order, many messages a call; a message with an error writes nothing. Exits 1 when a
+    message was refused."""
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -382,24 +394,45 @@ def hl7_command(
     found = Found()
     refused: list[int] = []
     sink = _open_out(out)
+    # A batch file (FHS/BHS ... BTS/FTS) goes whole, so that the server checks its trailers'
+    # counts; plain messages go MESSAGES_PER_CALL at a time.
+    calls = (
+        [(text, len(messages))]
+        if _ENVELOPE.search(text)
+        else [
+            (
+                "\r".join(messages[i : i + MESSAGES_PER_CALL]),
+                len(messages[i : i + MESSAGES_PER_CALL]),
+            )
+            for i in range(0, len(messages), MESSAGES_PER_CALL)
+        ]
+    )
 
     async def send_all(stub: Stub, metadata: Metadata) -> None:
         with _progress() as progress:
             task = progress.add_task(f"{file.name} ", total=len(messages), refused=0)
-            for number, message in enumerate(messages, start=1):
+            number = 0
+            for batch, count in calls:
                 reply = await checked(
-                    f"IngestHl7V2 (message {number})",
+                    f"IngestHl7V2Batch (messages {number + 1}-{number + count})",
                     record,
-                    stub.IngestHl7V2(
-                        record_pb2.IngestHl7V2Request(message=message, purpose=purpose_code),
+                    stub.IngestHl7V2Batch(
+                        record_pb2.IngestHl7V2BatchRequest(batch=batch, purpose=purpose_code),
                         metadata=metadata,
-                        timeout=timeout,
+                        timeout=timeout * count,
                     ),
                 )
-                found.record(sink, f"message {number}", reply)
-                if not reply.written or any(i.severity in BLOCKING for i in reply.issues):
-                    refused.append(number)
-                progress.update(task, advance=1, refused=len(refused))
+                if reply.issues:  # the envelope does not add up: nothing of it was written
+                    found.record(sink, "batch", record_pb2.IngestHl7V2Response(issues=reply.issues))
+                    refused.extend(range(number + 1, number + count + 1))
+                for answer in reply.messages:
+                    number += 1
+                    found.record(sink, f"message {number}", answer)
+                    if not answer.written or any(i.severity in BLOCKING for i in answer.issues):
+                        refused.append(number)
+                if reply.issues:
+                    number += count
+                progress.update(task, completed=number, refused=len(refused))
 
     try:
         _run(record, bearer_token, send_all)

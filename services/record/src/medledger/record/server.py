@@ -33,7 +33,7 @@ from medledger.record.domain.bulk_writes import BulkWrites
 from medledger.record.domain.csv_ingest import CsvLabIngestion, CsvProgress
 from medledger.record.domain.csv_labs import LabMapping, RowIssue
 from medledger.record.domain.duplicates import DuplicatePatients, LinkRequest
-from medledger.record.domain.hl7_ingest import Hl7Ingestion
+from medledger.record.domain.hl7_ingest import Hl7Ingestion, Hl7Outcome
 from medledger.record.domain.hl7_v2 import Hl7Issue
 from medledger.record.domain.patient_rights import PatientRights
 from medledger.record.domain.peers import LoggedEntry, Requester
@@ -67,6 +67,7 @@ RECORD_ACCESS: Final = ServiceAccess(
         _METHODS["GetAccessReport"]: ResourceAccess("AuditEvent", "rs"),
         # ADT messages create and update Patients and Encounters, ORU ones Observations.
         _METHODS["IngestHl7V2"]: ResourceAccess("*", "cu"),
+        _METHODS["IngestHl7V2Batch"]: ResourceAccess("*", "cu"),
         _METHODS["IngestCsvLabResults"]: ResourceAccess("Observation", "c"),
         _METHODS["IngestCsvLabResultsStream"]: ResourceAccess("Observation", "c"),
         _METHODS["FindDuplicatePatients"]: ResourceAccess("Patient", "s"),
@@ -157,6 +158,15 @@ def _hl7_issue(issue: Hl7Issue) -> record_pb2.Issue:
         code=issue.code,
         location=issue.location,
         diagnostics=issue.diagnostics,
+    )
+
+
+def _hl7_response(outcome: Hl7Outcome) -> record_pb2.IngestHl7V2Response:
+    return record_pb2.IngestHl7V2Response(
+        message_type=outcome.message_type,
+        issues=[_hl7_issue(i) for i in outcome.issues],
+        written=[_written(v) for v in outcome.written],
+        control_id=outcome.control_id,
     )
 
 
@@ -405,10 +415,17 @@ class RecordServiceServicer(record_pb2_grpc.RecordServiceServicer):
         outcome = await self._ingestion.hl7.ingest(
             _requester(request.purpose, ""), request.message, request.idempotency_key
         )
-        return record_pb2.IngestHl7V2Response(
-            message_type=outcome.message_type,
+        return _hl7_response(outcome)
+
+    async def IngestHl7V2Batch(
+        self, request: record_pb2.IngestHl7V2BatchRequest, context: Context
+    ) -> record_pb2.IngestHl7V2BatchResponse:
+        outcome = await self._ingestion.hl7.ingest_batch(
+            _requester(request.purpose, ""), request.batch
+        )
+        return record_pb2.IngestHl7V2BatchResponse(
             issues=[_hl7_issue(i) for i in outcome.issues],
-            written=[_written(v) for v in outcome.written],
+            messages=[_hl7_response(m) for m in outcome.messages],
         )
 
     async def IngestCsvLabResults(

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from medledger.common.errors import Aborted, NotFound
+from medledger.common.errors import (
+    Aborted,
+    FailedPrecondition,
+    MedledgerError,
+    NotFound,
+    PermissionDenied,
+)
 from medledger.common.telemetry import current_trace_id
 from medledger.record.domain.fhir_validation import ValidResource
 from medledger.record.domain.peers import (
@@ -40,7 +46,13 @@ from medledger.record.domain.peers import (
     RecordLedger,
     Requester,
 )
-from medledger.record.domain.ports import PendingWrite, RecordStorage, ResourceWrite, StoredVersion
+from medledger.record.domain.ports import (
+    BatchAttempt,
+    PendingWrite,
+    RecordStorage,
+    ResourceWrite,
+    StoredVersion,
+)
 from medledger.record.domain.resources import (
     denied,
     ledger_idempotency_key,
@@ -74,6 +86,16 @@ class ChangedResource:
 
 
 BulkWrite = NewResource | ChangedResource
+
+
+@dataclass(frozen=True)
+class BulkRequest:
+    """One request's writes (all or none) and its idempotency: the caller's key and a
+    digest of the request as the client sent it."""
+
+    writes: Sequence[BulkWrite]
+    idempotency_key: str = ""
+    request_digest: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -156,39 +178,152 @@ class BulkWrites:
         """:meth:`write_all` for a caller that asked :meth:`replay` already (and got None):
         the first attempt is not looked up again. A concurrent attempt with the same key is
         still found (its versions are returned, as they are recorded first)."""
-        key, fingerprint = _request_key(requester, idempotency_key, request_digest)
-        if not 1 <= len(writes) <= MAX_BULK_WRITES:
-            raise ValueError(f"a bulk write holds 1 to {MAX_BULK_WRITES} resources")
-        planned = await self._plan(requester, writes, members_checked=members_checked)
-        verdicts = await self._verdicts(
-            requester, {(p.patient_id, p.write.valid.resource_type, p.holder) for p in planned}
+        (outcome,) = await self.write_requests(
+            requester,
+            [BulkRequest(writes, idempotency_key, request_digest)],
+            members_checked=members_checked,
         )
+        if isinstance(outcome, MedledgerError):
+            raise outcome
+        return outcome
+
+    async def write_requests(
+        self,
+        requester: Requester,
+        requests: Sequence[BulkRequest],
+        *,
+        members_checked: bool = False,
+    ) -> list[list[StoredVersion] | MedledgerError]:
+        """Several requests (the messages of an HL7 batch) stored in ONE ledger step and
+        one commit, each all or none, each under its own idempotency key (a retry of any one
+        of them alone finds exactly its versions). Callers asked :meth:`replay` for each.
+        A request that may not be written (CheckAccess denies it, its patient is gone) gets
+        its error in its place and the others are written; a failure of the step itself
+        (the ledger or storage not answering, a concurrent write) raises, and then no
+        request of the step is visible."""
+        total = sum(len(r.writes) for r in requests)
+        if not requests or any(not r.writes for r in requests) or total > MAX_BULK_WRITES:
+            raise ValueError(f"a bulk write holds 1 to {MAX_BULK_WRITES} resources")
+        keys = [_request_key(requester, r.idempotency_key, r.request_digest) for r in requests]
+        outcomes: list[list[StoredVersion] | MedledgerError | None] = [None] * len(requests)
+        holders: dict[str, str] = {}
+        plans: dict[int, list[_Planned]] = {}
+        for number, request in enumerate(requests):
+            try:
+                plans[number] = await self._plan(
+                    requester, request.writes, members_checked=members_checked, holders=holders
+                )
+            except (NotFound, PermissionDenied, FailedPrecondition) as error:
+                outcomes[number] = error
+        verdicts = await self._checked(requester, plans, outcomes)
+        if not plans:
+            return [o for o in outcomes if o is not None]
+        await self._register_new_patients([p for planned in plans.values() for p in planned])
+        pending, resumed = await self._prepare_requests(plans, keys)
+        ordered = sorted(pending)
+        if ordered:
+            stored = await self._ledger_and_commit(
+                requester,
+                verdicts,
+                [p for number in ordered for p in pending[number]],
+                drop=[p for number in ordered if not keys[number][0] for p in pending[number]],
+            )
+            start = 0
+            for number in ordered:
+                outcomes[number] = stored[start : start + len(pending[number])]
+                start += len(pending[number])
+        for number, recorded in resumed.items():
+            key, fingerprint = keys[number]
+            outcomes[number] = await self._resume(
+                requester, key, fingerprint, recorded.attempt, recorded.count
+            )
+        return [o for o in outcomes if o is not None]
+
+    async def _register_new_patients(self, planned: Sequence[_Planned]) -> None:
+        """As for a single create: identity learns each new Patient's holder (and the
+        patient's scan secret) before anything is written."""
         for each in planned:
-            if isinstance(each.write, NewResource) and each.write.valid.resource_type == "Patient":
-                # As for a single create: identity learns the holder (and the patient's
-                # scan secret) first.
+            write = each.write
+            if isinstance(write, NewResource) and write.valid.resource_type == "Patient":
                 secret = await self._ledger.new_scan_secret(each.patient_id)
                 await self._directory.register_holder(each.patient_id, each.holder, secret)
-        attempt_id = secrets.token_hex(8)
+
+    async def _prepare_requests(
+        self, plans: dict[int, list[_Planned]], keys: Sequence[tuple[str, bytes]]
+    ) -> tuple[dict[int, list[PendingWrite]], dict[int, BatchAttempt]]:
+        """Every request's versions prepared together, then each keyed request's attempt
+        recorded: the pending versions of each request whose attempt is this one, and the
+        recorded attempt of each request a concurrent attempt recorded first (its versions
+        here are dropped: that one is finished instead)."""
+        attempts = {number: secrets.token_hex(8) for number in plans}
         resource_writes = await asyncio.to_thread(
-            self._resource_writes, planned, key, attempt_id, fingerprint
+            lambda: [
+                w
+                for number, planned in plans.items()
+                for w in self._resource_writes(
+                    planned, keys[number][0], attempts[number], keys[number][1]
+                )
+            ]
         )
         # Every version prepared in a few storage steps; on a failure none stays.
-        pending = await self._storage.prepare_writes(resource_writes)
+        prepared = await self._storage.prepare_writes(resource_writes)
+        pending: dict[int, list[PendingWrite]] = {}
+        for number, planned in plans.items():
+            pending[number], prepared = prepared[: len(planned)], prepared[len(planned) :]
+        resumed: dict[int, BatchAttempt] = {}
         try:
-            if key:
-                recorded = await self._storage.record_batch_attempt(
-                    key, fingerprint, attempt_id, len(planned)
-                )
-                if recorded.attempt != attempt_id:  # a concurrent attempt recorded first
-                    await self._storage.abort_writes(pending)
-                    return await self._resume(
-                        requester, key, fingerprint, recorded.attempt, recorded.count
+            for number, planned in plans.items():
+                key, fingerprint = keys[number]
+                if key:
+                    recorded = await self._storage.record_batch_attempt(
+                        key, fingerprint, attempts[number], len(planned)
                     )
+                    if recorded.attempt != attempts[number]:  # a concurrent attempt was first
+                        resumed[number] = recorded
         except BaseException:
-            await self._storage.abort_writes(pending)
+            await self._storage.abort_writes([p for each in pending.values() for p in each])
             raise
-        return await self._ledger_and_commit(requester, verdicts, pending, keep=bool(key))
+        for number in resumed:
+            await self._storage.abort_writes(pending.pop(number))
+        return pending, resumed
+
+    async def _checked(
+        self,
+        requester: Requester,
+        plans: dict[int, list[_Planned]],
+        outcomes: list[list[StoredVersion] | MedledgerError | None],
+    ) -> dict[tuple[str, str], AccessVerdict]:
+        """CheckAccess once per (patient, type, holder) of every planned request; a request
+        with any write denied leaves ``plans`` with its error in ``outcomes``."""
+        wanted = {
+            (p.patient_id, p.write.valid.resource_type, p.holder)
+            for planned in plans.values()
+            for p in planned
+        }
+        ordered = sorted(wanted)
+        found = await asyncio.gather(
+            *(
+                self._access.check(AccessQuery(requester, patient, holder, kind, Action.WRITE))
+                for patient, kind, holder in ordered
+            )
+        )
+        verdicts = {
+            (patient, kind): verdict
+            for (patient, kind, _), verdict in zip(ordered, found, strict=True)
+        }
+        for number in list(plans):
+            refusal = next(
+                (
+                    verdicts[(p.patient_id, p.write.valid.resource_type)]
+                    for p in plans[number]
+                    if not verdicts[(p.patient_id, p.write.valid.resource_type)].permitted
+                ),
+                None,
+            )
+            if refusal is not None:
+                outcomes[number] = denied(refusal)
+                del plans[number]
+        return verdicts
 
     async def replay(
         self, requester: Requester, idempotency_key: str, request_digest: bytes
@@ -211,11 +346,17 @@ class BulkWrites:
         return await self._resume(requester, key, fingerprint, attempt.attempt, attempt.count)
 
     async def _plan(
-        self, requester: Requester, writes: Sequence[BulkWrite], *, members_checked: bool
+        self,
+        requester: Requester,
+        writes: Sequence[BulkWrite],
+        *,
+        members_checked: bool,
+        holders: dict[str, str] | None = None,
     ) -> list[_Planned]:
         """Each write's id, patient and the organisation holding that patient (the
-        requester's for a Patient this request creates)."""
-        holders: dict[str, str] = {}
+        requester's for a Patient this request creates); ``holders`` keeps the holders
+        looked up, across the requests of one step."""
+        holders = {} if holders is None else holders
         for write in writes:
             if isinstance(write, NewResource) and write.valid.resource_type == "Patient":
                 holders[write.resource_id] = requester.principal.organization
@@ -290,7 +431,7 @@ class BulkWrites:
         verdicts: dict[tuple[str, str], AccessVerdict],
         pending: Sequence[PendingWrite],
         *,
-        keep: bool,
+        drop: Sequence[PendingWrite],
     ) -> list[StoredVersion]:
         events = [
             (
@@ -304,9 +445,10 @@ class BulkWrites:
             receipts = await self._ledger.append_many(events)
         except BaseException:
             # Not acknowledged, so never visible. A keyed attempt keeps its versions for the
-            # retry to finish (the ledger may hold the entries after all); others are dropped.
-            if not keep:
-                await self._storage.abort_writes(pending)
+            # retry to finish (the ledger may hold the entries after all); the others
+            # (``drop``) are dropped.
+            if drop:
+                await self._storage.abort_writes(drop)
             raise
         # Shielded: the entries are ledgered, so the versions must become visible even if
         # the caller goes away (a cancelled stream); a transaction abandoned midway would also
@@ -349,7 +491,7 @@ class BulkWrites:
         if pending:
             positions = sorted(pending)
             stored = await self._ledger_and_commit(
-                requester, verdicts, [pending[i] for i in positions], keep=True
+                requester, verdicts, [pending[i] for i in positions], drop=()
             )
             done.update(zip(positions, stored, strict=True))
         return [done[i] for i in range(count)]

@@ -20,13 +20,27 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
-from medledger.common.errors import Aborted
+from medledger.common.errors import (
+    Aborted,
+    FailedPrecondition,
+    MedledgerError,
+    NotFound,
+    PermissionDenied,
+)
 from medledger.common.metrics import ingest_rejected
-from medledger.record.domain.bulk_writes import BulkWrite, BulkWrites, ChangedResource, NewResource
+from medledger.record.domain.bulk_writes import (
+    MAX_BULK_WRITES,
+    BulkRequest,
+    BulkWrite,
+    BulkWrites,
+    ChangedResource,
+    NewResource,
+)
 from medledger.record.domain.fhir_validation import validate_resource
+from medledger.record.domain.hl7_batch import split_batch
 from medledger.record.domain.hl7_v2 import Hl7Issue, Hl7Message, normalise_segments, parse_message
 from medledger.record.domain.peers import Requester
 from medledger.record.domain.ports import StoredVersion
@@ -41,6 +55,13 @@ class Hl7Outcome:
     message_type: str
     issues: Sequence[Hl7Issue]
     written: Sequence[StoredVersion]  # empty when refused
+    control_id: str = ""  # MSH-10, when it could be read
+
+
+@dataclass(frozen=True)
+class Hl7BatchOutcome:
+    issues: Sequence[Hl7Issue]  # the batch's envelope (nothing written when any blocks)
+    messages: Sequence[Hl7Outcome]  # each message's, in file order
 
 
 def default_key(message: Hl7Message) -> str:
@@ -53,13 +74,97 @@ def default_key(message: Hl7Message) -> str:
 
 
 def _refused(message: Hl7Message, *issues: Hl7Issue) -> Hl7Outcome:
-    """The outcome of a refused message, counted as an ingest reject (medledger.ingest.rejects)
-    under its first error's FHIR issue-type code (``code-invalid`` → ``CODE_INVALID``)."""
+    """The outcome of a refused message, counted as an ingest reject."""
     found = [*message.issues, *issues]
-    errors = [i.code for i in found if i.severity in {"error", "fatal"}]
+    _count_refusal(found)
+    return Hl7Outcome(message.message_type, found, [], message.control_id)
+
+
+def _count_refusal(issues: Sequence[Hl7Issue]) -> None:
+    """Counts a refused message or batch as an ingest reject (medledger.ingest.rejects)
+    under its first error's FHIR issue-type code (``code-invalid`` → ``CODE_INVALID``)."""
+    errors = [i.code for i in issues if i.severity in {"error", "fatal"}]
     reason = re.sub(r"[^A-Z0-9]+", "_", (errors[0] if errors else "invalid").upper()).strip("_")
     ingest_rejected("hl7", reason if re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", reason) else "INVALID")
-    return Hl7Outcome(message.message_type, found, [])
+
+
+def _outcome(message: Hl7Message, written: Sequence[StoredVersion]) -> Hl7Outcome:
+    return Hl7Outcome(message.message_type, message.issues, written, message.control_id)
+
+
+def _digest(text: str) -> bytes:
+    """The message as the sender meant it (segment separators aside)."""
+    return hashlib.sha256(normalise_segments(text).encode("utf-8", "surrogatepass")).digest()
+
+
+# A message's own refusals, reported as its issue in a batch (an outage fails the call).
+_ONE_MESSAGES: Final = (Aborted, FailedPrecondition, NotFound, PermissionDenied)
+
+
+def _issue_of(error: MedledgerError) -> Hl7Issue:
+    """One message's refusal in a batch as an issue: what a single IngestHl7V2 would
+    have answered as its status (never a value of the message)."""
+    if isinstance(error, PermissionDenied):
+        return Hl7Issue("error", "forbidden", "MSH", f"{error.message} ({error.reason})")
+    if error.reason == "IDEMPOTENCY_KEY_REUSED":
+        return Hl7Issue(
+            "error",
+            "duplicate",
+            "MSH-10",
+            "this sender sent another message under this control id before",
+        )
+    code = "not-found" if isinstance(error, NotFound) else "conflict"
+    return Hl7Issue("error", code, "MSH", f"{error.message} ({error.reason})")
+
+
+@dataclass
+class _Step:
+    """The messages of a batch to write in one ledger step."""
+
+    numbers: list[int] = field(default_factory=list)
+    messages: list[Hl7Message] = field(default_factory=list)
+    requests: list[BulkRequest] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+    admitted: set[tuple[str, str]] = field(default_factory=set)  # ADT patients' identifiers
+    resources: int = 0
+
+    def builds_on(self, key: str, message: Hl7Message) -> bool:
+        """Whether ``message`` must see this step stored first: its control id is one of
+        the step's, or its patient is one an ADT message of the step admits or updates."""
+        assert message.patient is not None
+        if key in self.keys:
+            return True
+        identifiers = {(i.system, i.value) for i in message.patient.identifiers}
+        if message.message_type.startswith("ADT"):
+            # an update builds on any message of the step for its patient
+            return bool(identifiers & (self.admitted | self._all_identifiers()))
+        return bool(identifiers & self.admitted)
+
+    def _all_identifiers(self) -> set[tuple[str, str]]:
+        return {
+            (i.system, i.value)
+            for m in self.messages
+            if m.patient is not None
+            for i in m.patient.identifiers
+        }
+
+    def add(self, number: int, message: Hl7Message, request: BulkRequest) -> None:
+        assert message.patient is not None
+        self.numbers.append(number)
+        self.messages.append(message)
+        self.requests.append(request)
+        self.keys.add(default_key(message))
+        self.resources += len(request.writes)
+        if message.message_type.startswith("ADT"):
+            self.admitted |= {(i.system, i.value) for i in message.patient.identifiers}
+
+    def clear(self) -> None:
+        self.numbers.clear()
+        self.messages.clear()
+        self.requests.clear()
+        self.keys.clear()
+        self.admitted.clear()
+        self.resources = 0
 
 
 def _reference(resource_type: str, resource_id: str) -> dict[str, str]:
@@ -77,10 +182,77 @@ class Hl7Ingestion:
         if message.refused:
             return _refused(message)
         key = idempotency_key or default_key(message)
-        digest = hashlib.sha256(normalise_segments(text).encode("utf-8", "surrogatepass")).digest()
+        digest = _digest(text)
         first = await self._writes.replay(requester, key, digest)
         if first is not None:
-            return Hl7Outcome(message.message_type, message.issues, first)
+            return _outcome(message, first)
+        planned = await self._writes_of(message)
+        if isinstance(planned, Hl7Outcome):
+            return planned
+        written = await self._writes.write_unreplayed(
+            requester, planned, idempotency_key=key, request_digest=digest
+        )
+        return _outcome(message, written)
+
+    async def ingest_batch(self, requester: Requester, text: str) -> Hl7BatchOutcome:
+        """Every message of an HL7 batch (:mod:`.hl7_batch`), each atomic and idempotent
+        under its own key as if sent alone, in file order; the messages that are ready are
+        written together, up to :data:`MAX_BULK_WRITES` resources in one ledger step. A
+        message that builds on one before it in the same step (its patient admitted or
+        updated there, or the same control id resent) starts the next step, so each is
+        planned against what is stored. A message refused (its issues, CheckAccess, a
+        control id reused for another message) does not stop the others. A step that fails
+        (the ledger or storage not answering) fails the call: the steps before it are
+        written, and sending the batch again writes only what is missing."""
+        batch = await asyncio.to_thread(split_batch, text)
+        if batch.refused:
+            _count_refusal(batch.issues)
+            return Hl7BatchOutcome(batch.issues, [])
+        texts = batch.messages
+        messages = await asyncio.to_thread(lambda: [parse_message(t) for t in texts])
+        results: list[Hl7Outcome | None] = [None] * len(messages)
+        step = _Step()
+        for number, (message_text, message) in enumerate(zip(texts, messages, strict=True)):
+            if message.refused:
+                results[number] = _refused(message)
+                continue
+            key, digest = default_key(message), _digest(message_text)
+            if step.builds_on(key, message):
+                await self._write_step(requester, step, results)
+            try:
+                first = await self._writes.replay(requester, key, digest)
+            except _ONE_MESSAGES as error:
+                results[number] = _refused(message, _issue_of(error))
+                continue
+            if first is not None:
+                results[number] = _outcome(message, first)
+                continue
+            planned = await self._writes_of(message)
+            if isinstance(planned, Hl7Outcome):
+                results[number] = planned
+                continue
+            if step.resources + len(planned) > MAX_BULK_WRITES:
+                await self._write_step(requester, step, results)
+            step.add(number, message, BulkRequest(planned, key, digest))
+        await self._write_step(requester, step, results)
+        return Hl7BatchOutcome(batch.issues, [r for r in results if r is not None])
+
+    async def _write_step(
+        self, requester: Requester, step: _Step, results: list[Hl7Outcome | None]
+    ) -> None:
+        if not step.requests:
+            return
+        outcomes = await self._writes.write_requests(requester, step.requests)
+        for number, message, outcome in zip(step.numbers, step.messages, outcomes, strict=True):
+            if isinstance(outcome, MedledgerError):
+                results[number] = _refused(message, _issue_of(outcome))
+            else:
+                results[number] = _outcome(message, outcome)
+        step.clear()
+
+    async def _writes_of(self, message: Hl7Message) -> list[BulkWrite] | Hl7Outcome:
+        """The message's writes, validated, planned against what is stored; or its refusal
+        (no stored patient where one is needed, a resource FHIR refuses)."""
         try:
             found = await self._stored_patient(message)
         except Aborted as error:
@@ -124,10 +296,7 @@ class Hl7Ingestion:
                 ]
         if problems:
             return _refused(message, *problems)
-        written = await self._writes.write_unreplayed(
-            requester, writes, idempotency_key=key, request_digest=digest
-        )
-        return Hl7Outcome(message.message_type, message.issues, written)
+        return writes
 
     async def _stored_patient(self, message: Hl7Message) -> StoredVersion | None:
         assert message.patient is not None  # not refused: PID was read

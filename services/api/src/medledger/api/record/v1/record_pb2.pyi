@@ -1098,8 +1098,11 @@ class IngestHl7V2Response(_message.Message):
     MESSAGE_TYPE_FIELD_NUMBER: _builtins.int
     ISSUES_FIELD_NUMBER: _builtins.int
     WRITTEN_FIELD_NUMBER: _builtins.int
+    CONTROL_ID_FIELD_NUMBER: _builtins.int
     message_type: _builtins.str
     """MSH-9, e.g. "ADT^A01" or "ORU^R01"."""
+    control_id: _builtins.str
+    """MSH-10, the message's control id (empty when it could not be read)."""
     @_builtins.property
     def issues(self) -> _containers.RepeatedCompositeFieldContainer[Global___Issue]: ...
     @_builtins.property
@@ -1112,14 +1115,74 @@ class IngestHl7V2Response(_message.Message):
         message_type: _builtins.str = ...,
         issues: _abc.Iterable[Global___Issue] | None = ...,
         written: _abc.Iterable[Global___WrittenResource] | None = ...,
+        control_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["issues", b"issues", "message_type", b"message_type", "written", b"written"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_id", b"control_id", "issues", b"issues", "message_type", b"message_type", "written", b"written"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestHl7V2Response: _TypeAlias = IngestHl7V2Response  # noqa: Y015
+
+@_typing.final
+class IngestHl7V2BatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    batch: _builtins.str
+    """An HL7 v2 batch: segments separated by CR, LF or CRLF; an optional file header (FHS),
+    batches of a header (BHS), messages (each from its MSH) and a trailer (BTS), an optional
+    file trailer (FTS); or just messages one after another. BTS-1 and FTS-1, when given,
+    must count the messages and batches sent.
+    """
+    purpose: _purpose_pb2.PurposeOfUse.ValueType
+    def __init__(
+        self,
+        *,
+        batch: _builtins.str = ...,
+        purpose: _purpose_pb2.PurposeOfUse.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestHl7V2BatchRequest: _TypeAlias = IngestHl7V2BatchRequest  # noqa: Y015
+
+@_typing.final
+class IngestHl7V2BatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUES_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def issues(self) -> _containers.RepeatedCompositeFieldContainer[Global___Issue]:
+        """The envelope's issues (located "BTS-1", "BTS[2]-1", "FTS-1", "BHS"); when one is an ERROR
+        or FATAL nothing of the batch was written and messages is empty.
+        """
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngestHl7V2Response]:
+        """One answer per message, in file order: what IngestHl7V2 would have answered (a message
+        refused for its caller's access or a reused control id carries that as an issue).
+        """
+
+    def __init__(
+        self,
+        *,
+        issues: _abc.Iterable[Global___Issue] | None = ...,
+        messages: _abc.Iterable[Global___IngestHl7V2Response] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issues", b"issues", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestHl7V2BatchResponse: _TypeAlias = IngestHl7V2BatchResponse  # noqa: Y015
 
 @_typing.final
 class CsvLabMapping(_message.Message):

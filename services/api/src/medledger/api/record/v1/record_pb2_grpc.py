@@ -87,6 +87,11 @@ class RecordServiceStub:
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2Request.SerializeToString,
                 response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2Response.FromString,
                 _registered_method=True)
+        self.IngestHl7V2Batch = channel.unary_unary(
+                '/medledger.api.record.v1.RecordService/IngestHl7V2Batch',
+                request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2BatchRequest.SerializeToString,
+                response_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2BatchResponse.FromString,
+                _registered_method=True)
         self.IngestCsvLabResults = channel.unary_unary(
                 '/medledger.api.record.v1.RecordService/IngestCsvLabResults',
                 request_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestCsvLabResultsRequest.SerializeToString,
@@ -198,6 +203,18 @@ class RecordServiceServicer:
     def IngestHl7V2(self, request, context):
         """IngestHl7V2 turns one HL7 v2 message (ADT, ORU) into FHIR resources. The message is
         atomic: nothing is written when any issue is an ERROR or FATAL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IngestHl7V2Batch(self, request, context):
+        """IngestHl7V2Batch takes an HL7 v2 batch file (FHS/BHS ... BTS/FTS, or messages one after
+        another) and answers for each message as IngestHl7V2 would: each message is atomic and
+        idempotent under its sender and control id (MSH-3, MSH-4, MSH-10), one message refused
+        does not stop the others, and the messages are written together, many in one ledger step.
+        An envelope that does not add up (a trailer's count differs, a header without its
+        trailer) refuses the whole batch. At most 1,000 messages and 4,000,000 bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -320,6 +337,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.IngestHl7V2,
                     request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2Request.FromString,
                     response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2Response.SerializeToString,
+            ),
+            'IngestHl7V2Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.IngestHl7V2Batch,
+                    request_deserializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2BatchRequest.FromString,
+                    response_serializer=medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2BatchResponse.SerializeToString,
             ),
             'IngestCsvLabResults': grpc.unary_unary_rpc_method_handler(
                     servicer.IngestCsvLabResults,
@@ -625,6 +647,33 @@ class RecordService:
             '/medledger.api.record.v1.RecordService/IngestHl7V2',
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2Request.SerializeToString,
             medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2Response.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestHl7V2Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.api.record.v1.RecordService/IngestHl7V2Batch',
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2BatchRequest.SerializeToString,
+            medledger_dot_api_dot_record_dot_v1_dot_record__pb2.IngestHl7V2BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

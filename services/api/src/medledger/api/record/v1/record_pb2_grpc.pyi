@@ -69,6 +69,14 @@ class RecordServiceStub:
     """IngestHl7V2 turns one HL7 v2 message (ADT, ORU) into FHIR resources. The message is
     atomic: nothing is written when any issue is an ERROR or FATAL.
     """
+    IngestHl7V2Batch: _grpc.UnaryUnaryMultiCallable[_record_pb2.IngestHl7V2BatchRequest, _record_pb2.IngestHl7V2BatchResponse]
+    """IngestHl7V2Batch takes an HL7 v2 batch file (FHS/BHS ... BTS/FTS, or messages one after
+    another) and answers for each message as IngestHl7V2 would: each message is atomic and
+    idempotent under its sender and control id (MSH-3, MSH-4, MSH-10), one message refused
+    does not stop the others, and the messages are written together, many in one ledger step.
+    An envelope that does not add up (a trailer's count differs, a header without its
+    trailer) refuses the whole batch. At most 1,000 messages and 4,000,000 bytes.
+    """
     IngestCsvLabResults: _grpc.UnaryUnaryMultiCallable[_record_pb2.IngestCsvLabResultsRequest, _record_pb2.IngestCsvLabResultsResponse]
     """IngestCsvLabResults turns CSV lab results into FHIR Observations, row by row: valid rows
     are written, invalid rows are reported. At most 4 MiB and 2,000 rows; larger files go
@@ -151,6 +159,14 @@ class RecordServiceAsyncStub(RecordServiceStub):
     IngestHl7V2: _aio.UnaryUnaryMultiCallable[_record_pb2.IngestHl7V2Request, _record_pb2.IngestHl7V2Response]  # type: ignore[assignment]
     """IngestHl7V2 turns one HL7 v2 message (ADT, ORU) into FHIR resources. The message is
     atomic: nothing is written when any issue is an ERROR or FATAL.
+    """
+    IngestHl7V2Batch: _aio.UnaryUnaryMultiCallable[_record_pb2.IngestHl7V2BatchRequest, _record_pb2.IngestHl7V2BatchResponse]  # type: ignore[assignment]
+    """IngestHl7V2Batch takes an HL7 v2 batch file (FHS/BHS ... BTS/FTS, or messages one after
+    another) and answers for each message as IngestHl7V2 would: each message is atomic and
+    idempotent under its sender and control id (MSH-3, MSH-4, MSH-10), one message refused
+    does not stop the others, and the messages are written together, many in one ledger step.
+    An envelope that does not add up (a trailer's count differs, a header without its
+    trailer) refuses the whole batch. At most 1,000 messages and 4,000,000 bytes.
     """
     IngestCsvLabResults: _aio.UnaryUnaryMultiCallable[_record_pb2.IngestCsvLabResultsRequest, _record_pb2.IngestCsvLabResultsResponse]  # type: ignore[assignment]
     """IngestCsvLabResults turns CSV lab results into FHIR Observations, row by row: valid rows
@@ -291,6 +307,20 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_record_pb2.IngestHl7V2Response, _abc.Awaitable[_record_pb2.IngestHl7V2Response]]:
         """IngestHl7V2 turns one HL7 v2 message (ADT, ORU) into FHIR resources. The message is
         atomic: nothing is written when any issue is an ERROR or FATAL.
+        """
+
+    @_abc_1.abstractmethod
+    def IngestHl7V2Batch(
+        self,
+        request: _record_pb2.IngestHl7V2BatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_record_pb2.IngestHl7V2BatchResponse, _abc.Awaitable[_record_pb2.IngestHl7V2BatchResponse]]:
+        """IngestHl7V2Batch takes an HL7 v2 batch file (FHS/BHS ... BTS/FTS, or messages one after
+        another) and answers for each message as IngestHl7V2 would: each message is atomic and
+        idempotent under its sender and control id (MSH-3, MSH-4, MSH-10), one message refused
+        does not stop the others, and the messages are written together, many in one ledger step.
+        An envelope that does not add up (a trailer's count differs, a header without its
+        trailer) refuses the whole batch. At most 1,000 messages and 4,000,000 bytes.
         """
 
     @_abc_1.abstractmethod
