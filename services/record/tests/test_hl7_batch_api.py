@@ -163,3 +163,21 @@ async def test_a_batch_whose_ledger_step_failed_is_finished_when_sent_again(
         ["Patient", "Encounter"],
         ["Observation"] * 3 + ["DiagnosticReport"],
     ]
+
+
+async def test_updates_of_one_patient_in_a_batch_each_build_on_the_last(api: RecordApi) -> None:
+    mrn, admit, result = new_ids()
+    admitted = await ingest(api.a, adt("A01", admit, mrn))
+    patient_id = admitted.written[0].id
+    first, second = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    batch = envelope(
+        adt("A08", first, mrn, family="Okafor-Reid"),
+        oru(result, mrn),
+        adt("A08", second, mrn, family="Reid"),
+    )
+    reply = await ingest_batch(api.a, batch)
+    assert [errors(m) for m in reply.messages] == [[], [], []]
+    assert [(w.id, w.version) for w in reply.messages[0].written] == [(patient_id, 2)]
+    assert [(w.id, w.version) for w in reply.messages[2].written] == [(patient_id, 3)]
+    stored = json.loads((await get(api.a, "Patient", patient_id)).resource_json)
+    assert stored["name"][0]["family"] == "Reid"

@@ -121,6 +121,7 @@ def _issue_of(error: MedledgerError) -> Hl7Issue:
 class _Step:
     """The messages of a batch to write in one ledger step."""
 
+    known: dict[tuple[str, str], StoredVersion]
     numbers: list[int] = field(default_factory=list)
     messages: list[Hl7Message] = field(default_factory=list)
     requests: list[BulkRequest] = field(default_factory=list)
@@ -211,7 +212,10 @@ class Hl7Ingestion:
         texts = batch.messages
         messages = await asyncio.to_thread(lambda: [parse_message(t) for t in texts])
         results: list[Hl7Outcome | None] = [None] * len(messages)
-        step = _Step()
+        # The stored Patients found by identifier so far; forgotten once a step with an ADT
+        # message (which may change them) is written.
+        known: dict[tuple[str, str], StoredVersion] = {}
+        step = _Step(known)
         for number, (message_text, message) in enumerate(zip(texts, messages, strict=True)):
             if message.refused:
                 results[number] = _refused(message)
@@ -227,7 +231,7 @@ class Hl7Ingestion:
             if first is not None:
                 results[number] = _outcome(message, first)
                 continue
-            planned = await self._writes_of(message)
+            planned = await self._writes_of(message, known)
             if isinstance(planned, Hl7Outcome):
                 results[number] = planned
                 continue
@@ -248,13 +252,18 @@ class Hl7Ingestion:
                 results[number] = _refused(message, _issue_of(outcome))
             else:
                 results[number] = _outcome(message, outcome)
+        if step.admitted:
+            step.known.clear()
         step.clear()
 
-    async def _writes_of(self, message: Hl7Message) -> list[BulkWrite] | Hl7Outcome:
-        """The message's writes, validated, planned against what is stored; or its refusal
-        (no stored patient where one is needed, a resource FHIR refuses)."""
+    async def _writes_of(
+        self, message: Hl7Message, known: dict[tuple[str, str], StoredVersion] | None = None
+    ) -> list[BulkWrite] | Hl7Outcome:
+        """The message's writes, validated, planned against what is stored (and ``known``,
+        see :meth:`_stored_patient`); or its refusal (no stored patient where one is needed,
+        a resource FHIR refuses)."""
         try:
-            found = await self._stored_patient(message)
+            found = await self._stored_patient(message, known)
         except Aborted as error:
             if error.reason != "AMBIGUOUS_IDENTIFIER":
                 raise
@@ -298,11 +307,18 @@ class Hl7Ingestion:
             return _refused(message, *problems)
         return writes
 
-    async def _stored_patient(self, message: Hl7Message) -> StoredVersion | None:
+    async def _stored_patient(
+        self, message: Hl7Message, known: dict[tuple[str, str], StoredVersion] | None = None
+    ) -> StoredVersion | None:
+        """The stored Patient one of the message's identifiers names; ``known`` keeps those
+        found for the messages of a batch (a patient's messages look it up once)."""
         assert message.patient is not None  # not refused: PID was read
+        known = {} if known is None else known
         for identifier in message.patient.identifiers:
-            found = await self._writes.patient_by_identifier(identifier.system, identifier.value)
+            pair = (identifier.system, identifier.value)
+            found = known.get(pair) or await self._writes.patient_by_identifier(*pair)
             if found is not None:
+                known[pair] = found
                 return found
         return None
 
