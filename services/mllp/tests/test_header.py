@@ -41,6 +41,12 @@ def test_other_separators_are_honoured() -> None:
     ("payload", "field", "condition"),
     [
         (b"PID|1||123\rMSH|^~\\&|A|B", 0, Condition.SEGMENT_SEQUENCE),
+        # A batch (docs/hl7-v2.md): one message per frame; batches go to IngestHl7V2Batch.
+        (
+            b"BHS|^~\\&|LAB|HOSP-A\rMSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5",
+            0,
+            Condition.SEGMENT_SEQUENCE,
+        ),
         (b"MSH", 0, Condition.SEGMENT_SEQUENCE),
         (b"MSHA^~\\&|A|B|C|D|E", 1, Condition.DATA_TYPE),
         (b"MSH|^^\\&|A|B|C|D|||ADT^A01|1|P|2.5", 2, Condition.DATA_TYPE),
