@@ -243,6 +243,32 @@ async def csv_requests(data: bytes) -> AsyncIterator[record_pb2.IngestCsvLabResu
         yield record_pb2.IngestCsvLabResultsStreamRequest(csv=data[start : start + PIECE_BYTES])
 
 
+async def measured(
+    name: str,
+    units: int,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    meter: CpuMeter,
+    send: Callable[[], Awaitable[list[record_pb2.WrittenResource]]],
+) -> Bulk:
+    """One bulk load timed and metered: what ``send`` wrote, in how long, at what cost."""
+    before = await mongo_ops(mongo)
+    cpu_before = meter.read()
+    started = time.perf_counter()
+    written = await send()
+    seconds = time.perf_counter() - started
+    cpu = CpuMeter.spent(cpu_before, meter.read())
+    return Bulk(
+        name,
+        units,
+        len(written),
+        seconds,
+        len({w.receipt.checkpoint for w in written}),
+        sum(1 for w in written if w.receipt.leaf_hash),
+        await per_resource(mongo, before, len(written)),
+        cpu,
+    )
+
+
 async def csv_load(
     callers: Callers,
     mongo: AsyncMongoClient[dict[str, Any]],
@@ -251,31 +277,21 @@ async def csv_load(
     meter: CpuMeter,
 ) -> Bulk:
     async with callers() as caller:
-        before = await mongo_ops(mongo)
-        cpu_before = meter.read()
-        started = time.perf_counter()
-        written: list[record_pb2.WrittenResource] = []
-        last = record_pb2.IngestCsvLabResultsStreamResponse()
-        call = caller.stub.IngestCsvLabResultsStream(
-            csv_requests(data), metadata=caller.metadata, timeout=3600
-        )
-        async for reply in call:
-            written += reply.written
-            last = reply
-        seconds = time.perf_counter() - started
-        cpu = CpuMeter.spent(cpu_before, meter.read())
-    if not last.done or last.rows_accepted != rows or last.issues:
-        raise SystemExit(f"the CSV load wrote {last.rows_accepted} of {rows} rows")
-    return Bulk(
-        "CSV rows (IngestCsvLabResultsStream)",
-        rows,
-        len(written),
-        seconds,
-        len({w.receipt.checkpoint for w in written}),
-        sum(1 for w in written if w.receipt.leaf_hash),
-        await per_resource(mongo, before, len(written)),
-        cpu,
-    )
+
+        async def send() -> list[record_pb2.WrittenResource]:
+            written: list[record_pb2.WrittenResource] = []
+            last = record_pb2.IngestCsvLabResultsStreamResponse()
+            call = caller.stub.IngestCsvLabResultsStream(
+                csv_requests(data), metadata=caller.metadata, timeout=3600
+            )
+            async for reply in call:
+                written += reply.written
+                last = reply
+            if not last.done or last.rows_accepted != rows or last.issues:
+                raise SystemExit(f"the CSV load wrote {last.rows_accepted} of {rows} rows")
+            return written
+
+        return await measured("CSV rows (IngestCsvLabResultsStream)", rows, mongo, meter, send)
 
 
 async def hl7_load(
@@ -287,30 +303,20 @@ async def hl7_load(
 ) -> Bulk:
     rng = random.Random(5)
     messages = [oru(rng, rng.choice(patients), uuid.uuid4().hex[:16]) for _ in range(count)]
-    written: list[record_pb2.WrittenResource] = []
     async with callers() as caller:
-        before = await mongo_ops(mongo)
-        cpu_before = meter.read()
-        started = time.perf_counter()
-        for message in messages:
-            reply = await caller.stub.IngestHl7V2(
-                record_pb2.IngestHl7V2Request(message=message, purpose=TREAT)
-            )
-            if not reply.written:
-                raise SystemExit("an ORU^R01 message was refused: " + str(list(reply.issues)))
-            written += reply.written
-        seconds = time.perf_counter() - started
-        cpu = CpuMeter.spent(cpu_before, meter.read())
-    return Bulk(
-        "HL7 v2 ORU^R01 messages (IngestHl7V2)",
-        count,
-        len(written),
-        seconds,
-        len({w.receipt.checkpoint for w in written}),
-        sum(1 for w in written if w.receipt.leaf_hash),
-        await per_resource(mongo, before, len(written)),
-        cpu,
-    )
+
+        async def send() -> list[record_pb2.WrittenResource]:
+            written: list[record_pb2.WrittenResource] = []
+            for message in messages:
+                reply = await caller.stub.IngestHl7V2(
+                    record_pb2.IngestHl7V2Request(message=message, purpose=TREAT)
+                )
+                if not reply.written:
+                    raise SystemExit("an ORU^R01 message was refused: " + str(list(reply.issues)))
+                written += reply.written
+            return written
+
+        return await measured("HL7 v2 ORU^R01 messages (IngestHl7V2)", count, mongo, meter, send)
 
 
 def batch_file(messages: list[str]) -> str:
@@ -337,31 +343,26 @@ async def hl7_batch_load(
     rng = random.Random(6)
     messages = [oru(rng, rng.choice(patients), uuid.uuid4().hex[:16]) for _ in range(count)]
     files = [batch_file(messages[i : i + per_file]) for i in range(0, count, per_file)]
-    written: list[record_pb2.WrittenResource] = []
     async with callers() as caller:
-        before = await mongo_ops(mongo)
-        cpu_before = meter.read()
-        started = time.perf_counter()
-        for batch in files:
-            reply = await caller.stub.IngestHl7V2Batch(
-                record_pb2.IngestHl7V2BatchRequest(batch=batch, purpose=TREAT)
-            )
-            refused = [m for m in reply.messages if not m.written]
-            if reply.issues or refused:
-                raise SystemExit("a batch or its message was refused: " + str(reply)[:400])
-            written += [w for m in reply.messages for w in m.written]
-        seconds = time.perf_counter() - started
-        cpu = CpuMeter.spent(cpu_before, meter.read())
-    return Bulk(
-        f"HL7 v2 ORU^R01 batch files of {per_file} (IngestHl7V2Batch)",
-        count,
-        len(written),
-        seconds,
-        len({w.receipt.checkpoint for w in written}),
-        sum(1 for w in written if w.receipt.leaf_hash),
-        await per_resource(mongo, before, len(written)),
-        cpu,
-    )
+
+        async def send() -> list[record_pb2.WrittenResource]:
+            written: list[record_pb2.WrittenResource] = []
+            for batch in files:
+                reply = await caller.stub.IngestHl7V2Batch(
+                    record_pb2.IngestHl7V2BatchRequest(batch=batch, purpose=TREAT)
+                )
+                if reply.issues or any(not m.written for m in reply.messages):
+                    raise SystemExit("a batch or its message was refused: " + str(reply)[:400])
+                written += [w for m in reply.messages for w in m.written]
+            return written
+
+        return await measured(
+            f"HL7 v2 ORU^R01 batch files of {per_file} (IngestHl7V2Batch)",
+            count,
+            mongo,
+            meter,
+            send,
+        )
 
 
 # -- the report -------------------------------------------------------------------------------
