@@ -396,16 +396,13 @@ def hl7_command(
     sink = _open_out(out)
     # A batch file (FHS/BHS ... BTS/FTS) goes whole, so that the server checks its trailers'
     # counts; plain messages go MESSAGES_PER_CALL at a time.
+    chunks = [
+        messages[i : i + MESSAGES_PER_CALL] for i in range(0, len(messages), MESSAGES_PER_CALL)
+    ]
     calls = (
         [(text, len(messages))]
         if _ENVELOPE.search(text)
-        else [
-            (
-                "\r".join(messages[i : i + MESSAGES_PER_CALL]),
-                len(messages[i : i + MESSAGES_PER_CALL]),
-            )
-            for i in range(0, len(messages), MESSAGES_PER_CALL)
-        ]
+        else [("\r".join(chunk), len(chunk)) for chunk in chunks]
     )
 
     async def send_all(stub: Stub, metadata: Metadata) -> None:
@@ -425,13 +422,12 @@ def hl7_command(
                 if reply.issues:  # the envelope does not add up: nothing of it was written
                     found.record(sink, "batch", record_pb2.IngestHl7V2Response(issues=reply.issues))
                     refused.extend(range(number + 1, number + count + 1))
+                    number += count
                 for answer in reply.messages:
                     number += 1
                     found.record(sink, f"message {number}", answer)
                     if not answer.written or any(i.severity in BLOCKING for i in answer.issues):
                         refused.append(number)
-                if reply.issues:
-                    number += count
                 progress.update(task, completed=number, refused=len(refused))
 
     try:

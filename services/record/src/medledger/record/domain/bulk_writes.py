@@ -293,24 +293,16 @@ class BulkWrites:
         plans: dict[int, list[_Planned]],
         outcomes: list[list[StoredVersion] | MedledgerError | None],
     ) -> dict[tuple[str, str], AccessVerdict]:
-        """CheckAccess once per (patient, type, holder) of every planned request; a request
-        with any write denied leaves ``plans`` with its error in ``outcomes``."""
-        wanted = {
-            (p.patient_id, p.write.valid.resource_type, p.holder)
-            for planned in plans.values()
-            for p in planned
-        }
-        ordered = sorted(wanted)
-        found = await asyncio.gather(
-            *(
-                self._access.check(AccessQuery(requester, patient, holder, kind, Action.WRITE))
-                for patient, kind, holder in ordered
-            )
+        """:meth:`_decided` for every planned request; a request with any write denied
+        leaves ``plans`` with its error in ``outcomes``."""
+        verdicts = await self._decided(
+            requester,
+            {
+                (p.patient_id, p.write.valid.resource_type, p.holder)
+                for planned in plans.values()
+                for p in planned
+            },
         )
-        verdicts = {
-            (patient, kind): verdict
-            for (patient, kind, _), verdict in zip(ordered, found, strict=True)
-        }
         for number in list(plans):
             refusal = next(
                 (
@@ -377,10 +369,11 @@ class BulkWrites:
             planned.append(_Planned(write, resource_id, patient_id, holders[patient_id]))
         return planned
 
-    async def _verdicts(
+    async def _decided(
         self, requester: Requester, wanted: set[tuple[str, str, str]]
     ) -> dict[tuple[str, str], AccessVerdict]:
-        """CheckAccess once per (patient, type, holder): every one must permit the write."""
+        """CheckAccess once per (patient, type, holder), all at once: each verdict by
+        (patient, type)."""
         ordered = sorted(wanted)
         verdicts = await asyncio.gather(
             *(
@@ -388,11 +381,19 @@ class BulkWrites:
                 for patient, kind, holder in ordered
             )
         )
-        decided: dict[tuple[str, str], AccessVerdict] = {}
-        for (patient, kind, _), verdict in zip(ordered, verdicts, strict=True):
+        return {
+            (patient, kind): verdict
+            for (patient, kind, _), verdict in zip(ordered, verdicts, strict=True)
+        }
+
+    async def _verdicts(
+        self, requester: Requester, wanted: set[tuple[str, str, str]]
+    ) -> dict[tuple[str, str], AccessVerdict]:
+        """:meth:`_decided`, where every one must permit the write."""
+        decided = await self._decided(requester, wanted)
+        for verdict in decided.values():
             if not verdict.permitted:
                 raise denied(verdict)
-            decided[(patient, kind)] = verdict
         return decided
 
     def _resource_writes(

@@ -52,7 +52,6 @@ class _Splitter:
         self.seen: dict[str, int] = dict.fromkeys(_ENVELOPE, 0)
         self.current: list[str] | None = None
         self.in_batch = -1  # messages since the open BHS; -1 when no batch is open
-        self.batches = 0
         self.after_end = False
 
     def error(self, code: str, location: str, diagnostics: str) -> None:
@@ -85,13 +84,12 @@ class _Splitter:
         location = _located(segment, self.seen[segment])
         if segment in {"FHS", "BHS"} and len(line) > 3:
             self.separator = line[3]
-        if segment == "FHS" and (self.batch.messages or self.batches or self.seen["FHS"] > 1):
+        if segment == "FHS" and (self.batch.messages or self.seen["BHS"] or self.seen["FHS"] > 1):
             self.error("structure", location, "a file header comes first, once")
         elif segment == "BHS":
             if self.in_batch >= 0:
                 self.error("structure", location, "the batch before has no trailer (BTS)")
             self.in_batch = 0
-            self.batches += 1
         elif segment == "BTS":
             if self.in_batch < 0:
                 self.error("structure", location, "a batch trailer without its header (BHS)")
@@ -101,7 +99,7 @@ class _Splitter:
         elif segment == "FTS":
             if not self.seen["FHS"]:
                 self.error("structure", location, "a file trailer without its header (FHS)")
-            self.count("FTS", line, self.batches)
+            self.count("FTS", line, self.seen["BHS"])
 
     def segment(self, line: str) -> None:
         name = line[:3]

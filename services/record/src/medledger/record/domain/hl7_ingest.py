@@ -117,55 +117,40 @@ def _issue_of(error: MedledgerError) -> Hl7Issue:
     return Hl7Issue("error", code, "MSH", f"{error.message} ({error.reason})")
 
 
+def _identifiers(message: Hl7Message) -> set[tuple[str, str]]:
+    assert message.patient is not None  # not refused: PID was read
+    return {(i.system, i.value) for i in message.patient.identifiers}
+
+
+def _is_adt(message: Hl7Message) -> bool:
+    return message.message_type.startswith("ADT")
+
+
 @dataclass
 class _Step:
-    """The messages of a batch to write in one ledger step."""
+    """The messages of a batch to write in one ledger step (by their place in the batch),
+    and the stored Patients found by identifier so far (forgotten once a step with an ADT
+    message, which may change them, is written)."""
 
-    known: dict[tuple[str, str], StoredVersion]
-    numbers: list[int] = field(default_factory=list)
-    messages: list[Hl7Message] = field(default_factory=list)
-    requests: list[BulkRequest] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
-    admitted: set[tuple[str, str]] = field(default_factory=set)  # ADT patients' identifiers
-    resources: int = 0
+    known: dict[tuple[str, str], StoredVersion] = field(default_factory=dict)
+    entries: list[tuple[int, Hl7Message, BulkRequest]] = field(default_factory=list)
+
+    @property
+    def resources(self) -> int:
+        return sum(len(request.writes) for _, _, request in self.entries)
+
+    @property
+    def has_adt(self) -> bool:
+        return any(_is_adt(message) for _, message, _ in self.entries)
 
     def builds_on(self, key: str, message: Hl7Message) -> bool:
         """Whether ``message`` must see this step stored first: its control id is one of
-        the step's, or its patient is one an ADT message of the step admits or updates."""
-        assert message.patient is not None
-        if key in self.keys:
+        the step's, or its patient is one an ADT message of the step admits or updates (for
+        an ADT message: any message of the step is about)."""
+        if any(request.idempotency_key == key for _, _, request in self.entries):
             return True
-        identifiers = {(i.system, i.value) for i in message.patient.identifiers}
-        if message.message_type.startswith("ADT"):
-            # an update builds on any message of the step for its patient
-            return bool(identifiers & (self.admitted | self._all_identifiers()))
-        return bool(identifiers & self.admitted)
-
-    def _all_identifiers(self) -> set[tuple[str, str]]:
-        return {
-            (i.system, i.value)
-            for m in self.messages
-            if m.patient is not None
-            for i in m.patient.identifiers
-        }
-
-    def add(self, number: int, message: Hl7Message, request: BulkRequest) -> None:
-        assert message.patient is not None
-        self.numbers.append(number)
-        self.messages.append(message)
-        self.requests.append(request)
-        self.keys.add(default_key(message))
-        self.resources += len(request.writes)
-        if message.message_type.startswith("ADT"):
-            self.admitted |= {(i.system, i.value) for i in message.patient.identifiers}
-
-    def clear(self) -> None:
-        self.numbers.clear()
-        self.messages.clear()
-        self.requests.clear()
-        self.keys.clear()
-        self.admitted.clear()
-        self.resources = 0
+        others = [m for _, m, _ in self.entries if _is_adt(message) or _is_adt(m)]
+        return any(_identifiers(message) & _identifiers(m) for m in others)
 
 
 def _reference(resource_type: str, resource_id: str) -> dict[str, str]:
@@ -212,10 +197,7 @@ class Hl7Ingestion:
         texts = batch.messages
         messages = await asyncio.to_thread(lambda: [parse_message(t) for t in texts])
         results: list[Hl7Outcome | None] = [None] * len(messages)
-        # The stored Patients found by identifier so far; forgotten once a step with an ADT
-        # message (which may change them) is written.
-        known: dict[tuple[str, str], StoredVersion] = {}
-        step = _Step(known)
+        step = _Step()
         for number, (message_text, message) in enumerate(zip(texts, messages, strict=True)):
             if message.refused:
                 results[number] = _refused(message)
@@ -231,30 +213,30 @@ class Hl7Ingestion:
             if first is not None:
                 results[number] = _outcome(message, first)
                 continue
-            planned = await self._writes_of(message, known)
+            planned = await self._writes_of(message, step.known)
             if isinstance(planned, Hl7Outcome):
                 results[number] = planned
                 continue
             if step.resources + len(planned) > MAX_BULK_WRITES:
                 await self._write_step(requester, step, results)
-            step.add(number, message, BulkRequest(planned, key, digest))
+            step.entries.append((number, message, BulkRequest(planned, key, digest)))
         await self._write_step(requester, step, results)
         return Hl7BatchOutcome(batch.issues, [r for r in results if r is not None])
 
     async def _write_step(
         self, requester: Requester, step: _Step, results: list[Hl7Outcome | None]
     ) -> None:
-        if not step.requests:
+        if not step.entries:
             return
-        outcomes = await self._writes.write_requests(requester, step.requests)
-        for number, message, outcome in zip(step.numbers, step.messages, outcomes, strict=True):
+        outcomes = await self._writes.write_requests(requester, [r for _, _, r in step.entries])
+        for (number, message, _), outcome in zip(step.entries, outcomes, strict=True):
             if isinstance(outcome, MedledgerError):
                 results[number] = _refused(message, _issue_of(outcome))
             else:
                 results[number] = _outcome(message, outcome)
-        if step.admitted:
+        if step.has_adt:
             step.known.clear()
-        step.clear()
+        step.entries.clear()
 
     async def _writes_of(
         self, message: Hl7Message, known: dict[tuple[str, str], StoredVersion] | None = None
