@@ -11,9 +11,11 @@ kept in files readable by their owner only (0600).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import secrets
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -26,7 +28,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from medledger.common.keyfiles import restrict, write_private
 from medledger.devstack.paths import make_private_tree
 from medledger.devstack.probes import Health, mongo_health
-from medledger.devstack.process import StackError, find_executable
+from medledger.devstack.process import StackError
 from medledger.devstack.server import Server
 
 ADMIN_USER: Final = "medledger-admin"
@@ -152,8 +154,13 @@ class MongoServer(Server):
         }
 
     def argv(self) -> list[str]:
+        # secantusd-py's own main, with its retryable-write bookkeeping fixed (secantusd.py).
+        if importlib.util.find_spec("secantus") is None:
+            raise StackError(f"secantusdb is not installed beside {sys.executable}; run `uv sync`")
         argv = [
-            find_executable("secantusd-py"),
+            sys.executable,
+            "-m",
+            "medledger.devstack.secantusd",
             "--host",
             self.host,
             "--port",
