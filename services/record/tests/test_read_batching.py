@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from medledger.common.batching import Batcher
-from medledger.common.errors import FailedPrecondition, Unavailable
+from medledger.common.errors import Aborted, FailedPrecondition, Unavailable
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.patient_log import PatientAppend
 from medledger.record.adapters.ledger_events import PatientLogLedger, _one_entrys_trouble
@@ -256,3 +256,60 @@ async def test_bulk_writes_entries_go_together_never_split() -> None:
         ["erased-1", "e"],
         ["c", "c"],
     ]
+
+
+async def test_concurrent_creates_with_one_key_ledger_one_entry(api: RecordApi) -> None:
+    """A client that resends while its first request is still being written (a timeout,
+    then at once a retry) gets the first result, and the ledger holds one RECORD_CREATED:
+    no entry about a version that was never stored."""
+    patient = await new_patient(api)
+    text = resource("Observation", patient.id)
+    key = f"resent-at-once-{patient.id}"
+
+    async def create() -> Any:
+        reply = await api.a.stub.CreateResource(
+            test_record_api.record_pb2.CreateResourceRequest(
+                resource_json=text, purpose=test_record_api.TREAT, idempotency_key=key
+            )
+        )
+        return reply.resource
+
+    before = await api.size()
+    answers = await asyncio.gather(*(create() for _ in range(4)))
+    assert len({a.id for a in answers}) == 1
+    assert len({a.receipt.leaf_index for a in answers}) == 1
+    created = [
+        e
+        for e in await api.entries_since(before)
+        if e.entry.kind == test_record_api.ledger_pb2.EVENT_KIND_RECORD_CREATED
+    ]
+    assert [e.leaf_index for e in created] == [answers[0].receipt.leaf_index]
+
+
+async def test_a_batch_sends_each_key_once_and_answers_every_caller() -> None:
+    """A write and a resend finishing it can meet in one batch: the ledger gets the entry
+    once (it refuses a batch that repeats a key) and both callers get its receipt; the
+    same key with another entry sends the batch's entries one at a time instead."""
+    sent: list[list[str]] = []
+
+    class Log:
+        async def append_many(self, items: list[PatientAppend], *, timeout: float) -> list[Any]:
+            sent.append([i.idempotency_key for i in items])
+            return [test_record_api.ledger_pb2.Receipt(leaf_index=n) for n in range(len(items))]
+
+        async def append(self, patient_id: str, event: LedgerEvent, **_: Any) -> Any:
+            sent.append([_["idempotency_key"]])
+            return test_record_api.ledger_pb2.Receipt(leaf_index=99)
+
+    ledger = PatientLogLedger(Log())  # type: ignore[arg-type]
+
+    def keyed(key: str, actor: str = "app") -> PatientAppend:
+        return PatientAppend("p", LedgerEvent(kind=1, actor=actor, organization="org"), "", key)
+
+    receipts = await ledger._append_batch([keyed("k1"), keyed(""), keyed("k1"), keyed("")])
+    assert sent == [["k1", "", ""]]
+    indices = [test_record_api.ledger_pb2.Receipt.FromString(r).leaf_index for r in receipts]
+    assert indices == [0, 1, 0, 2]
+    with pytest.raises(Aborted):
+        await ledger._append_batch([keyed("k2"), keyed("k2", actor="someone else")])
+    assert sent == [["k1", "", ""]]  # nothing sent: the batcher retries them one at a time

@@ -385,3 +385,37 @@ async def test_a_keyed_write_prepared_again_takes_its_earlier_attempts_slot(reco
     assert await records.db["record_versions"].count_documents({"state": "pending"}) == 1
     await records.records.commit_write(again, records.receipt_for(again.ref))
     assert (await records.records.read("Observation", rid)).resource_json == observation(1)
+
+
+async def test_one_keyed_attempt_at_a_time_may_ledger_its_write(records: Any) -> None:
+    """A claim on an idempotency key: the first attempt holds it; another (a resend racing
+    the first) does not while the first's version is pending or committed, nor with
+    another request; one taking over from an attempt that left nothing does."""
+    patient, key = new_id(), new_id()
+
+    async def attempt(store: Any = None) -> Any:
+        return await records.prepare(
+            "Observation",
+            new_id(),
+            patient,
+            observation(1),
+            idempotency_key=key,
+            fingerprint=b"f",
+            records=store,
+        )
+
+    first, racing = await attempt(), await attempt()
+    assert await records.records.claim_write(key, b"f", first)
+    assert await records.records.claim_write(key, b"f", first)  # its own claim, again
+    assert not await records.records.claim_write(key, b"f", racing)
+    with pytest.raises(Aborted) as reused:
+        await records.records.claim_write(key, b"another request", racing)
+    assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    # The first's version expired (a crash): the next attempt takes the key over, once.
+    hasty = records.replica(pending_timeout=timedelta(0))
+    later, latest = await attempt(hasty), await attempt(hasty)
+    assert await hasty.claim_write(key, b"f", later)
+    assert not await records.records.claim_write(key, b"f", latest)
+    # Committed, the key stays with the committed write.
+    await records.records.commit_write(later, records.receipt_for(later.ref))
+    assert not await hasty.claim_write(key, b"f", latest)

@@ -31,7 +31,7 @@ from typing import Final
 import grpc
 
 from medledger.common.batching import Batcher
-from medledger.common.errors import MedledgerError, Unavailable
+from medledger.common.errors import Aborted, MedledgerError, Unavailable
 from medledger.common.ledger_client import LedgerEvent
 from medledger.common.paging import Page
 from medledger.common.patient_log import PatientAppend, PatientLog
@@ -90,6 +90,31 @@ def _fixed_now(item: PatientAppend) -> PatientAppend:
     )
 
 
+def _once_per_key(items: Sequence[PatientAppend]) -> tuple[list[PatientAppend], list[int]]:
+    """The items to append, each idempotency key once, and where each item's receipt is
+    among theirs. The same entry can come twice in one batch: a write and a resend of it
+    finishing it concurrently (the ledger refuses a batch repeating a key). A key that
+    comes with another entry fails the batch, whose entries then go one at a time (the
+    ledger answers that one)."""
+    sent: list[PatientAppend] = []
+    where: list[int] = []
+    first: dict[str, int] = {}
+    for item in items:
+        key = item.idempotency_key
+        if key and key in first:
+            if sent[first[key]] != item:
+                raise Aborted(
+                    "a concurrent change was recorded first; retry", reason="CONCURRENT_CHANGE"
+                )
+            where.append(first[key])
+            continue
+        if key:
+            first[key] = len(sent)
+        where.append(len(sent))
+        sent.append(item)
+    return sent, where
+
+
 class PatientLogLedger:
     def __init__(self, patients: PatientLog, *, timeout: float = 10.0) -> None:
         self._patients = patients
@@ -138,9 +163,10 @@ class PatientLogLedger:
     async def _append_batch(
         self, items: list[PatientAppend], *, timeout: float | None = None
     ) -> list[bytes]:
+        sent, where = _once_per_key(items)
         with _unavailable_when_refused():
-            receipts = await self._patients.append_many(items, timeout=timeout or self._timeout)
-        return [r.SerializeToString() for r in receipts]
+            receipts = await self._patients.append_many(sent, timeout=timeout or self._timeout)
+        return [receipts[i].SerializeToString() for i in where]
 
     async def _append_single(self, item: PatientAppend) -> bytes:
         with _unavailable_when_refused():

@@ -223,6 +223,16 @@ def _pending_document(pending: PendingInsert) -> Document:
     }
 
 
+def _pending_attempt(doc: Document) -> PendingAttempt:
+    with _parsing():
+        return PendingAttempt(
+            version=_sealed_version(doc),
+            write_id=_bytes(doc["write"]),
+            fingerprint=_bytes(doc["retry_fingerprint"]),
+            trace_id=_bytes(doc["trace"]),
+        )
+
+
 def _idempotency_document(commit: VersionCommit) -> Document:
     entry = commit.idempotency
     assert entry is not None
@@ -433,15 +443,7 @@ class RecordStore:
             },
             sort=[("prepared_at", -1)],
         )
-        if doc is None:
-            return None
-        with _parsing():
-            return PendingAttempt(
-                version=_sealed_version(doc),
-                write_id=_bytes(doc["write"]),
-                fingerprint=_bytes(doc["retry_fingerprint"]),
-                trace_id=_bytes(doc["trace"]),
-            )
+        return _pending_attempt(doc) if doc is not None else None
 
     @mongo_errors
     async def commit(self, commit: VersionCommit) -> None:
@@ -729,6 +731,29 @@ class RecordStore:
                 raise
             return _batch_attempt(stored)
         return attempt
+
+    @mongo_errors
+    async def replace_batch_attempt(self, stale: BatchAttempt, attempt: BatchAttempt) -> bool:
+        await self._ready()
+        replaced = await self._batches.update_one(
+            {"_id": Binary(stale.key_id), "attempt": stale.attempt},
+            {"$set": {"attempt": attempt.attempt, "expires_at": attempt.expires}},
+        )
+        return replaced.modified_count == 1
+
+    @mongo_errors
+    async def pending_at(
+        self, slot: VersionSlot, write_id: bytes, prepared_after: datetime
+    ) -> PendingAttempt | None:
+        doc = await self._versions.find_one(
+            {
+                "_id": _slot_id(slot),
+                "state": PENDING,
+                "write": Binary(write_id),
+                "prepared_at": {"$gte": prepared_after},
+            }
+        )
+        return _pending_attempt(doc) if doc is not None and "retry_of" in doc else None
 
     @mongo_errors
     async def blocks(

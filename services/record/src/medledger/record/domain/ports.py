@@ -205,6 +205,14 @@ class RecordStorage(Protocol):
         """``abort_write`` for each, as far as storage answers (never raises it)."""
         ...
 
+    async def claim_write(self, key: str, fingerprint: bytes, pending: PendingWrite) -> bool:
+        """Whether ``pending`` (prepared under idempotency ``key``) may be ledgered: True for
+        the first attempt to claim the key, or one taking it over from an attempt that left
+        nothing (no version pending or committed); False while another attempt holds it (the
+        caller then drops ``pending`` and finishes that one). ABORTED
+        (IDEMPOTENCY_KEY_REUSED) when the key was used for another request."""
+        ...
+
     async def resume_write(self, key: str, fingerprint: bytes) -> PendingWrite | None:
         """The pending version an earlier attempt with this idempotency key prepared and did
         not commit (its ledger answer lost, or the ledger down), younger than the pending
@@ -511,6 +519,18 @@ class RecordDocuments(Protocol):
 
     async def insert_batch_attempt(self, attempt: BatchAttempt) -> BatchAttempt:
         """Stores ``attempt`` unless one with its key exists; returns the stored one."""
+        ...
+
+    async def replace_batch_attempt(self, stale: BatchAttempt, attempt: BatchAttempt) -> bool:
+        """Stores ``attempt`` in place of ``stale`` (same key) unless another replaced it
+        first; whether it did."""
+        ...
+
+    async def pending_at(
+        self, slot: VersionSlot, write_id: bytes, prepared_after: datetime
+    ) -> PendingAttempt | None:
+        """The keyed write ``write_id``'s version if it is still pending at ``slot``,
+        prepared after ``prepared_after``."""
         ...
 
     async def committed_versions(

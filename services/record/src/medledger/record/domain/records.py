@@ -145,6 +145,25 @@ def _one_groups_trouble(error: Exception) -> bool:
     return isinstance(error, _BULK_TROUBLE)
 
 
+_CLAIM_PREFIX: Final = "write:"
+
+
+def _claim_name(slot: VersionSlot, write_id: bytes) -> str:
+    """A single write's claim on its idempotency key: its version's slot and write id."""
+    return f"{_CLAIM_PREFIX}{slot.resource.hex()}:{slot.version}:{write_id.hex()}"
+
+
+def _claimant(name: str) -> tuple[VersionSlot, bytes] | None:
+    """The slot and write id a claim names; None for anything else (a bulk attempt)."""
+    if not name.startswith(_CLAIM_PREFIX):
+        return None
+    try:
+        resource, version, write_id = name[len(_CLAIM_PREFIX) :].split(":")
+        return VersionSlot(bytes.fromhex(resource), int(version)), bytes.fromhex(write_id)
+    except ValueError:
+        return None
+
+
 def _digest_cursor(listing: Listing, token: str) -> bytes | None:
     cursor = listing.cursor(token)
     if cursor is None:
@@ -383,10 +402,47 @@ class EncryptedRecords:
             tag=index.idempotent_result_tag(key_id, fingerprint, slot),
         )
 
+    async def claim_write(self, key: str, fingerprint: bytes, pending: PendingWrite) -> bool:
+        # The claim is a bulk-write attempt record of one write (its own key space: keys are
+        # scoped by operation), naming the claimant's version by slot and write id.
+        index = await self._blind_index()
+        ours = BatchAttempt(
+            key_id=index.idempotency_id(key),
+            fingerprint=index.fingerprint(fingerprint),
+            attempt=_claim_name(pending.slot, pending.write_id),
+            count=1,
+            expires=self._clock() + self._idempotency_retention,
+        )
+        held = await self._documents.insert_batch_attempt(ours)
+        if not hmac.compare_digest(held.fingerprint, ours.fingerprint):
+            raise key_reused()
+        if held.attempt == ours.attempt:
+            return True
+        holder = _claimant(held.attempt)
+        if holder is not None and (
+            await self._documents.pending_at(*holder, self._clock() - self._pending_timeout)
+            is not None
+        ):
+            return False
+        # In this order: a commit ends the pending version and records the result at once.
+        if await self._documents.idempotent(ours.key_id) is not None:
+            return False  # committed: the caller answers with it
+        # The holder left nothing (it expired and was swept, or stopped before preparing):
+        # this attempt takes the key over, unless a concurrent one just did.
+        return await self._documents.replace_batch_attempt(held, ours)
+
     async def resume_write(self, key: str, fingerprint: bytes) -> PendingWrite | None:
         index = await self._blind_index()
         key_id = index.idempotency_id(key)
-        attempt = await self._documents.pending_retry(key_id, self._clock() - self._pending_timeout)
+        after = self._clock() - self._pending_timeout
+        # The attempt holding the key's claim when there is one (other attempts racing it
+        # may have versions pending too: never theirs), else the latest one.
+        claim = await self._documents.batch_attempt(key_id)
+        holder = _claimant(claim.attempt) if claim is not None else None
+        if holder is not None:
+            attempt = await self._documents.pending_at(*holder, after)
+        else:
+            attempt = await self._documents.pending_retry(key_id, after)
         if attempt is None:
             return None
         keyed = index.fingerprint(fingerprint)

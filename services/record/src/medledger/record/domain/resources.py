@@ -84,7 +84,7 @@ from medledger.record.domain.resource_issues import (
     item,
 )
 from medledger.record.domain.search_params import parse_search, search_values
-from medledger.record.domain.versions import resource_not_found
+from medledger.record.domain.versions import concurrent_write, resource_not_found
 from medledger.verify.blinding import record_blinding_salt
 from medledger.verify.commitment import NotCanonicalizable, canonical_json, commit
 
@@ -495,7 +495,25 @@ class ResourceService:
                 trace_id=current_trace_id(),
             )
         )
+        if key and not await self._claimed(pending, key, fingerprint):
+            # A concurrent request with this key holds it (the client resent while its first
+            # request was being written): finish that one, as a retry would, rather than
+            # ledger a second entry about a version that would never be stored.
+            await self._storage.abort_write(pending)
+            first = await self._replay(requester, key, fingerprint)
+            if first is None:
+                raise concurrent_write()
+            return first
         return await self._ledger_and_commit(requester, verdict, pending, key, fingerprint)
+
+    async def _claimed(self, pending: PendingWrite, key: str, fingerprint: bytes) -> bool:
+        try:
+            return await self._storage.claim_write(key, fingerprint, pending)
+        except BaseException:
+            # Nothing ledgered yet: the version goes (if storage is gone too, it is swept).
+            with contextlib.suppress(MedledgerError):
+                await self._storage.abort_write(pending)
+            raise
 
     async def _ledger_and_commit(
         self,
