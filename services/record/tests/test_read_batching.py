@@ -6,6 +6,7 @@ resent write included."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -313,3 +314,35 @@ async def test_a_batch_sends_each_key_once_and_answers_every_caller() -> None:
     with pytest.raises(Aborted):
         await ledger._append_batch([keyed("k2"), keyed("k2", actor="someone else")])
     assert sent == [["k1", "", ""]]  # nothing sent: the batcher retries them one at a time
+
+
+async def test_concurrent_updates_with_one_key_ledger_one_entry(api: RecordApi) -> None:
+    """The same for an update resent while the first is being written: one new version,
+    one RECORD_UPDATED, every answer the same."""
+    patient = await new_patient(api)
+    stored = await test_record_api.create(api.a, resource("Observation", patient.id))
+    changed = json.loads(stored.resource_json)
+    changed["status"] = "amended"
+    key = f"update-resent-at-once-{patient.id}"
+
+    async def update() -> Any:
+        reply = await api.a.stub.UpdateResource(
+            test_record_api.record_pb2.UpdateResourceRequest(
+                resource_json=json.dumps(changed),
+                expected_version=1,
+                purpose=test_record_api.TREAT,
+                idempotency_key=key,
+            )
+        )
+        return reply.resource
+
+    before = await api.size()
+    answers = await asyncio.gather(*(update() for _ in range(4)))
+    assert {(a.id, a.version) for a in answers} == {(stored.id, 2)}
+    assert len({a.receipt.leaf_index for a in answers}) == 1
+    updated = [
+        e
+        for e in await api.entries_since(before)
+        if e.entry.kind == test_record_api.ledger_pb2.EVENT_KIND_RECORD_UPDATED
+    ]
+    assert [e.leaf_index for e in updated] == [answers[0].receipt.leaf_index]

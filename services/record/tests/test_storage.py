@@ -367,20 +367,38 @@ async def test_a_keyed_write_left_pending_is_resumed_as_it_was(records: Any) -> 
     assert await records.records.idempotent_result(key, b"f") == stored
 
 
-async def test_a_keyed_write_prepared_again_takes_its_earlier_attempts_slot(records: Any) -> None:
-    """The earlier attempt's commit failed and was not resumed: its pending version gives
-    the slot up to the same key at once, not only once stale; another key still waits."""
+async def test_a_keyed_write_prepared_again_leaves_its_live_attempt_in_place(
+    records: Any,
+) -> None:
+    """An attempt still pending keeps its slot from the same key too (a resend racing it
+    finishes it instead: two attempts would both be ledgered); once stale, any writer
+    takes the slot."""
     rid, patient, key = new_id(), new_id(), new_id()
-    await records.prepare(
+    first = await records.prepare(
         "Observation", rid, patient, observation(1), idempotency_key=key, fingerprint=b"f"
     )
-    with pytest.raises(Aborted) as held:
-        await records.prepare(
-            "Observation", rid, patient, observation(1), idempotency_key=new_id(), fingerprint=b"f"
-        )
-    assert held.value.reason == "CONCURRENT_WRITE"
+    for other_key in (new_id(), key):
+        with pytest.raises(Aborted) as held:
+            await records.prepare(
+                "Observation",
+                rid,
+                patient,
+                observation(1),
+                idempotency_key=other_key,
+                fingerprint=b"f",
+            )
+        assert held.value.reason == "CONCURRENT_WRITE"
+    resumed = await records.records.resume_write(key, b"f")
+    assert resumed is not None
+    assert resumed.write_id == first.write_id
     again = await records.prepare(
-        "Observation", rid, patient, observation(1), idempotency_key=key, fingerprint=b"f"
+        "Observation",
+        rid,
+        patient,
+        observation(1),
+        idempotency_key=key,
+        fingerprint=b"f",
+        records=records.replica(pending_timeout=timedelta(0)),
     )
     assert await records.db["record_versions"].count_documents({"state": "pending"}) == 1
     await records.records.commit_write(again, records.receipt_for(again.ref))

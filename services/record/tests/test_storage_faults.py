@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from medledger.common.config import MongoSettings, VaultSettings
-from medledger.common.errors import NotFound, Unavailable
+from medledger.common.errors import Aborted, NotFound, Unavailable
 from medledger.common.mongo import create_mongo_client
 from medledger.common.vault import VaultTransit
 from medledger.devstack.mongo import MongoServer
@@ -135,8 +135,14 @@ async def test_mongo_stopped_mid_write_is_unavailable_and_nothing_shows(
         await storage.read("Observation", rid, 2)
     history = await storage.history("Observation", rid, page_size=5, page_token="")
     assert [v.ref.version for v in history.items] == [1]
-    # ... and the client's retry with the same idempotency key replaces the failed attempt.
-    retry = await storage.prepare_write(write(rid, patient, 2, expected=1, key="retry-me"))
+    # ... and the client's retry with the same idempotency key finishes the failed attempt
+    # (the same version: the ledger holds its entry), which keeps its slot until then.
+    with pytest.raises(Aborted) as held:
+        await storage.prepare_write(write(rid, patient, 2, expected=1, key="retry-me"))
+    assert held.value.reason == "CONCURRENT_WRITE"
+    retry = await storage.resume_write("retry-me", b"")
+    assert retry is not None
+    assert retry.write_id == update.write_id
     stored = await storage.commit_write(retry, b"receipt 2")
     assert stored.ref.version == 2
     assert (await storage.read("Observation", rid)).receipt == b"receipt 2"

@@ -413,21 +413,17 @@ class RecordStore:
             return
         except BulkWriteError as error:
             taken = _duplicates(error)
-        # Only for slots found taken: a crashed writer's stale pending version, or an
-        # earlier attempt of the same keyed write, gives its slot up; then those are tried
-        # once more. Two deletes, each by _id (the index): with "$or" the server may scan
-        # the whole collection (a secantusdb delete did: 1.1 s at 60,000 versions).
+        # Only for slots found taken: a crashed writer's stale pending version gives its
+        # slot up; then those are tried once more. By _id (the index): with "$or" the
+        # server may scan the whole collection (a secantusdb delete did: 1.1 s at 60,000
+        # versions). A live attempt of the same keyed write keeps its slot: the caller
+        # finishes that attempt instead (two attempts would both be ledgered).
         again = [pendings[i] for i in taken]
         ids = [_slot_id(p.version.slot) for p in again]
         stale_before = min(p.stale_before for p in again)
         await self._versions.delete_many(
             {"_id": {"$in": ids}, "state": PENDING, "prepared_at": {"$lt": stale_before}}
         )
-        retried = [Binary(p.retry_of) for p in again if p.retry_of is not None]
-        if retried:
-            await self._versions.delete_many(
-                {"_id": {"$in": ids}, "state": PENDING, "retry_of": {"$in": retried}}
-            )
         try:
             await self._versions.insert_many([_pending_document(p) for p in again], ordered=False)
         except BulkWriteError:

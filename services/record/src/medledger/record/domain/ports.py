@@ -465,9 +465,10 @@ class RecordDocuments(Protocol):
     async def insert_pendings(self, pendings: Sequence[PendingInsert]) -> None:
         """Stores each pending version, in a few steps for all. Raises VersionTaken unless
         each slot is free or held by a pending version prepared before its ``stale_before``
-        or with its idempotency key id ``retry_of`` (which it replaces); the versions of
-        the free slots may then be stored, pending: abort them. A keyed write keeps its
-        request's fingerprint and trace id for :meth:`pending_retry`."""
+        (which it replaces), whatever its idempotency key: an attempt with the same key in
+        flight is finished, not replaced; the versions of the free slots may then be
+        stored, pending: abort them. A keyed write keeps its request's key id
+        (``retry_of``), fingerprint and trace id for :meth:`pending_retry`."""
         ...
 
     async def commit_many(self, commits: Sequence[VersionCommit], *, grouped: bool = False) -> None:

@@ -84,7 +84,11 @@ from medledger.record.domain.resource_issues import (
     item,
 )
 from medledger.record.domain.search_params import parse_search, search_values
-from medledger.record.domain.versions import concurrent_write, resource_not_found
+from medledger.record.domain.versions import (
+    CONCURRENT_WRITE,
+    concurrent_write,
+    resource_not_found,
+)
 from medledger.verify.blinding import record_blinding_salt
 from medledger.verify.commitment import NotCanonicalizable, canonical_json, commit
 
@@ -480,28 +484,35 @@ class ResourceService:
         canonical, search = await asyncio.to_thread(
             stored_document, valid, resource_id, version, when
         )
-        pending = await self._storage.prepare_write(
-            ResourceWrite(
-                resource_type=valid.resource_type,
-                resource_id=resource_id,
-                patient_id=patient_id,
-                resource_json=canonical.decode(),
-                search_values=search,
-                expected_version=expected_version,
-                idempotency_key=key,
-                request_fingerprint=fingerprint,
-                holder_organization=holder,
-                updated_time=when,
-                trace_id=current_trace_id(),
-            )
+        write = ResourceWrite(
+            resource_type=valid.resource_type,
+            resource_id=resource_id,
+            patient_id=patient_id,
+            resource_json=canonical.decode(),
+            search_values=search,
+            expected_version=expected_version,
+            idempotency_key=key,
+            request_fingerprint=fingerprint,
+            holder_organization=holder,
+            updated_time=when,
+            trace_id=current_trace_id(),
         )
+        try:
+            pending = await self._storage.prepare_write(write)
+        except Aborted as error:
+            # An update resent while its first attempt is being written finds that
+            # attempt's version in its slot: it finishes that one (below, for a create).
+            if not key or error.reason != CONCURRENT_WRITE:
+                raise
+            if (first := await self._replay(requester, key, fingerprint)) is None:
+                raise
+            return first
         if key and not await self._claimed(pending, key, fingerprint):
             # A concurrent request with this key holds it (the client resent while its first
             # request was being written): finish that one, as a retry would, rather than
             # ledger a second entry about a version that would never be stored.
             await self._storage.abort_write(pending)
-            first = await self._replay(requester, key, fingerprint)
-            if first is None:
+            if (first := await self._replay(requester, key, fingerprint)) is None:
                 raise concurrent_write()
             return first
         return await self._ledger_and_commit(requester, verdict, pending, key, fingerprint)

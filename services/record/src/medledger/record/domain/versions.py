@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Collection
+from typing import Final
 
 from medledger.common.errors import Aborted, NotFound
 from medledger.record.domain.blind_index import BlindIndex
@@ -49,8 +50,11 @@ def stale(current_version: int | None) -> Aborted:
     )
 
 
+CONCURRENT_WRITE: Final = "CONCURRENT_WRITE"
+
+
 def concurrent_write() -> Aborted:
-    return Aborted("another write to this resource is in progress", reason="CONCURRENT_WRITE")
+    return Aborted("another write to this resource is in progress", reason=CONCURRENT_WRITE)
 
 
 def key_reused() -> Aborted:

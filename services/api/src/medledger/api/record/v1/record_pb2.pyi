@@ -198,7 +198,9 @@ class CreateResourceRequest(_message.Message):
     resource_json: _builtins.str
     """The FHIR R4 resource, JSON; any id in it is replaced by a server-assigned one."""
     idempotency_key: _builtins.str
-    """A retry with the same key returns the first result."""
+    """A retry with the same key returns the first result, also one sent while the first
+    request is still being written: the resource is stored and ledgered once.
+    """
     purpose: _purpose_pb2.PurposeOfUse.ValueType
     break_glass_reason: _builtins.str
     """With purpose ETREAT, why the access is an emergency: asked for only when no consent
@@ -362,7 +364,9 @@ class UpdateResourceRequest(_message.Message):
     expected_version: _builtins.int
     """The version the client last read; required."""
     idempotency_key: _builtins.str
-    """A retry with the same key returns the first result."""
+    """A retry with the same key returns the first result, also one sent while the first
+    request is still being written: the version is stored and ledgered once.
+    """
     purpose: _purpose_pb2.PurposeOfUse.ValueType
     break_glass_reason: _builtins.str
     """With purpose ETREAT, why the access is an emergency: asked for only when no consent
