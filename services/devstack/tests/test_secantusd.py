@@ -5,17 +5,14 @@ drops, and the server started through it still replays a retried write."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 from secantus import transactions
 
 from medledger.devstack import secantusd
 from medledger.devstack.mongo import MongoServer
-from medledger.devstack.process import free_port
 
 _CAP = transactions._RETRYABLE_RECORD_MAX
 _LIFETIME = transactions._RETRYABLE_RECORD_LIFETIME_SECONDS
@@ -98,30 +95,15 @@ def test_pruning_looks_only_at_what_it_drops() -> None:
     assert len(kept) == _CAP
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[MongoServer]:
-    mongo = MongoServer(
-        port=free_port(),
-        storage_path=tmp_path / "data",
-        log_file=tmp_path / "mongo.log",
-        sync_on_commit=False,
-        die_with_parent=True,
-    )
-    mongo.start()
-    try:
-        yield mongo
-    finally:
-        mongo.stop()
-
-
 def test_the_stack_runs_the_fixed_server_and_it_replays_a_retried_write(
-    server: MongoServer,
+    mongo_server: MongoServer,
 ) -> None:
-    assert server.argv()[1:3] == ["-m", "medledger.devstack.secantusd"]
-    assert "running it unchanged" not in server.log_file.read_text(encoding="utf-8")
+    """The tests' own server (the testkit's), started as the stack starts its Mongo."""
+    assert mongo_server.process.argv[1:3] == ("-m", "medledger.devstack.secantusd")
+    assert "running it unchanged" not in mongo_server.log_file.read_text(encoding="utf-8")
     client: MongoClient[dict[str, Any]]
-    with MongoClient(server.uri) as client, client.start_session() as session:
-        database: Database[dict[str, Any]] = client["retry"]
+    with MongoClient(mongo_server.uri) as client, client.start_session() as session:
+        database: Database[dict[str, Any]] = client["retry_replay"]
         lsid = session.session_id
         command = {
             "insert": "counted",
