@@ -33,6 +33,7 @@ the row keeps no leaf index and the leaf is found by its hash (ledger GetInclusi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -102,6 +103,9 @@ class PatientLeafStore(Protocol):
 
     async def keys(self, patient_key: str) -> StoredKeys | None:
         """The patient's key row; None before the first row (or after erasure)."""
+
+    async def keys_of(self, patient_keys: Sequence[str]) -> dict[str, StoredKeys]:
+        """``keys`` of several patients in one step: those with a key row."""
 
     async def add_wrapped_key(self, patient_key: str, wrapped: str) -> str:
         """Stores ``wrapped`` unless the patient already has a key; returns the stored one."""
@@ -271,11 +275,30 @@ class PatientLog:
     def _patient_key(pseudonym: bytes) -> str:
         return hashlib.sha256(_INDEX_LABEL + pseudonym).hexdigest()
 
-    async def _patient_keys(self, patient_id: str) -> _PatientKeys:
-        """The patient's pseudonym, data key (created with their first row) and scan key."""
-        pseudonym = await self._subjects.subject(patient_id)
+    async def _patients_keys(self, patient_ids: Sequence[str]) -> dict[str, _PatientKeys]:
+        """:meth:`_patient_keys` of each patient: their rows read in one step, their data
+        keys unwrapped side by side (a batch of entries about several patients)."""
+        pseudonyms = {p: await self._subjects.subject(p) for p in dict.fromkeys(patient_ids)}
+        rows = await self._store.keys_of([self._patient_key(p) for p in pseudonyms.values()])
+        found = await asyncio.gather(
+            *(
+                self._patient_keys(p, pseudonym, rows.get(self._patient_key(pseudonym)))
+                for p, pseudonym in pseudonyms.items()
+            )
+        )
+        return dict(zip(pseudonyms, found, strict=True))
+
+    async def _patient_keys(
+        self, patient_id: str, pseudonym: bytes | None = None, stored: StoredKeys | None = None
+    ) -> _PatientKeys:
+        """The patient's pseudonym, data key (created with their first row) and scan key.
+        ``pseudonym`` and ``stored``: their pseudonym and key row when the caller read them
+        already (a row not found is read again here, in case it was made meanwhile)."""
+        if pseudonym is None:
+            pseudonym = await self._subjects.subject(patient_id)
         patient_key = self._patient_key(pseudonym)
-        stored = await self._store.keys(patient_key)
+        if stored is None:
+            stored = await self._store.keys(patient_key)
         if stored is None:
             fresh = await self._transit.encrypt(self._wrapping_key, os.urandom(_DATA_KEY_SIZE))
             wrapped = await self._store.add_wrapped_key(patient_key, fresh)
@@ -405,7 +428,7 @@ class PatientLog:
     ) -> list[ledger_pb2.Receipt]:
         """Appends every item in ONE ledger step (AppendBatch: all or none, at most 1,000),
         each blinded and indexed first as :meth:`append` does; receipts in order."""
-        patients: dict[str, _PatientKeys] = {}
+        patients = await self._patients_keys([item.patient_id for item in items])
         prepared = [await self._prepare(item, patients) for item in items]
         # The index rows first, all in one step, as append writes its one.
         await self._store.add_leaves([(p.patient_key, self._pending_row(p)) for p in prepared])

@@ -50,6 +50,16 @@ class MongoPatientLeafStore:
         return StoredKeys(str(doc["wrapped_key"]), None if secret is None else bytes(secret))
 
     @mongo_errors
+    async def keys_of(self, patient_keys: Sequence[str]) -> dict[str, StoredKeys]:
+        found = {}
+        async for doc in self._keys.find({"_id": {"$in": list(patient_keys)}}):
+            secret = doc.get("scan_secret")
+            found[str(doc["_id"])] = StoredKeys(
+                str(doc["wrapped_key"]), None if secret is None else bytes(secret)
+            )
+        return found
+
+    @mongo_errors
     async def add_wrapped_key(self, patient_key: str, wrapped: str) -> str:
         try:
             await self._keys.insert_one({"_id": patient_key, "wrapped_key": wrapped})
