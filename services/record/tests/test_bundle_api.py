@@ -5,6 +5,7 @@ key answered with the first result."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -242,3 +243,20 @@ async def test_with_the_ledger_down_nothing_is_written(api: RecordApi) -> None:
     assert down.code == grpc.StatusCode.UNAVAILABLE
     found = await search(api.a, "Observation", patient=patient.id)
     assert list(found.resources) == []
+
+
+async def test_a_bundle_resent_while_being_written_is_written_and_ledgered_once(
+    api: RecordApi,
+) -> None:
+    """Resends of one transaction with one key, all in flight at once: every answer is the
+    first attempt's resources, and the ledger holds their entries once."""
+    patient = await new_patient(api)
+    text = bundle(*(entry(resource("Observation", patient.id)) for _ in range(3)))
+    key = f"bundle-resent-at-once-{patient.id}"
+    before = await api.size()
+    answers = await asyncio.gather(*(execute(api.a, text, key) for _ in range(4)))
+    first = [(s.id, s.receipt.leaf_index) for s in answers[0]]
+    assert len({s[0] for s in first}) == 3
+    assert all([(s.id, s.receipt.leaf_index) for s in a] == first for a in answers)
+    created = [e for e in await api.entries_since(before) if e.entry.kind == CREATED]
+    assert sorted(e.leaf_index for e in created) == sorted(index for _, index in first)

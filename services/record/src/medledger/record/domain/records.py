@@ -536,6 +536,14 @@ class EncryptedRecords:
             await self._documents.abort(slot, pending.write_id)
             raise erased() from None
         except PendingLost:
+            # A keyed write another request finished first (a resend resuming this very
+            # attempt, concurrently): its result, as a retry would get it.
+            if pending.idempotency is not None:
+                first = await self._documents.idempotent(pending.idempotency.key_id)
+                if first is not None:
+                    return await self._read_slot(
+                        first_result(index, first, pending.idempotency.fingerprint)
+                    )
             raise Aborted(
                 "the write expired before it was committed; retry", reason="WRITE_EXPIRED"
             ) from None
