@@ -32,8 +32,6 @@ from typing import Any
 from secantus import transactions
 from secantus.cli import main as secantusd_main
 
-_FIXED = "_medledger_bounded_pruning"
-
 
 def bounded_pruning(registry: Any) -> None:
     """secantusdb's ``TransactionRegistry._prune_retryable_locked``, from the front only
@@ -60,7 +58,6 @@ def fix_retryable_pruning() -> bool:
     if not hasattr(registry, "_prune_retryable_locked"):
         return False
     registry._prune_retryable_locked = bounded_pruning
-    setattr(registry, _FIXED, True)
     return True
 
 
