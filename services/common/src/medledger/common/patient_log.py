@@ -279,26 +279,24 @@ class PatientLog:
         """:meth:`_patient_keys` of each patient: their rows read in one step, their data
         keys unwrapped side by side (a batch of entries about several patients)."""
         pseudonyms = {p: await self._subjects.subject(p) for p in dict.fromkeys(patient_ids)}
-        rows = await self._store.keys_of([self._patient_key(p) for p in pseudonyms.values()])
+        keys = {p: self._patient_key(pseudonym) for p, pseudonym in pseudonyms.items()}
+        rows = await self._store.keys_of(list(keys.values()))
         found = await asyncio.gather(
-            *(
-                self._patient_keys(p, pseudonym, rows.get(self._patient_key(pseudonym)))
-                for p, pseudonym in pseudonyms.items()
-            )
+            *(self._keys_of_row(pseudonyms[p], keys[p], rows.get(keys[p])) for p in pseudonyms)
         )
         return dict(zip(pseudonyms, found, strict=True))
 
-    async def _patient_keys(
-        self, patient_id: str, pseudonym: bytes | None = None, stored: StoredKeys | None = None
-    ) -> _PatientKeys:
-        """The patient's pseudonym, data key (created with their first row) and scan key.
-        ``pseudonym`` and ``stored``: their pseudonym and key row when the caller read them
-        already (a row not found is read again here, in case it was made meanwhile)."""
-        if pseudonym is None:
-            pseudonym = await self._subjects.subject(patient_id)
+    async def _patient_keys(self, patient_id: str) -> _PatientKeys:
+        """The patient's pseudonym, data key (created with their first row) and scan key."""
+        pseudonym = await self._subjects.subject(patient_id)
         patient_key = self._patient_key(pseudonym)
-        if stored is None:
-            stored = await self._store.keys(patient_key)
+        return await self._keys_of_row(pseudonym, patient_key, await self._store.keys(patient_key))
+
+    async def _keys_of_row(
+        self, pseudonym: bytes, patient_key: str, stored: StoredKeys | None
+    ) -> _PatientKeys:
+        """:meth:`_patient_keys` from the patient's key row as read (None: none yet, so it
+        is made; one made meanwhile by another append is used instead)."""
         if stored is None:
             fresh = await self._transit.encrypt(self._wrapping_key, os.urandom(_DATA_KEY_SIZE))
             wrapped = await self._store.add_wrapped_key(patient_key, fresh)

@@ -44,20 +44,12 @@ class MongoPatientLeafStore:
     @mongo_errors
     async def keys(self, patient_key: str) -> StoredKeys | None:
         doc = await self._keys.find_one({"_id": patient_key})
-        if doc is None:
-            return None
-        secret = doc.get("scan_secret")
-        return StoredKeys(str(doc["wrapped_key"]), None if secret is None else bytes(secret))
+        return None if doc is None else _stored_keys(doc)
 
     @mongo_errors
     async def keys_of(self, patient_keys: Sequence[str]) -> dict[str, StoredKeys]:
-        found = {}
-        async for doc in self._keys.find({"_id": {"$in": list(patient_keys)}}):
-            secret = doc.get("scan_secret")
-            found[str(doc["_id"])] = StoredKeys(
-                str(doc["wrapped_key"]), None if secret is None else bytes(secret)
-            )
-        return found
+        cursor = self._keys.find({"_id": {"$in": list(patient_keys)}})
+        return {str(doc["_id"]): _stored_keys(doc) async for doc in cursor}
 
     @mongo_errors
     async def add_wrapped_key(self, patient_key: str, wrapped: str) -> str:
@@ -132,3 +124,8 @@ class MongoPatientLeafStore:
         await self._keys.delete_one({"_id": patient_key})
         deleted = await self._leaves.delete_many({"patient": patient_key})
         return int(deleted.deleted_count)
+
+
+def _stored_keys(doc: dict[str, Any]) -> StoredKeys:
+    secret = doc.get("scan_secret")
+    return StoredKeys(str(doc["wrapped_key"]), None if secret is None else bytes(secret))
