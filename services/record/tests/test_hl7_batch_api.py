@@ -16,7 +16,7 @@ from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.testkit.tokens import authed_channel
 
 from . import test_record_api
-from .test_hl7_ingest import adt, errors, ingest, oru
+from .test_hl7_ingest import adt, errors, ingest, oru, patients_with_identifier
 from .test_record_api import ORG_B, TREAT, Caller, RecordApi, get
 
 api = test_record_api.api  # the module-scoped fixture: its servers, started for this module
@@ -150,14 +150,7 @@ async def test_a_batch_whose_ledger_step_failed_is_finished_when_sent_again(
     with pytest.raises(grpc.aio.AioRpcError) as down:
         await ingest_batch(api.cut, batch)  # this record server's ledger does not answer
     assert down.value.code() == grpc.StatusCode.UNAVAILABLE
-    found = await api.a.stub.SearchResources(
-        record_pb2.SearchResourcesRequest(
-            resource_type="Patient",
-            params=[record_pb2.SearchParam(name="identifier", value=mrn)],
-            purpose=TREAT,
-        )
-    )
-    assert list(found.resources) == []  # nothing visible
+    assert await patients_with_identifier(api.a, mrn) == []  # nothing visible
     reply = await ingest_batch(api.a, batch)
     assert [[w.resource_type for w in m.written] for m in reply.messages] == [
         ["Patient", "Encounter"],

@@ -162,6 +162,20 @@ async def test_versions_23_to_28_are_read(api: RecordApi) -> None:
         assert [w.resource_type for w in reply.written] == ["Patient", "Encounter"]
 
 
+async def patients_with_identifier(
+    caller: Caller, identifier: str
+) -> list[record_pb2.StoredResource]:
+    """The Patients ``caller`` finds by ``identifier`` (an MRN)."""
+    found = await caller.stub.SearchResources(
+        record_pb2.SearchResourcesRequest(
+            resource_type="Patient",
+            params=[record_pb2.SearchParam(name="identifier", value=identifier)],
+            purpose=TREAT,
+        )
+    )
+    return list(found.resources)
+
+
 async def test_a_message_whose_ledger_step_failed_is_finished_by_its_resend(
     api: RecordApi,
 ) -> None:
@@ -170,14 +184,7 @@ async def test_a_message_whose_ledger_step_failed_is_finished_by_its_resend(
     with pytest.raises(grpc.aio.AioRpcError) as down:
         await ingest(api.cut, message)  # this record server's ledger does not answer
     assert down.value.code() == grpc.StatusCode.UNAVAILABLE
-    found = await api.a.stub.SearchResources(
-        record_pb2.SearchResourcesRequest(
-            resource_type="Patient",
-            params=[record_pb2.SearchParam(name="identifier", value=mrn)],
-            purpose=TREAT,
-        )
-    )
-    assert list(found.resources) == []  # nothing visible
+    assert await patients_with_identifier(api.a, mrn) == []  # nothing visible
     size = await api.size()
     reply = await ingest(api.a, message)
     assert [w.resource_type for w in reply.written] == ["Patient", "Encounter"]

@@ -428,7 +428,7 @@ class ResourceService:
         verdict = await self._permit(
             requester, pending.patient_id, pending.ref.resource_type, Action.WRITE
         )
-        return await self._ledger_and_commit(requester, verdict, pending, key, fingerprint)
+        return await self._ledger_and_commit(requester, verdict, pending)
 
     async def _holder_named_by(self, valid: ValidResource, patient_id: str) -> str:
         """The holder of the patient a resource names; INVALID_ARGUMENT at the reference
@@ -497,25 +497,28 @@ class ResourceService:
             updated_time=when,
             trace_id=current_trace_id(),
         )
+        # A request with this key may be in flight (the client resent while its first
+        # request was being written): this one then finishes that one, as a retry would,
+        # rather than ledger a second entry about a version that would never be stored. An
+        # update finds that attempt's version in its slot; a create finds the key claimed.
         try:
             pending = await self._storage.prepare_write(write)
         except Aborted as error:
-            # An update resent while its first attempt is being written finds that
-            # attempt's version in its slot: it finishes that one (below, for a create).
             if not key or error.reason != CONCURRENT_WRITE:
                 raise
-            if (first := await self._replay(requester, key, fingerprint)) is None:
-                raise
-            return first
+            return await self._finish_first(requester, key, fingerprint)
         if key and not await self._claimed(pending, key, fingerprint):
-            # A concurrent request with this key holds it (the client resent while its first
-            # request was being written): finish that one, as a retry would, rather than
-            # ledger a second entry about a version that would never be stored.
             await self._storage.abort_write(pending)
-            if (first := await self._replay(requester, key, fingerprint)) is None:
-                raise concurrent_write()
-            return first
-        return await self._ledger_and_commit(requester, verdict, pending, key, fingerprint)
+            return await self._finish_first(requester, key, fingerprint)
+        return await self._ledger_and_commit(requester, verdict, pending)
+
+    async def _finish_first(
+        self, requester: Requester, key: str, fingerprint: bytes
+    ) -> StoredVersion:
+        """The result of the attempt in flight with this key, finished here if need be."""
+        if (first := await self._replay(requester, key, fingerprint)) is None:
+            raise concurrent_write()
+        return first
 
     async def _claimed(self, pending: PendingWrite, key: str, fingerprint: bytes) -> bool:
         try:
@@ -527,12 +530,7 @@ class ResourceService:
             raise
 
     async def _ledger_and_commit(
-        self,
-        requester: Requester,
-        verdict: AccessVerdict,
-        pending: PendingWrite,
-        key: str,
-        fingerprint: bytes,
+        self, requester: Requester, verdict: AccessVerdict, pending: PendingWrite
     ) -> StoredVersion:
         """Appends the version's entry (the same entry for every attempt at ``pending``:
         key, salts, time and trace id all come from it), then commits the version with its
@@ -551,16 +549,9 @@ class ResourceService:
                 with contextlib.suppress(MedledgerError):
                     await self._storage.abort_write(pending)
             raise
-        try:
-            return await self._storage.commit_write(pending, receipt)
-        except Aborted as error:
-            # A concurrent retry of the same write may have committed it first.
-            first = None
-            if error.reason == "WRITE_EXPIRED" and key:
-                first = await self._storage.idempotent_result(key, fingerprint)
-            if first is None:
-                raise
-            return first
+        # A concurrent retry of the same keyed write may commit it first: commit_write
+        # answers with that result.
+        return await self._storage.commit_write(pending, receipt)
 
     # -- reads -----------------------------------------------------------------------------
 
