@@ -1,12 +1,15 @@
 """The batcher's weight limit: groups are never split, a batch holds whole groups up to the
-limit, and a group heavier than the limit goes alone."""
+limit, and a group heavier than the limit goes alone; a caller submitting as the batch ahead
+ends is never left waiting; shutdown answers whoever waits."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from medledger.common.batching import Batcher
-from medledger.common.errors import FailedPrecondition
+from medledger.common.errors import FailedPrecondition, Unavailable
 
 
 class Groups:
@@ -17,6 +20,7 @@ class Groups:
 
     async def flush(self, groups: list[list[int]]) -> list[int]:
         self.batches.append(groups)
+        await asyncio.sleep(0)
         await self.release.wait()
         if any(-1 in group for group in groups):
             raise FailedPrecondition("a refused group", reason="REFUSED")
@@ -67,3 +71,32 @@ async def test_a_refused_group_is_its_own_and_the_others_are_answered() -> None:
     refused = await asyncio.gather(bad, return_exceptions=True)
     assert isinstance(refused[0], FailedPrecondition)
     assert groups.batches[1:] == [[[2, 3], [-1, 4]], [[2, 3]], [[-1, 4]]]
+
+
+@pytest.mark.parametrize("callers", [1, 5])
+async def test_an_item_coming_as_a_batch_ends_is_never_stranded(callers: int) -> None:
+    groups = Groups()
+    batched = batcher(groups)
+
+    # Callers one after another and side by side, each submitting as soon as the last
+    # answer came: every one is answered.
+    async def caller(n: int) -> list[int]:
+        return [await batched.submit([n]) for _ in range(50)]
+
+    answers = await asyncio.wait_for(asyncio.gather(*(caller(n) for n in range(callers))), 10)
+    assert answers == [[n] * 50 for n in range(callers)]
+
+
+async def test_shutdown_answers_every_waiting_caller() -> None:
+    groups = Groups()
+    batched = batcher(groups)
+    groups.release.clear()
+    calls = [asyncio.create_task(batched.submit([0]))]
+    await asyncio.sleep(0.01)  # in flight; the next ones wait for it
+    calls += [asyncio.create_task(batched.submit([n])) for n in range(1, 5)]
+    await asyncio.sleep(0.01)
+    assert batched._drain is not None
+    batched._drain.cancel()
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert [type(o) for o in outcomes] == [Unavailable] * 5
+    assert groups.batches == [[[0]]]
