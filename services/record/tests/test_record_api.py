@@ -330,6 +330,49 @@ async def test_date_ranges_find_what_overlaps(api: RecordApi) -> None:
     assert await ids(("date", "2024")) == {dated["2024-03-05T09:30:00+01:00"].id}  # not the Period
 
 
+async def test_comma_separated_values_find_any_of_them_page_by_page(api: RecordApi) -> None:
+    patient = await new_patient(api)
+    codes = {"2345-7": "glucose", "2339-0": "glucose-blood", "2085-9": "hdl"}
+    made = {}
+    for code in codes:
+        document = json.loads(resource("Observation", patient.id))
+        document["code"] = {"coding": [{"system": "http://loinc.org", "code": code}]}
+        made[code] = await create(api.a, json.dumps(document))
+
+    async def page(value: str, token: str = "") -> record_pb2.SearchResourcesResponse:
+        return await api.a.stub.SearchResources(
+            record_pb2.SearchResourcesRequest(
+                resource_type="Observation",
+                params=[
+                    record_pb2.SearchParam(name="patient", value=patient.id),
+                    record_pb2.SearchParam(name="code", value=value),
+                ],
+                page_size=1,
+                page_token=token,
+                purpose=TREAT,
+            )
+        )
+
+    either = "http://loinc.org|2345-7,http://loinc.org|2085-9"
+    before = await api.size()
+    first = await page(either)
+    assert first.next_page_token
+    # The same query with its values in another order goes on from the same token.
+    second = await page("http://loinc.org|2085-9,http://loinc.org|2345-7", first.next_page_token)
+    assert {r.id for r in [*first.resources, *second.resources]} == {
+        made["2345-7"].id,
+        made["2085-9"].id,
+    }
+    assert second.next_page_token == ""
+    assert len(await api.reads_since(before, api.a)) == 2  # one entry per call
+    # A token is bound to its query's values.
+    other = await failure(page("http://loinc.org|2345-7", first.next_page_token))
+    assert other.code == grpc.StatusCode.INVALID_ARGUMENT
+    too_many = await failure(page(",".join(f"http://loinc.org|{n}" for n in range(65))))
+    assert too_many.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in too_many.violations] == ["params.code"]
+
+
 async def _patient_user(api: RecordApi, patient_id: str) -> tuple[str, str]:
     """A patient account of hospital A for ``patient_id`` (so identity knows the patient is
     A's, and A's staff may record the patient's consents); its username and password."""

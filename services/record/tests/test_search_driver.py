@@ -141,7 +141,9 @@ async def test_a_patient_s_search_never_reads_a_common_code_whole(
     await many_with(records, stored.code_token, TOKEN_COUNT_CAP + 100)
 
     reads.armed = True
-    found = await search(records, ("code", stored.code), ("patient", f"Patient/{stored.patient}"))
+    found = await search(
+        records, ("code", (stored.code,)), ("patient", (f"Patient/{stored.patient}",))
+    )
     reads.armed = False
 
     assert found == stored.ids
@@ -170,7 +172,7 @@ async def test_a_common_first_group_gives_way_to_the_rarest(
     walks = [c for c in reads.commands if b"sort" in c]  # the driver's walk is sorted
     assert walks
     assert all(own in walk and code not in walk for walk in walks)
-    query = (("patient", f"Patient/{stored.patient}"), ("code", stored.code))
+    query = (("patient", (f"Patient/{stored.patient}",)), ("code", (stored.code,)))
     assert await search(records, *query) == stored.ids
 
 

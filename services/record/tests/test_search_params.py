@@ -13,8 +13,9 @@ from medledger.record.domain.compartment import SUPPORTED_TYPES
 from medledger.record.domain.fhir_validation import validate_resource
 from medledger.record.domain.resource_issues import ResourceInvalid
 from medledger.record.domain.search_params import (
+    MAX_SEARCH_ALTERNATIVES,
     SEARCH_PARAMETERS,
-    alternatives,
+    any_of_tokens,
     normalise_text,
     parse_search,
     search_values,
@@ -34,10 +35,8 @@ def plain(found: dict[str, set[str]]) -> dict[str, set[str]]:
 def finds(resource: dict[str, Any], **query: str) -> bool:
     """Whether an exact-match store would return the resource for the query."""
     indexed = tokens(resource)
-    pairs = parse_search(resource["resourceType"], query)
-    return all(
-        indexed.get(name, set()).intersection(alternatives(name, value)) for name, value in pairs
-    )
+    terms = parse_search(resource["resourceType"], query)
+    return all(indexed.get(term[0], set()).intersection(any_of_tokens(term)) for term in terms)
 
 
 def refused_fields(resource_type: str, **query: str) -> list[str]:
@@ -142,6 +141,16 @@ def test_escaped_bars_keep_system_and_code_apart() -> None:
     assert finds(b, identifier=r"urn:a\|b|c")
 
 
+def test_an_escaped_comma_is_part_of_a_value_and_a_bare_one_separates_values() -> None:
+    observation = sample("Observation")
+    observation["code"] = {"coding": [{"system": "urn:lab", "code": "a,b"}]}
+    assert finds(observation, code=r"urn:lab|a\,b")
+    assert not finds(observation, code="urn:lab|a,urn:lab|b")
+    (term,) = parse_search("Observation", {"code": r"urn:lab|a\,b,urn:lab|c,urn:lab|c"})
+    assert term == ("code", ("urn:lab|a,b", "urn:lab|c"))  # each value once
+    assert len(parse_search("Observation", {"code": ",".join(["x"] * 64)})) == 1
+
+
 @pytest.mark.parametrize(
     ("resource_type", "query", "found"),
     [
@@ -149,6 +158,12 @@ def test_escaped_bars_keep_system_and_code_apart() -> None:
         ("Observation", {"patient": "pat-1", "date": "2024-03", "status": "final"}, True),
         ("Observation", {"patient": "pat-2"}, False),
         ("Observation", {"category": "laboratory"}, True),
+        # Comma-separated values: any one matches (FHIR's OR).
+        ("Observation", {"code": "http://loinc.org|2339-0,http://loinc.org|2345-7"}, True),
+        ("Observation", {"code": "2339-0,2085-9"}, False),
+        ("Observation", {"patient": "pat-2,Patient/pat-1", "status": "final,amended"}, True),
+        ("Observation", {"date": "2019,ge2024-03-01"}, True),
+        ("Observation", {"date": "2019,le2024-02-01"}, False),
         ("Condition", {"status": "active", "date": "2019-06"}, True),
         ("Condition", {"date": "2019-06-01"}, False),  # recorded to the month only
         ("Encounter", {"code": "185349003", "date": "2024-03-05"}, True),
@@ -192,7 +207,9 @@ def test_clinical_queries(resource_type: str, query: dict[str, str], found: bool
         ),
         ("Observation", {"code": "http://loinc.org|"}, "params.code"),
         ("Observation", {"code": "a|b|c"}, "params.code"),
-        ("Observation", {"code": "2345-7,2339-0"}, "params.code"),
+        ("Observation", {"code": "2345-7,"}, "params.code"),
+        ("Observation", {"code": ",".join(["x"] * (MAX_SEARCH_ALTERNATIVES + 1))}, "params.code"),
+        ("Observation", {"status": "final,a|b"}, "params.status"),
         ("Observation", {"code": r"bad\escape"}, "params.code"),
         ("Observation", {"code": ""}, "params.code"),
         ("Observation", {"code": "x" * 1025}, "params.code"),
@@ -235,7 +252,7 @@ def test_any_identifier_is_found_by_its_escaped_query(system: str, value: str) -
         return  # not a valid FHIR uri or string: nothing stored, nothing to find
     query = f"{fhir_escape('urn:x:' + system)}|{fhir_escape(value.strip())}"
     assert parse_search("Patient", {"identifier": query}) == [
-        ("identifier", next(t for t in indexed["identifier"] if t.startswith("urn:x:")))
+        ("identifier", (next(t for t in indexed["identifier"] if t.startswith("urn:x:")),))
     ]
 
 

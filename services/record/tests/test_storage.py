@@ -180,7 +180,7 @@ async def test_search_matches_exactly_on_latest_versions_and_pages(records: Any)
         observation(31),
         search={"code": {"http://loinc.org|39156-5"}, "patient": {f"Patient/{other}"}},
     )
-    query = [("code", "http://loinc.org|2345-7")]
+    query = [("code", ("http://loinc.org|2345-7",))]
     found: list[str] = []
     token = ""
     while True:
@@ -194,16 +194,16 @@ async def test_search_matches_exactly_on_latest_versions_and_pages(records: Any)
     assert set(found) == glucose
     both = await records.records.search(
         "Observation",
-        [("code", "http://loinc.org|39156-5"), ("patient", f"Patient/{other}")],
+        [("code", ("http://loinc.org|39156-5",)), ("patient", (f"Patient/{other}",))],
         page_size=10,
         page_token="",
     )
     assert [v.ref.resource_id for v in both.items] == [bmi]
     assert [v.resource_json for v in both.items] == [observation(31)]
     for mismatch in (
-        [("code", "http://loinc.org|39156-5"), ("patient", f"Patient/{patient}")],
-        [("code", "http://loinc.org|2345-")],  # exact match only
-        [("patient", f"Patient/{patient}".upper())],
+        [("code", ("http://loinc.org|39156-5",)), ("patient", (f"Patient/{patient}",))],
+        [("code", ("http://loinc.org|2345-",))],  # exact match only
+        [("patient", (f"Patient/{patient}".upper(),))],
     ):
         assert not (
             await records.records.search("Observation", mismatch, page_size=10, page_token="")
@@ -228,7 +228,7 @@ async def test_search_matches_exactly_on_latest_versions_and_pages(records: Any)
     with pytest.raises(InvalidArgument):  # a token bound to another query
         await records.records.search(
             "Observation",
-            [("code", "http://loinc.org|39156-5")],
+            [("code", ("http://loinc.org|39156-5",))],
             page_size=1,
             page_token=first.next_page_token,
         )

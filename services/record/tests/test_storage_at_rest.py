@@ -96,7 +96,7 @@ async def test_no_phi_in_clear_in_any_collection(records: Any) -> None:
     )
     # The storage works, so the markers went in ...
     found = await records.records.search(
-        "Patient", [("family", family.lower())], page_size=5, page_token=""
+        "Patient", [("family", (family.lower(),))], page_size=5, page_token=""
     )
     assert family in found.items[0].resource_json
     # ... and none of them is anywhere in clear.

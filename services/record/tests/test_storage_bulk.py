@@ -46,7 +46,7 @@ async def test_a_chunk_is_prepared_and_committed_together(records: Any) -> None:
         read = await records.records.read("Observation", f"obs-{n}")
         assert read.receipt == records.receipt_for(read.ref)
     found = await records.records.search(
-        "Observation", [("code", "http://loinc.org|17")], page_size=5, page_token=""
+        "Observation", [("code", ("http://loinc.org|17",))], page_size=5, page_token=""
     )
     assert [v.ref.resource_id for v in found.items] == ["obs-17"]
     # The next versions, in bulk too, moving each pointer from version 1.

@@ -78,7 +78,7 @@ async def test_an_erased_patient_is_gone_and_others_are_not(records: Any) -> Non
         )
         assert not (
             await storage.search(
-                "Observation", [("patient", f"Patient/{patient}")], page_size=5, page_token=""
+                "Observation", [("patient", (f"Patient/{patient}",))], page_size=5, page_token=""
             )
         ).items
         assert await storage.idempotent_result("k1", b"") is None
@@ -90,7 +90,7 @@ async def test_an_erased_patient_is_gone_and_others_are_not(records: Any) -> Non
     assert (await records.records.read("Observation", kept)).patient_id == other
     assert (await records.records.idempotent_result("k2", b"")).ref.resource_id == kept
     found = await records.records.search(
-        "Observation", [("patient", f"Patient/{other}")], page_size=5, page_token=""
+        "Observation", [("patient", (f"Patient/{other}",))], page_size=5, page_token=""
     )
     assert [v.ref.resource_id for v in found.items] == [kept]
 

@@ -99,7 +99,9 @@ async def test_a_damaged_latest_version_fails_search_and_exports(records: Any) -
     await set_field(records, "record_versions", doc["_id"], "content", flip(doc["content"], 9))
     await assert_damaged(lambda: records.records.read("Observation", rid))
     await assert_damaged(
-        lambda: records.records.search("Observation", [("code", "c")], page_size=5, page_token="")
+        lambda: records.records.search(
+            "Observation", [("code", ("c",))], page_size=5, page_token=""
+        )
     )
     await assert_damaged(
         lambda: records.records.patient_resources(patient, page_size=5, page_token="")
@@ -124,7 +126,9 @@ async def test_an_index_entry_pointing_elsewhere_is_data_loss(records: Any) -> N
     await set_field(records, "record_index", first["_id"], "tokens", second["tokens"])
     await set_field(records, "record_index", second["_id"], "tokens", first["tokens"])
     await assert_damaged(
-        lambda: records.records.search("Observation", [("code", "c")], page_size=5, page_token="")
+        lambda: records.records.search(
+            "Observation", [("code", ("c",))], page_size=5, page_token=""
+        )
     )
 
 

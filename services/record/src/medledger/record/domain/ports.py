@@ -32,9 +32,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from medledger.common.paging import Page
+
+if TYPE_CHECKING:
+    from medledger.record.domain.search_params import SearchTerm
 
 # -- what the RPC layer hands over and gets back ----------------------------------------
 
@@ -232,7 +235,7 @@ class RecordStorage(Protocol):
     async def search(
         self,
         resource_type: str,
-        params: Sequence[tuple[str, str]],
+        params: Sequence[SearchTerm],
         *,
         page_size: int,
         page_token: str,

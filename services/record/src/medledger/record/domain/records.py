@@ -95,7 +95,7 @@ from medledger.record.domain.ports import (
     VersionSlot,
     VersionTaken,
 )
-from medledger.record.domain.search_params import alternatives, selectivity_rank
+from medledger.record.domain.search_params import SearchTerm, any_of_tokens, selectivity_rank
 from medledger.record.domain.versions import (
     concurrent_write,
     erased,
@@ -689,34 +689,42 @@ class EncryptedRecords:
     async def search(
         self,
         resource_type: str,
-        params: Sequence[tuple[str, str]],
+        params: Sequence[SearchTerm],
         *,
         page_size: int,
         page_token: str,
     ) -> Page[StoredVersion]:
-        """Latest versions of ``resource_type`` matching every (name, normalised value),
-        in an order that says nothing (by resource digest). Resources erased meanwhile are
-        left out."""
+        """Latest versions of ``resource_type`` matching every term (name, normalised
+        values: any one of them), in an order that says nothing (by resource digest).
+        Resources erased meanwhile are left out."""
         if not params:
             raise InvalidArgument(
                 [FieldViolation("params", "at least one search parameter is required")]
             )
         size = page_size_rule(page_size)
-        pairs = sorted(set(params))
-        listing = Listing(SEARCH_LISTING, (resource_type, *(part for p in pairs for part in p)))
+        if any(isinstance(values, str) for _, values in params):
+            raise TypeError("a search term's values are a tuple of strings")
+        # The same terms in any order, each value list in any order, page alike.
+        terms = sorted({(name, tuple(sorted(set(values)))) for name, values in params})
+        listing = Listing(
+            SEARCH_LISTING,
+            (
+                resource_type,
+                *(part for name, values in terms for part in (name, str(len(values)), *values)),
+            ),
+        )
         after = _digest_cursor(listing, page_token)
         index = await self._blind_index()
 
-        # Each parameter a group of tokens (a date range: several), any one of which matches;
-        # the groups of the parameters that usually match fewest resources first.
-        def tokens(name: str, value: str) -> tuple[bytes, ...]:
+        # Each term a group of tokens (several values, a date range), any one of which
+        # matches; the groups of the parameters that usually match fewest resources first.
+        def tokens(term: SearchTerm) -> tuple[bytes, ...]:
+            name = term[0]
             return tuple(
-                sorted(
-                    {index.search_token(resource_type, name, t) for t in alternatives(name, value)}
-                )
+                sorted({index.search_token(resource_type, name, t) for t in any_of_tokens(term)})
             )
 
-        ranked = sorted({(selectivity_rank(n), tokens(n, v)) for n, v in pairs})
+        ranked = sorted({(selectivity_rank(term[0]), tokens(term)) for term in terms})
         groups = [group for _, group in ranked]
         found = await self._documents.matching(groups, after, size + 1)
         currents = await self._documents.currents(found[:size])

@@ -83,7 +83,7 @@ from medledger.record.domain.resource_issues import (
     child,
     item,
 )
-from medledger.record.domain.search_params import parse_search, search_values
+from medledger.record.domain.search_params import SearchTerm, parse_search, search_values
 from medledger.record.domain.versions import (
     CONCURRENT_WRITE,
     concurrent_write,
@@ -653,7 +653,7 @@ def _holds_patient_scopes(requester: Requester) -> bool:
     return any(scope is not None and scope.context == "patient" for scope in scopes)
 
 
-def _parse_params(resource_type: str, params: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def _parse_params(resource_type: str, params: Sequence[tuple[str, str]]) -> list[SearchTerm]:
     """Each (name, value) parsed on its own (a name may repeat: all must match); every
     problem reported at once."""
     if resource_type not in SUPPORTED_TYPES:
@@ -670,7 +670,7 @@ def _parse_params(resource_type: str, params: Sequence[tuple[str, str]]) -> list
             [ResourceIssue("required", "params", "at least one search parameter is required")],
             reason=SEARCH_INVALID,
         )
-    pairs: list[tuple[str, str]] = []
+    pairs: list[SearchTerm] = []
     issues: list[ResourceIssue] = []
     for name, value in params:
         try:

@@ -21,6 +21,11 @@ of match a query may ask for is a token written at write time:
   dateTime, before any offset).
 - **patient**: the compartment's patient id (``Patient/<id>`` or ``<id>`` in a query).
 
+A value may list several, separated by commas, any ONE of which must match (FHIR's OR:
+``code=http://loinc.org|2345-7,http://loinc.org|2339-0``), at most
+:data:`MAX_SEARCH_ALTERNATIVES`; a comma inside one of them is escaped (``\\,``). A
+parameter given twice must match both times (FHIR's AND).
+
 Which element each parameter reads per type is in :data:`CLINICAL_PARAMETERS`.
 """
 
@@ -52,6 +57,12 @@ from medledger.record.domain.value_sets import ALLERGY_CLINICAL, CONDITION_CLINI
 
 MAX_SEARCH_VALUE: Final = 1024
 """Characters in one query value; longer ones cannot match any stored element we index."""
+
+MAX_SEARCH_ALTERNATIVES: Final = 64
+"""Values one parameter may list (comma-separated), any one of which matches."""
+
+SearchTerm = tuple[str, tuple[str, ...]]
+"""A parsed parameter: its name and its values (normalised), any one of which must match."""
 
 ALLERGY_CATEGORY_SYSTEM: Final = "http://hl7.org/fhir/allergy-intolerance-category"
 
@@ -310,8 +321,9 @@ class _BadValue(Exception):
     """A query value refused; the text is fixed, chosen here."""
 
 
-def parse_search(resource_type: str, params: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The (parameter, token) pairs a query must all match, in the order given.
+def parse_search(resource_type: str, params: Mapping[str, str]) -> list[SearchTerm]:
+    """The terms (parameter, values) a query must all match, in the order given; a term
+    matches with any one of its values.
 
     :class:`ResourceInvalid` (INVALID_ARGUMENT, reason SEARCH_INVALID) names each bad
     parameter as ``params.<name>``: unknown for the type, or a value that cannot match.
@@ -319,7 +331,7 @@ def parse_search(resource_type: str, params: Mapping[str, str]) -> list[tuple[st
     supported = SEARCH_PARAMETERS.get(resource_type)
     if supported is None:
         _refuse("resource_type", "not-supported", "this resource type is not stored here")
-    parsed: list[tuple[str, str]] = []
+    parsed: list[SearchTerm] = []
     issues: list[ResourceIssue] = []
     for name, value in params.items():
         location = f"params.{name}" if _PARAMETER_NAME.fullmatch(name) else "params"
@@ -334,12 +346,35 @@ def parse_search(resource_type: str, params: Mapping[str, str]) -> list[tuple[st
             )
             continue
         try:
-            parsed.append((name, _parse_value(name, value)))
+            parsed.append((name, _parse_values(name, value)))
         except _BadValue as error:
             issues.append(ResourceIssue("value", location, str(error)))
     if issues:
         raise ResourceInvalid(issues, reason=SEARCH_INVALID)
     return parsed
+
+
+def _parse_values(name: str, value: str) -> tuple[str, ...]:
+    """The values of a comma-separated list, each parsed, each once, in the order given."""
+    listed = _split_unescaped(value, ",")
+    if len(listed) > MAX_SEARCH_ALTERNATIVES:
+        raise _BadValue(
+            f"at most {MAX_SEARCH_ALTERNATIVES} values (separated by commas) in one parameter"
+        )
+    return tuple(dict.fromkeys(_parse_value(name, one) for one in listed))
+
+
+def _split_unescaped(value: str, separator: str) -> list[str]:
+    """``value`` split at each ``separator`` not escaped by a backslash; escapes are kept."""
+    parts = [""]
+    escaped = False
+    for character in value:
+        if character == separator and not escaped:
+            parts.append("")
+            continue
+        parts[-1] += character
+        escaped = character == "\\" and not escaped
+    return parts
 
 
 def _parse_value(name: str, value: str) -> str:
@@ -372,7 +407,8 @@ def _parse_value(name: str, value: str) -> str:
 
 
 def _split_escaped(value: str) -> list[str]:
-    """Splits at unescaped ``|``; ``\\|``, ``\\,``, ``\\$`` and ``\\\\`` stand for themselves."""
+    """Splits at unescaped ``|``; ``\\|``, ``\\,``, ``\\$`` and ``\\\\`` stand for themselves
+    (one value of a list: its unescaped commas were separators)."""
     parts = [""]
     characters = iter(value)
     for character in characters:
@@ -383,8 +419,6 @@ def _split_escaped(value: str) -> list[str]:
             parts[-1] += escaped
         elif character == "|":
             parts.append("")
-        elif character == ",":
-            raise _BadValue("several values (a comma) are not supported; search once for each")
         else:
             parts[-1] += character
     return parts
@@ -406,10 +440,17 @@ def _parse_date(value: str) -> str:
     return date if prefix in {None, "eq"} else prefix + date
 
 
+def any_of_tokens(term: SearchTerm) -> tuple[str, ...]:
+    """The tokens of a parsed term (:func:`parse_search`) any ONE of which a resource must
+    have: the union of its values' :func:`alternatives`, each once."""
+    name, values = term
+    return tuple(dict.fromkeys(token for value in values for token in alternatives(name, value)))
+
+
 def alternatives(name: str, value: str) -> tuple[str, ...]:
-    """The tokens of a parsed query value (:func:`parse_search`) any ONE of which a resource
-    must have: the value itself, or a date range's union (empty: a range before FHIR's first
-    day or after its last, which nothing matches)."""
+    """The tokens of a parsed query value any ONE of which a resource must have: the value
+    itself, or a date range's union (empty: a range before FHIR's first day or after its
+    last, which nothing matches)."""
     if name in {"birthdate", "date"} and value[:2] in RANGE_PREFIXES:
         unit = parse_date(value[2:])
         days = range_interval(value[:2], unit) if unit is not None else None

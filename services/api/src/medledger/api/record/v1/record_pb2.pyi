@@ -474,7 +474,10 @@ class SearchParam(_message.Message):
     """SearchParam is one FHIR search parameter (e.g. name "patient", value "Patient/123";
     name "code", value "http://loinc.org|2345-7"; name "date", value "2024-03" for values
     within that month, or "ge2024-03-01" (also gt, le, lt) for values and Periods that overlap
-    the days asked about: give "date" twice for a closed range).
+    the days asked about: give "date" twice for a closed range). A value may list up to 64
+    values separated by commas, any one of which matches (FHIR's OR: "http://loinc.org|2345-7,
+    http://loinc.org|2339-0" without the space); a comma, bar, dollar or backslash inside a
+    value is escaped with a backslash. A page token is bound to the parameters, in any order.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
