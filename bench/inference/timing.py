@@ -44,6 +44,7 @@ from medledger.inference.adapters.model_store import ModelStore
 from medledger.inference.adapters.patient_records import RecordClient
 from medledger.inference.adapters.triton import TritonInference, TritonModels, TritonSettings
 from medledger.inference.config import InferenceConfig, InferenceSettings
+from medledger.inference.domain.features import Coding
 from medledger.inference.domain.prediction_ledger import SealedPrediction
 from medledger.inference.domain.predictor import (
     Caller,
@@ -144,9 +145,11 @@ class TimedRecords:
     inner: RecordClient
     times: PartTimes
 
-    async def read(self, caller: Caller, patient_id: str, *, with_patient: bool) -> RecordRead:
+    async def read(
+        self, caller: Caller, patient_id: str, codes: Sequence[Coding], *, with_patient: bool
+    ) -> RecordRead:
         with self.times.timing("record read"):
-            return await self.inner.read(caller, patient_id, with_patient=with_patient)
+            return await self.inner.read(caller, patient_id, codes, with_patient=with_patient)
 
     async def create_all(
         self, caller: Caller, entries: Sequence[NewEntry], idempotency_key: str

@@ -29,8 +29,13 @@ from medledger.common.errors import MedledgerError, from_rpc_error
 from medledger.common.server import ServiceServer
 from medledger.devstack.process import free_port
 from medledger.devstack.triton import TritonServer
+from medledger.inference.adapters.patient_records import CODES_PER_SEARCH, RecordClient
 from medledger.inference.adapters.triton import TritonSettings
 from medledger.inference.config import InferenceConfig, InferenceSettings
+from medledger.inference.domain.features import Coding
+from medledger.inference.domain.model_definition import ModelDefinition, parse_model_card
+from medledger.inference.domain.patient_inputs import search_codes
+from medledger.inference.domain.predictor import Caller
 from medledger.inference.runtime import from_settings as inference_from_settings
 from medledger.testkit.inprocess import eventually
 from medledger.testkit.models import serving_models
@@ -68,6 +73,8 @@ class Served:
     record: record_pb2_grpc.RecordServiceAsyncStub  # hospital A's app
     ledger: ledger_pb2_grpc.LedgerServiceAsyncStub
     policy: TrustPolicy
+    record_address: str
+    a_token: str  # hospital A's app's
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +144,8 @@ async def served(
             record=record_pb2_grpc.RecordServiceStub(channels[4]),
             ledger=ledger,
             policy=TrustPolicy.parse([vkey]),
+            record_address=f"127.0.0.1:{record.port}",
+            a_token=a_token,
         )
     finally:
         for channel in channels:
@@ -153,6 +162,17 @@ async def create(served: Served, resource: dict[str, Any]) -> record_pb2.StoredR
     return reply.resource
 
 
+def observation(patient_id: str, system: str, code: str, value: float, unit: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": system, "code": code}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": "2026-10-01T08:00:00Z",
+        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+    }
+
+
 async def diabetes_patient(served: Served, *, skip: tuple[str, ...] = ()) -> str:
     patient = await create(
         served, {"resourceType": "Patient", "gender": "male", "birthDate": "1968-05-14"}
@@ -160,17 +180,7 @@ async def diabetes_patient(served: Served, *, skip: tuple[str, ...] = ()) -> str
     for code, value, unit in MEASURED:
         if code in skip:
             continue
-        await create(
-            served,
-            {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"coding": [{"system": LOINC, "code": code}]},
-                "subject": {"reference": f"Patient/{patient.id}"},
-                "effectiveDateTime": "2026-10-01T08:00:00Z",
-                "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-            },
-        )
+        await create(served, observation(patient.id, LOINC, code, value, unit))
     return patient.id
 
 
@@ -241,6 +251,49 @@ async def test_a_prediction_adds_up_verifies_offline_and_is_in_the_record(
         f"Patient/{patient_id}",
     ]
     assert written.receipt.checkpoint == risk.resource.receipt.checkpoint
+
+
+async def test_a_prediction_reads_only_the_observations_its_model_uses(served: Served) -> None:
+    patient_id = await diabetes_patient(served)
+    # Results no model reads: haemoglobin, and a local code that needs escaping in a query.
+    odd = Coding("urn:lab:local|x", "a,b$c\\d")
+    await create(served, observation(patient_id, LOINC, "718-7", 14.1, "g/dL"))
+    await create(served, observation(patient_id, odd.system, odd.code, 1.0, "1"))
+    records = RecordClient(served.record_address, InferenceSettings())
+    caller = Caller("app", "hospital-a", served.a_token, TREAT)
+
+    async def codes_read(*codes: Coding) -> list[tuple[str, str]]:
+        read = await records.read(caller, patient_id, codes, with_patient=False)
+        found = [o["code"]["coding"][0] for o in read.observations]
+        return sorted((c["system"], c["code"]) for c in found)
+
+    try:
+        glucose = Coding(LOINC, "2345-7")
+        assert await codes_read(glucose) == [(LOINC, "2345-7")]
+        assert await codes_read(odd) == [(odd.system, odd.code)]
+        assert await codes_read(Coding("urn:lab:local", "a")) == []
+        # More codes than one search lists: several searches, one answer.
+        unused = [Coding(LOINC, f"{n}-0") for n in range(CODES_PER_SEARCH + 5)]
+        assert await codes_read(*unused, glucose, odd) == sorted(
+            [(LOINC, "2345-7"), (odd.system, odd.code)]
+        )
+        # The model's codes: every measured feature, none of the others.
+        read = await records.read(
+            caller, patient_id, search_codes(await diabetes_model(served)), with_patient=True
+        )
+        assert sorted(o["code"]["coding"][0]["code"] for o in read.observations) == sorted(
+            code for code, _, _ in MEASURED
+        )
+        assert read.patient is not None
+    finally:
+        await records.aclose()
+    reply = await served.a.Predict(predict(patient_id))
+    assert len(reply.contributions) == 10
+
+
+async def diabetes_model(served: Served) -> ModelDefinition:
+    model = (await served.a.GetModel(inference_pb2.GetModelRequest(name=DIABETES))).model
+    return parse_model_card(json.loads(model.model_card_json))
 
 
 async def test_without_consent_or_features_nothing_is_predicted(served: Served) -> None:

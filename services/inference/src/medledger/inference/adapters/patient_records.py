@@ -5,6 +5,10 @@ Provenance are the caller's writes.
 
 Refusals come back as the record service said them (PERMISSION_DENIED, NOT_FOUND with its
 reason, ...); the record service not answering is UNAVAILABLE.
+
+Only the Observations a model can use are read: the search names the model's codes (FHIR's
+comma-separated OR, at most :data:`CODES_PER_SEARCH` per search), so a patient with years of
+other results costs a prediction what their relevant ones do, not their whole record.
 """
 
 from __future__ import annotations
@@ -20,13 +24,21 @@ from medledger.api.record.v1 import record_pb2, record_pb2_grpc
 from medledger.common.channels import create_channel
 from medledger.common.config import ServiceSettings
 from medledger.common.errors import MedledgerError, Unavailable, from_rpc_error
+from medledger.inference.domain.features import Coding
 from medledger.inference.domain.predictor import Caller, NewEntry, RecordRead, WrittenResource
 
 DEPENDENCY: Final = "record"
+# Codes one search lists at most (the record's most values in one parameter).
+CODES_PER_SEARCH: Final = 64
 PAGE_SIZE: Final = 1000
 # A patient's Observations read for one prediction, at most (pages of PAGE_SIZE).
 MAX_PAGES: Final = 20
 T = TypeVar("T")
+
+
+def _escape(part: str) -> str:
+    """A system or code in a FHIR search value: ``\\``, ``|``, ``,`` and ``$`` escaped."""
+    return "".join("\\" + c if c in "\\|,$" else c for c in part)
 
 
 def _metadata(caller: Caller) -> list[tuple[str, str]]:
@@ -50,15 +62,18 @@ class RecordClient:
             decoded: MedledgerError = from_rpc_error(error)
             raise decoded from error
 
-    async def read(self, caller: Caller, patient_id: str, *, with_patient: bool) -> RecordRead:
-        """The patient's Observations (every page), and their Patient resource when asked,
-        read at once."""
+    async def read(
+        self, caller: Caller, patient_id: str, codes: Sequence[Coding], *, with_patient: bool
+    ) -> RecordRead:
+        """The patient's Observations with any of ``codes`` (every page), and their Patient
+        resource when asked, read at once."""
+        chunks = [codes[n : n + CODES_PER_SEARCH] for n in range(0, len(codes), CODES_PER_SEARCH)]
+        reads = [self._observations(caller, patient_id, chunk) for chunk in chunks]
         if with_patient:
-            patient, observations = await asyncio.gather(
-                self._patient(caller, patient_id), self._observations(caller, patient_id)
-            )
-            return RecordRead(patient, observations)
-        return RecordRead(None, await self._observations(caller, patient_id))
+            patient, *found = await asyncio.gather(self._patient(caller, patient_id), *reads)
+            return RecordRead(patient, [o for page in found for o in page])
+        found = await asyncio.gather(*reads)
+        return RecordRead(None, [o for page in found for o in page])
 
     async def _patient(self, caller: Caller, patient_id: str) -> dict[str, Any]:
         reply = await self._call(
@@ -76,7 +91,10 @@ class RecordClient:
         document: dict[str, Any] = json.loads(reply.resource.resource_json)
         return document
 
-    async def _observations(self, caller: Caller, patient_id: str) -> list[dict[str, Any]]:
+    async def _observations(
+        self, caller: Caller, patient_id: str, codes: Sequence[Coding]
+    ) -> list[dict[str, Any]]:
+        any_code = ",".join(f"{_escape(c.system)}|{_escape(c.code)}" for c in codes)
         observations: list[dict[str, Any]] = []
         token = ""
         for _ in range(MAX_PAGES):
@@ -84,7 +102,10 @@ class RecordClient:
                 self._stub.SearchResources(
                     record_pb2.SearchResourcesRequest(
                         resource_type="Observation",
-                        params=[record_pb2.SearchParam(name="patient", value=patient_id)],
+                        params=[
+                            record_pb2.SearchParam(name="patient", value=patient_id),
+                            record_pb2.SearchParam(name="code", value=any_code),
+                        ],
                         page_size=PAGE_SIZE,
                         page_token=token,
                         purpose=caller.purpose,

@@ -198,7 +198,7 @@ def search_codes(model: ModelDefinition) -> tuple[Coding, ...]:
     derivations' sources (the blood pressure panel included)."""
     codes: list[Coding] = []
     for feature in model.features:
-        codes.append(feature.code)
+        codes.extend(feature.feature.codes)  # any of them measures the feature
         derivation = DERIVATIONS.get(feature.code)
         if derivation is MAP_FROM_SYSTOLIC_DIASTOLIC:
             codes.extend((BLOOD_PRESSURE_PANEL, SYSTOLIC, DIASTOLIC))

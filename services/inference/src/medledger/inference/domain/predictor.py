@@ -40,6 +40,7 @@ from medledger.common.errors import (
     MedledgerError,
 )
 from medledger.inference.domain.explain import Explanation, explain_batch
+from medledger.inference.domain.features import Coding
 from medledger.inference.domain.model_definition import (
     ModelCardInvalid,
     ModelDefinition,
@@ -49,6 +50,7 @@ from medledger.inference.domain.patient_inputs import (
     PatientInputs,
     build_patient_inputs,
     needs_patient,
+    search_codes,
 )
 from medledger.inference.domain.prediction_ledger import (
     SealedPrediction,
@@ -106,7 +108,12 @@ class NewEntry:
 
 
 class PatientRecords(Protocol):
-    async def read(self, caller: Caller, patient_id: str, *, with_patient: bool) -> RecordRead: ...
+    async def read(
+        self, caller: Caller, patient_id: str, codes: Sequence[Coding], *, with_patient: bool
+    ) -> RecordRead:
+        """The patient's Observations carrying any of ``codes``, and their Patient when
+        asked."""
+        ...
 
     async def create_all(
         self, caller: Caller, entries: Sequence[NewEntry], idempotency_key: str
@@ -239,7 +246,12 @@ class Predictor:
         self, caller: Caller, definition: ModelDefinition, patient_id: str
     ) -> PatientInputs:
         check_patient_id(patient_id)
-        read = await self._records.read(caller, patient_id, with_patient=needs_patient(definition))
+        read = await self._records.read(
+            caller,
+            patient_id,
+            search_codes(definition),
+            with_patient=needs_patient(definition),
+        )
         return build_patient_inputs(
             definition,
             patient_id=patient_id,

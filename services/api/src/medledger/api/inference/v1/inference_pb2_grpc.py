@@ -95,8 +95,9 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Predict(self, request, context):
-        """Predict scores one patient from their record, read under consent for the purpose given.
-        Missing or out-of-range features fail with FAILED_PRECONDITION naming the features.
+        """Predict scores one patient from their record, read under consent for the purpose given
+        (the Patient when the model needs age or sex, and the Observations of the model's codes
+        only). Missing or out-of-range features fail with FAILED_PRECONDITION naming the features.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,8 +47,9 @@ class InferenceServiceStub:
     another model under a registered name and version is ALREADY_EXISTS.
     """
     Predict: _grpc.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]
-    """Predict scores one patient from their record, read under consent for the purpose given.
-    Missing or out-of-range features fail with FAILED_PRECONDITION naming the features.
+    """Predict scores one patient from their record, read under consent for the purpose given
+    (the Patient when the model needs age or sex, and the Observations of the model's codes
+    only). Missing or out-of-range features fail with FAILED_PRECONDITION naming the features.
     """
     BatchPredict: _grpc.UnaryStreamMultiCallable[_inference_pb2.BatchPredictRequest, _inference_pb2.BatchPredictResponse]
     """BatchPredict scores a cohort, streaming progress, results and per-patient errors; one
@@ -74,8 +75,9 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     another model under a registered name and version is ALREADY_EXISTS.
     """
     Predict: _aio.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]  # type: ignore[assignment]
-    """Predict scores one patient from their record, read under consent for the purpose given.
-    Missing or out-of-range features fail with FAILED_PRECONDITION naming the features.
+    """Predict scores one patient from their record, read under consent for the purpose given
+    (the Patient when the model needs age or sex, and the Observations of the model's codes
+    only). Missing or out-of-range features fail with FAILED_PRECONDITION naming the features.
     """
     BatchPredict: _aio.UnaryStreamMultiCallable[_inference_pb2.BatchPredictRequest, _inference_pb2.BatchPredictResponse]  # type: ignore[assignment]
     """BatchPredict scores a cohort, streaming progress, results and per-patient errors; one
@@ -122,8 +124,9 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.PredictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.PredictResponse, _abc.Awaitable[_inference_pb2.PredictResponse]]:
-        """Predict scores one patient from their record, read under consent for the purpose given.
-        Missing or out-of-range features fail with FAILED_PRECONDITION naming the features.
+        """Predict scores one patient from their record, read under consent for the purpose given
+        (the Patient when the model needs age or sex, and the Observations of the model's codes
+        only). Missing or out-of-range features fail with FAILED_PRECONDITION naming the features.
         """
 
     @_abc_1.abstractmethod
