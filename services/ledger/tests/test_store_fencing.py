@@ -3,6 +3,7 @@ writer whose lease was taken over cannot write, and a batch cannot reuse an inde
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -33,7 +34,9 @@ def batch(first: int, count: int) -> Batch:
         if n >= first:
             entries.append(PendingEntry(b"entry %d" % n, digest, ""))
     checkpoint = StoredCheckpoint(tree.size, tree.root(), b"note", tree.hashes)
-    return Batch(first, entries, {}, checkpoint)
+    signed: asyncio.Future[StoredCheckpoint] = asyncio.get_running_loop().create_future()
+    signed.set_result(checkpoint)
+    return Batch(first, entries, {}, tree.root(), signed)
 
 
 async def test_a_writer_whose_lease_was_taken_over_cannot_write(mongo_server: Any) -> None:

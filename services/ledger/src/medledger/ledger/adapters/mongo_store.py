@@ -129,9 +129,8 @@ class LedgerStore:
 
     @mongo_errors
     async def commit(self, batch: Batch, *, token: int) -> None:
-        """Writes ``batch`` atomically, or nothing. Raises Fenced or SizeConflict."""
-
-        checkpoint = batch.checkpoint
+        """Writes ``batch`` atomically, or nothing. Raises Fenced or SizeConflict; whatever
+        signing its checkpoint raised."""
 
         async def write(session: AsyncClientSession) -> None:
             fenced = await self._state.update_one(
@@ -143,7 +142,7 @@ class LedgerStore:
                 raise Fenced
             grown = await self._state.update_one(
                 {"_id": TREE_ID, "size": batch.first_index},
-                {"$set": {"size": batch.new_size, "root": Binary(checkpoint.root)}},
+                {"$set": {"size": batch.new_size, "root": Binary(batch.root)}},
                 upsert=batch.first_index == 0,
                 session=session,
             )
@@ -173,6 +172,10 @@ class LedgerStore:
                     upsert=True,
                     session=session,
                 )
+            # Signed meanwhile (a retried transaction finds it signed already).
+            checkpoint = await batch.signed
+            if (checkpoint.size, checkpoint.root) != (batch.new_size, batch.root):
+                raise ValueError("the signed checkpoint is not of the batch's tree")
             await self._checkpoints.insert_one(
                 {
                     "_id": checkpoint.size,

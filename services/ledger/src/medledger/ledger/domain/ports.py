@@ -5,6 +5,7 @@ The Mongo adapter implements :class:`LedgerStorage`; the domain never sees a dri
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -55,12 +56,16 @@ class PendingEntry:
 
 @dataclass(frozen=True)
 class Batch:
-    """What one durable step writes: leaves from ``first_index``, tiles, the checkpoint."""
+    """What one durable step writes: leaves from ``first_index``, tiles, the tree's new
+    ``root``, and its checkpoint, which may still be being signed when the step starts
+    (``signed``: the storage awaits it after its other writes, inside the step, so the
+    signature and the writes overlap; a signing that fails fails the step)."""
 
     first_index: int
     entries: Sequence[PendingEntry]
     tiles: dict[TileId, bytes]
-    checkpoint: StoredCheckpoint
+    root: bytes
+    signed: asyncio.Future[StoredCheckpoint]
 
     @property
     def new_size(self) -> int:

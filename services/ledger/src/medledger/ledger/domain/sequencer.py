@@ -129,6 +129,15 @@ def _resolve(waiter: _Waiter, receipt: Receipt) -> None:
         waiter.future.set_result(receipt)
 
 
+def _settle(signing: asyncio.Future[StoredCheckpoint]) -> None:
+    """A signing the step no longer waits for is stopped, and its outcome marked seen (a
+    failed one is the step's failure, already raised)."""
+    if not signing.done():
+        signing.cancel()
+    elif not signing.cancelled():
+        signing.exception()
+
+
 def _fail(waiter: _Waiter, error: BaseException) -> None:
     if not waiter.future.done():
         waiter.future.set_exception(error)
@@ -415,12 +424,17 @@ class Sequencer:
 
         for waiter in fresh:
             compact.append(waiter.leaf_hash, on_node)
-        checkpoint = await self._sign(compact)
+        # Vault signs the checkpoint while the storage writes the leaves and tiles.
+        signing = asyncio.ensure_future(self._sign(compact))
         entries = [PendingEntry(w.data, w.leaf_hash, w.key) for w in fresh]
         assert self._token is not None
-        await self._storage.commit(
-            Batch(first_index, entries, touched, checkpoint), token=self._token
-        )
+        try:
+            await self._storage.commit(
+                Batch(first_index, entries, touched, compact.root(), signing), token=self._token
+            )
+        finally:
+            _settle(signing)
+        checkpoint = signing.result()
         if fresh:
             _batch_size.record(len(fresh))
         edge = dict(state.edge_tiles)
