@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson.binary import Binary
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
@@ -133,20 +133,25 @@ class LedgerStore:
         signing its checkpoint raised."""
 
         async def write(session: AsyncClientSession) -> None:
-            fenced = await self._state.update_one(
-                {"_id": LEASE_ID, "token": token},
-                {"$set": {"last_commit_size": batch.new_size}},
+            # The fence and the tree's growth in one command: both must take.
+            state = await self._state.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": LEASE_ID, "token": token},
+                        {"$set": {"last_commit_size": batch.new_size}},
+                    ),
+                    UpdateOne(
+                        {"_id": TREE_ID, "size": batch.first_index},
+                        {"$set": {"size": batch.new_size, "root": Binary(batch.root)}},
+                        upsert=batch.first_index == 0,
+                    ),
+                ],
                 session=session,
             )
-            if fenced.matched_count != 1:
-                raise Fenced
-            grown = await self._state.update_one(
-                {"_id": TREE_ID, "size": batch.first_index},
-                {"$set": {"size": batch.new_size, "root": Binary(batch.root)}},
-                upsert=batch.first_index == 0,
-                session=session,
-            )
-            if grown.matched_count != 1 and grown.upserted_id is None:
+            if state.matched_count + state.upserted_count != 2:
+                lease = await self._state.find_one({"_id": LEASE_ID}, session=session)
+                if lease is None or lease.get("token") != token:
+                    raise Fenced
                 raise SizeConflict
             if batch.entries:
                 await self._entries.insert_many(
@@ -160,16 +165,21 @@ class LedgerStore:
                     ],
                     session=session,
                 )
-            for (level, index), hashes in batch.tiles.items():
-                await self._tiles.replace_one(
-                    {"_id": tile_key((level, index))},
-                    {
-                        "level": level,
-                        "index": index,
-                        "width": len(hashes) // 32,
-                        "hashes": Binary(hashes),
-                    },
-                    upsert=True,
+            if batch.tiles:
+                await self._tiles.bulk_write(
+                    [
+                        ReplaceOne(
+                            {"_id": tile_key((level, index))},
+                            {
+                                "level": level,
+                                "index": index,
+                                "width": len(hashes) // 32,
+                                "hashes": Binary(hashes),
+                            },
+                            upsert=True,
+                        )
+                        for (level, index), hashes in batch.tiles.items()
+                    ],
                     session=session,
                 )
             # Signed meanwhile (a retried transaction finds it signed already).
