@@ -47,6 +47,7 @@ from medledger.devstack.services import (
 from medledger.devstack.triton import TritonServer
 from medledger.devstack.vault import DevVault
 from medledger.identity.config import IdentityConfig
+from medledger.testkit.fhir_samples import measured_observation
 from medledger.testkit.models import serving_models
 from medledger.testkit.otlp import OtlpReceiver, ReceivedSpan
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
@@ -54,7 +55,7 @@ from medledger.testkit.tokens import authed_channel
 
 TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
 DIABETES: Final = "diabetes-progression"
-LOINC, UCUM = "http://loinc.org", "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
 # The patient's data, chosen so that none of it could appear anywhere by chance.
 GIVEN, FAMILY = "Zebulon", "Quixote-Marchetti"
 IDENTIFIER = "MRN-7F3K9QX2"
@@ -327,17 +328,7 @@ async def predicted(traced_stack: TracedStack) -> Predicted:
         },
     )
     for code, value, unit in MEASURED:
-        await _create(
-            stack,
-            {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"coding": [{"system": LOINC, "code": code}]},
-                "subject": {"reference": f"Patient/{patient_id}"},
-                "effectiveDateTime": "2026-10-01T08:00:00Z",
-                "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-            },
-        )
+        await _create(stack, measured_observation(patient_id, LOINC, code, value, unit))
     # The appends the writes caused are integrated before the tree size is read.
     await asyncio.sleep(0.5)
     size_before = await _tree_size(stack)

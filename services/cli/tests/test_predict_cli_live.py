@@ -34,6 +34,7 @@ from medledger.devstack.triton import TritonServer
 from medledger.inference.adapters.triton import TritonSettings
 from medledger.inference.config import InferenceConfig, InferenceSettings
 from medledger.inference.runtime import from_settings as inference_from_settings
+from medledger.testkit.fhir_samples import measured_observation
 from medledger.testkit.models import serving_models
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
 from medledger.testkit.record_server import start_record_server
@@ -45,7 +46,6 @@ runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "MEDLEDGER_TOKEN": No
 TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
 DIABETES, BREAST = "diabetes-progression", "breast-cancer-malignancy"
 LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
 MEASURED = (
     ("39156-5", 31.2, "kg/m2"),
     ("8478-0", 101, "mm[Hg]"),
@@ -147,24 +147,13 @@ async def create(live: Live, resource: dict[str, Any]) -> str:
     return str(reply.resource.id)
 
 
-def observation(patient_id: str, system: str, code: str, value: float, unit: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": system, "code": code}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "effectiveDateTime": "2026-10-01T08:00:00Z",
-        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-    }
-
-
 async def diabetes_patient(live: Live, *, skip: tuple[str, ...] = ()) -> str:
     patient_id = await create(
         live, {"resourceType": "Patient", "gender": "female", "birthDate": "1961-08-08"}
     )
     for code, value, unit in MEASURED:
         if code not in skip:
-            await create(live, observation(patient_id, LOINC, code, value, unit))
+            await create(live, measured_observation(patient_id, LOINC, code, value, unit))
     return patient_id
 
 
@@ -174,7 +163,7 @@ async def cytology_patient(live: Live) -> str:
         live, {"resourceType": "Patient", "gender": "female", "birthDate": "1960-12-26"}
     )
     for code, _display, unit, value in FNA_ROW_5:
-        await create(live, observation(patient_id, FNA_CYTOLOGY, code, value, unit))
+        await create(live, measured_observation(patient_id, FNA_CYTOLOGY, code, value, unit))
     return patient_id
 
 

@@ -37,6 +37,7 @@ from medledger.inference.domain.model_definition import ModelDefinition, parse_m
 from medledger.inference.domain.patient_inputs import search_codes
 from medledger.inference.domain.predictor import Caller
 from medledger.inference.runtime import from_settings as inference_from_settings
+from medledger.testkit.fhir_samples import measured_observation
 from medledger.testkit.inprocess import eventually
 from medledger.testkit.models import serving_models
 from medledger.testkit.platform import ADMIN_CLIENT, Platform
@@ -50,7 +51,6 @@ pytestmark = pytest.mark.triton
 TREAT = purpose_pb2.PURPOSE_OF_USE_TREAT
 DIABETES, BREAST = "diabetes-progression", "breast-cancer-malignancy"
 LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
 # A diabetes patient's measurements: (LOINC, value, UCUM unit).
 MEASURED = (
     ("39156-5", 31.2, "kg/m2"),
@@ -162,17 +162,6 @@ async def create(served: Served, resource: dict[str, Any]) -> record_pb2.StoredR
     return reply.resource
 
 
-def observation(patient_id: str, system: str, code: str, value: float, unit: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": system, "code": code}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "effectiveDateTime": "2026-10-01T08:00:00Z",
-        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-    }
-
-
 async def diabetes_patient(served: Served, *, skip: tuple[str, ...] = ()) -> str:
     patient = await create(
         served, {"resourceType": "Patient", "gender": "male", "birthDate": "1968-05-14"}
@@ -180,7 +169,7 @@ async def diabetes_patient(served: Served, *, skip: tuple[str, ...] = ()) -> str
     for code, value, unit in MEASURED:
         if code in skip:
             continue
-        await create(served, observation(patient.id, LOINC, code, value, unit))
+        await create(served, measured_observation(patient.id, LOINC, code, value, unit))
     return patient.id
 
 
@@ -257,8 +246,8 @@ async def test_a_prediction_reads_only_the_observations_its_model_uses(served: S
     patient_id = await diabetes_patient(served)
     # Results no model reads: haemoglobin, and a local code that needs escaping in a query.
     odd = Coding("urn:lab:local|x", "a,b$c\\d")
-    await create(served, observation(patient_id, LOINC, "718-7", 14.1, "g/dL"))
-    await create(served, observation(patient_id, odd.system, odd.code, 1.0, "1"))
+    await create(served, measured_observation(patient_id, LOINC, "718-7", 14.1, "g/dL"))
+    await create(served, measured_observation(patient_id, odd.system, odd.code, 1.0, "1"))
     records = RecordClient(served.record_address, InferenceSettings())
     caller = Caller("app", "hospital-a", served.a_token, TREAT)
 

@@ -317,3 +317,24 @@ def sample(resource_type: str) -> dict[str, Any]:
 
 def samples() -> dict[str, dict[str, Any]]:
     return copy.deepcopy(_SAMPLES)
+
+
+def measured_observation(
+    patient_id: str,
+    system: str,
+    code: str,
+    value: float,
+    unit: str,
+    *,
+    effective: str = "2026-10-01T08:00:00Z",
+) -> dict[str, Any]:
+    """A final Observation of ``patient_id``: ``value`` in the UCUM ``unit`` (also its code),
+    coded ``system|code``, measured at ``effective``."""
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": system, "code": code}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": effective,
+        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+    }
