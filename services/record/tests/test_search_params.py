@@ -149,6 +149,11 @@ def test_an_escaped_comma_is_part_of_a_value_and_a_bare_one_separates_values() -
     (term,) = parse_search("Observation", {"code": r"urn:lab|a\,b,urn:lab|c,urn:lab|c"})
     assert term == ("code", ("urn:lab|a,b", "urn:lab|c"))  # each value once
     assert len(parse_search("Observation", {"code": ",".join(["x"] * 64)})) == 1
+    for listed in ("a,", ",a", "a,,b"):
+        with pytest.raises(ResourceInvalid) as caught:
+            parse_search("Observation", {"code": listed})
+        assert caught.value.field_names == ["params.code"]
+        assert "empty" in caught.value.issues[0].diagnostics
 
 
 @pytest.mark.parametrize(

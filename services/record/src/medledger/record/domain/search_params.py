@@ -357,6 +357,8 @@ def parse_search(resource_type: str, params: Mapping[str, str]) -> list[SearchTe
 def _parse_values(name: str, value: str) -> tuple[str, ...]:
     """The values of a comma-separated list, each parsed, each once, in the order given."""
     listed = _split_unescaped(value, ",")
+    if len(listed) > 1 and not all(listed):
+        raise _BadValue("a list of values separated by commas has an empty one")
     if len(listed) > MAX_SEARCH_ALTERNATIVES:
         raise _BadValue(
             f"at most {MAX_SEARCH_ALTERNATIVES} values (separated by commas) in one parameter"
