@@ -470,12 +470,18 @@ class BulkWrites:
                 done[position] = first
                 continue
             resumed = await self._storage.resume_write(write_key, fingerprint)
-            if resumed is None:  # expired and swept, or its patient erased meanwhile
-                raise Aborted(
-                    "the first attempt with this idempotency key expired; send it again "
-                    "under a new key",
-                    reason="WRITE_EXPIRED",
-                )
+            if resumed is None:
+                # Committed meanwhile by the attempt in flight, or expired and swept, or its
+                # patient erased meanwhile.
+                first = await self._storage.idempotent_result(write_key, fingerprint)
+                if first is None:
+                    raise Aborted(
+                        "the first attempt with this idempotency key expired; send it again "
+                        "under a new key",
+                        reason="WRITE_EXPIRED",
+                    )
+                done[position] = first
+                continue
             pending[position] = resumed
         # The caller must still be allowed to write (or to see the answer of) each one.
         targets = {(v.patient_id, v.ref.resource_type) for v in done.values()}
