@@ -52,6 +52,7 @@ from medledger.record.domain.ports import (
     RecordStorage,
     ResourceWrite,
     StoredVersion,
+    first_attempt,
 )
 from medledger.record.domain.resources import (
     denied,
@@ -464,25 +465,19 @@ class BulkWrites:
         done: dict[int, StoredVersion] = {}
         pending: dict[int, PendingWrite] = {}
         for position in range(count):
-            write_key = _write_key(key, attempt, position)
-            first = await self._storage.idempotent_result(write_key, fingerprint)
-            if first is not None:
-                done[position] = first
-                continue
-            resumed = await self._storage.resume_write(write_key, fingerprint)
-            if resumed is None:
-                # Committed meanwhile by the attempt in flight, or expired and swept, or its
-                # patient erased meanwhile.
-                first = await self._storage.idempotent_result(write_key, fingerprint)
-                if first is None:
-                    raise Aborted(
-                        "the first attempt with this idempotency key expired; send it again "
-                        "under a new key",
-                        reason="WRITE_EXPIRED",
-                    )
-                done[position] = first
-                continue
-            pending[position] = resumed
+            found = await first_attempt(
+                self._storage, _write_key(key, attempt, position), fingerprint
+            )
+            if found is None:
+                raise Aborted(
+                    "the first attempt with this idempotency key expired; send it again "
+                    "under a new key",
+                    reason="WRITE_EXPIRED",
+                )
+            if isinstance(found, PendingWrite):
+                pending[position] = found
+            else:
+                done[position] = found
         # The caller must still be allowed to write (or to see the answer of) each one.
         targets = {(v.patient_id, v.ref.resource_type) for v in done.values()}
         targets |= {(p.patient_id, p.ref.resource_type) for p in pending.values()}

@@ -289,6 +289,22 @@ class RecordStorage(Protocol):
         ...
 
 
+async def first_attempt(
+    storage: RecordStorage, key: str, fingerprint: bytes
+) -> StoredVersion | PendingWrite | None:
+    """What an earlier attempt with this idempotency key left: its committed version, else
+    its pending one to resume, else its committed version after all (it committed between
+    the two looks: a resend racing the attempt in flight); None when there is neither
+    (never made, expired and swept, or its patient erased)."""
+    first = await storage.idempotent_result(key, fingerprint)
+    if first is not None:
+        return first
+    pending = await storage.resume_write(key, fingerprint)
+    if pending is not None:
+        return pending
+    return await storage.idempotent_result(key, fingerprint)
+
+
 # -- what the adapters store and answer ---------------------------------------------------
 
 

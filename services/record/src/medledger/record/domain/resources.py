@@ -74,6 +74,7 @@ from medledger.record.domain.ports import (
     ResourceKey,
     ResourceWrite,
     StoredVersion,
+    first_attempt,
 )
 from medledger.record.domain.resource_issues import (
     DOCUMENT,
@@ -418,25 +419,15 @@ class ResourceService:
         pending version resumed: the same entry ledgered again, then committed)."""
         if not key:
             return None
-        if (first := await self._committed(requester, key, fingerprint)) is not None:
-            return first
-        pending = await self._storage.resume_write(key, fingerprint)
-        if pending is None:  # committed meanwhile by the attempt in flight, or none
-            return await self._committed(requester, key, fingerprint)
+        found = await first_attempt(self._storage, key, fingerprint)
+        if found is None:
+            return None
         verdict = await self._permit(
-            requester, pending.patient_id, pending.ref.resource_type, Action.WRITE
+            requester, found.patient_id, found.ref.resource_type, Action.WRITE
         )
-        return await self._ledger_and_commit(requester, verdict, pending)
-
-    async def _committed(
-        self, requester: Requester, key: str, fingerprint: bytes
-    ) -> StoredVersion | None:
-        """The committed result of the write with this key, if the caller may still write
-        to its patient."""
-        first = await self._storage.idempotent_result(key, fingerprint)
-        if first is not None:
-            await self._permit(requester, first.patient_id, first.ref.resource_type, Action.WRITE)
-        return first
+        if not isinstance(found, PendingWrite):
+            return found
+        return await self._ledger_and_commit(requester, verdict, found)
 
     async def _holder_named_by(self, valid: ValidResource, patient_id: str) -> str:
         """The holder of the patient a resource names; INVALID_ARGUMENT at the reference
