@@ -67,13 +67,18 @@ class RecordClient:
     ) -> RecordRead:
         """The patient's Observations with any of ``codes`` (every page), and their Patient
         resource when asked, read at once."""
-        chunks = [codes[n : n + CODES_PER_SEARCH] for n in range(0, len(codes), CODES_PER_SEARCH)]
-        reads = [self._observations(caller, patient_id, chunk) for chunk in chunks]
+        reading = asyncio.gather(
+            *(
+                self._observations(caller, patient_id, codes[n : n + CODES_PER_SEARCH])
+                for n in range(0, len(codes), CODES_PER_SEARCH)
+            )
+        )
+        patient = None
         if with_patient:
-            patient, *found = await asyncio.gather(self._patient(caller, patient_id), *reads)
-            return RecordRead(patient, [o for page in found for o in page])
-        found = await asyncio.gather(*reads)
-        return RecordRead(None, [o for page in found for o in page])
+            patient, found = await asyncio.gather(self._patient(caller, patient_id), reading)
+        else:
+            found = await reading
+        return RecordRead(patient, [o for chunk in found for o in chunk])
 
     async def _patient(self, caller: Caller, patient_id: str) -> dict[str, Any]:
         reply = await self._call(
